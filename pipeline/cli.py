@@ -1,0 +1,153 @@
+"""Command line: ``python -m pipeline {mesh,series,phantom} ...``.
+
+The only place that prints or exits. A :class:`PipelineError` becomes one
+line on stderr and exit status 2; anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import PipelineError
+
+
+class Console:
+    """Stage lines and a progress bar on stderr; a bar only on a terminal,
+    nothing at all under ``--quiet`` or when CI is set."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty() and not os.environ.get("CI")
+        self._bar_open = False
+
+    def line(self, text: str) -> None:
+        if self.quiet:
+            return
+        self._end_bar()
+        print(text, file=sys.stderr, flush=True)
+
+    def progress(self, label: str):
+        def update(done: int, total: int) -> None:
+            if self.quiet or not self.tty:
+                return
+            width = 30
+            filled = int(width * done / max(total, 1))
+            sys.stderr.write(f"\r{label:<9} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+            sys.stderr.flush()
+            self._bar_open = True
+        return update
+
+    def _end_bar(self) -> None:
+        if self._bar_open:
+            sys.stderr.write("\r\033[K")
+            self._bar_open = False
+
+
+def cmd_mesh(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .export import json_bytes, nifti_bytes, stl_bytes, write_outputs
+    from .load import load_ct
+    from .run import Timer, run_mesh
+
+    console = Console(args.quiet)
+    config = load_config(args.config)  # before the CT: a typo fails in milliseconds
+    timer = Timer(console.line)
+    with timer.stage("load"):
+        volume = load_ct(args.ct_dir, series_uid=args.series, progress=console.progress("load"))
+    for note in volume.notes:
+        console.line(f"note: {note}")
+    result = run_mesh(volume, config, log=console.line, timer=timer)
+    start = time.perf_counter()
+    files = {"bone.stl": stl_bytes(result.bone, "bone")}
+    if result.implant is not None:
+        files["host.stl"] = stl_bytes(result.host, "host")
+        files["implant.stl"] = stl_bytes(result.implant, "implant")
+    files["bone_mask.nii.gz"] = nifti_bytes(result.bone_mask, volume.affine)
+    files["report.json"] = json_bytes(result.report)
+    written = write_outputs(Path(args.out), files)
+    console.line(f"{'write':<9} {time.perf_counter() - start:7.2f} s")
+    if not args.quiet:
+        for path in written:
+            print(path)
+        for name, stats in result.report["meshes"].items():
+            print(f"{name}: {stats['volume_mm3'] / 1000:.1f} cm3, {stats['triangles']} triangles")
+        for plane in result.report["planes"]:
+            print(f"plane {plane['name']}: contact {plane['implant_contact_area_mm2']:.1f} mm2")
+
+
+def cmd_series(args: argparse.Namespace) -> None:
+    from .load import scan_folder
+
+    scan = scan_folder(args.ct_dir)
+    for info in scan.series:
+        print(info.summary_line())
+    skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(scan.skipped.items()))
+    if skipped:
+        print(f"skipped: {skipped}", file=sys.stderr)
+
+
+def cmd_phantom(args: argparse.Namespace) -> None:
+    from .dicom_write import write_series
+    from .phantom import pelvis_phantom, preset
+
+    kwargs = preset(args.preset)
+    if args.seed is not None:
+        kwargs["seed"] = args.seed
+    if args.noise_hu is not None:
+        kwargs["noise_hu"] = args.noise_hu
+    phantom = pelvis_phantom(**kwargs)
+    paths = write_series(phantom.volume, Path(args.out_dir),
+                         series_description=f"pelvis phantom ({args.preset})",
+                         uid_prefix=f"phantom-{args.preset}-{kwargs.get('seed', 0)}")
+    if not args.quiet:
+        print(f"{len(paths)} slices, {phantom.volume!r} -> {args.out_dir}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline",
+                                     description="Patient-specific pelvic implant geometry from CT.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    mesh = sub.add_parser("mesh", help="CT folder -> bone, host and implant STLs, mask and report",
+                          description="Segment bone in a CT series, cut it with the planned planes "
+                                      "and write bone.stl, host.stl, implant.stl, bone_mask.nii.gz "
+                                      "and report.json (LPS millimetres).")
+    mesh.add_argument("ct_dir", type=Path, metavar="CT_DIR", help="folder holding the DICOM series")
+    mesh.add_argument("--config", type=Path, help="TOML config (default: built-in defaults, no planes)")
+    mesh.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: out)")
+    mesh.add_argument("--series", metavar="UID", help="SeriesInstanceUID to use (see the series command)")
+    mesh.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    mesh.set_defaults(func=cmd_mesh)
+
+    series = sub.add_parser("series", help="list the image series in a folder",
+                            description="One line per image series: UID, modality, description, "
+                                        "slices, size, spacing, orientation. No patient identity.")
+    series.add_argument("ct_dir", type=Path, metavar="CT_DIR")
+    series.set_defaults(func=cmd_series)
+
+    phantom = sub.add_parser("phantom", help="write the analytic pelvis phantom as a DICOM series",
+                             description="Write the pelvis-like phantom CT (known ground truth) "
+                                         "as a DICOM series.")
+    phantom.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    phantom.add_argument("--preset", choices=("sample", "bench"), default="sample",
+                         help="grid size: sample (committed sample_ct/) or bench (512x512x300)")
+    phantom.add_argument("--seed", type=int, help="noise seed")
+    phantom.add_argument("--noise-hu", type=float, help="noise standard deviation (HU)")
+    phantom.add_argument("--quiet", action="store_true")
+    phantom.set_defaults(func=cmd_phantom)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

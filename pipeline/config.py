@@ -1,0 +1,198 @@
+"""Configuration: a TOML file, validated on load into frozen dataclasses.
+
+Every default lives in the dataclass fields below and nowhere else. Unknown
+keys, wrong types, wrong lengths and impossible values raise
+:class:`~pipeline.errors.ConfigError` naming the key (``segment.threshold_hu``,
+``resection.planes[1].normal_lps``), so a typo never silently falls back to a
+default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    # Bone/not-bone decision for topology. 200 HU lies above soft tissue, blood and
+    # unenhanced organs (< ~100 HU) and below cortical (> 1000 HU) and most
+    # cancellous bone (~200-400 HU); the surface position is refined separately
+    # (surface.*), so this value decides which voxels belong to bone, not where
+    # the surface sits.
+    threshold_hu: float = 200.0
+    # Body outline: air and couch foam are far below, any tissue above. The couch
+    # is whatever lies outside the largest connected body region.
+    body_threshold_hu: float = -500.0
+    # Connected bone pieces smaller than this are noise, calcifications or
+    # contrast specks, not a bone worth meshing (1 cm^3).
+    min_island_mm3: float = 1000.0
+    # Radius of the morphological closing that bridges small gaps in thin
+    # cortex before the marrow is filled; 0 disables it.
+    closing_mm: float = 1.0
+
+
+@dataclass(frozen=True)
+class SurfaceConfig:
+    # The surface sits where the HU profile crosses half-way between the local
+    # bone peak and the local surrounding tissue (half-maximum), which is
+    # sub-voxel accurate regardless of the bone's density. This is the radius
+    # of the neighbourhood in which peak and surroundings are measured.
+    halfmax_radius_mm: float = 2.5
+    # Gaussian pre-smoothing of the HU field to tame noise; 0 disables it.
+    smoothing_mm: float = 0.0
+
+
+@dataclass(frozen=True)
+class Plane:
+    """A resection plane: ``normal_lps`` (unit) points into the removed part."""
+
+    point_lps_mm: tuple[float, float, float]
+    normal_lps: tuple[float, float, float]
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        n = np.asarray(self.normal_lps, dtype=np.float64)
+        length = float(np.linalg.norm(n))
+        if n.shape != (3,) or not np.isfinite(length) or length < 1e-9:
+            raise ValueError(f"plane normal must be a non-zero 3-vector, got {self.normal_lps!r}")
+        object.__setattr__(self, "normal_lps", tuple(float(v) for v in n / length))
+        object.__setattr__(self, "point_lps_mm", tuple(float(v) for v in self.point_lps_mm))
+
+    @property
+    def offset_mm(self) -> float:
+        """Signed distance of the plane from the LPS origin along its normal."""
+        return float(np.dot(self.normal_lps, self.point_lps_mm))
+
+    def signed_distance_mm(self, points_lps_mm: np.ndarray) -> np.ndarray:
+        """Positive on the removed side."""
+        return np.asarray(points_lps_mm, dtype=np.float64) @ np.asarray(self.normal_lps) - self.offset_mm
+
+
+@dataclass(frozen=True)
+class ResectionConfig:
+    # No default planes: planes are patient-specific. Without planes the run
+    # produces the bone outputs only.
+    planes: tuple[Plane, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    segment: SegmentConfig = SegmentConfig()
+    surface: SurfaceConfig = SurfaceConfig()
+    resection: ResectionConfig = ResectionConfig()
+    source: str = "<defaults>"
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable form (for the report)."""
+        d = dataclasses.asdict(self)
+        for p in d["resection"]["planes"]:
+            p["point_lps_mm"] = list(p["point_lps_mm"])
+            p["normal_lps"] = list(p["normal_lps"])
+        return d
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate a TOML config; ``None`` gives the defaults."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    try:
+        return parse_config(raw, source=str(path))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def parse_config(raw: dict[str, Any], *, source: str = "<dict>") -> Config:
+    _no_unknown(raw, {"segment", "surface", "resection"}, "")
+    segment = _section(SegmentConfig, raw.get("segment", {}), "segment")
+    surface = _section(SurfaceConfig, raw.get("surface", {}), "surface")
+    _check_segment(segment)
+    _check_surface(surface)
+    resection = _resection(raw.get("resection", {}))
+    return Config(segment=segment, surface=surface, resection=resection, source=source)
+
+
+def _no_unknown(table: Any, allowed: set[str], prefix: str) -> None:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a table")
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"unknown key {prefix}{key!s} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _number(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{key} must be finite, got {value!r}")
+    return float(value)
+
+
+def _vector3(value: Any, key: str) -> tuple[float, float, float]:
+    if not isinstance(value, list) or len(value) != 3:
+        raise ConfigError(f"{key} must be a list of 3 numbers, got {value!r}")
+    return tuple(_number(v, f"{key}[{i}]") for i, v in enumerate(value))  # type: ignore[return-value]
+
+
+def _section(cls: type, table: Any, name: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _no_unknown(table, set(fields), f"{name}.")
+    values = {key: _number(v, f"{name}.{key}") for key, v in table.items()}
+    return cls(**values)
+
+
+def _check_segment(s: SegmentConfig) -> None:
+    if s.body_threshold_hu >= s.threshold_hu:
+        raise ConfigError("segment.body_threshold_hu must be below segment.threshold_hu")
+    if s.min_island_mm3 < 0:
+        raise ConfigError("segment.min_island_mm3 must be >= 0")
+    if not 0 <= s.closing_mm <= 10:
+        raise ConfigError("segment.closing_mm must be between 0 and 10 mm")
+
+
+def _check_surface(s: SurfaceConfig) -> None:
+    if not 0.5 <= s.halfmax_radius_mm <= 20:
+        raise ConfigError("surface.halfmax_radius_mm must be between 0.5 and 20 mm")
+    if not 0 <= s.smoothing_mm <= 5:
+        raise ConfigError("surface.smoothing_mm must be between 0 and 5 mm")
+
+
+def _resection(table: Any) -> ResectionConfig:
+    _no_unknown(table, {"planes"}, "resection.")
+    raw_planes = table.get("planes", [])
+    if not isinstance(raw_planes, list):
+        raise ConfigError("resection.planes must be an array of tables ([[resection.planes]])")
+    planes = tuple(_plane(p, f"resection.planes[{i}]") for i, p in enumerate(raw_planes))
+    return ResectionConfig(planes=planes)
+
+
+def _plane(table: Any, key: str) -> Plane:
+    _no_unknown(table, {"name", "point_lps_mm", "normal_lps"}, f"{key}.")
+    for required in ("point_lps_mm", "normal_lps"):
+        if required not in table:
+            raise ConfigError(f"{key}.{required} is missing")
+    point = _vector3(table["point_lps_mm"], f"{key}.point_lps_mm")
+    normal = _vector3(table["normal_lps"], f"{key}.normal_lps")
+    if float(np.linalg.norm(normal)) < 1e-9:
+        raise ConfigError(f"{key}.normal_lps must not be the zero vector")
+    name = table.get("name", key)
+    if not isinstance(name, str):
+        raise ConfigError(f"{key}.name must be a string")
+    return Plane(point_lps_mm=point, normal_lps=normal, name=name)

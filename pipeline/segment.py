@@ -1,0 +1,163 @@
+"""Segmentation: HU volume -> solid bone mask (couch removed, marrow filled).
+
+The order matters (see CONVENTIONS.md): the raw threshold is labelled first,
+then each connected piece is closed and filled on its own, so closing never
+bridges the thin joint spaces *between* pieces, and filling never fills the
+space enclosed by several bones together (pelvic inlet, obturator foramen).
+
+The mask decides topology (which voxels belong to bone); the sub-voxel surface
+position is the business of :mod:`pipeline.surface`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .config import SegmentConfig
+from .errors import InputError
+from .volume import Volume
+
+# Face connectivity: two bone voxels touching only at an edge or corner are not
+# joined, which keeps partial-volume bridges across joint spaces from merging bones.
+FACE_CONNECTIVITY = ndi.generate_binary_structure(3, 1)
+# The body outline is found on a grid this many times coarser in-plane: the
+# body/couch gap is centimetres, and labelling the full grid costs ~1 s.
+BODY_STRIDE = 2
+
+
+@dataclass(frozen=True, eq=False)
+class BoneMask:
+    """Solid bone inside a box of the volume's grid.
+
+    ``solid``: bool array, shape of ``volume.hu[box]``.
+    ``box``: tuple of three slices locating ``solid`` in the full grid.
+    ``stats``: counts and volumes for the report.
+    """
+
+    solid: np.ndarray
+    box: tuple[slice, slice, slice]
+    stats: dict
+
+    def full(self, shape: tuple[int, int, int]) -> np.ndarray:
+        out = np.zeros(shape, dtype=bool)
+        out[self.box] = self.solid
+        return out
+
+
+def segment_bone(volume: Volume, cfg: SegmentConfig) -> BoneMask:
+    """Threshold, drop the couch and islands, close and fill each bone piece."""
+    voxel_mm3 = volume.voxel_volume_mm3
+    candidates = volume.hu >= cfg.threshold_hu
+    n_threshold = int(np.count_nonzero(candidates))
+    body = body_mask(volume.hu, cfg.body_threshold_hu)
+    candidates &= body
+    n_outside_body = n_threshold - int(np.count_nonzero(candidates))
+    del body
+    if not candidates.any():
+        raise InputError(f"no bone found: no voxel inside the body reaches segment.threshold_hu = "
+                         f"{cfg.threshold_hu:g} HU (is this a CT with bone in the field of view?)")
+
+    radius_vox = closing_radius_voxels(volume.spacing_mm, cfg.closing_mm)
+    box = bounding_box(candidates, pad=radius_vox + 2)
+    raw = candidates[box]
+    del candidates
+    labels, n = ndi.label(raw, structure=FACE_CONNECTIVITY)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = np.flatnonzero(sizes * voxel_mm3 >= cfg.min_island_mm3)
+    keep = keep[keep > 0]
+    if keep.size == 0:
+        raise InputError(f"no bone found: every bone piece is smaller than segment.min_island_mm3 = "
+                         f"{cfg.min_island_mm3:g} mm3")
+
+    at_border = [(s.start == 0, s.stop == dim) for s, dim in zip(box, volume.shape)]
+    solid = np.zeros_like(raw)
+    objects = ndi.find_objects(labels)
+    for lab in keep:
+        sub = objects[lab - 1]
+        piece = labels[sub] == lab
+        sub_border = [(b0 and s.start == 0, b1 and s.stop == dim)
+                      for (b0, b1), s, dim in zip(at_border, sub, raw.shape)]
+        solid[sub] |= close_and_fill(piece, radius_vox, volume.spacing_mm, cfg.closing_mm, sub_border)
+
+    stats = {
+        "threshold_voxels": n_threshold,
+        "removed_outside_body_mm3": round(n_outside_body * voxel_mm3, 1),
+        "pieces_found": int(n),
+        "pieces_kept": int(keep.size),
+        "removed_islands_mm3": round(float(sizes[1:].sum() - sizes[keep].sum()) * voxel_mm3, 1),
+        "solid_mm3": round(float(np.count_nonzero(solid)) * voxel_mm3, 1),
+    }
+    return BoneMask(solid=solid, box=box, stats=stats)
+
+
+def body_mask(hu: np.ndarray, body_threshold_hu: float) -> np.ndarray:
+    """The largest connected region above ``body_threshold_hu``: the patient.
+
+    The couch, its rails and anything else separated from the patient by air
+    or foam fall outside it. Computed on a coarser in-plane grid for speed and
+    expanded back by repetition.
+    """
+    coarse = hu[:, ::BODY_STRIDE, ::BODY_STRIDE] > body_threshold_hu
+    labels, n = ndi.label(coarse, structure=FACE_CONNECTIVITY)
+    if n == 0:
+        return np.zeros(hu.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    largest = labels == int(np.argmax(sizes))
+    # Close the in-plane outline so bone at the skin (thin patients) stays inside.
+    largest = ndi.binary_dilation(largest, structure=FACE_CONNECTIVITY)
+    full = np.repeat(np.repeat(largest, BODY_STRIDE, axis=1), BODY_STRIDE, axis=2)
+    return full[:, : hu.shape[1], : hu.shape[2]]
+
+
+def closing_radius_voxels(spacing_mm: np.ndarray, closing_mm: float) -> int:
+    return int(np.max(np.floor(closing_mm / np.asarray(spacing_mm))))
+
+
+def ball(spacing_mm: np.ndarray, radius_mm: float) -> np.ndarray:
+    """Ellipsoidal structuring element of ``radius_mm`` on an anisotropic grid."""
+    r = radius_mm / np.asarray(spacing_mm, dtype=float)
+    half = np.floor(r).astype(int)
+    grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
+    return sum((g / ri) ** 2 for g, ri in zip(grids, r)) <= 1.0
+
+
+def bounding_box(mask: np.ndarray, pad: int) -> tuple[slice, slice, slice]:
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(max(int(idx[0]) - pad, 0), min(int(idx[-1]) + 1 + pad, mask.shape[axis])))
+    return tuple(box)  # type: ignore[return-value]
+
+
+def close_and_fill(piece: np.ndarray, radius_vox: int, spacing_mm: np.ndarray,
+                   closing_mm: float, at_border: list[tuple[bool, bool]]) -> np.ndarray:
+    """Close small cortical gaps and fill the marrow of one bone piece.
+
+    ``at_border[axis] = (low, high)`` says which faces of ``piece`` are the
+    edge of the scan. There the bone is cut by the field of view: it is padded
+    by repeating its last slice (so closing does not round it off), and a
+    cavity opening onto such a face (the femoral canal at the last slice) is
+    still filled, because only the faces inside the scan count as "outside".
+    """
+    pad = radius_vox + 1
+    edge_pad = [(pad if lo else 0, pad if hi else 0) for lo, hi in at_border]
+    free_pad = [(0 if lo else pad, 0 if hi else pad) for lo, hi in at_border]
+    work = np.pad(np.pad(piece, edge_pad, mode="edge"), free_pad, mode="constant")
+    if radius_vox > 0:
+        work = ndi.binary_closing(work, structure=ball(spacing_mm, closing_mm))
+    background, _ = ndi.label(~work, structure=FACE_CONNECTIVITY)
+    outside_labels = set()
+    for axis, (lo, hi) in enumerate(at_border):
+        for is_border, index in ((lo, 0), (hi, -1)):
+            if not is_border:
+                outside_labels.update(np.unique(np.take(background, index, axis=axis)).tolist())
+    outside_labels.discard(0)
+    filled = ~np.isin(background, list(outside_labels)) if outside_labels else np.ones_like(work)
+    inner = tuple(slice(e[0] + f[0], work.shape[a] - e[1] - f[1])
+                  for a, (e, f) in enumerate(zip(edge_pad, free_pad)))
+    return filled[inner]

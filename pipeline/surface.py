@@ -1,0 +1,117 @@
+"""Surface: solid bone mask + HU -> closed, outward-oriented mesh in LPS mm.
+
+Topology comes from the mask, position from the HU values:
+
+1. The local half-maximum level is measured around every voxel: half-way
+   between the brightest bone voxel and the mean of the surrounding non-bone
+   tissue within ``halfmax_radius_mm``. For a blurred edge this level sits on
+   the true surface, whatever the bone's density (an isosurface at the fixed
+   bone threshold lies ~0.3-0.7 mm outside it).
+2. The outer layer of the mask is snapped to that level: boundary voxels below
+   it leave the mask (only where the bone is thick enough that this cannot
+   perforate it), neighbours above it join.
+3. Marching cubes runs on ``HU - level`` clamped so its sign equals mask
+   membership. The mesh is then exactly as closed and as separated as the
+   mask, while every vertex sits at the linearly interpolated half-maximum
+   crossing wherever HU and mask agree.
+
+Marching cubes runs in index space; the affine moves the vertices to LPS, and
+a mirroring affine (negative determinant) flips the winding back outward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import trimesh
+from scipy import ndimage as ndi
+from skimage.measure import marching_cubes
+
+from .config import SurfaceConfig
+from .errors import MeshError
+from .segment import FACE_CONNECTIVITY, BoneMask
+from .volume import Volume, apply_affine
+
+# Field value forced where HU and mask disagree (HU units): small against any
+# bone/tissue contrast, so the surface sits at the voxel centre there.
+CLAMP_HU = 1.0
+# Value outside the scan: far below any HU so a bone cut by the field of view
+# is capped flat at the centre of the last voxel, not half a voxel beyond.
+OUTSIDE_SCAN = -1.0e6
+
+
+@dataclass(frozen=True, eq=False)
+class BoneSurface:
+    """``mesh`` in LPS mm; ``inside``: bool mask on ``box`` of voxels whose
+    centres lie inside ``mesh`` (the mask written as ``bone_mask.nii.gz``)."""
+
+    mesh: trimesh.Trimesh
+    inside: np.ndarray
+    box: tuple[slice, slice, slice]
+
+    def full_mask(self, shape: tuple[int, int, int]) -> np.ndarray:
+        out = np.zeros(shape, dtype=bool)
+        out[self.box] = self.inside
+        return out
+
+
+def bone_surface(volume: Volume, bone: BoneMask, cfg: SurfaceConfig) -> BoneSurface:
+    hu = volume.hu[bone.box].astype(np.float32, copy=True)
+    if cfg.smoothing_mm > 0:
+        ndi.gaussian_filter(hu, sigma=cfg.smoothing_mm / volume.spacing_mm, output=hu)
+    field = hu - halfmax_level(hu, bone.solid, volume.spacing_mm, cfg.halfmax_radius_mm)
+    del hu
+    inside = snap_to_level(bone.solid, field)
+    np.maximum(field, CLAMP_HU, out=field, where=inside)
+    np.minimum(field, -CLAMP_HU, out=field, where=~inside)
+    offset = np.array([s.start for s in bone.box], dtype=float)
+    mesh = mesh_from_field(field, volume.affine, offset)
+    return BoneSurface(mesh=mesh, inside=inside, box=bone.box)
+
+
+def halfmax_level(hu: np.ndarray, solid: np.ndarray, spacing_mm: np.ndarray,
+                  radius_mm: float) -> np.ndarray:
+    """Per-voxel level half-way between local bone peak and local surroundings."""
+    size = 2 * np.maximum(np.round(radius_mm / np.asarray(spacing_mm)), 1).astype(int) + 1
+    lowest = np.float32(np.finfo(np.float32).min)
+    peak = ndi.maximum_filter(np.where(solid, hu, lowest), size=size)
+    # The layer right outside the mask is partial-volume: leave it out of "surroundings".
+    around = ~ndi.binary_dilation(solid, structure=FACE_CONNECTIVITY)
+    weight = ndi.uniform_filter(around.astype(np.float32), size=size)
+    total = ndi.uniform_filter(np.where(around, hu, np.float32(0)), size=size)
+    valid = (weight > 1e-3) & (peak > lowest)
+    level = np.where(valid, 0.5 * (peak + total / np.maximum(weight, 1e-3)), np.float32(0))
+    # Far from any bone/tissue interface the level is irrelevant (the field is
+    # clamped by the mask there); fall back to the mask's own decision.
+    return level.astype(np.float32, copy=False)
+
+
+def snap_to_level(solid: np.ndarray, field: np.ndarray) -> np.ndarray:
+    """Move the mask's outer layer one voxel to agree with ``field > 0``.
+
+    Boundary voxels below the level leave only when they back onto a core
+    voxel (bone at least three voxels thick there), so thin plates are never
+    perforated; outer neighbours above the level join.
+    """
+    core = ndi.binary_erosion(solid, structure=FACE_CONNECTIVITY)
+    shell = solid & ~core
+    backed = ndi.binary_dilation(core, structure=FACE_CONNECTIVITY)
+    leave = shell & backed & (field <= 0)
+    grown = ndi.binary_dilation(solid, structure=FACE_CONNECTIVITY) & ~solid & (field > 0)
+    return (solid & ~leave) | grown
+
+
+def mesh_from_field(field: np.ndarray, affine: np.ndarray, offset_index: np.ndarray) -> trimesh.Trimesh:
+    """Zero isosurface of ``field`` (positive inside) placed in LPS by ``affine``.
+
+    ``offset_index`` is the index of ``field[0, 0, 0]`` in the affine's grid.
+    """
+    padded = np.pad(field, 1, mode="constant", constant_values=OUTSIDE_SCAN)
+    verts, faces, _, _ = marching_cubes(padded, level=0.0, allow_degenerate=False)
+    verts = apply_affine(affine, verts - 1.0 + offset_index)
+    # skimage orients faces outward for a field that is higher inside when the
+    # grid is right-handed in index space; a mirroring affine reverses that.
+    faces = faces[:, ::-1] if np.linalg.det(affine[:3, :3]) > 0 else faces
+    mesh = trimesh.Trimesh(vertices=verts, faces=faces, process=False)
+    return mesh
