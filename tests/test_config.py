@@ -1,0 +1,62 @@
+"""Config validation: every mistake names its key."""
+
+import numpy as np
+import pytest
+
+from pipeline.config import Config, load_config, parse_config
+from pipeline.errors import ConfigError
+
+PLANE = {"point_lps_mm": [10, 0, 5], "normal_lps": [0, 0, 2]}
+
+
+def test_defaults_have_no_planes():
+    cfg = load_config(None)
+    assert cfg == Config()
+    assert cfg.resection.planes == ()
+
+
+def test_plane_normal_is_normalised_and_offset_is_along_it():
+    plane = parse_config({"resection": {"planes": [PLANE]}}).resection.planes[0]
+    assert plane.normal_lps == (0.0, 0.0, 1.0)
+    assert plane.offset_mm == 5.0
+    assert plane.signed_distance_mm(np.array([[0, 0, 7.5]]))[0] == pytest.approx(2.5)
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.toml"))
+    assert configs, "configs/ holds at least the default config"
+    for path in configs:
+        load_config(path)
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"segmnt": {}}, "unknown key segmnt"),
+    ({"segment": {"threshold": 200}}, "unknown key segment.threshold"),
+    ({"segment": {"threshold_hu": "200"}}, "segment.threshold_hu must be a number"),
+    ({"segment": {"threshold_hu": True}}, "segment.threshold_hu must be a number"),
+    ({"segment": {"threshold_hu": -600}}, "segment.body_threshold_hu must be below"),
+    ({"segment": {"min_island_mm3": -1}}, "segment.min_island_mm3"),
+    ({"surface": {"halfmax_radius_mm": 0}}, "surface.halfmax_radius_mm"),
+    ({"resection": {"planes": [{**PLANE, "normal_lps": [0, 0]}]}}, r"resection.planes\[0\].normal_lps must be a list of 3"),
+    ({"resection": {"planes": [{**PLANE, "normal_lps": [0, 0, 0]}]}}, r"resection.planes\[0\].normal_lps must not be the zero"),
+    ({"resection": {"planes": [PLANE, {"point_lps_mm": [0, 0, 0]}]}}, r"resection.planes\[1\].normal_lps is missing"),
+    ({"resection": {"planes": [{**PLANE, "origin": [0, 0, 0]}]}}, r"unknown key resection.planes\[0\].origin"),
+    ({"resection": {"planes": [{**PLANE, "point_lps_mm": [0, "a", 0]}]}}, r"resection.planes\[0\].point_lps_mm\[1\] must be a number"),
+    ({"resection": {"planes": {"point_lps_mm": [0, 0, 0]}}}, "resection.planes must be an array"),
+])
+def test_mistakes_name_the_key(raw, key):
+    with pytest.raises(ConfigError, match=key):
+        parse_config(raw)
+
+
+def test_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[segment\nthreshold_hu = 1")
+    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="missing.toml: cannot read"):
+        load_config(tmp_path / "missing.toml")
+    bad.write_text("[segment]\nthreshold_hu = 'high'\n")
+    with pytest.raises(ConfigError, match="bad.toml: segment.threshold_hu"):
+        load_config(bad)
