@@ -99,7 +99,25 @@ def snap_to_level(solid: np.ndarray, field: np.ndarray) -> np.ndarray:
     backed = ndi.binary_dilation(core, structure=FACE_CONNECTIVITY)
     leave = shell & backed & (field <= 0)
     grown = ndi.binary_dilation(solid, structure=FACE_CONNECTIVITY) & ~solid & (field > 0)
-    return (solid & ~leave) | grown
+    return keep_mask_topology((solid & ~leave) | grown, solid)
+
+
+def keep_mask_topology(snapped: np.ndarray, solid: np.ndarray) -> np.ndarray:
+    """Undo what one-voxel snapping can do to topology on coarse or noisy
+    data: drop specks it cut loose (under a tenth of the smallest piece of
+    ``solid``: peeling one layer never shrinks a real piece that much) and
+    fill cavities it enclosed (``solid`` has none)."""
+    labels, n = ndi.label(snapped, structure=FACE_CONNECTIVITY)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    solid_sizes = np.bincount(ndi.label(solid, structure=FACE_CONNECTIVITY)[0].ravel())[1:]
+    small = np.flatnonzero(sizes < 0.1 * solid_sizes.min())
+    small = small[small > 0]
+    if small.size:
+        snapped &= ~np.isin(labels, small)
+    background, _ = ndi.label(~snapped, structure=FACE_CONNECTIVITY)
+    faces = [np.take(background, i, axis=a).ravel() for a in range(3) for i in (0, -1)]
+    outside = np.unique(np.concatenate(faces))
+    return ~np.isin(background, outside[outside > 0])
 
 
 def mesh_from_field(field: np.ndarray, affine: np.ndarray, offset_index: np.ndarray) -> trimesh.Trimesh:
