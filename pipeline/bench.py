@@ -28,7 +28,7 @@ def main() -> int:
         ct_dir, out_dir = Path(tmp) / "ct", Path(tmp) / "out"
         start = time.perf_counter()
         phantom = pelvis_phantom(**preset("bench"))
-        write_series(phantom.volume, ct_dir, uid_prefix="bench")
+        write_series(phantom.volume, ct_dir, uid_seed="bench")
         print(f"phantom {phantom.volume!r} written in {time.perf_counter() - start:.1f} s")
         del phantom
         cmd = [sys.executable, "-m", "pipeline", "mesh", str(ct_dir), "--out", str(out_dir), "--quiet"]

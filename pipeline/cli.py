@@ -103,7 +103,7 @@ def cmd_phantom(args: argparse.Namespace) -> None:
     phantom = pelvis_phantom(**kwargs)
     paths = write_series(phantom.volume, Path(args.out_dir),
                          series_description=f"pelvis phantom ({args.preset})",
-                         uid_prefix=f"phantom-{args.preset}-{kwargs.get('seed', 0)}")
+                         uid_seed=f"phantom-{args.preset}-{kwargs.get('seed', 0)}")
     if not args.quiet:
         print(f"{len(paths)} slices, {phantom.volume!r} -> {args.out_dir}")
 

@@ -160,7 +160,6 @@ def write_series(
     study_uid: str | None = None,
     frame_of_reference_uid: str | None = None,
     uid_seed: str | None = None,
-    uid_prefix: str | None = None,
     series_description: str = "Synthetic pelvis phantom",
     series_number: int = 1,
     modality: str = "CT",
@@ -188,9 +187,6 @@ def write_series(
         is given, so that a committed sample series is byte-reproducible.
         SOP Instance UIDs are always derived from the series UID and the slice
         geometry, hence unique per slice and reproducible with a seed.
-    uid_prefix : str, optional
-        Same as ``uid_seed`` (any string, not a DICOM root), for callers using
-        that name.
     rescale_slope, rescale_intercept : float or sequence of float
         One value for all slices, or one per slice index (to test per-slice
         rescaling). Stored value = round((hu - intercept) / slope), clipped to
@@ -225,10 +221,6 @@ def write_series(
     names = file_names or (lambda n: f"IM{n:05d}")
     dtype = np.dtype(np.int16 if signed else np.uint16)
     transfer_syntax = UID(transfer_syntax)
-    if uid_prefix is not None:
-        if uid_seed is not None and uid_seed != uid_prefix:
-            raise ValueError("give uid_seed or uid_prefix, not two different seeds")
-        uid_seed = uid_prefix
     _check_padding(volume.hu, dtype, pixel_padding_value)   # fail before writing anything
 
     def _uid(given: str | None, role: str) -> str:
