@@ -1,0 +1,33 @@
+"""Small helpers shared by the end-to-end style tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import Config, SegmentConfig
+from pipeline.dicom_write import write_series
+from pipeline.load import load_ct
+from pipeline.run import run_mesh
+from pipeline.volume import Volume
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_CT = REPO.parent / "shared" / "real_ct"
+
+
+def rotation(axis, angle_rad: float) -> np.ndarray:
+    axis = np.asarray(axis, dtype=float) / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle_rad) * k + (1 - np.cos(angle_rad)) * k @ k
+
+
+def mesh_through_dicom(volume: Volume, folder: Path, config: Config | None = None, **write_kwargs):
+    """Write ``volume`` as DICOM, read it back and mesh it, as a user's run would."""
+    write_series(volume, folder, **write_kwargs)
+    loaded = load_ct(folder)
+    return run_mesh(loaded, config or Config(segment=SegmentConfig(min_island_mm3=100.0)))
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
