@@ -38,7 +38,7 @@ def test_stl_round_trip_keeps_lps_coordinates_and_says_so():
 def test_stl_refuses_an_open_or_inverted_mesh():
     box = trimesh.creation.box()
     open_box = trimesh.Trimesh(box.vertices, box.faces[:-1], process=False)
-    with pytest.raises(MeshError, match="implant: mesh is not closed"):
+    with pytest.raises(MeshError, match="implant: mesh is not a closed"):
         stl_bytes(open_box, "implant")
     inverted = trimesh.Trimesh(box.vertices, box.faces[:, ::-1], process=False)
     with pytest.raises(MeshError, match="inward"):
@@ -82,3 +82,23 @@ def test_write_outputs_failure_leaves_nothing(tmp_path):
     with pytest.raises(PipelineError, match="file_in_the_way"):
         write_outputs(target / "out", {"bone.stl": b"x"})
     assert set(OUTPUT_NAMES).isdisjoint(p.name for p in tmp_path.rglob("*"))
+
+
+def test_validation_catches_each_defect():
+    from pipeline.meshes import is_oriented_closed_manifold, validate_solid
+    box = trimesh.creation.box()
+    assert is_oriented_closed_manifold(box)
+    flipped_one = box.faces.copy()
+    flipped_one[0] = flipped_one[0, ::-1]
+    assert not is_oriented_closed_manifold(trimesh.Trimesh(box.vertices, flipped_one, process=False))
+    doubled = np.vstack([box.faces, box.faces[:1]])
+    assert not is_oriented_closed_manifold(trimesh.Trimesh(box.vertices, doubled, process=False))
+    degenerate = np.vstack([box.faces, [[0, 0, 1], [1, 0, 0]]])
+    assert not is_oriented_closed_manifold(trimesh.Trimesh(box.vertices, degenerate, process=False))
+    # An inside-out cavity inside a solid box: closed and oriented, total
+    # volume positive, but one shell is negative.
+    inner = trimesh.creation.box(extents=(0.5, 0.5, 0.5))
+    cavity = trimesh.Trimesh(np.vstack([box.vertices, inner.vertices]),
+                             np.vstack([box.faces, inner.faces[:, ::-1] + len(box.vertices)]), process=False)
+    with pytest.raises(MeshError, match="1 of 2 shells are inside-out"):
+        validate_solid(cavity, "bone")
