@@ -31,3 +31,14 @@ def mesh_through_dicom(volume: Volume, folder: Path, config: Config | None = Non
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def winding_number(mesh, point) -> float:
+    """Generalised winding number of a closed mesh around ``point``: 1 inside,
+    0 outside (sum of the triangles' solid angles, Van Oosterom & Strackee)."""
+    a, b, c = (mesh.triangles - np.asarray(point, dtype=float)).transpose(1, 0, 2)
+    la, lb, lc = (np.linalg.norm(x, axis=1) for x in (a, b, c))
+    numerator = np.einsum("ij,ij->i", a, np.cross(b, c))
+    denominator = (la * lb * lc + np.einsum("ij,ij->i", a, b) * lc
+                   + np.einsum("ij,ij->i", b, c) * la + np.einsum("ij,ij->i", c, a) * lb)
+    return float(np.sum(2.0 * np.arctan2(numerator, denominator)) / (4.0 * np.pi))

@@ -1,0 +1,151 @@
+"""``mesh`` on the committed sample CT through the CLI, as a user runs it.
+
+Truth comes from the phantom generator (the sample is its DICOM rendering,
+checked below), from geometry (volumes add up, cut faces lie in their
+planes) and from reviewed golden statistics.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import trimesh
+
+from pipeline.cli import main as cli_main
+from pipeline.config import load_config
+from pipeline.dicom_write import FAKE_BIRTH_DATE, FAKE_PATIENT_ID, FAKE_PATIENT_NAME
+from pipeline.load import load_ct
+from pipeline.phantom import pelvis_phantom, preset
+
+from .helpers import REPO, dice, winding_number
+from .regenerate_goldens import GOLDEN, statistics
+
+pytestmark = pytest.mark.slow
+
+SAMPLE = REPO / "sample_ct"
+CONFIG = REPO / "configs" / "default.toml"
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    assert cli_main(["mesh", str(SAMPLE), "--config", str(CONFIG), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(out):
+    return json.loads((out / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return pelvis_phantom(**preset("sample"))
+
+
+@pytest.fixture(scope="module")
+def meshes(out):
+    return {name: trimesh.load(out / f"{name}.stl") for name in ("bone", "host", "implant")}
+
+
+def test_sample_ct_is_the_phantom(phantom):
+    """The committed series is the generator's output, so its truth applies."""
+    volume = load_ct(SAMPLE)
+    assert np.allclose(volume.affine, phantom.volume.affine, atol=1e-4)
+    assert np.abs(volume.hu - np.round(phantom.volume.hu)).max() <= 1.0
+
+
+def test_three_closed_solids_at_the_planned_place(meshes, phantom):
+    for name, mesh in meshes.items():
+        assert mesh.is_watertight and mesh.is_winding_consistent, name
+        assert mesh.volume > 0, name
+    implant = meshes["implant"]
+    lm = phantom.landmarks_lps_mm
+    # The implant is the left ilium above the acetabulum with the SI joint:
+    # on the patient's left (+x), cranial to the supra-acetabular cut, and it
+    # contains the left SI joint region, not the acetabulum or the right side.
+    assert implant.bounds[0, 0] > 0
+    assert winding_number(implant, lm["left_si_joint"] + [8.0, 0, 0]) == pytest.approx(1.0, abs=1e-6)
+    assert winding_number(implant, lm["left_acetabulum_centre"]) == pytest.approx(0.0, abs=1e-6)
+    assert winding_number(meshes["host"], lm["right_si_joint"] - [8.0, 0, 0]) == pytest.approx(1.0, abs=1e-6)
+    assert winding_number(meshes["host"], lm["left_si_joint"] + [8.0, 0, 0]) == pytest.approx(0.0, abs=1e-6)
+    assert implant.bounds[1, 2] == pytest.approx(lm["left_iliac_crest_top"][2], abs=3.0)
+    bone = meshes["bone"]
+    assert bone.volume == pytest.approx(meshes["host"].volume + implant.volume, rel=1e-3)
+
+
+def test_mask_matches_the_phantom_truth(out, phantom):
+    img = nib.load(out / "bone_mask.nii.gz")
+    mask = np.transpose(np.asarray(img.dataobj), (2, 1, 0)) > 0
+    assert mask.shape == phantom.labels.shape
+    assert dice(mask, phantom.labels > 0) >= 0.97
+    # And the NIfTI overlays the CT: its RAS affine is the CT's LPS affine, converted.
+    lps = phantom.volume.affine[:, [2, 1, 0, 3]]
+    assert np.allclose(img.affine, np.diag([-1, -1, 1, 1]) @ lps, atol=1e-4)
+
+
+def test_couch_is_not_bone(out, phantom):
+    mask = np.transpose(np.asarray(nib.load(out / "bone_mask.nii.gz").dataobj), (2, 1, 0)) > 0
+    dense = np.argwhere(phantom.volume.hu > 300)
+    far_from_bone = phantom.sdf_mm(phantom.volume.index_to_lps(dense)) > 5.0
+    couch = tuple(dense[far_from_bone].T)
+    assert len(couch[0]) > 1000, "the phantom has a dense couch to remove"
+    assert not mask[couch].any()
+
+
+def test_cut_faces_are_flat_and_shared(report):
+    config = load_config(CONFIG)
+    assert [p["name"] for p in report["planes"]] == [p.name for p in config.resection.planes]
+    for plane in report["planes"]:
+        assert plane["contact_flatness_mm"] <= 1e-4
+        assert plane["implant_contact_area_mm2"] == pytest.approx(plane["host_cut_area_mm2"], rel=1e-9)
+        assert plane["implant_contact_area_mm2"] > 500
+
+
+def test_report_describes_the_run(report):
+    assert report["input"]["dimensions"] == [100, 184, 232]
+    assert report["input"]["spacing_mm"] == pytest.approx([2.0, 1.5, 1.5])
+    assert report["input"]["orientation"] == "SPL"
+    assert set(report["timings_s"]) >= {"load", "segment", "surface", "resect"}
+    assert report["versions"]["manifold3d"] != "unknown"
+    for name in ("bone", "host", "implant"):
+        assert report["meshes"][name]["watertight"] is True
+
+
+def test_no_patient_identity_in_any_output(out):
+    for path in out.iterdir():
+        data = path.read_bytes()
+        if path.suffix == ".gz":
+            data = gzip.decompress(data)
+        for secret in (FAKE_PATIENT_NAME, FAKE_PATIENT_ID, FAKE_BIRTH_DATE):
+            assert str(secret).encode() not in data, (path.name, secret)
+
+
+def test_stl_headers_state_the_frame(out):
+    for name in ("bone", "host", "implant"):
+        header = (out / f"{name}.stl").read_bytes()[:80]
+        assert header.startswith(b"SPACE=LPS UNITS=mm")
+
+
+def test_golden_statistics(report):
+    """Against tests/golden/sample_ct.json (``make goldens`` rewrites it).
+
+    Tolerances: volumes 0.5 % and areas 1 % (library versions may move
+    vertices by float rounding, never by a voxel), triangles 2 %, bounds half
+    the largest voxel spacing (1.0 mm of 2.0 mm slices)."""
+    golden = json.loads(GOLDEN.read_text())
+    now = statistics(report)
+    assert now["meshes"].keys() == golden["meshes"].keys()
+    for name, g in golden["meshes"].items():
+        n = now["meshes"][name]
+        assert n["shells"] == g["shells"], name
+        assert n["triangles"] == pytest.approx(g["triangles"], rel=0.02), name
+        assert n["volume_mm3"] == pytest.approx(g["volume_mm3"], rel=0.005), name
+        assert n["area_mm2"] == pytest.approx(g["area_mm2"], rel=0.01), name
+        assert np.allclose(n["bounds_lps_mm"], g["bounds_lps_mm"], atol=1.0), name
+    for name, area in golden["planes"].items():
+        assert now["planes"][name] == pytest.approx(area, rel=0.01), name

@@ -1,0 +1,105 @@
+"""Every way a run can fail: one line on stderr naming the key or file,
+exit status 2, and nothing written to the output folder."""
+
+from __future__ import annotations
+
+import pytest
+import trimesh
+
+import pipeline.run
+from pipeline.cli import main as cli_main
+
+from .helpers import REPO
+
+SAMPLE = REPO / "sample_ct"
+PLANE = 'point_lps_mm = [26.0, 40.0, 44.0]\nnormal_lps = [1.0, 0.0, 0.0]\n'
+
+
+def run_failing(tmp_path, capsys, *, config_text=None, ct=SAMPLE, extra=()):
+    out = tmp_path / "out"
+    args = ["mesh", str(ct), "--out", str(out)]
+    if config_text is not None:
+        cfg = tmp_path / "plan.toml"
+        cfg.write_text(config_text)
+        args += ["--config", str(cfg)]
+    code = cli_main(args + list(extra))
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert code == 2
+    assert len(lines) == 1, captured.err
+    assert "Traceback" not in captured.err
+    assert not out.exists() or not any(out.iterdir()), "a failed run must write nothing"
+    return lines[0]
+
+
+@pytest.mark.parametrize("config_text, expected", [
+    ("[segment]\nthreshhold_hu = 200\n", "unknown key segment.threshhold_hu"),
+    ("[[resection.planes]]\npoint_lps_mm = [1, 2]\nnormal_lps = [1, 0, 0]\n",
+     r"resection.planes[0].point_lps_mm must be a list of 3"),
+    ("[[resection.planes]]\npoint_lps_mm = [1, 2, 3]\nnormal_lps = [0, 0, 0]\n",
+     "resection.planes[0].normal_lps must not be the zero vector"),
+    ("[surface]\nsmoothing_mm = 'a little'\n", "surface.smoothing_mm must be a number"),
+])
+def test_bad_config_fails_before_reading_the_ct(tmp_path, capsys, config_text, expected):
+    # A CT folder that does not exist proves the config is checked first.
+    line = run_failing(tmp_path, capsys, config_text=config_text, ct=tmp_path / "no_such_ct")
+    assert expected in line
+    assert "plan.toml" in line
+
+
+@pytest.mark.slow
+def test_plane_that_misses_the_bone(tmp_path, capsys):
+    text = "[[resection.planes]]\nname = 'above_head'\npoint_lps_mm = [0, 0, 400]\nnormal_lps = [0, 0, 1]\n"
+    line = run_failing(tmp_path, capsys, config_text=text)
+    assert "resection.planes[0] (above_head) misses the bone" in line
+
+
+@pytest.mark.slow
+def test_empty_resection(tmp_path, capsys):
+    text = ("[[resection.planes]]\npoint_lps_mm = [0, 0, 40]\nnormal_lps = [0, 0, 1]\n"
+            "[[resection.planes]]\npoint_lps_mm = [0, 0, 20]\nnormal_lps = [0, 0, -1]\n")
+    assert "empty resection" in run_failing(tmp_path, capsys, config_text=text)
+
+
+@pytest.mark.parametrize("make_ct, expected", [
+    (lambda d: d / "missing", "missing"),
+    (lambda d: (d / "empty").mkdir() or d / "empty", "empty"),
+    (lambda d: ((d / "junk").mkdir(), (d / "junk" / "a.dcm").write_text("not dicom"))[0] or d / "junk", "junk"),
+])
+def test_unreadable_input_names_the_folder(tmp_path, capsys, make_ct, expected):
+    ct = make_ct(tmp_path)
+    line = run_failing(tmp_path, capsys, ct=ct)
+    assert str(ct) in line or ct.name in line
+
+
+@pytest.mark.slow
+def test_unknown_series_is_refused(tmp_path, capsys):
+    line = run_failing(tmp_path, capsys, extra=["--series", "1.2.3.4"])
+    assert "1.2.3.4" in line
+
+
+@pytest.mark.slow
+def test_a_mesh_failing_validation_is_never_written(tmp_path, capsys, monkeypatch):
+    real_surface = pipeline.run.bone_surface
+
+    def broken_surface(*args, **kwargs):
+        good = real_surface(*args, **kwargs)
+        holed = trimesh.Trimesh(good.mesh.vertices, good.mesh.faces[1:], process=False)
+        return type(good)(mesh=holed, inside=good.inside, box=good.box)
+
+    monkeypatch.setattr(pipeline.run, "bone_surface", broken_surface)
+    line = run_failing(tmp_path, capsys)
+    assert "bone: mesh is not a closed" in line
+
+
+@pytest.mark.slow
+def test_a_failed_run_leaves_an_earlier_run_untouched(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli_main(["mesh", str(SAMPLE), "--out", str(out), "--quiet"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["bone.stl", "bone_mask.nii.gz", "report.json"]
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[[resection.planes]]\npoint_lps_mm = [0, 0, 400]\nnormal_lps = [0, 0, 1]\n")
+    assert cli_main(["mesh", str(SAMPLE), "--config", str(cfg), "--out", str(out)]) == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    capsys.readouterr()
