@@ -45,7 +45,10 @@ def nifti_bytes(mask: np.ndarray, affine_lps: np.ndarray) -> bytes:
     are; the affine is converted to RAS as the format requires, and sform and
     qform both carry it (code 1, scanner), so viewers overlay it on the CT.
     """
-    data = np.ascontiguousarray(np.transpose(mask.astype(np.uint8), (2, 1, 0)))
+    # The transpose is a view: NIfTI stores the first axis fastest (Fortran
+    # order), which is exactly the C-order memory of the (slice, row, column)
+    # array, so nothing is copied.
+    data = np.transpose(mask.astype(np.uint8, copy=False), (2, 1, 0))
     affine = LPS_TO_RAS @ affine_lps[:, [2, 1, 0, 3]]
     img = nib.Nifti1Image(data, affine)
     img.set_sform(affine, code=1)

@@ -2,11 +2,14 @@
 
 Validity is checked on the directed edges, in numpy (trimesh's general
 queries cost ~1 s on a million-triangle pelvis): a triangle mesh is a closed,
-consistently oriented 2-manifold exactly when every directed edge occurs once
-and its reverse occurs once too.
+consistently oriented 2-manifold exactly when every edge is used by exactly
+two triangles, once in each direction. The facts are computed once per mesh
+and remembered while the mesh's data is unchanged (trimesh's content hash).
 """
 
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 import trimesh
@@ -16,24 +19,16 @@ from scipy.sparse.csgraph import connected_components
 from .errors import MeshError
 
 
-def _directed_edge_keys(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
-    f = np.asarray(mesh.faces, dtype=np.int64)
-    a = f.ravel()
-    b = np.roll(f, -1, axis=1).ravel()
-    n = np.int64(len(mesh.vertices))
-    return a * n + b, b * n + a
-
-
 def is_oriented_closed_manifold(mesh: trimesh.Trimesh) -> bool:
-    f = np.asarray(mesh.faces)
-    if ((f[:, 0] == f[:, 1]) | (f[:, 1] == f[:, 2]) | (f[:, 2] == f[:, 0])).any():
+    f = np.asarray(mesh.faces, dtype=np.int64)
+    if f.size == 0 or ((f[:, 0] == f[:, 1]) | (f[:, 1] == f[:, 2]) | (f[:, 2] == f[:, 0])).any():
         return False  # a triangle repeating a vertex has a zero-length edge
-    keys, reverse = _directed_edge_keys(mesh)
+    a, b = f.ravel(), np.roll(f, -1, axis=1).ravel()
+    # Key = undirected edge * 2 + direction. Sorted, a valid mesh gives pairs
+    # (2k, 2k + 1): each edge exactly twice, once each way.
+    keys = (np.minimum(a, b) * np.int64(len(mesh.vertices)) + np.maximum(a, b)) * 2 + (a < b)
     keys.sort()
-    if keys.size == 0 or (keys[1:] == keys[:-1]).any():
-        return False  # an edge used twice in one direction: non-manifold or flipped face
-    reverse.sort()
-    return bool(np.array_equal(keys, reverse))
+    return bool(np.all(keys[0::2] % 2 == 0) and np.array_equal(keys[1::2], keys[0::2] + 1))
 
 
 def shell_volumes_mm3(mesh: trimesh.Trimesh) -> np.ndarray:
@@ -51,15 +46,36 @@ def shell_volumes_mm3(mesh: trimesh.Trimesh) -> np.ndarray:
     return volumes[np.bincount(labels) > 0]
 
 
+_FACTS: "weakref.WeakKeyDictionary[trimesh.Trimesh, tuple[int, dict]]" = weakref.WeakKeyDictionary()
+
+
+def mesh_facts(mesh: trimesh.Trimesh) -> dict:
+    """Validity, shell volumes, area and bounds of ``mesh``, computed once."""
+    key = hash(mesh)
+    cached = _FACTS.get(mesh)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    empty = len(mesh.faces) == 0
+    facts = {
+        "manifold": is_oriented_closed_manifold(mesh),
+        "shell_volumes_mm3": np.zeros(0) if empty else shell_volumes_mm3(mesh),
+        "area_mm2": float(mesh.area),
+        "bounds_lps_mm": np.zeros((2, 3)) if empty else np.asarray(mesh.bounds, dtype=float),
+    }
+    _FACTS[mesh] = (key, facts)
+    return facts
+
+
 def validate_solid(mesh: trimesh.Trimesh, name: str) -> None:
     """Raise :class:`MeshError` unless ``mesh`` is a closed, consistently and
     outward-oriented solid with positive volume in every shell."""
     if len(mesh.faces) == 0:
         raise MeshError(f"{name}: mesh is empty")
-    if not is_oriented_closed_manifold(mesh):
+    facts = mesh_facts(mesh)
+    if not facts["manifold"]:
         raise MeshError(f"{name}: mesh is not a closed, consistently oriented manifold "
                         "(some edge does not join exactly two faces in opposite directions)")
-    volumes = shell_volumes_mm3(mesh)
+    volumes = facts["shell_volumes_mm3"]
     if volumes.sum() <= 0:
         raise MeshError(f"{name}: mesh volume is {volumes.sum():.3g} mm3; normals point inward")
     # An inward-facing shell inside a larger one would silently cancel volume.
@@ -68,14 +84,14 @@ def validate_solid(mesh: trimesh.Trimesh, name: str) -> None:
 
 
 def mesh_stats(mesh: trimesh.Trimesh) -> dict:
-    volumes = shell_volumes_mm3(mesh)
-    bounds = np.asarray(mesh.bounds, dtype=float)
+    facts = mesh_facts(mesh)
+    volumes = facts["shell_volumes_mm3"]
     return {
         "triangles": int(len(mesh.faces)),
         "vertices": int(len(mesh.vertices)),
         "shells": int(volumes.size),
         "volume_mm3": round(float(volumes.sum()), 3),
-        "area_mm2": round(float(mesh.area), 3),
-        "bounds_lps_mm": [[round(float(v), 3) for v in row] for row in bounds],
-        "watertight": is_oriented_closed_manifold(mesh),
+        "area_mm2": round(facts["area_mm2"], 3),
+        "bounds_lps_mm": [[round(float(v), 3) for v in row] for row in facts["bounds_lps_mm"]],
+        "watertight": facts["manifold"],
     }

@@ -96,6 +96,7 @@ def faces_on_plane(mesh: trimesh.Trimesh, plane: Plane, *, facing: int) -> np.nd
     """Faces whose three vertices lie on ``plane`` and whose outward normal is
     ``facing`` × the plane normal (−1: implant contact, +1: host cut face)."""
     d = plane.signed_distance_mm(mesh.vertices)
-    on = np.abs(d[mesh.faces]).max(axis=1) <= ON_PLANE_MM
-    aligned = mesh.face_normals @ np.asarray(plane.normal_lps) * facing > 0.5
-    return np.flatnonzero(on & aligned)
+    candidates = np.flatnonzero(np.abs(d[mesh.faces]).max(axis=1) <= ON_PLANE_MM)
+    tri = mesh.vertices[mesh.faces[candidates]]
+    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    return candidates[normals @ np.asarray(plane.normal_lps) * facing > 0]

@@ -23,9 +23,9 @@ from .volume import Volume
 # Face connectivity: two bone voxels touching only at an edge or corner are not
 # joined, which keeps partial-volume bridges across joint spaces from merging bones.
 FACE_CONNECTIVITY = ndi.generate_binary_structure(3, 1)
-# The body outline is found on a grid this many times coarser in-plane: the
-# body/couch gap is centimetres, and labelling the full grid costs ~1 s.
-BODY_STRIDE = 2
+# The body outline is found on a grid of about this spacing: the body/couch
+# gap is centimetres, and labelling a fine full grid costs ~1 s.
+BODY_GRID_MM = 2.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,11 +34,13 @@ class BoneMask:
 
     ``solid``: bool array, shape of ``volume.hu[box]``.
     ``box``: tuple of three slices locating ``solid`` in the full grid.
+    ``smallest_piece_voxels``: size of the smallest bone piece kept.
     ``stats``: counts and volumes for the report.
     """
 
     solid: np.ndarray
     box: tuple[slice, slice, slice]
+    smallest_piece_voxels: int
     stats: dict
 
     def full(self, shape: tuple[int, int, int]) -> np.ndarray:
@@ -52,7 +54,7 @@ def segment_bone(volume: Volume, cfg: SegmentConfig) -> BoneMask:
     voxel_mm3 = volume.voxel_volume_mm3
     candidates = volume.hu >= cfg.threshold_hu
     n_threshold = int(np.count_nonzero(candidates))
-    body = body_mask(volume.hu, cfg.body_threshold_hu)
+    body = body_mask(volume.hu, cfg.body_threshold_hu, volume.spacing_mm)
     candidates &= body
     n_outside_body = n_threshold - int(np.count_nonzero(candidates))
     del body
@@ -90,27 +92,28 @@ def segment_bone(volume: Volume, cfg: SegmentConfig) -> BoneMask:
         "removed_islands_mm3": round(float(sizes[1:].sum() - sizes[keep].sum()) * voxel_mm3, 1),
         "solid_mm3": round(float(np.count_nonzero(solid)) * voxel_mm3, 1),
     }
-    return BoneMask(solid=solid, box=box, stats=stats)
+    return BoneMask(solid=solid, box=box, smallest_piece_voxels=int(sizes[keep].min()), stats=stats)
 
 
-def body_mask(hu: np.ndarray, body_threshold_hu: float) -> np.ndarray:
+def body_mask(hu: np.ndarray, body_threshold_hu: float, spacing_mm: np.ndarray) -> np.ndarray:
     """The largest connected region above ``body_threshold_hu``: the patient.
 
     The couch, its rails and anything else separated from the patient by air
-    or foam fall outside it. Computed on a coarser in-plane grid for speed and
-    expanded back by repetition.
+    or foam fall outside it. Computed on a grid of about ``BODY_GRID_MM``
+    (every n-th voxel) for speed and expanded back by repetition.
     """
-    coarse = hu[:, ::BODY_STRIDE, ::BODY_STRIDE] > body_threshold_hu
+    stride = np.maximum(np.floor(BODY_GRID_MM / np.asarray(spacing_mm)), 1).astype(int)
+    coarse = hu[::stride[0], ::stride[1], ::stride[2]] > body_threshold_hu
     labels, n = ndi.label(coarse, structure=FACE_CONNECTIVITY)
     if n == 0:
         return np.zeros(hu.shape, dtype=bool)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     largest = labels == int(np.argmax(sizes))
-    # Close the in-plane outline so bone at the skin (thin patients) stays inside.
-    largest = ndi.binary_dilation(largest, structure=FACE_CONNECTIVITY)
-    full = np.repeat(np.repeat(largest, BODY_STRIDE, axis=1), BODY_STRIDE, axis=2)
-    return full[:, : hu.shape[1], : hu.shape[2]]
+    for axis in range(3):
+        if stride[axis] > 1:
+            largest = np.repeat(largest, stride[axis], axis=axis)
+    return largest[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
 
 
 def closing_radius_voxels(spacing_mm: np.ndarray, closing_mm: float) -> int:

@@ -60,9 +60,10 @@ def bone_surface(volume: Volume, bone: BoneMask, cfg: SurfaceConfig) -> BoneSurf
     hu = volume.hu[bone.box].astype(np.float32, copy=True)
     if cfg.smoothing_mm > 0:
         ndi.gaussian_filter(hu, sigma=cfg.smoothing_mm / volume.spacing_mm, output=hu)
-    field = hu - halfmax_level(hu, bone.solid, volume.spacing_mm, cfg.halfmax_radius_mm)
+    grown = ndi.binary_dilation(bone.solid, structure=FACE_CONNECTIVITY)
+    field = hu - halfmax_level(hu, bone.solid, grown, volume.spacing_mm, cfg.halfmax_radius_mm)
     del hu
-    inside = snap_to_level(bone.solid, field)
+    inside = snap_to_level(bone.solid, grown, field, min_piece_voxels=bone.smallest_piece_voxels // 10)
     np.maximum(field, CLAMP_HU, out=field, where=inside)
     np.minimum(field, -CLAMP_HU, out=field, where=~inside)
     offset = np.array([s.start for s in bone.box], dtype=float)
@@ -70,14 +71,16 @@ def bone_surface(volume: Volume, bone: BoneMask, cfg: SurfaceConfig) -> BoneSurf
     return BoneSurface(mesh=mesh, inside=inside, box=bone.box)
 
 
-def halfmax_level(hu: np.ndarray, solid: np.ndarray, spacing_mm: np.ndarray,
+def halfmax_level(hu: np.ndarray, solid: np.ndarray, grown: np.ndarray, spacing_mm: np.ndarray,
                   radius_mm: float) -> np.ndarray:
-    """Per-voxel level half-way between local bone peak and local surroundings."""
+    """Per-voxel level half-way between local bone peak and local surroundings.
+
+    ``grown`` is ``solid`` dilated by one voxel."""
     size = 2 * np.maximum(np.round(radius_mm / np.asarray(spacing_mm)), 1).astype(int) + 1
     lowest = np.float32(np.finfo(np.float32).min)
     peak = ndi.maximum_filter(np.where(solid, hu, lowest), size=size)
     # The layer right outside the mask is partial-volume: leave it out of "surroundings".
-    around = ~ndi.binary_dilation(solid, structure=FACE_CONNECTIVITY)
+    around = ~grown
     weight = ndi.uniform_filter(around.astype(np.float32), size=size)
     total = ndi.uniform_filter(np.where(around, hu, np.float32(0)), size=size)
     valid = (weight > 1e-3) & (peak > lowest)
@@ -87,8 +90,10 @@ def halfmax_level(hu: np.ndarray, solid: np.ndarray, spacing_mm: np.ndarray,
     return level.astype(np.float32, copy=False)
 
 
-def snap_to_level(solid: np.ndarray, field: np.ndarray) -> np.ndarray:
-    """Move the mask's outer layer one voxel to agree with ``field > 0``.
+def snap_to_level(solid: np.ndarray, grown: np.ndarray, field: np.ndarray, *,
+                  min_piece_voxels: int) -> np.ndarray:
+    """Move the mask's outer layer one voxel to agree with ``field > 0``
+    (``grown``: ``solid`` dilated by one voxel).
 
     Boundary voxels below the level leave only when they back onto a core
     voxel (bone at least three voxels thick there), so thin plates are never
@@ -98,26 +103,26 @@ def snap_to_level(solid: np.ndarray, field: np.ndarray) -> np.ndarray:
     shell = solid & ~core
     backed = ndi.binary_dilation(core, structure=FACE_CONNECTIVITY)
     leave = shell & backed & (field <= 0)
-    grown = ndi.binary_dilation(solid, structure=FACE_CONNECTIVITY) & ~solid & (field > 0)
-    return keep_mask_topology((solid & ~leave) | grown, solid)
+    join = grown & ~solid & (field > 0)
+    return keep_mask_topology((solid & ~leave) | join, min_piece_voxels)
 
 
-def keep_mask_topology(snapped: np.ndarray, solid: np.ndarray) -> np.ndarray:
+def keep_mask_topology(snapped: np.ndarray, min_piece_voxels: int) -> np.ndarray:
     """Undo what one-voxel snapping can do to topology on coarse or noisy
-    data: drop specks it cut loose (under a tenth of the smallest piece of
-    ``solid``: peeling one layer never shrinks a real piece that much) and
-    fill cavities it enclosed (``solid`` has none)."""
+    data: drop specks it cut loose (smaller than ``min_piece_voxels``; a tenth
+    of the smallest bone piece, as peeling one layer never shrinks a real
+    piece that much) and fill cavities it enclosed (the solid mask has none)."""
     labels, n = ndi.label(snapped, structure=FACE_CONNECTIVITY)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    solid_sizes = np.bincount(ndi.label(solid, structure=FACE_CONNECTIVITY)[0].ravel())[1:]
-    small = np.flatnonzero(sizes < 0.1 * solid_sizes.min())
-    small = small[small > 0]
-    if small.size:
-        snapped &= ~np.isin(labels, small)
-    background, _ = ndi.label(~snapped, structure=FACE_CONNECTIVITY)
-    faces = [np.take(background, i, axis=a).ravel() for a in range(3) for i in (0, -1)]
-    outside = np.unique(np.concatenate(faces))
-    return ~np.isin(background, outside[outside > 0])
+    keep = np.bincount(labels.ravel(), minlength=n + 1) >= min_piece_voxels
+    keep[0] = False
+    background, n_bg = ndi.label(~keep[labels], structure=FACE_CONNECTIVITY)
+    del labels
+    outside = np.zeros(n_bg + 1, dtype=bool)
+    for axis in range(3):
+        for index in (0, -1):
+            outside[np.take(background, index, axis=axis)] = True
+    outside[0] = False
+    return ~outside[background]
 
 
 def mesh_from_field(field: np.ndarray, affine: np.ndarray, offset_index: np.ndarray) -> trimesh.Trimesh:
