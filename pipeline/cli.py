@@ -52,6 +52,7 @@ def cmd_mesh(args: argparse.Namespace) -> None:
     from .config import load_config
     from .export import json_bytes, nifti_bytes, stl_bytes, write_outputs
     from .load import load_ct
+    from .parallel import parallel
     from .run import Timer, run_mesh
 
     console = Console(args.quiet)
@@ -63,12 +64,13 @@ def cmd_mesh(args: argparse.Namespace) -> None:
         console.line(f"note: {note}")
     result = run_mesh(volume, config, log=console.line, timer=timer)
     start = time.perf_counter()
-    files = {"bone.stl": stl_bytes(result.bone, "bone")}
+    encoders = {"bone.stl": lambda: stl_bytes(result.bone, "bone"),
+                "bone_mask.nii.gz": lambda: nifti_bytes(result.bone_mask, volume.affine),
+                "report.json": lambda: json_bytes(result.report)}
     if result.implant is not None:
-        files["host.stl"] = stl_bytes(result.host, "host")
-        files["implant.stl"] = stl_bytes(result.implant, "implant")
-    files["bone_mask.nii.gz"] = nifti_bytes(result.bone_mask, volume.affine)
-    files["report.json"] = json_bytes(result.report)
+        encoders["host.stl"] = lambda: stl_bytes(result.host, "host")
+        encoders["implant.stl"] = lambda: stl_bytes(result.implant, "implant")
+    files = dict(zip(encoders, parallel(*encoders.values())))
     written = write_outputs(Path(args.out), files)
     console.line(f"{'write':<9} {time.perf_counter() - start:7.2f} s")
     if not args.quiet:

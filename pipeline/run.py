@@ -17,6 +17,7 @@ import trimesh
 
 from .config import Config
 from .meshes import mesh_stats, validate_solid
+from .parallel import parallel
 from .resect import Resection, resect
 from .segment import segment_bone
 from .surface import bone_surface
@@ -59,16 +60,20 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
         bone_mask = segment_bone(volume, config.segment)
     with timer.stage("surface"):
         surface = bone_surface(volume, bone_mask, config.surface)
-        validate_solid(surface.mesh, "bone")
     planes = config.resection.planes
     cut: Resection | None = None
     if planes:
         with timer.stage("resect"):
-            cut = resect(surface.mesh, planes)
-            validate_solid(cut.host, "host")
-            validate_solid(cut.implant, "implant")
-    elif log:
-        log("no resection planes in the config: writing the bone outputs only")
+            # The cut does not need the full check (manifold3d refuses a
+            # non-manifold input itself), so both run at once.
+            cut, _ = parallel(lambda: resect(surface.mesh, planes),
+                              lambda: validate_solid(surface.mesh, "bone"))
+            parallel(lambda: validate_solid(cut.host, "host"),
+                     lambda: validate_solid(cut.implant, "implant"))
+    else:
+        validate_solid(surface.mesh, "bone")
+        if log:
+            log("no resection planes in the config: writing the bone outputs only")
     report = build_report(volume, config, surface.mesh, cut, bone_mask.stats, timer.seconds)
     return MeshResult(bone=surface.mesh, host=cut.host if cut else None,
                       implant=cut.implant if cut else None,

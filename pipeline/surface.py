@@ -29,6 +29,7 @@ from scipy import ndimage as ndi
 from skimage.measure import marching_cubes
 
 from .config import SurfaceConfig
+from .parallel import parallel
 from .errors import MeshError
 from .segment import FACE_CONNECTIVITY, BoneMask
 from .volume import Volume, apply_affine
@@ -78,11 +79,12 @@ def halfmax_level(hu: np.ndarray, solid: np.ndarray, grown: np.ndarray, spacing_
     ``grown`` is ``solid`` dilated by one voxel."""
     size = 2 * np.maximum(np.round(radius_mm / np.asarray(spacing_mm)), 1).astype(int) + 1
     lowest = np.float32(np.finfo(np.float32).min)
-    peak = ndi.maximum_filter(np.where(solid, hu, lowest), size=size)
     # The layer right outside the mask is partial-volume: leave it out of "surroundings".
     around = ~grown
-    weight = ndi.uniform_filter(around.astype(np.float32), size=size)
-    total = ndi.uniform_filter(np.where(around, hu, np.float32(0)), size=size)
+    peak, weight, total = parallel(
+        lambda: ndi.maximum_filter(np.where(solid, hu, lowest), size=size),
+        lambda: ndi.uniform_filter(around.astype(np.float32), size=size),
+        lambda: ndi.uniform_filter(np.where(around, hu, np.float32(0)), size=size))
     valid = (weight > 1e-3) & (peak > lowest)
     level = np.where(valid, 0.5 * (peak + total / np.maximum(weight, 1e-3)), np.float32(0))
     # Far from any bone/tissue interface the level is irrelevant (the field is
