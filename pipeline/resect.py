@@ -26,6 +26,9 @@ from .errors import MeshError, PlanError
 ON_PLANE_MM = 1e-6
 # The cutter box extends this far beyond the bone so no bone lies on its walls.
 CUTTER_MARGIN_MM = 10.0
+# Less than this on either side of the cut is no resection at all (planes
+# that coincide, or a region thinner than float precision).
+MIN_PART_MM3 = 1.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,10 +79,10 @@ def resect(bone: trimesh.Trimesh, planes: tuple[Plane, ...]) -> Resection:
         raise ValueError("resect needs at least one plane")
     check_planes_cross(planes, bone)
     implant_m, host_m = to_manifold(bone, "bone").split(cutter_for(planes, bone.bounds))
-    if implant_m.is_empty():
+    if implant_m.is_empty() or implant_m.volume() < MIN_PART_MM3:
         raise PlanError("the resection region (the side every resection.planes normal points to) "
                         "contains no bone: empty resection")
-    if host_m.is_empty():
+    if host_m.is_empty() or host_m.volume() < MIN_PART_MM3:
         raise PlanError("the resection removes the whole bone: nothing is left as host")
     implant, host = from_manifold(implant_m), from_manifold(host_m)
     implant_faces = tuple(faces_on_plane(implant, p, facing=-1) for p in planes)

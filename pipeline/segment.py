@@ -53,17 +53,18 @@ def segment_bone(volume: Volume, cfg: SegmentConfig) -> BoneMask:
     """Threshold, drop the couch and islands, close and fill each bone piece."""
     voxel_mm3 = volume.voxel_volume_mm3
     candidates = volume.hu >= cfg.threshold_hu
-    n_threshold = int(np.count_nonzero(candidates))
-    body = body_mask(volume.hu, cfg.body_threshold_hu, volume.spacing_mm)
-    candidates &= body
-    n_outside_body = n_threshold - int(np.count_nonzero(candidates))
-    del body
-    if not candidates.any():
+    index = np.nonzero(candidates)
+    n_threshold = index[0].size
+    inside = in_body(index, volume.hu, cfg.body_threshold_hu, volume.spacing_mm)
+    candidates[tuple(i[~inside] for i in index)] = False
+    index = tuple(i[inside] for i in index)
+    if index[0].size == 0:
         raise InputError(f"no bone found: no voxel inside the body reaches segment.threshold_hu = "
                          f"{cfg.threshold_hu:g} HU (is this a CT with bone in the field of view?)")
 
     radius_vox = closing_radius_voxels(volume.spacing_mm, cfg.closing_mm)
-    box = bounding_box(candidates, pad=radius_vox + 2)
+    box = tuple(slice(max(int(i.min()) - radius_vox - 2, 0), min(int(i.max()) + radius_vox + 3, dim))
+                for i, dim in zip(index, volume.shape))
     raw = candidates[box]
     del candidates
     labels, n = ndi.label(raw, structure=FACE_CONNECTIVITY)
@@ -86,7 +87,7 @@ def segment_bone(volume: Volume, cfg: SegmentConfig) -> BoneMask:
 
     stats = {
         "threshold_voxels": n_threshold,
-        "removed_outside_body_mm3": round(n_outside_body * voxel_mm3, 1),
+        "removed_outside_body_mm3": round((n_threshold - index[0].size) * voxel_mm3, 1),
         "pieces_found": int(n),
         "pieces_kept": int(keep.size),
         "removed_islands_mm3": round(float(sizes[1:].sum() - sizes[keep].sum()) * voxel_mm3, 1),
@@ -95,25 +96,24 @@ def segment_bone(volume: Volume, cfg: SegmentConfig) -> BoneMask:
     return BoneMask(solid=solid, box=box, smallest_piece_voxels=int(sizes[keep].min()), stats=stats)
 
 
-def body_mask(hu: np.ndarray, body_threshold_hu: float, spacing_mm: np.ndarray) -> np.ndarray:
-    """The largest connected region above ``body_threshold_hu``: the patient.
+def in_body(index: tuple[np.ndarray, ...], hu: np.ndarray, body_threshold_hu: float,
+            spacing_mm: np.ndarray) -> np.ndarray:
+    """Whether each voxel of ``index`` lies in the patient: the largest
+    connected region above ``body_threshold_hu``.
 
     The couch, its rails and anything else separated from the patient by air
-    or foam fall outside it. Computed on a grid of about ``BODY_GRID_MM``
-    (every n-th voxel) for speed and expanded back by repetition.
+    or foam fall outside it. The region is found on a grid of about
+    ``BODY_GRID_MM`` (every n-th voxel) for speed.
     """
     stride = np.maximum(np.floor(BODY_GRID_MM / np.asarray(spacing_mm)), 1).astype(int)
     coarse = hu[::stride[0], ::stride[1], ::stride[2]] > body_threshold_hu
     labels, n = ndi.label(coarse, structure=FACE_CONNECTIVITY)
     if n == 0:
-        return np.zeros(hu.shape, dtype=bool)
+        return np.zeros(index[0].shape, dtype=bool)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    largest = labels == int(np.argmax(sizes))
-    for axis in range(3):
-        if stride[axis] > 1:
-            largest = np.repeat(largest, stride[axis], axis=axis)
-    return largest[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
+    coarse_index = tuple(i // s for i, s in zip(index, stride))
+    return labels[coarse_index] == int(np.argmax(sizes))
 
 
 def closing_radius_voxels(spacing_mm: np.ndarray, closing_mm: float) -> int:
@@ -126,15 +126,6 @@ def ball(spacing_mm: np.ndarray, radius_mm: float) -> np.ndarray:
     half = np.floor(r).astype(int)
     grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
     return sum((g / ri) ** 2 for g, ri in zip(grids, r)) <= 1.0
-
-
-def bounding_box(mask: np.ndarray, pad: int) -> tuple[slice, slice, slice]:
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        idx = np.flatnonzero(mask.any(axis=other))
-        box.append(slice(max(int(idx[0]) - pad, 0), min(int(idx[-1]) + 1 + pad, mask.shape[axis])))
-    return tuple(box)  # type: ignore[return-value]
 
 
 def close_and_fill(piece: np.ndarray, radius_vox: int, spacing_mm: np.ndarray,

@@ -125,3 +125,11 @@ def test_redundant_plane_is_an_error():
 
 def test_on_plane_tolerance_is_far_below_the_flatness_requirement():
     assert ON_PLANE_MM <= 1e-4 / 10
+
+
+def test_planes_enclosing_no_volume_are_an_empty_resection():
+    # Found by hypothesis: z <= 0 and z >= 0 leave only the plane z = 0.
+    planes = (Plane(point_lps_mm=(0, 0, 0), normal_lps=(0, 0, -1)),
+              Plane(point_lps_mm=(40, 0, 0), normal_lps=(0, 0, 1)))
+    with pytest.raises(PlanError, match="empty resection"):
+        resect(TWO_BODIES, planes)
