@@ -28,19 +28,34 @@ def sphere_cut_area(d: float) -> float:
     return np.pi * (RADIUS_MM**2 - d**2)
 
 
-def in_patch(plane, triangles, points, tol=1e-7):
-    """Whether each point (on ``plane``) lies in one of the planar ``triangles``."""
+def in_patch(plane, triangles, points, tol_mm=1e-6):
+    """Whether each point (on ``plane``) lies in the union of the planar
+    ``triangles``, up to ``tol_mm``: inside one of them, or on one of their
+    edges (sliver triangles of area ~1e-10 mm2 make barycentric tests alone
+    unreliable)."""
     n = np.asarray(plane.normal_lps)
     u = np.cross(n, [1.0, 0, 0] if abs(n[0]) < 0.9 else [0, 1.0, 0])
     u /= np.linalg.norm(u)
     v = np.cross(n, u)
-    to2d = lambda x: np.stack([x @ u, x @ v], axis=-1)
-    t, p = to2d(triangles), to2d(points)[:, None, :]
+    t = np.stack([triangles @ u, triangles @ v], axis=-1)          # (T, 3, 2)
+    p = np.stack([points @ u, points @ v], axis=-1)[:, None, :]    # (P, 1, 2)
     a, b, c = t[None, :, 0], t[None, :, 1], t[None, :, 2]
-    cross = lambda o, e, q: (e[..., 0] - o[..., 0]) * (q[..., 1] - o[..., 1]) - (e[..., 1] - o[..., 1]) * (q[..., 0] - o[..., 0])
+
+    def cross(o, e, q):
+        return (e[..., 0] - o[..., 0]) * (q[..., 1] - o[..., 1]) - (e[..., 1] - o[..., 1]) * (q[..., 0] - o[..., 0])
+
     area = cross(a, b, c)
-    w = np.stack([cross(b, c, p), cross(c, a, p), cross(a, b, p)]) / area
-    return (w >= -tol).all(axis=0).any(axis=1)
+    usable = np.abs(area) > 1e-12
+    w = np.stack([cross(b, c, p), cross(c, a, p), cross(a, b, p)]) / np.where(usable, area, 1.0)
+    inside = ((w >= 0).all(axis=0) & usable).any(axis=1)
+    # Distance to every edge segment.
+    starts = t.reshape(-1, 2)
+    ends = np.roll(t, -1, axis=1).reshape(-1, 2)
+    d = ends - starts
+    s_ = np.clip(np.einsum("pek,ek->pe", p - starts[None], d) / np.maximum((d * d).sum(-1), 1e-30), 0, 1)
+    nearest = starts[None] + s_[..., None] * d[None]
+    on_edge = (np.linalg.norm(p - nearest, axis=-1) <= tol_mm).any(axis=1)
+    return inside | on_edge
 
 
 def check_cut(bone, planes, cut):
@@ -58,12 +73,18 @@ def check_cut(bone, planes, cut):
         imp_pts = cut.implant.vertices[cut.implant.faces[imp]].reshape(-1, 3)
         assert np.abs(plane.signed_distance_mm(imp_pts)).max() <= 1e-4
         # Same polygon on both sides: same area, same vertex set.
-        assert cut.implant.area_faces[imp].sum() == pytest.approx(cut.host.area_faces[host].sum(), rel=1e-9)
+        assert cut.implant.area_faces[imp].sum() == pytest.approx(cut.host.area_faces[host].sum(), rel=1e-6)
         # (manifold3d may keep a collinear vertex on one side's outline only,
         # so compare regions, not vertex lists: each side's vertices lie in the
         # other side's polygon).
-        host_pts = cut.host.vertices[cut.host.faces[host]].reshape(-1, 3)
+        # Faces of the input that happen to lie in the plane (an axis-aligned
+        # plane through the box's hole wall) may add slivers of ~1e-7 mm2 on
+        # one side only; they carry no area, so only faces with area count.
+        imp_big = imp[cut.implant.area_faces[imp] > 1e-6]
+        host_big = host[cut.host.area_faces[host] > 1e-6]
+        host_pts = cut.host.vertices[cut.host.faces[host_big]].reshape(-1, 3)
         assert in_patch(plane, cut.implant.triangles[imp], host_pts).all()
+        imp_pts = cut.implant.vertices[cut.implant.faces[imp_big]].reshape(-1, 3)
         assert in_patch(plane, cut.host.triangles[host], imp_pts).all()
 
 
