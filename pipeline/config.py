@@ -37,7 +37,11 @@ class SegmentConfig:
     min_island_mm3: float = 1000.0
     # Radius of the morphological closing that bridges small gaps in thin
     # cortex before the marrow is filled; 0 disables it.
-    closing_mm: float = 1.0
+    closing_mm: float = 1.5
+    # Marrow is also filled slice by slice where a hole is enclosed within one
+    # slice (needed on thick slices); larger enclosed regions are not marrow
+    # but spaces between bones (psoas between L5 and the iliac crests, 30+ cm^2).
+    max_slice_hole_mm2: float = 2500.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,9 @@ class ResectionConfig:
     # No default planes: planes are patient-specific. Without planes the run
     # produces the bone outputs only.
     planes: tuple[Plane, ...] = ()
+    # Pieces a cut clips off a bump of the bone surface smaller than this are
+    # dropped from the implant (and counted in the report), 0.1 cm^3.
+    min_fragment_mm3: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -165,6 +172,8 @@ def _check_segment(s: SegmentConfig) -> None:
         raise ConfigError("segment.min_island_mm3 must be >= 0")
     if not 0 <= s.closing_mm <= 10:
         raise ConfigError("segment.closing_mm must be between 0 and 10 mm")
+    if s.max_slice_hole_mm2 < 0:
+        raise ConfigError("segment.max_slice_hole_mm2 must be >= 0")
 
 
 def _check_surface(s: SurfaceConfig) -> None:
@@ -175,12 +184,17 @@ def _check_surface(s: SurfaceConfig) -> None:
 
 
 def _resection(table: Any) -> ResectionConfig:
-    _no_unknown(table, {"planes"}, "resection.")
+    _no_unknown(table, {"planes", "min_fragment_mm3"}, "resection.")
     raw_planes = table.get("planes", [])
     if not isinstance(raw_planes, list):
         raise ConfigError("resection.planes must be an array of tables ([[resection.planes]])")
     planes = tuple(_plane(p, f"resection.planes[{i}]") for i, p in enumerate(raw_planes))
-    return ResectionConfig(planes=planes)
+    kwargs = {}
+    if "min_fragment_mm3" in table:
+        kwargs["min_fragment_mm3"] = _number(table["min_fragment_mm3"], "resection.min_fragment_mm3")
+        if kwargs["min_fragment_mm3"] < 0:
+            raise ConfigError("resection.min_fragment_mm3 must be >= 0")
+    return ResectionConfig(planes=planes, **kwargs)
 
 
 def _plane(table: Any, key: str) -> Plane:

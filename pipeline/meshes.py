@@ -31,8 +31,11 @@ def is_oriented_closed_manifold(mesh: trimesh.Trimesh) -> bool:
     return bool(np.all(keys[0::2] % 2 == 0) and np.array_equal(keys[1::2], keys[0::2] + 1))
 
 
-def shell_volumes_mm3(mesh: trimesh.Trimesh) -> np.ndarray:
-    """Signed volume of each connected shell (divergence theorem per face)."""
+def face_shells(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
+    """(shell label of every face, signed volume of every shell).
+
+    Shells are the connected pieces of the surface; labels are 0..n-1.
+    Volumes come from the divergence theorem, face by face."""
     f = np.asarray(mesh.faces, dtype=np.int64)
     n = len(mesh.vertices)
     # Each triangle links its first vertex to the other two: enough for connectivity.
@@ -41,9 +44,13 @@ def shell_volumes_mm3(mesh: trimesh.Trimesh) -> np.ndarray:
     _, vertex_label = connected_components(graph, directed=False)
     v = np.asarray(mesh.vertices)
     per_face = np.einsum("ij,ij->i", v[f[:, 0]], np.cross(v[f[:, 1]], v[f[:, 2]])) / 6.0
-    labels = vertex_label[f[:, 0]]
-    volumes = np.bincount(labels, weights=per_face)
-    return volumes[np.bincount(labels) > 0]
+    _, labels = np.unique(vertex_label[f[:, 0]], return_inverse=True)
+    return labels, np.bincount(labels, weights=per_face)
+
+
+def shell_volumes_mm3(mesh: trimesh.Trimesh) -> np.ndarray:
+    """Signed volume of each connected shell."""
+    return face_shells(mesh)[1]
 
 
 _FACTS: "weakref.WeakKeyDictionary[trimesh.Trimesh, tuple[int, dict]]" = weakref.WeakKeyDictionary()

@@ -19,6 +19,7 @@ import trimesh
 
 from .config import Plane
 from .errors import MeshError, PlanError
+from .meshes import face_shells
 
 # A vertex within this distance of a plane lies on it (mm). Cut vertices come
 # out of manifold3d within ~1e-12 mm; bone vertices are never this close by
@@ -38,6 +39,8 @@ class Resection:
     # Per plane: indices of implant / host faces lying on it.
     implant_contact_faces: tuple[np.ndarray, ...]
     host_cut_faces: tuple[np.ndarray, ...]
+    # What the shell sorting did (see sort_shells), for the report.
+    shells: dict
 
 
 def to_manifold(mesh: trimesh.Trimesh, what: str) -> manifold3d.Manifold:
@@ -73,8 +76,15 @@ def check_planes_cross(planes: tuple[Plane, ...], bone: trimesh.Trimesh) -> None
                             f"the {side} side (closest vertex {np.abs(d).min():.1f} mm away)")
 
 
-def resect(bone: trimesh.Trimesh, planes: tuple[Plane, ...]) -> Resection:
-    """Split ``bone`` into host and implant by the region behind all ``planes``."""
+def resect(bone: trimesh.Trimesh, planes: tuple[Plane, ...], *, min_fragment_mm3: float = 0.0) -> Resection:
+    """Split ``bone`` into host and implant by the region behind all ``planes``.
+
+    The implant is what fills the gap between the cut faces: pieces of bone
+    inside the region that no plane touches (a rib tip, a separate bone) are
+    not resected and stay with the host; pieces smaller than
+    ``min_fragment_mm3`` that a cut clips off a bump of the surface are
+    dropped and counted.
+    """
     if not planes:
         raise ValueError("resect needs at least one plane")
     check_planes_cross(planes, bone)
@@ -86,13 +96,47 @@ def resect(bone: trimesh.Trimesh, planes: tuple[Plane, ...]) -> Resection:
         raise PlanError("the resection removes the whole bone: nothing is left as host")
     implant, host = from_manifold(implant_m), from_manifold(host_m)
     implant_faces = tuple(faces_on_plane(implant, p, facing=-1) for p in planes)
-    host_faces = tuple(faces_on_plane(host, p, facing=+1) for p in planes)
     for i, (plane, faces) in enumerate(zip(planes, implant_faces)):
         if faces.size == 0:
             raise PlanError(f"resection.planes[{i}] ({plane.name}) does not touch the resected "
                             "region: the other planes already remove everything it would")
-    return Resection(host=host, implant=implant, implant_contact_faces=implant_faces,
-                     host_cut_faces=host_faces)
+    implant, host, shells = sort_shells(implant, host, np.concatenate(implant_faces), min_fragment_mm3)
+    if len(implant.faces) == 0:
+        raise PlanError("the resection region holds only fragments smaller than "
+                        f"resection.min_fragment_mm3 = {min_fragment_mm3:g} mm3: empty resection")
+    return Resection(host=host, implant=implant,
+                     implant_contact_faces=tuple(faces_on_plane(implant, p, facing=-1) for p in planes),
+                     host_cut_faces=tuple(faces_on_plane(host, p, facing=+1) for p in planes),
+                     shells=shells)
+
+
+def sort_shells(implant: trimesh.Trimesh, host: trimesh.Trimesh, contact_faces: np.ndarray,
+                min_fragment_mm3: float) -> tuple[trimesh.Trimesh, trimesh.Trimesh, dict]:
+    """Keep the implant shells that carry a contact face and are not tiny;
+    give untouched shells back to the host (they are whole pieces of bone,
+    disjoint from it); drop the tiny clipped fragments."""
+    labels, volumes = face_shells(implant)
+    touched = np.zeros(volumes.size, dtype=bool)
+    touched[labels[contact_faces]] = True
+    keep = touched & (volumes >= min_fragment_mm3)
+    back = ~touched
+    dropped = touched & ~keep
+    if back.any():
+        host = trimesh.util.concatenate([host, _shells(implant, labels, back)])
+    shells = {
+        "implant_shells": int(keep.sum()),
+        "untouched_shells_left_in_host": int(back.sum()),
+        "untouched_volume_mm3": round(float(volumes[back].sum()), 3),
+        "dropped_fragments": int(dropped.sum()),
+        "dropped_volume_mm3": round(float(volumes[dropped].sum()), 3),
+    }
+    return _shells(implant, labels, keep), host, shells
+
+
+def _shells(mesh: trimesh.Trimesh, labels: np.ndarray, which: np.ndarray) -> trimesh.Trimesh:
+    faces = mesh.faces[which[labels]]
+    used, inverse = np.unique(faces, return_inverse=True)
+    return trimesh.Trimesh(vertices=mesh.vertices[used], faces=inverse.reshape(-1, 3), process=False)
 
 
 def faces_on_plane(mesh: trimesh.Trimesh, plane: Plane, *, facing: int) -> np.ndarray:

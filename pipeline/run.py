@@ -66,7 +66,8 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
         with timer.stage("resect"):
             # The cut does not need the full check (manifold3d refuses a
             # non-manifold input itself), so both run at once.
-            cut, _ = parallel(lambda: resect(surface.mesh, planes),
+            cut, _ = parallel(lambda: resect(surface.mesh, planes,
+                                                 min_fragment_mm3=config.resection.min_fragment_mm3),
                               lambda: validate_solid(surface.mesh, "bone"))
             parallel(lambda: validate_solid(cut.host, "host"),
                      lambda: validate_solid(cut.implant, "implant"))
@@ -103,6 +104,7 @@ def build_report(volume: Volume, config: Config, bone: trimesh.Trimesh, cut: Res
         "segmentation": segment_stats,
         "meshes": meshes,
         "planes": planes,
+        "resection_shells": cut.shells if cut is not None else None,
         "timings_s": seconds,
         "versions": {p: _version(p) for p in PACKAGES},
         "frame": "LPS, millimetres (DICOM patient coordinates)",

@@ -23,6 +23,9 @@ from .volume import Volume
 # Face connectivity: two bone voxels touching only at an edge or corner are not
 # joined, which keeps partial-volume bridges across joint spaces from merging bones.
 FACE_CONNECTIVITY = ndi.generate_binary_structure(3, 1)
+# Face connectivity within a slice only (nothing along the slice axis).
+IN_SLICE_CONNECTIVITY = np.zeros((3, 3, 3), dtype=bool)
+IN_SLICE_CONNECTIVITY[1] = ndi.generate_binary_structure(2, 1)
 # The body outline is found on a grid of about this spacing: the body/couch
 # gap is centimetres, and labelling a fine full grid costs ~1 s.
 BODY_GRID_MM = 2.0
@@ -83,7 +86,8 @@ def segment_bone(volume: Volume, cfg: SegmentConfig) -> BoneMask:
         piece = labels[sub] == lab
         sub_border = [(b0 and s.start == 0, b1 and s.stop == dim)
                       for (b0, b1), s, dim in zip(at_border, sub, raw.shape)]
-        solid[sub] |= close_and_fill(piece, radius_vox, volume.spacing_mm, cfg.closing_mm, sub_border)
+        solid[sub] |= close_and_fill(piece, radius_vox, volume.spacing_mm, cfg.closing_mm, sub_border,
+                                     cfg.max_slice_hole_mm2)
 
     stats = {
         "threshold_voxels": n_threshold,
@@ -129,8 +133,16 @@ def ball(spacing_mm: np.ndarray, radius_mm: float) -> np.ndarray:
 
 
 def close_and_fill(piece: np.ndarray, radius_vox: int, spacing_mm: np.ndarray,
-                   closing_mm: float, at_border: list[tuple[bool, bool]]) -> np.ndarray:
+                   closing_mm: float, at_border: list[tuple[bool, bool]],
+                   max_slice_hole_mm2: float) -> np.ndarray:
     """Close small cortical gaps and fill the marrow of one bone piece.
+
+    Two fills: cavities enclosed in 3D, then holes enclosed within a single
+    slice up to ``max_slice_hole_mm2``. The second is needed on thick slices:
+    where thin cortex runs obliquely, the bone's outline shifts by more than
+    the cortex between slices, and the marrow of one slice touches the
+    outside of the next, so no 3D cavity exists although every slice shows a
+    closed ring (seen on 3 mm pelvic CT: hollow femurs).
 
     ``at_border[axis] = (low, high)`` says which faces of ``piece`` are the
     edge of the scan. There the bone is cut by the field of view: it is padded
@@ -144,14 +156,26 @@ def close_and_fill(piece: np.ndarray, radius_vox: int, spacing_mm: np.ndarray,
     work = np.pad(np.pad(piece, edge_pad, mode="edge"), free_pad, mode="constant")
     if radius_vox > 0:
         work = ndi.binary_closing(work, structure=ball(spacing_mm, closing_mm))
-    background, _ = ndi.label(~work, structure=FACE_CONNECTIVITY)
-    outside_labels = set()
-    for axis, (lo, hi) in enumerate(at_border):
-        for is_border, index in ((lo, 0), (hi, -1)):
-            if not is_border:
-                outside_labels.update(np.unique(np.take(background, index, axis=axis)).tolist())
-    outside_labels.discard(0)
-    filled = ~np.isin(background, list(outside_labels)) if outside_labels else np.ones_like(work)
     inner = tuple(slice(e[0] + f[0], work.shape[a] - e[1] - f[1])
                   for a, (e, f) in enumerate(zip(edge_pad, free_pad)))
-    return filled[inner]
+    work = fill_cavities(work, FACE_CONNECTIVITY, [not b for pair in at_border for b in pair])
+    max_voxels = max_slice_hole_mm2 / float(spacing_mm[1] * spacing_mm[2])
+    in_slice = fill_cavities(work, IN_SLICE_CONNECTIVITY, [False, False, True, True, True, True],
+                             max_voxels=max_voxels)
+    return in_slice[inner]
+
+
+def fill_cavities(mask: np.ndarray, structure: np.ndarray, open_faces: list[bool],
+                  max_voxels: float = np.inf) -> np.ndarray:
+    """``mask`` plus the background regions (connected by ``structure``) that
+    touch none of the ``open_faces`` (low, high per axis) and have at most
+    ``max_voxels`` voxels."""
+    background, n = ndi.label(~mask, structure=structure)
+    outside = np.zeros(n + 1, dtype=bool)
+    for face, is_open in enumerate(open_faces):
+        if is_open:
+            outside[np.take(background, 0 if face % 2 == 0 else -1, axis=face // 2)] = True
+    if np.isfinite(max_voxels):
+        outside |= np.bincount(background.ravel(), minlength=n + 1) > max_voxels
+    outside[0] = True  # label 0 is the mask itself: keep as is
+    return mask | ~outside[background]

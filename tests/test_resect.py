@@ -61,7 +61,8 @@ def in_patch(plane, triangles, points, tol_mm=1e-6):
 def check_cut(bone, planes, cut):
     validate_solid(cut.host, "host")
     validate_solid(cut.implant, "implant")
-    assert cut.host.volume + cut.implant.volume == pytest.approx(bone.volume, rel=1e-3)
+    dropped = cut.shells["dropped_volume_mm3"]
+    assert cut.host.volume + cut.implant.volume + dropped == pytest.approx(bone.volume, rel=1e-3)
     normals = np.array([p.normal_lps for p in planes])
     offsets = np.array([p.offset_mm for p in planes])
     # No host vertex lies inside the resected region (behind every plane).
@@ -154,3 +155,26 @@ def test_planes_enclosing_no_volume_are_an_empty_resection():
               Plane(point_lps_mm=(40, 0, 0), normal_lps=(0, 0, 1)))
     with pytest.raises(PlanError, match="empty resection"):
         resect(TWO_BODIES, planes)
+
+
+def test_untouched_bone_in_the_region_stays_with_the_host():
+    """The box lies wholly in the region (x > 40) and no plane touches it:
+    it is not resected. The sphere's cap beyond x = 20 is."""
+    planes = (Plane(point_lps_mm=(20, 0, 0), normal_lps=(1, 0, 0)),)
+    cut = resect(TWO_BODIES, planes)
+    assert cut.shells["untouched_shells_left_in_host"] == 1
+    assert cut.implant.bounds[1, 0] == pytest.approx(RADIUS_MM, abs=0.01)
+    assert cut.host.bounds[1, 0] == pytest.approx(90.0)
+    assert cut.host.volume + cut.implant.volume == pytest.approx(TWO_BODIES.volume, rel=1e-9)
+
+
+def test_tiny_clipped_fragments_are_dropped_and_counted():
+    """z > 24.9 clips the sphere's cap (h = 5.1 mm, ~2300 mm3: kept) and a
+    0.1 mm slab off the top of the box with its hole (~108 mm3: dropped)."""
+    plane = Plane(point_lps_mm=(0, 0, 24.9), normal_lps=(0, 0, 1))
+    cut = resect(TWO_BODIES, (plane,), min_fragment_mm3=200.0)
+    assert cut.shells["dropped_fragments"] == 1
+    assert cut.shells["dropped_volume_mm3"] == pytest.approx(40 * 30 * 0.1 - np.pi * 36 * 0.1, rel=0.02)
+    assert cut.implant.bounds[1, 0] < 40, "only the sphere's cap is left in the implant"
+    kept = resect(TWO_BODIES, (plane,), min_fragment_mm3=0.0)
+    assert kept.shells["dropped_fragments"] == 0 and kept.implant.bounds[1, 0] == pytest.approx(90.0)
