@@ -32,11 +32,16 @@ class Console:
         print(text, file=sys.stderr, flush=True)
 
     def progress(self, label: str):
+        width = 30
+        drawn = {"filled": -1}
+
         def update(done: int, total: int) -> None:
             if self.quiet or not self.tty:
                 return
-            width = 30
             filled = int(width * done / max(total, 1))
+            if filled == drawn["filled"] and done != total:
+                return  # redraw only when the bar moves: hundreds of slices, ~30 redraws
+            drawn["filled"] = filled
             sys.stderr.write(f"\r{label:<9} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
             sys.stderr.flush()
             self._bar_open = True
