@@ -1,0 +1,152 @@
+"""Shaded 3D views of meshes on the CPU, without a display or OpenGL.
+
+Meshes from CT have small triangles (about a voxel), so a view is made by
+sampling points on every triangle densely enough to cover each pixel it
+projects to, and keeping per pixel the sample nearest the viewer (a z-buffer
+built with one sort). Shading is Lambert lighting from the viewer with a
+little from above, plus depth cueing, so shape reads without a GPU.
+
+Views are named from the patient (orthographic, LPS):
+
+==========  ===================  ==================  =====================
+view        viewer stands        image right         image up
+==========  ===================  ==================  =====================
+anterior    in front (-y)        patient left (+x)   superior (+z)
+posterior   behind (+y)          patient right (-x)  superior
+left        at the left (+x)     posterior (+y)      superior
+right       at the right (-x)    anterior (-y)       superior
+superior    above the head (+z)  patient right (-x)  anterior (-y)
+oblique     front-left-above     (derived)           (derived)
+==========  ===================  ==================  =====================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import trimesh
+
+# (direction towards the viewer, image up), LPS. Image right = up x towards-viewer.
+VIEWS = {
+    "anterior": ((0.0, -1.0, 0.0), (0.0, 0.0, 1.0)),
+    "posterior": ((0.0, 1.0, 0.0), (0.0, 0.0, 1.0)),
+    "left": ((1.0, 0.0, 0.0), (0.0, 0.0, 1.0)),
+    "right": ((-1.0, 0.0, 0.0), (0.0, 0.0, 1.0)),
+    "superior": ((0.0, 0.0, 1.0), (0.0, -1.0, 0.0)),
+    "oblique": ((0.6, -0.7, 0.4), (0.0, 0.0, 1.0)),
+}
+BACKGROUND = (255, 255, 255)
+# Samples per pixel edge on each triangle: 1.5 leaves no holes between samples.
+SAMPLES_PER_PIXEL = 1.5
+
+
+@dataclass(frozen=True)
+class Camera:
+    """Orthographic camera: screen axes in LPS and the mm -> pixel mapping."""
+
+    right: np.ndarray
+    up: np.ndarray
+    toward_viewer: np.ndarray
+    origin_mm: np.ndarray      # LPS point at the image centre
+    mm_per_pixel: float
+    size_px: tuple[int, int]   # (height, width)
+
+    def project(self, points_lps_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(column, row, depth) of points; depth grows towards the viewer."""
+        d = np.asarray(points_lps_mm, dtype=np.float64) - self.origin_mm
+        h, w = self.size_px
+        col = d @ self.right / self.mm_per_pixel + (w - 1) / 2.0
+        row = (h - 1) / 2.0 - d @ self.up / self.mm_per_pixel
+        return col, row, d @ self.toward_viewer
+
+
+def camera_for(view: str, bounds_lps_mm: np.ndarray, size_px: tuple[int, int] = (700, 700),
+               margin: float = 0.05) -> Camera:
+    """A camera for ``view`` that fits the box ``bounds_lps_mm`` (2x3)."""
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; one of {', '.join(VIEWS)}")
+    toward, up = (np.asarray(v, dtype=np.float64) for v in VIEWS[view])
+    toward /= np.linalg.norm(toward)
+    up = up - (up @ toward) * toward
+    up /= np.linalg.norm(up)
+    right = np.cross(up, toward)
+    lo, hi = np.asarray(bounds_lps_mm, dtype=np.float64)
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    centre = (lo + hi) / 2.0
+    extent_x = np.ptp(corners @ right)
+    extent_y = np.ptp(corners @ up)
+    h, w = size_px
+    mm_per_pixel = max(extent_x / w, extent_y / h) * (1.0 + 2 * margin)
+    return Camera(right, up, toward, centre, mm_per_pixel, size_px)
+
+
+def render(parts: list[tuple[trimesh.Trimesh, tuple[int, int, int]]], camera: Camera,
+           overlays: list[tuple[np.ndarray, tuple[int, int, int], float]] = ()) -> np.ndarray:
+    """RGB image (height, width, 3) uint8 of the ``parts`` (closed mesh, colour).
+
+    ``overlays``: (triangles (n, 3, 3) in LPS, colour, opacity) drawn
+    translucent over whatever lies behind them (the cut planes)."""
+    h, w = camera.size_px
+    depth = np.full(h * w, -np.inf)
+    shade = np.zeros(h * w)
+    colour = np.zeros((h * w, 3))
+    for mesh, rgb in parts:
+        normals = np.asarray(mesh.face_normals)
+        # A closed mesh's faces turned away from the viewer are always hidden.
+        front = normals @ camera.toward_viewer > 0
+        index, z, light = _samples(np.asarray(mesh.triangles)[front], _lambert(normals[front], camera), camera)
+        _z_test(index, z, light, np.asarray(rgb, dtype=np.float64), depth, shade, colour)
+    image = np.empty((h * w, 3))
+    hit = np.isfinite(depth)
+    image[~hit] = BACKGROUND
+    if hit.any():
+        near, far = depth[hit].max(), depth[hit].min()
+        cue = 1.0 - 0.35 * (near - depth[hit]) / max(near - far, 1e-9)
+        image[hit] = colour[hit] * (shade[hit] * cue)[:, None]
+    for triangles, rgb, opacity in overlays:
+        triangles = np.asarray(triangles, dtype=np.float64)
+        index, z, _ = _samples(triangles, np.zeros(len(triangles)), camera)
+        covered = np.unique(index[z >= depth[index] - 1e-6])
+        image[covered] = (1 - opacity) * image[covered] + opacity * np.asarray(rgb, dtype=np.float64)
+    return np.clip(image, 0, 255).astype(np.uint8).reshape(h, w, 3)
+
+
+def _samples(triangles: np.ndarray, values: np.ndarray, camera: Camera):
+    """Points on every triangle, dense enough to cover the pixels it projects
+    to, interpolated in screen space: (pixel index, depth, the triangle's
+    value) of each sample inside the image."""
+    h, w = camera.size_px
+    col, row, z = camera.project(triangles.reshape(-1, 3))
+    screen = np.stack([col, row, z], axis=1).reshape(-1, 3, 3)
+    edge_px = np.linalg.norm(screen[:, :, :2] - np.roll(screen[:, :, :2], 1, axis=1), axis=2).max(axis=1)
+    steps = np.clip(np.ceil(edge_px * SAMPLES_PER_PIXEL).astype(int), 1, 64)
+    index, depth, value = [], [], []
+    for n in np.unique(steps):
+        which = np.flatnonzero(steps == n)
+        # Barycentric grid with n steps per edge: (n + 1)(n + 2) / 2 points.
+        i, j = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
+        keep = i + j <= n
+        bary = np.stack([i[keep], j[keep], n - i[keep] - j[keep]], axis=1) / n
+        p = np.einsum("sk,tkd->tsd", bary, screen[which]).reshape(-1, 3)
+        c, r = np.rint(p[:, 0]).astype(np.int64), np.rint(p[:, 1]).astype(np.int64)
+        inside = (c >= 0) & (c < w) & (r >= 0) & (r < h)
+        index.append(r[inside] * w + c[inside])
+        depth.append(p[inside, 2])
+        value.append(np.repeat(values[which], len(bary))[inside])
+    return np.concatenate(index), np.concatenate(depth), np.concatenate(value)
+
+
+def _lambert(normals: np.ndarray, camera: Camera) -> np.ndarray:
+    headlight = np.clip(normals @ camera.toward_viewer, 0.0, 1.0)
+    from_above = np.clip(normals @ camera.up, 0.0, 1.0)
+    return 0.25 + 0.6 * headlight + 0.15 * from_above
+
+
+def _z_test(index, z, light, rgb, depth, shade, colour) -> None:
+    """Keep, per pixel, the sample nearest the viewer (no loops, no sort)."""
+    before = depth.copy()
+    np.maximum.at(depth, index, z)
+    won = (z == depth[index]) & (z > before[index])
+    shade[index[won]] = light[won]
+    colour[index[won]] = rgb
