@@ -71,7 +71,10 @@ def cmd_mesh(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     encoders = {"bone.stl": lambda: stl_bytes(result.bone, "bone"),
                 "bone_mask.nii.gz": lambda: nifti_bytes(result.bone_mask, volume.affine),
+                "labels.nii.gz": lambda: nifti_bytes(result.labels, volume.affine),
                 "report.json": lambda: json_bytes(result.report)}
+    for name, mesh in result.context.items():
+        encoders[f"bone_{name}.stl"] = lambda name=name, mesh=mesh: stl_bytes(mesh, f"bone_{name}")
     if result.implant is not None:
         encoders["host.stl"] = lambda: stl_bytes(result.host, "host")
         encoders["implant.stl"] = lambda: stl_bytes(result.implant, "implant")

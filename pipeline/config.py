@@ -42,6 +42,14 @@ class SegmentConfig:
     # slice (needed on thick slices); larger enclosed regions are not marrow
     # but spaces between bones (psoas between L5 and the iliac crests, 30+ cm^2).
     max_slice_hole_mm2: float = 2500.0
+    # Bones are told apart by their dense cores: face-connected bone above this
+    # level. Joint spaces (hip, sacroiliac, symphysis, lumbosacral disc) are
+    # darker than the cortex on either side even where partial volume lifts
+    # them above threshold_hu, so at this level the bones no longer touch.
+    core_hu: float = 400.0
+    # Cores smaller than this are not counted as a bone of their own (specks,
+    # calcifications); the region around them joins a neighbouring bone.
+    min_core_mm3: float = 50.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,10 @@ class ResectionConfig:
     # Pieces a cut clips off a bump of the bone surface smaller than this are
     # dropped from the implant (and counted in the report), 0.1 cm^3.
     min_fragment_mm3: float = 100.0
+    # Bones (names of pipeline.labels.LABEL_NAMES) the resection may cut; the
+    # implant comes only from these, every other bone is written whole as
+    # bone_<name>.stl for context. Femurs and spine are never cut by default.
+    structures: tuple[str, ...] = ("hip_left", "hip_right", "sacrum")
 
 
 @dataclass(frozen=True)
@@ -174,6 +186,10 @@ def _check_segment(s: SegmentConfig) -> None:
         raise ConfigError("segment.closing_mm must be between 0 and 10 mm")
     if s.max_slice_hole_mm2 < 0:
         raise ConfigError("segment.max_slice_hole_mm2 must be >= 0")
+    if s.core_hu <= s.threshold_hu:
+        raise ConfigError("segment.core_hu must be above segment.threshold_hu")
+    if s.min_core_mm3 < 0:
+        raise ConfigError("segment.min_core_mm3 must be >= 0")
 
 
 def _check_surface(s: SurfaceConfig) -> None:
@@ -184,7 +200,7 @@ def _check_surface(s: SurfaceConfig) -> None:
 
 
 def _resection(table: Any) -> ResectionConfig:
-    _no_unknown(table, {"planes", "min_fragment_mm3"}, "resection.")
+    _no_unknown(table, {"planes", "min_fragment_mm3", "structures"}, "resection.")
     raw_planes = table.get("planes", [])
     if not isinstance(raw_planes, list):
         raise ConfigError("resection.planes must be an array of tables ([[resection.planes]])")
@@ -194,7 +210,23 @@ def _resection(table: Any) -> ResectionConfig:
         kwargs["min_fragment_mm3"] = _number(table["min_fragment_mm3"], "resection.min_fragment_mm3")
         if kwargs["min_fragment_mm3"] < 0:
             raise ConfigError("resection.min_fragment_mm3 must be >= 0")
+    if "structures" in table:
+        kwargs["structures"] = _structures(table["structures"])
     return ResectionConfig(planes=planes, **kwargs)
+
+
+def _structures(value: Any) -> tuple[str, ...]:
+    from .labels import LABEL_IDS  # the label table lives with the labelling stage
+
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"resection.structures must be a non-empty list of bone names, got {value!r}")
+    for i, name in enumerate(value):
+        if name not in LABEL_IDS:
+            raise ConfigError(f"resection.structures[{i}] = {name!r} is not a bone name "
+                              f"(known: {', '.join(LABEL_IDS)})")
+    if len(set(value)) != len(value):
+        raise ConfigError("resection.structures lists a bone twice")
+    return tuple(value)
 
 
 def _plane(table: Any, key: str) -> Plane:

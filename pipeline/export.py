@@ -22,10 +22,13 @@ import numpy as np
 import trimesh
 
 from .errors import PipelineError
+from .labels import LABEL_NAMES
 from .meshes import validate_solid
 
-# Every file name a run may write; used to clear an earlier run's leftovers.
-OUTPUT_NAMES = ("bone.stl", "host.stl", "implant.stl", "bone_mask.nii.gz", "report.json")
+# Every file name a run may write; used to clear an earlier run's leftovers
+# (a bone written for context in one run may be resected, or absent, in the next).
+OUTPUT_NAMES = ("bone.stl", "host.stl", "implant.stl", "bone_mask.nii.gz", "labels.nii.gz", "report.json",
+                *(f"bone_{name}.stl" for name in LABEL_NAMES.values()))
 # LPS -> RAS: NIfTI's world frame. The only place the pipeline leaves LPS.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -39,7 +42,7 @@ def stl_bytes(mesh: trimesh.Trimesh, name: str) -> bytes:
 
 
 def nifti_bytes(mask: np.ndarray, affine_lps: np.ndarray) -> bytes:
-    """uint8 NIfTI-1 (gzip) of a (slice, row, column) mask on the CT's grid.
+    """uint8 NIfTI-1 (gzip) of a (slice, row, column) mask or label map on the CT's grid.
 
     Stored with axes (column, row, slice) as DICOM-derived NIfTI files usually
     are; the affine is converted to RAS as the format requires, and sform and

@@ -19,8 +19,10 @@ from .config import Config
 from .meshes import mesh_stats, validate_solid
 from .parallel import parallel
 from .resect import Resection, resect
+from .errors import PlanError
+from .labels import LABEL_NAMES, label_bones
 from .segment import segment_bone
-from .surface import bone_surface
+from .surface import bone_surfaces
 from .volume import Volume, orientation_code
 
 Log = Callable[[str], None]
@@ -30,11 +32,18 @@ PACKAGES = ("pelvic-implant-pipeline", "numpy", "scipy", "scikit-image", "pydico
 
 @dataclass(frozen=True, eq=False)
 class MeshResult:
-    bone: trimesh.Trimesh
-    host: trimesh.Trimesh | None
+    bone: trimesh.Trimesh             # every bone (union of all labels' meshes)
+    host: trimesh.Trimesh | None      # the cut structures' remainder
     implant: trimesh.Trimesh | None
-    bone_mask: np.ndarray  # bool, the volume's grid: voxel centres inside bone.stl
+    label_meshes: dict[str, trimesh.Trimesh]  # bone name -> mesh, every labelled bone
+    context: dict[str, trimesh.Trimesh]  # those of label_meshes not in resection.structures
+    labels: np.ndarray  # uint8, the volume's grid: label whose mesh holds each voxel centre
     report: dict
+
+    @property
+    def bone_mask(self) -> np.ndarray:
+        """bool, the volume's grid: voxel centres inside bone.stl."""
+        return self.labels > 0
 
 
 class Timer:
@@ -58,27 +67,44 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
     timer = timer or Timer(log)
     with timer.stage("segment"):
         bone_mask = segment_bone(volume, config.segment)
+    with timer.stage("labels"):
+        bone_labels = label_bones(volume, bone_mask, config.segment)
     with timer.stage("surface"):
-        surface = bone_surface(volume, bone_mask, config.surface)
+        surfaces = bone_surfaces(volume, bone_labels, config.surface)
+    meshes = {LABEL_NAMES[k]: m for k, m in surfaces.meshes.items()}
+    parallel(*[(lambda n=n, m=m: validate_solid(m, f"bone_{n}")) for n, m in meshes.items()])
+    bone = trimesh.util.concatenate(list(meshes.values()))
+    structures = config.resection.structures
+    context = {n: m for n, m in meshes.items() if n not in structures}
     planes = config.resection.planes
     cut: Resection | None = None
     if planes:
+        cut_bones = [meshes[n] for n in structures if n in meshes]
+        if not cut_bones:
+            raise PlanError(f"none of resection.structures ({', '.join(structures)}) was found in the "
+                            f"scan (found: {', '.join(meshes) or 'no bone'})")
         with timer.stage("resect"):
-            # The cut does not need the full check (manifold3d refuses a
-            # non-manifold input itself), so both run at once.
-            cut, _ = parallel(lambda: resect(surface.mesh, planes,
-                                                 min_fragment_mm3=config.resection.min_fragment_mm3),
-                              lambda: validate_solid(surface.mesh, "bone"))
+            cut = resect(trimesh.util.concatenate(cut_bones), planes,
+                         min_fragment_mm3=config.resection.min_fragment_mm3)
             parallel(lambda: validate_solid(cut.host, "host"),
                      lambda: validate_solid(cut.implant, "implant"))
-    else:
-        validate_solid(surface.mesh, "bone")
-        if log:
-            log("no resection planes in the config: writing the bone outputs only")
-    report = build_report(volume, config, surface.mesh, cut, bone_mask.stats, timer.seconds)
-    return MeshResult(bone=surface.mesh, host=cut.host if cut else None,
-                      implant=cut.implant if cut else None,
-                      bone_mask=surface.full_mask(volume.shape), report=report)
+    elif log:
+        log("no resection planes in the config: writing the bone outputs only")
+    labels = surfaces.full_labels(volume.shape)
+    stats = {**bone_mask.stats, **bone_labels.stats}
+    stats["labels"] = label_table(labels, meshes, volume.voxel_volume_mm3)
+    report = build_report(volume, config, bone, cut, stats, timer.seconds)
+    report["meshes"].update({f"bone_{n}": mesh_stats(m) for n, m in context.items()})
+    return MeshResult(bone=bone, host=cut.host if cut else None, implant=cut.implant if cut else None,
+                      label_meshes=meshes, context=context, labels=labels, report=report)
+
+
+def label_table(labels: np.ndarray, meshes: dict[str, trimesh.Trimesh], voxel_mm3: float) -> dict:
+    """Per bone: its label value, voxel volume and mesh volume (mm3)."""
+    counts = np.bincount(labels.ravel(), minlength=len(LABEL_NAMES) + 1)
+    return {name: {"label": k, "voxels_mm3": round(float(counts[k]) * voxel_mm3, 1),
+                   "mesh_volume_mm3": round(float(meshes[name].volume), 1) if name in meshes else 0.0}
+            for k, name in LABEL_NAMES.items() if counts[k] > 0 or name in meshes}
 
 
 def build_report(volume: Volume, config: Config, bone: trimesh.Trimesh, cut: Resection | None,

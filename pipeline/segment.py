@@ -38,12 +38,15 @@ class BoneMask:
     ``solid``: bool array, shape of ``volume.hu[box]``.
     ``box``: tuple of three slices locating ``solid`` in the full grid.
     ``smallest_piece_voxels``: size of the smallest bone piece kept.
+    ``midline_x_lps_mm``: left-right centre (LPS x) of the body outline; left
+    and right bones are told apart relative to it, not to the array centre.
     ``stats``: counts and volumes for the report.
     """
 
     solid: np.ndarray
     box: tuple[slice, slice, slice]
     smallest_piece_voxels: int
+    midline_x_lps_mm: float
     stats: dict
 
     def full(self, shape: tuple[int, int, int]) -> np.ndarray:
@@ -58,7 +61,7 @@ def segment_bone(volume: Volume, cfg: SegmentConfig) -> BoneMask:
     candidates = volume.hu >= cfg.threshold_hu
     index = np.nonzero(candidates)
     n_threshold = index[0].size
-    inside = in_body(index, volume.hu, cfg.body_threshold_hu, volume.spacing_mm)
+    inside, midline_x_lps_mm = in_body(index, volume, cfg.body_threshold_hu)
     candidates[tuple(i[~inside] for i in index)] = False
     index = tuple(i[inside] for i in index)
     if index[0].size == 0:
@@ -97,27 +100,32 @@ def segment_bone(volume: Volume, cfg: SegmentConfig) -> BoneMask:
         "removed_islands_mm3": round(float(sizes[1:].sum() - sizes[keep].sum()) * voxel_mm3, 1),
         "solid_mm3": round(float(np.count_nonzero(solid)) * voxel_mm3, 1),
     }
-    return BoneMask(solid=solid, box=box, smallest_piece_voxels=int(sizes[keep].min()), stats=stats)
+    return BoneMask(solid=solid, box=box, smallest_piece_voxels=int(sizes[keep].min()),
+                    midline_x_lps_mm=midline_x_lps_mm, stats=stats)
 
 
-def in_body(index: tuple[np.ndarray, ...], hu: np.ndarray, body_threshold_hu: float,
-            spacing_mm: np.ndarray) -> np.ndarray:
+def in_body(index: tuple[np.ndarray, ...], volume: Volume,
+            body_threshold_hu: float) -> tuple[np.ndarray, float]:
     """Whether each voxel of ``index`` lies in the patient: the largest
-    connected region above ``body_threshold_hu``.
+    connected region above ``body_threshold_hu``; and that region's mean LPS x
+    (mm), the body midline.
 
     The couch, its rails and anything else separated from the patient by air
     or foam fall outside it. The region is found on a grid of about
     ``BODY_GRID_MM`` (every n-th voxel) for speed.
     """
-    stride = np.maximum(np.floor(BODY_GRID_MM / np.asarray(spacing_mm)), 1).astype(int)
-    coarse = hu[::stride[0], ::stride[1], ::stride[2]] > body_threshold_hu
+    stride = np.maximum(np.floor(BODY_GRID_MM / volume.spacing_mm), 1).astype(int)
+    coarse = volume.hu[::stride[0], ::stride[1], ::stride[2]] > body_threshold_hu
     labels, n = ndi.label(coarse, structure=FACE_CONNECTIVITY)
     if n == 0:
-        return np.zeros(index[0].shape, dtype=bool)
+        return np.zeros(index[0].shape, dtype=bool), float(volume.index_to_lps(
+            (np.array(volume.shape)[None] - 1) / 2.0)[0, 0])
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
+    body = int(np.argmax(sizes))
+    centre_index = np.array(ndi.center_of_mass(labels == body)) * stride
     coarse_index = tuple(i // s for i, s in zip(index, stride))
-    return labels[coarse_index] == int(np.argmax(sizes))
+    return labels[coarse_index] == body, float(volume.index_to_lps(centre_index[None])[0, 0])
 
 
 def closing_radius_voxels(spacing_mm: np.ndarray, closing_mm: float) -> int:

@@ -1,4 +1,4 @@
-"""Surface: solid bone mask + HU -> closed, outward-oriented mesh in LPS mm.
+"""Surface: labelled solid bone + HU -> one closed, outward-oriented mesh per bone, LPS mm.
 
 Topology comes from the mask, position from the HU values:
 
@@ -13,7 +13,8 @@ Topology comes from the mask, position from the HU values:
 3. Marching cubes runs on ``HU - level`` clamped so its sign equals mask
    membership. The mesh is then exactly as closed and as separated as the
    mask, while every vertex sits at the linearly interpolated half-maximum
-   crossing wherever HU and mask agree.
+   crossing wherever HU and mask agree. It runs once per bone label, on the
+   label's own box, with every other label outside.
 
 Marching cubes runs in index space; the affine moves the vertices to LPS, and
 a mirroring affine (negative determinant) flips the winding back outward.
@@ -31,7 +32,8 @@ from skimage.measure import marching_cubes
 from .config import SurfaceConfig
 from .parallel import parallel
 from .errors import MeshError
-from .segment import FACE_CONNECTIVITY, BoneMask
+from .labels import ALL_NEIGHBOURS, BoneLabels
+from .segment import FACE_CONNECTIVITY
 from .volume import Volume, apply_affine
 
 # Field value forced where HU and mask disagree (HU units): small against any
@@ -49,33 +51,75 @@ PEAK_SMOOTHING_MM = 0.6
 
 
 @dataclass(frozen=True, eq=False)
-class BoneSurface:
-    """``mesh`` in LPS mm; ``inside``: bool mask on ``box`` of voxels whose
-    centres lie inside ``mesh`` (the mask written as ``bone_mask.nii.gz``)."""
+class BoneSurfaces:
+    """One closed mesh per bone label, in LPS mm.
 
-    mesh: trimesh.Trimesh
-    inside: np.ndarray
+    ``meshes``: label -> mesh; different labels' meshes are disjoint (their
+    voxels are at least one voxel apart, so no marching-cubes cell holds two).
+    ``labels``: uint8 on ``box``: the label whose mesh contains each voxel
+    centre (written as ``labels.nii.gz``; ``> 0`` is ``bone_mask.nii.gz``).
+    """
+
+    meshes: dict[int, trimesh.Trimesh]
+    labels: np.ndarray
     box: tuple[slice, slice, slice]
 
-    def full_mask(self, shape: tuple[int, int, int]) -> np.ndarray:
-        out = np.zeros(shape, dtype=bool)
-        out[self.box] = self.inside
+    def full_labels(self, shape: tuple[int, int, int]) -> np.ndarray:
+        out = np.zeros(shape, dtype=np.uint8)
+        out[self.box] = self.labels
         return out
 
 
-def bone_surface(volume: Volume, bone: BoneMask, cfg: SurfaceConfig) -> BoneSurface:
+def bone_surfaces(volume: Volume, bone: BoneLabels, cfg: SurfaceConfig) -> BoneSurfaces:
     hu = volume.hu[bone.box].astype(np.float32, copy=True)
     if cfg.smoothing_mm > 0:
         ndi.gaussian_filter(hu, sigma=cfg.smoothing_mm / volume.spacing_mm, output=hu)
-    grown = ndi.binary_dilation(bone.solid, structure=FACE_CONNECTIVITY)
-    field = hu - halfmax_level(hu, bone.solid, grown, volume.spacing_mm, cfg.halfmax_radius_mm)
+    solid = bone.labels > 0
+    grown = ndi.binary_dilation(solid, structure=FACE_CONNECTIVITY)
+    field = hu - halfmax_level(hu, solid, grown, volume.spacing_mm, cfg.halfmax_radius_mm)
     del hu
-    inside = snap_to_level(bone.solid, grown, field, min_piece_voxels=bone.smallest_piece_voxels // 10)
-    np.maximum(field, CLAMP_HU, out=field, where=inside)
-    np.minimum(field, -CLAMP_HU, out=field, where=~inside)
+    inside = snap_to_level(solid, grown, field, min_piece_voxels=bone.smallest_piece_voxels // 10)
+    labels = carry_labels(inside, bone.labels)
     offset = np.array([s.start for s in bone.box], dtype=float)
-    mesh = mesh_from_field(field, volume.affine, offset)
-    return BoneSurface(mesh=mesh, inside=inside, box=bone.box)
+    present = [int(k) for k in np.unique(labels) if k > 0]
+    subs = ndi.find_objects(labels)
+    meshes = parallel(*[(lambda k=k: label_mesh(field, labels, k, subs[k - 1], volume.affine, offset))
+                        for k in present])
+    return BoneSurfaces(meshes=dict(zip(present, meshes)), labels=labels, box=bone.box)
+
+
+def carry_labels(inside: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Labels of the snapped mask ``inside``: voxels that were bone keep
+    theirs; voxels that joined take their neighbours' label when all
+    labelled 26-neighbours agree, and are dropped where two bones would meet
+    (so the one-voxel gap between bones survives snapping)."""
+    high = ndi.maximum_filter(labels, footprint=ALL_NEIGHBOURS)
+    low = ndi.minimum_filter(np.where(labels > 0, labels, np.uint8(255)), footprint=ALL_NEIGHBOURS)
+    joined = inside & (labels == 0) & (high == low)
+    out = np.where(inside & (labels > 0), labels, np.where(joined, high, np.uint8(0)))
+    # Two joined voxels of different bones may still be neighbours: drop both.
+    high = ndi.maximum_filter(out, footprint=ALL_NEIGHBOURS)
+    low = ndi.minimum_filter(np.where(out > 0, out, np.uint8(255)), footprint=ALL_NEIGHBOURS)
+    out[joined & (high != low)] = 0
+    return out
+
+
+def label_mesh(field: np.ndarray, labels: np.ndarray, label: int, sub: tuple[slice, ...],
+               affine: np.ndarray, offset: np.ndarray) -> trimesh.Trimesh:
+    """Mesh of one label: ``field`` clamped so its sign is membership in it."""
+    sub = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(sub, labels.shape))
+    f = field[sub].copy()
+    member = labels[sub] == label
+    np.maximum(f, CLAMP_HU, out=f, where=member)
+    np.minimum(f, -CLAMP_HU, out=f, where=~member)
+    # In the gap next to another bone, the crossing stays within half a voxel
+    # of this bone (the other bone's surface likewise), so neighbouring bones'
+    # meshes keep about a voxel between them instead of meeting in the gap.
+    near_other = ndi.maximum_filter((labels[sub] > 0) & ~member, footprint=ALL_NEIGHBOURS) & ~member
+    if near_other.any():
+        peak = ndi.maximum_filter(np.where(member, f, np.float32(0)), footprint=ALL_NEIGHBOURS)
+        np.minimum(f, -peak, out=f, where=near_other)
+    return mesh_from_field(f, affine, offset + [s.start for s in sub])
 
 
 def halfmax_level(hu: np.ndarray, solid: np.ndarray, grown: np.ndarray, spacing_mm: np.ndarray,

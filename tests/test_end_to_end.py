@@ -59,7 +59,7 @@ def test_sample_ct_is_the_phantom(phantom):
     assert np.abs(volume.hu - np.round(phantom.volume.hu)).max() <= 1.0
 
 
-def test_three_closed_solids_at_the_planned_place(meshes, phantom):
+def test_three_closed_solids_at_the_planned_place(meshes, phantom, out):
     for name, mesh in meshes.items():
         assert mesh.is_watertight and mesh.is_winding_consistent, name
         assert mesh.volume > 0, name
@@ -74,8 +74,13 @@ def test_three_closed_solids_at_the_planned_place(meshes, phantom):
     assert winding_number(meshes["host"], lm["right_si_joint"] - [8.0, 0, 0]) == pytest.approx(1.0, abs=1e-6)
     assert winding_number(meshes["host"], lm["left_si_joint"] + [8.0, 0, 0]) == pytest.approx(0.0, abs=1e-6)
     assert implant.bounds[1, 2] == pytest.approx(lm["left_iliac_crest_top"][2], abs=3.0)
-    bone = meshes["bone"]
-    assert bone.volume == pytest.approx(meshes["host"].volume + implant.volume, rel=1e-3)
+    # bone.stl is every bone; host + implant are the cut structures, the
+    # other bones come whole as bone_<name>.stl.
+    context = [trimesh.load(p) for p in sorted(out.glob("bone_*.stl"))]
+    assert [p.name for p in sorted(out.glob("bone_*.stl"))] == [
+        "bone_femur_left.stl", "bone_femur_right.stl", "bone_lumbar.stl"]
+    assert meshes["bone"].volume == pytest.approx(
+        meshes["host"].volume + implant.volume + sum(m.volume for m in context), rel=1e-3)
 
 
 def test_mask_matches_the_phantom_truth(out, phantom):

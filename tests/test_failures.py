@@ -80,16 +80,17 @@ def test_unknown_series_is_refused(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_mesh_failing_validation_is_never_written(tmp_path, capsys, monkeypatch):
-    real_surface = pipeline.run.bone_surface
+    real_surfaces = pipeline.run.bone_surfaces
 
-    def broken_surface(*args, **kwargs):
-        good = real_surface(*args, **kwargs)
-        holed = trimesh.Trimesh(good.mesh.vertices, good.mesh.faces[1:], process=False)
-        return type(good)(mesh=holed, inside=good.inside, box=good.box)
+    def broken_surfaces(*args, **kwargs):
+        good = real_surfaces(*args, **kwargs)
+        meshes = dict(good.meshes)
+        meshes[1] = trimesh.Trimesh(meshes[1].vertices, meshes[1].faces[1:], process=False)
+        return type(good)(meshes=meshes, labels=good.labels, box=good.box)
 
-    monkeypatch.setattr(pipeline.run, "bone_surface", broken_surface)
+    monkeypatch.setattr(pipeline.run, "bone_surfaces", broken_surfaces)
     line = run_failing(tmp_path, capsys)
-    assert "bone: mesh is not a closed" in line
+    assert "bone_hip_left: mesh is not a closed" in line
 
 
 @pytest.mark.slow
@@ -97,7 +98,9 @@ def test_a_failed_run_leaves_an_earlier_run_untouched(tmp_path, capsys):
     out = tmp_path / "out"
     assert cli_main(["mesh", str(SAMPLE), "--out", str(out), "--quiet"]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert sorted(before) == ["bone.stl", "bone_mask.nii.gz", "report.json"]
+    # Defaults: no planes; femurs and spine are not resectable, so written for context.
+    assert sorted(before) == ["bone.stl", "bone_femur_left.stl", "bone_femur_right.stl", "bone_lumbar.stl",
+                              "bone_mask.nii.gz", "labels.nii.gz", "report.json"]
     cfg = tmp_path / "bad.toml"
     cfg.write_text("[[resection.planes]]\npoint_lps_mm = [0, 0, 400]\nnormal_lps = [0, 0, 1]\n")
     assert cli_main(["mesh", str(SAMPLE), "--config", str(cfg), "--out", str(out)]) == 2

@@ -1,0 +1,152 @@
+"""``make evaluate``: the labelled segmentation measured against references.
+
+* The analytic phantom: Dice per label against the generator's truth labels,
+  and mean surface distance (mm) of each label's mesh vertices to the truth
+  surface (the phantom's signed distance function).
+* ``real_ct/totalseg_example``: Dice per structure against TotalSegmentator's
+  labels (a model's output, not manual truth) at its 3 mm grid.
+* ``real_ct/pelvic_ref_003``: Dice of each femur against the manual RTSTRUCT
+  contours, within the contoured slices; and whether any bone lies in the
+  couch (behind the patient's back).
+
+Real data live beside the project (``../shared/real_ct``) and are skipped
+when absent. Overlays of the labels are written as PNGs when ``--png DIR``
+is given. This module reads files: it is a tool at the edge, like the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .config import Config
+from .labels import LABEL_IDS, LABEL_NAMES
+from .run import MeshResult, run_mesh
+from .volume import Volume
+
+REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "real_ct"
+TOTALSEG_IDS = {"sacrum": 25, "femur_left": 75, "femur_right": 76, "hip_left": 77, "hip_right": 78}
+RTSTRUCT_FEMURS = {"femur_left": "femoreSin", "femur_right": "femoreDes"}
+# Pelvic-Ref-003: the couch lies behind the patient's back (y > 230 mm; the
+# skin of the back is at y ~ 217 mm).
+PELVIC_REF_COUCH_Y_MM = 230.0
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = np.count_nonzero(a) + np.count_nonzero(b)
+    return 2.0 * np.count_nonzero(a & b) / total if total else 1.0
+
+
+def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(array in (slice, row, column) order, 4x4 index -> LPS mm affine).
+
+    NIfTI stores (i, j, k) with i fastest and a RAS affine; the pipeline's
+    axis order is (slice, row, column) = (k, j, i) and its frame is LPS."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    data = np.transpose(np.asarray(img.dataobj), (2, 1, 0))
+    return np.ascontiguousarray(data), (RAS_TO_LPS @ img.affine)[:, [2, 1, 0, 3]]
+
+
+def phantom_figures(preset_name: str = "sample") -> tuple[dict, MeshResult, Volume]:
+    """Per label: Dice of the label map and mean |SDF| (mm) of the mesh vertices."""
+    from .phantom import pelvis_phantom, preset
+
+    phantom = pelvis_phantom(**preset(preset_name))
+    result = run_mesh(phantom.volume, Config())
+    meshes = result.label_meshes
+    figures = {}
+    for label, name in phantom.label_names.items():
+        mine = LABEL_IDS[name]
+        figures[name] = {"dice": dice(result.labels == mine, phantom.labels == label)}
+        if name in meshes:
+            distance = np.abs(phantom.label_sdf_mm(label, meshes[name].vertices))
+            figures[name]["msd_mm"] = float(distance.mean())
+    return figures, result, phantom.volume
+
+
+def totalseg_figures() -> tuple[dict, MeshResult, Volume] | None:
+    folder = REAL_CT / "totalseg_example"
+    if not folder.is_dir():
+        return None
+    hu, affine = read_nifti(folder / "example_ct.nii.gz")
+    reference, _ = read_nifti(folder / "example_seg_fast_force_split.nii.gz")
+    volume = Volume(hu.astype(np.float32), affine)
+    result = run_mesh(volume, Config())
+    figures = {name: {"dice": dice(result.labels == LABEL_IDS[name], reference == ref)}
+               for name, ref in TOTALSEG_IDS.items()}
+    return figures, result, volume
+
+
+def pelvic_ref_figures() -> tuple[dict, MeshResult, Volume] | None:
+    folder = REAL_CT / "pelvic_ref_003"
+    if not folder.is_dir():
+        return None
+    from .load import load_ct
+
+    volume = load_ct(folder)
+    result = run_mesh(volume, Config())
+    figures = {}
+    for name, roi in RTSTRUCT_FEMURS.items():
+        truth, slices = rasterise_roi(folder, roi, volume)
+        figures[name] = {"dice": dice(result.labels[slices] == LABEL_IDS[name], truth[slices]),
+                         "contoured_slices": int(slices.sum())}
+    y_mm = volume.index_to_lps(np.argwhere(result.labels > 0))[:, 1]
+    figures["couch"] = {"bone_voxels_behind_back": int((y_mm > PELVIC_REF_COUCH_Y_MM).sum())}
+    return figures, result, volume
+
+
+def rasterise_roi(folder: Path, roi_name: str, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of the ROI's contour polygons on the volume grid, bool per slice: contoured)."""
+    import pydicom
+    from skimage.draw import polygon
+
+    for path in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        if ds.Modality == "RTSTRUCT":
+            break
+    else:
+        raise FileNotFoundError(f"{folder}: no RTSTRUCT")
+    number = next(r.ROINumber for r in ds.StructureSetROISequence if r.ROIName == roi_name)
+    roi = next(r for r in ds.ROIContourSequence if r.ReferencedROINumber == number)
+    mask = np.zeros(volume.shape, dtype=bool)
+    for contour in roi.ContourSequence:
+        index = volume.lps_to_index(np.asarray(contour.ContourData, float).reshape(-1, 3))
+        k = int(round(float(index[:, 0].mean())))
+        if 0 <= k < volume.shape[0]:
+            # XOR: a contour inside another on the same slice is a hole.
+            rr, cc = polygon(index[:, 1], index[:, 2], shape=volume.shape[1:])
+            mask[k, rr, cc] ^= True
+    return mask, mask.any(axis=(1, 2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--png", type=Path, help="write label overlays into this folder")
+    args = parser.parse_args(argv)
+    cases = {"phantom (sample)": phantom_figures(), "totalseg_example": totalseg_figures(),
+             "pelvic_ref_003": pelvic_ref_figures()}
+    for case, found in cases.items():
+        if found is None:
+            print(f"{case}: not present, skipped")
+            continue
+        figures, result, volume = found
+        print(case)
+        for name, values in figures.items():
+            print(f"  {name:<12} " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                               for k, v in values.items()))
+        if args.png:
+            from .render import write_overlays
+
+            for path in write_overlays(volume, result.labels, args.png, case.split()[0]):
+                print(f"  wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

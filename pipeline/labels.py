@@ -1,0 +1,223 @@
+"""Labelling: solid bone mask -> one label per bone (hips, sacrum, femurs, lumbar, other).
+
+Why HU and not the mask's shape: at 1-3 mm voxels the joint spaces (hip,
+sacroiliac, symphysis, lumbosacral disc) are bridged by partial-volume voxels
+above the bone threshold, and the per-piece fill of :mod:`pipeline.segment`
+may even fill a joint space that the bridges enclose, so no erosion of the
+mask separates the bones. What survives is the HU valley: the joint space is
+darker than the cortex on either side. So:
+
+1. **Cores**: face-connected pieces of ``HU > segment.core_hu`` inside the
+   mask, at least ``segment.min_core_mm3``. A core is cortex (plus dense
+   cancellous bone) of one bone; two bones' cortices are separated by the
+   valley. A bone may break into several cores (thin or low-density cortex).
+2. **Regions**: every mask voxel joins a core by watershed on ``-HU``
+   (flooding from the brightest bone down), so borders fall on the valleys.
+3. **Names** by anatomy, in LPS mm relative to the body midline: per side,
+   the femur is the big lateral region reaching lowest, the hip bone the
+   largest remaining one; the sacrum is the largest midline region below the
+   iliac crests, lumbar the midline regions above it. Other regions join the
+   named region they touch through the most bone-to-bone contact
+   (``HU >= threshold_hu`` on both sides of the border), so a bone broken
+   into several cores is whole again, while contact across a dark joint space
+   does not count. What touches nothing named is lumbar (midline, above the
+   sacrum), sacrum (coccyx: midline, below it) or other bone (7).
+4. **Solid per bone**: each label's raw threshold is closed and filled on its
+   own (marrow, cancellous bone), so a space enclosed by two bones (a joint
+   space, the pelvic inlet) is never filled.
+5. **Gap**: no two labels touch, even diagonally: where they would, both
+   voxels are dropped. Their surfaces are then separated by at least
+   one voxel, so meshes of different bones never intersect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.segmentation import watershed
+
+from .config import SegmentConfig
+from .segment import FACE_CONNECTIVITY, BoneMask, close_and_fill, closing_radius_voxels
+from .volume import Volume, apply_affine
+
+LABEL_NAMES = {1: "hip_left", 2: "hip_right", 3: "sacrum", 4: "femur_left", 5: "femur_right",
+               6: "lumbar", 7: "other"}
+LABEL_IDS = {name: label for label, name in LABEL_NAMES.items()}
+LUMBAR, OTHER = 6, 7
+# Regions whose centroid lies within this distance of the body midline are
+# midline bones (sacrum, spine, and pubic fragments until they join a hip).
+MIDLINE_MM = 25.0
+# A femur or hip bone is at least this big (a femoral head alone is ~30 cm3);
+# smaller regions are fragments that join by contact.
+MIN_NAMED_BONE_MM3 = 10_000.0
+ALL_NEIGHBOURS = np.ones((3, 3, 3), dtype=bool)
+
+
+@dataclass(frozen=True, eq=False)
+class BoneLabels:
+    """Labelled solid bone inside ``box`` of the volume's grid.
+
+    ``labels``: uint8, shape of ``volume.hu[box]``, values of :data:`LABEL_NAMES`
+    (0 = not bone); no two different labels are 26-neighbours.
+    ``smallest_piece_voxels``: as in :class:`~pipeline.segment.BoneMask`.
+    ``stats``: per-label volumes and counts for the report.
+    """
+
+    labels: np.ndarray
+    box: tuple[slice, slice, slice]
+    smallest_piece_voxels: int
+    stats: dict
+
+    def full(self, shape: tuple[int, int, int]) -> np.ndarray:
+        out = np.zeros(shape, dtype=np.uint8)
+        out[self.box] = self.labels
+        return out
+
+
+def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig) -> BoneLabels:
+    hu = volume.hu[bone.box]
+    solid = bone.solid
+    voxel_mm3 = volume.voxel_volume_mm3
+    cores, n = ndi.label((hu > cfg.core_hu) & solid, structure=FACE_CONNECTIVITY)
+    sizes = np.bincount(cores.ravel(), minlength=n + 1)
+    small = sizes * voxel_mm3 < cfg.min_core_mm3
+    small[0] = True
+    cores[small[cores]] = 0
+    if not cores.any():  # no dense bone at all: one region, named below
+        cores = solid.astype(np.int32)
+    regions = watershed(-hu, cores, mask=solid)
+    raw = (hu >= cfg.threshold_hu) & solid
+    names = name_regions(regions, hu, raw, volume, bone, cfg)
+    labels = solid_per_label(names[regions], raw, volume, bone, cfg)
+    labels = separate_labels(labels)
+    counts = np.bincount(labels.ravel(), minlength=OTHER + 1)
+    present = counts[1:] > 0
+    stats = {
+        "cores": int((~small[1:]).sum()),
+        "regions": int(regions.max()),
+        "labels": {LABEL_NAMES[k]: {"label": k, "volume_mm3": round(float(counts[k]) * voxel_mm3, 1)}
+                   for k in range(1, OTHER + 1) if present[k - 1]},
+    }
+    smallest = int(counts[1:][present].min()) if present.any() else 0
+    return BoneLabels(labels=labels, box=bone.box, smallest_piece_voxels=smallest, stats=stats)
+
+
+def name_regions(regions: np.ndarray, hu: np.ndarray, raw: np.ndarray, volume: Volume,
+                 bone: BoneMask, cfg: SegmentConfig) -> np.ndarray:
+    """Label (0..7) of every region id, indexed by region id."""
+    n = int(regions.max())
+    ids = np.arange(1, n + 1)
+    voxel_mm3 = volume.voxel_volume_mm3
+    volume_mm3 = np.bincount(regions.ravel(), minlength=n + 1)[1:] * voxel_mm3
+    offset = np.array([s.start for s in bone.box], dtype=float)
+    with np.errstate(invalid="ignore"):  # ids of dropped cores hold no voxel: NaN, never named
+        centre = np.array(ndi.center_of_mass(regions > 0, regions, ids)).reshape(-1, 3)
+    centroid = apply_affine(volume.affine, centre + offset)
+    z_min, z_max = region_extent_z(regions, n, volume.affine, offset)
+    lateral = centroid[:, 0] - bone.midline_x_lps_mm
+    side = np.where(lateral > MIDLINE_MM, 1, np.where(lateral < -MIDLINE_MM, -1, 0))
+    name = np.zeros(n + 1, dtype=np.uint8)
+    big = volume_mm3 >= MIN_NAMED_BONE_MM3
+    for s, femur, hip in ((1, 4, 1), (-1, 5, 2)):
+        candidates = np.flatnonzero(big & (side == s))
+        if candidates.size == 0:
+            continue
+        lowest = candidates[np.argmin(z_min[candidates])]
+        rest = candidates[candidates != lowest]
+        if rest.size:
+            name[lowest + 1] = femur
+            name[rest[np.argmax(volume_mm3[rest])] + 1] = hip
+        else:  # one big region on this side: the pelvis without a femur, or a femur alone
+            name[lowest + 1] = hip
+    hips = np.flatnonzero(np.isin(name[1:], (1, 2)))
+    crest_z = z_max[hips].max() if hips.size else np.inf
+    midline = np.flatnonzero((side == 0) & (name[1:] == 0) & (centroid[:, 2] < crest_z))
+    sacrum = midline[np.argmax(volume_mm3[midline])] if midline.size else None
+    if sacrum is not None:
+        name[sacrum + 1] = 3
+        above = np.flatnonzero((side == 0) & (name[1:] == 0) & (z_min > centroid[sacrum, 2]))
+        if above.size:
+            name[above[np.argmax(volume_mm3[above])] + 1] = 6
+    merge_by_contact(name, regions, raw)
+    for r in np.flatnonzero(name[1:] == 0):
+        if side[r] == 0 and sacrum is not None:
+            name[r + 1] = 6 if centroid[r, 2] > z_max[sacrum] else 3 if centroid[r, 2] < centroid[sacrum, 2] else OTHER
+        else:
+            name[r + 1] = OTHER
+    return name
+
+
+def region_extent_z(regions: np.ndarray, n: int, affine: np.ndarray, offset: np.ndarray):
+    """Lowest and highest LPS z (mm) of every region's bounding box corners."""
+    z_min, z_max = np.full(n, np.inf), np.full(n, -np.inf)
+    for r, sl in enumerate(ndi.find_objects(regions, max_label=n)):
+        if sl is None:
+            continue
+        corners = np.array(np.meshgrid(*[(s.start, s.stop - 1) for s in sl], indexing="ij")).reshape(3, -1).T
+        z = apply_affine(affine, corners + offset)[:, 2]
+        z_min[r], z_max[r] = z.min(), z.max()
+    return z_min, z_max
+
+
+def merge_by_contact(name: np.ndarray, regions: np.ndarray, raw: np.ndarray) -> None:
+    """Give unnamed regions the name of the named region they touch through
+    the most bone-to-bone face contact (both voxels above the threshold),
+    repeatedly, so chains of fragments join too."""
+    n = name.size - 1
+    contact = np.zeros((n + 1, n + 1), dtype=np.int64)
+    for axis in range(3):
+        a = np.moveaxis(regions, axis, 0)
+        b = np.moveaxis(raw, axis, 0)
+        border = (a[:-1] != a[1:]) & b[:-1] & b[1:]
+        pairs = a[:-1][border].astype(np.int64) * (n + 1) + a[1:][border]
+        np.add.at(contact.ravel(), pairs, 1)
+    contact = contact + contact.T
+    contact[0, :] = contact[:, 0] = 0
+    while True:
+        unnamed = np.flatnonzero(name[1:] == 0) + 1
+        if unnamed.size == 0:
+            return
+        named = np.flatnonzero(name > 0)
+        strength = contact[np.ix_(unnamed, named)]
+        best = strength.max(axis=1)
+        if best.max() == 0:
+            return
+        for r, row, b in zip(unnamed, strength, best):
+            if b > 0:
+                name[r] = name[named[np.argmax(row)]]
+
+
+def solid_per_label(rough: np.ndarray, raw: np.ndarray, volume: Volume, bone: BoneMask,
+                    cfg: SegmentConfig) -> np.ndarray:
+    """Close and fill each label's raw threshold on its own (marrow per bone)."""
+    radius_vox = closing_radius_voxels(volume.spacing_mm, cfg.closing_mm)
+    at_border = [(s.start == 0, s.stop == dim) for s, dim in zip(bone.box, volume.shape)]
+    out = np.zeros(rough.shape, dtype=np.uint8)
+    pieces = np.where(raw, rough, 0)
+    for label, sub in enumerate(ndi.find_objects(pieces), start=1):
+        if sub is None:
+            continue
+        sub = tuple(slice(max(s.start - radius_vox - 1, 0), min(s.stop + radius_vox + 1, dim))
+                    for s, dim in zip(sub, rough.shape))
+        sub_border = [(b0 and s.start == 0, b1 and s.stop == dim)
+                      for (b0, b1), s, dim in zip(at_border, sub, rough.shape)]
+        # A vertebra's arch encloses the spinal canal in every axial slice:
+        # that hole is not marrow, so the spine gets the 3D fill only.
+        max_hole_mm2 = 0.0 if label == LUMBAR else cfg.max_slice_hole_mm2
+        filled = close_and_fill(pieces[sub] == label, radius_vox, volume.spacing_mm, cfg.closing_mm,
+                                sub_border, max_hole_mm2)
+        view = out[sub]
+        view[filled & ((view == 0) | (rough[sub] == label))] = label
+    return out
+
+
+def separate_labels(labels: np.ndarray) -> np.ndarray:
+    """Drop every voxel with a 26-neighbour of another label: afterwards
+    different bones are at least one voxel apart (one pass suffices, as both
+    voxels of any clashing pair go)."""
+    high = ndi.maximum_filter(labels, footprint=ALL_NEIGHBOURS)
+    low = ndi.minimum_filter(np.where(labels > 0, labels, np.uint8(255)), footprint=ALL_NEIGHBOURS)
+    clash = (labels > 0) & (high != low)
+    return np.where(clash, np.uint8(0), labels)
