@@ -25,6 +25,11 @@ test: venv
 bench: venv
 	$(PY) -m pipeline.bench
 
+# Labels against references: the phantom's truth, and the real CTs in ../shared when present.
+# Overlays of the labels go to $(OUT)/evaluate/*.png.
+evaluate: venv
+	$(PY) -m pipeline.evaluate --png $(OUT)/evaluate
+
 # Rewrites tests/golden/sample_ct.json from the current code; review the diff before committing.
 goldens: venv
 	$(PY) -m tests.regenerate_goldens
