@@ -33,7 +33,9 @@ from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
     MediaStorageDirectoryStorage,
+    EnhancedCTImageStorage,
     RTStructureSetStorage,
+    SecondaryCaptureImageStorage,
     generate_uid,
 )
 from pydicom.valuerep import format_number_as_ds
@@ -44,6 +46,16 @@ FAKE_PATIENT_NAME = "PHANTOM^PELVIS"
 FAKE_PATIENT_ID = "PHANTOM-0001"
 FAKE_BIRTH_DATE = "19000101"
 FAKE_STUDY_DATE = "20000101"
+
+# Transfer syntaxes pydicom cannot encode, and GDCM's name for each.
+_GDCM_ENCODED = {
+    UID("1.2.840.10008.1.2.4.50"): "JPEGBaselineProcess1",
+    UID("1.2.840.10008.1.2.4.51"): "JPEGExtendedProcess2_4",
+    UID("1.2.840.10008.1.2.4.57"): "JPEGLosslessProcess14",
+    UID("1.2.840.10008.1.2.4.70"): "JPEGLosslessProcess14_1",
+    UID("1.2.840.10008.1.2.4.80"): "JPEGLSLossless",
+    UID("1.2.840.10008.1.2.4.81"): "JPEGLSNearLossless",
+}
 
 # Two in-plane directions written to ImageOrientationPatient must be orthogonal
 # unit vectors; DICOM has no way to express a skewed pixel grid.
@@ -64,6 +76,16 @@ def _per_slice(value: float | Sequence[float], n: int, name: str) -> np.ndarray:
     if name == "rescale_slope" and np.any(arr == 0):
         raise ValueError("rescale_slope must be non-zero")
     return arr
+
+
+def _slice_plan(n_slices: int, order: Sequence[int] | None, rescale_slope, rescale_intercept,
+                order_name: str) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """(write order, slope per slice, intercept per slice), checked."""
+    order = list(range(n_slices)) if order is None else [int(k) for k in order]
+    if sorted(order) != list(range(n_slices)):
+        raise ValueError(f"{order_name} must be a permutation of range(n_slices)")
+    return (order, _per_slice(rescale_slope, n_slices, "rescale_slope"),
+            _per_slice(rescale_intercept, n_slices, "rescale_intercept"))
 
 
 def _in_plane_geometry(affine: np.ndarray) -> tuple[list[float], list[float]]:
@@ -89,11 +111,13 @@ def _check_padding(hu: np.ndarray, dtype: np.dtype, pixel_padding_value: int | N
 
 
 def _stored_values(hu_slice: np.ndarray, slope: float, intercept: float, dtype: np.dtype,
-                   pixel_padding_value: int | None) -> np.ndarray:
+                   pixel_padding_value: int | None, bits_stored: int = 16) -> np.ndarray:
     info = np.iinfo(dtype)
+    low, high = ((-(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1) if info.min < 0
+                 else (0, (1 << bits_stored) - 1))
     finite = np.isfinite(hu_slice)
     stored = np.rint((np.where(finite, hu_slice, intercept) - intercept) / slope)
-    stored = np.clip(stored, info.min, info.max).astype(dtype)
+    stored = np.clip(stored, low, high).astype(dtype)
     if pixel_padding_value is not None:
         stored[~finite] = pixel_padding_value
     return stored
@@ -172,6 +196,8 @@ def write_series(
     pixel_padding_value: int | None = None,
     image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "AXIAL"),
     transfer_syntax: str = ExplicitVRLittleEndian,
+    bits_stored: int = 16,
+    compress_kwargs: dict | None = None,
 ) -> list[Path]:
     """Write ``volume`` as one single-frame CT image file per slice.
 
@@ -203,8 +229,14 @@ def write_series(
     pixel_padding_value : int, optional
         Written as PixelPaddingValue; non-finite voxels are stored as it.
     transfer_syntax : UID
-        Native (implicit/explicit VR little endian) or any syntax pydicom can
-        encode (e.g. RLE Lossless, JPEG 2000 Lossless with pylibjpeg-openjpeg).
+        Native (implicit/explicit VR little or big endian, deflated), a syntax
+        pydicom can encode (RLE Lossless, JPEG 2000 with pylibjpeg-openjpeg),
+        or one GDCM transcodes to (JPEG baseline/extended/lossless, JPEG-LS).
+    bits_stored : int
+        8 (one byte per pixel, as JPEG baseline needs), 12 (in 16-bit words,
+        as JPEG extended needs) or 16. Stored values are clipped to that range.
+    compress_kwargs : dict, optional
+        Passed to ``Dataset.compress`` (e.g. ``{"j2k_cr": [20]}`` for lossy JPEG 2000).
 
     Returns
     -------
@@ -213,13 +245,13 @@ def write_series(
     """
     affine = check_affine(volume.affine)
     n_slices, n_rows, n_cols = volume.hu.shape
-    order = list(range(n_slices)) if slice_order is None else [int(k) for k in slice_order]
-    if sorted(order) != list(range(n_slices)):
-        raise ValueError("slice_order must be a permutation of range(n_slices)")
-    slopes = _per_slice(rescale_slope, n_slices, "rescale_slope")
-    intercepts = _per_slice(rescale_intercept, n_slices, "rescale_intercept")
+    order, slopes, intercepts = _slice_plan(n_slices, slice_order, rescale_slope,
+                                            rescale_intercept, "slice_order")
     names = file_names or (lambda n: f"IM{n:05d}")
-    dtype = np.dtype(np.int16 if signed else np.uint16)
+    if bits_stored not in (8, 12, 16):
+        raise ValueError(f"bits_stored must be 8, 12 or 16, got {bits_stored}")
+    dtype = np.dtype((np.int8 if signed else np.uint8) if bits_stored == 8
+                     else (np.int16 if signed else np.uint16))
     transfer_syntax = UID(transfer_syntax)
     _check_padding(volume.hu, dtype, pixel_padding_value)   # fail before writing anything
 
@@ -261,30 +293,172 @@ def write_series(
         ds.RescaleIntercept = _ds(intercepts[k])
         if pixel_padding_value is not None:
             ds.PixelPaddingValue = int(pixel_padding_value)
-        stored = _stored_values(volume.hu[k], slopes[k], intercepts[k], dtype, pixel_padding_value)
-        if transfer_syntax.is_compressed:
-            ds.compress(transfer_syntax, stored, generate_instance_uid=False)
-        else:
-            ds.PixelData = stored.astype(dtype.newbyteorder("<" if transfer_syntax.is_little_endian
-                                                            else ">")).tobytes()
+        _set_bits(ds, bits_stored)
+        stored = _stored_values(volume.hu[k], slopes[k], intercepts[k], dtype, pixel_padding_value,
+                                bits_stored)
         path = out / names(n)
-        _save_atomic(ds, path)
+        _save_pixels(ds, stored, transfer_syntax, path, compress_kwargs or {})
         written.append(path)
     return written
 
 
-def write_rtstruct_stub(out_dir: str | os.PathLike, name: str = "RS_stub") -> Path:
-    """A header-only RTSTRUCT-like object (no pixel data) that a loader must skip."""
-    ds = Dataset()
-    ds.SOPClassUID = RTStructureSetStorage
+def _set_bits(ds: Dataset, bits_stored: int) -> None:
+    ds.BitsAllocated = 8 if bits_stored == 8 else 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+
+
+def _save_pixels(ds: Dataset, stored: np.ndarray, transfer_syntax: UID, path: Path,
+                 compress_kwargs: dict) -> None:
+    """Encode ``stored`` (frames or one frame) in ``transfer_syntax`` and save ``ds`` to ``path``.
+
+    Syntaxes pydicom cannot encode are written natively, then transcoded by GDCM.
+    """
+    if transfer_syntax in _GDCM_ENCODED:
+        native = path.with_name(f".native-{path.name}")
+        ds.PixelData = stored.astype(stored.dtype.newbyteorder("<")).tobytes()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        _save_atomic(ds, native)
+        try:
+            _transcode_with_gdcm(native, path, transfer_syntax)
+        finally:
+            native.unlink(missing_ok=True)
+        return
+    if transfer_syntax.is_compressed:
+        ds.compress(transfer_syntax, stored, generate_instance_uid=False, **compress_kwargs)
+    else:
+        order = "<" if transfer_syntax.is_little_endian else ">"
+        ds.PixelData = stored.astype(stored.dtype.newbyteorder(order)).tobytes()
+    _save_atomic(ds, path)
+
+
+def _transcode_with_gdcm(src: Path, dst: Path, transfer_syntax: UID) -> None:
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(src))
+    if not reader.Read():
+        raise ValueError(f"GDCM cannot read {src}")
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, _GDCM_ENCODED[transfer_syntax])))
+    change.SetInput(reader.GetImage())
+    if not change.Change():
+        raise ValueError(f"GDCM cannot encode {transfer_syntax.name}")
+    writer = gdcm.ImageWriter()
+    tmp = dst.with_name(f".gdcm-{dst.name}")
+    writer.SetFileName(str(tmp))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    if not writer.Write():
+        raise ValueError(f"GDCM cannot write {dst}")
+    os.replace(tmp, dst)
+
+
+def write_enhanced_series(
+    volume: Volume,
+    path: str | os.PathLike,
+    *,
+    rescale_slope: float | Sequence[float] = 1.0,
+    rescale_intercept: float | Sequence[float] = -1024.0,
+    frame_order: Sequence[int] | None = None,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    patient_position: str = "HFS",
+) -> Path:
+    """Write ``volume`` as one Enhanced CT (multi-frame) file.
+
+    Geometry lives only in the functional groups, as in scanner exports: pixel
+    measures and orientation shared, position per frame. Rescale goes per frame
+    when it differs between slices, else shared. ``frame_order`` stores the
+    slices in another order (frame ``n`` holds slice ``frame_order[n]``).
+    """
+    affine = check_affine(volume.affine)
+    n_slices, n_rows, n_cols = volume.hu.shape
+    order, slopes, intercepts = _slice_plan(n_slices, frame_order, rescale_slope,
+                                            rescale_intercept, "frame_order")
+    iop, pixel_spacing = _in_plane_geometry(affine)
+    ds = _base_dataset(modality="CT", patient_position=patient_position,
+                       series_description="Synthetic enhanced CT", study_uid=generate_uid(),
+                       series_uid=generate_uid(), frame_of_reference_uid=generate_uid(),
+                       image_type=("ORIGINAL", "PRIMARY", "VOLUME", "NONE"), series_number=1)
+    del ds.RescaleType
+    ds.SOPClassUID = EnhancedCTImageStorage
     ds.SOPInstanceUID = generate_uid()
-    ds.file_meta = _file_meta(RTStructureSetStorage, ds.SOPInstanceUID, ExplicitVRLittleEndian)
-    ds.Modality = "RTSTRUCT"
+    ds.file_meta = _file_meta(EnhancedCTImageStorage, ds.SOPInstanceUID, UID(transfer_syntax))
+    ds.InstanceNumber = 1
+    ds.Rows, ds.Columns, ds.NumberOfFrames = n_rows, n_cols, n_slices
+    ds.PixelRepresentation = 1
+    per_slice_rescale = len(set(slopes)) > 1 or len(set(intercepts)) > 1
+    shared = Dataset()
+    shared.PixelMeasuresSequence = [_item(PixelSpacing=[_ds(v) for v in pixel_spacing],
+                                          SliceThickness=_ds(np.linalg.norm(affine[:3, 0])))]
+    shared.PlaneOrientationSequence = [_item(ImageOrientationPatient=[_ds(v) for v in iop])]
+    if not per_slice_rescale:
+        shared.PixelValueTransformationSequence = [_rescale_item(slopes[0], intercepts[0])]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    frames = []
+    for k in order:
+        group = Dataset()
+        position = affine @ np.array([k, 0.0, 0.0, 1.0])
+        group.PlanePositionSequence = [_item(ImagePositionPatient=[_ds(v) for v in position[:3]])]
+        if per_slice_rescale:
+            group.PixelValueTransformationSequence = [_rescale_item(slopes[k], intercepts[k])]
+        frames.append(group)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    stored = np.stack([_stored_values(volume.hu[k], slopes[k], intercepts[k], np.dtype(np.int16),
+                                      None) for k in order])
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _save_pixels(ds, stored, UID(transfer_syntax), out, {})
+    return out
+
+
+def _item(**elements) -> Dataset:
+    item = Dataset()
+    for keyword, value in elements.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def _rescale_item(slope: float, intercept: float) -> Dataset:
+    return _item(RescaleSlope=_ds(slope), RescaleIntercept=_ds(intercept), RescaleType="HU")
+
+
+def write_stub(out_dir: str | os.PathLike, sop_class_uid: str, modality: str,
+               name: str) -> Path:
+    """A header-only non-image object (RTSTRUCT, RTPLAN, SR, presentation state): no pixels."""
+    ds = Dataset()
+    ds.SOPClassUID = sop_class_uid
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta = _file_meta(sop_class_uid, ds.SOPInstanceUID, ExplicitVRLittleEndian)
+    ds.Modality = modality
     ds.PatientName = FAKE_PATIENT_NAME
     ds.PatientID = FAKE_PATIENT_ID
     ds.SeriesInstanceUID = generate_uid()
-    ds.StructureSetLabel = "stub"
     path = Path(out_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save_atomic(ds, path)
+    return path
+
+
+def write_rtstruct_stub(out_dir: str | os.PathLike, name: str = "RS_stub") -> Path:
+    """A header-only RTSTRUCT-like object (no pixel data) that a loader must skip."""
+    return write_stub(out_dir, RTStructureSetStorage, "RTSTRUCT", name)
+
+
+def write_secondary_capture(out_dir: str | os.PathLike, name: str = "SC_screenshot") -> Path:
+    """A secondary capture image (a screenshot): pixel data, but no patient geometry."""
+    ds = _base_dataset(modality="OT", patient_position="", series_description="screenshot",
+                       study_uid=generate_uid(), series_uid=generate_uid(),
+                       frame_of_reference_uid=generate_uid(), image_type=("DERIVED", "SECONDARY"),
+                       series_number=99)
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta = _file_meta(SecondaryCaptureImageStorage, ds.SOPInstanceUID,
+                              ExplicitVRLittleEndian)
+    ds.Rows, ds.Columns, ds.PixelRepresentation = 8, 8, 0
+    ds.PixelData = np.zeros((8, 8), "<u2").tobytes()
+    path = Path(out_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     _save_atomic(ds, path)
     return path
 
