@@ -64,7 +64,8 @@ def cmd_mesh(args: argparse.Namespace) -> None:
     config = load_config(args.config)  # before the CT: a typo fails in milliseconds
     timer = Timer(console.line)
     with timer.stage("load"):
-        volume = load_ct(args.ct_dir, series_uid=args.series, progress=console.progress("load"))
+        volume = load_ct(args.ct_dir, series_uid=args.series, max_gap_mm=config.load.max_gap_mm,
+                         progress=console.progress("load"))
     for note in volume.notes:
         console.line(f"note: {note}")
     result = run_mesh(volume, config, log=console.line, timer=timer)

@@ -104,7 +104,16 @@ class ResectionConfig:
 
 
 @dataclass(frozen=True)
+class LoadConfig:
+    # Slices whose steps along the slice normal differ are resampled onto a
+    # uniform grid by linear interpolation; a step larger than this is refused
+    # rather than bridged. Routine abdomen-pelvis protocols step up to ~7 mm.
+    max_gap_mm: float = 8.0
+
+
+@dataclass(frozen=True)
 class Config:
+    load: LoadConfig = LoadConfig()
     segment: SegmentConfig = SegmentConfig()
     surface: SurfaceConfig = SurfaceConfig()
     resection: ResectionConfig = ResectionConfig()
@@ -139,13 +148,15 @@ def load_config(path: str | Path | None) -> Config:
 
 
 def parse_config(raw: dict[str, Any], *, source: str = "<dict>") -> Config:
-    _no_unknown(raw, {"segment", "surface", "resection"}, "")
+    _no_unknown(raw, {"load", "segment", "surface", "resection"}, "")
+    load = _section(LoadConfig, raw.get("load", {}), "load")
+    _check_load(load)
     segment = _section(SegmentConfig, raw.get("segment", {}), "segment")
     surface = _section(SurfaceConfig, raw.get("surface", {}), "surface")
     _check_segment(segment)
     _check_surface(surface)
     resection = _resection(raw.get("resection", {}))
-    return Config(segment=segment, surface=surface, resection=resection, source=source)
+    return Config(load=load, segment=segment, surface=surface, resection=resection, source=source)
 
 
 def _no_unknown(table: Any, allowed: set[str], prefix: str) -> None:
@@ -175,6 +186,11 @@ def _section(cls: type, table: Any, name: str):
     _no_unknown(table, set(fields), f"{name}.")
     values = {key: _number(v, f"{name}.{key}") for key, v in table.items()}
     return cls(**values)
+
+
+def _check_load(s: LoadConfig) -> None:
+    if not 0 < s.max_gap_mm <= 50:
+        raise ConfigError("load.max_gap_mm must be above 0 and at most 50 mm")
 
 
 def _check_segment(s: SegmentConfig) -> None:

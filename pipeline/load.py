@@ -1,19 +1,23 @@
-"""CT DICOM folder -> :class:`~pipeline.volume.Volume`. The only module that reads DICOM.
+"""CT input (DICOM folder, NIfTI or NRRD file) -> :class:`~pipeline.volume.Volume`.
 
-Three steps, each usable on its own (the ``series`` command stops after the
-second):
+For DICOM, three steps, each usable on its own (the ``series`` command stops
+after the second):
 
-1. :func:`scan_folder` reads every file's header (never its pixels), finds
-   DICOM by content, skips what is not a CT image and groups image files into
-   series, excluding localizers.
+1. :func:`scan_folder` reads every file's header (never its pixels, see
+   ``headers.py``), finds DICOM by content, skips what is not an image and
+   groups image files into series -- by SeriesInstanceUID, or, where that is
+   empty, by study, frame of reference, matrix size and pixel spacing --
+   excluding localizers and minority orientations.
 2. :func:`choose_series` picks one series: the one asked for, or the only CT
    volume, and says why.
-3. :func:`load_series` sorts the slices along the slice normal, derives the
-   affine from ImagePositionPatient differences, checks the grid is regular
-   and streams rescaled pixels into one float32 array. Uncompressed 16-bit
-   little-endian pixel data is read straight from the offset the scan found
-   (no second header parse, no per-slice allocation); every other transfer
-   syntax goes through pydicom's decoders (pylibjpeg, python-gdcm).
+3. :func:`load_series` sorts the slices along the slice normal, drops
+   duplicate slices whose pixels are identical (refuses ones that differ),
+   decodes only this series' pixels (``load_pixels.py``), derives the affine
+   from the slice positions (sheared under gantry tilt) and, when the steps
+   between slices differ, resamples onto a uniform grid along the slice
+   normal (``resample.py``), refusing a gap larger than ``max_gap_mm``.
+
+NIfTI and NRRD files are converted by ``load_volume_files.py``.
 
 Patient identity stays here: :class:`SeriesInfo`, ``Volume.meta`` and the notes
 carry no names, IDs, birth dates or acquisition dates.
@@ -23,8 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import struct
-import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,75 +34,56 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import pydicom.pixels
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import (
-    UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    MediaStorageDirectoryStorage,
-)
 
+from .config import LoadConfig
 from .errors import InputError
+from .headers import (
+    SKIP_DICOMDIR,
+    SKIP_LOCALIZER,
+    SKIP_NO_GEOMETRY,
+    SKIP_NON_IMAGE,
+    SKIP_NOT_DICOM,
+    SKIP_UNREADABLE,
+    SliceHeader,
+    read_header,
+    slice_headers,
+    sop_class_name,
+)
+from .load_pixels import PADDING_HU, check_decoders, read_series_pixels
+from .load_volume_files import is_volume_file, load_volume_file
+from .resample import (
+    STEP_ABS_TOL_MM,
+    TILT_REPORT_DEG,
+    StackError,
+    resample_slices,
+    slice_axis,
+    uniform_positions,
+)
 from .volume import Volume, orientation_code
+
+__all__ = ["PADDING_HU", "SKIP_DICOMDIR", "SKIP_LOCALIZER", "SKIP_NO_GEOMETRY", "SKIP_NON_IMAGE",
+           "SKIP_NOT_DICOM", "SKIP_UNREADABLE", "Scan", "SeriesInfo", "SliceHeader",
+           "choose_series", "load_ct", "load_series", "scan_folder"]
 
 Progress = Callable[[int, int], None]
 
-# Tolerances, in one place.
+# Tolerances, in one place (slice-step tolerances live in resample.py).
 ORIENTATION_GROUP_TOL = 0.05     # max |cosine difference|: beyond it, another orientation (~3 deg)
 ORIENTATION_TOL = 1e-4           # max |cosine difference| between slices of one series
 DIRECTION_COSINE_TOL = 1e-3      # unit length / orthogonality of ImageOrientationPatient
 PIXEL_SPACING_TOL_MM = 1e-4      # PixelSpacing differences between slices of one series
-SLICE_STEP_REL_TOL = 1e-3        # slice step deviation, as a fraction of the step ...
-SLICE_STEP_ABS_TOL_MM = 1e-3     # ... plus this, in mm
 MIN_SLICES = 3                   # fewer cannot make a volume (nor a checkable spacing)
-PADDING_HU = -1024.0             # HU given to PixelPaddingValue voxels (air)
-
-# Skip reasons: keys of Scan.skipped.
-SKIP_NOT_DICOM = "not DICOM"
-SKIP_UNREADABLE = "unreadable or truncated DICOM file"
-SKIP_DICOMDIR = "DICOMDIR"
-SKIP_NON_IMAGE = "non-image DICOM object"
-SKIP_NO_GEOMETRY = "image without patient geometry"
-SKIP_LOCALIZER = "localizer or minority orientation"
-
-# What a damaged or foreign header makes pydicom raise; anything else is a bug.
-_HEADER_ERRORS = (InvalidDicomError, EOFError, OSError, ValueError, struct.error)
-# What a damaged, truncated or undecodable pixel payload makes pydicom raise.
-_DECODE_ERRORS = (ValueError, RuntimeError, NotImplementedError, AttributeError, OSError,
-                  EOFError, struct.error)
-_PIXEL_DATA_ELEMENTS = {0x0010, 0x0008, 0x0009}   # (7FE0,xxxx): PixelData, Float-, DoubleFloat-
-_PIXEL_DATA_TAG_LE = struct.pack("<HH", 0x7FE0, 0x0010)
-_NATIVE_LITTLE_ENDIAN = {ImplicitVRLittleEndian, ExplicitVRLittleEndian}
-
-
-@dataclass(frozen=True)
-class SliceHeader:
-    """What the loader needs from one image file's header (no patient identity)."""
-
-    path: Path
-    position_lps_mm: tuple[float, float, float]
-    orientation: tuple[float, ...]         # ImageOrientationPatient: row cosine, column cosine
-    pixel_spacing_mm: tuple[float, float]  # (between rows, between columns)
-    rows: int
-    columns: int
-    rescale_slope: float
-    rescale_intercept: float
-    padding: tuple[int, int] | None        # inclusive stored-value range that means "no data"
-    n_frames: int
-    transfer_syntax: str
-    bits_allocated: int
-    bits_stored: int
-    signed: bool                           # PixelRepresentation 1
-    samples_per_pixel: int
-    pixel_offset: int | None               # file offset of the PixelData element, if known
-    image_type: tuple[str, ...]
+DEFAULT_MAX_GAP_MM = LoadConfig.max_gap_mm
+NO_UID = "<no SeriesInstanceUID>"
 
 
 @dataclass(frozen=True)
 class SeriesInfo:
-    """One candidate image series, slices sorted along the slice normal."""
+    """One candidate image series, slices sorted along the slice normal.
+
+    ``label`` names it in messages and for ``--series``: the SeriesInstanceUID,
+    or ``<no SeriesInstanceUID>`` (numbered when several groups lack one).
+    """
 
     series_uid: str
     modality: str
@@ -114,6 +97,7 @@ class SeriesInfo:
     orientation: str                         # volume.orientation_code of the series' grid
     slices: tuple[SliceHeader, ...] = field(repr=False)
     notes: tuple[str, ...] = ()
+    label: str = ""
 
     @property
     def n_slices(self) -> int:
@@ -121,7 +105,7 @@ class SeriesInfo:
 
     @property
     def files(self) -> tuple[Path, ...]:
-        return tuple(s.path for s in self.slices)
+        return tuple(dict.fromkeys(s.path for s in self.slices))
 
     @property
     def positions_lps_mm(self) -> np.ndarray:
@@ -129,9 +113,9 @@ class SeriesInfo:
         return np.array([s.position_lps_mm for s in self.slices], dtype=np.float64).reshape(-1, 3)
 
     def summary_line(self) -> str:
-        uid = self.series_uid or "<no SeriesInstanceUID>"
         sp = " x ".join(f"{s:.4g}" for s in self.spacing_mm)
-        return (f"{uid}  {self.modality or '?'}  '{self.description}'  {self.n_slices} slices  "
+        return (f"{self.label}  {self.modality or '?'}  '{self.description}'  "
+                f"{self.n_slices} slices  "
                 f"size {self.rows}x{self.columns}x{self.n_slices} (rows x columns x slices)  "
                 f"spacing {sp} mm (slice, row, column)  orientation {self.orientation}")
 
@@ -142,7 +126,8 @@ class Scan:
 
     ``series``: image series, CT first, then by slice count. ``skipped``: files
     not used, counted by reason (the ``SKIP_*`` constants). ``n_files``: every
-    regular file seen. ``notes``: the same facts, readable, for the report.
+    regular file seen. ``unreadable``: files that look like DICOM but could not
+    be parsed (they may be slices). ``notes``: the same facts, readable.
     """
 
     folder: Path
@@ -150,6 +135,11 @@ class Scan:
     skipped: dict[str, int]
     n_files: int
     notes: tuple[str, ...] = ()
+    unreadable: tuple[Path, ...] = ()
+
+
+def _where(s: SliceHeader) -> str:
+    return f"{s.path} (frame {s.frame + 1})" if s.n_frames > 1 else str(s.path)
 
 
 # --------------------------------------------------------------------------- scan
@@ -160,115 +150,6 @@ def _list_files(folder: Path) -> list[Path]:
         dirs.sort()
         found.extend(Path(root) / name for name in sorted(files))
     return [p for p in found if p.is_file()]
-
-
-def _locate_pixel_data(fp, ds: pydicom.Dataset) -> tuple[bool, int | None]:
-    """After ``dcmread(stop_before_pixels=True)``: (is the next element pixel data, its offset).
-
-    The offset (None if unknown) lets native pixel data be read without parsing
-    the header a second time.
-    """
-    syntax = ds.file_meta.get("TransferSyntaxUID")
-    if syntax == DeflatedExplicitVRLittleEndian:   # fp is the compressed stream: cannot peek
-        return "Rows" in ds, None
-    offset = fp.tell()
-    raw = fp.read(4)
-    if len(raw) < 4:
-        return False, None
-    little = syntax is None or UID(syntax).is_little_endian
-    group, element = struct.unpack("<HH" if little else ">HH", raw)
-    found = group == 0x7FE0 and element in _PIXEL_DATA_ELEMENTS
-    return found, (offset if found else None)
-
-
-def _read_header(path: Path) -> tuple[pydicom.Dataset | None, int | None, str | None]:
-    """(dataset, pixel data offset, None) for an image file, else a skip reason last.
-
-    The dataset comes back with ``SKIP_NON_IMAGE`` so its SOP class can be named.
-    """
-    try:
-        with open(path, "rb") as fp, warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # pydicom warns about every oddity of foreign files
-            ds = pydicom.dcmread(fp, stop_before_pixels=True, force=False)
-            has_pixels, offset = _locate_pixel_data(fp, ds)
-    except InvalidDicomError:
-        return None, None, SKIP_NOT_DICOM
-    except _HEADER_ERRORS:
-        return None, None, SKIP_UNREADABLE
-    if len(ds) == 0 and "MediaStorageSOPClassUID" not in ds.file_meta:
-        return None, None, SKIP_UNREADABLE   # a 'DICM' magic with nothing parseable behind it
-    if ds.file_meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
-        return None, None, SKIP_DICOMDIR
-    if not has_pixels:
-        if "Rows" in ds or "Image Storage" in _sop_class_name(ds):
-            return None, None, SKIP_UNREADABLE   # an image without its pixel data: truncated
-        return ds, None, SKIP_NON_IMAGE
-    return ds, offset, None
-
-
-def _sop_class_name(ds: pydicom.Dataset) -> str:
-    uid = ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID") or ""
-    return UID(str(uid)).name if uid else "unknown SOP class"
-
-
-def _floats(value, n: int) -> tuple[float, ...] | None:
-    try:
-        out = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    return out if len(out) == n and all(np.isfinite(out)) else None
-
-
-def _padding_range(ds: pydicom.Dataset) -> tuple[int, int] | None:
-    if ds.get("PixelPaddingValue") is None:
-        return None
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
-
-    def stored(v) -> int:   # implicit-VR files may give the US reading of an SS value
-        v = int(v)
-        return v - 65536 if signed and v > 32767 else v
-
-    first = stored(ds.PixelPaddingValue)
-    limit = ds.get("PixelPaddingRangeLimit")
-    last = first if limit is None else stored(limit)
-    return (min(first, last), max(first, last))
-
-
-def _slice_header(path: Path, ds: pydicom.Dataset, pixel_offset: int | None) -> SliceHeader | None:
-    position = _floats(ds.get("ImagePositionPatient"), 3)
-    orientation = _floats(ds.get("ImageOrientationPatient"), 6)
-    spacing = _floats(ds.get("PixelSpacing"), 2)
-    if position is None or orientation is None or spacing is None or "Rows" not in ds:
-        return None
-    slope = ds.get("RescaleSlope")
-    intercept = ds.get("RescaleIntercept")
-    return SliceHeader(
-        path=path,
-        position_lps_mm=position,
-        orientation=orientation,
-        pixel_spacing_mm=spacing,
-        rows=int(ds.Rows),
-        columns=int(ds.get("Columns", 0)),
-        rescale_slope=1.0 if slope in (None, "") else float(slope),
-        rescale_intercept=0.0 if intercept in (None, "") else float(intercept),
-        padding=_padding_range(ds),
-        n_frames=int(ds.get("NumberOfFrames") or 1),
-        transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
-        bits_allocated=int(ds.get("BitsAllocated") or 0),
-        bits_stored=int(ds.get("BitsStored") or 0),
-        signed=int(ds.get("PixelRepresentation") or 0) == 1,
-        samples_per_pixel=int(ds.get("SamplesPerPixel") or 1),
-        pixel_offset=pixel_offset,
-        image_type=_strings(ds.get("ImageType")),
-    )
-
-
-def _strings(value) -> tuple[str, ...]:
-    """A multi-valued CS element as upper-case strings (pydicom gives a bare str for VM 1)."""
-    if value is None or value == "":
-        return ()
-    values = [value] if isinstance(value, str) else list(value)
-    return tuple(str(v).upper() for v in values)
 
 
 def _cosines(orientation: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -297,34 +178,38 @@ def _orientation_groups(slices: list[SliceHeader]) -> list[list[SliceHeader]]:
 
 def _sort_along_normal(slices: list[SliceHeader]) -> list[SliceHeader]:
     normal = _cosines(slices[0].orientation)[2]
-    return sorted(slices, key=lambda s: (float(np.dot(s.position_lps_mm, normal)), str(s.path)))
+    return sorted(slices, key=lambda s: (float(np.dot(s.position_lps_mm, normal)),
+                                         str(s.path), s.frame))
 
 
-def _grid_affine(first: SliceHeader, slice_step: np.ndarray) -> np.ndarray:
-    """Affine (k, j, i, 1) -> LPS mm for slices stepping by ``slice_step`` from ``first``."""
+def _grid_affine(first: SliceHeader, slice_column: np.ndarray,
+                 origin_lps_mm: np.ndarray | None = None) -> np.ndarray:
+    """Affine (k, j, i, 1) -> LPS mm: slices step by ``slice_column``, in-plane from ``first``."""
     row_cos, col_cos, _ = _cosines(first.orientation)
     row_spacing, col_spacing = first.pixel_spacing_mm
     affine = np.eye(4)
-    affine[:3, 0] = slice_step
+    affine[:3, 0] = slice_column
     affine[:3, 1] = col_cos * row_spacing   # increasing row index moves down a column
     affine[:3, 2] = row_cos * col_spacing   # increasing column index moves along a row
-    affine[:3, 3] = first.position_lps_mm
+    affine[:3, 3] = first.position_lps_mm if origin_lps_mm is None else origin_lps_mm
     return affine
 
 
-def _median_step(slices: tuple[SliceHeader, ...] | list[SliceHeader]) -> np.ndarray:
-    if len(slices) < 2:
-        return _cosines(slices[0].orientation)[2]
-    positions = np.array([s.position_lps_mm for s in slices])
-    return np.median(np.diff(positions, axis=0), axis=0)
+def _median_step_mm(slices: list[SliceHeader]) -> float:
+    """Median distance along the normal between distinct neighbouring slices (0 if none)."""
+    normal = _cosines(slices[0].orientation)[2]
+    steps = np.diff([float(np.dot(s.position_lps_mm, normal)) for s in slices])
+    steps = steps[steps > STEP_ABS_TOL_MM]
+    return float(np.median(steps)) if len(steps) else 0.0
 
 
-def _series_info(uid: str, slices: list[SliceHeader], ds: pydicom.Dataset,
+def _series_info(uid: str, label: str, slices: list[SliceHeader], ds: pydicom.Dataset,
                  notes: list[str]) -> SeriesInfo:
     ordered = _sort_along_normal(slices)
     first = ordered[0]
-    step = _median_step(ordered)
-    affine = _grid_affine(first, step)
+    step_mm = _median_step_mm(ordered)
+    normal = _cosines(first.orientation)[2]
+    affine = _grid_affine(first, normal * (step_mm or 1.0))
     return SeriesInfo(
         series_uid=uid,
         modality=str(ds.get("Modality", "")),
@@ -334,20 +219,20 @@ def _series_info(uid: str, slices: list[SliceHeader], ds: pydicom.Dataset,
         model=str(ds.get("ManufacturerModelName", "")),
         rows=first.rows,
         columns=first.columns,
-        spacing_mm=(float(np.linalg.norm(step)), *first.pixel_spacing_mm),
+        spacing_mm=(step_mm, *first.pixel_spacing_mm),
         orientation=orientation_code(affine),
         slices=tuple(ordered),
         notes=tuple(notes),
+        label=label,
     )
 
 
-def _build_series(uid: str, slices: list[SliceHeader], ds: pydicom.Dataset,
+def _build_series(uid: str, label: str, slices: list[SliceHeader], ds: pydicom.Dataset,
                   skipped: Counter) -> tuple[SeriesInfo | None, list[str]]:
     """Exclude localizers and minority orientations from one series' image files.
 
     Returns the series (None when nothing is left) and notes on what was excluded.
     """
-    label = uid or "<no SeriesInstanceUID>"
     notes = []
     localizers = [s for s in slices if "LOCALIZER" in s.image_type]
     rest = [s for s in slices if "LOCALIZER" not in s.image_type]
@@ -362,7 +247,18 @@ def _build_series(uid: str, slices: list[SliceHeader], ds: pydicom.Dataset,
         skipped[SKIP_LOCALIZER] += n_excluded
     if not groups:
         return None, notes
-    return _series_info(uid, groups[0], ds, notes), notes
+    return _series_info(uid, label, groups[0], ds, notes), notes
+
+
+def _group_key(ds: pydicom.Dataset, header: SliceHeader) -> tuple:
+    """The series a file belongs to: its SeriesInstanceUID, or, when that is empty,
+    the other keys that a series shares (study, frame of reference, modality, grid)."""
+    uid = str(ds.get("SeriesInstanceUID") or "").strip()
+    if uid:
+        return (uid,)
+    return ("", str(ds.get("StudyInstanceUID") or ""), str(ds.get("FrameOfReferenceUID") or ""),
+            str(ds.get("Modality") or ""), header.rows, header.columns,
+            tuple(round(v, 4) for v in header.pixel_spacing_mm))
 
 
 def scan_folder(ct_dir: str | os.PathLike, *, progress: Progress | None = None) -> Scan:
@@ -370,8 +266,8 @@ def scan_folder(ct_dir: str | os.PathLike, *, progress: Progress | None = None) 
 
     Files are recognised by content, whatever their name. Non-DICOM files,
     DICOMDIRs, non-image objects (RTSTRUCT, RTPLAN, SR, presentation states:
-    anything without pixel data) and images without patient geometry are
-    skipped and counted in ``Scan.skipped``; never fatal.
+    anything without pixel data) and images without patient geometry
+    (secondary captures) are skipped and counted in ``Scan.skipped``; never fatal.
 
     Raises
     ------
@@ -384,47 +280,62 @@ def scan_folder(ct_dir: str | os.PathLike, *, progress: Progress | None = None) 
     paths = _list_files(folder)
     skipped: Counter = Counter()
     non_image_classes: Counter = Counter()
-    by_series: dict[str, list[SliceHeader]] = defaultdict(list)
-    first_ds: dict[str, pydicom.Dataset] = {}
+    unreadable: list[Path] = []
+    by_series: dict[tuple, list[SliceHeader]] = defaultdict(list)
+    first_ds: dict[tuple, pydicom.Dataset] = {}
     for n, path in enumerate(paths, start=1):
-        ds, header, reason = _classify(path)
+        ds, headers, reason = _classify(path)
         if reason is not None:
             skipped[reason] += 1
             if reason == SKIP_NON_IMAGE:
-                non_image_classes[_sop_class_name(ds)] += 1
+                non_image_classes[sop_class_name(ds)] += 1
+            if reason == SKIP_UNREADABLE:
+                unreadable.append(path)
         else:
-            uid = str(ds.get("SeriesInstanceUID") or "")
-            by_series[uid].append(header)
-            first_ds.setdefault(uid, ds)
+            key = _group_key(ds, headers[0])
+            by_series[key].extend(headers)
+            first_ds.setdefault(key, ds)
         if progress is not None:
             progress(n, len(paths))
 
     series, notes = [], _scan_notes(skipped, non_image_classes, by_series)
-    for uid, slices in by_series.items():
-        info, excluded = _build_series(uid, slices, first_ds[uid], skipped)
+    for key, slices in by_series.items():
+        info, excluded = _build_series(key[0], key[0] or NO_UID, slices, first_ds[key], skipped)
         if info is None:
             notes.extend(excluded)   # a series of localizers only: nothing else reports it
         else:
             series.append(info)
-    series.sort(key=lambda s: (s.modality != "CT", -s.n_slices, s.series_uid))
+    series = _number_unlabelled(series)
+    series.sort(key=lambda s: (s.modality != "CT", -s.n_slices, s.label))
     return Scan(folder=folder, series=tuple(series), skipped=dict(skipped), n_files=len(paths),
-                notes=tuple(notes))
+                notes=tuple(notes), unreadable=tuple(unreadable))
 
 
-def _classify(path: Path) -> tuple[pydicom.Dataset | None, SliceHeader | None, str | None]:
-    """(dataset, slice header, None) for a usable image file, else a skip reason last."""
-    ds, pixel_offset, reason = _read_header(path)
+def _number_unlabelled(series: list[SeriesInfo]) -> list[SeriesInfo]:
+    """Several series without a UID get numbered labels, so ``--series`` can name each."""
+    no_uid = sorted((s for s in series if not s.series_uid),
+                    key=lambda s: (-s.n_slices, str(s.slices[0].path)))
+    if len(no_uid) < 2:
+        return series
+    numbered = {id(s): f"{NO_UID[:-1]} #{n}>" for n, s in enumerate(no_uid, start=1)}
+    return [dataclasses.replace(s, label=numbered[id(s)]) if id(s) in numbered else s
+            for s in series]
+
+
+def _classify(path: Path) -> tuple[pydicom.Dataset | None, list[SliceHeader], str | None]:
+    """(dataset, slice headers, None) for a usable image file, else a skip reason last."""
+    ds, pixel_offset, reason = read_header(path)
     if reason is not None:
-        return ds, None, reason
+        return ds, [], reason
     try:
-        header = _slice_header(path, ds, pixel_offset)
-    except (TypeError, ValueError):   # a malformed number in an image header
-        return ds, None, SKIP_UNREADABLE
-    return ds, header, (SKIP_NO_GEOMETRY if header is None else None)
+        headers = slice_headers(path, ds, pixel_offset)
+    except (TypeError, ValueError, AttributeError, IndexError):   # a malformed header value
+        return ds, [], SKIP_UNREADABLE
+    return ds, headers, (None if headers else SKIP_NO_GEOMETRY)
 
 
 def _scan_notes(skipped: Counter, non_image_classes: Counter,
-                by_series: dict[str, list[SliceHeader]]) -> list[str]:
+                by_series: dict[tuple, list[SliceHeader]]) -> list[str]:
     notes = []
     for reason in (SKIP_NOT_DICOM, SKIP_UNREADABLE, SKIP_DICOMDIR, SKIP_NO_GEOMETRY):
         if skipped.get(reason):
@@ -432,9 +343,12 @@ def _scan_notes(skipped: Counter, non_image_classes: Counter,
     if skipped.get(SKIP_NON_IMAGE):
         kinds = ", ".join(f"{name} x{count}" for name, count in sorted(non_image_classes.items()))
         notes.append(f"skipped {skipped[SKIP_NON_IMAGE]} {SKIP_NON_IMAGE}(s): {kinds}")
-    if "" in by_series:
-        notes.append(f"{len(by_series[''])} image file(s) have no SeriesInstanceUID; "
-                     "they are grouped together as one series")
+    no_uid = [k for k in by_series if not k[0]]
+    if no_uid:
+        n_images = sum(len(by_series[k]) for k in no_uid)
+        notes.append(f"{n_images} image(s) have no SeriesInstanceUID; grouped by study, frame of "
+                     f"reference, modality, matrix size and pixel spacing into {len(no_uid)} "
+                     "series")
     return notes
 
 
@@ -447,7 +361,8 @@ def _is_ct_volume(info: SeriesInfo) -> bool:
 def choose_series(scan: Scan, series_uid: str | None = None) -> tuple[SeriesInfo, str]:
     """The series to load and why it was chosen.
 
-    With ``series_uid``, that series. Without, the only CT series with at least
+    With ``series_uid`` (a SeriesInstanceUID or a label from the ``series``
+    command), that series. Without, the only CT series with at least
     ``MIN_SLICES`` slices; if there are none or several, an :class:`InputError`
     lists what was found and asks for ``--series``.
     """
@@ -456,9 +371,9 @@ def choose_series(scan: Scan, series_uid: str | None = None) -> tuple[SeriesInfo
                          f"(skipped: {_skipped_text(scan.skipped)})")
     if series_uid is not None:
         for info in scan.series:
-            if info.series_uid == series_uid:
+            if series_uid in (info.series_uid, info.label):
                 return info, f"series {series_uid} requested explicitly"
-        available = ", ".join(s.series_uid or "<no SeriesInstanceUID>" for s in scan.series)
+        available = ", ".join(s.label for s in scan.series)
         raise InputError(f"no series {series_uid} in {scan.folder}; available: {available}")
     candidates = [s for s in scan.series if _is_ct_volume(s)]
     if len(candidates) == 1:
@@ -480,19 +395,25 @@ def _skipped_text(skipped: dict[str, int]) -> str:
 
 # --------------------------------------------------------------------------- load
 
-def _check_consistent(info: SeriesInfo) -> None:
-    """Every slice has the first slice's matrix size, pixel spacing and orientation."""
+def _check_loadable(info: SeriesInfo) -> None:
+    """A CT series of at least MIN_SLICES slices sharing one grid and orientation."""
+    if info.modality.upper() != "CT":
+        raise InputError(f"series {info.label} has modality {info.modality or '<none>'}, not CT: "
+                         "HU thresholds mean nothing on it")
+    if info.n_slices < MIN_SLICES:
+        raise InputError(f"series {info.label} has {info.n_slices} slice(s); "
+                         f"at least {MIN_SLICES} are needed for a volume")
     ref = info.slices[0]
     for s in info.slices[1:]:
         if (s.rows, s.columns) != (ref.rows, ref.columns):
-            raise InputError(f"{s.path}: {s.rows}x{s.columns} pixels, but the series "
-                             f"{info.series_uid} has {ref.rows}x{ref.columns}")
+            raise InputError(f"{_where(s)}: {s.rows}x{s.columns} pixels, but the series "
+                             f"{info.label} has {ref.rows}x{ref.columns}")
         if _max_difference(s.pixel_spacing_mm, ref.pixel_spacing_mm) > PIXEL_SPACING_TOL_MM:
-            raise InputError(f"{s.path}: PixelSpacing {list(s.pixel_spacing_mm)} mm differs from "
-                             f"the series' {list(ref.pixel_spacing_mm)} mm")
+            raise InputError(f"{_where(s)}: PixelSpacing {list(s.pixel_spacing_mm)} mm differs "
+                             f"from the series' {list(ref.pixel_spacing_mm)} mm")
         if _max_difference(s.orientation, ref.orientation) > ORIENTATION_TOL:
-            raise InputError(f"{s.path}: ImageOrientationPatient {list(s.orientation)} differs "
-                             f"from the series' {list(ref.orientation)}")
+            raise InputError(f"{_where(s)}: ImageOrientationPatient {list(s.orientation)} "
+                             f"differs from the series' {list(ref.orientation)}")
     row, col, _ = _cosines(ref.orientation)
     if (abs(np.linalg.norm(row) - 1) > DIRECTION_COSINE_TOL
             or abs(np.linalg.norm(col) - 1) > DIRECTION_COSINE_TOL
@@ -503,187 +424,190 @@ def _check_consistent(info: SeriesInfo) -> None:
         raise InputError(f"{ref.path}: PixelSpacing {list(ref.pixel_spacing_mm)} is not positive")
 
 
-def series_affine(info: SeriesInfo) -> np.ndarray:
-    """The 4x4 affine of a regular series, from slice positions alone.
-
-    The slice axis is the mean step between consecutive ImagePositionPatient
-    values, so reversed or feet-first stacks and gantry tilt (a sheared grid)
-    need no special case. Every step must equal that mean within
-    ``SLICE_STEP_REL_TOL`` x step + ``SLICE_STEP_ABS_TOL_MM``.
+def _duplicate_runs(slices: tuple[SliceHeader, ...], normal: np.ndarray) -> list[list[int]]:
+    """Runs of sorted slice indices at the same position (within STEP_ABS_TOL_MM).
 
     Raises
     ------
     InputError
-        Duplicate positions, a missing slice or otherwise non-uniform spacing,
-        naming the positions along the normal, the gap and the files.
+        Two slices at the same distance along the normal but offset in-plane.
     """
-    slices = info.slices
-    positions = info.positions_lps_mm
-    normal = _cosines(slices[0].orientation)[2]
+    positions = np.array([s.position_lps_mm for s in slices])
     along = positions @ normal
-    steps = np.diff(positions, axis=0)
-    expected = _median_step(slices)
-    tol_mm = SLICE_STEP_REL_TOL * float(np.linalg.norm(expected)) + SLICE_STEP_ABS_TOL_MM
-    label = info.series_uid or "<no SeriesInstanceUID>"
-    for k, step in enumerate(steps):
-        a, b = slices[k].path, slices[k + 1].path
-        if abs(float(step @ normal)) <= SLICE_STEP_ABS_TOL_MM:
-            raise InputError(f"series {label}: duplicate slice position {along[k]:.3f} mm along "
-                             f"the slice normal in {a} and {b}")
-        if np.linalg.norm(step - expected) > tol_mm:
-            raise InputError(
-                f"series {label}: non-uniform slice spacing (missing slice?): gap of "
-                f"{np.linalg.norm(step):.3f} mm between positions {along[k]:.3f} and "
-                f"{along[k + 1]:.3f} mm along the slice normal (expected "
-                f"{np.linalg.norm(expected):.3f} mm), between {a} and {b}")
-    mean_step = (positions[-1] - positions[0]) / (len(slices) - 1)
-    return _grid_affine(slices[0], mean_step)
-
-
-def _is_native_16bit(s: SliceHeader) -> bool:
-    """Uncompressed little-endian 16-bit greyscale: read straight from the file."""
-    return (s.transfer_syntax in _NATIVE_LITTLE_ENDIAN and s.pixel_offset is not None
-            and s.bits_allocated == 16 and 0 < s.bits_stored <= 16
-            and s.samples_per_pixel == 1 and s.n_frames == 1)
-
-
-def _read_native_16bit(s: SliceHeader, buffer: np.ndarray) -> np.ndarray:
-    """Read the stored values into ``buffer`` ('<i2' or '<u2', rows x columns), no parsing.
-
-    The same result as pydicom's pixel_array (bits above BitsStored masked or
-    sign-extended) without a second header parse or a per-slice allocation.
-    """
-    implicit = s.transfer_syntax == ImplicitVRLittleEndian
-    with open(s.path, "rb") as fp:
-        fp.seek(s.pixel_offset)
-        head = fp.read(8 if implicit else 12)
-        if implicit:
-            tag, length = struct.unpack("<4sI", head) if len(head) == 8 else (b"", 0)
+    runs: list[list[int]] = []
+    for k in range(1, len(slices)):
+        if along[k] - along[k - 1] > STEP_ABS_TOL_MM:
+            continue
+        offset = float(np.linalg.norm(positions[k] - positions[k - 1]))
+        if offset > STEP_ABS_TOL_MM:
+            raise InputError(f"{_where(slices[k - 1])} and {_where(slices[k])}: same position "
+                             f"{along[k]:.3f} mm along the slice normal, but offset {offset:.3f} "
+                             "mm in-plane")
+        if runs and runs[-1][-1] == k - 1:
+            runs[-1].append(k)
         else:
-            tag, vr, length = struct.unpack("<4s2s2xI", head) if len(head) == 12 else (b"", b"", 0)
-            if vr not in (b"OW", b"OB"):
-                tag = b""
-        if tag != _PIXEL_DATA_TAG_LE or length == 0xFFFFFFFF:
-            raise InputError(f"{s.path}: unexpected pixel data element for "
-                             f"{UID(s.transfer_syntax).name}")
-        n_read = fp.readinto(memoryview(buffer).cast("B"))
-    if min(length, n_read) < buffer.nbytes:
-        raise InputError(f"{s.path}: cannot decode pixel data: truncated "
-                         f"({min(length, n_read)} of {buffer.nbytes} bytes)")
-    unused_bits = 16 - s.bits_stored
-    if unused_bits and s.signed:
-        np.left_shift(buffer, unused_bits, out=buffer)
-        np.right_shift(buffer, unused_bits, out=buffer)   # arithmetic: sign-extends
-    elif unused_bits:
-        np.bitwise_and(buffer, (1 << s.bits_stored) - 1, out=buffer)
-    return buffer
+            runs.append([k - 1, k])
+    return runs
 
 
-def _decode_with_pydicom(s: SliceHeader) -> np.ndarray:
-    """Any transfer syntax pydicom has a decoder for (JPEG, JPEG 2000, RLE, ...)."""
-    if s.n_frames != 1:
-        raise InputError(f"{s.path}: multi-frame image (NumberOfFrames={s.n_frames}) "
-                         "is not supported yet")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return pydicom.pixels.pixel_array(s.path)
-    except _DECODE_ERRORS as exc:
-        reason = " ".join(str(exc).split())   # decoders report on several lines; we use one
-        syntax = UID(s.transfer_syntax).name or "unknown transfer syntax"
-        raise InputError(f"{s.path}: cannot decode pixel data ({syntax}): {reason}") from exc
+def _drop_identical_duplicates(slices: tuple[SliceHeader, ...], hu: np.ndarray,
+                               runs: list[list[int]]) -> list[int]:
+    """Indices to keep: the first of each run of duplicates whose pixels are identical.
 
-
-def _read_slice_into(s: SliceHeader, out: np.ndarray, buffers: dict[bool, np.ndarray]) -> None:
-    """Decode one slice and write its HU into ``out`` (float32, rows x columns).
-
-    ``buffers`` holds one reusable stored-value array per signedness.
+    Raises
+    ------
+    InputError
+        Duplicates whose pixel data differ (which one is right is unknowable).
     """
-    if _is_native_16bit(s):
-        if s.signed not in buffers:
-            buffers[s.signed] = np.empty(out.shape, dtype="<i2" if s.signed else "<u2")
-        stored = _read_native_16bit(s, buffers[s.signed])
-    else:
-        stored = _decode_with_pydicom(s)
-    if stored.shape != out.shape:
-        raise InputError(f"{s.path}: pixel data has shape {stored.shape}, "
-                         f"header says {out.shape}")
-    out[...] = stored
-    if s.rescale_slope != 1.0:
-        out *= np.float32(s.rescale_slope)
-    if s.rescale_intercept != 0.0:
-        out += np.float32(s.rescale_intercept)
-    if s.padding is not None:
-        lo, hi = s.padding
-        out[(stored >= lo) & (stored <= hi)] = PADDING_HU
+    drop = set()
+    for run in runs:
+        for k in run[1:]:
+            if not np.array_equal(hu[run[0]], hu[k]):
+                raise InputError(f"duplicate slice position with different pixel data: "
+                                 f"{_where(slices[run[0]])} and {_where(slices[k])}")
+            drop.add(k)
+    return [k for k in range(len(slices)) if k not in drop]
 
 
-def load_series(info: SeriesInfo, *, progress: Progress | None = None) -> Volume:
+def _stack_error(info_label: str, exc: StackError, slices: list[SliceHeader]) -> InputError:
+    k = exc.index
+    files = _where(slices[k]) if k == 0 else f"{_where(slices[k - 1])} and {_where(slices[k])}"
+    return InputError(f"series {info_label}: {exc}, between {files}")
+
+
+def _grid(info: SeriesInfo, slices: list[SliceHeader], hu: np.ndarray,
+          max_gap_mm: float) -> tuple[np.ndarray, np.ndarray, dict, list[str]]:
+    """(hu, affine, meta, notes) on a uniform, possibly sheared, grid along the slice normal."""
+    normal = _cosines(slices[0].orientation)[2]
+    positions = np.array([s.position_lps_mm for s in slices])
+    meta: dict = {}
+    notes: list[str] = []
+    try:
+        axis = slice_axis(positions, normal)
+        target = None if axis.is_uniform else uniform_positions(axis, max_gap_mm)
+    except StackError as exc:
+        raise _stack_error(info.label, exc, slices) from None
+    tilt = axis.tilt_deg
+    meta["gantry_tilt_deg"] = round(tilt, 4) if tilt > TILT_REPORT_DEG else 0.0
+    if tilt > TILT_REPORT_DEG:
+        notes.append(f"gantry tilt {tilt:.2f} deg: slices stack along a direction {tilt:.2f} deg "
+                     "off their normal; the affine is sheared to place them exactly")
+    if target is None:
+        step_mm = float(axis.along_mm[-1] - axis.along_mm[0]) / (len(slices) - 1)
+        return hu, _grid_affine(slices[0], axis.slice_column(step_mm)), meta, notes
+    step_mm = float(target[1] - target[0])
+    steps = axis.steps_mm
+    meta["resampled"] = {"original_positions_mm": [round(float(t), 4) for t in axis.along_mm],
+                         "spacing_mm": round(step_mm, 6),
+                         "method": "linear interpolation along the slice normal"}
+    notes.append(f"non-uniform slice spacing (steps {steps.min():.3f} to {steps.max():.3f} mm "
+                 f"along the slice normal): {len(slices)} slices resampled by linear "
+                 f"interpolation onto {len(target)} slices {step_mm:.3f} mm apart")
+    affine = _grid_affine(slices[0], axis.slice_column(step_mm))
+    return resample_slices(hu, axis.along_mm, target), affine, meta, notes
+
+
+def load_series(info: SeriesInfo, *, max_gap_mm: float = DEFAULT_MAX_GAP_MM,
+                progress: Progress | None = None, workers: int | None = None) -> Volume:
     """Read one series into a :class:`Volume` of HU.
 
-    HU = stored x RescaleSlope + RescaleIntercept, per slice; stored values in
-    the PixelPaddingValue range become ``PADDING_HU`` first.
+    HU per slice: PixelPaddingValue (range) -> ``PADDING_HU``, then the
+    Modality LUT Sequence if present, else slope and intercept. Identical
+    duplicate slices are dropped with a note; non-uniform steps are resampled
+    onto a uniform grid (``meta["resampled"]``); gantry tilt gives a sheared
+    affine (``meta["gantry_tilt_deg"]``). ``workers`` overrides the number of
+    decoding processes (default: by core count and series size).
 
     Raises
     ------
     InputError
-        Fewer than ``MIN_SLICES`` slices, inconsistent slice headers, an
-        irregular slice grid (see :func:`series_affine`) or a slice whose pixel
-        data cannot be decoded -- each naming the file.
+        Not CT, fewer than ``MIN_SLICES`` slices, inconsistent slice headers,
+        a missing decoder, duplicates that differ, slices off one line, a gap
+        larger than ``max_gap_mm``, or a slice whose pixel data cannot be
+        decoded -- each naming the file.
     """
-    label = info.series_uid or "<no SeriesInstanceUID>"
-    if info.n_slices < MIN_SLICES:
-        raise InputError(f"series {label} has {info.n_slices} slice(s); "
+    _check_loadable(info)
+    check_decoders(info.slices)
+    normal = _cosines(info.slices[0].orientation)[2]
+    runs = _duplicate_runs(info.slices, normal)
+    hu = read_series_pixels(info.slices, (info.n_slices, info.rows, info.columns),
+                            progress=progress, workers=workers)
+    keep = _drop_identical_duplicates(info.slices, hu, runs)
+    notes = list(info.notes)
+    meta: dict = {}
+    if len(keep) < info.n_slices:
+        hu = hu[keep]
+        meta["duplicates_dropped"] = info.n_slices - len(keep)
+        notes.append(f"dropped {info.n_slices - len(keep)} duplicate slice(s): same position "
+                     "and identical pixel data")
+    slices = [info.slices[k] for k in keep]
+    if len(slices) < MIN_SLICES:
+        raise InputError(f"series {info.label} has {len(slices)} distinct slice position(s); "
                          f"at least {MIN_SLICES} are needed for a volume")
-    _check_consistent(info)
-    affine = series_affine(info)
-    hu = np.empty((info.n_slices, info.rows, info.columns), dtype=np.float32)
-    buffers: dict[bool, np.ndarray] = {}
-    for k, s in enumerate(info.slices):
-        _read_slice_into(s, hu[k], buffers)
-        if progress is not None:
-            progress(k + 1, info.n_slices)
+    hu, affine, grid_meta, grid_notes = _grid(info, slices, hu, max_gap_mm)
     meta = {
         "series_uid": info.series_uid,
         "modality": info.modality,
         "description": info.description,
         "patient_position": info.patient_position,
-        "n_slices": info.n_slices,
+        "n_slices": len(slices),
+        **meta,
+        **grid_meta,
     }
     if info.manufacturer:
         meta["manufacturer"] = info.manufacturer
     if info.model:
         meta["model"] = info.model
-    return Volume(hu, affine, meta, info.notes)
+    return Volume(hu, affine, meta, tuple(notes + grid_notes))
 
 
-def load_ct(ct_dir: str | os.PathLike, *, series_uid: str | None = None,
-            progress: Progress | None = None) -> Volume:
-    """Scan ``ct_dir``, choose a series (``series_uid`` or the only CT volume) and load it.
+def load_ct(ct_path: str | os.PathLike, *, series_uid: str | None = None,
+            max_gap_mm: float = DEFAULT_MAX_GAP_MM, progress: Progress | None = None,
+            workers: int | None = None) -> Volume:
+    """Load ``ct_path``: a NIfTI/NRRD file, or a DICOM folder (scan, choose, load).
 
-    ``progress(done, total)`` is called during the header scan and again while
-    reading pixels.
+    For a folder, ``series_uid`` chooses the series (default: the only CT
+    volume); ``progress(done, total)`` is called during the header scan and
+    again while reading pixels.
 
     Raises
     ------
     InputError
         Missing or empty folder, no image series, an ambiguous or unknown
-        series choice, or any :func:`load_series` error.
+        series choice, a gap next to unreadable files, or any
+        :func:`load_series` or :func:`~pipeline.load_volume_files.load_volume_file` error.
     """
-    scan = scan_folder(ct_dir, progress=progress)
+    if is_volume_file(ct_path):
+        return load_volume_file(ct_path)
+    scan = scan_folder(ct_path, progress=progress)
     if scan.n_files == 0:
         raise InputError(f"CT folder is empty: {scan.folder}")
     info, reason = choose_series(scan, series_uid)
     try:
-        volume = load_series(info, progress=progress)
+        volume = load_series(info, max_gap_mm=max_gap_mm, progress=progress, workers=workers)
     except InputError as exc:
-        # A slice whose header could not be read shows up as a gap: say so.
-        n_bad = scan.skipped.get(SKIP_UNREADABLE, 0) + scan.skipped.get(SKIP_NO_GEOMETRY, 0)
-        if not n_bad:
-            raise
-        raise InputError(f"{exc} ({n_bad} file(s) in {scan.folder} were skipped: "
-                         f"{SKIP_UNREADABLE} or {SKIP_NO_GEOMETRY})") from exc
+        raise _with_unreadable(exc, scan) from exc
+    if "resampled" in volume.meta and scan.unreadable:
+        # The uneven steps may be slices we could not read: bridging them would hide that.
+        raise _with_unreadable(_largest_gap(info.label, volume.meta["resampled"]), scan)
     meta = {**volume.meta, "n_files_scanned": scan.n_files, "chosen_reason": reason}
-    notes = (f"loaded series {info.series_uid or '<no SeriesInstanceUID>'}: {reason}",
-             *scan.notes, *volume.notes)
+    notes = (f"loaded series {info.label}: {reason}", *scan.notes, *volume.notes)
     return dataclasses.replace(volume, meta=meta, notes=notes)
+
+
+def _largest_gap(label: str, resampled: dict) -> InputError:
+    along = np.asarray(resampled["original_positions_mm"])
+    k = int(np.argmax(np.diff(along)))
+    return InputError(f"series {label}: non-uniform slice spacing: gap of "
+                      f"{along[k + 1] - along[k]:.3f} mm between positions {along[k]:.3f} and "
+                      f"{along[k + 1]:.3f} mm along the slice normal")
+
+
+def _with_unreadable(exc: InputError, scan: Scan) -> InputError:
+    """``exc``, plus the files that could not be read (a missing slice may be one of them)."""
+    n_bad = len(scan.unreadable) + scan.skipped.get(SKIP_NO_GEOMETRY, 0)
+    if not n_bad:
+        return exc
+    names = ", ".join(p.name for p in scan.unreadable[:5]) + (", ..." if n_bad > 5 else "")
+    return InputError(f"{exc} ({n_bad} file(s) in {scan.folder} were skipped: "
+                      f"{SKIP_UNREADABLE} or {SKIP_NO_GEOMETRY}: {names})")

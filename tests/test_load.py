@@ -42,6 +42,8 @@ from pipeline.load import (
 )
 from pipeline.volume import Volume, flip_axis
 
+from .helpers import REAL_CT
+
 # DICOM stores positions as 16-character decimal strings: ~1e-12 mm here.
 GEOMETRY_TOL_MM = 1e-6
 CENTROID_TOL_MM = 1e-3
@@ -315,30 +317,46 @@ def test_default_choice_ignores_non_ct_and_says_why(tmp_path, phantom, make_phan
 
 # --------------------------------------------------------------------------- refusals
 
-def test_missing_slice_is_refused_naming_the_gap(tmp_path, phantom):
+def test_gap_beyond_the_limit_is_refused_naming_it(tmp_path, phantom):
     files = write_series(phantom, tmp_path)
     files[5].unlink()
-    with pytest.raises(InputError, match=r"gap of 4\.000 mm .*expected 2\.000 mm") as err:
-        load_ct(tmp_path)
+    with pytest.raises(InputError, match=r"gap of 4\.000 mm .*exceeds the limit of 3 mm") as err:
+        load_ct(tmp_path, max_gap_mm=3.0)
     assert files[4].name in str(err.value) and files[6].name in str(err.value)
+    assert load_ct(tmp_path, max_gap_mm=4.5).meta["resampled"]["spacing_mm"] == 2.0
 
 
-def test_duplicate_slice_position_is_refused(tmp_path, phantom):
+def test_identical_duplicate_is_dropped_and_a_differing_one_refused(tmp_path, phantom):
     files = write_series(phantom, tmp_path)
     ds = pydicom.dcmread(files[3])
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
     ds.save_as(tmp_path / "copy_of_3")
-    with pytest.raises(InputError, match="duplicate slice position"):
+    loaded = load_ct(tmp_path)
+    np.testing.assert_array_equal(loaded.hu, phantom.hu)
+    assert loaded.meta["duplicates_dropped"] == 1
+    assert any("duplicate" in note for note in loaded.notes)
+
+    stored = ds.pixel_array.copy()
+    stored[0, 0] += 1
+    ds.PixelData = stored.tobytes()
+    ds.save_as(tmp_path / "copy_of_3")
+    with pytest.raises(InputError, match="duplicate slice position with different pixel data") \
+            as err:
         load_ct(tmp_path)
+    assert "copy_of_3" in str(err.value) and files[3].name in str(err.value)
 
 
-def test_non_uniform_spacing_is_refused(tmp_path, phantom):
+def test_slightly_uneven_spacing_is_resampled_not_assumed_uniform(tmp_path, phantom):
     files = write_series(phantom, tmp_path)
     ds = pydicom.dcmread(files[7])
     ds.ImagePositionPatient[2] += 0.3
     ds.save_as(files[7])
-    with pytest.raises(InputError, match="non-uniform slice spacing"):
-        load_ct(tmp_path)
+    loaded = load_ct(tmp_path)
+    z = phantom.affine[2, 3] + 2.0 * np.arange(12)
+    z[7] += 0.3
+    np.testing.assert_allclose(loaded.meta["resampled"]["original_positions_mm"], z)
+    assert loaded.shape == phantom.shape
+    assert any("non-uniform slice spacing" in note for note in loaded.notes)
 
 
 def test_two_slices_are_not_a_volume(tmp_path, make_phantom):
@@ -433,14 +451,22 @@ def test_progress_reports_every_file_and_slice(tmp_path, phantom):
 
 # --------------------------------------------------------------------------- real data
 
-REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "real_ct"
+def real_data(*parts: str) -> Path:
+    """A path under ../shared/real_ct, or skip the test when that data is absent."""
+    path = REAL_CT.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not present: {path.name}")
+    return path
+
+
+def _positions(files) -> np.ndarray:
+    return np.array([pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient
+                     for p in files], dtype=float)
 
 
 @pytest.mark.real_data
 def test_real_pelvic_reference_series():
-    folder = REAL_CT / "pelvic_ref_003"
-    if not folder.is_dir():
-        pytest.skip(f"real data not present: {folder.name}")
+    folder = real_data("pelvic_ref_003")
     volume = load_ct(folder)
     assert volume.shape == (145, 512, 512)
     np.testing.assert_allclose(volume.spacing_mm, [3.0, 1.0, 1.0], atol=1e-6)
@@ -449,17 +475,32 @@ def test_real_pelvic_reference_series():
     assert -1100 <= volume.hu.min() and volume.hu.max() < 4000
     # A pelvis contains bone: a sizeable fraction above 200 HU.
     assert (volume.hu > 200).mean() > 0.005
+    # Axial head-first supine: slices superior from the lowest position, rows posterior,
+    # columns to the patient's left; no tilt, nothing resampled.
+    positions = _positions(folder.glob("CT*"))
+    np.testing.assert_allclose(volume.origin_lps_mm, positions[np.argmin(positions[:, 2])],
+                               atol=1e-6)
+    np.testing.assert_allclose(volume.affine[:3, :3], [[0, 0, 1.0], [0, 1.0, 0], [3.0, 0, 0]],
+                               atol=1e-6)
+    assert volume.meta["gantry_tilt_deg"] == 0.0 and "resampled" not in volume.meta
 
 
 @pytest.mark.real_data
 def test_real_jpeg2000_series_without_series_uid():
-    folder = REAL_CT / "totalseg_example" / "dicom_j2k_upper_abdomen"
-    if not folder.is_dir():
-        pytest.skip(f"real data not present: {folder.name}")
+    folder = real_data("totalseg_example", "dicom_j2k_upper_abdomen")
     volume = load_ct(folder)
     assert volume.shape == (20, 512, 512)
     np.testing.assert_allclose(volume.spacing_mm, [2.0, 0.9765625, 0.9765625], atol=1e-6)
     assert any("no SeriesInstanceUID" in note for note in volume.notes)
+    # 3 mm slices every 2 mm: overlapping, yet a uniform grid; placed from the lowest slice.
+    files = sorted(folder.iterdir())
+    assert float(pydicom.dcmread(files[0], stop_before_pixels=True).SliceThickness) == 3.0
+    assert "resampled" not in volume.meta and volume.meta["gantry_tilt_deg"] == 0.0
+    pixel = 0.9765625
+    np.testing.assert_allclose(volume.affine[:3, :3],
+                               [[0, 0, pixel], [0, pixel, 0], [2.0, 0, 0]], atol=1e-6)
+    np.testing.assert_allclose(volume.origin_lps_mm[2], _positions(files)[:, 2].min(), atol=1e-6)
+    assert -1100 <= volume.hu.min() and volume.hu.max() < 4000
 
 
 def test_copied_series_is_found_by_content(tmp_path, phantom):
