@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pydicom.uid import JPEG2000Lossless
+
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.toml"
 RUNS = 3
 
@@ -32,6 +34,8 @@ def main() -> int:
         phantom = pelvis_phantom(**preset("bench"))
         write_series(phantom.volume, ct_dir, uid_seed="bench")
         print(f"phantom {phantom.volume!r} written in {time.perf_counter() - start:.1f} s")
+        j2k_dir = Path(tmp) / "ct_j2k"
+        write_series(phantom.volume, j2k_dir, uid_seed="bench", transfer_syntax=JPEG2000Lossless)
         del phantom
         cmd = [sys.executable, "-m", "pipeline", "mesh", str(ct_dir), "--out", str(out_dir), "--quiet",
                "--config", str(CONFIG)]
@@ -43,6 +47,7 @@ def main() -> int:
             report = json.loads((out_dir / "report.json").read_text())
             stages.append(report["timings_s"])
         peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        load_times = _time_load(ct_dir, j2k_dir)
     print(f"{RUNS} runs of mesh; median (min) seconds")
     for stage in stages[0]:
         values = [s[stage] for s in stages]
@@ -52,7 +57,36 @@ def main() -> int:
     print(f"peak RSS  {peak_mib:7.0f} MiB   (largest of the runs; target <= 2560 MiB)")
     for name, stats in report["meshes"].items():
         print(f"{name:<8} {stats['triangles']:>9} triangles {stats['volume_mm3'] / 1000:9.1f} cm3")
+    _print_load(load_times)
     return 0
+
+
+def _time_load(ct_dir: Path, j2k_dir: Path) -> dict[str, list[float]]:
+    """Seconds of load_ct alone: uncompressed (RUNS times), JPEG 2000 in one and all processes."""
+    from .load import load_ct
+
+    def timed(folder: Path, runs: int, **kwargs) -> list[float]:
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            load_ct(folder, **kwargs)
+            times.append(time.perf_counter() - start)
+        return times
+
+    return {"raw": timed(ct_dir, RUNS), "j2k serial": timed(j2k_dir, 1, workers=1),
+            "j2k parallel": timed(j2k_dir, 1)}
+
+
+def _print_load(times: dict[str, list[float]]) -> None:
+    from .load_pixels import WORKERS
+
+    raw, serial, parallel = times["raw"], times["j2k serial"][0], times["j2k parallel"][0]
+    print("load alone (header scan + decode + HU), seconds")
+    print(f"{'raw':<10}{statistics.median(raw):7.2f} ({min(raw):.2f})   uncompressed, median (min) "
+          "of the runs; target <= 1.0 s")
+    print(f"{'j2k 1':<10}{serial:7.2f}          JPEG 2000 lossless, one process")
+    print(f"{'j2k ' + str(WORKERS):<10}{parallel:7.2f}          JPEG 2000 lossless, {WORKERS} "
+          f"processes: {serial / parallel:.2f}x")
 
 
 if __name__ == "__main__":
