@@ -33,7 +33,7 @@ from .config import SurfaceConfig
 from .parallel import parallel
 from .errors import MeshError
 from .labels import ALL_NEIGHBOURS, BoneLabels
-from .segment import FACE_CONNECTIVITY
+from .segment import FACE_CONNECTIVITY, fill_cavities
 from .volume import Volume, apply_affine
 
 # Field value forced where HU and mask disagree (HU units): small against any
@@ -79,7 +79,7 @@ def bone_surfaces(volume: Volume, bone: BoneLabels, cfg: SurfaceConfig) -> BoneS
     field = hu - halfmax_level(hu, solid, grown, volume.spacing_mm, cfg.halfmax_radius_mm)
     del hu
     inside = snap_to_level(solid, grown, field, min_piece_voxels=bone.smallest_piece_voxels // 10)
-    labels = carry_labels(inside, bone.labels)
+    labels = fill_label_cavities(carry_labels(inside, bone.labels))
     offset = np.array([s.start for s in bone.box], dtype=float)
     present = [int(k) for k in np.unique(labels) if k > 0]
     subs = ndi.find_objects(labels)
@@ -101,6 +101,21 @@ def carry_labels(inside: np.ndarray, labels: np.ndarray) -> np.ndarray:
     high = ndi.maximum_filter(out, footprint=ALL_NEIGHBOURS)
     low = ndi.minimum_filter(np.where(out > 0, out, np.uint8(255)), footprint=ALL_NEIGHBOURS)
     out[joined & (high != low)] = 0
+    return out
+
+
+def fill_label_cavities(labels: np.ndarray) -> np.ndarray:
+    """Give each bone the empty voxels it encloses. Snapping and the gap
+    between bones can leave a pocket of background inside one label, which
+    would become an inside-out inner shell of its mesh."""
+    out = labels.copy()
+    for label, sub in enumerate(ndi.find_objects(labels), start=1):
+        if sub is None:
+            continue
+        member = labels[sub] == label
+        filled = fill_cavities(member, FACE_CONNECTIVITY, [True] * 6)
+        view = out[sub]
+        view[filled & (view == 0)] = label
     return out
 
 

@@ -112,3 +112,17 @@ def test_only_the_configured_structures_are_cut():
 def test_bad_structures_name_the_key(value, expected):
     with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("]", r"\]")):
         parse_config({"resection": {"structures": value}})
+
+
+def test_pockets_inside_a_bone_are_filled_but_other_bones_are_kept():
+    """A hollow cube of label 1 around an empty pocket and a separate small
+    label-2 cube: the pocket joins label 1, label 2 is untouched."""
+    from pipeline.surface import fill_label_cavities
+    labels = np.zeros((12, 12, 20), dtype=np.uint8)
+    labels[1:11, 1:11, 1:11] = 1
+    labels[4:7, 4:7, 4:7] = 0            # empty pocket: enclosed, becomes bone
+    labels[2:9, 2:9, 14:18] = 2          # another bone, outside
+    out = fill_label_cavities(labels)
+    assert (out[4:7, 4:7, 4:7] == 1).all()
+    assert (out == 2).sum() == (labels == 2).sum()
+    assert (out == 0).sum() == (labels == 0).sum() - 27
