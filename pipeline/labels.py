@@ -39,6 +39,7 @@ from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
 from .config import SegmentConfig
+from .parallel import parallel
 from .segment import FACE_CONNECTIVITY, BoneMask, close_and_fill, closing_radius_voxels
 from .volume import Volume, apply_affine
 
@@ -108,12 +109,10 @@ def name_regions(regions: np.ndarray, hu: np.ndarray, raw: np.ndarray, volume: V
                  bone: BoneMask, cfg: SegmentConfig) -> np.ndarray:
     """Label (0..7) of every region id, indexed by region id."""
     n = int(regions.max())
-    ids = np.arange(1, n + 1)
     voxel_mm3 = volume.voxel_volume_mm3
     volume_mm3 = np.bincount(regions.ravel(), minlength=n + 1)[1:] * voxel_mm3
     offset = np.array([s.start for s in bone.box], dtype=float)
-    with np.errstate(invalid="ignore"):  # ids of dropped cores hold no voxel: NaN, never named
-        centre = np.array(ndi.center_of_mass(regions > 0, regions, ids)).reshape(-1, 3)
+    centre = region_centres(regions, n)
     centroid = apply_affine(volume.affine, centre + offset)
     z_min, z_max = region_extent_z(regions, n, volume.affine, offset)
     lateral = centroid[:, 0] - bone.midline_x_lps_mm
@@ -147,6 +146,16 @@ def name_regions(regions: np.ndarray, hu: np.ndarray, raw: np.ndarray, volume: V
         else:
             name[r + 1] = OTHER
     return name
+
+
+def region_centres(regions: np.ndarray, n: int) -> np.ndarray:
+    """Mean index (slice, row, column) of every region 1..n; NaN for an
+    empty id (a dropped core), which is then never named."""
+    index = np.nonzero(regions)
+    owner = regions[index]
+    count = np.bincount(owner, minlength=n + 1)[1:].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.stack([np.bincount(owner, weights=i, minlength=n + 1)[1:] / count for i in index], axis=1)
 
 
 def region_extent_z(regions: np.ndarray, n: int, affine: np.ndarray, offset: np.ndarray):
@@ -196,6 +205,7 @@ def solid_per_label(rough: np.ndarray, raw: np.ndarray, volume: Volume, bone: Bo
     at_border = [(s.start == 0, s.stop == dim) for s, dim in zip(bone.box, volume.shape)]
     out = np.zeros(rough.shape, dtype=np.uint8)
     pieces = np.where(raw, rough, 0)
+    jobs = []
     for label, sub in enumerate(ndi.find_objects(pieces), start=1):
         if sub is None:
             continue
@@ -206,8 +216,12 @@ def solid_per_label(rough: np.ndarray, raw: np.ndarray, volume: Volume, bone: Bo
         # A vertebra's arch encloses the spinal canal in every axial slice:
         # that hole is not marrow, so the spine gets the 3D fill only.
         max_hole_mm2 = 0.0 if label == LUMBAR else cfg.max_slice_hole_mm2
-        filled = close_and_fill(pieces[sub] == label, radius_vox, volume.spacing_mm, cfg.closing_mm,
-                                sub_border, max_hole_mm2)
+        jobs.append((label, sub, lambda label=label, sub=sub, border=sub_border, hole=max_hole_mm2:
+                     close_and_fill(pieces[sub] == label, radius_vox, volume.spacing_mm, cfg.closing_mm,
+                                    border, hole)))
+    # Bones are filled independently (scipy releases the GIL: both cores work);
+    # they are written in label order, as before.
+    for (label, sub, _), filled in zip(jobs, parallel(*[job for _, _, job in jobs])):
         view = out[sub]
         view[filled & ((view == 0) | (rough[sub] == label))] = label
     return out

@@ -16,7 +16,7 @@ import numpy as np
 import trimesh
 
 from .config import Config
-from .meshes import mesh_stats, validate_solid
+from .meshes import mesh_facts, mesh_stats, validate_solid
 from .parallel import parallel
 from .resect import Resection, resect
 from .errors import PlanError
@@ -92,7 +92,7 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
         log("no resection planes in the config: writing the bone outputs only")
     labels = surfaces.full_labels(volume.shape)
     stats = {**bone_mask.stats, **bone_labels.stats}
-    stats["labels"] = label_table(labels, meshes, volume.voxel_volume_mm3)
+    stats["labels"] = label_table(surfaces.labels, meshes, volume.voxel_volume_mm3)
     report = build_report(volume, config, bone, cut, stats, timer.seconds)
     report["meshes"].update({f"bone_{n}": mesh_stats(m) for n, m in context.items()})
     return MeshResult(bone=bone, host=cut.host if cut else None, implant=cut.implant if cut else None,
@@ -100,10 +100,12 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
 
 
 def label_table(labels: np.ndarray, meshes: dict[str, trimesh.Trimesh], voxel_mm3: float) -> dict:
-    """Per bone: its label value, voxel volume and mesh volume (mm3)."""
+    """Per bone: its label value, voxel volume and mesh volume (mm3).
+    ``labels`` may be any crop holding all bone voxels."""
     counts = np.bincount(labels.ravel(), minlength=len(LABEL_NAMES) + 1)
+    volume = {name: float(mesh_facts(m)["shell_volumes_mm3"].sum()) for name, m in meshes.items()}
     return {name: {"label": k, "voxels_mm3": round(float(counts[k]) * voxel_mm3, 1),
-                   "mesh_volume_mm3": round(float(meshes[name].volume), 1) if name in meshes else 0.0}
+                   "mesh_volume_mm3": round(volume[name], 1) if name in meshes else 0.0}
             for k, name in LABEL_NAMES.items() if counts[k] > 0 or name in meshes}
 
 

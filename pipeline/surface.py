@@ -109,13 +109,12 @@ def fill_label_cavities(labels: np.ndarray) -> np.ndarray:
     between bones can leave a pocket of background inside one label, which
     would become an inside-out inner shell of its mesh."""
     out = labels.copy()
-    for label, sub in enumerate(ndi.find_objects(labels), start=1):
-        if sub is None:
-            continue
-        member = labels[sub] == label
-        filled = fill_cavities(member, FACE_CONNECTIVITY, [True] * 6)
+    found = [(label, sub) for label, sub in enumerate(ndi.find_objects(labels), start=1) if sub is not None]
+    filled = parallel(*[(lambda label=label, sub=sub: fill_cavities(labels[sub] == label, FACE_CONNECTIVITY,
+                                                                     [True] * 6)) for label, sub in found])
+    for (label, sub), mask in zip(found, filled):
         view = out[sub]
-        view[filled & (view == 0)] = label
+        view[mask & (view == 0)] = label
     return out
 
 
