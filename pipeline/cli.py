@@ -125,10 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     mesh = sub.add_parser("mesh", help="CT folder -> bone, host and implant STLs, mask and report",
-                          description="Segment bone in a CT series, cut it with the planned planes "
-                                      "and write bone.stl, host.stl, implant.stl, bone_mask.nii.gz "
+                          description="Segment and label the bones of a CT, cut the planned bones "
+                                      "with the planned planes and write bone.stl, host.stl, "
+                                      "implant.stl, bone_<name>.stl, bone_mask.nii.gz, labels.nii.gz "
                                       "and report.json (LPS millimetres).")
-    mesh.add_argument("ct_dir", type=Path, metavar="CT_DIR", help="folder holding the DICOM series")
+    mesh.add_argument("ct_dir", type=Path, metavar="CT_DIR",
+                      help="folder holding the DICOM series, or a NIfTI (.nii, .nii.gz) or NRRD "
+                           "(.nrrd, .nhdr) CT volume")
     mesh.add_argument("--config", type=Path, help="TOML config (default: built-in defaults, no planes)")
     mesh.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: out)")
     mesh.add_argument("--series", metavar="UID", help="SeriesInstanceUID to use (see the series command)")
