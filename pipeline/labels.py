@@ -39,6 +39,7 @@ from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
 from .config import SegmentConfig
+from .neighbours import max3, min3
 from .parallel import parallel
 from .segment import FACE_CONNECTIVITY, BoneMask, close_and_fill, closing_radius_voxels
 from .volume import Volume, apply_affine
@@ -53,7 +54,6 @@ MIDLINE_MM = 25.0
 # A femur or hip bone is at least this big (a femoral head alone is ~30 cm3);
 # smaller regions are fragments that join by contact.
 MIN_NAMED_BONE_MM3 = 10_000.0
-ALL_NEIGHBOURS = np.ones((3, 3, 3), dtype=bool)
 
 
 @dataclass(frozen=True, eq=False)
@@ -231,7 +231,7 @@ def separate_labels(labels: np.ndarray) -> np.ndarray:
     """Drop every voxel with a 26-neighbour of another label: afterwards
     different bones are at least one voxel apart (one pass suffices, as both
     voxels of any clashing pair go)."""
-    high = ndi.maximum_filter(labels, footprint=ALL_NEIGHBOURS)
-    low = ndi.minimum_filter(np.where(labels > 0, labels, np.uint8(255)), footprint=ALL_NEIGHBOURS)
+    high = max3(labels)
+    low = min3(np.where(labels > 0, labels, np.uint8(255)))
     clash = (labels > 0) & (high != low)
     return np.where(clash, np.uint8(0), labels)

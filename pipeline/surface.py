@@ -30,9 +30,10 @@ from scipy import ndimage as ndi
 from skimage.measure import marching_cubes
 
 from .config import SurfaceConfig
-from .parallel import parallel
 from .errors import MeshError
-from .labels import ALL_NEIGHBOURS, BoneLabels
+from .labels import BoneLabels
+from .neighbours import max3, min3
+from .parallel import parallel
 from .segment import FACE_CONNECTIVITY, fill_cavities
 from .volume import Volume, apply_affine
 
@@ -93,13 +94,13 @@ def carry_labels(inside: np.ndarray, labels: np.ndarray) -> np.ndarray:
     theirs; voxels that joined take their neighbours' label when all
     labelled 26-neighbours agree, and are dropped where two bones would meet
     (so the one-voxel gap between bones survives snapping)."""
-    high = ndi.maximum_filter(labels, footprint=ALL_NEIGHBOURS)
-    low = ndi.minimum_filter(np.where(labels > 0, labels, np.uint8(255)), footprint=ALL_NEIGHBOURS)
+    high = max3(labels)
+    low = min3(np.where(labels > 0, labels, np.uint8(255)))
     joined = inside & (labels == 0) & (high == low)
     out = np.where(inside & (labels > 0), labels, np.where(joined, high, np.uint8(0)))
     # Two joined voxels of different bones may still be neighbours: drop both.
-    high = ndi.maximum_filter(out, footprint=ALL_NEIGHBOURS)
-    low = ndi.minimum_filter(np.where(out > 0, out, np.uint8(255)), footprint=ALL_NEIGHBOURS)
+    high = max3(out)
+    low = min3(np.where(out > 0, out, np.uint8(255)))
     out[joined & (high != low)] = 0
     return out
 
@@ -129,9 +130,9 @@ def label_mesh(field: np.ndarray, labels: np.ndarray, label: int, sub: tuple[sli
     # In the gap next to another bone, the crossing stays within half a voxel
     # of this bone (the other bone's surface likewise), so neighbouring bones'
     # meshes keep about a voxel between them instead of meeting in the gap.
-    near_other = ndi.maximum_filter((labels[sub] > 0) & ~member, footprint=ALL_NEIGHBOURS) & ~member
+    near_other = max3((labels[sub] > 0) & ~member) & ~member
     if near_other.any():
-        peak = ndi.maximum_filter(np.where(member, f, np.float32(0)), footprint=ALL_NEIGHBOURS)
+        peak = max3(np.where(member, f, np.float32(0)))
         np.minimum(f, -peak, out=f, where=near_other)
     return mesh_from_field(f, affine, offset + [s.start for s in sub])
 
