@@ -93,7 +93,16 @@ def cmd_mesh(args: argparse.Namespace) -> None:
 
 def cmd_series(args: argparse.Namespace) -> None:
     from .load import scan_folder
+    from .load_volume_files import is_volume_file, load_volume_file
+    from .volume import orientation_code
 
+    if is_volume_file(args.ct_dir):  # a NIfTI/NRRD file is one series: describe it the same way
+        volume = load_volume_file(args.ct_dir)
+        k, j, i = volume.shape
+        spacing = " x ".join(f"{s:.4g}" for s in volume.spacing_mm)
+        print(f"{Path(args.ct_dir).name}  volume file  {k} slices  size {j}x{i}x{k} (rows x columns x slices)  "
+              f"spacing {spacing} mm (slice, row, column)  orientation {orientation_code(volume.affine)}")
+        return
     scan = scan_folder(args.ct_dir)
     for info in scan.series:
         print(info.summary_line())
@@ -141,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     series = sub.add_parser("series", help="list the image series in a folder",
                             description="One line per image series: UID, modality, description, "
                                         "slices, size, spacing, orientation. No patient identity.")
-    series.add_argument("ct_dir", type=Path, metavar="CT_DIR")
+    series.add_argument("ct_dir", type=Path, metavar="CT_DIR", help="DICOM folder, or a NIfTI/NRRD file")
     series.set_defaults(func=cmd_series)
 
     phantom = sub.add_parser("phantom", help="write the analytic pelvis phantom as a DICOM series",

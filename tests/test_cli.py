@@ -1,0 +1,18 @@
+"""The series command on a volume file describes it like a DICOM series."""
+
+import nibabel as nib
+import numpy as np
+
+from pipeline.cli import main as cli_main
+
+
+def test_series_describes_a_nifti_file(tmp_path, capsys):
+    data = np.zeros((20, 30, 12), dtype=np.int16)   # (i, j, k) = columns, rows, slices
+    affine = np.diag([-0.8, -0.7, 2.5, 1.0])         # RAS: i to the right (L->R), j anterior, k superior
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), path)
+    assert cli_main(["series", str(path)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("ct.nii.gz")
+    assert "12 slices" in line and "size 30x20x12" in line
+    assert "spacing 2.5 x 0.7 x 0.8 mm" in line
