@@ -2,9 +2,7 @@
 
 Why HU and not the mask's shape: at 1-3 mm voxels the joint spaces (hip,
 sacroiliac, symphysis, lumbosacral disc) are bridged by partial-volume voxels
-above the bone threshold, and the per-piece fill of :mod:`pipeline.segment`
-may even fill a joint space that the bridges enclose, so no erosion of the
-mask separates the bones. What survives is the HU valley: the joint space is
+above the bone threshold, so no erosion of the mask separates the bones. What survives is the HU valley: the joint space is
 darker than the cortex on either side. So:
 
 1. **Cores**: face-connected pieces of ``HU > segment.core_hu`` inside the
@@ -79,7 +77,7 @@ class BoneLabels:
 
 def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig) -> BoneLabels:
     hu = volume.hu[bone.box]
-    solid = bone.solid
+    solid = bone.voxels
     voxel_mm3 = volume.voxel_volume_mm3
     cores, n = ndi.label((hu > cfg.core_hu) & solid, structure=FACE_CONNECTIVITY)
     sizes = np.bincount(cores.ravel(), minlength=n + 1)

@@ -1,9 +1,11 @@
-"""Segmentation: HU volume -> solid bone mask (couch removed, marrow filled).
+"""Segmentation: HU volume -> bone voxels (couch and specks removed), plus the
+morphology the labelling stage uses to make each bone solid.
 
 The order matters (see CONVENTIONS.md): the raw threshold is labelled first,
-then each connected piece is closed and filled on its own, so closing never
-bridges the thin joint spaces *between* pieces, and filling never fills the
-space enclosed by several bones together (pelvic inlet, obturator foramen).
+and closing and filling happen later, per bone (:mod:`pipeline.labels` calls
+:func:`close_and_fill` on each labelled bone), so closing never bridges the
+thin joint spaces *between* bones, and filling never fills the space enclosed
+by several bones together (pelvic inlet, obturator foramen).
 
 The mask decides topology (which voxels belong to bone); the sub-voxel surface
 position is the business of :mod:`pipeline.surface`.
@@ -33,9 +35,10 @@ BODY_GRID_MM = 2.0
 
 @dataclass(frozen=True, eq=False)
 class BoneMask:
-    """Solid bone inside a box of the volume's grid.
+    """Bone voxels inside a box of the volume's grid.
 
-    ``solid``: bool array, shape of ``volume.hu[box]``.
+    ``voxels``: bool array, shape of ``volume.hu[box]``: the threshold voxels
+    kept (inside the body, in pieces above the island size), not yet filled.
     ``box``: tuple of three slices locating ``solid`` in the full grid.
     ``smallest_piece_voxels``: size of the smallest bone piece kept.
     ``midline_x_lps_mm``: left-right centre (LPS x) of the body outline; left
@@ -43,7 +46,7 @@ class BoneMask:
     ``stats``: counts and volumes for the report.
     """
 
-    solid: np.ndarray
+    voxels: np.ndarray
     box: tuple[slice, slice, slice]
     smallest_piece_voxels: int
     midline_x_lps_mm: float
@@ -51,12 +54,15 @@ class BoneMask:
 
     def full(self, shape: tuple[int, int, int]) -> np.ndarray:
         out = np.zeros(shape, dtype=bool)
-        out[self.box] = self.solid
+        out[self.box] = self.voxels
         return out
 
 
 def segment_bone(volume: Volume, cfg: SegmentConfig) -> BoneMask:
-    """Threshold, drop the couch and islands, close and fill each bone piece."""
+    """Threshold and drop the couch and islands: the bone voxels, unfilled.
+
+    ``solid`` holds the kept threshold voxels; marrow is filled per bone by
+    the labelling stage."""
     voxel_mm3 = volume.voxel_volume_mm3
     candidates = volume.hu >= cfg.threshold_hu
     index = np.nonzero(candidates)
@@ -81,16 +87,11 @@ def segment_bone(volume: Volume, cfg: SegmentConfig) -> BoneMask:
         raise InputError(f"no bone found: every bone piece is smaller than segment.min_island_mm3 = "
                          f"{cfg.min_island_mm3:g} mm3")
 
-    at_border = [(s.start == 0, s.stop == dim) for s, dim in zip(box, volume.shape)]
-    solid = np.zeros_like(raw)
-    objects = ndi.find_objects(labels)
-    for lab in keep:
-        sub = objects[lab - 1]
-        piece = labels[sub] == lab
-        sub_border = [(b0 and s.start == 0, b1 and s.stop == dim)
-                      for (b0, b1), s, dim in zip(at_border, sub, raw.shape)]
-        solid[sub] |= close_and_fill(piece, radius_vox, volume.spacing_mm, cfg.closing_mm, sub_border,
-                                     cfg.max_slice_hole_mm2)
+    # Marrow is filled later, per bone (labels.py): filling here, per
+    # connected piece, would be redone there and cost a second on a full scan.
+    kept = np.zeros(n + 1, dtype=bool)
+    kept[keep] = True
+    solid = kept[labels]
 
     stats = {
         "threshold_voxels": n_threshold,
@@ -98,9 +99,9 @@ def segment_bone(volume: Volume, cfg: SegmentConfig) -> BoneMask:
         "pieces_found": int(n),
         "pieces_kept": int(keep.size),
         "removed_islands_mm3": round(float(sizes[1:].sum() - sizes[keep].sum()) * voxel_mm3, 1),
-        "solid_mm3": round(float(np.count_nonzero(solid)) * voxel_mm3, 1),
+        "bone_threshold_mm3": round(float(np.count_nonzero(solid)) * voxel_mm3, 1),
     }
-    return BoneMask(solid=solid, box=box, smallest_piece_voxels=int(sizes[keep].min()),
+    return BoneMask(voxels=solid, box=box, smallest_piece_voxels=int(sizes[keep].min()),
                     midline_x_lps_mm=midline_x_lps_mm, stats=stats)
 
 
