@@ -1,9 +1,10 @@
-"""Labelling: solid bone mask -> one label per bone (hips, sacrum, femurs, lumbar, other).
+"""Labelling: bone voxels -> one solid label per bone (hips, sacrum, femurs, lumbar, other).
 
 Why HU and not the mask's shape: at 1-3 mm voxels the joint spaces (hip,
 sacroiliac, symphysis, lumbosacral disc) are bridged by partial-volume voxels
-above the bone threshold, so no erosion of the mask separates the bones. What survives is the HU valley: the joint space is
-darker than the cortex on either side. So:
+above the bone threshold, so no erosion of the mask separates the bones.
+What survives is the HU valley: the joint space is darker than the cortex on
+either side. So:
 
 1. **Cores**: face-connected pieces of ``HU > segment.core_hu`` inside the
    mask, at least ``segment.min_core_mm3``. A core is cortex (plus dense
