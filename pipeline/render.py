@@ -34,32 +34,57 @@ def overlay(hu: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return rgb.astype(np.uint8)
 
 
+# Display orientations: (image right, image up) as LPS unit vectors. Axial and
+# coronal are radiological (patient left on the image right); sagittal is seen
+# from the patient's left, anterior on the image left, as radiology displays it.
+SLICE_AXES = {
+    "axial": ((1.0, 0.0, 0.0), (0.0, -1.0, 0.0)),
+    "coronal": ((1.0, 0.0, 0.0), (0.0, 0.0, 1.0)),
+    "sagittal": ((0.0, 1.0, 0.0), (0.0, 0.0, 1.0)),
+}
+
+
+def slice_points(volume: Volume, orientation: str, through_lps_mm: np.ndarray,
+                 pixel_mm: float) -> np.ndarray:
+    """LPS points (H, W, 3) of the display pixels of an ``orientation`` slice
+    (see :data:`SLICE_AXES`) through the point ``through_lps_mm``, covering the
+    volume's extent: columns step ``pixel_mm`` along image right, rows step
+    ``pixel_mm`` along image down."""
+    if orientation not in SLICE_AXES:
+        raise ValueError(f"orientation must be one of {', '.join(SLICE_AXES)}, got {orientation!r}")
+    right, up = (np.asarray(v) for v in SLICE_AXES[orientation])
+    corners = volume.index_to_lps(np.array(np.meshgrid(*[(0, n - 1) for n in volume.shape],
+                                                       indexing="ij")).reshape(3, -1).T)
+    along_right, along_up = corners @ right, corners @ up
+    cols = np.arange(along_right.min(), along_right.max() + pixel_mm, pixel_mm)
+    rows = np.arange(along_up.max(), along_up.min() - pixel_mm, -pixel_mm)
+    through = np.asarray(through_lps_mm, dtype=np.float64)
+    base = through - (through @ right) * right - (through @ up) * up
+    return base + rows[:, None, None] * up + cols[None, :, None] * right
+
+
+def sample_slice(volume: Volume, labels: np.ndarray, points_lps_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """HU and labels at the nearest voxel of each point (H, W, 3); -1000 HU
+    and label 0 outside the volume."""
+    index = np.rint(volume.lps_to_index(points_lps_mm.reshape(-1, 3))).astype(np.int64)
+    valid = np.all((index >= 0) & (index < np.array(volume.shape)), axis=1)
+    index[~valid] = 0
+    hu = np.where(valid, volume.hu[tuple(index.T)], -1000.0).reshape(points_lps_mm.shape[:2])
+    lab = np.where(valid, labels[tuple(index.T)], 0).reshape(points_lps_mm.shape[:2])
+    return hu, lab
+
+
 def lps_slice(volume: Volume, labels: np.ndarray, plane: str, position_mm: float,
               pixel_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """HU and labels sampled (nearest voxel) on an axial (``"axial"``, at LPS
     z = ``position_mm``) or coronal (``"coronal"``, at y) plane, as display
     arrays: rows go anterior->posterior (axial) or superior->inferior
     (coronal), columns go patient right -> left (radiological)."""
-    corners = volume.index_to_lps(np.array(np.meshgrid(*[(0, n - 1) for n in volume.shape],
-                                                       indexing="ij")).reshape(3, -1).T)
-    lo, hi = corners.min(axis=0), corners.max(axis=0)
-    xs = np.arange(lo[0], hi[0] + pixel_mm, pixel_mm)            # right -> left
-    if plane == "axial":
-        ys = np.arange(lo[1], hi[1] + pixel_mm, pixel_mm)        # anterior -> posterior
-        grid = np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1)
-        points = np.concatenate([grid[..., 1:2], grid[..., 0:1], np.full(grid.shape[:2] + (1,), position_mm)], axis=-1)
-    elif plane == "coronal":
-        zs = np.arange(hi[2], lo[2] - pixel_mm, -pixel_mm)       # superior -> inferior
-        grid = np.stack(np.meshgrid(zs, xs, indexing="ij"), axis=-1)
-        points = np.concatenate([grid[..., 1:2], np.full(grid.shape[:2] + (1,), position_mm), grid[..., 0:1]], axis=-1)
-    else:
+    if plane not in ("axial", "coronal"):
         raise ValueError(f"plane must be 'axial' or 'coronal', got {plane!r}")
-    index = np.rint(volume.lps_to_index(points.reshape(-1, 3))).astype(np.int64)
-    valid = np.all((index >= 0) & (index < np.array(volume.shape)), axis=1)
-    index[~valid] = 0
-    hu = np.where(valid, volume.hu[tuple(index.T)], -1000.0).reshape(points.shape[:2])
-    lab = np.where(valid, labels[tuple(index.T)], 0).reshape(points.shape[:2])
-    return hu, lab
+    through = np.zeros(3)
+    through[2 if plane == "axial" else 1] = position_mm
+    return sample_slice(volume, labels, slice_points(volume, plane, through, pixel_mm))
 
 
 def overlay_views(volume: Volume, labels: np.ndarray) -> dict[str, np.ndarray]:

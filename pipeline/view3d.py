@@ -17,6 +17,8 @@ left        at the left (+x)     posterior (+y)      superior
 right       at the right (-x)    anterior (-y)       superior
 superior    above the head (+z)  patient right (-x)  anterior (-y)
 oblique     front-left-above     (derived)           (derived)
+oblique_l.  the same as oblique  (derived)           (derived)
+oblique_r.  front-right-above    (derived)           (derived)
 ==========  ===================  ==================  =====================
 """
 
@@ -35,6 +37,8 @@ VIEWS = {
     "right": ((-1.0, 0.0, 0.0), (0.0, 0.0, 1.0)),
     "superior": ((0.0, 0.0, 1.0), (0.0, -1.0, 0.0)),
     "oblique": ((0.6, -0.7, 0.4), (0.0, 0.0, 1.0)),
+    "oblique_left": ((0.6, -0.7, 0.4), (0.0, 0.0, 1.0)),
+    "oblique_right": ((-0.6, -0.7, 0.4), (0.0, 0.0, 1.0)),
 }
 BACKGROUND = (255, 255, 255)
 # Samples per pixel edge on each triangle: 1.5 leaves no holes between samples.
@@ -95,8 +99,13 @@ def render(parts: list[tuple[trimesh.Trimesh, tuple[int, int, int]]], camera: Ca
         normals = np.asarray(mesh.face_normals)
         # A closed mesh's faces turned away from the viewer are always hidden.
         front = normals @ camera.toward_viewer > 0
-        index, z, light = _samples(np.asarray(mesh.triangles)[front], _lambert(normals[front], camera), camera)
-        _z_test(index, z, light, np.asarray(rgb, dtype=np.float64), depth, shade, colour)
+        faces, light = np.asarray(mesh.faces)[front], _lambert(normals[front], camera)
+        screen = _screen(np.asarray(mesh.vertices), camera)
+        # A vertex is shared by ~6 triangles: sample each once, and the triangles without corners.
+        corner = _vertex_samples(screen, faces, light, camera)
+        inner = _samples(screen[faces], light, camera, corners=False)
+        for index, z, value in (corner, inner):
+            _z_test(index, z, value, np.asarray(rgb, dtype=np.float64), depth, shade, colour)
     image = np.empty((h * w, 3))
     hit = np.isfinite(depth)
     image[~hit] = BACKGROUND
@@ -105,35 +114,63 @@ def render(parts: list[tuple[trimesh.Trimesh, tuple[int, int, int]]], camera: Ca
         cue = 1.0 - 0.35 * (near - depth[hit]) / max(near - far, 1e-9)
         image[hit] = colour[hit] * (shade[hit] * cue)[:, None]
     for triangles, rgb, opacity in overlays:
-        triangles = np.asarray(triangles, dtype=np.float64)
-        index, z, _ = _samples(triangles, np.zeros(len(triangles)), camera)
+        screen = _screen(np.asarray(triangles, dtype=np.float64).reshape(-1, 3), camera).reshape(-1, 3, 3)
+        index, z, _ = _samples(screen, np.zeros(len(screen)), camera)
         covered = np.unique(index[z >= depth[index] - 1e-6])
         image[covered] = (1 - opacity) * image[covered] + opacity * np.asarray(rgb, dtype=np.float64)
     return np.clip(image, 0, 255).astype(np.uint8).reshape(h, w, 3)
 
 
-def _samples(triangles: np.ndarray, values: np.ndarray, camera: Camera):
-    """Points on every triangle, dense enough to cover the pixels it projects
-    to, interpolated in screen space: (pixel index, depth, the triangle's
-    value) of each sample inside the image."""
+def _screen(points_lps_mm: np.ndarray, camera: Camera) -> np.ndarray:
+    """(N, 3) points -> (N, 3) screen (column, row, depth)."""
+    return np.stack(camera.project(points_lps_mm), axis=1)
+
+
+def _pixels(screen: np.ndarray, camera: Camera) -> tuple[np.ndarray, np.ndarray]:
+    """Flat pixel index of screen points and which of them fall inside the image."""
     h, w = camera.size_px
-    col, row, z = camera.project(triangles.reshape(-1, 3))
-    screen = np.stack([col, row, z], axis=1).reshape(-1, 3, 3)
-    edge_px = np.linalg.norm(screen[:, :, :2] - np.roll(screen[:, :, :2], 1, axis=1), axis=2).max(axis=1)
+    c, r = np.rint(screen[:, 0]).astype(np.int64), np.rint(screen[:, 1]).astype(np.int64)
+    inside = (c >= 0) & (c < w) & (r >= 0) & (r < h)
+    return r[inside] * w + c[inside], inside
+
+
+def _vertex_samples(screen: np.ndarray, faces: np.ndarray, values: np.ndarray, camera: Camera):
+    """The vertices (screen coordinates) of ``faces`` as samples: (pixel
+    index, depth, the value of one of the faces sharing the vertex)."""
+    value = np.full(len(screen), np.nan)
+    value[faces.ravel()] = np.repeat(values, 3)
+    used = np.flatnonzero(np.isfinite(value))
+    index, inside = _pixels(screen[used], camera)
+    return index, screen[used, 2][inside], value[used][inside]
+
+
+def _samples(screen: np.ndarray, values: np.ndarray, camera: Camera, corners: bool = True):
+    """Points on every triangle (screen coordinates, (n, 3, 3)), dense enough
+    to cover the pixels it projects to: (pixel index, depth, the triangle's
+    value) of each sample inside the image. ``corners=False`` leaves out the
+    triangles' corners (sampled once per vertex by the caller)."""
+    xy = screen[:, :, :2]
+    edge_px = np.sqrt(np.max([((xy[:, a] - xy[:, b]) ** 2).sum(axis=1) for a, b in ((0, 1), (1, 2), (2, 0))],
+                             axis=0))
     steps = np.clip(np.ceil(edge_px * SAMPLES_PER_PIXEL).astype(int), 1, 64)
     index, depth, value = [], [], []
     for n in np.unique(steps):
-        which = np.flatnonzero(steps == n)
         # Barycentric grid with n steps per edge: (n + 1)(n + 2) / 2 points.
         i, j = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
         keep = i + j <= n
         bary = np.stack([i[keep], j[keep], n - i[keep] - j[keep]], axis=1) / n
-        p = np.einsum("sk,tkd->tsd", bary, screen[which]).reshape(-1, 3)
-        c, r = np.rint(p[:, 0]).astype(np.int64), np.rint(p[:, 1]).astype(np.int64)
-        inside = (c >= 0) & (c < w) & (r >= 0) & (r < h)
-        index.append(r[inside] * w + c[inside])
+        if not corners:
+            bary = bary[bary.max(axis=1) < 1.0]
+        if len(bary) == 0:  # sub-pixel triangles (most of a CT mesh): their corners are enough
+            continue
+        which = np.flatnonzero(steps == n)
+        p = np.matmul(bary, screen[which]).reshape(-1, 3)
+        pixel, inside = _pixels(p, camera)
+        index.append(pixel)
         depth.append(p[inside, 2])
         value.append(np.repeat(values[which], len(bary))[inside])
+    if not index:
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
     return np.concatenate(index), np.concatenate(depth), np.concatenate(value)
 
 
