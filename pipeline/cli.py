@@ -80,6 +80,9 @@ def cmd_mesh(args: argparse.Namespace) -> None:
         encoders["host.stl"] = lambda: stl_bytes(result.host, "host")
         encoders["implant.stl"] = lambda: stl_bytes(result.implant, "implant")
     files = dict(zip(encoders, parallel(*encoders.values())))
+    console.line(f"{'encode':<9} {time.perf_counter() - start:7.2f} s")
+    files.update(qa_files(volume, result, config, images=not args.no_qa, timer=timer))
+    start = time.perf_counter()
     written = write_outputs(Path(args.out), files)
     console.line(f"{'write':<9} {time.perf_counter() - start:7.2f} s")
     if not args.quiet:
@@ -89,6 +92,29 @@ def cmd_mesh(args: argparse.Namespace) -> None:
             print(f"{name}: {stats['volume_mm3'] / 1000:.1f} cm3, {stats['triangles']} triangles")
         for plane in result.report["planes"]:
             print(f"plane {plane['name']}: contact {plane['implant_contact_area_mm2']:.1f} mm2")
+
+
+def qa_files(volume, result, config, *, images: bool, timer) -> dict[str, bytes]:
+    """qa/<name>.png (unless ``images`` is false) and report.html."""
+    from .export import QA_FOLDER, png_bytes
+    from .parallel import parallel
+    from .qa import TEMPLATE_ATTRIBUTE, implant_source, qa_images
+    from .report_html import report_html
+
+    files, shown, missing = {}, [], []
+    if images:
+        with timer.stage("qa"):
+            made = qa_images(volume, result, config)
+            pngs = parallel(*[(lambda im=im: png_bytes(im.rgb)) for im in made])
+        for image, png in zip(made, pngs):
+            files[f"{QA_FOLDER}/{image.name}.png"] = png
+            shown.append((image.title, png))
+        if implant_source(config) == "mirrored" and not any(im.name == "view_mirrored" for im in made):
+            missing.append(f"no mirrored template view: the run result has no {TEMPLATE_ATTRIBUTE}")
+    else:
+        missing.append("QA images switched off (--no-qa)")
+    files["report.html"] = report_html(result.report, shown, missing=missing).encode("utf-8")
+    return files
 
 
 def cmd_series(args: argparse.Namespace) -> None:
@@ -136,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     mesh = sub.add_parser("mesh", help="CT folder -> bone, host and implant STLs, mask and report",
                           description="Segment and label the bones of a CT, cut the planned bones "
                                       "with the planned planes and write bone.stl, host.stl, "
-                                      "implant.stl, bone_<name>.stl, bone_mask.nii.gz, labels.nii.gz "
-                                      "and report.json (LPS millimetres).")
+                                      "implant.stl, bone_<name>.stl, bone_mask.nii.gz, labels.nii.gz, "
+                                      "report.json (LPS millimetres), QA images qa/*.png and a "
+                                      "self-contained report.html.")
     mesh.add_argument("ct_dir", type=Path, metavar="CT_DIR",
                       help="folder holding the DICOM series, or a NIfTI (.nii, .nii.gz) or NRRD "
                            "(.nrrd, .nhdr) CT volume")
@@ -145,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     mesh.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: out)")
     mesh.add_argument("--series", metavar="UID", help="SeriesInstanceUID to use (see the series command)")
     mesh.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    mesh.add_argument("--no-qa", action="store_true",
+                      help="skip the QA images (qa/*.png); report.html is still written")
     mesh.set_defaults(func=cmd_mesh)
 
     series = sub.add_parser("series", help="list the image series in a folder",

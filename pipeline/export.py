@@ -1,9 +1,10 @@
-"""Writers: STL, NIfTI and JSON, all-or-nothing.
+"""Writers: STL, NIfTI, JSON, PNG and HTML, all-or-nothing.
 
 Every output of a run is first written into a staging folder inside the
 output folder; only when all of them are written are they renamed into place
 (a rename within one file system is atomic), and outputs of an earlier run
-that this run does not produce are removed, so the folder never mixes runs.
+that this run does not produce are removed (the QA images in ``qa/`` too),
+so the folder never mixes runs.
 If anything fails, the staging folder is deleted and the output folder is left
 as it was.
 """
@@ -11,6 +12,7 @@ as it was.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import shutil
@@ -24,11 +26,15 @@ import trimesh
 from .errors import PipelineError
 from .labels import LABEL_NAMES
 from .meshes import validate_solid
+from .qa import QA_IMAGES
+
+QA_FOLDER = "qa"
 
 # Every file name a run may write; used to clear an earlier run's leftovers
 # (a bone written for context in one run may be resected, or absent, in the next).
 OUTPUT_NAMES = ("bone.stl", "host.stl", "implant.stl", "bone_mask.nii.gz", "labels.nii.gz", "report.json",
-                *(f"bone_{name}.stl" for name in LABEL_NAMES.values()))
+                "report.html", *(f"bone_{name}.stl" for name in LABEL_NAMES.values()),
+                *(f"{QA_FOLDER}/{name}.png" for name in QA_IMAGES))
 # LPS -> RAS: NIfTI's world frame. The only place the pipeline leaves LPS.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -61,6 +67,15 @@ def nifti_bytes(mask: np.ndarray, affine_lps: np.ndarray) -> bytes:
     return gzip.compress(img.to_bytes(), compresslevel=1)
 
 
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """PNG of an (H, W, 3) uint8 image (fast compression: QA images, not archives)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()
+
+
 def json_bytes(obj: dict) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8")
 
@@ -78,6 +93,7 @@ def write_outputs(out_dir: Path, files: dict[str, bytes]) -> list[Path]:
         raise PipelineError(f"{out_dir}: cannot create output folder ({e.strerror})") from None
     try:
         for name, content in files.items():
+            (staging / name).parent.mkdir(exist_ok=True)
             with open(staging / name, "wb") as f:
                 f.write(content)
                 f.flush()
@@ -86,7 +102,11 @@ def write_outputs(out_dir: Path, files: dict[str, bytes]) -> list[Path]:
             if name not in files:
                 (out_dir / name).unlink(missing_ok=True)
         for name in files:
+            (out_dir / name).parent.mkdir(exist_ok=True)
             os.replace(staging / name, out_dir / name)
+        qa = out_dir / QA_FOLDER
+        if qa.is_dir() and not any(qa.iterdir()):
+            qa.rmdir()  # a run without QA images leaves no empty folder behind
     except OSError as e:
         raise PipelineError(f"{out_dir}: cannot write outputs ({e.strerror})") from None
     finally:

@@ -661,6 +661,8 @@ class Phantom:
     truth_notes: str
     _shapes: Mapping[int, _Node] = field(repr=False)
     _closed_form_volume_mm3: Mapping[int, float] | None = field(default=None, repr=False)
+    # The bones before a lesion destroyed part of one (None: no lesion).
+    _intact_shapes: Mapping[int, _Node] | None = field(default=None, repr=False)
 
     @cached_property
     def truth_volume_mm3(self) -> dict[int, float]:
@@ -679,6 +681,14 @@ class Phantom:
             raise ValueError(f"points_lps_mm must have shape (..., 3), got {p.shape}")
         return np.asarray(self._shapes[label].sdf(p[..., 0], p[..., 1], p[..., 2]),
                           dtype=np.float64)
+
+    def intact_label_sdf_mm(self, label: int, points_lps_mm: np.ndarray) -> np.ndarray:
+        """As :meth:`label_sdf_mm`, for the bone as it was before the lesion
+        (the same as :meth:`label_sdf_mm` without one)."""
+        if self._intact_shapes is None:
+            return self.label_sdf_mm(label, points_lps_mm)
+        p = np.asarray(points_lps_mm, dtype=np.float64)
+        return np.asarray(self._intact_shapes[label].sdf(p[..., 0], p[..., 1], p[..., 2]), dtype=np.float64)
 
     def sdf_mm(self, points_lps_mm: np.ndarray) -> np.ndarray:
         """Signed distance (mm, negative inside) to the union of all labels, points ``(..., 3)``."""
@@ -875,6 +885,11 @@ _RAIL_Y_MM = (126.0, 146.0)
 _RAIL_WIDTH_MM = 10.0
 _RAIL_MARGIN_MM = 4.0                   # rails this far inside the lateral FOV edges
 _PELVIS_GRID_CENTRE_LPS_MM = (0.0, 12.5, 7.0)
+# The lytic lesion (pelvis_phantom(lesion=True)): a ball of soft tissue that
+# replaces the left iliac wing's bone, through both cortices, inside the
+# region the sample plan resects and clear of its cut planes.
+_LESION_CENTRE = (110.0, 20.0, 60.0)
+_LESION_RADIUS_MM = 26.0
 
 
 def _hip(side: float) -> tuple[_Node, _Node]:
@@ -1085,7 +1100,8 @@ def _bone_tissue(label: int, node: _Node, marrow: _Node) -> _Tissue:
 
 def pelvis_phantom(*, shape: Sequence[int], spacing_mm: Sequence[float], noise_hu: float = 20.0,
                    blur_mm: float = 0.6, seed: int = 0,
-                   center_lps_mm: Sequence[float] | None = None, couch: bool = True) -> Phantom:
+                   center_lps_mm: Sequence[float] | None = None, couch: bool = True,
+                   lesion: bool = False) -> Phantom:
     """A pelvis-like CT: six labelled bones in soft tissue on a CT couch.
 
     ``shape`` (n_slices, n_rows, n_columns) and ``spacing_mm`` (slice, row,
@@ -1122,6 +1138,13 @@ def pelvis_phantom(*, shape: Sequence[int], spacing_mm: Sequence[float], noise_h
     ``sacral_promontory`` (anterior surface point of the S1 endplate),
     ``l5_body_centre`` (inside L5).
 
+    ``lesion=True`` adds a lytic tumour: a ball of soft tissue (radius
+    ``_LESION_RADIUS_MM``, landmark ``lesion_centre``) replaces the left iliac
+    wing's bone through both cortices, inside the region the sample plan
+    resects. Labels and ``label_sdf_mm`` describe the damaged bone;
+    ``intact_label_sdf_mm`` the bone before the lesion (the truth a
+    reconstruction should rebuild). Without it the phantom is unchanged.
+
     Truth volumes are sampled on first access (``truth_notes`` says how
     precisely); no closed-form areas.
     """
@@ -1132,19 +1155,25 @@ def pelvis_phantom(*, shape: Sequence[int], spacing_mm: Sequence[float], noise_h
     centre = _PELVIS_GRID_CENTRE_LPS_MM if center_lps_mm is None else center_lps_mm
     affine = axial_affine(shape, spacing, centre)
     anatomy = _pelvis_anatomy()
+    bones, landmarks = anatomy.bones, {k: v.copy() for k, v in anatomy.landmarks.items()}
+    intact = None
+    if lesion:
+        intact = {k: bones[k][0] for k in sorted(bones)}
+        bones = {**bones, 1: (_Difference(bones[1][0], _sphere(_LESION_CENTRE, _LESION_RADIUS_MM)),
+                              bones[1][1])}
+        landmarks["lesion_centre"] = np.array(_LESION_CENTRE)
     fov_x_mm = affine[0, 3] - spacing[2] / 2.0, affine[0, 3] + (shape[2] - 0.5) * spacing[2]
     tissues = _soft_tissues(fov_x_mm, couch)
-    tissues += [_bone_tissue(k, *anatomy.bones[k]) for k in sorted(anatomy.bones)]
+    tissues += [_bone_tissue(k, *bones[k]) for k in sorted(bones)]
     hu, labels = _render(_Grid(shape, affine), HU_AIR, tissues, blur)
     notes = (f"synthetic pelvis phantom: blur {blur} mm, noise {noise} HU, seed {seed}, "
-             f"couch {'on' if couch else 'off'}",)
+             f"couch {'on' if couch else 'off'}" + (", lytic lesion in the left ilium" if lesion else ""),)
     _add_noise(hu, noise, seed)
     volume = Volume(hu, affine, meta={"phantom": "pelvis"}, notes=notes)
-    return Phantom(volume, labels, dict(LABEL_NAMES),
-                   {k: v.copy() for k, v in anatomy.landmarks.items()},
+    return Phantom(volume, labels, dict(LABEL_NAMES), landmarks,
                    truth_area_mm2={},
                    truth_notes=_SAMPLED_VOLUME_NOTE,
-                   _shapes={k: anatomy.bones[k][0] for k in sorted(anatomy.bones)})
+                   _shapes={k: bones[k][0] for k in sorted(bones)}, _intact_shapes=intact)
 
 
 _PRESETS = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 
 import nibabel as nib
 import numpy as np
@@ -122,7 +123,7 @@ def test_report_describes_the_run(report):
 
 
 def test_no_patient_identity_in_any_output(out):
-    for path in out.iterdir():
+    for path in (p for p in out.rglob("*") if p.is_file()):
         data = path.read_bytes()
         if path.suffix == ".gz":
             data = gzip.decompress(data)
@@ -154,3 +155,29 @@ def test_golden_statistics(report):
         assert np.allclose(n["bounds_lps_mm"], g["bounds_lps_mm"], atol=1.0), name
     for name, area in golden["planes"].items():
         assert now["planes"][name] == pytest.approx(area, rel=0.01), name
+
+
+def test_qa_images_and_report_page(out, report):
+    from PIL import Image
+
+    from pipeline.qa import QA_IMAGES, SLICE_LONGEST_PX, VIEW_PX
+    from pipeline.report_html import _numbers
+
+    made = sorted(p.stem for p in (out / "qa").iterdir())
+    assert made == sorted(set(QA_IMAGES) - {"view_mirrored"})  # implant.source = "resected"
+    for name in made:
+        image = np.asarray(Image.open(out / "qa" / f"{name}.png").convert("RGB"))
+        if name.startswith("slice_"):
+            assert max(image.shape[:2]) == SLICE_LONGEST_PX
+        else:
+            assert image.shape[:2] == (VIEW_PX, VIEW_PX)
+        assert image.reshape(-1, 3).std(axis=0).min() > 10, f"{name} is blank"
+    page = (out / "report.html").read_text()
+    for attribute in re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', page):
+        assert attribute.startswith("data:image/png;base64,")
+    assert page.count("data:image/png;base64,") == len(made)
+    fit = report.get("fit") or (report.get("implant") or {}).get("fit") or {}
+    numbers = list(_numbers(fit)) + list(_numbers(report["planes"]))
+    assert len(numbers) >= 10
+    for path, value in numbers:
+        assert f"{value:.6g}" in page or str(int(value)) in page, path

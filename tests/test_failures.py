@@ -97,12 +97,19 @@ def test_a_mesh_failing_validation_is_never_written(tmp_path, capsys, monkeypatc
 def test_a_failed_run_leaves_an_earlier_run_untouched(tmp_path, capsys):
     out = tmp_path / "out"
     assert cli_main(["mesh", str(SAMPLE), "--out", str(out), "--quiet"]) == 0
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = outputs(out)
     # Defaults: no planes; femurs and spine are not resectable, so written for context.
-    assert sorted(before) == ["bone.stl", "bone_femur_left.stl", "bone_femur_right.stl", "bone_lumbar.stl",
-                              "bone_mask.nii.gz", "labels.nii.gz", "report.json"]
+    assert sorted(p for p in before if not p.startswith("qa/")) == [
+        "bone.stl", "bone_femur_left.stl", "bone_femur_right.stl", "bone_lumbar.stl",
+        "bone_mask.nii.gz", "labels.nii.gz", "report.html", "report.json"]
+    assert any(p.startswith("qa/") for p in before)
     cfg = tmp_path / "bad.toml"
     cfg.write_text("[[resection.planes]]\npoint_lps_mm = [0, 0, 400]\nnormal_lps = [0, 0, 1]\n")
     assert cli_main(["mesh", str(SAMPLE), "--config", str(cfg), "--out", str(out)]) == 2
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert outputs(out) == before
     capsys.readouterr()
+
+
+def outputs(out):
+    """Relative path -> content of every file in ``out``, sub-folders included."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
