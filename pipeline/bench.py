@@ -47,6 +47,7 @@ def main() -> int:
             report = json.loads((out_dir / "report.json").read_text())
             stages.append(report["timings_s"])
         peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        mirrored = _time_mirrored(cmd, Path(tmp), out_dir)
         load_times = _time_load(ct_dir, j2k_dir)
     print(f"{RUNS} runs of mesh; median (min) seconds")
     for stage in stages[0]:
@@ -57,8 +58,38 @@ def main() -> int:
     print(f"peak RSS  {peak_mib:7.0f} MiB   (largest of the runs; target <= 2560 MiB)")
     for name, stats in report["meshes"].items():
         print(f"{name:<8} {stats['triangles']:>9} triangles {stats['volume_mm3'] / 1000:9.1f} cm3")
+    _print_mirrored(walls, mirrored)
     _print_load(load_times)
     return 0
+
+
+def _time_mirrored(cmd: list[str], tmp: Path, out_dir: Path) -> tuple[list[float], list[dict], dict]:
+    """The same runs with implant.source = "mirrored": wall times, stage timings, last implant report."""
+    config = tmp / "mirrored.toml"
+    config.write_text(CONFIG.read_text().replace('source = "resected"', 'source = "mirrored"'))
+    cmd = [*cmd[:-1], str(config)]
+    walls, stages = [], []
+    for _ in range(RUNS):
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        walls.append(time.perf_counter() - start)
+        report = json.loads((out_dir / "report.json").read_text())
+        stages.append(report["timings_s"])
+    return walls, stages, report["implant"]
+
+
+def _print_mirrored(resected_walls: list[float], mirrored) -> None:
+    walls, stages, implant = mirrored
+    added = statistics.median(walls) - statistics.median(resected_walls)
+    print(f"mirrored  {statistics.median(walls):7.2f} ({min(walls):.2f})   implant.source = mirrored: "
+          f"+{added:.2f} s over resected; target <= +5 s")
+    for stage in ("mirror", "resect", "fit"):
+        values = [s.get(stage, 0.0) for s in stages]
+        print(f"  {stage:<8}{statistics.median(values):7.2f}")
+    asym = implant["asymmetry_mm"]
+    print(f"  symmetry residual {implant['symmetry_plane']['residual_mm']:.3f} mm, registration RMS "
+          f"{implant['registration']['rms_mm']:.3f} mm, asymmetry mean {asym['mean']:.3f} / p95 "
+          f"{asym['p95']:.3f} mm")
 
 
 def _time_load(ct_dir: Path, j2k_dir: Path) -> dict[str, list[float]]:

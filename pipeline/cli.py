@@ -92,6 +92,9 @@ def cmd_mesh(args: argparse.Namespace) -> None:
             print(f"{name}: {stats['volume_mm3'] / 1000:.1f} cm3, {stats['triangles']} triangles")
         for plane in result.report["planes"]:
             print(f"plane {plane['name']}: contact {plane['implant_contact_area_mm2']:.1f} mm2")
+        if result.report.get("implant"):
+            from .implant import fit_summary_lines
+            print("\n".join(fit_summary_lines(result.report["implant"])))
 
 
 def qa_files(volume, result, config, *, images: bool, timer) -> dict[str, bytes]:

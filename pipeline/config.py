@@ -70,6 +70,9 @@ class Plane:
     point_lps_mm: tuple[float, float, float]
     normal_lps: tuple[float, float, float]
     name: str = ""
+    # Oncological margin: the cut lies this far from the planned plane, into
+    # the kept side (see ``cut_plane``). The planned plane stays on record.
+    margin_mm: float = 0.0
 
     def __post_init__(self) -> None:
         n = np.asarray(self.normal_lps, dtype=np.float64)
@@ -88,6 +91,16 @@ class Plane:
         """Positive on the removed side."""
         return np.asarray(points_lps_mm, dtype=np.float64) @ np.asarray(self.normal_lps) - self.offset_mm
 
+    def shifted(self, distance_mm: float) -> "Plane":
+        """The parallel plane ``distance_mm`` along the normal (into the removed
+        part), without a margin of its own."""
+        point = np.asarray(self.point_lps_mm) + distance_mm * np.asarray(self.normal_lps)
+        return Plane(point_lps_mm=tuple(point), normal_lps=self.normal_lps, name=self.name)
+
+    def cut_plane(self) -> "Plane":
+        """Where the bone is cut: the planned plane moved ``margin_mm`` into the kept side."""
+        return self.shifted(-self.margin_mm)
+
 
 @dataclass(frozen=True)
 class ResectionConfig:
@@ -101,6 +114,24 @@ class ResectionConfig:
     # implant comes only from these, every other bone is written whole as
     # bone_<name>.stl for context. Femurs and spine are never cut by default.
     structures: tuple[str, ...] = ("hip_left", "hip_right", "sacrum")
+
+
+IMPLANT_SOURCES = ("resected", "mirrored")
+
+
+@dataclass(frozen=True)
+class ImplantConfig:
+    # Where the implant's shape comes from: "resected" = the patient's own bone
+    # inside the resection region; "mirrored" = the healthy contralateral side
+    # reflected across the mid-sagittal plane and fitted to the affected host
+    # (use it when a tumour has destroyed the bone to be replaced).
+    source: str = "resected"
+    # Gap between each host cut face and the implant's contact face (cement or
+    # press-fit allowance); the implant is cut by the planes moved this far
+    # into the removed part, so its faces stay planar and parallel.
+    clearance_mm: float = 0.0
+    # For the mass in the fit report; Ti-6Al-4V, the usual printed alloy.
+    density_g_per_cm3: float = 4.43
 
 
 @dataclass(frozen=True)
@@ -117,6 +148,7 @@ class Config:
     segment: SegmentConfig = SegmentConfig()
     surface: SurfaceConfig = SurfaceConfig()
     resection: ResectionConfig = ResectionConfig()
+    implant: ImplantConfig = ImplantConfig()
     source: str = "<defaults>"
 
     def as_dict(self) -> dict[str, Any]:
@@ -142,21 +174,41 @@ def load_config(path: str | Path | None) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
     try:
-        return parse_config(raw, source=str(path))
+        return parse_config(raw, source=str(path), base_dir=path.parent)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 
 
-def parse_config(raw: dict[str, Any], *, source: str = "<dict>") -> Config:
-    _no_unknown(raw, {"load", "segment", "surface", "resection"}, "")
+def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: str | Path = ".") -> Config:
+    """Validate a parsed TOML table; relative paths in it (markups files) are
+    relative to ``base_dir``, the config file's folder."""
+    _no_unknown(raw, {"load", "segment", "surface", "resection", "implant"}, "")
     load = _section(LoadConfig, raw.get("load", {}), "load")
     _check_load(load)
     segment = _section(SegmentConfig, raw.get("segment", {}), "segment")
     surface = _section(SurfaceConfig, raw.get("surface", {}), "surface")
     _check_segment(segment)
     _check_surface(surface)
-    resection = _resection(raw.get("resection", {}))
-    return Config(load=load, segment=segment, surface=surface, resection=resection, source=source)
+    resection = _resection(raw.get("resection", {}), Path(base_dir))
+    implant = _implant(raw.get("implant", {}))
+    return Config(load=load, segment=segment, surface=surface, resection=resection, implant=implant,
+                  source=source)
+
+
+def _implant(table: Any) -> ImplantConfig:
+    _no_unknown(table, {f.name for f in dataclasses.fields(ImplantConfig)}, "implant.")
+    kwargs: dict[str, Any] = {}
+    if "source" in table:
+        if table["source"] not in IMPLANT_SOURCES:
+            raise ConfigError(f"implant.source must be one of {', '.join(IMPLANT_SOURCES)}, "
+                              f"got {table['source']!r}")
+        kwargs["source"] = table["source"]
+    for key, low, high in (("clearance_mm", 0.0, 5.0), ("density_g_per_cm3", 0.1, 25.0)):
+        if key in table:
+            kwargs[key] = _number(table[key], f"implant.{key}")
+            if not low <= kwargs[key] <= high:
+                raise ConfigError(f"implant.{key} must be between {low:g} and {high:g}")
+    return ImplantConfig(**kwargs)
 
 
 def _no_unknown(table: Any, allowed: set[str], prefix: str) -> None:
@@ -215,12 +267,12 @@ def _check_surface(s: SurfaceConfig) -> None:
         raise ConfigError("surface.smoothing_mm must be between 0 and 5 mm")
 
 
-def _resection(table: Any) -> ResectionConfig:
+def _resection(table: Any, base_dir: Path) -> ResectionConfig:
     _no_unknown(table, {"planes", "min_fragment_mm3", "structures"}, "resection.")
     raw_planes = table.get("planes", [])
     if not isinstance(raw_planes, list):
         raise ConfigError("resection.planes must be an array of tables ([[resection.planes]])")
-    planes = tuple(_plane(p, f"resection.planes[{i}]") for i, p in enumerate(raw_planes))
+    planes = tuple(_plane(p, f"resection.planes[{i}]", base_dir) for i, p in enumerate(raw_planes))
     kwargs = {}
     if "min_fragment_mm3" in table:
         kwargs["min_fragment_mm3"] = _number(table["min_fragment_mm3"], "resection.min_fragment_mm3")
@@ -245,16 +297,54 @@ def _structures(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _plane(table: Any, key: str) -> Plane:
-    _no_unknown(table, {"name", "point_lps_mm", "normal_lps"}, f"{key}.")
-    for required in ("point_lps_mm", "normal_lps"):
-        if required not in table:
-            raise ConfigError(f"{key}.{required} is missing")
-    point = _vector3(table["point_lps_mm"], f"{key}.point_lps_mm")
-    normal = _vector3(table["normal_lps"], f"{key}.normal_lps")
-    if float(np.linalg.norm(normal)) < 1e-9:
-        raise ConfigError(f"{key}.normal_lps must not be the zero vector")
+PLANE_FORMS = "point_lps_mm + normal_lps, points_lps_mm + removed_side_lps_mm, or markups"
+
+
+def _plane(table: Any, key: str, base_dir: Path) -> Plane:
+    """A plane in any of its three forms (see pipeline.plan), plus name, margin and flip."""
+    from .plan import plane_through_points, read_markups_plane
+
+    _no_unknown(table, {"name", "point_lps_mm", "normal_lps", "points_lps_mm", "removed_side_lps_mm",
+                        "markups", "flip", "margin_mm"}, f"{key}.")
+    forms = [f for f, k in (("point", "point_lps_mm"), ("point", "normal_lps"), ("points", "points_lps_mm"),
+                            ("points", "removed_side_lps_mm"), ("markups", "markups")) if k in table]
+    if len(set(forms)) > 1:
+        raise ConfigError(f"{key}: give one form of plane ({PLANE_FORMS}), not several")
+    form = forms[0] if forms else "point"
+    if form == "point":
+        for required in ("point_lps_mm", "normal_lps"):
+            if required not in table:
+                raise ConfigError(f"{key}.{required} is missing")
+        point = np.asarray(_vector3(table["point_lps_mm"], f"{key}.point_lps_mm"))
+        normal = np.asarray(_vector3(table["normal_lps"], f"{key}.normal_lps"))
+        if float(np.linalg.norm(normal)) < 1e-9:
+            raise ConfigError(f"{key}.normal_lps must not be the zero vector")
+    elif form == "points":
+        for required in ("points_lps_mm", "removed_side_lps_mm"):
+            if required not in table:
+                raise ConfigError(f"{key}.{required} is missing (three points need the removed side)")
+        raw = table["points_lps_mm"]
+        if not isinstance(raw, list) or len(raw) != 3:
+            raise ConfigError(f"{key}.points_lps_mm must be a list of 3 points, got {raw!r}")
+        points = np.array([_vector3(p, f"{key}.points_lps_mm[{i}]") for i, p in enumerate(raw)])
+        side = np.asarray(_vector3(table["removed_side_lps_mm"], f"{key}.removed_side_lps_mm"))
+        point, normal = plane_through_points(points, side, f"{key}.points_lps_mm")
+    else:
+        path = table["markups"]
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"{key}.markups must be a file path (string)")
+        point, normal = read_markups_plane(base_dir / path, f"{key}.markups")
+    flip = table.get("flip", False)
+    if not isinstance(flip, bool):
+        raise ConfigError(f"{key}.flip must be true or false")
+    if flip and form != "markups":
+        raise ConfigError(f"{key}.flip applies to a markups plane only; reverse normal_lps or "
+                          "move removed_side_lps_mm instead")
+    margin = _number(table.get("margin_mm", 0.0), f"{key}.margin_mm")
+    if not 0 <= margin <= 50:
+        raise ConfigError(f"{key}.margin_mm must be between 0 and 50 mm")
     name = table.get("name", key)
     if not isinstance(name, str):
         raise ConfigError(f"{key}.name must be a string")
-    return Plane(point_lps_mm=point, normal_lps=normal, name=name)
+    return Plane(point_lps_mm=tuple(point), normal_lps=tuple(-normal if flip else normal), name=name,
+                 margin_mm=margin)

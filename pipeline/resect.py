@@ -7,6 +7,13 @@ single manifold3d boolean: ``implant = bone ∩ cutter`` and
 ``host = bone − cutter``. Both results share the cutter's faces, so each
 implant contact face and the matching host cut face are the same polygon,
 lying exactly in its plane (manifold3d computes in double precision here).
+
+Two options change only the implant. A clearance (cement or press-fit gap)
+cuts the implant by the planes moved ``clearance_mm`` into the removed part,
+so each contact face is the host's cut face's plane, shifted, still exactly
+planar and parallel. Another implant source (a mirrored contralateral bone,
+see :mod:`pipeline.implant`) is cut by the same shifted planes instead of the
+patient's own bone.
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ class Resection:
     host_cut_faces: tuple[np.ndarray, ...]
     # What the shell sorting did (see sort_shells), for the report.
     shells: dict
+    # The planes the implant was cut by (the host's planes shifted by the clearance).
+    implant_planes: tuple[Plane, ...] = ()
 
 
 def to_manifold(mesh: trimesh.Trimesh, what: str) -> manifold3d.Manifold:
@@ -76,14 +85,17 @@ def check_planes_cross(planes: tuple[Plane, ...], bone: trimesh.Trimesh) -> None
                             f"the {side} side (closest vertex {np.abs(d).min():.1f} mm away)")
 
 
-def resect(bone: trimesh.Trimesh, planes: tuple[Plane, ...], *, min_fragment_mm3: float = 0.0) -> Resection:
+def resect(bone: trimesh.Trimesh, planes: tuple[Plane, ...], *, min_fragment_mm3: float = 0.0,
+           clearance_mm: float = 0.0, implant_from: trimesh.Trimesh | None = None) -> Resection:
     """Split ``bone`` into host and implant by the region behind all ``planes``.
 
     The implant is what fills the gap between the cut faces: pieces of bone
     inside the region that no plane touches (a rib tip, a separate bone) are
     not resected and stay with the host; pieces smaller than
     ``min_fragment_mm3`` that a cut clips off a bump of the surface are
-    dropped and counted.
+    dropped and counted. With ``clearance_mm`` the implant is cut by the
+    planes shifted that far into the removed part; with ``implant_from`` it is
+    cut from that solid instead of ``bone``.
     """
     if not planes:
         raise ValueError("resect needs at least one plane")
@@ -95,6 +107,25 @@ def resect(bone: trimesh.Trimesh, planes: tuple[Plane, ...], *, min_fragment_mm3
     if host_m.is_empty() or host_m.volume() < MIN_PART_MM3:
         raise PlanError("the resection removes the whole bone: nothing is left as host")
     implant, host = from_manifold(implant_m), from_manifold(host_m)
+    implant, host, shells = _sorted_implant(implant, planes, min_fragment_mm3, host)
+    implant_planes = tuple(p.shifted(clearance_mm) for p in planes)
+    if clearance_mm != 0.0 or implant_from is not None:
+        source = implant if implant_from is None else implant_from
+        if implant_from is not None:
+            check_planes_cross(implant_planes, implant_from)
+        cut = to_manifold(source, "implant source") ^ cutter_for(implant_planes, source.bounds)
+        if cut.is_empty() or cut.volume() < MIN_PART_MM3:
+            raise PlanError("the implant source has no bone inside the resection region")
+        implant, _, implant_shells = _sorted_implant(from_manifold(cut), implant_planes, min_fragment_mm3, None)
+        shells["implant_source"] = implant_shells
+    return Resection(host=host, implant=implant,
+                     implant_contact_faces=tuple(faces_on_plane(implant, p, facing=-1) for p in implant_planes),
+                     host_cut_faces=tuple(faces_on_plane(host, p, facing=+1) for p in planes),
+                     shells=shells, implant_planes=implant_planes)
+
+
+def _sorted_implant(implant: trimesh.Trimesh, planes: tuple[Plane, ...], min_fragment_mm3: float,
+                    host: trimesh.Trimesh | None):
     implant_faces = tuple(faces_on_plane(implant, p, facing=-1) for p in planes)
     for i, (plane, faces) in enumerate(zip(planes, implant_faces)):
         if faces.size == 0:
@@ -104,24 +135,22 @@ def resect(bone: trimesh.Trimesh, planes: tuple[Plane, ...], *, min_fragment_mm3
     if len(implant.faces) == 0:
         raise PlanError("the resection region holds only fragments smaller than "
                         f"resection.min_fragment_mm3 = {min_fragment_mm3:g} mm3: empty resection")
-    return Resection(host=host, implant=implant,
-                     implant_contact_faces=tuple(faces_on_plane(implant, p, facing=-1) for p in planes),
-                     host_cut_faces=tuple(faces_on_plane(host, p, facing=+1) for p in planes),
-                     shells=shells)
+    return implant, host, shells
 
 
-def sort_shells(implant: trimesh.Trimesh, host: trimesh.Trimesh, contact_faces: np.ndarray,
-                min_fragment_mm3: float) -> tuple[trimesh.Trimesh, trimesh.Trimesh, dict]:
+def sort_shells(implant: trimesh.Trimesh, host: trimesh.Trimesh | None, contact_faces: np.ndarray,
+                min_fragment_mm3: float) -> tuple[trimesh.Trimesh, trimesh.Trimesh | None, dict]:
     """Keep the implant shells that carry a contact face and are not tiny;
     give untouched shells back to the host (they are whole pieces of bone,
-    disjoint from it); drop the tiny clipped fragments."""
+    disjoint from it; without a host they are dropped); drop the tiny clipped
+    fragments."""
     labels, volumes = face_shells(implant)
     touched = np.zeros(volumes.size, dtype=bool)
     touched[labels[contact_faces]] = True
     keep = touched & (volumes >= min_fragment_mm3)
     back = ~touched
     dropped = touched & ~keep
-    if back.any():
+    if back.any() and host is not None:
         host = trimesh.util.concatenate([host, _shells(implant, labels, back)])
     shells = {
         "implant_shells": int(keep.sum()),

@@ -20,6 +20,7 @@ from .meshes import mesh_facts, mesh_stats, validate_solid
 from .parallel import parallel
 from .resect import Resection, resect
 from .errors import PlanError
+from .implant import fit_report, mirrored_source
 from .labels import LABEL_NAMES, label_bones
 from .segment import segment_bone
 from .surface import bone_surfaces
@@ -39,6 +40,9 @@ class MeshResult:
     context: dict[str, trimesh.Trimesh]  # those of label_meshes not in resection.structures
     labels: np.ndarray  # uint8, the volume's grid: label whose mesh holds each voxel centre
     report: dict
+    # implant.source = "mirrored": the healthy side reflected and fitted to the
+    # affected side, before the cut (for QA views); None otherwise.
+    mirrored_template: trimesh.Trimesh | None = None
 
     @property
     def bone_mask(self) -> np.ndarray:
@@ -76,27 +80,42 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
     bone = trimesh.util.concatenate(list(meshes.values()))
     structures = config.resection.structures
     context = {n: m for n, m in meshes.items() if n not in structures}
-    planes = config.resection.planes
+    # Margins move each planned plane into the kept side; everything is cut there.
+    planes = tuple(p.cut_plane() for p in config.resection.planes)
     cut: Resection | None = None
+    mirror = None
+    implant_report: dict | None = None
     if planes:
         cut_bones = [meshes[n] for n in structures if n in meshes]
         if not cut_bones:
             raise PlanError(f"none of resection.structures ({', '.join(structures)}) was found in the "
                             f"scan (found: {', '.join(meshes) or 'no bone'})")
+        implant_report = {"source": config.implant.source}
+        if config.implant.source == "mirrored":
+            with timer.stage("mirror"):
+                mirror = mirrored_source(meshes, planes, structures)
+                validate_solid(mirror.mesh, "mirrored source")
+                implant_report = mirror.report
         with timer.stage("resect"):
             cut = resect(trimesh.util.concatenate(cut_bones), planes,
-                         min_fragment_mm3=config.resection.min_fragment_mm3)
+                         min_fragment_mm3=config.resection.min_fragment_mm3,
+                         clearance_mm=config.implant.clearance_mm,
+                         implant_from=mirror.mesh if mirror else None)
             parallel(lambda: validate_solid(cut.host, "host"),
                      lambda: validate_solid(cut.implant, "implant"))
+        with timer.stage("fit"):
+            implant_report["fit"] = fit_report(cut, planes, config.implant)
     elif log:
         log("no resection planes in the config: writing the bone outputs only")
     labels = surfaces.full_labels(volume.shape)
     stats = {**bone_mask.stats, **bone_labels.stats}
     stats["labels"] = label_table(surfaces.labels, meshes, volume.voxel_volume_mm3)
     report = build_report(volume, config, bone, cut, stats, timer.seconds)
+    report["implant"] = implant_report
     report["meshes"].update({f"bone_{n}": mesh_stats(m) for n, m in context.items()})
     return MeshResult(bone=bone, host=cut.host if cut else None, implant=cut.implant if cut else None,
-                      label_meshes=meshes, context=context, labels=labels, report=report)
+                      label_meshes=meshes, context=context, labels=labels, report=report,
+                      mirrored_template=mirror.mesh if mirror else None)
 
 
 def label_table(labels: np.ndarray, meshes: dict[str, trimesh.Trimesh], voxel_mm3: float) -> dict:
@@ -116,12 +135,15 @@ def build_report(volume: Volume, config: Config, bone: trimesh.Trimesh, cut: Res
     if cut is not None:
         meshes["host"] = mesh_stats(cut.host)
         meshes["implant"] = mesh_stats(cut.implant)
-        for plane, imp, host in zip(config.resection.planes, cut.implant_contact_faces, cut.host_cut_faces):
-            on_plane = np.abs(plane.signed_distance_mm(cut.implant.vertices[cut.implant.faces[imp]].reshape(-1, 3)))
+        for plane, contact, imp, host in zip(config.resection.planes, cut.implant_planes,
+                                             cut.implant_contact_faces, cut.host_cut_faces):
+            on_plane = np.abs(contact.signed_distance_mm(cut.implant.vertices[cut.implant.faces[imp]].reshape(-1, 3)))
             planes.append({
                 "name": plane.name,
                 "point_lps_mm": list(plane.point_lps_mm),
                 "normal_lps": list(plane.normal_lps),
+                "margin_mm": plane.margin_mm,
+                "cut_point_lps_mm": list(plane.cut_plane().point_lps_mm),
                 "implant_contact_area_mm2": round(float(cut.implant.area_faces[imp].sum()), 3),
                 "host_cut_area_mm2": round(float(cut.host.area_faces[host].sum()), 3),
                 "contact_flatness_mm": float(on_plane.max()),
