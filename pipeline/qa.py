@@ -48,9 +48,11 @@ HOST_RGB, CONTEXT_RGB = (214, 204, 180), (236, 236, 232)
 IMPLANT_RGB, TEMPLATE_RGB = (235, 120, 30), (60, 170, 90)
 PLANE_RGB = ((255, 230, 0), (0, 220, 255), (255, 60, 200), (120, 255, 80))
 PLANE_OPACITY = 0.35
-# A plane patch in the 3D views reaches this far beyond the implant (mm).
+# A plane patch in the 3D views reaches this far beyond the implant's contact face (mm).
 PLANE_MARGIN_MM = 15.0
 PLANE_PATCH_CELLS = 8
+# Implant vertices this close to a plane (mm) belong to its contact face (cuts are exact to ~1e-12 mm).
+ON_PLANE_MM = 1e-6
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,18 +152,22 @@ def affected_side(result: MeshResult) -> str:
 
 
 def plane_patch(plane: Plane, result: MeshResult) -> np.ndarray:
-    """Triangles (n, 3, 3), LPS: a square of the plane around the implant."""
+    """Triangles (n, 3, 3), LPS: the rectangle of the plane around the
+    implant's contact face on it, ``PLANE_MARGIN_MM`` wider on each side."""
     n = np.asarray(plane.normal_lps)
     u, v = plane_frame(plane)
-    lo, hi = np.asarray(result.implant.bounds)
-    centre = (lo + hi) / 2.0
-    centre = centre - plane.signed_distance_mm(centre[None])[0] * n
-    half = np.linalg.norm(hi - lo) / 2.0 + PLANE_MARGIN_MM
+    vertices = np.asarray(result.implant.vertices)
+    on_plane = vertices[np.abs(plane.signed_distance_mm(vertices)) < ON_PLANE_MM]
+    if len(on_plane) == 0:  # the plane does not touch the implant: around its projection
+        on_plane = vertices
+    origin = np.asarray(plane.point_lps_mm) - plane.signed_distance_mm(np.asarray(plane.point_lps_mm)[None])[0] * n
+    a, b = (on_plane - origin) @ u, (on_plane - origin) @ v
     # Cells small enough to be sampled without holes (view3d caps samples per triangle edge).
-    s = np.linspace(-half, half, PLANE_PATCH_CELLS + 1)
-    grid = centre + s[:, None, None] * u + s[None, :, None] * v
-    a, b, c, d = grid[:-1, :-1], grid[1:, :-1], grid[1:, 1:], grid[:-1, 1:]
-    return np.concatenate([np.stack([a, b, c], axis=2), np.stack([a, c, d], axis=2)]).reshape(-1, 3, 3)
+    sa = np.linspace(a.min() - PLANE_MARGIN_MM, a.max() + PLANE_MARGIN_MM, PLANE_PATCH_CELLS + 1)
+    sb = np.linspace(b.min() - PLANE_MARGIN_MM, b.max() + PLANE_MARGIN_MM, PLANE_PATCH_CELLS + 1)
+    grid = origin + sa[:, None, None] * u + sb[None, :, None] * v
+    p, q, r, t = grid[:-1, :-1], grid[1:, :-1], grid[1:, 1:], grid[:-1, 1:]
+    return np.concatenate([np.stack([p, q, r], axis=2), np.stack([p, r, t], axis=2)]).reshape(-1, 3, 3)
 
 
 def _edges(mask: np.ndarray, px: int = 1) -> np.ndarray:
