@@ -101,14 +101,17 @@ def qa_files(volume, result, config, *, images: bool, timer) -> dict[str, bytes]
     """qa/<name>.png (unless ``images`` is false) and report.html."""
     from .export import QA_FOLDER, png_bytes
     from .parallel import parallel
-    from .qa import TEMPLATE_ATTRIBUTE, implant_source, qa_images
+    from .qa import TEMPLATE_ATTRIBUTE, cut_bone_density, implant_source, qa_images, structure_labels
     from .report_html import report_html
 
-    files, shown, missing = {}, [], []
+    files, shown, missing, density = {}, [], [], []
     if images:
         with timer.stage("qa"):
             made = qa_images(volume, result, config)
             pngs = parallel(*[(lambda im=im: png_bytes(im.rgb)) for im in made])
+            if result.implant is not None:
+                density = cut_bone_density(volume, result.labels, config.resection.planes,
+                                           structure_labels(config), result.implant)
         for image, png in zip(made, pngs):
             files[f"{QA_FOLDER}/{image.name}.png"] = png
             shown.append((image.title, png))
@@ -116,7 +119,8 @@ def qa_files(volume, result, config, *, images: bool, timer) -> dict[str, bytes]
             missing.append(f"no mirrored template view: the run result has no {TEMPLATE_ATTRIBUTE}")
     else:
         missing.append("QA images switched off (--no-qa)")
-    files["report.html"] = report_html(result.report, shown, missing=missing).encode("utf-8")
+    files["report.html"] = report_html(result.report, shown, missing=missing,
+                                       cut_density=density).encode("utf-8")
     return files
 
 

@@ -51,6 +51,13 @@ PLANE_OPACITY = 0.35
 # A plane patch in the 3D views reaches this far beyond the implant's contact face (mm).
 PLANE_MARGIN_MM = 15.0
 PLANE_PATCH_CELLS = 8
+# Bone within this distance (mm) of a cut face, on the side that stays, is
+# where the implant is fixed; its median HU below LOW_DENSITY_HU is flagged.
+# A screening number only: the band holds cortex as well as cancellous bone
+# and filled marrow (healthy cancellous bone is ~200-400 HU; below ~110 HU
+# in a vertebral body suggests osteoporosis), so the flag is set low.
+CUT_BAND_MM = 5.0
+LOW_DENSITY_HU = 150.0
 # Implant vertices this close to a plane (mm) belong to its contact face (cuts are exact to ~1e-12 mm).
 ON_PLANE_MM = 1e-6
 
@@ -66,7 +73,7 @@ def qa_images(volume: Volume, result: MeshResult, config: Config) -> list[QAImag
     """All QA images of a run, in display order."""
     planes = config.resection.planes
     centre = resection_centre(result)
-    removed_labels = [k for k, name in LABEL_NAMES.items() if name in config.resection.structures]
+    removed_labels = structure_labels(config)
     template = getattr(result, TEMPLATE_ATTRIBUTE, None) if implant_source(config) == "mirrored" else None
     calls = [lambda o=o: slice_image(volume, result.labels, o, centre, planes, removed_labels)
              for o in SLICE_AXES]
@@ -74,6 +81,11 @@ def qa_images(volume: Volume, result: MeshResult, config: Config) -> list[QAImag
     if template is not None:
         calls.append(lambda: view_image(result, planes, "mirrored", template=template))
     return parallel(*calls)
+
+
+def structure_labels(config: Config) -> list[int]:
+    """Label values of the bones the plan may cut (``resection.structures``)."""
+    return [k for k, name in LABEL_NAMES.items() if name in config.resection.structures]
 
 
 def implant_source(config: Config) -> str:
@@ -168,6 +180,36 @@ def plane_patch(plane: Plane, result: MeshResult) -> np.ndarray:
     grid = origin + sa[:, None, None] * u + sb[None, :, None] * v
     p, q, r, t = grid[:-1, :-1], grid[1:, :-1], grid[1:, 1:], grid[:-1, 1:]
     return np.concatenate([np.stack([p, q, r], axis=2), np.stack([p, r, t], axis=2)]).reshape(-1, 3, 3)
+
+
+def cut_bone_density(volume: Volume, labels: np.ndarray, planes: tuple[Plane, ...],
+                     structure_labels: list[int], implant: trimesh.Trimesh) -> list[dict]:
+    """Per plane: the median HU of the bone that stays, within ``CUT_BAND_MM``
+    of the cut face (where the implant is fixed), and a ``low_density`` flag
+    below ``LOW_DENSITY_HU``. Only the implant's box (plus the band) is read."""
+    lo, hi = np.asarray(implant.bounds) + [[-CUT_BAND_MM], [CUT_BAND_MM]]
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    index = volume.lps_to_index(corners)
+    start = np.clip(np.floor(index.min(axis=0)).astype(int), 0, volume.shape)
+    stop = np.clip(np.ceil(index.max(axis=0)).astype(int) + 1, 0, volume.shape)
+    box = tuple(slice(a, b) for a, b in zip(start, stop))
+    wanted = np.zeros(256, dtype=bool)
+    wanted[structure_labels] = True
+    bone = np.argwhere(wanted[labels[box]])
+    hu = volume.hu[box][tuple(bone.T)]
+    points = volume.index_to_lps(bone + start)
+    distance = [p.signed_distance_mm(points) for p in planes]
+    out = []
+    for i, plane in enumerate(planes):
+        near = (distance[i] <= 0) & (distance[i] >= -CUT_BAND_MM)
+        for j, d in enumerate(distance):
+            if j != i:
+                near &= d > 0  # beside this plane's face, not beside another's
+        median = float(np.median(hu[near])) if near.any() else None
+        out.append({"name": plane.name or f"plane {i + 1}", "band_mm": CUT_BAND_MM,
+                    "bone_voxels": int(near.sum()), "median_hu": None if median is None else round(median, 1),
+                    "low_density": median is not None and median < LOW_DENSITY_HU})
+    return out
 
 
 def _edges(mask: np.ndarray, px: int = 1) -> np.ndarray:

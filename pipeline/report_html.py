@@ -37,21 +37,27 @@ img{border:1px solid #ccc}
 """
 
 
-def report_html(report: dict, images: Iterable[tuple[str, bytes]] = (), *, missing: Iterable[str] = ()) -> str:
+def report_html(report: dict, images: Iterable[tuple[str, bytes]] = (), *, missing: Iterable[str] = (),
+                cut_density: list[dict] = ()) -> str:
     """The page: ``report`` (report.json's dict), ``images`` as (title, PNG
-    bytes), ``missing``: notes on images that could not be made."""
+    bytes), ``missing``: notes on images that could not be made,
+    ``cut_density``: the QA's bone density at each cut (qa.cut_bone_density)."""
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              "<title>Implant geometry QA</title>", f"<style>{STYLE}</style></head><body>",
              "<h1>Implant geometry QA report</h1>",
              f"<p>All coordinates are {_e(report.get('frame', 'LPS millimetres'))}. Slices are shown in "
              "the radiological convention (patient left on the image right).</p>"]
-    parts += _section("Warnings", _warnings_html(report_warnings(report)))
+    found = report_warnings(report) + [
+        f"low bone density at cut {c['name']}: median {c['median_hu']} HU within {c['band_mm']} mm "
+        "of the cut face" for c in cut_density if c.get("low_density")]
+    parts += _section("Warnings", _warnings_html(found))
     parts += _section("Plan", _plan_html(report))
     figures = "".join(f'<figure><img alt="{_e(title)}" src="data:image/png;base64,'
                       f'{base64.b64encode(png).decode("ascii")}"><figcaption>{_e(title)}</figcaption></figure>'
                       for title, png in images)
     figures += "".join(f'<p class="warn">{_e(note)}</p>' for note in missing)
     parts += _section("Images", figures)
+    parts += _section("Bone at the cuts (host side)", _records_html(list(cut_density)) if cut_density else "")
     implant = report.get("implant") if isinstance(report.get("implant"), dict) else {}
     fit = report.get("fit") or implant.get("fit")
     parts += _section("Fit", _value_html(fit) if fit else "")

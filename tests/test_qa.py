@@ -163,3 +163,21 @@ def test_a_run_without_qa_images_clears_the_earlier_ones(tmp_path):
     write_outputs(tmp_path, {"report.json": b"{}", "report.html": b"y"})
     assert not (tmp_path / "qa").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.json"]
+
+
+def test_low_bone_density_at_a_cut_is_flagged(phantom):
+    from pipeline.qa import LOW_DENSITY_HU, cut_bone_density
+    from pipeline.volume import Volume
+
+    marks = phantom.landmarks_lps_mm
+    plane = Plane(tuple(marks["left_supra_acetabular"] + [0.0, 0.0, -8.0]), (0.0, 0.0, 1.0), "cut")
+    implant = trimesh.creation.box(bounds=[[30.0, -80.0, 30.0], [150.0, 80.0, 110.0]])
+    healthy = cut_bone_density(phantom.volume, phantom.labels, (plane,), [1], implant)[0]
+    assert healthy["bone_voxels"] > 100 and healthy["median_hu"] > LOW_DENSITY_HU
+    assert not healthy["low_density"]
+    bone = phantom.labels > 0  # thin bone: cortex and cancellous HU a third of the phantom's
+    hu = np.where(bone, phantom.volume.hu / 3.0, phantom.volume.hu).astype(np.float32)
+    thin = cut_bone_density(Volume(hu, phantom.volume.affine), phantom.labels, (plane,), [1], implant)[0]
+    assert thin["low_density"] and thin["median_hu"] < LOW_DENSITY_HU
+    page = report_html({}, cut_density=[thin])
+    assert "low bone density at cut cut" in page
