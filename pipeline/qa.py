@@ -150,7 +150,7 @@ def view_image(result: MeshResult, planes: tuple[Plane, ...], view: str,
     legend += [(p.name or f"plane {i + 1}", PLANE_RGB[i % len(PLANE_RGB)]) for i, p in enumerate(planes)]
     rgb = render(parts, camera, overlays)
     rgb = annotate(rgb, right_lps=camera.right, up_lps=camera.up, mm_per_pixel=camera.mm_per_pixel,
-                   caption=f"{view} view" + (f" ({side})" if view in ("lateral", "oblique", "mirrored") else ""),
+                   caption=f"3D {view}" + (f" ({side})" if view in ("lateral", "oblique", "mirrored") else ""),
                    legend=legend)
     what = {"mirrored": "mirrored template over the affected side"}.get(view, "host, implant and cut planes")
     return QAImage(f"view_{view}", f"3D {view} view: {what}", rgb)

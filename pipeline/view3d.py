@@ -17,9 +17,10 @@ left        at the left (+x)     posterior (+y)      superior
 right       at the right (-x)    anterior (-y)       superior
 superior    above the head (+z)  patient right (-x)  anterior (-y)
 oblique     front-left-above     (derived)           (derived)
-oblique_l.  the same as oblique  (derived)           (derived)
-oblique_r.  front-right-above    (derived)           (derived)
 ==========  ===================  ==================  =====================
+
+``oblique_left`` is ``oblique``; ``oblique_right`` is its mirror image
+(front-right-above), for a right-sided implant.
 """
 
 from __future__ import annotations
