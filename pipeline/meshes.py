@@ -102,3 +102,22 @@ def mesh_stats(mesh: trimesh.Trimesh) -> dict:
         "bounds_lps_mm": [[round(float(v), 3) for v in row] for row in facts["bounds_lps_mm"]],
         "watertight": facts["manifold"],
     }
+
+
+def concatenate_solids(parts: list[trimesh.Trimesh]) -> trimesh.Trimesh:
+    """Disjoint solids as one mesh, with its facts derived from the parts'.
+
+    Every edge of the result is an edge of exactly one part, and every shell
+    a shell of one part, so the result is a valid solid exactly when all
+    parts are; its facts are assembled instead of recomputed (0.5-1 s on a
+    pelvis)."""
+    mesh = trimesh.util.concatenate(parts)
+    facts = [mesh_facts(p) for p in parts]
+    _FACTS[mesh] = (hash(mesh), {
+        "manifold": all(f["manifold"] for f in facts),
+        "shell_volumes_mm3": np.concatenate([f["shell_volumes_mm3"] for f in facts]),
+        "area_mm2": float(sum(f["area_mm2"] for f in facts)),
+        "bounds_lps_mm": np.array([np.min([f["bounds_lps_mm"][0] for f in facts], axis=0),
+                                   np.max([f["bounds_lps_mm"][1] for f in facts], axis=0)]),
+    })
+    return mesh

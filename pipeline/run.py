@@ -16,7 +16,7 @@ import numpy as np
 import trimesh
 
 from .config import Config
-from .meshes import mesh_facts, mesh_stats, validate_solid
+from .meshes import concatenate_solids, mesh_facts, mesh_stats, validate_solid
 from .parallel import parallel
 from .resect import Resection, resect
 from .errors import PlanError
@@ -75,9 +75,9 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
         bone_labels = label_bones(volume, bone_mask, config.segment)
     with timer.stage("surface"):
         surfaces = bone_surfaces(volume, bone_labels, config.surface)
-    meshes = {LABEL_NAMES[k]: m for k, m in surfaces.meshes.items()}
-    parallel(*[(lambda n=n, m=m: validate_solid(m, f"bone_{n}")) for n, m in meshes.items()])
-    bone = trimesh.util.concatenate(list(meshes.values()))
+        meshes = {LABEL_NAMES[k]: m for k, m in surfaces.meshes.items()}
+        parallel(*[(lambda n=n, m=m: validate_solid(m, f"bone_{n}")) for n, m in meshes.items()])
+        bone = concatenate_solids(list(meshes.values()))
     structures = config.resection.structures
     context = {n: m for n, m in meshes.items() if n not in structures}
     # Margins move each planned plane into the kept side; everything is cut there.
@@ -97,7 +97,7 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
                 validate_solid(mirror.mesh, "mirrored source")
                 implant_report = mirror.report
         with timer.stage("resect"):
-            cut = resect(trimesh.util.concatenate(cut_bones), planes,
+            cut = resect(concatenate_solids(cut_bones), planes,
                          min_fragment_mm3=config.resection.min_fragment_mm3,
                          clearance_mm=config.implant.clearance_mm,
                          implant_from=mirror.mesh if mirror else None)
@@ -107,12 +107,13 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
             implant_report["fit"] = fit_report(cut, planes, config.implant)
     elif log:
         log("no resection planes in the config: writing the bone outputs only")
-    labels = surfaces.full_labels(volume.shape)
-    stats = {**bone_mask.stats, **bone_labels.stats}
-    stats["labels"] = label_table(surfaces.labels, meshes, volume.voxel_volume_mm3)
-    report = build_report(volume, config, bone, cut, stats, timer.seconds)
-    report["implant"] = implant_report
-    report["meshes"].update({f"bone_{n}": mesh_stats(m) for n, m in context.items()})
+    with timer.stage("report"):
+        labels = surfaces.full_labels(volume.shape)
+        stats = {**bone_mask.stats, **bone_labels.stats}
+        stats["labels"] = label_table(surfaces.labels, meshes, volume.voxel_volume_mm3)
+        report = build_report(volume, config, bone, cut, stats, timer.seconds)
+        report["implant"] = implant_report
+        report["meshes"].update({f"bone_{n}": mesh_stats(m) for n, m in context.items()})
     return MeshResult(bone=bone, host=cut.host if cut else None, implant=cut.implant if cut else None,
                       label_meshes=meshes, context=context, labels=labels, report=report,
                       mirrored_template=mirror.mesh if mirror else None)

@@ -102,3 +102,17 @@ def test_validation_catches_each_defect():
                              np.vstack([box.faces, inner.faces[:, ::-1] + len(box.vertices)]), process=False)
     with pytest.raises(MeshError, match="1 of 2 shells are inside-out"):
         validate_solid(cavity, "bone")
+
+
+def test_concatenated_solids_carry_the_facts_of_their_parts():
+    from pipeline.meshes import concatenate_solids, mesh_facts, _FACTS
+    a = trimesh.creation.box(extents=(1, 2, 3))
+    b = trimesh.creation.icosphere(radius=2.0).apply_translation((10, 0, 0))
+    both = concatenate_solids([a, b])
+    assembled = mesh_facts(both)
+    _FACTS.pop(both)
+    recomputed = mesh_facts(both)
+    assert assembled["manifold"] is recomputed["manifold"] is True
+    assert np.allclose(sorted(assembled["shell_volumes_mm3"]), sorted(recomputed["shell_volumes_mm3"]))
+    assert assembled["area_mm2"] == pytest.approx(recomputed["area_mm2"])
+    assert np.allclose(assembled["bounds_lps_mm"], recomputed["bounds_lps_mm"])
