@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from pipeline.config import Plane
 from pipeline.errors import PlanError
-from pipeline.meshes import validate_solid
+from pipeline.meshes import face_shells, validate_solid
 from pipeline.resect import ON_PLANE_MM, resect
 
 RADIUS_MM = 30.0
@@ -65,9 +65,17 @@ def check_cut(bone, planes, cut):
     assert cut.host.volume + cut.implant.volume + dropped == pytest.approx(bone.volume, rel=1e-3)
     normals = np.array([p.normal_lps for p in planes])
     offsets = np.array([p.offset_mm for p in planes])
-    # No host vertex lies inside the resected region (behind every plane).
+    # No host vertex lies inside the resected region (behind every plane),
+    # except whole bones that lie in it untouched by any plane: they are not
+    # resected and stay with the host, every vertex inside.
     depth = (cut.host.vertices @ normals.T - offsets).min(axis=1)
-    assert depth.max() <= 1e-4
+    labels, _ = face_shells(cut.host)
+    shell_depth = np.full(labels.max() + 1, np.inf)
+    np.minimum.at(shell_depth, labels, depth[cut.host.faces].min(axis=1))
+    untouched = shell_depth > -1e-4  # wholly inside the region (or on its boundary)
+    assert untouched.sum() == cut.shells["untouched_shells_left_in_host"]
+    face_depth = depth[cut.host.faces].max(axis=1)
+    assert face_depth[~untouched[labels]].max() <= 1e-4
     # No implant vertex lies on the kept side of any plane.
     assert (cut.implant.vertices @ normals.T - offsets).min() >= -1e-4
     for plane, imp, host in zip(planes, cut.implant_contact_faces, cut.host_cut_faces):
