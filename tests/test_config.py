@@ -60,3 +60,19 @@ def test_file_errors_name_the_file(tmp_path):
     bad.write_text("[segment]\nthreshold_hu = 'high'\n")
     with pytest.raises(ConfigError, match="bad.toml: segment.threshold_hu"):
         load_config(bad)
+
+
+def test_readme_plan_examples_are_valid_configs(tmp_path):
+    """The plans shown in README.md parse, markups path relative to the config."""
+    import json
+    import re
+    from pathlib import Path
+    text = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
+    assert len(blocks) >= 2
+    (tmp_path / "plan").mkdir()
+    (tmp_path / "plan" / "cut_b.mrk.json").write_text(json.dumps(
+        {"markups": [{"type": "Plane", "coordinateSystem": "RAS", "center": [-30, -40, 50], "normal": [-1, 0, 0]}]}))
+    for block in blocks:
+        (tmp_path / "plan.toml").write_text(block)
+        assert load_config(tmp_path / "plan.toml").resection.planes
