@@ -217,8 +217,8 @@ def fit_summary_lines(implant_report: dict) -> list[str]:
         g = f["gap_mm"]
         lines.append(f"  contact {f['name']}: host {f['host_cut_area_mm2']:.0f} mm2, implant "
                      f"{f['implant_contact_area_mm2']:.0f} mm2, overlap {f['overlap_ratio']:.3f}, outline "
-                     f"<= {f['max_outline_distance_mm']:.2f} mm, gap {g['min']:.3f}/{g['mean']:.3f}/"
-                     f"{g['max']:.3f} mm (min/mean/max), flatness {f['flatness_mm']:.1e} mm")
+                     f"<= {f['max_outline_distance_mm']:.2f} mm, gap {_mm(g['min'])}/{_mm(g['mean'])}/"
+                     f"{_mm(g['max'])} mm (min/mean/max), flatness {f['flatness_mm']:.1e} mm")
     i, v = fit["implant"], fit["validity"]
     box = " x ".join(f"{e:.1f}" for e in i["bounding_box_lps_mm"])
     lines.append(f"  implant: {i['volume_mm3'] / 1000:.1f} cm3, {i['mass_g']:.0f} g at "
@@ -227,3 +227,9 @@ def fit_summary_lines(implant_report: dict) -> list[str]:
     lines.append(f"  watertight {v['watertight']}, manifold {v['manifold']}, self-intersections: "
                  "none by construction (manifold3d booleans)")
     return lines
+
+
+def _mm(value: float) -> str:
+    """Three decimals, without the "-0.000" of a gap that is zero to float precision."""
+    text = f"{value:.3f}"
+    return "0.000" if text == "-0.000" else text
