@@ -152,9 +152,10 @@ def sort_shells(implant: trimesh.Trimesh, host: trimesh.Trimesh | None, contact_
     dropped = touched & ~keep
     if back.any() and host is not None:
         host = trimesh.util.concatenate([host, _shells(implant, labels, back)])
+    untouched = "untouched_shells_left_in_host" if host is not None else "untouched_shells_dropped"
     shells = {
         "implant_shells": int(keep.sum()),
-        "untouched_shells_left_in_host": int(back.sum()),
+        untouched: int(back.sum()),
         "untouched_volume_mm3": round(float(volumes[back].sum()), 3),
         "dropped_fragments": int(dropped.sum()),
         "dropped_volume_mm3": round(float(volumes[dropped].sum()), 3),
