@@ -39,13 +39,7 @@ def main() -> int:
         del phantom
         cmd = [sys.executable, "-m", "pipeline", "mesh", str(ct_dir), "--out", str(out_dir), "--quiet",
                "--config", str(CONFIG)]
-        walls, stages = [], []
-        for _ in range(RUNS):
-            start = time.perf_counter()
-            subprocess.run(cmd, check=True)
-            walls.append(time.perf_counter() - start)
-            report = json.loads((out_dir / "report.json").read_text())
-            stages.append(report["timings_s"])
+        walls, stages, report = _timed_runs(cmd, out_dir)
         peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         mirrored = _time_mirrored(cmd, Path(tmp), out_dir)
         load_times = _time_load(ct_dir, j2k_dir)
@@ -67,7 +61,12 @@ def _time_mirrored(cmd: list[str], tmp: Path, out_dir: Path) -> tuple[list[float
     """The same runs with implant.source = "mirrored": wall times, stage timings, last implant report."""
     config = tmp / "mirrored.toml"
     config.write_text(CONFIG.read_text().replace('source = "resected"', 'source = "mirrored"'))
-    cmd = [*cmd[:-1], str(config)]
+    walls, stages, report = _timed_runs([*cmd[:-1], str(config)], out_dir)
+    return walls, stages, report["implant"]
+
+
+def _timed_runs(cmd: list[str], out_dir: Path) -> tuple[list[float], list[dict], dict]:
+    """RUNS runs of ``cmd``: wall times, each run's stage timings, the last report."""
     walls, stages = [], []
     for _ in range(RUNS):
         start = time.perf_counter()
@@ -75,7 +74,7 @@ def _time_mirrored(cmd: list[str], tmp: Path, out_dir: Path) -> tuple[list[float
         walls.append(time.perf_counter() - start)
         report = json.loads((out_dir / "report.json").read_text())
         stages.append(report["timings_s"])
-    return walls, stages, report["implant"]
+    return walls, stages, report
 
 
 def _print_mirrored(resected_walls: list[float], mirrored) -> None:
