@@ -21,6 +21,9 @@ from typing import Any, Iterable
 # differences above this (mm) are worth a look before trusting a mirrored plan.
 TILT_WARN_DEG = 0.01
 ASYMMETRY_WARN_MM = 2.0
+# A printed titanium wall thinner than this over 5 % of the implant's surface
+# deserves a look (knife edges where an oblique cut meets the bone surface).
+THIN_WALL_WARN_MM = 2.0
 # Input facts shown (never names, IDs, dates or UIDs).
 INPUT_KEYS = ("modality", "description", "manufacturer", "model", "patient_position", "n_slices",
               "dimensions", "spacing_mm", "orientation", "gantry_tilt_deg", "resampled")
@@ -80,8 +83,14 @@ def report_warnings(report: dict) -> list[str]:
         found.append(f"gantry tilt {tilt:.2f} deg: the grid is sheared (handled in the affine)")
     for path, value in _numbers(report):
         key = path[-1].lower()
-        if "asymmetry" in key and key.endswith("_mm") and abs(value) > ASYMMETRY_WARN_MM:
+        # report["implant"]["asymmetry_mm"] = {"mean": .., "p95": ..} (distances),
+        # or a single "*asymmetry*_mm" number.
+        distance = (key.endswith("_mm") or key in ("mean", "p95")) and "fraction" not in key
+        if distance and any("asymmetry" in p.lower() for p in path) and abs(value) > ASYMMETRY_WARN_MM:
             found.append(f"asymmetry {value:.1f} mm at {'.'.join(path)} (beyond {ASYMMETRY_WARN_MM:g} mm)")
+        if key == "wall_thickness_p5_mm" and value < THIN_WALL_WARN_MM:
+            found.append(f"thin implant: 5 % of its surface has walls under {value:.1f} mm "
+                         f"(below {THIN_WALL_WARN_MM:g} mm; check where the cuts meet the bone obliquely)")
         if "low_density" in key and value:
             found.append(f"low bone density: {'.'.join(path)} = {value:g}")
     return found

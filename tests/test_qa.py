@@ -181,3 +181,16 @@ def test_low_bone_density_at_a_cut_is_flagged(phantom):
     assert thin["low_density"] and thin["median_hu"] < LOW_DENSITY_HU
     page = report_html({}, cut_density=[thin])
     assert "low bone density at cut cut" in page
+
+
+def test_warnings_read_the_implant_report_as_run_mesh_writes_it():
+    from pipeline.report_html import report_warnings
+    report = {"input": {}, "implant": {"asymmetry_mm": {"mean": 0.8, "p95": 2.6, "fraction_within_2mm": 0.93},
+                                       "fit": {"implant": {"min_wall_thickness_mm": 0.1,
+                                                           "wall_thickness_p5_mm": 1.2}}}}
+    found = " ".join(report_warnings(report))
+    assert "asymmetry 2.6 mm" in found and "asymmetry 0.8" not in found and "0.9" not in found
+    assert "thin implant" in found
+    calm = {"input": {}, "implant": {"asymmetry_mm": {"mean": 0.4, "p95": 1.1, "fraction_within_2mm": 0.99},
+                                     "fit": {"implant": {"wall_thickness_p5_mm": 6.0}}}}
+    assert report_warnings(calm) == []
