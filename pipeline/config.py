@@ -73,6 +73,9 @@ class Plane:
     # Oncological margin: the cut lies this far from the planned plane, into
     # the kept side (see ``cut_plane``). The planned plane stays on record.
     margin_mm: float = 0.0
+    # Bones this plane is meant to cut (optional): each must be crossed by it,
+    # and the resection must take part, not nothing or all, of each.
+    structures: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         n = np.asarray(self.normal_lps, dtype=np.float64)
@@ -95,7 +98,8 @@ class Plane:
         """The parallel plane ``distance_mm`` along the normal (into the removed
         part), without a margin of its own."""
         point = np.asarray(self.point_lps_mm) + distance_mm * np.asarray(self.normal_lps)
-        return Plane(point_lps_mm=tuple(point), normal_lps=self.normal_lps, name=self.name)
+        return Plane(point_lps_mm=tuple(point), normal_lps=self.normal_lps, name=self.name,
+                     structures=self.structures)
 
     def cut_plane(self) -> "Plane":
         """Where the bone is cut: the planned plane moved ``margin_mm`` into the kept side."""
@@ -279,21 +283,27 @@ def _resection(table: Any, base_dir: Path) -> ResectionConfig:
         if kwargs["min_fragment_mm3"] < 0:
             raise ConfigError("resection.min_fragment_mm3 must be >= 0")
     if "structures" in table:
-        kwargs["structures"] = _structures(table["structures"])
+        kwargs["structures"] = _structures(table["structures"], "resection.structures")
+    cuttable = kwargs.get("structures", ResectionConfig.structures)
+    for i, plane in enumerate(planes):
+        for name in plane.structures:
+            if name not in cuttable:
+                raise ConfigError(f"resection.planes[{i}].structures names {name!r}, which "
+                                  f"resection.structures does not allow to be cut ({', '.join(cuttable)})")
     return ResectionConfig(planes=planes, **kwargs)
 
 
-def _structures(value: Any) -> tuple[str, ...]:
+def _structures(value: Any, key: str) -> tuple[str, ...]:
     from .labels import LABEL_IDS  # the label table lives with the labelling stage
 
     if not isinstance(value, list) or not value:
-        raise ConfigError(f"resection.structures must be a non-empty list of bone names, got {value!r}")
+        raise ConfigError(f"{key} must be a non-empty list of bone names, got {value!r}")
     for i, name in enumerate(value):
         if name not in LABEL_IDS:
-            raise ConfigError(f"resection.structures[{i}] = {name!r} is not a bone name "
+            raise ConfigError(f"{key}[{i}] = {name!r} is not a bone name "
                               f"(known: {', '.join(LABEL_IDS)})")
     if len(set(value)) != len(value):
-        raise ConfigError("resection.structures lists a bone twice")
+        raise ConfigError(f"{key} lists a bone twice")
     return tuple(value)
 
 
@@ -305,7 +315,7 @@ def _plane(table: Any, key: str, base_dir: Path) -> Plane:
     from .plan import plane_through_points, read_markups_plane
 
     _no_unknown(table, {"name", "point_lps_mm", "normal_lps", "points_lps_mm", "removed_side_lps_mm",
-                        "markups", "flip", "margin_mm"}, f"{key}.")
+                        "markups", "flip", "margin_mm", "structures"}, f"{key}.")
     forms = [f for f, k in (("point", "point_lps_mm"), ("point", "normal_lps"), ("points", "points_lps_mm"),
                             ("points", "removed_side_lps_mm"), ("markups", "markups")) if k in table]
     if len(set(forms)) > 1:
@@ -346,5 +356,6 @@ def _plane(table: Any, key: str, base_dir: Path) -> Plane:
     name = table.get("name", key)
     if not isinstance(name, str):
         raise ConfigError(f"{key}.name must be a string")
+    structures = _structures(table["structures"], f"{key}.structures") if "structures" in table else ()
     return Plane(point_lps_mm=tuple(point), normal_lps=tuple(-normal if flip else normal), name=name,
-                 margin_mm=margin)
+                 margin_mm=margin, structures=structures)

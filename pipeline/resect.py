@@ -85,6 +85,28 @@ def check_planes_cross(planes: tuple[Plane, ...], bone: trimesh.Trimesh) -> None
                             f"the {side} side (closest vertex {np.abs(d).min():.1f} mm away)")
 
 
+def check_plane_structures(planes: tuple[Plane, ...], bones: dict[str, trimesh.Trimesh]) -> None:
+    """Each plane cuts the bones it names, and the resected region takes part
+    of each such bone: not nothing (a misplaced plan). It cannot take all of
+    it: a plane that crosses a bone keeps the part on its kept side."""
+    for i, plane in enumerate(planes):
+        for name in plane.structures:
+            bone = bones.get(name)
+            if bone is None:
+                raise PlanError(f"resection.planes[{i}] ({plane.name}) is meant to cut {name}, "
+                                "which was not found in the scan")
+            d = plane.signed_distance_mm(bone.vertices)
+            if d.min() >= 0 or d.max() <= 0:
+                raise PlanError(f"resection.planes[{i}] ({plane.name}) does not cut {name}: all of it lies "
+                                f"on the {'removed' if d.min() >= 0 else 'kept'} side")
+    for name in dict.fromkeys(n for p in planes for n in p.structures):
+        vertices = bones[name].vertices
+        inside = np.all([p.signed_distance_mm(vertices) > 0 for p in planes], axis=0)
+        which = [f"resection.planes[{i}] ({p.name})" for i, p in enumerate(planes) if name in p.structures]
+        if not inside.any():
+            raise PlanError(f"{', '.join(which)}: the resection removes nothing of {name}")
+
+
 def resect(bone: trimesh.Trimesh, planes: tuple[Plane, ...], *, min_fragment_mm3: float = 0.0,
            clearance_mm: float = 0.0, implant_from: trimesh.Trimesh | None = None) -> Resection:
     """Split ``bone`` into host and implant by the region behind all ``planes``.

@@ -18,7 +18,7 @@ import trimesh
 from .config import Config
 from .meshes import concatenate_solids, mesh_facts, mesh_stats, validate_solid
 from .parallel import parallel
-from .resect import Resection, resect
+from .resect import Resection, check_plane_structures, resect
 from .errors import PlanError
 from .implant import fit_report, mirrored_source
 from .labels import LABEL_NAMES, label_bones
@@ -90,6 +90,7 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
         if not cut_bones:
             raise PlanError(f"none of resection.structures ({', '.join(structures)}) was found in the "
                             f"scan (found: {', '.join(meshes) or 'no bone'})")
+        check_plane_structures(planes, meshes)
         implant_report = {"source": config.implant.source}
         if config.implant.source == "mirrored":
             with timer.stage("mirror"):

@@ -113,3 +113,34 @@ def test_a_failed_run_leaves_an_earlier_run_untouched(tmp_path, capsys):
 def outputs(out):
     """Relative path -> content of every file in ``out``, sub-folders included."""
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("plane, expected", [
+    # Meant to cut the right hip bone but lies wholly on the patient's left.
+    ("point_lps_mm = [60, 0, 0]\nnormal_lps = [1, 0, 0]\nstructures = ['hip_right']",
+     "resection.planes[0] (p) does not cut hip_right"),
+    # Crosses the sacrum, but the region (x > 60 mm) holds none of it.
+    ("point_lps_mm = [60, 0, 0]\nnormal_lps = [1, 0, 0]\nstructures = ['sacrum']",
+     "does not cut sacrum"),
+])
+@pytest.mark.slow
+def test_plane_that_misses_its_structure(tmp_path, capsys, plane, expected):
+    line = run_failing(tmp_path, capsys, config_text=f"[[resection.planes]]\nname = 'p'\n{plane}\n")
+    assert expected in line
+
+
+@pytest.mark.slow
+def test_region_that_takes_nothing_of_a_named_structure(tmp_path, capsys):
+    """Each plane crosses the sacrum, but together they keep all of it."""
+    text = ("[[resection.planes]]\nname = 'a'\npoint_lps_mm = [20, 0, 0]\nnormal_lps = [1, 0, 0]\n"
+            "structures = ['sacrum']\n"
+            "[[resection.planes]]\nname = 'b'\npoint_lps_mm = [-20, 0, 0]\nnormal_lps = [-1, 0, 0]\n")
+    line = run_failing(tmp_path, capsys, config_text=text)
+    assert "resection.planes[0] (a): the resection removes nothing of sacrum" in line
+
+
+def test_plane_structure_must_be_cuttable(tmp_path, capsys):
+    text = ("[resection]\nstructures = ['hip_left']\n[[resection.planes]]\npoint_lps_mm = [0, 0, 0]\n"
+            "normal_lps = [1, 0, 0]\nstructures = ['femur_left']\n")
+    line = run_failing(tmp_path, capsys, config_text=text, ct=tmp_path / "no_ct")
+    assert "resection.planes[0].structures names 'femur_left'" in line
