@@ -47,6 +47,14 @@ class Console:
             self._bar_open = True
         return update
 
+    def begin(self, stage: str) -> None:
+        """On a terminal, say which stage is running until its line replaces it."""
+        if self.quiet or not self.tty:
+            return
+        sys.stderr.write(f"\r{stage:<9} ...")
+        sys.stderr.flush()
+        self._bar_open = True
+
     def _end_bar(self) -> None:
         if self._bar_open:
             sys.stderr.write("\r\033[K")
@@ -62,7 +70,7 @@ def cmd_mesh(args: argparse.Namespace) -> None:
 
     console = Console(args.quiet)
     config = load_config(args.config)  # before the CT: a typo fails in milliseconds
-    timer = Timer(console.line)
+    timer = Timer(console.line, console.begin)
     with timer.stage("load"):
         volume = load_ct(args.ct_dir, series_uid=args.series, max_gap_mm=config.load.max_gap_mm,
                          progress=console.progress("load"))

@@ -51,14 +51,18 @@ class MeshResult:
 
 
 class Timer:
-    """Wall time per named stage, announced through ``log``."""
+    """Wall time per named stage, announced through ``log`` when it ends
+    (and through ``begin``, if given, when it starts)."""
 
-    def __init__(self, log: Log | None) -> None:
+    def __init__(self, log: Log | None, begin: Log | None = None) -> None:
         self.log = log
+        self.begin = begin
         self.seconds: dict[str, float] = {}
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        if self.begin:
+            self.begin(name)
         start = time.perf_counter()
         yield
         self.seconds[name] = round(time.perf_counter() - start, 3)
