@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config
-from .labels import LABEL_IDS, LABEL_NAMES
+from .labels import LABEL_IDS
 from .run import MeshResult, run_mesh
 from .volume import Volume
 

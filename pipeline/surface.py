@@ -30,7 +30,6 @@ from scipy import ndimage as ndi
 from skimage.measure import marching_cubes
 
 from .config import SurfaceConfig
-from .errors import MeshError
 from .labels import BoneLabels
 from .neighbours import max3, min3
 from .parallel import parallel
@@ -184,14 +183,7 @@ def keep_mask_topology(snapped: np.ndarray, min_piece_voxels: int) -> np.ndarray
     labels, n = ndi.label(snapped, structure=FACE_CONNECTIVITY)
     keep = np.bincount(labels.ravel(), minlength=n + 1) >= min_piece_voxels
     keep[0] = False
-    background, n_bg = ndi.label(~keep[labels], structure=FACE_CONNECTIVITY)
-    del labels
-    outside = np.zeros(n_bg + 1, dtype=bool)
-    for axis in range(3):
-        for index in (0, -1):
-            outside[np.take(background, index, axis=axis)] = True
-    outside[0] = False
-    return ~outside[background]
+    return fill_cavities(keep[labels], FACE_CONNECTIVITY, [True] * 6)
 
 
 def mesh_from_field(field: np.ndarray, affine: np.ndarray, offset_index: np.ndarray) -> trimesh.Trimesh:

@@ -14,7 +14,7 @@ from pipeline.errors import ConfigError
 from pipeline.fit import contact_fit
 from pipeline.implant import in_region, mirror_mesh
 from pipeline.phantom import pelvis_phantom, preset
-from pipeline.resect import ON_PLANE_MM, faces_on_plane, resect
+from pipeline.resect import ON_PLANE_MM, resect
 from pipeline.run import run_mesh
 from pipeline.volume import Volume
 

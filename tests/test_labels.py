@@ -15,7 +15,6 @@ from scipy.spatial import cKDTree
 from pipeline.config import Config, ResectionConfig, load_config, parse_config
 from pipeline.errors import ConfigError
 from pipeline.evaluate import phantom_figures
-from pipeline.labels import LABEL_IDS
 from pipeline.run import run_mesh
 
 from .helpers import REPO, winding_number
