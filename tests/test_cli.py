@@ -16,3 +16,21 @@ def test_series_describes_a_nifti_file(tmp_path, capsys):
     assert line.startswith("ct.nii.gz")
     assert "12 slices" in line and "size 30x20x12" in line
     assert "spacing 2.5 x 0.7 x 0.8 mm" in line
+
+
+def test_terminal_shows_the_running_stage_and_quiet_shows_nothing(capsys, monkeypatch):
+    from pipeline.cli import Console
+    from pipeline.run import Timer
+
+    monkeypatch.delenv("CI", raising=False)
+    console = Console(quiet=False)
+    console.tty = True
+    with Timer(console.line, console.begin).stage("surface"):
+        pass
+    err = capsys.readouterr().err
+    assert err.startswith("\rsurface   ...") and "\r\033[K" in err and err.rstrip().endswith(" s")
+    quiet = Console(quiet=True)
+    quiet.tty = True
+    with Timer(quiet.line, quiet.begin).stage("surface"):
+        pass
+    assert capsys.readouterr().err == ""
