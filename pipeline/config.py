@@ -54,6 +54,12 @@ class SegmentConfig:
     # Cores smaller than this are not counted as a bone of their own (specks,
     # calcifications); the region around them joins a neighbouring bone.
     min_core_mm3: float = 50.0
+    # Marrow that no fill reaches because the cortex has gaps (3 mm slices,
+    # thin low-density cortex): a voxel that meets its own bone within this
+    # distance in all six axis directions, and touches no other bone, is
+    # inside it. 40 mm covers a femoral head or a vertebral body from its
+    # centre. 0 disables it.
+    enclosure_mm: float = 40.0
 
 
 @dataclass(frozen=True)

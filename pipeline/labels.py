@@ -40,7 +40,8 @@ from skimage.segmentation import watershed
 from .config import SegmentConfig
 from .neighbours import max3, min3
 from .parallel import parallel
-from .segment import FACE_CONNECTIVITY, BoneMask, close_and_fill, closing_radius_voxels
+from .segment import (ENCLOSED_DIRECTIONS, FACE_CONNECTIVITY, BoneMask, close_and_fill, closing_radius_voxels,
+                      enclosed_directions)
 from .volume import Volume, apply_affine
 
 LABEL_NAMES = {1: "hip_left", 2: "hip_right", 3: "sacrum", 4: "femur_left", 5: "femur_right",
@@ -216,14 +217,30 @@ def solid_per_label(rough: np.ndarray, raw: np.ndarray, volume: Volume, bone: Bo
         # that hole is not marrow, so the spine gets the 3D fill only.
         max_hole_mm2 = 0.0 if label == LUMBAR else cfg.max_slice_hole_mm2
         jobs.append((label, sub, lambda label=label, sub=sub, border=sub_border, hole=max_hole_mm2:
-                     close_and_fill(pieces[sub] == label, radius_vox, volume.spacing_mm, cfg.closing_mm,
-                                    border, hole)))
+                     solid_bone(pieces[sub], label, radius_vox, volume.spacing_mm, cfg, border, hole)))
     # Bones are filled independently (scipy releases the GIL: both cores work);
     # they are written in label order, as before.
     for (label, sub, _), filled in zip(jobs, parallel(*[job for _, _, job in jobs])):
         view = out[sub]
         view[filled & ((view == 0) | (rough[sub] == label))] = label
     return out
+
+
+def solid_bone(pieces: np.ndarray, label: int, radius_vox: int, spacing_mm: np.ndarray,
+               cfg: SegmentConfig, at_border: list[tuple[bool, bool]], max_hole_mm2: float) -> np.ndarray:
+    """One bone made solid: closed and filled (:func:`close_and_fill`), then
+    the marrow no fill reached because the cortex has gaps: voxels the bone
+    encloses in all six axis directions within
+    ``cfg.enclosure_mm``, where no other bone comes first. So a joint space
+    is never taken: the acetabulum encloses the space around the femoral
+    head as it does its own marrow, but the head is met first towards it."""
+    piece = pieces == label
+    filled = close_and_fill(piece, radius_vox, spacing_mm, cfg.closing_mm, at_border, max_hole_mm2)
+    if cfg.enclosure_mm > 0:
+        reach = np.maximum(np.round(cfg.enclosure_mm / np.asarray(spacing_mm, dtype=float)), 1)
+        others = (pieces > 0) & ~piece
+        filled |= enclosed_directions(filled, reach, at_border, others) >= ENCLOSED_DIRECTIONS
+    return filled
 
 
 def separate_labels(labels: np.ndarray) -> np.ndarray:

@@ -174,6 +174,51 @@ def close_and_fill(piece: np.ndarray, radius_vox: int, spacing_mm: np.ndarray,
     return in_slice[inner]
 
 
+# A voxel is enclosed by a bone when all six axis directions meet it within
+# reach. (With five of six, a single bone's concave corners were filled too:
+# where the iliac wing meets the acetabulum, phantom hip Dice -0.004.)
+ENCLOSED_DIRECTIONS = 6
+
+
+def enclosed_directions(mask: np.ndarray, reach_vox: np.ndarray, at_border: list[tuple[bool, bool]],
+                        others: np.ndarray | None = None) -> np.ndarray:
+    """Per voxel, in how many of the six axis directions (0..6) the first
+    bone met within ``reach_vox[axis]`` voxels is ``mask`` (not ``others``:
+    other bones, which block the view). A direction that leaves the array
+    through a face marked in ``at_border`` (the edge of the scan) before
+    meeting another bone counts as met: the bone goes on beyond the field of
+    view."""
+    count = np.zeros(mask.shape, dtype=np.uint8)
+    if others is None:
+        others = np.zeros_like(mask)
+    for axis, (low_edge, high_edge) in enumerate(at_border):
+        m = np.moveaxis(mask, axis, 0)
+        o = np.moveaxis(others, axis, 0)
+        n, k = m.shape[0], int(reach_vox[axis])
+        i = np.arange(n, dtype=np.int32).reshape((n,) + (1,) * (m.ndim - 1))
+        far = np.int32(4 * n)
+        view = np.moveaxis(count, axis, 0)
+        # ahead: index of the next mask / other voxel after i (far if none)
+        next_m = np.minimum.accumulate(np.where(m, i, far)[::-1], axis=0)[::-1]
+        next_o = np.minimum.accumulate(np.where(o, i, far)[::-1], axis=0)[::-1]
+        next_m = np.concatenate([next_m[1:], np.full((1,) + m.shape[1:], far, np.int32)])
+        next_o = np.concatenate([next_o[1:], np.full((1,) + m.shape[1:], far, np.int32)])
+        ahead = (next_m - i <= k) & (next_m < next_o)
+        if high_edge:
+            ahead |= (next_m == far) & (next_o == far) & (n - 1 - i <= k)
+        view += ahead
+        # behind: index of the previous mask / other voxel before i (-far if none)
+        prev_m = np.maximum.accumulate(np.where(m, i, -far), axis=0)
+        prev_o = np.maximum.accumulate(np.where(o, i, -far), axis=0)
+        prev_m = np.concatenate([np.full((1,) + m.shape[1:], -far, np.int32), prev_m[:-1]])
+        prev_o = np.concatenate([np.full((1,) + m.shape[1:], -far, np.int32), prev_o[:-1]])
+        behind = (i - prev_m <= k) & (prev_m > prev_o)
+        if low_edge:
+            behind |= (prev_m == -far) & (prev_o == -far) & (i <= k)
+        view += behind
+    return count
+
+
 def fill_cavities(mask: np.ndarray, structure: np.ndarray, open_faces: list[bool],
                   max_voxels: float = np.inf) -> np.ndarray:
     """``mask`` plus the background regions (connected by ``structure``) that

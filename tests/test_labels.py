@@ -125,3 +125,98 @@ def test_pockets_inside_a_bone_are_filled_but_other_bones_are_kept():
     assert (out[4:7, 4:7, 4:7] == 1).all()
     assert (out == 2).sum() == (labels == 2).sum()
     assert (out == 0).sum() == (labels == 0).sum() - 27
+
+
+def hollow_ball(shape, centre, radius_vox, wall_vox):
+    d = np.linalg.norm(np.indices(shape).transpose(1, 2, 3, 0) - np.asarray(centre, float), axis=-1)
+    return (d <= radius_vox) & (d > radius_vox - wall_vox), d < radius_vox - wall_vox
+
+
+def test_enclosed_directions_count_the_six_axis_rays():
+    """A closed cubic shell: inside, all six rays meet it; a face taken away
+    leaves five, unless that face is the scan's edge (bone beyond the field
+    of view); outside, at most four (one of each opposite pair)."""
+    from pipeline.segment import enclosed_directions
+    shell = np.zeros((12, 12, 12), dtype=bool)
+    shell[1:11, 1:11, 1:11] = True
+    shell[2:10, 2:10, 2:10] = False
+    reach = np.array([20, 20, 20])
+    closed = enclosed_directions(shell, reach, [(False, False)] * 3)
+    assert (closed[2:10, 2:10, 2:10] == 6).all()
+    outside = np.ones(shell.shape, dtype=bool)
+    outside[1:11, 1:11, 1:11] = False
+    assert closed[outside].max() <= 3 and closed[0, 5, 5] == 1  # a convex shell: one side per axis
+    open_top = shell.copy()
+    open_top[10] = False
+    assert (enclosed_directions(open_top, reach, [(False, False)] * 3)[2:10, 2:10, 2:10] == 5).all()
+    cut_by_scan = open_top[:11]  # the missing face is now the array's edge: the scan's border
+    counted = enclosed_directions(cut_by_scan, reach, [(False, True), (False, False), (False, False)])
+    assert (counted[2:10, 2:10, 2:10] == 6).all()
+    # A short reach does not see a far wall.
+    assert (enclosed_directions(shell, np.array([2, 2, 2]), [(False, False)] * 3)[6, 6, 6]) == 0
+
+
+def test_marrow_behind_a_leaky_cortex_is_filled_but_a_joint_space_is_not():
+    """A hollow ball whose cortex has holes on every axis (as thin cortex on
+    3 mm slices): no cavity fill reaches its marrow, the enclosure fill does,
+    all but the voxels in line with a hole. A second bone in its socket (a
+    ball in a cup of another label): the joint space between them is not
+    taken by the cup, which encloses it just as well."""
+    from pipeline.config import SegmentConfig
+    from pipeline.labels import solid_bone
+    shape, centre = (44, 44, 44), (22, 22, 22)
+    cortex, marrow = hollow_ball(shape, centre, 15, 2)
+    for axis in range(3):  # drill a 3-voxel hole through the cortex along each axis
+        hole = [slice(21, 24)] * 3
+        hole[axis] = slice(None)
+        cortex[tuple(hole)] = False
+    pieces = cortex.astype(np.uint8)
+    cfg = SegmentConfig(closing_mm=0.0, max_slice_hole_mm2=0.0, enclosure_mm=40.0)
+    spacing = np.ones(3)
+    plain = solid_bone(pieces, 1, 0, spacing, SegmentConfig(closing_mm=0.0, max_slice_hole_mm2=0.0,
+                                                            enclosure_mm=0.0), [(False, False)] * 3, 0.0)
+    assert not (plain & marrow).any()
+    solid = solid_bone(pieces, 1, 0, spacing, cfg, [(False, False)] * 3, 0.0)
+    in_hole_line = (np.isin(np.indices(shape), [21, 22, 23]).sum(axis=0) >= 2)
+    assert np.array_equal(solid & marrow, marrow & ~in_hole_line)
+    assert (solid & marrow).sum() > 0.9 * marrow.sum()
+    d = np.linalg.norm(np.indices(shape).transpose(1, 2, 3, 0) - np.asarray(centre, float), axis=-1)
+    assert not (solid & (d > 15)).any()  # nothing outside the ball
+
+    # Ball (label 2, radius 10) in a closed cup (label 1: the shell 12..14
+    # around it, left only by the neck), so the cup encloses the gap on every axis.
+    pieces = np.zeros(shape, dtype=np.uint8)
+    pieces[d <= 10] = 2
+    pieces[(d > 12) & (d <= 14)] = 1
+    pieces[:, :, 30:][(d[:, :, 30:] <= 14) & (np.abs(np.indices(shape)[0][:, :, 30:] - 22) < 5)
+                      & (np.abs(np.indices(shape)[1][:, :, 30:] - 22) < 5)] = 2  # the neck
+    gap = (d > 10) & (d <= 12)
+    cup = solid_bone(pieces, 1, 0, spacing, cfg, [(False, False)] * 3, 0.0)
+    assert not (cup & gap).any()
+
+
+REAL_FLOORS = {
+    # Measured with this code less 0.03: regression guards on real CT. The
+    # issue's target is 0.90 per structure, which these do not reach yet
+    # (femoral heads go to the hip bones, the osteoporotic sacrum of the
+    # TotalSegmentator example is mostly below segment.threshold_hu).
+    "totalseg_example": {"sacrum": 0.10, "femur_left": 0.62, "femur_right": 0.53, "hip_left": 0.47,
+                         "hip_right": 0.50},
+    "pelvic_ref_003": {"femur_left": 0.73, "femur_right": 0.71},
+}
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(REAL_FLOORS))
+def test_real_ct_labels_do_not_regress(case):
+    from pipeline import evaluate
+    found = {"totalseg_example": evaluate.totalseg_figures,
+             "pelvic_ref_003": evaluate.pelvic_ref_figures}[case]()
+    if found is None:
+        pytest.skip(f"real data not present (../shared/real_ct/{case})")
+    figures = found[0]
+    for name, floor in REAL_FLOORS[case].items():
+        assert figures[name]["dice"] >= floor, (case, name, figures[name])
+    if case == "pelvic_ref_003":
+        assert figures["couch"]["bone_voxels_behind_back"] == 0
