@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, values in figures.items():
             print(f"  {name:<12} " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                                for k, v in values.items()))
+        table = result.report["segmentation"]["labels"]
+        print("  label volumes (cm3): " + ", ".join(f"{name} {row['voxels_mm3'] / 1000:.0f}"
+                                                   for name, row in table.items()))
         if args.png:
             from .render import write_overlays
 

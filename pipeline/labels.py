@@ -14,8 +14,12 @@ either side. So:
    (flooding from the brightest bone down), so borders fall on the valleys.
 3. **Names** by anatomy, in LPS mm relative to the body midline: per side,
    the femur is the big lateral region reaching lowest, the hip bone the
-   largest remaining one; the sacrum is the largest midline region below the
-   iliac crests, lumbar the midline regions above it. Other regions join the
+   largest remaining one; the sacrum is the largest midline region between
+   the hip bones (centre behind theirs, below half-way from their centre to
+   the iliac crests), lumbar the midline regions above it. A midline region
+   reaching from there to above the crests is the sacrum and spine joined
+   (facet joints above the core level on thick slices): the core level is
+   raised inside it until it falls apart, and it is re-grown from the pieces. Other regions join the
    named region they touch through the most bone-to-bone contact
    (``HU >= threshold_hu`` on both sides of the border), so a bone broken
    into several cores is whole again, while contact across a dark joint space
@@ -54,6 +58,10 @@ MIDLINE_MM = 25.0
 # A femur or hip bone is at least this big (a femoral head alone is ~30 cm3);
 # smaller regions are fragments that join by contact.
 MIN_NAMED_BONE_MM3 = 10_000.0
+# Splitting a sacrum region that carries the spine: the core level is raised
+# by SPLIT_STEP_HU up to SPLIT_STEPS times; cores of at least SPLIT_CORE_MM3
+# are the pieces (the sacrum's own dense core can be as small as 2.5 cm3).
+SPLIT_STEP_HU, SPLIT_STEPS, SPLIT_CORE_MM3 = 100.0, 6, 1000.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,6 +99,8 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig) -> BoneLabel
     regions = watershed(-hu, cores, mask=solid)
     raw = (hu >= cfg.threshold_hu) & solid
     names = name_regions(regions, hu, raw, volume, bone, cfg)
+    if split_sacrum_from_spine(regions, names, hu, volume, bone, cfg):
+        names = name_regions(regions, hu, raw, volume, bone, cfg)
     labels = solid_per_label(names[regions], raw, volume, bone, cfg)
     labels = separate_labels(labels)
     counts = np.bincount(labels.ravel(), minlength=OTHER + 1)
@@ -133,6 +143,15 @@ def name_regions(regions: np.ndarray, hu: np.ndarray, raw: np.ndarray, volume: V
     hips = np.flatnonzero(np.isin(name[1:], (1, 2)))
     crest_z = z_max[hips].max() if hips.size else np.inf
     midline = np.flatnonzero((side == 0) & (name[1:] == 0) & (centroid[:, 2] < crest_z))
+    if hips.size:
+        # The sacrum sits between the hip bones: its centre lies behind
+        # theirs and below half-way from their centre to the crests, where
+        # the lumbar spine (joined into one region with L5 on thick slices
+        # until split) and the pubic pieces do not.
+        hip_centre = centroid[hips].mean(axis=0)
+        between = midline[(centroid[midline, 2] < (hip_centre[2] + crest_z) / 2)
+                          & (centroid[midline, 1] > hip_centre[1])]
+        midline = between if between.size else midline
     sacrum = midline[np.argmax(volume_mm3[midline])] if midline.size else None
     if sacrum is not None:
         name[sacrum + 1] = 3
@@ -146,6 +165,55 @@ def name_regions(regions: np.ndarray, hu: np.ndarray, raw: np.ndarray, volume: V
         else:
             name[r + 1] = OTHER
     return name
+
+
+def split_sacrum_from_spine(regions: np.ndarray, names: np.ndarray, hu: np.ndarray, volume: Volume,
+                            bone: BoneMask, cfg: SegmentConfig) -> bool:
+    """Split a midline region in place when it reaches from the sacrum's
+    height to above the iliac crests: sacrum and lumbar spine joined through
+    facet joints and endplates that stay above ``cfg.core_hu`` on thick slices. Inside that
+    region the core level is raised in steps until it falls apart into cores
+    of which one lies wholly below the crests; the region is re-grown from
+    them by watershed. Returns whether it was split."""
+    n = int(regions.max())
+    offset = np.array([s.start for s in bone.box], dtype=float)
+    z_min, z_max = region_extent_z(regions, n, volume.affine, offset)
+    hips = np.flatnonzero(np.isin(names[1:], (1, 2)))
+    if hips.size == 0:
+        return False
+    crest_z = z_max[hips].max()
+    hip_centre_z = apply_affine(volume.affine, region_centres(regions, n)[hips] + offset)[:, 2].mean()
+    # A spine-and-sacrum region: midline, from below half-way between the
+    # hip bones' centre and their crests to above the crests.
+    spanning = np.flatnonzero(np.isin(names[1:], (3, LUMBAR)) & (z_min < (hip_centre_z + crest_z) / 2)
+                              & (z_max > crest_z))
+    if spanning.size == 0:
+        return False
+    sizes = np.bincount(regions.ravel(), minlength=n + 1)[1:]
+    main = spanning[np.argmax(sizes[spanning])] + 1
+    box = ndi.find_objects((regions == main).view(np.uint8))[0]
+    inside = regions[box] == main
+    min_voxels = SPLIT_CORE_MM3 / volume.voxel_volume_mm3
+    for level in cfg.core_hu + SPLIT_STEP_HU * np.arange(1, SPLIT_STEPS + 1):
+        cores, k = ndi.label((hu[box] > level) & inside, structure=FACE_CONNECTIVITY)
+        if k < 2:
+            continue
+        big = np.flatnonzero(np.bincount(cores.ravel(), minlength=k + 1)[1:] >= min_voxels) + 1
+        if big.size < 2:
+            continue
+        top_z = np.array([region_extent_z(np.where(cores == c, 1, 0), 1, volume.affine,
+                                          offset + [s.start for s in box])[1][0] for c in big])
+        if not ((top_z <= crest_z).any() and (top_z > crest_z).any()):
+            continue
+        markers = np.where(np.isin(cores, big), cores, 0)
+        grown = watershed(-hu[box], markers, mask=inside)
+        ids = np.zeros(k + 1, dtype=regions.dtype)
+        ids[big] = np.arange(n + 1, n + 1 + big.size)
+        ids[big[0]] = main
+        view = regions[box]
+        view[inside] = ids[grown[inside]]
+        return True
+    return False
 
 
 def region_centres(regions: np.ndarray, n: int) -> np.ndarray:
