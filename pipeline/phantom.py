@@ -64,6 +64,11 @@ HU_PAD = -900.0           # foam mattress between patient and couch
 HU_COUCH_SHELL = 550.0    # carbon-fibre skin: above a 200 HU bone threshold on purpose
 HU_COUCH_FOAM = -850.0
 HU_RAIL = 2000.0          # metal rails at the couch's lateral edges
+# contrast=True: enhanced arteries and bladder and calcified specks, all above
+# a 200 HU bone threshold and none of them bone.
+HU_ARTERY_CONTRAST = 350.0
+HU_BLADDER_CONTRAST = 400.0  # excreted contrast
+HU_CALCIFIED = 900.0         # plaques in the artery wall, phleboliths
 
 CORTEX_MM = 2.0           # cortical shell thickness of every bone
 MARROW_INSET_MM = 1.0     # marrow stays this far inside the cancellous region
@@ -878,6 +883,12 @@ _SACRAL_SLOPE_DEG = 30.0                # S1 endplate vs horizontal, anterior ed
 _L5_TILT_DEG = 20.0
 _DISC_MM = 8.0                          # L5-S1 disc at its thinnest (posterior)
 _BLADDER = ((0.0, -48.0, 2.0), (33.0, 25.0, 25.0))
+# Iliac arteries (left; the right mirrors it): along the pelvic brim from the
+# bifurcation to the groin, 5 mm clear of every bone; two wall plaques each
+# (14 mm3, below segment.min_core_mm3) and two phleboliths beside the bladder.
+_ARTERY = ((10.0, -45.0, 85.0), (58.0, -75.0, -5.0), 4.0)
+_PLAQUES = (((26.5, -56.5, 54.0), 1.5), ((45.0, -67.0, 20.0), 1.5))
+_PHLEBOLITHS = (((40.0, -30.0, -25.0), 2.0), ((-35.0, -35.0, -20.0), 2.0))
 _PAD_Y_MM = (112.0, 128.0)              # the body's back (y = 120) sinks into the pad
 _PLATE_Y_MM = (128.0, 140.0)
 _PLATE_SHELL_MM = 2.0
@@ -1069,11 +1080,21 @@ def _pelvis_landmarks(bones) -> dict[str, np.ndarray]:
     return out
 
 
-def _soft_tissues(fov_x_mm: tuple[float, float], couch: bool) -> list[_Tissue]:
-    """Body (fat over muscle), bladder and, optionally, the couch spanning the FOV's x range."""
+def _soft_tissues(fov_x_mm: tuple[float, float], couch: bool, contrast: bool = False) -> list[_Tissue]:
+    """Body (fat over muscle), bladder, optionally contrast (enhanced iliac
+    arteries and bladder, calcifications) and the couch spanning the FOV's x range."""
     body = _elliptic_cylinder_z((0.0, 0.0), BODY_SEMI_AXES_MM)
+    bladder_hu = HU_BLADDER_CONTRAST if contrast else HU_BLADDER
     out = [_Tissue(body, HU_AIR, (_Level(0.0, HU_FAT), _Level(FAT_MM, HU_MUSCLE))),
-           _Tissue(_ellipsoid(*_BLADDER), HU_MUSCLE, (_Level(0.0, HU_BLADDER),))]
+           _Tissue(_ellipsoid(*_BLADDER), HU_MUSCLE, (_Level(0.0, bladder_hu),))]
+    if contrast:
+        for side in (1.0, -1.0):
+            a, b, radius = _ARTERY
+            out.append(_Tissue(_capsule(_p(a, side), _p(b, side), radius), HU_MUSCLE,
+                               (_Level(0.0, HU_ARTERY_CONTRAST),)))
+            out += [_Tissue(_sphere(_p(c, side), r), HU_ARTERY_CONTRAST, (_Level(0.0, HU_CALCIFIED),))
+                    for c, r in _PLAQUES]
+        out += [_Tissue(_sphere(c, r), HU_MUSCLE, (_Level(0.0, HU_CALCIFIED),)) for c, r in _PHLEBOLITHS]
     if not couch:
         return out
     left = fov_x_mm[1] - _RAIL_MARGIN_MM - _RAIL_WIDTH_MM      # plate edges, between the rails
@@ -1101,7 +1122,7 @@ def _bone_tissue(label: int, node: _Node, marrow: _Node) -> _Tissue:
 def pelvis_phantom(*, shape: Sequence[int], spacing_mm: Sequence[float], noise_hu: float = 20.0,
                    blur_mm: float = 0.6, seed: int = 0,
                    center_lps_mm: Sequence[float] | None = None, couch: bool = True,
-                   lesion: bool = False) -> Phantom:
+                   lesion: bool = False, contrast: bool = False) -> Phantom:
     """A pelvis-like CT: six labelled bones in soft tissue on a CT couch.
 
     ``shape`` (n_slices, n_rows, n_columns) and ``spacing_mm`` (slice, row,
@@ -1145,6 +1166,13 @@ def pelvis_phantom(*, shape: Sequence[int], spacing_mm: Sequence[float], noise_h
     ``intact_label_sdf_mm`` the bone before the lesion (the truth a
     reconstruction should rebuild). Without it the phantom is unchanged.
 
+    ``contrast=True`` adds what a contrast-enhanced scan has above the bone
+    threshold that is not bone: both iliac arteries (``HU_ARTERY_CONTRAST``,
+    5 mm clear of the bones) with two calcified wall plaques each, the
+    bladder filled with excreted contrast (``HU_BLADDER_CONTRAST``) and two
+    phleboliths beside it (``HU_CALCIFIED``). Labels are unchanged: none of
+    it is bone.
+
     Truth volumes are sampled on first access (``truth_notes`` says how
     precisely); no closed-form areas.
     """
@@ -1163,11 +1191,12 @@ def pelvis_phantom(*, shape: Sequence[int], spacing_mm: Sequence[float], noise_h
                               bones[1][1])}
         landmarks["lesion_centre"] = np.array(_LESION_CENTRE)
     fov_x_mm = affine[0, 3] - spacing[2] / 2.0, affine[0, 3] + (shape[2] - 0.5) * spacing[2]
-    tissues = _soft_tissues(fov_x_mm, couch)
+    tissues = _soft_tissues(fov_x_mm, couch, contrast)
     tissues += [_bone_tissue(k, *bones[k]) for k in sorted(bones)]
     hu, labels = _render(_Grid(shape, affine), HU_AIR, tissues, blur)
     notes = (f"synthetic pelvis phantom: blur {blur} mm, noise {noise} HU, seed {seed}, "
-             f"couch {'on' if couch else 'off'}" + (", lytic lesion in the left ilium" if lesion else ""),)
+             f"couch {'on' if couch else 'off'}" + (", lytic lesion in the left ilium" if lesion else "")
+             + (", contrast-enhanced arteries and bladder, calcifications" if contrast else ""),)
     _add_noise(hu, noise, seed)
     volume = Volume(hu, affine, meta={"phantom": "pelvis"}, notes=notes)
     return Phantom(volume, labels, dict(LABEL_NAMES), landmarks,
