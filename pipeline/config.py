@@ -49,7 +49,9 @@ class SegmentConfig:
     # 500 HU: at 400, dense cancellous bone still bridged the sacroiliac
     # joints of a 3 mm pelvic CT (sacrum and spine named hip_left); 500 parts
     # them and lifts femur Dice there from 0.65 to 0.70, and the phantom
-    # gives the same labels anywhere from 400 to 700.
+    # gives the same labels anywhere from 400 to 700. On weak bone the level
+    # is lowered to half the bone's 99th-percentile HU (osteoporotic cortex
+    # barely reaches 500 HU); this is the upper limit.
     core_hu: float = 500.0
     # Cores smaller than this are not counted as a bone of their own (specks,
     # calcifications); the region around them joins a neighbouring bone.

@@ -58,6 +58,8 @@ MIDLINE_MM = 25.0
 # A femur or hip bone is at least this big (a femoral head alone is ~30 cm3);
 # smaller regions are fragments that join by contact.
 MIN_NAMED_BONE_MM3 = 10_000.0
+# On weak bone the core level is this fraction of the bone's bright end.
+CORE_FRACTION = 0.5
 # Splitting a sacrum region that carries the spine: the core level is raised
 # by SPLIT_STEP_HU up to SPLIT_STEPS times; cores of at least SPLIT_CORE_MM3
 # are the pieces (the sacrum's own dense core can be as small as 2.5 cm3).
@@ -89,7 +91,8 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig) -> BoneLabel
     hu = volume.hu[bone.box]
     solid = bone.voxels
     voxel_mm3 = volume.voxel_volume_mm3
-    cores, n = ndi.label((hu > cfg.core_hu) & solid, structure=FACE_CONNECTIVITY)
+    core_hu = core_level_hu(hu[solid], cfg.core_hu)
+    cores, n = ndi.label((hu > core_hu) & solid, structure=FACE_CONNECTIVITY)
     sizes = np.bincount(cores.ravel(), minlength=n + 1)
     small = sizes * voxel_mm3 < cfg.min_core_mm3
     small[0] = True
@@ -99,13 +102,14 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig) -> BoneLabel
     regions = watershed_by_piece(hu, cores, solid)
     raw = (hu >= cfg.threshold_hu) & solid
     names = name_regions(regions, hu, raw, volume, bone, cfg)
-    if split_sacrum_from_spine(regions, names, hu, volume, bone, cfg):
+    if split_sacrum_from_spine(regions, names, hu, volume, bone, core_hu):
         names = name_regions(regions, hu, raw, volume, bone, cfg)
     labels = solid_per_label(names[regions], raw, volume, bone, cfg)
     labels = separate_labels(labels)
     counts = np.bincount(labels.ravel(), minlength=OTHER + 1)
     present = counts[1:] > 0
     stats = {
+        "core_hu": round(float(core_hu), 1),
         "cores": int((~small[1:]).sum()),
         "regions": int(regions.max()),
         "labels": {LABEL_NAMES[k]: {"label": k, "volume_mm3": round(float(counts[k]) * voxel_mm3, 1)}
@@ -113,6 +117,21 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig) -> BoneLabel
     }
     smallest = int(counts[1:][present].min()) if present.any() else 0
     return BoneLabels(labels=labels, box=bone.box, smallest_piece_voxels=smallest, stats=stats)
+
+
+def core_level_hu(bone_hu: np.ndarray, core_hu: float) -> float:
+    """The level above which bone counts as dense core: ``core_hu``, or
+    lower on weak bone: ``CORE_FRACTION`` of the bone's bright end (99th
+    percentile of the mask's HU). An osteoporotic cortex of 600 HU, blurred,
+    barely reaches 500 HU: at the fixed level no bone had a core and every
+    bone lost its name (phantom Dice 0); at half its peak the joint spaces,
+    near soft tissue, still part the bones. Metal or normal cortex keeps the
+    level at ``core_hu``."""
+    if bone_hu.size == 0:
+        return core_hu
+    k = int(0.99 * (bone_hu.size - 1))
+    peak = float(np.partition(bone_hu, k)[k])
+    return min(core_hu, CORE_FRACTION * peak)
 
 
 def watershed_by_piece(hu: np.ndarray, cores: np.ndarray, solid: np.ndarray) -> np.ndarray:
@@ -189,10 +208,10 @@ def name_regions(regions: np.ndarray, hu: np.ndarray, raw: np.ndarray, volume: V
 
 
 def split_sacrum_from_spine(regions: np.ndarray, names: np.ndarray, hu: np.ndarray, volume: Volume,
-                            bone: BoneMask, cfg: SegmentConfig) -> bool:
+                            bone: BoneMask, core_hu: float) -> bool:
     """Split a midline region in place when it reaches from the sacrum's
     height to above the iliac crests: sacrum and lumbar spine joined through
-    facet joints and endplates that stay above ``cfg.core_hu`` on thick slices. Inside that
+    facet joints and endplates that stay above ``core_hu`` on thick slices. Inside that
     region the core level is raised in steps until it falls apart into cores
     of which one lies wholly below the crests; the region is re-grown from
     them by watershed. Returns whether it was split."""
@@ -215,7 +234,7 @@ def split_sacrum_from_spine(regions: np.ndarray, names: np.ndarray, hu: np.ndarr
     box = ndi.find_objects((regions == main).view(np.uint8))[0]
     inside = regions[box] == main
     min_voxels = SPLIT_CORE_MM3 / volume.voxel_volume_mm3
-    for level in cfg.core_hu + SPLIT_STEP_HU * np.arange(1, SPLIT_STEPS + 1):
+    for level in core_hu + SPLIT_STEP_HU * np.arange(1, SPLIT_STEPS + 1):
         cores, k = ndi.label((hu[box] > level) & inside, structure=FACE_CONNECTIVITY)
         if k < 2:
             continue

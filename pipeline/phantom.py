@@ -66,6 +66,10 @@ HU_COUCH_FOAM = -850.0
 HU_RAIL = 2000.0          # metal rails at the couch's lateral edges
 # contrast=True: enhanced arteries and bladder and calcified specks, all above
 # a 200 HU bone threshold and none of them bone.
+# osteoporotic=True: a weak cortex over cancellous bone below the threshold
+# (the interior is then marrow-like everywhere and must be filled).
+HU_CORTICAL_OSTEOPOROTIC = 600.0
+HU_CANCELLOUS_OSTEOPOROTIC = 100.0
 HU_ARTERY_CONTRAST = 350.0
 HU_BLADDER_CONTRAST = 400.0  # excreted contrast
 HU_CALCIFIED = 900.0         # plaques in the artery wall, phleboliths
@@ -1112,9 +1116,11 @@ def _soft_tissues(fov_x_mm: tuple[float, float], couch: bool, contrast: bool = F
     return out
 
 
-def _bone_tissue(label: int, node: _Node, marrow: _Node) -> _Tissue:
-    return _Tissue(node, HU_MUSCLE, (_Level(0.0, HU_CORTICAL),
-                                     _Level(CORTEX_MM, HU_CANCELLOUS),
+def _bone_tissue(label: int, node: _Node, marrow: _Node, osteoporotic: bool = False) -> _Tissue:
+    cortical, cancellous = ((HU_CORTICAL_OSTEOPOROTIC, HU_CANCELLOUS_OSTEOPOROTIC) if osteoporotic
+                            else (HU_CORTICAL, HU_CANCELLOUS))
+    return _Tissue(node, HU_MUSCLE, (_Level(0.0, cortical),
+                                     _Level(CORTEX_MM, cancellous),
                                      _Level(CORTEX_MM + MARROW_INSET_MM, HU_MARROW, marrow)),
                    label=label)
 
@@ -1122,7 +1128,7 @@ def _bone_tissue(label: int, node: _Node, marrow: _Node) -> _Tissue:
 def pelvis_phantom(*, shape: Sequence[int], spacing_mm: Sequence[float], noise_hu: float = 20.0,
                    blur_mm: float = 0.6, seed: int = 0,
                    center_lps_mm: Sequence[float] | None = None, couch: bool = True,
-                   lesion: bool = False, contrast: bool = False) -> Phantom:
+                   lesion: bool = False, contrast: bool = False, osteoporotic: bool = False) -> Phantom:
     """A pelvis-like CT: six labelled bones in soft tissue on a CT couch.
 
     ``shape`` (n_slices, n_rows, n_columns) and ``spacing_mm`` (slice, row,
@@ -1173,6 +1179,10 @@ def pelvis_phantom(*, shape: Sequence[int], spacing_mm: Sequence[float], noise_h
     phleboliths beside it (``HU_CALCIFIED``). Labels are unchanged: none of
     it is bone.
 
+    ``osteoporotic=True``: every bone's cortex is ``HU_CORTICAL_OSTEOPOROTIC``
+    and its cancellous bone ``HU_CANCELLOUS_OSTEOPOROTIC``, below a 200 HU
+    threshold, so only the thin cortex is above it. Labels are unchanged.
+
     Truth volumes are sampled on first access (``truth_notes`` says how
     precisely); no closed-form areas.
     """
@@ -1192,11 +1202,12 @@ def pelvis_phantom(*, shape: Sequence[int], spacing_mm: Sequence[float], noise_h
         landmarks["lesion_centre"] = np.array(_LESION_CENTRE)
     fov_x_mm = affine[0, 3] - spacing[2] / 2.0, affine[0, 3] + (shape[2] - 0.5) * spacing[2]
     tissues = _soft_tissues(fov_x_mm, couch, contrast)
-    tissues += [_bone_tissue(k, *bones[k]) for k in sorted(bones)]
+    tissues += [_bone_tissue(k, *bones[k], osteoporotic) for k in sorted(bones)]
     hu, labels = _render(_Grid(shape, affine), HU_AIR, tissues, blur)
     notes = (f"synthetic pelvis phantom: blur {blur} mm, noise {noise} HU, seed {seed}, "
              f"couch {'on' if couch else 'off'}" + (", lytic lesion in the left ilium" if lesion else "")
-             + (", contrast-enhanced arteries and bladder, calcifications" if contrast else ""),)
+             + (", contrast-enhanced arteries and bladder, calcifications" if contrast else "")
+             + (", osteoporotic bone" if osteoporotic else ""),)
     _add_noise(hu, noise, seed)
     volume = Volume(hu, affine, meta={"phantom": "pelvis"}, notes=notes)
     return Phantom(volume, labels, dict(LABEL_NAMES), landmarks,
