@@ -35,9 +35,11 @@ either side. So:
 5. **Solid per bone**: each label's raw threshold is closed and filled on its
    own (marrow, cancellous bone), so a space enclosed by two bones (a joint
    space, the pelvic inlet) is never filled.
-6. **Gap**: no two labels touch, even diagonally: where they would, both
-   voxels are dropped. Their surfaces are then separated by at least
-   one voxel, so meshes of different bones never intersect.
+6. **Gap**: no two labels touch, even diagonally. Where they would, a
+   voxel only filled in (marrow, or a joint space a fill reached) is
+   dropped first, and a bone's own threshold voxel only if it still touches
+   the other label; so their surfaces are separated by at least one voxel,
+   and meshes of different bones never intersect.
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig) -> BoneLabel
     rough = names[regions]
     claim_femoral_heads(rough, hu, solid, volume.spacing_mm)
     labels = solid_per_label(rough, raw, volume, bone, cfg)
-    labels = separate_labels(labels)
+    labels = separate_labels(labels, raw & (labels == rough))
     counts = np.bincount(labels.ravel(), minlength=OTHER + 1)
     present = counts[1:] > 0
     stats = {
@@ -442,11 +444,33 @@ def solid_bone(pieces: np.ndarray, label: int, radius_vox: int, spacing_mm: np.n
     return filled
 
 
-def separate_labels(labels: np.ndarray) -> np.ndarray:
+def separate_labels(labels: np.ndarray, own: np.ndarray | None = None) -> np.ndarray:
     """Drop every voxel with a 26-neighbour of another label: afterwards
-    different bones are at least one voxel apart (one pass suffices, as both
-    voxels of any clashing pair go)."""
+    different bones are at least one voxel apart.
+
+    ``own``: the voxels that are their label's own threshold bone (not
+    marrow or gap filled in by :func:`solid_per_label`). Where a filled voxel
+    touches another label, the filled voxel goes first; an own voxel goes
+    only if it still touches another label after that. So where a fill
+    reached into a joint space (a 3 mm slice at the top of a femoral head
+    enclosed in-plane by the acetabulum), the bone beside it stays. Without
+    ``own`` both voxels of every clashing pair go (one pass suffices)."""
     high = max3(labels)
     low = min3(np.where(labels > 0, labels, np.uint8(255)))
     clash = (labels > 0) & (high != low)
-    return np.where(clash, np.uint8(0), labels)
+    if own is None:
+        return np.where(clash, np.uint8(0), labels)
+    out = np.where(clash & ~own, np.uint8(0), labels)
+    at = np.argwhere(clash & own)
+    still = np.zeros(len(at), dtype=bool)
+    mine = out[tuple(at.T)]
+    for step in np.argwhere(np.ones((3, 3, 3), dtype=bool)) - 1:
+        if not step.any():
+            continue
+        there = at + step
+        inside = np.all((there >= 0) & (there < out.shape), axis=1)
+        other = np.zeros(len(at), dtype=out.dtype)
+        other[inside] = out[tuple(there[inside].T)]
+        still |= (other > 0) & (other != mine)
+    out[tuple(at[still].T)] = 0
+    return out
