@@ -25,12 +25,21 @@ either side. So:
    into several cores is whole again, while contact across a dark joint space
    does not count. What touches nothing named is lumbar (midline, above the
    sacrum), sacrum (coccyx: midline, below it) or other bone (7).
-4. **Solid per bone**: each label's raw threshold is closed and filled on its
+4. **Femoral heads** (:func:`claim_femoral_heads`): on 3 mm slices the
+   head's subchondral shell is a region of its own that touches the
+   acetabulum, across the blurred joint space at the dome, more than the
+   head's interior, so contact gives it to the hip. The joint space is a
+   sphere: one is fitted to the HU valley around the femur/hip border, all
+   bone well inside it is femur, and near it a watershed on -HU puts the
+   border on the valley.
+5. **Solid per bone**: each label's raw threshold is closed and filled on its
    own (marrow, cancellous bone), so a space enclosed by two bones (a joint
    space, the pelvic inlet) is never filled.
-5. **Gap**: no two labels touch, even diagonally: where they would, both
-   voxels are dropped. Their surfaces are then separated by at least
-   one voxel, so meshes of different bones never intersect.
+6. **Gap**: no two labels touch, even diagonally. Where they would, a
+   voxel only filled in (marrow, or a joint space a fill reached) is
+   dropped first, and a bone's own threshold voxel only if it still touches
+   the other label; so their surfaces are separated by at least one voxel,
+   and meshes of different bones never intersect.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.optimize import minimize
 from skimage.segmentation import watershed
 
 from .config import SegmentConfig
@@ -64,6 +74,17 @@ CORE_FRACTION = 0.5
 # by SPLIT_STEP_HU up to SPLIT_STEPS times; cores of at least SPLIT_CORE_MM3
 # are the pieces (the sacrum's own dense core can be as small as 2.5 cm3).
 SPLIT_STEP_HU, SPLIT_STEPS, SPLIT_CORE_MM3 = 100.0, 6, 1000.0
+# Femoral head sphere (the joint space around the head): radius range of a
+# plausible one (head radius 18-30 mm plus half the joint space), the
+# half-width of the valley looked for, the rays (evenly spread directions,
+# less those within HEAD_NECK_DEG of the neck) and the least mean valley
+# depth (HU) of a sphere taken. Voxels farther than HEAD_BAND_MM inside the
+# sphere are the femur's; within HEAD_BAND_MM of it the HU valley decides.
+HEAD_RADIUS_MM = (15.0, 35.0)
+HEAD_VALLEY_MM = 2.0
+HEAD_RAYS, HEAD_NECK_DEG = 400, 70.0
+HEAD_MIN_VALLEY_HU = 10.0
+HEAD_BAND_MM = 3.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,8 +125,10 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig) -> BoneLabel
     names = name_regions(regions, hu, raw, volume, bone, cfg)
     if split_sacrum_from_spine(regions, names, hu, volume, bone, core_hu):
         names = name_regions(regions, hu, raw, volume, bone, cfg)
-    labels = solid_per_label(names[regions], raw, volume, bone, cfg)
-    labels = separate_labels(labels)
+    rough = names[regions]
+    claim_femoral_heads(rough, hu, solid, volume.spacing_mm)
+    labels = solid_per_label(rough, raw, volume, bone, cfg)
+    labels = separate_labels(labels, raw & (labels == rough))
     counts = np.bincount(labels.ravel(), minlength=OTHER + 1)
     present = counts[1:] > 0
     stats = {
@@ -306,6 +329,116 @@ def merge_by_contact(name: np.ndarray, regions: np.ndarray, raw: np.ndarray) -> 
                 name[r] = name[named[np.argmax(row)]]
 
 
+def claim_femoral_heads(rough: np.ndarray, hu: np.ndarray, solid: np.ndarray, spacing_mm: np.ndarray) -> None:
+    """Give each femur its whole head, in place in ``rough`` (labels per voxel).
+
+    On thick slices the head's subchondral shell forms regions of its own
+    that touch the acetabulum (across a joint space blurred by partial volume)
+    more than the head's interior, so naming joins them to the hip. The joint
+    space is a sphere around the head: found from the border between the
+    side's hip and femur labels (a sphere fitted to it: the head, or its
+    interior) and then fitted to the HU valley (:func:`head_sphere`). Only
+    the side's hip and femur voxels are relabelled, and only when the inner
+    half of the sphere is mostly femur already (a sphere found anywhere
+    else is not a femoral head). More than ``HEAD_BAND_MM`` inside the
+    sphere all bone is femur; within ``HEAD_BAND_MM`` of it a watershed on
+    -HU puts the border on the valley, and the voxels of the watershed line
+    (the valley itself) are left to neither bone."""
+    sp = np.asarray(spacing_mm, dtype=float)
+    boxes = ndi.find_objects(rough, max_label=5)
+    for hip, femur in ((1, 4), (2, 5)):
+        if boxes[hip - 1] is None or boxes[femur - 1] is None:
+            continue
+        sphere = head_sphere(rough, hu, hip, femur, boxes[femur - 1], sp)
+        if sphere is None:
+            continue
+        centre, radius = sphere
+        reach = radius + HEAD_BAND_MM
+        box = tuple(slice(max(int(np.floor((c - reach) / s)), 0), min(int(np.ceil((c + reach) / s)) + 1, n))
+                    for c, s, n in zip(centre, sp, rough.shape))
+        grid = np.ogrid[box]
+        dist = np.sqrt(sum((g * s - c) ** 2 for g, s, c in zip(grid, sp, centre)))
+        view = rough[box]
+        free = solid[box] & ((view == hip) | (view == femur))
+        core = free & (dist <= radius / 2)
+        if np.count_nonzero(view[core] == femur) <= np.count_nonzero(core) / 2:
+            continue  # not a femur's head: its inner half is not femur already
+        markers = np.where(free & (dist >= radius + HEAD_BAND_MM), view, 0)
+        markers[free & (dist <= radius - HEAD_BAND_MM)] = femur
+        grown = watershed(-hu[box], markers, mask=free, watershed_line=True)
+        reached = grown > 0
+        line = free & ~reached & ndi.binary_dilation(reached, FACE_CONNECTIVITY)
+        view[reached] = grown[reached]
+        view[line] = 0
+
+
+def head_sphere(rough: np.ndarray, hu: np.ndarray, hip: int, femur: int, femur_box: tuple[slice, ...],
+                sp: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """(centre in index-mm, radius mm) of the joint space around a femoral
+    head, or None. A first centre: the sphere fitted to the face borders
+    between ``hip`` and ``femur`` voxels near the femur; then centre and
+    radius maximise the mean depth of the HU valley (the darker of HU at
+    radius -/+ ``HEAD_VALLEY_MM`` less HU at radius, floored at 0: rays into
+    soft tissue have none) along rays from the centre, leaving out those
+    within ``HEAD_NECK_DEG`` of the neck (towards the femur's centre)."""
+    box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(femur_box, rough.shape))
+    view = rough[box]
+    offset = np.array([s.start for s in box], dtype=float)
+    points = []
+    for axis in range(3):
+        a = np.moveaxis(view, axis, 0)
+        border = ((a[:-1] == hip) & (a[1:] == femur)) | ((a[:-1] == femur) & (a[1:] == hip))
+        at = np.argwhere(border).astype(float)
+        at[:, 0] += 0.5  # the face between the two voxels
+        order = [axis] + [i for i in range(3) if i != axis]  # moveaxis's axis order
+        points.append(at[:, np.argsort(order)])
+    points = (np.concatenate(points) + offset) * sp
+    if len(points) < 10:
+        return None
+    centre, radius = fit_sphere(points)
+    for _ in range(3):
+        off = np.abs(np.linalg.norm(points - centre, axis=1) - radius)
+        keep = off <= max(2.0 * np.median(off), 2.0)
+        if keep.sum() < 10:
+            return None
+        centre, radius = fit_sphere(points[keep])
+    femur_centre = (np.argwhere(view == femur).mean(axis=0) + offset) * sp
+    neck = femur_centre - centre
+    neck /= np.linalg.norm(neck)
+    rays = sphere_directions(HEAD_RAYS)
+    rays = rays[rays @ neck < np.cos(np.radians(HEAD_NECK_DEG))]
+    h = hu if hu.dtype == np.float32 else hu.astype(np.float32)
+
+    def depth(c: np.ndarray, r: float) -> float:
+        at = (c + np.multiply.outer(np.array([r - HEAD_VALLEY_MM, r, r + HEAD_VALLEY_MM]), rays)) / sp
+        v = ndi.map_coordinates(h, at.reshape(-1, 3).T, order=1, mode="nearest").reshape(3, -1)
+        return float(np.mean(np.maximum(np.minimum(v[0], v[2]) - v[1], 0.0)))
+
+    radii = np.arange(HEAD_RADIUS_MM[0], HEAD_RADIUS_MM[1], 0.5)
+    r0 = radii[np.argmax([depth(centre, r) for r in radii])]
+    start = np.r_[centre, r0]
+    best = minimize(lambda x: -depth(x[:3], x[3]), start, method="Nelder-Mead",
+                    options={"xatol": 0.2, "fatol": 0.5, "initial_simplex": np.r_[[start], start + 3.0 * np.eye(4)]})
+    centre, radius = best.x[:3], float(best.x[3])
+    if not (HEAD_RADIUS_MM[0] <= radius <= HEAD_RADIUS_MM[1]) or -best.fun < HEAD_MIN_VALLEY_HU:
+        return None
+    return centre, radius
+
+
+def fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """Least-squares sphere through points (algebraic fit)."""
+    a = np.c_[2.0 * points, np.ones(len(points))]
+    x = np.linalg.lstsq(a, (points ** 2).sum(axis=1), rcond=None)[0]
+    return x[:3], float(np.sqrt(max(x[3] + x[:3] @ x[:3], 0.0)))
+
+
+def sphere_directions(n: int) -> np.ndarray:
+    """``n`` unit vectors spread evenly over the sphere (Fibonacci lattice)."""
+    i = np.arange(n) + 0.5
+    polar, azimuth = np.arccos(1.0 - 2.0 * i / n), np.pi * (1.0 + 5.0 ** 0.5) * i
+    return np.c_[np.cos(polar), np.sin(polar) * np.cos(azimuth), np.sin(polar) * np.sin(azimuth)]
+
+
 def solid_per_label(rough: np.ndarray, raw: np.ndarray, volume: Volume, bone: BoneMask,
                     cfg: SegmentConfig) -> np.ndarray:
     """Close and fill each label's raw threshold on its own (marrow per bone)."""
@@ -351,11 +484,33 @@ def solid_bone(pieces: np.ndarray, label: int, radius_vox: int, spacing_mm: np.n
     return filled
 
 
-def separate_labels(labels: np.ndarray) -> np.ndarray:
+def separate_labels(labels: np.ndarray, own: np.ndarray | None = None) -> np.ndarray:
     """Drop every voxel with a 26-neighbour of another label: afterwards
-    different bones are at least one voxel apart (one pass suffices, as both
-    voxels of any clashing pair go)."""
+    different bones are at least one voxel apart.
+
+    ``own``: the voxels that are their label's own threshold bone (not
+    marrow or gap filled in by :func:`solid_per_label`). Where a filled voxel
+    touches another label, the filled voxel goes first; an own voxel goes
+    only if it still touches another label after that. So where a fill
+    reached into a joint space (a 3 mm slice at the top of a femoral head
+    enclosed in-plane by the acetabulum), the bone beside it stays. Without
+    ``own`` both voxels of every clashing pair go (one pass suffices)."""
     high = max3(labels)
     low = min3(np.where(labels > 0, labels, np.uint8(255)))
     clash = (labels > 0) & (high != low)
-    return np.where(clash, np.uint8(0), labels)
+    if own is None:
+        return np.where(clash, np.uint8(0), labels)
+    out = np.where(clash & ~own, np.uint8(0), labels)
+    at = np.argwhere(clash & own)
+    still = np.zeros(len(at), dtype=bool)
+    mine = out[tuple(at.T)]
+    for step in np.argwhere(np.ones((3, 3, 3), dtype=bool)) - 1:
+        if not step.any():
+            continue
+        there = at + step
+        inside = np.all((there >= 0) & (there < out.shape), axis=1)
+        other = np.zeros(len(at), dtype=out.dtype)
+        other[inside] = out[tuple(there[inside].T)]
+        still |= (other > 0) & (other != mine)
+    out[tuple(at[still].T)] = 0
+    return out

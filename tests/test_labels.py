@@ -17,7 +17,7 @@ from scipy.spatial import cKDTree
 from pipeline.config import Config, ResectionConfig, load_config, parse_config
 from pipeline.errors import ConfigError
 from pipeline.evaluate import phantom_figures
-from pipeline.labels import LABEL_IDS
+from pipeline.labels import LABEL_IDS, label_bones
 from pipeline.run import run_mesh
 
 from .helpers import REPO, winding_number
@@ -238,15 +238,47 @@ def test_marrow_behind_a_leaky_cortex_is_filled_but_a_joint_space_is_not():
     assert not (cup & gap).any()
 
 
+
+def test_femoral_head_is_femur_on_3mm_slices():
+    """The phantom on 3 mm slices (1.5 mm pixels): partial volume across
+    the 3 mm joint space at the dome gives the head's shell regions more
+    contact with the acetabulum than with the head's interior, as on real
+    pelvic CT (before the head-sphere claim: 68 % of the head femur, the
+    rest hip or unlabelled). The head (within 20 mm of its centre; radius
+    22 mm) must be femur, never hip, and the acetabulum (hip bone within
+    34 mm of the centre: its inner 8 mm) hip, never femur. At the dome the
+    acetabulum's fill reaches into the joint-space slice above the head:
+    there the filled voxels give way, not the head's own."""
+    from pipeline.phantom import pelvis_phantom
+    from pipeline.segment import segment_bone
+    phantom = pelvis_phantom(shape=(67, 184, 232), spacing_mm=(3.0, 1.5, 1.5))
+    volume, cfg = phantom.volume, Config().segment
+    labels = label_bones(volume, segment_bone(volume, cfg), cfg).full(volume.shape)
+    names = {name: label for label, name in phantom.label_names.items()}
+    lps = volume.index_to_lps(np.argwhere(np.ones(volume.shape, dtype=bool))).reshape(*volume.shape, 3)
+    for side in ("left", "right"):
+        femur, hip = LABEL_IDS[f"femur_{side}"], LABEL_IDS[f"hip_{side}"]
+        d = np.linalg.norm(lps - phantom.landmarks_lps_mm[f"{side}_femoral_head_centre"], axis=-1)
+        head = (phantom.labels == names[f"femur_{side}"]) & (d < 20.0)
+        assert (labels[head] == femur).all(), side
+        assert not (labels[head] == hip).any(), side
+        cup = (phantom.labels == names[f"hip_{side}"]) & (d < 34.0)
+        assert np.count_nonzero(labels[cup] == hip) >= 0.8 * np.count_nonzero(cup), side
+        assert not (labels[cup] == femur).any(), side
+
+
 REAL_FLOORS = {
     # Measured with this code less 0.03: regression guards on real CT. The
     # issue's target is 0.90 per structure, which these do not reach yet
-    # (femoral heads go to the hip bones). No sacrum floor for the
+    # (Pelvic-Ref-003: the femoral heads are femur now, but marrow of the
+    # neck and trochanters is left unfilled, and the manual contours take in
+    # the joint space at the dome; TotalSegmentator: the femurs take in the
+    # lower acetabulum of its low-density pelvis). No sacrum floor for the
     # TotalSegmentator example: its osteoporotic sacrum (median 100 HU) is
     # mostly below segment.threshold_hu and has no dense core to tell it from
     # L5, so it is labelled lumbar with the spine (Dice 0.02).
     "totalseg_example": {"femur_left": 0.62, "femur_right": 0.53, "hip_left": 0.47, "hip_right": 0.50},
-    "pelvic_ref_003": {"femur_left": 0.73, "femur_right": 0.71},
+    "pelvic_ref_003": {"femur_left": 0.83, "femur_right": 0.80},
 }
 
 
@@ -286,3 +318,21 @@ def test_real_sacrum_stays_below_the_iliac_crests_and_the_spine_above_it():
     assert z["sacrum"].max() < crest_z
     assert np.median(z["lumbar"]) > np.median(z["sacrum"]) + 60.0
     assert z["lumbar"].max() > crest_z
+
+
+def test_filled_voxels_give_way_to_another_bones_own():
+    """Two labels touching: a filled voxel (not ``own``) of label 1 beside
+    label 2's own voxel is dropped and label 2's voxel stays; two own voxels
+    that touch are both dropped."""
+    from pipeline.labels import separate_labels
+    labels = np.zeros((5, 5, 8), dtype=np.uint8)
+    labels[2, 2, 1:4] = 1
+    labels[2, 2, 4:7] = 2
+    own = labels > 0
+    own[2, 2, 3] = False  # label 1's voxel at the contact was filled in
+    out = separate_labels(labels, own)
+    assert out[2, 2, 3] == 0 and out[2, 2, 4] == 2
+    assert (out[2, 2, 1:3] == 1).all() and (out[2, 2, 4:7] == 2).all()
+    both = separate_labels(labels, labels > 0)
+    assert both[2, 2, 3] == 0 and both[2, 2, 4] == 0
+    assert np.array_equal(separate_labels(labels), both)
