@@ -178,6 +178,7 @@ def close_and_fill(piece: np.ndarray, radius_vox: int, spacing_mm: np.ndarray,
 # reach. (With five of six, a single bone's concave corners were filled too:
 # where the iliac wing meets the acetabulum, phantom hip Dice -0.004.)
 ENCLOSED_DIRECTIONS = 6
+FAR_CODE = np.int16(32767)  # odd: never read as a voxel of the mask
 
 
 def enclosed_directions(mask: np.ndarray, reach_vox: np.ndarray, at_border: list[tuple[bool, bool]],
@@ -189,33 +190,33 @@ def enclosed_directions(mask: np.ndarray, reach_vox: np.ndarray, at_border: list
     meeting another bone counts as met: the bone goes on beyond the field of
     view."""
     count = np.zeros(mask.shape, dtype=np.uint8)
-    if others is None:
-        others = np.zeros_like(mask)
     for axis, (low_edge, high_edge) in enumerate(at_border):
         m = np.moveaxis(mask, axis, 0)
-        o = np.moveaxis(others, axis, 0)
         n, k = m.shape[0], int(reach_vox[axis])
-        i = np.arange(n, dtype=np.int32).reshape((n,) + (1,) * (m.ndim - 1))
-        far = np.int32(4 * n)
+        shape = (n,) + (1,) * (m.ndim - 1)
+        # Each bone voxel is coded 2 * index (+1 if another bone's): the
+        # nearest bone voxel along the axis is then one running min / max,
+        # and its parity says whose it is. int16: a scan is < 16k voxels long.
+        twice = (2 * np.arange(n, dtype=np.int16)).reshape(shape)
+        code = np.where(m, twice, np.int16(FAR_CODE))
+        if others is not None:
+            code = np.where(np.moveaxis(others, axis, 0), twice + np.int16(1), code)
         view = np.moveaxis(count, axis, 0)
-        # ahead: index of the next mask / other voxel after i (far if none)
-        next_m = np.minimum.accumulate(np.where(m, i, far)[::-1], axis=0)[::-1]
-        next_o = np.minimum.accumulate(np.where(o, i, far)[::-1], axis=0)[::-1]
-        next_m = np.concatenate([next_m[1:], np.full((1,) + m.shape[1:], far, np.int32)])
-        next_o = np.concatenate([next_o[1:], np.full((1,) + m.shape[1:], far, np.int32)])
-        ahead = (next_m - i <= k) & (next_m < next_o)
-        if high_edge:
-            ahead |= (next_m == far) & (next_o == far) & (n - 1 - i <= k)
-        view += ahead
-        # behind: index of the previous mask / other voxel before i (-far if none)
-        prev_m = np.maximum.accumulate(np.where(m, i, -far), axis=0)
-        prev_o = np.maximum.accumulate(np.where(o, i, -far), axis=0)
-        prev_m = np.concatenate([np.full((1,) + m.shape[1:], -far, np.int32), prev_m[:-1]])
-        prev_o = np.concatenate([np.full((1,) + m.shape[1:], -far, np.int32), prev_o[:-1]])
-        behind = (i - prev_m <= k) & (prev_m > prev_o)
+        # ahead: the first bone voxel after i
+        ahead_code = np.minimum.accumulate(code[::-1], axis=0)[::-1][1:]
+        ahead = ((ahead_code & 1) == 0) & (ahead_code - twice[:-1] <= 2 * k)
+        if high_edge:  # nothing ahead before the scan's edge, which is within reach
+            ahead |= (ahead_code == FAR_CODE) & ((n - 1) - np.arange(n - 1).reshape((-1,) + shape[1:]) <= k)
+            view[-1] += np.uint8(1)
+        view[:-1] += ahead
+        # behind: the last bone voxel before i
+        code[code == FAR_CODE] = -1
+        behind_code = np.maximum.accumulate(code, axis=0)[:-1]
+        behind = (behind_code >= 0) & ((behind_code & 1) == 0) & (twice[1:] - behind_code <= 2 * k)
         if low_edge:
-            behind |= (prev_m == -far) & (prev_o == -far) & (i <= k)
-        view += behind
+            behind |= (behind_code < 0) & (np.arange(1, n).reshape((-1,) + shape[1:]) <= k)
+            view[0] += np.uint8(1)
+        view[1:] += behind
     return count
 
 
