@@ -336,3 +336,37 @@ def test_filled_voxels_give_way_to_another_bones_own():
     both = separate_labels(labels, labels > 0)
     assert both[2, 2, 3] == 0 and both[2, 2, 4] == 0
     assert np.array_equal(separate_labels(labels), both)
+
+
+def walk_rays(mask, others, reach, at_border):
+    """Reference for enclosed_directions: walk every ray voxel by voxel."""
+    count = np.zeros(mask.shape, dtype=np.uint8)
+    for index in np.ndindex(mask.shape):
+        for axis, edges in enumerate(at_border):
+            for step, edge in ((1, edges[1]), (-1, edges[0])):
+                position = list(index)
+                for distance in range(1, mask.shape[axis] + 1):
+                    position[axis] += step
+                    if not 0 <= position[axis] < mask.shape[axis]:
+                        # left the array with no bone met: the scan's edge, if within reach
+                        count[index] += edge and distance - 1 <= reach[axis]
+                        break
+                    if mask[tuple(position)] or others[tuple(position)]:
+                        count[index] += bool(mask[tuple(position)]) and distance <= reach[axis]
+                        break
+    return count
+
+
+def test_enclosed_directions_agree_with_walking_the_rays():
+    from pipeline.segment import enclosed_directions
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        shape = tuple(rng.integers(2, 8, 3))
+        mask = rng.random(shape) < 0.3
+        others = (rng.random(shape) < 0.2) & ~mask
+        reach = rng.integers(1, 6, 3)
+        at_border = [tuple(bool(b) for b in rng.integers(0, 2, 2)) for _ in range(3)]
+        expected = walk_rays(mask, others, reach, at_border)
+        assert np.array_equal(enclosed_directions(mask, reach, at_border, others), expected)
+        assert np.array_equal(enclosed_directions(mask, reach, at_border),
+                              walk_rays(mask, np.zeros_like(mask), reach, at_border))
