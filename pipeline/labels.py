@@ -126,13 +126,19 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig) -> BoneLabel
     if split_sacrum_from_spine(regions, names, hu, volume, bone, core_hu):
         names = name_regions(regions, hu, raw, volume, bone, cfg)
     rough = names[regions]
-    claim_femoral_heads(rough, hu, solid, volume.spacing_mm)
+    heads = claim_femoral_heads(rough, hu, solid, volume.spacing_mm)
     labels = solid_per_label(rough, raw, volume, bone, cfg)
     labels = separate_labels(labels, raw & (labels == rough))
     counts = np.bincount(labels.ravel(), minlength=OTHER + 1)
     present = counts[1:] > 0
+    offset = np.array([s.start for s in bone.box], dtype=float)
     stats = {
         "core_hu": round(float(core_hu), 1),
+        "femoral_heads": {LABEL_NAMES[femur]: {
+            "centre_lps_mm": [round(float(c), 1) for c in
+                              apply_affine(volume.affine, (centre / volume.spacing_mm + offset)[None])[0]],
+            "radius_mm": round(radius, 1), "joint_valley_hu": round(depth, 1)}
+            for femur, centre, radius, depth in heads},
         "cores": int((~small[1:]).sum()),
         "regions": int(regions.max()),
         "labels": {LABEL_NAMES[k]: {"label": k, "volume_mm3": round(float(counts[k]) * voxel_mm3, 1)}
@@ -329,8 +335,11 @@ def merge_by_contact(name: np.ndarray, regions: np.ndarray, raw: np.ndarray) -> 
                 name[r] = name[named[np.argmax(row)]]
 
 
-def claim_femoral_heads(rough: np.ndarray, hu: np.ndarray, solid: np.ndarray, spacing_mm: np.ndarray) -> None:
+def claim_femoral_heads(rough: np.ndarray, hu: np.ndarray, solid: np.ndarray,
+                        spacing_mm: np.ndarray) -> list[tuple[int, np.ndarray, float, float]]:
     """Give each femur its whole head, in place in ``rough`` (labels per voxel).
+    Returns, per head taken, (femur label, centre in index-mm, radius mm,
+    mean joint-space valley depth HU).
 
     On thick slices the head's subchondral shell forms regions of its own
     that touch the acetabulum (across a joint space blurred by partial volume)
@@ -346,13 +355,14 @@ def claim_femoral_heads(rough: np.ndarray, hu: np.ndarray, solid: np.ndarray, sp
     (the valley itself) are left to neither bone."""
     sp = np.asarray(spacing_mm, dtype=float)
     boxes = ndi.find_objects(rough, max_label=5)
+    found = []
     for hip, femur in ((1, 4), (2, 5)):
         if boxes[hip - 1] is None or boxes[femur - 1] is None:
             continue
         sphere = head_sphere(rough, hu, hip, femur, boxes[femur - 1], sp)
         if sphere is None:
             continue
-        centre, radius = sphere
+        centre, radius, depth = sphere
         reach = radius + HEAD_BAND_MM
         box = tuple(slice(max(int(np.floor((c - reach) / s)), 0), min(int(np.ceil((c + reach) / s)) + 1, n))
                     for c, s, n in zip(centre, sp, rough.shape))
@@ -370,12 +380,14 @@ def claim_femoral_heads(rough: np.ndarray, hu: np.ndarray, solid: np.ndarray, sp
         line = free & ~reached & ndi.binary_dilation(reached, FACE_CONNECTIVITY)
         view[reached] = grown[reached]
         view[line] = 0
+        found.append((femur, centre, radius, depth))
+    return found
 
 
 def head_sphere(rough: np.ndarray, hu: np.ndarray, hip: int, femur: int, femur_box: tuple[slice, ...],
-                sp: np.ndarray) -> tuple[np.ndarray, float] | None:
-    """(centre in index-mm, radius mm) of the joint space around a femoral
-    head, or None. A first centre: the sphere fitted to the face borders
+                sp: np.ndarray) -> tuple[np.ndarray, float, float] | None:
+    """(centre in index-mm, radius mm, mean valley depth HU) of the joint
+    space around a femoral head, or None. A first centre: the sphere fitted to the face borders
     between ``hip`` and ``femur`` voxels near the femur; then centre and
     radius maximise the mean depth of the HU valley (the darker of HU at
     radius -/+ ``HEAD_VALLEY_MM`` less HU at radius, floored at 0: rays into
@@ -422,7 +434,7 @@ def head_sphere(rough: np.ndarray, hu: np.ndarray, hip: int, femur: int, femur_b
     centre, radius = best.x[:3], float(best.x[3])
     if not (HEAD_RADIUS_MM[0] <= radius <= HEAD_RADIUS_MM[1]) or -best.fun < HEAD_MIN_VALLEY_HU:
         return None
-    return centre, radius
+    return centre, radius, -float(best.fun)
 
 
 def fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:

@@ -30,6 +30,12 @@ def figures():
     return phantom_figures("sample")
 
 
+def phantom_landmark(name: str) -> np.ndarray:
+    from pipeline.phantom import pelvis_phantom, preset
+
+    return pelvis_phantom(**preset("sample")).landmarks_lps_mm[name]
+
+
 def test_every_bone_matches_its_truth_label(figures):
     """Dice >= 0.98 per bone. At the sample's 2.0 x 1.5 x 1.5 mm voxels a
     one-voxel error over a bone's whole surface costs ~5-8 % Dice, so this
@@ -47,6 +53,22 @@ def test_every_bone_mesh_lies_on_its_truth_surface(figures):
     per_label, _, _ = figures
     for name, values in per_label.items():
         assert values["msd_mm"] <= 0.3, (name, values)
+
+
+def test_femoral_head_spheres_sit_in_the_joint_spaces(figures):
+    """The fitted sphere of each hip joint is reported: on the phantom its
+    centre is the head's (within half the finest voxel, 0.75 mm) and its
+    radius the middle of the joint space: head radius 23 mm + half the 3 mm
+    gap, within 0.5 mm."""
+    from pipeline.phantom import JOINT_GAP_MM
+
+    _, result, volume = figures
+    heads = result.report["segmentation"]["femoral_heads"]
+    assert set(heads) == {"femur_left", "femur_right"}
+    for name, side in (("femur_left", "left"), ("femur_right", "right")):
+        truth = phantom_landmark(f"{side}_femoral_head_centre")
+        assert np.linalg.norm(np.subtract(heads[name]["centre_lps_mm"], truth)) <= 0.75
+        assert heads[name]["radius_mm"] == pytest.approx(23.0 + JOINT_GAP_MM / 2, abs=0.5)
 
 
 def test_contrast_and_calcifications_are_never_bone():
