@@ -103,6 +103,9 @@ def cmd_mesh(args: argparse.Namespace) -> None:
         if result.report.get("implant"):
             from .implant import fit_summary_lines
             print("\n".join(fit_summary_lines(result.report["implant"])))
+        from .report_html import report_warnings
+        for warning in report_warnings(result.report):
+            print(f"warning: {warning}")
 
 
 def qa_files(volume, result, config, *, images: bool, timer) -> dict[str, bytes]:

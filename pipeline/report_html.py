@@ -93,6 +93,28 @@ def report_warnings(report: dict) -> list[str]:
                          f"(below {THIN_WALL_WARN_MM:g} mm; check where the cuts meet the bone obliquely)")
         if "low_density" in key and value:
             found.append(f"low bone density: {'.'.join(path)} = {value:g}")
+    found += label_warnings(report.get("segmentation") or {}, (report.get("config") or {}).get("segment") or {})
+    return found
+
+
+def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
+    """Where the bone names deserve a look over the CT (labels.nii.gz): the
+    naming assumes a pelvis with the proximal femurs in the field of view,
+    and finds each hip joint as the sphere of its joint space."""
+    found = []
+    names = set(segmentation.get("labels") or {})
+    if names and not names & {"femur_left", "femur_right"}:
+        found.append("no femur found: bones are named assuming a pelvic CT with the proximal femurs in "
+                     "the field of view; check labels.nii.gz before relying on bone names")
+    heads = segmentation.get("femoral_heads")
+    if isinstance(heads, dict):
+        for femur in sorted(names & {"femur_left", "femur_right"} - set(heads)):
+            found.append(f"{femur}: its head was not found as a sphere in the hip joint (joint space too "
+                         f"faint); the head may be labelled as hip bone or the femur may take in the socket")
+    core, configured = segmentation.get("core_hu"), segment_config.get("core_hu")
+    if isinstance(core, (int, float)) and isinstance(configured, (int, float)) and core < configured:
+        found.append(f"weak bone: the dense-core level that tells bones apart was lowered to {core:g} HU "
+                     f"(segment.core_hu = {configured:g})")
     return found
 
 

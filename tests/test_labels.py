@@ -398,3 +398,16 @@ def test_enclosed_directions_agree_with_walking_the_rays():
         assert np.array_equal(enclosed_directions(mask, reach, at_border, others), expected)
         assert np.array_equal(enclosed_directions(mask, reach, at_border),
                               walk_rays(mask, np.zeros_like(mask), reach, at_border))
+
+
+def test_a_scan_without_femurs_says_so():
+    """A CT of the pelvis above the hip joints (iliac wings, sacrum, L5): the
+    bone names assume the femurs in view, so the report warns (report.html
+    and the terminal) rather than naming silently."""
+    from pipeline.phantom import pelvis_phantom
+    from pipeline.report_html import report_warnings
+
+    phantom = pelvis_phantom(shape=(30, 184, 232), spacing_mm=(2.0, 1.5, 1.5), center_lps_mm=(0.0, 12.5, 80.0))
+    assert not np.isin(phantom.labels, [4, 5]).any()  # no femur in the field of view
+    report = run_mesh(phantom.volume, Config()).report
+    assert any(w.startswith("no femur found") for w in report_warnings(report))

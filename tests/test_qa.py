@@ -194,3 +194,18 @@ def test_warnings_read_the_implant_report_as_run_mesh_writes_it():
     calm = {"input": {}, "implant": {"asymmetry_mm": {"mean": 0.4, "p95": 1.1, "fraction_within_2mm": 0.99},
                                      "fit": {"implant": {"wall_thickness_p5_mm": 6.0}}}}
     assert report_warnings(calm) == []
+
+
+def test_labels_that_deserve_a_look_are_flagged():
+    from pipeline.report_html import report_warnings
+    config = {"segment": {"core_hu": 500.0}}
+    pelvis = {"labels": {"hip_left": {}, "femur_left": {}, "femur_right": {}},
+              "femoral_heads": {"femur_left": {"radius_mm": 24.5}}, "core_hu": 500.0}
+    found = " | ".join(report_warnings({"segmentation": pelvis, "config": config}))
+    assert "femur_right: its head was not found" in found and "femur_left" not in found
+    assert "no femur" not in found and "weak bone" not in found
+    abdomen = {"labels": {"hip_left": {}, "sacrum": {}}, "femoral_heads": {}, "core_hu": 289.1}
+    found = " | ".join(report_warnings({"segmentation": abdomen, "config": config}))
+    assert "no femur found" in found and "lowered to 289.1 HU" in found
+    both = {**pelvis, "femoral_heads": {"femur_left": {}, "femur_right": {}}}
+    assert report_warnings({"segmentation": both, "config": config}) == []
