@@ -17,6 +17,8 @@ import html
 import re
 from typing import Any, Iterable
 
+from .segment import METAL_HU
+
 # Warnings: gantry tilt above this (degrees) shears the grid; left-right
 # differences above this (mm) are worth a look before trusting a mirrored plan.
 TILT_WARN_DEG = 0.01
@@ -24,6 +26,9 @@ ASYMMETRY_WARN_MM = 2.0
 # A printed titanium wall thinner than this over 5 % of the implant's surface
 # deserves a look (knife edges where an oblique cut meets the bone surface).
 THIN_WALL_WARN_MM = 2.0
+# Metal inside the bone mask above this volume is reported (a screw of 3 mm
+# radius and 10 mm length is ~280 mm3; single bright voxels are noise).
+METAL_WARN_MM3 = 50.0
 # Input facts shown (never names, IDs, dates or UIDs).
 INPUT_KEYS = ("modality", "description", "manufacturer", "model", "patient_position", "n_slices",
               "dimensions", "spacing_mm", "orientation", "gantry_tilt_deg", "resampled")
@@ -111,6 +116,11 @@ def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
         for femur in sorted(names & {"femur_left", "femur_right"} - set(heads)):
             found.append(f"{femur}: its head was not found as a sphere in the hip joint (joint space too "
                          f"faint); the head may be labelled as hip bone or the femur may take in the socket")
+    metal = segmentation.get("metal_mm3")
+    if isinstance(metal, (int, float)) and metal >= METAL_WARN_MM3:
+        found.append(f"metal in the bone ({metal / 1000:.1f} cm3 above {METAL_HU:g} HU, e.g. an implant or "
+                     f"screws): it is labelled as the bone that holds it, and its streak artefacts can "
+                     f"add false bone near it")
     core, configured = segmentation.get("core_hu"), segment_config.get("core_hu")
     if isinstance(core, (int, float)) and isinstance(configured, (int, float)) and core < configured:
         found.append(f"weak bone: the dense-core level that tells bones apart was lowered to {core:g} HU "

@@ -28,6 +28,9 @@ FACE_CONNECTIVITY = ndi.generate_binary_structure(3, 1)
 # Face connectivity within a slice only (nothing along the slice axis).
 IN_SLICE_CONNECTIVITY = np.zeros((3, 3, 3), dtype=bool)
 IN_SLICE_CONNECTIVITY[1] = ndi.generate_binary_structure(2, 1)
+# Above this is metal (implants, screws), not bone: cortical bone stays under
+# ~2000 HU. It is counted inside the bone mask for the report's warning.
+METAL_HU = 2500.0
 # The body outline is found on a grid of about this spacing: the body/couch
 # gap is centimetres, and labelling a fine full grid costs ~1 s.
 BODY_GRID_MM = 2.0
@@ -100,6 +103,7 @@ def segment_bone(volume: Volume, cfg: SegmentConfig) -> BoneMask:
         "pieces_kept": int(keep.size),
         "removed_islands_mm3": round(float(sizes[1:].sum() - sizes[keep].sum()) * voxel_mm3, 1),
         "bone_threshold_mm3": round(float(np.count_nonzero(solid)) * voxel_mm3, 1),
+        "metal_mm3": round(float(np.count_nonzero(solid & (volume.hu[box] >= METAL_HU))) * voxel_mm3, 1),
     }
     return BoneMask(voxels=solid, box=box, smallest_piece_voxels=int(sizes[keep].min()),
                     midline_x_lps_mm=midline_x_lps_mm, stats=stats)

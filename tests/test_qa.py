@@ -209,3 +209,27 @@ def test_labels_that_deserve_a_look_are_flagged():
     assert "no femur found" in found and "lowered to 289.1 HU" in found
     both = {**pelvis, "femoral_heads": {"femur_left": {}, "femur_right": {}}}
     assert report_warnings({"segmentation": both, "config": config}) == []
+    screws = {**both, "metal_mm3": 560.0}
+    assert "metal in the bone (0.6 cm3" in " ".join(report_warnings({"segmentation": screws, "config": config}))
+
+
+def test_metal_in_the_bone_is_measured():
+    """A titanium screw (3000 HU, 3 mm radius, 30 mm long: 848 mm3) put into
+    the phantom's right ilium is counted as metal; the phantom alone (its
+    couch rails are 2000 HU and outside the body) has none."""
+    from pipeline.config import SegmentConfig
+    from pipeline.phantom import pelvis_phantom, preset
+    from pipeline.segment import METAL_HU, segment_bone
+
+    phantom = pelvis_phantom(**preset("sample"))
+    volume = phantom.volume
+    assert segment_bone(volume, SegmentConfig()).stats["metal_mm3"] == 0.0
+    centre = phantom.landmarks_lps_mm["right_supra_acetabular"]
+    lps = volume.index_to_lps(np.argwhere(np.ones(volume.shape, dtype=bool))).reshape(*volume.shape, 3)
+    along = np.clip((lps - centre)[..., 0], -15.0, 15.0)
+    axis_point = centre + np.stack([along, np.zeros_like(along), np.zeros_like(along)], axis=-1)
+    screw = np.linalg.norm(lps - axis_point, axis=-1) <= 3.0
+    hu = np.where(screw, np.float32(3000.0), volume.hu)
+    metal = segment_bone(type(volume)(hu, volume.affine), SegmentConfig()).stats["metal_mm3"]
+    assert metal == pytest.approx(np.count_nonzero(hu >= METAL_HU) * volume.voxel_volume_mm3)
+    assert 500.0 < metal < 1200.0  # ~848 mm3 on 4.5 mm3 voxels
