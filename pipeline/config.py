@@ -39,8 +39,10 @@ class SegmentConfig:
     # cortex before the marrow is filled; 0 disables it.
     closing_mm: float = 1.5
     # Marrow is also filled slice by slice where a hole is enclosed within one
-    # slice (needed on thick slices); larger enclosed regions are not marrow
-    # but spaces between bones (psoas between L5 and the iliac crests, 30+ cm^2).
+    # slice (needed on thick slices), and on slices thicker than closing_mm
+    # plane by plane with gaps up to about two slice thicknesses bridged;
+    # larger enclosed regions are not marrow but spaces between bones (psoas
+    # between L5 and the iliac crests, 30+ cm^2).
     max_slice_hole_mm2: float = 2500.0
     # Bones are told apart by their dense cores: face-connected bone above this
     # level. Joint spaces (hip, sacroiliac, symphysis, lumbosacral disc) are
