@@ -6,12 +6,16 @@ above the bone threshold, so no erosion of the mask separates the bones.
 What survives is the HU valley: the joint space is darker than the cortex on
 either side. So:
 
-1. **Cores**: face-connected pieces of ``HU > segment.core_hu`` inside the
-   mask, at least ``segment.min_core_mm3``. A core is cortex (plus dense
-   cancellous bone) of one bone; two bones' cortices are separated by the
-   valley. A bone may break into several cores (thin or low-density cortex).
+1. **Cores**: face-connected pieces of the mask above the core level, at
+   least ``segment.min_core_mm3``. The level is ``segment.core_hu``, or half
+   the bone's 99th-percentile HU on weak bone (:func:`core_level_hu`). A
+   core is cortex (plus dense cancellous bone) of one bone; two bones'
+   cortices are separated by the valley. A bone may break into several
+   cores (thin or low-density cortex).
 2. **Regions**: every mask voxel joins a core by watershed on ``-HU``
-   (flooding from the brightest bone down), so borders fall on the valleys.
+   (flooding from the brightest bone down), so borders fall on the valleys;
+   a mask piece with no core (contrast in vessels or bladder) gets none and
+   is not bone.
 3. **Names** by anatomy, in LPS mm relative to the body midline: per side,
    the femur is the big lateral region reaching lowest, the hip bone the
    largest remaining one; the sacrum is the largest midline region between
@@ -19,8 +23,9 @@ either side. So:
    the iliac crests), lumbar the midline regions above it. A midline region
    reaching from there to above the crests is the sacrum and spine joined
    (facet joints above the core level on thick slices): the core level is
-   raised inside it until it falls apart, and it is re-grown from the pieces. Other regions join the
-   named region they touch through the most bone-to-bone contact
+   raised inside it until it falls apart, and it is re-grown from the
+   pieces. Other regions join the named region they touch through the most
+   bone-to-bone contact
    (``HU >= threshold_hu`` on both sides of the border), so a bone broken
    into several cores is whole again, while contact across a dark joint space
    does not count. What touches nothing named is lumbar (midline, above the
@@ -34,7 +39,9 @@ either side. So:
    border on the valley.
 5. **Solid per bone**: each label's raw threshold is closed and filled on its
    own (marrow, cancellous bone), so a space enclosed by two bones (a joint
-   space, the pelvic inlet) is never filled. On thick slices the marrow
+   space, the pelvic inlet) is never filled; marrow behind a leaky cortex
+   is taken where the bone itself is met first along all six axis rays. On
+   thick slices the marrow
    behind gaps in thin oblique cortex (femoral neck, trochanter) is filled
    plane by plane with the gaps bridged (:func:`solid_bone`).
 6. **Gap**: no two labels touch, even diagonally. Where they would, a
