@@ -17,6 +17,7 @@ is given. This module reads files: it is a tool at the edge, like the CLI.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -53,11 +54,22 @@ def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(data), (RAS_TO_LPS @ img.affine)[:, [2, 1, 0, 3]]
 
 
-def phantom_figures(preset_name: str = "sample") -> tuple[dict, MeshResult, Volume]:
-    """Per label: Dice of the label map and mean |SDF| (mm) of the mesh vertices."""
+# Phantom variants for the scan traits the labels must survive (keyword
+# arguments of pelvis_phantom over the sample preset).
+PHANTOM_VARIANTS = {
+    "phantom 3 mm slices": {"shape": (67, 184, 232), "spacing_mm": (3.0, 1.5, 1.5)},
+    "phantom osteoporotic": {"osteoporotic": True},
+    "phantom contrast": {"contrast": True},
+}
+
+
+def phantom_figures(preset_name: str = "sample", **variant) -> tuple[dict, MeshResult, Volume]:
+    """Per label: Dice of the label map and mean |SDF| (mm) of the mesh
+    vertices. ``variant``: keyword arguments of ``pelvis_phantom`` over the
+    preset's."""
     from .phantom import pelvis_phantom, preset
 
-    phantom = pelvis_phantom(**preset(preset_name))
+    phantom = pelvis_phantom(**{**preset(preset_name), **variant})
     result = run_mesh(phantom.volume, Config())
     meshes = result.label_meshes
     figures = {}
@@ -129,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--png", type=Path, help="write label overlays into this folder")
     args = parser.parse_args(argv)
-    cases = {"phantom (sample)": phantom_figures(), "totalseg_example": totalseg_figures(),
-             "pelvic_ref_003": pelvic_ref_figures()}
+    cases = {"phantom (sample)": phantom_figures(),
+             **{name: phantom_figures(**variant) for name, variant in PHANTOM_VARIANTS.items()},
+             "totalseg_example": totalseg_figures(), "pelvic_ref_003": pelvic_ref_figures()}
     for case, found in cases.items():
         if found is None:
             print(f"{case}: not present, skipped")
@@ -146,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.png:
             from .render import write_overlays
 
-            for path in write_overlays(volume, result.labels, args.png, case.split()[0]):
+            for path in write_overlays(volume, result.labels, args.png, re.sub(r"\W+", "_", case).strip("_")):
                 print(f"  wrote {path}")
     return 0
 
