@@ -227,7 +227,7 @@ def name_regions(regions: np.ndarray, hu: np.ndarray, raw: np.ndarray, volume: V
         # the lumbar spine (joined into one region with L5 on thick slices
         # until split) and the pubic pieces do not.
         hip_centre = centroid[hips].mean(axis=0)
-        between = midline[(centroid[midline, 2] < (hip_centre[2] + crest_z) / 2)
+        between = midline[(centroid[midline, 2] < sacrum_top_z(hip_centre[2], crest_z))
                           & (centroid[midline, 1] > hip_centre[1])]
         midline = between if between.size else midline
     sacrum = midline[np.argmax(volume_mm3[midline])] if midline.size else None
@@ -245,14 +245,21 @@ def name_regions(regions: np.ndarray, hu: np.ndarray, raw: np.ndarray, volume: V
     return name
 
 
+def sacrum_top_z(hip_centre_z: float, crest_z: float) -> float:
+    """Highest LPS z (mm) of the sacrum's centre, and lowest the lumbar spine
+    starts from: half-way from the hip bones' centre to their crests."""
+    return (hip_centre_z + crest_z) / 2.0
+
+
 def split_sacrum_from_spine(regions: np.ndarray, names: np.ndarray, hu: np.ndarray, volume: Volume,
                             bone: BoneMask, core_hu: float) -> bool:
     """Split a midline region in place when it reaches from the sacrum's
-    height to above the iliac crests: sacrum and lumbar spine joined through
-    facet joints and endplates that stay above ``core_hu`` on thick slices. Inside that
-    region the core level is raised in steps until it falls apart into cores
-    of which one lies wholly below the crests; the region is re-grown from
-    them by watershed. Returns whether it was split."""
+    height (:func:`sacrum_top_z`) to above the iliac crests: sacrum and
+    lumbar spine joined through facet joints and endplates that stay above
+    ``core_hu`` on thick slices. Inside that region the core level is raised
+    in steps until it falls apart into cores of which one lies wholly below
+    the crests; the region is re-grown from them by watershed. Returns
+    whether it was split."""
     n = int(regions.max())
     offset = np.array([s.start for s in bone.box], dtype=float)
     z_min, z_max = region_extent_z(regions, n, volume.affine, offset)
@@ -263,7 +270,7 @@ def split_sacrum_from_spine(regions: np.ndarray, names: np.ndarray, hu: np.ndarr
     hip_centre_z = apply_affine(volume.affine, region_centres(regions, n)[hips] + offset)[:, 2].mean()
     # A spine-and-sacrum region: midline, from below half-way between the
     # hip bones' centre and their crests to above the crests.
-    spanning = np.flatnonzero(np.isin(names[1:], (3, LUMBAR)) & (z_min < (hip_centre_z + crest_z) / 2)
+    spanning = np.flatnonzero(np.isin(names[1:], (3, LUMBAR)) & (z_min < sacrum_top_z(hip_centre_z, crest_z))
                               & (z_max > crest_z))
     if spanning.size == 0:
         return False
@@ -279,8 +286,7 @@ def split_sacrum_from_spine(regions: np.ndarray, names: np.ndarray, hu: np.ndarr
         big = np.flatnonzero(np.bincount(cores.ravel(), minlength=k + 1)[1:] >= min_voxels) + 1
         if big.size < 2:
             continue
-        top_z = np.array([region_extent_z(np.where(cores == c, 1, 0), 1, volume.affine,
-                                          offset + [s.start for s in box])[1][0] for c in big])
+        top_z = region_extent_z(cores, k, volume.affine, offset + [s.start for s in box])[1][big - 1]
         if not ((top_z <= crest_z).any() and (top_z > crest_z).any()):
             continue
         markers = np.where(np.isin(cores, big), cores, 0)
@@ -396,8 +402,8 @@ def claim_femoral_heads(rough: np.ndarray, hu: np.ndarray, solid: np.ndarray,
 def head_sphere(rough: np.ndarray, hu: np.ndarray, hip: int, femur: int, femur_box: tuple[slice, ...],
                 sp: np.ndarray) -> tuple[np.ndarray, float, float] | None:
     """(centre in index-mm, radius mm, mean valley depth HU) of the joint
-    space around a femoral head, or None. A first centre: the sphere fitted to the face borders
-    between ``hip`` and ``femur`` voxels near the femur; then centre and
+    space around a femoral head, or None. A first centre: the sphere fitted
+    to the face borders between ``hip`` and ``femur`` voxels near the femur; then centre and
     radius maximise the mean depth of the HU valley (the darker of HU at
     radius -/+ ``HEAD_VALLEY_MM`` less HU at radius, floored at 0: rays into
     soft tissue have none) along rays from the centre, leaving out those
