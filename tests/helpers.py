@@ -8,6 +8,7 @@ import numpy as np
 
 from pipeline.config import Config, SegmentConfig
 from pipeline.dicom_write import write_series
+from pipeline.evaluate import dice  # noqa: F401  (re-exported for the tests)
 from pipeline.load import load_ct
 from pipeline.run import run_mesh
 from pipeline.volume import Volume
@@ -27,10 +28,6 @@ def mesh_through_dicom(volume: Volume, folder: Path, config: Config | None = Non
     write_series(volume, folder, **write_kwargs)
     loaded = load_ct(folder)
     return run_mesh(loaded, config or Config(segment=SegmentConfig(min_island_mm3=100.0)))
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
 
 
 def winding_number(mesh, point) -> float:

@@ -20,7 +20,7 @@ from pipeline.evaluate import phantom_figures
 from pipeline.labels import LABEL_IDS, label_bones
 from pipeline.run import run_mesh
 
-from .helpers import REPO, winding_number
+from .helpers import REPO, dice, winding_number
 
 pytestmark = pytest.mark.slow
 
@@ -115,9 +115,7 @@ def test_contrast_and_calcifications_are_never_bone():
     points = volume.index_to_lps(stray)
     distance = np.min([phantom.label_sdf_mm(label, points) for label in phantom.label_names], axis=0)
     assert (distance <= 2.0).all(), points[distance > 2.0][:5]
-    for label, name in phantom.label_names.items():
-        truth, mine = phantom.labels == label, result.labels == LABEL_IDS[name]
-        assert 2 * (truth & mine).sum() / (truth.sum() + mine.sum()) >= 0.98, name
+    assert_bones_match(phantom, result.labels, 0.98)
 
 
 def test_osteoporotic_bones_are_told_apart_and_filled():
@@ -133,9 +131,7 @@ def test_osteoporotic_bones_are_told_apart_and_filled():
     assert np.median(phantom.volume.hu[interior]) < Config().segment.threshold_hu
     result = run_mesh(phantom.volume, Config())
     assert result.report["segmentation"]["core_hu"] < Config().segment.core_hu
-    for label, name in phantom.label_names.items():
-        truth, mine = phantom.labels == label, result.labels == LABEL_IDS[name]
-        assert 2 * (truth & mine).sum() / (truth.sum() + mine.sum()) >= 0.98, name
+    assert_bones_match(phantom, result.labels, 0.98)
 
 
 def test_femoral_head_never_shares_a_shell_with_the_acetabulum(figures):
@@ -219,9 +215,15 @@ def test_pockets_inside_a_bone_are_filled_but_other_bones_are_kept():
     assert (out == 0).sum() == (labels == 0).sum() - 27
 
 
-def hollow_ball(shape, centre, radius_vox, wall_vox):
-    d = np.linalg.norm(np.indices(shape).transpose(1, 2, 3, 0) - np.asarray(centre, float), axis=-1)
-    return (d <= radius_vox) & (d > radius_vox - wall_vox), d < radius_vox - wall_vox
+def distance_from(shape, centre) -> np.ndarray:
+    """Distance (voxels) of every voxel centre from ``centre``."""
+    return np.linalg.norm(np.indices(shape).transpose(1, 2, 3, 0) - np.asarray(centre, float), axis=-1)
+
+
+def assert_bones_match(phantom, labels: np.ndarray, floor: float) -> None:
+    """Dice of every bone of ``labels`` against the phantom's truth >= ``floor``."""
+    for label, name in phantom.label_names.items():
+        assert dice(labels == LABEL_IDS[name], phantom.labels == label) >= floor, name
 
 
 def test_enclosed_directions_count_the_six_axis_rays():
@@ -257,7 +259,8 @@ def test_marrow_behind_a_leaky_cortex_is_filled_but_a_joint_space_is_not():
     from pipeline.config import SegmentConfig
     from pipeline.labels import solid_bone
     shape, centre = (44, 44, 44), (22, 22, 22)
-    cortex, marrow = hollow_ball(shape, centre, 15, 2)
+    d = distance_from(shape, centre)
+    cortex, marrow = (d <= 15) & (d > 13), d < 13
     for axis in range(3):  # drill a 3-voxel hole through the cortex along each axis
         hole = [slice(21, 24)] * 3
         hole[axis] = slice(None)
@@ -272,7 +275,6 @@ def test_marrow_behind_a_leaky_cortex_is_filled_but_a_joint_space_is_not():
     in_hole_line = (np.isin(np.indices(shape), [21, 22, 23]).sum(axis=0) >= 2)
     assert np.array_equal(solid & marrow, marrow & ~in_hole_line)
     assert (solid & marrow).sum() > 0.9 * marrow.sum()
-    d = np.linalg.norm(np.indices(shape).transpose(1, 2, 3, 0) - np.asarray(centre, float), axis=-1)
     assert not (solid & (d > 15)).any()  # nothing outside the ball
 
     # Ball (label 2, radius 10) in a closed cup (label 1: the shell 12..14
@@ -356,9 +358,7 @@ def test_femoral_head_is_femur_on_3mm_slices():
     # Every bone as a whole, by its mesh (measured 0.978-0.993): a sub-voxel
     # boundary error only; a bone glued to a neighbour or split loses 0.05 or more.
     meshed = run_mesh(volume, Config()).labels
-    for label, name in phantom.label_names.items():
-        truth, mine = phantom.labels == label, meshed == LABEL_IDS[name]
-        assert 2 * (truth & mine).sum() / (truth.sum() + mine.sum()) >= 0.975, name
+    assert_bones_match(phantom, meshed, 0.975)
 
 
 REAL_FLOORS = {
