@@ -477,3 +477,57 @@ def test_a_scan_without_femurs_says_so():
     assert not np.isin(phantom.labels, [4, 5]).any()  # no femur in the field of view
     report = run_mesh(phantom.volume, Config()).report
     assert any(w.startswith("no femur found") for w in report_warnings(report))
+
+
+def test_spine_joined_to_the_sacrum_is_split_and_named_apart():
+    """Blocks of bone on a 2 mm grid: two hip bones (x = +-40..80 mm, crests
+    at z = 100 mm), a sacrum between them (behind their centre, z 10..70 mm)
+    and a bigger spine above it (z 76..120 mm) joined by a 650 HU bridge
+    (facet joints on thick slices: above the core level, below the cortex).
+    One region at first; the core level raised inside it parts the two. The
+    spine's centre lies below the crests, as on Pelvic-Ref-003, and it is
+    the bigger: the sacrum is the block between the hip bones (below
+    half-way to the crests), not the biggest one below them. Each block
+    comes out whole under its own name."""
+    from scipy import ndimage
+
+    from pipeline.segment import segment_bone
+    from pipeline.volume import Volume
+
+    spacing = 2.0
+    shape = (80, 60, 100)  # z 0..160, y -60..60, x -100..100 (mm)
+    affine = np.array([[0, 0, -spacing, 100.0], [0, spacing, 0, -60.0], [spacing, 0, 0, 0.0], [0, 0, 0, 1]])
+    k, r, c = np.indices(shape)
+    z, y, x = k * spacing, r * spacing - 60.0, 100.0 - c * spacing
+    hu = np.full(shape, 40.0, dtype=np.float32)
+    hips = (np.abs(x) >= 40) & (np.abs(x) <= 80) & (y >= -40) & (y <= 0) & (z <= 100)
+    sacrum = (np.abs(x) <= 20) & (y >= 10) & (y <= 40) & (z >= 10) & (z <= 70)
+    bridge = (np.abs(x) <= 6) & (y >= 30) & (y <= 40) & (z > 70) & (z < 76)
+    spine = (np.abs(x) <= 30) & (y >= 10) & (y <= 40) & (z >= 76) & (z <= 120)
+    hu[hips | sacrum | spine] = 900.0
+    hu[bridge] = 650.0
+    volume = Volume(hu, affine)
+    cfg = Config().segment
+    labels = label_bones(volume, segment_bone(volume, cfg), cfg).full(shape)
+    for block, name in ((sacrum, "sacrum"), (spine, "lumbar"), (hips & (x > 0), "hip_left"),
+                        (hips & (x < 0), "hip_right")):
+        inner = ndimage.binary_erosion(block, iterations=2)  # clear of the voxel gap between labels
+        assert (labels[inner] == LABEL_IDS[name]).all(), name
+
+
+def test_watershed_by_piece_is_one_watershed_over_the_whole_box():
+    """Flooding each connected piece of the mask in its own box gives the
+    watershed of the whole box (on the phantom, whose noisy HU has no ties)."""
+    from scipy import ndimage
+    from skimage.segmentation import watershed
+
+    from pipeline.labels import watershed_by_piece
+    from pipeline.phantom import pelvis_phantom, preset
+    from pipeline.segment import FACE_CONNECTIVITY, segment_bone
+
+    volume = pelvis_phantom(**preset("sample")).volume
+    bone = segment_bone(volume, Config().segment)
+    hu, solid = volume.hu[bone.box], bone.voxels
+    cores, _ = ndimage.label((hu > 500) & solid, structure=FACE_CONNECTIVITY)
+    assert ndimage.label(solid, structure=FACE_CONNECTIVITY)[1] > 1  # several pieces: the case that matters
+    assert np.array_equal(watershed_by_piece(hu, cores, solid), watershed(-hu, cores, mask=solid))
