@@ -6,8 +6,10 @@
 * ``real_ct/totalseg_example``: Dice per structure against TotalSegmentator's
   labels (a model's output, not manual truth) at its 3 mm grid.
 * ``real_ct/pelvic_ref_003``: Dice of each femur against the manual RTSTRUCT
-  contours, within the contoured slices; and whether any bone lies in the
-  couch (behind the patient's back).
+  contours, within the contoured slices; against two commercial tools'
+  automatic contours (on their slices), and theirs against the manual ones
+  (on the slices both contour); and whether any bone lies in the couch
+  (behind the patient's back).
 
 Real data live beside the project (``../shared/real_ct``) and are skipped
 when absent. Overlays of the labels are written as PNGs when ``--png DIR``
@@ -31,6 +33,11 @@ from .volume import Volume
 REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "real_ct"
 TOTALSEG_IDS = {"sacrum": 25, "femur_left": 75, "femur_right": 76, "hip_left": 77, "hip_right": 78}
 RTSTRUCT_FEMURS = {"femur_left": "femoreSin", "femur_right": "femoreDes"}
+# Pelvic-Ref-003's RTSTRUCT also holds two commercial tools' automatic
+# contours of each femoral head (model-based, deep learning): how well they
+# agree with the manual contours says how far the manual ones can be matched.
+RTSTRUCT_AUTO_FEMURS = {"femur_left": {"mbs": "FemoralHead (Left)_MBS", "dl": "Femur_Head_L_DL"},
+                        "femur_right": {"mbs": "FemoralHead (Right)_MBS", "dl": "Femur_Head_R_DL"}}
 # Pelvic-Ref-003: the couch lies behind the patient's back (y > 230 mm; the
 # skin of the back is at y ~ 217 mm).
 PELVIC_REF_COUCH_Y_MM = 230.0
@@ -106,8 +113,13 @@ def pelvic_ref_figures() -> tuple[dict, MeshResult, Volume] | None:
     figures = {}
     for name, roi in RTSTRUCT_FEMURS.items():
         truth, slices = rasterise_roi(folder, roi, volume)
-        figures[name] = {"dice": dice(result.labels[slices] == LABEL_IDS[name], truth[slices]),
-                         "contoured_slices": int(slices.sum())}
+        mine = result.labels == LABEL_IDS[name]
+        figures[name] = {"dice": dice(mine[slices], truth[slices]), "contoured_slices": int(slices.sum())}
+        for tool, auto_roi in RTSTRUCT_AUTO_FEMURS[name].items():
+            auto, auto_slices = rasterise_roi(folder, auto_roi, volume)
+            both = auto_slices & slices
+            figures[name][f"dice_vs_{tool}"] = dice(mine[auto_slices], auto[auto_slices])
+            figures[name][f"{tool}_vs_manual"] = dice(auto[both], truth[both])
     y_mm = volume.index_to_lps(np.argwhere(result.labels > 0))[:, 1]
     figures["couch"] = {"bone_voxels_behind_back": int((y_mm > PELVIC_REF_COUCH_Y_MM).sum())}
     return figures, result, volume
