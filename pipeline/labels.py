@@ -28,8 +28,12 @@ either side. So:
    bone-to-bone contact
    (``HU >= threshold_hu`` on both sides of the border), so a bone broken
    into several cores is whole again, while contact across a dark joint space
-   does not count. What touches nothing named is lumbar (midline, above the
-   sacrum), sacrum (coccyx: midline, below it) or other bone (7).
+   does not count. A fragment contact gave a femur but that a watershed on
+   -HU from the femur's big regions and the side's hip regions reaches
+   mostly from the hip is the hip's (:func:`return_hip_fragments`: the
+   acetabulum broken into small cores on 3 mm slices). What touches nothing
+   named is lumbar (midline, above the sacrum), sacrum (coccyx: midline,
+   below it) or other bone (7).
 4. **Femoral heads** (:func:`claim_femoral_heads`): on 3 mm slices the
    head's subchondral shell is a region of its own that touches the
    acetabulum, across the blurred joint space at the dome, more than the
@@ -91,11 +95,17 @@ SPLIT_STEP_HU, SPLIT_STEPS, SPLIT_CORE_MM3 = 100.0, 6, 1000.0
 # less those within HEAD_NECK_DEG of the neck) and the least mean valley
 # depth (HU) of a sphere taken. Voxels farther than HEAD_BAND_MM inside the
 # sphere are the femur's; within HEAD_BAND_MM of it the HU valley decides.
+# A start whose valley is too shallow is retried from starts HEAD_RETRY_MM
+# off along each axis (Nelder-Mead found the shallow valley from up to ~6 mm
+# off), taking only radii of an adult head plus half the joint space,
+# HEAD_RETRY_RADIUS_MM (deeper false valleys lie at small radii, inside the
+# head's cancellous bone).
 HEAD_RADIUS_MM = (15.0, 35.0)
 HEAD_VALLEY_MM = 2.0
 HEAD_RAYS, HEAD_NECK_DEG = 400, 70.0
 HEAD_MIN_VALLEY_HU = 10.0
 HEAD_BAND_MM = 3.0
+HEAD_RETRY_MM, HEAD_RETRY_RADIUS_MM = 6.0, (20.0, 30.0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -240,6 +250,7 @@ def name_regions(regions: np.ndarray, hu: np.ndarray, raw: np.ndarray, volume: V
         if above.size:
             name[above[np.argmax(volume_mm3[above])] + 1] = 6
     merge_by_contact(name, regions, raw)
+    return_hip_fragments(name, regions, hu, np.r_[False, big])
     for r in np.flatnonzero(name[1:] == 0):
         if side[r] == 0 and sacrum is not None:
             name[r + 1] = 6 if centroid[r, 2] > z_max[sacrum] else 3 if centroid[r, 2] < centroid[sacrum, 2] else OTHER
@@ -353,6 +364,48 @@ def merge_by_contact(name: np.ndarray, regions: np.ndarray, raw: np.ndarray) -> 
                 name[r] = name[named[np.argmax(row)]]
 
 
+def return_hip_fragments(name: np.ndarray, regions: np.ndarray, hu: np.ndarray, big: np.ndarray) -> None:
+    """Rename hip, in place, the fragments that contact gave a femur but that
+    belong to the hip bone by the HU path: in a watershed on -HU from the
+    femur's big regions (``big``, per region id: at least
+    ``MIN_NAMED_BONE_MM3``, the femur's own and a head that contact joined
+    to it) and the side's hip regions, through the side's hip and femur regions only,
+    the fragment is mostly reached from the hip. Flooding follows the
+    brightest path, the cortex, and crosses the joint space last.
+
+    On 3 mm slices of a low-density pelvis the acetabulum's thin cortex
+    breaks into hundreds of small cores, and the one nearest the head
+    touches the femur's big region (across the joint space, blurred above
+    the threshold) more than its hip neighbours; the rest follow it by
+    contact chain. TotalSegmentator example: each femur took ~2,100 voxels
+    (57 cm3) of its acetabulum, ischium and pubis, and the head sphere's
+    start, fitted to the femur/hip border, sat on the far side of the
+    acetabulum (left found 10 mm off, right not at all); with them returned
+    (~2,100 voxels per side) both heads are found and femur Dice is
+    0.67 -> 0.85, hip 0.56 -> 0.79/0.74. Whole fragments move, never parts:
+    moving voxels shifted Pelvic-Ref-003's right head sphere by 0.5 mm (femur
+    Dice -0.001); by region none moves there, nor on the phantom. Every big region
+    seeds: seeded from its lowest region alone, each Pelvic-Ref-003 femur
+    lost a second big region (~5,000 voxels) to the hip (Dice 0.91 -> 0.71)."""
+    for hip, femur in ((1, 4), (2, 5)):
+        seeds = (name == femur) & big
+        fragments = (name == femur) & ~big
+        if not (seeds.any() and fragments.any() and (name == hip).any()):
+            continue
+        where = fragments[regions]
+        box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n))
+                    for s, n in zip(ndi.find_objects(where.view(np.uint8))[0], regions.shape))
+        ids = regions[box]
+        own = name[ids]
+        inside = (own == hip) | (own == femur)
+        markers = np.where(own == hip, hip, 0).astype(np.int32)
+        markers[seeds[ids]] = femur
+        grown = watershed(-hu[box], markers, mask=inside)
+        to_hip = np.bincount(ids[inside], weights=grown[inside] == hip, minlength=name.size)
+        total = np.bincount(ids[inside], minlength=name.size)
+        name[fragments & (2 * to_hip > total)] = hip
+
+
 def claim_femoral_heads(rough: np.ndarray, hu: np.ndarray, solid: np.ndarray,
                         spacing_mm: np.ndarray) -> list[tuple[int, np.ndarray, float, float]]:
     """Give each femur its whole head, in place in ``rough`` (labels per voxel).
@@ -435,7 +488,12 @@ def head_sphere(rough: np.ndarray, hu: np.ndarray, hip: int, femur: int, femur_b
     radius maximise the mean depth of the HU valley (the darker of HU at
     radius -/+ ``HEAD_VALLEY_MM`` less HU at radius, floored at 0: rays into
     soft tissue have none) along rays from the centre, leaving out those
-    within ``HEAD_NECK_DEG`` of the neck (towards the femur's centre)."""
+    within ``HEAD_NECK_DEG`` of the neck (towards the femur's centre).
+    Too shallow a valley is retried from shifted starts (``HEAD_RETRY_MM``):
+    TotalSegmentator example, right head: the border's start lay 6 mm off
+    and found 9.9 HU; two of six shifted starts found 18.1 HU within 2 mm of
+    the sphere fitted to the reference femur's head, a third 19.5 HU at
+    radius 17.9 mm, inside the head, which ``HEAD_RETRY_RADIUS_MM`` leaves out."""
     box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(femur_box, rough.shape))
     view = rough[box]
     offset = np.array([s.start for s in box], dtype=float)
@@ -474,6 +532,14 @@ def head_sphere(rough: np.ndarray, hu: np.ndarray, hip: int, femur: int, femur_b
     start = np.r_[centre, r0]
     best = minimize(lambda x: -depth(x[:3], x[3]), start, method="Nelder-Mead",
                     options={"xatol": 0.2, "fatol": 0.5, "initial_simplex": np.r_[[start], start + 3.0 * np.eye(4)]})
+    if -best.fun < HEAD_MIN_VALLEY_HU:
+        for shift in np.r_[np.eye(3), -np.eye(3)] * HEAD_RETRY_MM:
+            shifted = start + np.r_[shift, 0.0]
+            other = minimize(lambda x: -depth(x[:3], x[3]), shifted, method="Nelder-Mead",
+                             options={"xatol": 0.2, "fatol": 0.5,
+                                      "initial_simplex": np.r_[[shifted], shifted + 3.0 * np.eye(4)]})
+            if other.fun < best.fun and HEAD_RETRY_RADIUS_MM[0] <= other.x[3] <= HEAD_RETRY_RADIUS_MM[1]:
+                best = other
     centre, radius = best.x[:3], float(best.x[3])
     if not (HEAD_RADIUS_MM[0] <= radius <= HEAD_RADIUS_MM[1]) or -best.fun < HEAD_MIN_VALLEY_HU:
         return None

@@ -404,12 +404,12 @@ REAL_FLOORS = {
     # issue's target is 0.90 per structure, which these do not reach yet
     # (Pelvic-Ref-003: the femoral heads are femur and filled now, but
     # marrow of the neck is still partly left unfilled, and the manual
-    # contours take in the joint space at the dome; TotalSegmentator: the femurs take in the
-    # lower acetabulum of its low-density pelvis). No sacrum floor for the
+    # contours take in the joint space at the dome; TotalSegmentator: its
+    # thin, low-density hip bones are only partly inside the bone mask). No sacrum floor for the
     # TotalSegmentator example: its osteoporotic sacrum (median 100 HU) is
     # mostly below segment.threshold_hu and has no dense core to tell it from
     # L5, so it is labelled lumbar with the spine (Dice 0.02).
-    "totalseg_example": {"femur_left": 0.64, "femur_right": 0.64, "hip_left": 0.53, "hip_right": 0.54},
+    "totalseg_example": {"femur_left": 0.81, "femur_right": 0.81, "hip_left": 0.76, "hip_right": 0.71},
     "pelvic_ref_003": {"femur_left": 0.87, "femur_right": 0.86},
 }
 
@@ -575,3 +575,24 @@ def test_watershed_by_piece_is_one_watershed_over_the_whole_box():
     cores, _ = ndimage.label((hu > 500) & solid, structure=FACE_CONNECTIVITY)
     assert ndimage.label(solid, structure=FACE_CONNECTIVITY)[1] > 1  # several pieces: the case that matters
     assert np.array_equal(watershed_by_piece(hu, cores, solid), watershed(-hu, cores, mask=solid))
+
+
+def test_acetabulum_fragment_chained_to_the_femur_goes_back_to_the_hip():
+    """A fragment of thin acetabular cortex (A) facing the femur's region (F)
+    across a blurred joint space (300 HU, above the threshold) over its whole
+    face, and joined to the hip (H) only through a narrow bridge of bright
+    cortex (B): contact gives it the femur (100 faces against 4), the HU path
+    gives it back to the hip (flooding from H along 700 HU reaches it before
+    F's flood crosses the 300 HU joint)."""
+    from pipeline.labels import merge_by_contact, return_hip_fragments
+    regions = np.zeros((10, 10, 12), dtype=np.int32)
+    hu = np.full(regions.shape, -100.0, dtype=np.float32)
+    regions[:, :, 0:5], regions[:, :, 5:7] = 1, 2  # F (its last plane the joint space), A
+    regions[0:2, 0:2, 7:9], regions[0:2, 0:2, 9:12] = 3, 4  # B, H
+    hu[regions > 0] = 700.0
+    hu[:, :, 4] = 300.0
+    name = np.array([0, 4, 0, 0, 1], dtype=np.uint8)
+    merge_by_contact(name, regions, hu >= 200.0)
+    assert list(name) == [0, 4, 4, 1, 1]  # contact alone: A is femur
+    return_hip_fragments(name, regions, hu, np.array([False, True, False, False, True]))
+    assert list(name) == [0, 4, 1, 1, 1]
