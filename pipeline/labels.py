@@ -529,15 +529,15 @@ def head_sphere(rough: np.ndarray, hu: np.ndarray, hip: int, femur: int, femur_b
 
     radii = np.arange(HEAD_RADIUS_MM[0], HEAD_RADIUS_MM[1], 0.5)
     r0 = radii[np.argmax([depth(centre, r) for r in radii])]
+    def deepest(start: np.ndarray):
+        return minimize(lambda x: -depth(x[:3], x[3]), start, method="Nelder-Mead",
+                        options={"xatol": 0.2, "fatol": 0.5, "initial_simplex": np.r_[[start], start + 3.0 * np.eye(4)]})
+
     start = np.r_[centre, r0]
-    best = minimize(lambda x: -depth(x[:3], x[3]), start, method="Nelder-Mead",
-                    options={"xatol": 0.2, "fatol": 0.5, "initial_simplex": np.r_[[start], start + 3.0 * np.eye(4)]})
+    best = deepest(start)
     if -best.fun < HEAD_MIN_VALLEY_HU:
         for shift in np.r_[np.eye(3), -np.eye(3)] * HEAD_RETRY_MM:
-            shifted = start + np.r_[shift, 0.0]
-            other = minimize(lambda x: -depth(x[:3], x[3]), shifted, method="Nelder-Mead",
-                             options={"xatol": 0.2, "fatol": 0.5,
-                                      "initial_simplex": np.r_[[shifted], shifted + 3.0 * np.eye(4)]})
+            other = deepest(start + np.r_[shift, 0.0])
             if other.fun < best.fun and HEAD_RETRY_RADIUS_MM[0] <= other.x[3] <= HEAD_RETRY_RADIUS_MM[1]:
                 best = other
     centre, radius = best.x[:3], float(best.x[3])
