@@ -31,7 +31,10 @@ either side. So:
    does not count. A fragment contact gave a femur but that a watershed on
    -HU from the femur's big regions and the side's hip regions reaches
    mostly from the hip is the hip's (:func:`return_hip_fragments`: the
-   acetabulum broken into small cores on 3 mm slices). What touches nothing
+   acetabulum broken into small cores on 3 mm slices), and a fragment named
+   hip whose centre lies across the pelvic midline is the other hip's
+   (:func:`keep_hips_on_their_side`: the pubic bodies at the symphysis).
+   What touches nothing
    named is lumbar (midline, above the sacrum), sacrum (coccyx: midline,
    below it) or other bone (7).
 4. **Femoral heads** (:func:`claim_femoral_heads`): on 3 mm slices the
@@ -106,6 +109,10 @@ HEAD_RAYS, HEAD_NECK_DEG = 400, 70.0
 HEAD_MIN_VALLEY_HU = 10.0
 HEAD_BAND_MM = 3.0
 HEAD_RETRY_MM, HEAD_RETRY_RADIUS_MM = 6.0, (20.0, 30.0)
+# A fragment named hip whose centre lies farther than this across the
+# pelvic midline belongs to the other hip (one 3 mm voxel: the symphysis's
+# disc lies on the midline).
+SYMPHYSIS_MM = 3.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -251,6 +258,7 @@ def name_regions(regions: np.ndarray, hu: np.ndarray, raw: np.ndarray, volume: V
             name[above[np.argmax(volume_mm3[above])] + 1] = 6
     merge_by_contact(name, regions, raw)
     return_hip_fragments(name, regions, hu, np.r_[False, big])
+    keep_hips_on_their_side(name, centroid[:, 0], volume_mm3)
     for r in np.flatnonzero(name[1:] == 0):
         if side[r] == 0 and sacrum is not None:
             name[r + 1] = 6 if centroid[r, 2] > z_max[sacrum] else 3 if centroid[r, 2] < centroid[sacrum, 2] else OTHER
@@ -404,6 +412,31 @@ def return_hip_fragments(name: np.ndarray, regions: np.ndarray, hu: np.ndarray, 
         to_hip = np.bincount(ids[inside], weights=grown[inside] == hip, minlength=name.size)
         total = np.bincount(ids[inside], minlength=name.size)
         name[fragments & (2 * to_hip > total)] = hip
+
+
+def keep_hips_on_their_side(name: np.ndarray, x_lps_mm: np.ndarray, volume_mm3: np.ndarray) -> None:
+    """Give the other hip bone, in place, the fragments named hip whose
+    centre lies more than ``SYMPHYSIS_MM`` across the pelvic midline: half-way
+    between the two hip bones' largest regions (their centres, patient left
+    at +x). The pubic bodies meet at the symphysis on the midline, and on
+    3 mm slices of a low-density pelvis the other side's pubic body breaks
+    into small cores that contact chains to the wrong hip (TotalSegmentator
+    example: 158 voxels of the right pubic body named hip_left, up to 27 mm
+    right of the midline). The pelvis's own midline, not the body
+    outline's, which an arm beside the body or a patient off the couch's
+    centre moves."""
+    largest = {}
+    for hip in (1, 2):
+        ids = np.flatnonzero(name[1:] == hip)
+        if ids.size == 0:
+            return
+        largest[hip] = ids[np.argmax(volume_mm3[ids])]
+    midline = (x_lps_mm[largest[1]] + x_lps_mm[largest[2]]) / 2.0
+    lateral = np.r_[0.0, x_lps_mm - midline]
+    crossed_left = (name == 1) & (lateral < -SYMPHYSIS_MM)
+    crossed_right = (name == 2) & (lateral > SYMPHYSIS_MM)
+    name[crossed_left] = 2
+    name[crossed_right] = 1
 
 
 def claim_femoral_heads(rough: np.ndarray, hu: np.ndarray, solid: np.ndarray,

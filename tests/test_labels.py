@@ -409,7 +409,7 @@ REAL_FLOORS = {
     # TotalSegmentator example: its osteoporotic sacrum (median 100 HU) is
     # mostly below segment.threshold_hu and has no dense core to tell it from
     # L5, so it is labelled lumbar with the spine (Dice 0.02).
-    "totalseg_example": {"femur_left": 0.81, "femur_right": 0.81, "hip_left": 0.76, "hip_right": 0.71},
+    "totalseg_example": {"femur_left": 0.81, "femur_right": 0.81, "hip_left": 0.76, "hip_right": 0.72},
     "pelvic_ref_003": {"femur_left": 0.87, "femur_right": 0.86},
 }
 
@@ -596,3 +596,24 @@ def test_acetabulum_fragment_chained_to_the_femur_goes_back_to_the_hip():
     assert list(name) == [0, 4, 4, 1, 1]  # contact alone: A is femur
     return_hip_fragments(name, regions, hu, np.array([False, True, False, False, True]))
     assert list(name) == [0, 4, 1, 1, 1]
+
+
+def test_hip_fragments_across_the_pelvic_midline_belong_to_the_other_hip():
+    """The pubic bodies meet at the symphysis, on the pelvic midline (half-way
+    between the two hip bones' largest regions, here x = 10 mm, not the
+    scan's or the body's centre). A hip_left fragment centred 5 mm right of
+    it is hip_right's; one 2 mm right of it (within a 3 mm voxel of the
+    midline) and the hip bones themselves keep their names, and so does a
+    hip_left fragment far on its own side; a hip_right fragment 6 mm left
+    of the midline is hip_left's."""
+    from pipeline.labels import keep_hips_on_their_side
+    # ids:           0   1 (hip L)  2 (hip R)  3      4      5     6
+    name = np.array([0, 1, 2, 1, 1, 1, 2], dtype=np.uint8)
+    x = np.array([90.0, -70.0, 5.0, 8.0, 60.0, 16.0])  # centres of regions 1..6 (LPS x, mm)
+    volume = np.array([300e3, 290e3, 0.2e3, 0.2e3, 0.1e3, 0.3e3])
+    keep_hips_on_their_side(name, x, volume)
+    assert name.tolist() == [0, 1, 2, 2, 1, 1, 1]
+    # Without both hip bones there is no pelvic midline: nothing moves.
+    alone = np.array([0, 1, 1], dtype=np.uint8)
+    keep_hips_on_their_side(alone, np.array([90.0, -70.0]), np.array([300e3, 1e3]))
+    assert alone.tolist() == [0, 1, 1]
