@@ -559,6 +559,44 @@ def test_spine_joined_to_the_sacrum_is_split_and_named_apart():
         assert (labels[inner] == LABEL_IDS[name]).all(), name
 
 
+def test_s1_below_the_lumbosacral_disc_is_sacrum():
+    """Blocks on a 2 mm grid as above, with S1 between the sacrum and L5:
+    S1 joins the sacrum through 650 HU (parted at the first raised core
+    level) and L5 through a 900 HU facet bridge behind a 10 mm disc of
+    80 HU (the facet joints of thick slices: above every core level). The
+    raised core level cuts below S1, so S1 comes out with L5; the border
+    belongs on the disc, and S1 is sacrum."""
+    from scipy import ndimage
+
+    from pipeline.segment import segment_bone
+    from pipeline.volume import Volume
+
+    spacing = 2.0
+    shape = (80, 60, 100)  # z 0..160, y -60..60, x -100..100 (mm)
+    affine = np.array([[0, 0, -spacing, 100.0], [0, spacing, 0, -60.0], [spacing, 0, 0, 0.0], [0, 0, 0, 1]])
+    k, r, c = np.indices(shape)
+    z, y, x = k * spacing, r * spacing - 60.0, 100.0 - c * spacing
+    hu = np.full(shape, 40.0, dtype=np.float32)
+    hips = (np.abs(x) >= 40) & (np.abs(x) <= 80) & (y >= -40) & (y <= 0) & (z <= 100)
+    column = (np.abs(x) <= 20) & (y >= 10) & (y <= 40)
+    sacrum = column & (z >= 10) & (z < 64)
+    junction = column & (z >= 64) & (z < 70)
+    s1 = column & (z >= 70) & (z <= 80)
+    disc = column & (z > 80) & (z < 90)
+    facet = (np.abs(x) <= 6) & (y >= 34) & (y <= 40) & (z > 80) & (z < 90)
+    spine = (np.abs(x) <= 30) & (y >= 10) & (y <= 40) & (z >= 90) & (z <= 130)
+    hu[hips | sacrum | s1 | spine | facet] = 900.0
+    hu[junction] = 650.0
+    hu[disc & ~facet] = 80.0
+    volume = Volume(hu, affine)
+    cfg = Config().segment
+    labels = label_bones(volume, segment_bone(volume, cfg), cfg).full(shape)
+    for block, name in ((sacrum, "sacrum"), (s1, "sacrum"), (spine, "lumbar"), (hips & (x > 0), "hip_left"),
+                        (hips & (x < 0), "hip_right")):
+        inner = ndimage.binary_erosion(block, iterations=2)  # clear of the voxel gap between labels
+        assert (labels[inner] == LABEL_IDS[name]).all(), name
+
+
 def test_watershed_by_piece_is_one_watershed_over_the_whole_box():
     """Flooding each connected piece of the mask in its own box gives the
     watershed of the whole box (on the phantom, whose noisy HU has no ties)."""
