@@ -53,7 +53,9 @@ either side. So:
    is taken where the bone itself is met first along all six axis rays. On
    thick slices the marrow
    behind gaps in thin oblique cortex (femoral neck, trochanter) is filled
-   plane by plane with the gaps bridged (:func:`solid_bone`).
+   plane by plane with the gaps bridged (:func:`solid_bone`). The sacral
+   canal, which those plane fills close as they close the sacrum's marrow,
+   is taken out again by its dark contents (:func:`open_sacral_canal`).
 6. **Gap**: no two labels touch, even diagonally. Where they would, a
    voxel only filled in (marrow, or a joint space a fill reached) is
    dropped first, and a bone's own threshold voxel only if it still touches
@@ -115,6 +117,11 @@ HEAD_RAYS, HEAD_NECK_DEG = 400, 70.0
 HEAD_MIN_VALLEY_HU = 10.0
 HEAD_BAND_MM = 3.0
 HEAD_RETRY_MM, HEAD_RETRY_RADIUS_MM = 6.0, (20.0, 30.0)
+# The sacral canal: fill voxels of the sacrum darker than CANAL_HU (on HU
+# smoothed by CANAL_SMOOTHING_MM), connected and reaching at least
+# CANAL_MIN_LENGTH_MM up the body (the canal runs the sacrum's length; a
+# pocket of fatty marrow does not).
+CANAL_HU, CANAL_SMOOTHING_MM, CANAL_MIN_LENGTH_MM = 40.0, 1.5, 40.0
 # A fragment named hip whose centre lies farther than this across the
 # pelvic midline belongs to the other hip (one 3 mm voxel: the symphysis's
 # disc lies on the midline).
@@ -164,6 +171,7 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig) -> BoneLabel
     heads = claim_femoral_heads(rough, hu, solid, volume.spacing_mm)
     labels = solid_per_label(rough, raw, volume, bone, cfg)
     heads_inside = fill_femoral_heads(labels, heads, volume.spacing_mm)
+    open_sacral_canal(labels, raw, hu, volume)
     labels = separate_labels(labels, (raw & (labels == rough)) | heads_inside)
     counts = np.bincount(labels.ravel(), minlength=OTHER + 1)
     present = counts[1:] > 0
@@ -561,6 +569,38 @@ def claim_femoral_heads(rough: np.ndarray, hu: np.ndarray, solid: np.ndarray,
         view[line] = 0
         found.append((femur, centre, radius, depth))
     return found
+
+
+def open_sacral_canal(labels: np.ndarray, raw: np.ndarray, hu: np.ndarray, volume: Volume) -> int:
+    """Take the sacral canal out of the sacrum's fill, in place; returns the
+    voxels taken out.
+
+    The sacrum's marrow needs the plane-by-plane fills (its cancellous bone
+    is 50-150 HU behind a thin cortex on Pelvic-Ref-003; without them its
+    cut face on the seed plan is 1212 mm2 instead of 1708 mm2), but its
+    canal is enclosed by bone in every axial slice just like marrow, so
+    those fills close it too. The canal's contents (CSF, epidural fat,
+    nerve roots) are darker than marrow: the filled sacrum voxels below
+    ``CANAL_HU`` form a connected tube up the sacrum's length, while dark
+    pockets of marrow are short. On Pelvic-Ref-003 the tube is 26.5 cm3 over
+    the whole sacrum (132 mm), the next largest dark piece 1.4 cm3 over
+    12 mm."""
+    found = ndi.find_objects((labels == 3).view(np.uint8))
+    if not found or found[0] is None:
+        return 0
+    box = found[0]
+    sacrum = labels[box] == 3
+    sigma = CANAL_SMOOTHING_MM / np.asarray(volume.spacing_mm, dtype=float)
+    smooth = ndi.gaussian_filter(hu[box].astype(np.float32, copy=False), sigma)
+    dark, n = ndi.label(sacrum & ~raw[box] & (smooth < CANAL_HU), structure=FACE_CONNECTIVITY)
+    if n == 0:
+        return 0
+    offset = np.array([s.start for s in box], dtype=float)
+    z_min, z_max = region_extent_z(dark, n, volume.affine, offset)
+    canal = np.flatnonzero(z_max - z_min >= CANAL_MIN_LENGTH_MM) + 1
+    taken = np.isin(dark, canal)
+    labels[box][taken] = 0
+    return int(np.count_nonzero(taken))
 
 
 def fill_femoral_heads(labels: np.ndarray, heads: list[tuple[int, np.ndarray, float, float]],

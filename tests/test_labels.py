@@ -655,3 +655,33 @@ def test_hip_fragments_across_the_pelvic_midline_belong_to_the_other_hip():
     alone = np.array([0, 1, 1], dtype=np.uint8)
     keep_hips_on_their_side(alone, np.array([90.0, -70.0]), np.array([300e3, 1e3]))
     assert alone.tolist() == [0, 1, 1]
+
+
+def test_sacral_canal_is_taken_out_of_the_sacrums_fill():
+    """A sacrum block 90 mm tall on 3 mm slices, its marrow (120 HU) filled
+    in: the canal through its whole length (10 HU: CSF and fat) is not
+    bone and is taken out of the fill; a dark pocket of fatty marrow (0 HU,
+    15 mm tall) and the marrow stay sacrum, and so does the canal's own
+    threshold bone (none of the bone's raw voxels is ever taken)."""
+    from pipeline.labels import open_sacral_canal
+    from pipeline.volume import Volume
+    shape = (30, 60, 60)  # 90 x 60 x 60 mm
+    k, j, i = np.indices(shape)
+    hu = np.full(shape, 120.0, dtype=np.float32)
+    canal = (np.hypot(j - 40, i - 30) < 6) & (k >= 1) & (k <= 28)
+    pocket = (np.hypot(j - 20, i - 30) < 5) & (k >= 10) & (k < 15)
+    hu[canal], hu[pocket] = 10.0, 0.0
+    shell = (np.minimum.reduce([j, 59 - j, i, 59 - i]) < 3) | (k == 0) | (k == 29)
+    hu[shell] = 700.0
+    raw = shell.copy()
+    labels = np.full(shape, 3, dtype=np.uint8)
+    affine = np.array([[0, 0, 1.0, 0], [0, 1.0, 0, 0], [3.0, 0, 0, 0], [0, 0, 0, 1]])
+    taken = open_sacral_canal(labels, raw, hu, Volume(hu=hu, affine=affine))
+    # The smoothing (1.5 mm) blurs the tube's edge and its ends against the
+    # 700 HU caps: a voxel in from them, all of it is taken.
+    assert (labels[canal & (np.hypot(j - 40, i - 30) < 5) & (k >= 2) & (k <= 27)] == 0).all()
+    assert taken <= np.count_nonzero(np.hypot(j - 40, i - 30) < 7)
+    assert (labels[pocket] == 3).all()
+    assert (labels[raw] == 3).all()
+    marrow = ~shell & ~canal & ~pocket & (np.hypot(j - 40, i - 30) > 8)
+    assert (labels[marrow] == 3).all()
