@@ -542,6 +542,9 @@ def test_spine_joined_to_the_sacrum_is_split_and_named_apart():
     shape = (80, 60, 100)  # z 0..160, y -60..60, x -100..100 (mm)
     affine = np.array([[0, 0, -spacing, 100.0], [0, spacing, 0, -60.0], [spacing, 0, 0, 0.0], [0, 0, 0, 1]])
     k, r, c = np.indices(shape)
+    if feet_first:
+        affine[2] = [-spacing, 0, 0, (shape[0] - 1) * spacing]
+        k = shape[0] - 1 - k
     z, y, x = k * spacing, r * spacing - 60.0, 100.0 - c * spacing
     hu = np.full(shape, 40.0, dtype=np.float32)
     hips = (np.abs(x) >= 40) & (np.abs(x) <= 80) & (y >= -40) & (y <= 0) & (z <= 100)
@@ -559,13 +562,15 @@ def test_spine_joined_to_the_sacrum_is_split_and_named_apart():
         assert (labels[inner] == LABEL_IDS[name]).all(), name
 
 
-def test_s1_below_the_lumbosacral_disc_is_sacrum():
+@pytest.mark.parametrize("feet_first", [False, True])
+def test_s1_below_the_lumbosacral_disc_is_sacrum(feet_first):
     """Blocks on a 2 mm grid as above, with S1 between the sacrum and L5:
     S1 joins the sacrum through 650 HU (parted at the first raised core
     level) and L5 through a 900 HU facet bridge behind a 10 mm disc of
     80 HU (the facet joints of thick slices: above every core level). The
     raised core level cuts below S1, so S1 comes out with L5; the border
-    belongs on the disc, and S1 is sacrum."""
+    belongs on the disc, and S1 is sacrum. Also with the slices stored
+    from the head down (feet first: the slice axis points down)."""
     from scipy import ndimage
 
     from pipeline.segment import segment_bone
@@ -575,6 +580,9 @@ def test_s1_below_the_lumbosacral_disc_is_sacrum():
     shape = (80, 60, 100)  # z 0..160, y -60..60, x -100..100 (mm)
     affine = np.array([[0, 0, -spacing, 100.0], [0, spacing, 0, -60.0], [spacing, 0, 0, 0.0], [0, 0, 0, 1]])
     k, r, c = np.indices(shape)
+    if feet_first:
+        affine[2] = [-spacing, 0, 0, (shape[0] - 1) * spacing]
+        k = shape[0] - 1 - k
     z, y, x = k * spacing, r * spacing - 60.0, 100.0 - c * spacing
     hu = np.full(shape, 40.0, dtype=np.float32)
     hips = (np.abs(x) >= 40) & (np.abs(x) <= 80) & (y >= -40) & (y <= 0) & (z <= 100)
