@@ -523,7 +523,8 @@ def test_a_scan_without_femurs_says_so():
     assert any(w.startswith("no femur found") for w in report_warnings(report))
 
 
-def test_spine_joined_to_the_sacrum_is_split_and_named_apart():
+@pytest.mark.parametrize("feet_first", [False, True])
+def test_spine_joined_to_the_sacrum_is_split_and_named_apart(feet_first):
     """Blocks of bone on a 2 mm grid: two hip bones (x = +-40..80 mm, crests
     at z = 100 mm), a sacrum between them (behind their centre, z 10..70 mm)
     and a bigger spine above it (z 76..120 mm) joined by a 650 HU bridge
@@ -532,7 +533,8 @@ def test_spine_joined_to_the_sacrum_is_split_and_named_apart():
     spine's centre lies below the crests, as on Pelvic-Ref-003, and it is
     the bigger: the sacrum is the block between the hip bones (below
     half-way to the crests), not the biggest one below them. Each block
-    comes out whole under its own name."""
+    comes out whole under its own name, also with the slices stored from
+    the head down (feet first)."""
     from scipy import ndimage
 
     from pipeline.segment import segment_bone
