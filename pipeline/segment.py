@@ -68,20 +68,27 @@ def segment_bone(volume: Volume, cfg: SegmentConfig) -> BoneMask:
     the labelling stage."""
     voxel_mm3 = volume.voxel_volume_mm3
     candidates = volume.hu >= cfg.threshold_hu
-    index = np.nonzero(candidates)
-    n_threshold = index[0].size
-    inside, midline_x_lps_mm = in_body(index, volume, cfg.body_threshold_hu)
-    candidates[tuple(i[~inside] for i in index)] = False
-    index = tuple(i[inside] for i in index)
-    if index[0].size == 0:
-        raise InputError(f"no bone found: no voxel inside the body reaches segment.threshold_hu = "
+    n_threshold = int(np.count_nonzero(candidates))
+    no_bone = InputError(f"no bone found: no voxel inside the body reaches segment.threshold_hu = "
                          f"{cfg.threshold_hu:g} HU (is this a CT with bone in the field of view?)")
+    outer = bounding_box(candidates)
+    if outer is None:
+        raise no_bone
+    body, stride, midline_x_lps_mm = body_region(volume, cfg.body_threshold_hu)
+    kept = candidates[outer] & fine_cells(body, stride, outer)
+    del candidates
+    inner = bounding_box(kept)
+    if inner is None:
+        raise no_bone
+    n_inside = int(np.count_nonzero(kept))
 
     radius_vox = closing_radius_voxels(volume.spacing_mm, cfg.closing_mm)
-    box = tuple(slice(max(int(i.min()) - radius_vox - 2, 0), min(int(i.max()) + radius_vox + 3, dim))
-                for i, dim in zip(index, volume.shape))
-    raw = candidates[box]
-    del candidates
+    box = tuple(slice(max(o.start + i.start - radius_vox - 2, 0), min(o.start + i.stop + radius_vox + 2, dim))
+                for o, i, dim in zip(outer, inner, volume.shape))
+    raw = np.zeros(tuple(b.stop - b.start for b in box), dtype=bool)
+    raw[tuple(slice(o.start + i.start - b.start, o.start + i.stop - b.start)
+              for o, i, b in zip(outer, inner, box))] = kept[inner]
+    del kept
     labels, n = ndi.label(raw, structure=FACE_CONNECTIVITY)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     keep = np.flatnonzero(sizes * voxel_mm3 >= cfg.min_island_mm3)
@@ -98,7 +105,7 @@ def segment_bone(volume: Volume, cfg: SegmentConfig) -> BoneMask:
 
     stats = {
         "threshold_voxels": n_threshold,
-        "removed_outside_body_mm3": round((n_threshold - index[0].size) * voxel_mm3, 1),
+        "removed_outside_body_mm3": round((n_threshold - n_inside) * voxel_mm3, 1),
         "pieces_found": int(n),
         "pieces_kept": int(keep.size),
         "removed_islands_mm3": round(float(sizes[1:].sum() - sizes[keep].sum()) * voxel_mm3, 1),
@@ -109,28 +116,47 @@ def segment_bone(volume: Volume, cfg: SegmentConfig) -> BoneMask:
                     midline_x_lps_mm=midline_x_lps_mm, stats=stats)
 
 
-def in_body(index: tuple[np.ndarray, ...], volume: Volume,
-            body_threshold_hu: float) -> tuple[np.ndarray, float]:
-    """Whether each voxel of ``index`` lies in the patient: the largest
-    connected region above ``body_threshold_hu``; and that region's mean LPS x
-    (mm), the body midline.
+def body_region(volume: Volume, body_threshold_hu: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """The patient: the largest connected region above ``body_threshold_hu``,
+    found on a grid of about ``BODY_GRID_MM`` (every n-th voxel) for speed.
+    Returns that coarse mask, the grid's stride (voxels per cell along each
+    axis) and the region's mean LPS x (mm), the body midline.
 
     The couch, its rails and anything else separated from the patient by air
-    or foam fall outside it. The region is found on a grid of about
-    ``BODY_GRID_MM`` (every n-th voxel) for speed.
+    or foam fall outside it.
     """
     stride = np.maximum(np.floor(BODY_GRID_MM / volume.spacing_mm), 1).astype(int)
     coarse = volume.hu[::stride[0], ::stride[1], ::stride[2]] > body_threshold_hu
     labels, n = ndi.label(coarse, structure=FACE_CONNECTIVITY)
     if n == 0:
-        return np.zeros(index[0].shape, dtype=bool), float(volume.index_to_lps(
-            (np.array(volume.shape)[None] - 1) / 2.0)[0, 0])
+        return coarse, stride, float(volume.index_to_lps((np.array(volume.shape)[None] - 1) / 2.0)[0, 0])
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    body = int(np.argmax(sizes))
-    centre_index = np.array(ndi.center_of_mass(labels == body)) * stride
-    coarse_index = tuple(i // s for i, s in zip(index, stride))
-    return labels[coarse_index] == body, float(volume.index_to_lps(centre_index[None])[0, 0])
+    body = labels == int(np.argmax(sizes))
+    centre_index = np.array(ndi.center_of_mass(body)) * stride
+    return body, stride, float(volume.index_to_lps(centre_index[None])[0, 0])
+
+
+def fine_cells(coarse: np.ndarray, stride: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+    """``coarse`` (one value per grid cell of ``stride`` voxels) on the full
+    grid, within ``box``: every voxel takes its cell's value."""
+    cells = tuple(slice(s.start // st, (s.stop - 1) // st + 1) for s, st in zip(box, stride))
+    fine = coarse[cells]
+    for axis, st in enumerate(stride):
+        fine = np.repeat(fine, st, axis=axis)
+    return fine[tuple(slice(s.start - c.start * st, s.stop - c.start * st)
+                      for s, c, st in zip(box, cells, stride))]
+
+
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box holding every true voxel of ``mask``, or None."""
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
 
 
 def closing_radius_voxels(spacing_mm: np.ndarray, closing_mm: float) -> int:
