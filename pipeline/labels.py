@@ -73,6 +73,7 @@ from scipy.optimize import minimize
 from skimage.segmentation import watershed
 
 from .config import SegmentConfig
+from .lookup import label_counts, lookup
 from .neighbours import max3, min3
 from .parallel import parallel
 from .segment import (ENCLOSED_DIRECTIONS, FACE_CONNECTIVITY, BoneMask, close_and_fill, closing_radius_voxels,
@@ -155,10 +156,10 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig) -> BoneLabel
     voxel_mm3 = volume.voxel_volume_mm3
     core_hu = core_level_hu(hu[solid], cfg.core_hu)
     cores, n = ndi.label((hu > core_hu) & solid, structure=FACE_CONNECTIVITY)
-    sizes = np.bincount(cores.ravel(), minlength=n + 1)
+    sizes = label_counts(cores, n + 1)
     small = sizes * voxel_mm3 < cfg.min_core_mm3
     small[0] = True
-    cores[small[cores]] = 0
+    cores[lookup(small, cores)] = 0
     if not cores.any():  # no dense bone at all: one region, named below
         cores = solid.astype(np.int32)
     regions = watershed_by_piece(hu, cores, solid)
@@ -166,14 +167,14 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig) -> BoneLabel
     names = name_regions(regions, hu, raw, volume, bone, cfg)
     if split_sacrum_from_spine(regions, names, hu, volume, bone, core_hu):
         names = name_regions(regions, hu, raw, volume, bone, cfg)
-    rough = names[regions]
+    rough = lookup(names, regions)
     split_at_lumbosacral_disc(rough, hu, volume)
     heads = claim_femoral_heads(rough, hu, solid, volume.spacing_mm)
     labels = solid_per_label(rough, raw, volume, bone, cfg)
     heads_inside = fill_femoral_heads(labels, heads, volume.spacing_mm)
     open_sacral_canal(labels, raw, hu, volume)
     labels = separate_labels(labels, (raw & (labels == rough)) | heads_inside)
-    counts = np.bincount(labels.ravel(), minlength=OTHER + 1)
+    counts = label_counts(labels, OTHER + 1)
     present = counts[1:] > 0
     offset = np.array([s.start for s in bone.box], dtype=float)
     stats = {
@@ -233,7 +234,7 @@ def name_regions(regions: np.ndarray, hu: np.ndarray, raw: np.ndarray, volume: V
     """Label (0..7) of every region id, indexed by region id."""
     n = int(regions.max())
     voxel_mm3 = volume.voxel_volume_mm3
-    volume_mm3 = np.bincount(regions.ravel(), minlength=n + 1)[1:] * voxel_mm3
+    volume_mm3 = label_counts(regions, n + 1)[1:] * voxel_mm3
     offset = np.array([s.start for s in bone.box], dtype=float)
     centre = region_centres(regions, n)
     centroid = apply_affine(volume.affine, centre + offset)
@@ -311,7 +312,7 @@ def split_sacrum_from_spine(regions: np.ndarray, names: np.ndarray, hu: np.ndarr
                               & (z_max > crest_z))
     if spanning.size == 0:
         return False
-    sizes = np.bincount(regions.ravel(), minlength=n + 1)[1:]
+    sizes = label_counts(regions, n + 1)[1:]
     main = spanning[np.argmax(sizes[spanning])] + 1
     box = ndi.find_objects((regions == main).view(np.uint8))[0]
     inside = regions[box] == main
@@ -320,7 +321,7 @@ def split_sacrum_from_spine(regions: np.ndarray, names: np.ndarray, hu: np.ndarr
         cores, k = ndi.label((hu[box] > level) & inside, structure=FACE_CONNECTIVITY)
         if k < 2:
             continue
-        big = np.flatnonzero(np.bincount(cores.ravel(), minlength=k + 1)[1:] >= min_voxels) + 1
+        big = np.flatnonzero(label_counts(cores, k + 1)[1:] >= min_voxels) + 1
         if big.size < 2:
             continue
         top_z = region_extent_z(cores, k, volume.affine, offset + [s.start for s in box])[1][big - 1]
@@ -481,7 +482,7 @@ def return_hip_fragments(name: np.ndarray, regions: np.ndarray, hu: np.ndarray, 
         fragments = (name == femur) & ~big
         if not (seeds.any() and fragments.any() and (name == hip).any()):
             continue
-        where = fragments[regions]
+        where = lookup(fragments, regions)
         box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n))
                     for s, n in zip(ndi.find_objects(where.view(np.uint8))[0], regions.shape))
         ids = regions[box]

@@ -20,6 +20,7 @@ from scipy import ndimage as ndi
 
 from .config import SegmentConfig
 from .errors import InputError
+from .lookup import label_counts, lookup
 from .volume import Volume
 
 # Face connectivity: two bone voxels touching only at an edge or corner are not
@@ -90,7 +91,7 @@ def segment_bone(volume: Volume, cfg: SegmentConfig) -> BoneMask:
               for o, i, b in zip(outer, inner, box))] = kept[inner]
     del kept
     labels, n = ndi.label(raw, structure=FACE_CONNECTIVITY)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes = label_counts(labels, n + 1)
     keep = np.flatnonzero(sizes * voxel_mm3 >= cfg.min_island_mm3)
     keep = keep[keep > 0]
     if keep.size == 0:
@@ -101,7 +102,7 @@ def segment_bone(volume: Volume, cfg: SegmentConfig) -> BoneMask:
     # connected piece, would be redone there and cost a second on a full scan.
     kept = np.zeros(n + 1, dtype=bool)
     kept[keep] = True
-    solid = kept[labels]
+    solid = lookup(kept, labels)
 
     stats = {
         "threshold_voxels": n_threshold,
@@ -130,7 +131,7 @@ def body_region(volume: Volume, body_threshold_hu: float) -> tuple[np.ndarray, n
     labels, n = ndi.label(coarse, structure=FACE_CONNECTIVITY)
     if n == 0:
         return coarse, stride, float(volume.index_to_lps((np.array(volume.shape)[None] - 1) / 2.0)[0, 0])
-    sizes = np.bincount(labels.ravel())
+    sizes = label_counts(labels)
     sizes[0] = 0
     body = labels == int(np.argmax(sizes))
     centre_index = np.array(ndi.center_of_mass(body)) * stride
@@ -291,7 +292,7 @@ def fill_bridged_plane_holes(filled: np.ndarray, spacing_mm: np.ndarray, radius_
         for edge in (pieces[:, 0], pieces[:, -1], pieces[:, :, 0], pieces[:, :, -1], pieces[other]):
             is_out[edge] = True
         is_out[0] = False
-        outside = is_out[pieces] | (other & background)
+        outside = lookup(is_out, pieces) | (other & background)
         for edge in ((slice(None), 0), (slice(None), -1), (slice(None), slice(None), 0),
                      (slice(None), slice(None), -1)):
             outside[edge] |= background[edge]
@@ -308,9 +309,9 @@ def fill_bridged_plane_holes(filled: np.ndarray, spacing_mm: np.ndarray, radius_
         holes, n = ndi.label(background & ~outside, structure=IN_SLICE_CONNECTIVITY)
         if n == 0:
             continue
-        small = np.bincount(holes.ravel()) * float(np.prod(plane)) <= max_hole_mm2
+        small = label_counts(holes) * float(np.prod(plane)) <= max_hole_mm2
         small[0] = False
-        np.moveaxis(out, axis, 0)[small[holes]] = True
+        np.moveaxis(out, axis, 0)[lookup(small, holes)] = True
     return out
 
 
@@ -336,6 +337,6 @@ def fill_cavities(mask: np.ndarray, structure: np.ndarray, open_faces: list[bool
         if is_open:
             outside[np.take(background, 0 if face % 2 == 0 else -1, axis=face // 2)] = True
     if np.isfinite(max_voxels):
-        outside |= np.bincount(background.ravel(), minlength=n + 1) > max_voxels
+        outside |= label_counts(background, n + 1) > max_voxels
     outside[0] = True  # label 0 is the mask itself: keep as is
-    return mask | ~outside[background]
+    return mask | ~lookup(outside, background)

@@ -31,6 +31,7 @@ from skimage.measure import marching_cubes
 
 from .config import SurfaceConfig
 from .labels import BoneLabels
+from .lookup import label_counts, lookup
 from .neighbours import max3, min3
 from .parallel import parallel
 from .segment import FACE_CONNECTIVITY, fill_cavities
@@ -181,9 +182,9 @@ def keep_mask_topology(snapped: np.ndarray, min_piece_voxels: int) -> np.ndarray
     of the smallest bone piece, as peeling one layer never shrinks a real
     piece that much) and fill cavities it enclosed (the solid mask has none)."""
     labels, n = ndi.label(snapped, structure=FACE_CONNECTIVITY)
-    keep = np.bincount(labels.ravel(), minlength=n + 1) >= min_piece_voxels
+    keep = label_counts(labels, n + 1) >= min_piece_voxels
     keep[0] = False
-    return fill_cavities(keep[labels], FACE_CONNECTIVITY, [True] * 6)
+    return fill_cavities(lookup(keep, labels), FACE_CONNECTIVITY, [True] * 6)
 
 
 def mesh_from_field(field: np.ndarray, affine: np.ndarray, offset_index: np.ndarray) -> trimesh.Trimesh:
