@@ -134,7 +134,11 @@ def body_region(volume: Volume, body_threshold_hu: float) -> tuple[np.ndarray, n
     sizes = label_counts(labels)
     sizes[0] = 0
     body = labels == int(np.argmax(sizes))
-    centre_index = np.array(ndi.center_of_mass(body)) * stride
+    # Its centre of mass, from the voxel counts per plane along each axis
+    # (ndimage's center_of_mass builds a float grid per axis: 0.23 s here).
+    total = np.count_nonzero(body)
+    centre_index = np.array([np.arange(body.shape[axis]) @ body.sum(axis=tuple(a for a in range(3) if a != axis))
+                             for axis in range(3)], dtype=float) / total * stride
     return body, stride, float(volume.index_to_lps(centre_index[None])[0, 0])
 
 
