@@ -22,6 +22,7 @@ from .resect import Resection, check_plane_structures, resect
 from .errors import PlanError
 from .implant import fit_report, mirrored_source
 from .labels import LABEL_NAMES, label_bones
+from .lookup import label_counts
 from .segment import segment_bone
 from .surface import bone_surfaces
 from .volume import Volume, orientation_code
@@ -127,7 +128,7 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
 def label_table(labels: np.ndarray, meshes: dict[str, trimesh.Trimesh], voxel_mm3: float) -> dict:
     """Per bone: its label value, voxel volume and mesh volume (mm3).
     ``labels`` may be any crop holding all bone voxels."""
-    counts = np.bincount(labels.ravel(), minlength=len(LABEL_NAMES) + 1)
+    counts = label_counts(labels, len(LABEL_NAMES) + 1)
     volume = {name: float(mesh_facts(m)["shell_volumes_mm3"].sum()) for name, m in meshes.items()}
     return {name: {"label": k, "voxels_mm3": round(float(counts[k]) * voxel_mm3, 1),
                    "mesh_volume_mm3": round(volume[name], 1) if name in meshes else 0.0}
