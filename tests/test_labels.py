@@ -523,6 +523,38 @@ def test_a_scan_without_femurs_says_so():
     assert any(w.startswith("no femur found") for w in report_warnings(report))
 
 
+def block_grid(feet_first: bool):
+    """A 2 mm grid for pelvises of blocks: shape, affine and the LPS z, y, x
+    (mm) of every voxel (z 0..160, y -60..60, x -100..100), the slices
+    stored from the feet up or, ``feet_first``, from the head down; and the
+    two hip bones (x = +-40..80 mm, crests at z = 100 mm)."""
+    spacing = 2.0
+    shape = (80, 60, 100)
+    affine = np.array([[0, 0, -spacing, 100.0], [0, spacing, 0, -60.0], [spacing, 0, 0, 0.0], [0, 0, 0, 1]])
+    k, r, c = np.indices(shape)
+    if feet_first:
+        affine[2] = [-spacing, 0, 0, (shape[0] - 1) * spacing]
+        k = shape[0] - 1 - k
+    z, y, x = k * spacing, r * spacing - 60.0, 100.0 - c * spacing
+    hips = (np.abs(x) >= 40) & (np.abs(x) <= 80) & (y >= -40) & (y <= 0) & (z <= 100)
+    return shape, affine, z, y, x, hips
+
+
+def assert_blocks_named(hu: np.ndarray, affine: np.ndarray, blocks: list) -> None:
+    """Label the blocks' CT; each block (mask, name) away from its faces
+    (clear of the voxel gap between labels) must carry its name."""
+    from scipy import ndimage
+
+    from pipeline.segment import segment_bone
+    from pipeline.volume import Volume
+    volume = Volume(hu, affine)
+    cfg = Config().segment
+    labels = label_bones(volume, segment_bone(volume, cfg), cfg).full(hu.shape)
+    for block, name in blocks:
+        inner = ndimage.binary_erosion(block, iterations=2)
+        assert (labels[inner] == LABEL_IDS[name]).all(), name
+
+
 @pytest.mark.parametrize("feet_first", [False, True])
 def test_spine_joined_to_the_sacrum_is_split_and_named_apart(feet_first):
     """Blocks of bone on a 2 mm grid: two hip bones (x = +-40..80 mm, crests
@@ -535,33 +567,15 @@ def test_spine_joined_to_the_sacrum_is_split_and_named_apart(feet_first):
     half-way to the crests), not the biggest one below them. Each block
     comes out whole under its own name, also with the slices stored from
     the head down (feet first)."""
-    from scipy import ndimage
-
-    from pipeline.segment import segment_bone
-    from pipeline.volume import Volume
-
-    spacing = 2.0
-    shape = (80, 60, 100)  # z 0..160, y -60..60, x -100..100 (mm)
-    affine = np.array([[0, 0, -spacing, 100.0], [0, spacing, 0, -60.0], [spacing, 0, 0, 0.0], [0, 0, 0, 1]])
-    k, r, c = np.indices(shape)
-    if feet_first:
-        affine[2] = [-spacing, 0, 0, (shape[0] - 1) * spacing]
-        k = shape[0] - 1 - k
-    z, y, x = k * spacing, r * spacing - 60.0, 100.0 - c * spacing
+    shape, affine, z, y, x, hips = block_grid(feet_first)
     hu = np.full(shape, 40.0, dtype=np.float32)
-    hips = (np.abs(x) >= 40) & (np.abs(x) <= 80) & (y >= -40) & (y <= 0) & (z <= 100)
     sacrum = (np.abs(x) <= 20) & (y >= 10) & (y <= 40) & (z >= 10) & (z <= 70)
     bridge = (np.abs(x) <= 6) & (y >= 30) & (y <= 40) & (z > 70) & (z < 76)
     spine = (np.abs(x) <= 30) & (y >= 10) & (y <= 40) & (z >= 76) & (z <= 120)
     hu[hips | sacrum | spine] = 900.0
     hu[bridge] = 650.0
-    volume = Volume(hu, affine)
-    cfg = Config().segment
-    labels = label_bones(volume, segment_bone(volume, cfg), cfg).full(shape)
-    for block, name in ((sacrum, "sacrum"), (spine, "lumbar"), (hips & (x > 0), "hip_left"),
-                        (hips & (x < 0), "hip_right")):
-        inner = ndimage.binary_erosion(block, iterations=2)  # clear of the voxel gap between labels
-        assert (labels[inner] == LABEL_IDS[name]).all(), name
+    assert_blocks_named(hu, affine, [(sacrum, "sacrum"), (spine, "lumbar"), (hips & (x > 0), "hip_left"),
+                                     (hips & (x < 0), "hip_right")])
 
 
 @pytest.mark.parametrize("feet_first", [False, True])
@@ -573,21 +587,8 @@ def test_s1_below_the_lumbosacral_disc_is_sacrum(feet_first):
     raised core level cuts below S1, so S1 comes out with L5; the border
     belongs on the disc, and S1 is sacrum. Also with the slices stored
     from the head down (feet first: the slice axis points down)."""
-    from scipy import ndimage
-
-    from pipeline.segment import segment_bone
-    from pipeline.volume import Volume
-
-    spacing = 2.0
-    shape = (80, 60, 100)  # z 0..160, y -60..60, x -100..100 (mm)
-    affine = np.array([[0, 0, -spacing, 100.0], [0, spacing, 0, -60.0], [spacing, 0, 0, 0.0], [0, 0, 0, 1]])
-    k, r, c = np.indices(shape)
-    if feet_first:
-        affine[2] = [-spacing, 0, 0, (shape[0] - 1) * spacing]
-        k = shape[0] - 1 - k
-    z, y, x = k * spacing, r * spacing - 60.0, 100.0 - c * spacing
+    shape, affine, z, y, x, hips = block_grid(feet_first)
     hu = np.full(shape, 40.0, dtype=np.float32)
-    hips = (np.abs(x) >= 40) & (np.abs(x) <= 80) & (y >= -40) & (y <= 0) & (z <= 100)
     column = (np.abs(x) <= 20) & (y >= 10) & (y <= 40)
     sacrum = column & (z >= 10) & (z < 64)
     junction = column & (z >= 64) & (z < 70)
@@ -598,13 +599,8 @@ def test_s1_below_the_lumbosacral_disc_is_sacrum(feet_first):
     hu[hips | sacrum | s1 | spine | facet] = 900.0
     hu[junction] = 650.0
     hu[disc & ~facet] = 80.0
-    volume = Volume(hu, affine)
-    cfg = Config().segment
-    labels = label_bones(volume, segment_bone(volume, cfg), cfg).full(shape)
-    for block, name in ((sacrum, "sacrum"), (s1, "sacrum"), (spine, "lumbar"), (hips & (x > 0), "hip_left"),
-                        (hips & (x < 0), "hip_right")):
-        inner = ndimage.binary_erosion(block, iterations=2)  # clear of the voxel gap between labels
-        assert (labels[inner] == LABEL_IDS[name]).all(), name
+    assert_blocks_named(hu, affine, [(sacrum, "sacrum"), (s1, "sacrum"), (spine, "lumbar"),
+                                     (hips & (x > 0), "hip_left"), (hips & (x < 0), "hip_right")])
 
 
 def test_watershed_by_piece_is_one_watershed_over_the_whole_box():
