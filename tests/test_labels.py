@@ -691,3 +691,38 @@ def test_sacral_canal_is_taken_out_of_the_sacrums_fill():
     assert (labels[raw] == 3).all()
     marrow = ~shell & ~canal & ~pocket & (np.hypot(j - 40, i - 30) > 8)
     assert (labels[marrow] == 3).all()
+
+
+def test_head_sphere_is_found_from_a_start_far_off_by_the_retry(monkeypatch):
+    """A femoral head whose joint space is a faint valley (280 HU between
+    300 HU head and acetabulum, 24..27 mm from the centre; 1.5 mm voxels),
+    and labels whose femur/hip border sits on a sphere 10 mm off (as where
+    the acetabulum's fragments went to the femur): the first search from
+    there finds no valley deep enough, the retries from starts 6 mm off do,
+    on the head's centre to within a voxel and at the valley's radius."""
+    from scipy import ndimage
+
+    import pipeline.labels as labels_module
+    from pipeline.labels import head_sphere
+    spacing = np.full(3, 1.5)
+    shape = (70, 70, 70)
+    grid = np.moveaxis(np.indices(shape), 0, -1) * spacing
+    centre = np.array(shape) * spacing / 2
+    d = np.linalg.norm(grid - centre, axis=-1)
+    hu = np.zeros(shape, dtype=np.float32)
+    hu[d < 35] = 300.0
+    hu[(d >= 24) & (d < 27)] = 280.0
+    start = centre + [0.0, 0.0, 10.0]
+    rough = np.zeros(shape, dtype=np.uint8)
+    rough[d < 35] = 1  # hip
+    rough[np.linalg.norm(grid - start, axis=-1) < 25.5] = 4  # femur, its border 10 mm off
+    shaft = (np.hypot(grid[..., 1] - start[1], grid[..., 2] - start[2]) < 10) & (grid[..., 0] < start[0])
+    rough[shaft] = 4
+    hu[shaft & (d >= 35)] = 300.0
+    box = ndimage.find_objects(rough, max_label=4)[3]
+    found = head_sphere(rough, hu, 1, 4, box, spacing)
+    assert found is not None
+    assert np.linalg.norm(found[0] - centre) < 1.5
+    assert abs(found[1] - 25.5) < 1.5
+    monkeypatch.setattr(labels_module, "HEAD_RETRY_MM", 0.0)  # retries from the same start
+    assert head_sphere(rough, hu, 1, 4, box, spacing) is None  # so the retry is what found it
