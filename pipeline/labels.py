@@ -550,11 +550,7 @@ def claim_femoral_heads(rough: np.ndarray, hu: np.ndarray, solid: np.ndarray,
         if sphere is None:
             continue
         centre, radius, depth = sphere
-        reach = radius + HEAD_BAND_MM
-        box = tuple(slice(max(int(np.floor((c - reach) / s)), 0), min(int(np.ceil((c + reach) / s)) + 1, n))
-                    for c, s, n in zip(centre, sp, rough.shape))
-        grid = np.ogrid[box]
-        dist = np.sqrt(sum((g * s - c) ** 2 for g, s, c in zip(grid, sp, centre)))
+        box, dist = ball_box(centre, radius + HEAD_BAND_MM, sp, rough.shape)
         view = rough[box]
         free = solid[box] & ((view == hip) | (view == femur))
         core = free & (dist <= radius / 2)
@@ -605,6 +601,17 @@ def open_sacral_canal(labels: np.ndarray, raw: np.ndarray, hu: np.ndarray, volum
     return int(np.count_nonzero(taken))
 
 
+def ball_box(centre: np.ndarray, reach: float, spacing_mm: np.ndarray,
+             shape: tuple[int, ...]) -> tuple[tuple[slice, ...], np.ndarray]:
+    """The box of voxels within ``reach`` mm of ``centre`` (index-mm) along
+    each axis, clipped to ``shape``, and every box voxel's distance (mm)
+    from the centre."""
+    box = tuple(slice(max(int(np.floor((c - reach) / s)), 0), min(int(np.ceil((c + reach) / s)) + 1, n))
+                for c, s, n in zip(centre, spacing_mm, shape))
+    dist = np.sqrt(sum((g * s - c) ** 2 for g, s, c in zip(np.ogrid[box], spacing_mm, centre)))
+    return box, dist
+
+
 def fill_femoral_heads(labels: np.ndarray, heads: list[tuple[int, np.ndarray, float, float]],
                        spacing_mm: np.ndarray) -> np.ndarray:
     """Fill each femoral head found by :func:`claim_femoral_heads`, in place:
@@ -620,9 +627,7 @@ def fill_femoral_heads(labels: np.ndarray, heads: list[tuple[int, np.ndarray, fl
     inside = np.zeros(labels.shape, dtype=bool)
     for femur, centre, radius, _ in heads:
         inner = radius - HEAD_BAND_MM
-        box = tuple(slice(max(int(np.floor((c - inner) / s)), 0), min(int(np.ceil((c + inner) / s)) + 1, n))
-                    for c, s, n in zip(centre, sp, labels.shape))
-        dist = np.sqrt(sum((g * s - c) ** 2 for g, s, c in zip(np.ogrid[box], sp, centre)))
+        box, dist = ball_box(centre, inner, sp, labels.shape)
         labels[box][dist <= inner] = femur
         inside[box] |= dist <= inner
     return inside
