@@ -110,13 +110,14 @@ def pelvic_ref_figures() -> tuple[dict, MeshResult, Volume] | None:
 
     volume = load_ct(folder)
     result = run_mesh(volume, Config())
+    rtstruct = read_rtstruct(folder)
     figures = {}
     for name, roi in RTSTRUCT_FEMURS.items():
-        truth, slices = rasterise_roi(folder, roi, volume)
+        truth, slices = rasterise_roi(rtstruct, roi, volume)
         mine = result.labels == LABEL_IDS[name]
         figures[name] = {"dice": dice(mine[slices], truth[slices]), "contoured_slices": int(slices.sum())}
         for tool, auto_roi in RTSTRUCT_AUTO_FEMURS[name].items():
-            auto, auto_slices = rasterise_roi(folder, auto_roi, volume)
+            auto, auto_slices = rasterise_roi(rtstruct, auto_roi, volume)
             both = auto_slices & slices
             figures[name][f"dice_vs_{tool}"] = dice(mine[auto_slices], auto[auto_slices])
             figures[name][f"{tool}_vs_manual"] = dice(auto[both], truth[both])
@@ -125,17 +126,21 @@ def pelvic_ref_figures() -> tuple[dict, MeshResult, Volume] | None:
     return figures, result, volume
 
 
-def rasterise_roi(folder: Path, roi_name: str, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
-    """(mask of the ROI's contour polygons on the volume grid, bool per slice: contoured)."""
+def read_rtstruct(folder: Path):
+    """The folder's RTSTRUCT dataset (without pixel data: it has none)."""
     import pydicom
-    from skimage.draw import polygon
 
     for path in sorted(folder.iterdir()):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         if ds.Modality == "RTSTRUCT":
-            break
-    else:
-        raise FileNotFoundError(f"{folder}: no RTSTRUCT")
+            return ds
+    raise FileNotFoundError(f"{folder}: no RTSTRUCT")
+
+
+def rasterise_roi(ds, roi_name: str, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of the ROI's contour polygons on the volume grid, bool per slice: contoured)."""
+    from skimage.draw import polygon
+
     number = next(r.ROINumber for r in ds.StructureSetROISequence if r.ROIName == roi_name)
     roi = next(r for r in ds.ROIContourSequence if r.ReferencedROINumber == number)
     mask = np.zeros(volume.shape, dtype=bool)
