@@ -405,11 +405,12 @@ REAL_FLOORS = {
     # (Pelvic-Ref-003: the femoral heads are femur and filled now, but
     # marrow of the neck is still partly left unfilled, and the manual
     # contours take in the joint space at the dome; TotalSegmentator: its
-    # thin, low-density hip bones are only partly inside the bone mask). No sacrum floor for the
-    # TotalSegmentator example: its osteoporotic sacrum (median 100 HU) is
-    # mostly below segment.threshold_hu and has no dense core to tell it from
-    # L5, so it is labelled lumbar with the spine (Dice 0.02).
-    "totalseg_example": {"femur_left": 0.81, "femur_right": 0.81, "hip_left": 0.76, "hip_right": 0.72},
+    # thin, low-density hip bones are only partly inside the bone mask; its
+    # osteoporotic sacrum, median 100 HU, is mostly below
+    # segment.threshold_hu: named sacrum now, not lumbar, but a broken shell
+    # that no fill closes, Dice 0.16).
+    "totalseg_example": {"femur_left": 0.81, "femur_right": 0.81, "hip_left": 0.76, "hip_right": 0.72,
+                         "sacrum": 0.13},
     "pelvic_ref_003": {"femur_left": 0.87, "femur_right": 0.86},
 }
 
@@ -600,6 +601,56 @@ def test_s1_below_the_lumbosacral_disc_is_sacrum(feet_first):
     hu[junction] = 650.0
     hu[disc & ~facet] = 80.0
     assert_blocks_named(hu, affine, [(sacrum, "sacrum"), (s1, "sacrum"), (spine, "lumbar"),
+                                     (hips & (x > 0), "hip_left"), (hips & (x < 0), "hip_right")])
+
+
+@pytest.mark.parametrize("feet_first", [False, True])
+def test_sacrum_in_pieces_is_named_by_its_bone_between_the_hips(feet_first):
+    """Blocks on a 2 mm grid as above; the sacrum is broken into pieces, as
+    a low-density sacrum is on 3 mm slices: S1 (z 56..100 mm, its centre
+    above half-way from the hip bones' centre to their crests) with alae
+    reaching to 4 mm of the hip bones (the sacroiliac joints), and three
+    small pieces below it, 6 mm apart. The sacrum is the midline bone with
+    the most voxels between the hip bones (behind their centre, below
+    half-way to the crests): S1. Chosen by the centre instead, the lowest
+    piece was the sacrum and S1 the lumbar spine. The dark gap under S1
+    parts two regions like a disc, but S1 faces the hip bones: it stays
+    sacrum (as S1 above a disc left between S1 and S2 would)."""
+    shape, affine, z, y, x, hips = block_grid(feet_first)
+    hu = np.full(shape, 40.0, dtype=np.float32)
+    column = (np.abs(x) <= 20) & (y >= 10) & (y <= 40)
+    s1 = (column & (z >= 56) & (z <= 100)) | ((np.abs(x) <= 36) & (y >= -10) & (y < 10) & (z >= 60) & (z <= 96))
+    pieces = [column & (z >= z0) & (z <= z0 + 10) for z0 in (10, 26, 42)]
+    spine = (np.abs(x) <= 30) & (y >= 10) & (y <= 40) & (z >= 108) & (z <= 150)
+    hu[hips | s1 | spine] = 900.0
+    for piece in pieces:
+        hu[piece] = 900.0
+    assert_blocks_named(hu, affine, [(s1, "sacrum"), *[(p, "sacrum") for p in pieces], (spine, "lumbar"),
+                                     (hips & (x > 0), "hip_left"), (hips & (x < 0), "hip_right")])
+
+
+@pytest.mark.parametrize("feet_first", [False, True])
+def test_l5_above_the_lumbosacral_disc_is_lumbar(feet_first):
+    """Blocks on a 2 mm grid as above: the sacrum (z 10..70 mm), a 10 mm disc
+    of 80 HU, L5 (z 80..96 mm, below the crests) and, past a second disc, a
+    bigger L4. L5 touches S1 through a 300 HU bridge behind the disc (above
+    the threshold, below the core level: its own core, but bone-to-bone
+    contact) and L4 through nothing, so contact gives L5 to the sacrum, as
+    on a low-density spine. The disc parts two regions with sacrum on both
+    sides: the border belongs on it, and L5 is lumbar. Also with the slices
+    stored from the head down."""
+    shape, affine, z, y, x, hips = block_grid(feet_first)
+    hu = np.full(shape, 40.0, dtype=np.float32)
+    column = (np.abs(x) <= 20) & (y >= 10) & (y <= 40)
+    sacrum = column & (z >= 10) & (z <= 70)
+    bridge = (np.abs(x) <= 6) & (y >= 34) & (y <= 40) & (z > 70) & (z < 80)
+    l5 = column & (z >= 80) & (z <= 96)
+    l4 = (np.abs(x) <= 30) & (y >= 10) & (y <= 40) & (z >= 106) & (z <= 150)
+    hu[hips | sacrum | l5 | l4] = 900.0
+    hu[column & (z > 70) & (z < 80)] = 80.0
+    hu[bridge] = 300.0
+    hu[column & (z > 96) & (z < 106)] = 80.0
+    assert_blocks_named(hu, affine, [(sacrum, "sacrum"), (l5, "lumbar"), (l4, "lumbar"),
                                      (hips & (x > 0), "hip_left"), (hips & (x < 0), "hip_right")])
 
 
