@@ -4,7 +4,8 @@
   and mean surface distance (mm) of each label's mesh vertices to the truth
   surface (the phantom's signed distance function).
 * ``real_ct/totalseg_example``: Dice per structure against TotalSegmentator's
-  labels (a model's output, not manual truth) at its 3 mm grid.
+  labels (a model's output, not manual truth) at its 3 mm grid; the sacrum
+  also against the reference's sacrum and S1 together (it labels S1 apart).
 * ``real_ct/pelvic_ref_003``: Dice of each femur against the manual RTSTRUCT
   contours, within the contoured slices; against two commercial tools'
   automatic contours (on their slices), and theirs against the manual ones
@@ -32,6 +33,9 @@ from .volume import Volume
 
 REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "real_ct"
 TOTALSEG_IDS = {"sacrum": 25, "femur_left": 75, "femur_right": 76, "hip_left": 77, "hip_right": 78}
+# The reference labels S1 apart (26, vertebrae_S1); our sacrum includes S1,
+# so the sacrum is also compared with 25 and 26 together (printed beside it).
+TOTALSEG_S1 = 26
 RTSTRUCT_FEMURS = {"femur_left": "femoreSin", "femur_right": "femoreDes"}
 # Pelvic-Ref-003's RTSTRUCT also holds two commercial tools' automatic
 # contours of each femoral head (model-based, deep learning): how well they
@@ -99,6 +103,8 @@ def totalseg_figures() -> tuple[dict, MeshResult, Volume] | None:
     result = run_mesh(volume, Config())
     figures = {name: {"dice": dice(result.labels == LABEL_IDS[name], reference == ref)}
                for name, ref in TOTALSEG_IDS.items()}
+    with_s1 = np.isin(reference, (TOTALSEG_IDS["sacrum"], TOTALSEG_S1))
+    figures["sacrum"]["dice_with_s1"] = dice(result.labels == LABEL_IDS["sacrum"], with_s1)
     return figures, result, volume
 
 
