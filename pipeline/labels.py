@@ -180,6 +180,7 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig) -> BoneLabel
         names = name_regions(regions, hu, raw, volume, bone, cfg)
     rough = lookup(names, regions)
     split_at_lumbosacral_disc(rough, hu, volume)
+    apart = femurs_apart(rough)
     heads = claim_femoral_heads(rough, hu, solid, volume.spacing_mm)
     labels = solid_per_label(rough, raw, volume, bone, cfg)
     heads_inside = fill_femoral_heads(labels, heads, volume.spacing_mm)
@@ -195,6 +196,7 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig) -> BoneLabel
                               apply_affine(volume.affine, (centre / volume.spacing_mm + offset)[None])[0]],
             "radius_mm": round(radius, 1), "joint_valley_hu": round(depth, 1)}
             for femur, centre, radius, depth in heads},
+        "femurs_apart_from_hip": apart,
         "cores": int((~small[1:]).sum()),
         "regions": int(regions.max()),
         "labels": {LABEL_NAMES[k]: {"label": k, "volume_mm3": round(float(counts[k]) * voxel_mm3, 1)}
@@ -750,15 +752,7 @@ def head_sphere(rough: np.ndarray, hu: np.ndarray, hip: int, femur: int, femur_b
     box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(femur_box, rough.shape))
     view = rough[box]
     offset = np.array([s.start for s in box], dtype=float)
-    points = []
-    for axis in range(3):
-        a = np.moveaxis(view, axis, 0)
-        border = ((a[:-1] == hip) & (a[1:] == femur)) | ((a[:-1] == femur) & (a[1:] == hip))
-        at = np.argwhere(border).astype(float)
-        at[:, 0] += 0.5  # the face between the two voxels
-        order = [axis] + [i for i in range(3) if i != axis]  # moveaxis's axis order
-        points.append(at[:, np.argsort(order)])
-    points = (np.concatenate(points) + offset) * sp
+    points = (border_faces(view, hip, femur) + offset) * sp
     if len(points) < 10:
         return None
     centre, radius = fit_sphere(points)
@@ -797,6 +791,35 @@ def head_sphere(rough: np.ndarray, hu: np.ndarray, hip: int, femur: int, femur_b
     if not (HEAD_RADIUS_MM[0] <= radius <= HEAD_RADIUS_MM[1]) or -best.fun < HEAD_MIN_VALLEY_HU:
         return None
     return centre, radius, -float(best.fun)
+
+
+def border_faces(labels: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Centres (index units, N x 3) of the voxel faces between label ``a``
+    and label ``b``."""
+    points = []
+    for axis in range(3):
+        m = np.moveaxis(labels, axis, 0)
+        border = ((m[:-1] == a) & (m[1:] == b)) | ((m[:-1] == b) & (m[1:] == a))
+        at = np.argwhere(border).astype(float)
+        at[:, 0] += 0.5  # the face between the two voxels
+        order = [axis] + [i for i in range(3) if i != axis]  # moveaxis's axis order
+        points.append(at[:, np.argsort(order)])
+    return np.concatenate(points)
+
+
+def femurs_apart(rough: np.ndarray) -> list[str]:
+    """The femurs whose labels touch their side's hip bone nowhere: the
+    joint space parts them already (1 mm slices), and no head sphere is
+    needed or looked for."""
+    boxes = ndi.find_objects(rough, max_label=5)
+    apart = []
+    for hip, femur in ((1, 4), (2, 5)):
+        if boxes[hip - 1] is None or boxes[femur - 1] is None:
+            continue
+        box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(boxes[femur - 1], rough.shape))
+        if len(border_faces(rough[box], hip, femur)) == 0:
+            apart.append(LABEL_NAMES[femur])
+    return apart
 
 
 def fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:

@@ -105,7 +105,8 @@ def report_warnings(report: dict) -> list[str]:
 def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
     """Where the bone names deserve a look over the CT (labels.nii.gz): the
     naming assumes a pelvis with the proximal femurs in the field of view,
-    and finds each hip joint as the sphere of its joint space."""
+    and finds each hip joint as the sphere of its joint space where femur
+    and hip bone touch (not where the joint space parts them already)."""
     found = []
     names = set(segmentation.get("labels") or {})
     if names and not names & {"femur_left", "femur_right"}:
@@ -113,7 +114,8 @@ def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
                      "the field of view; check labels.nii.gz before relying on bone names")
     heads = segmentation.get("femoral_heads")
     if isinstance(heads, dict):
-        for femur in sorted(names & {"femur_left", "femur_right"} - set(heads)):
+        apart = set(segmentation.get("femurs_apart_from_hip") or ())
+        for femur in sorted(names & {"femur_left", "femur_right"} - set(heads) - apart):
             found.append(f"{femur}: its head was not found as a sphere in the hip joint (joint space too "
                          f"faint); the head may be labelled as hip bone or the femur may take in the socket")
     metal = segmentation.get("metal_mm3")

@@ -209,6 +209,9 @@ def test_labels_that_deserve_a_look_are_flagged():
     assert "no femur found" in found and "lowered to 289.1 HU" in found
     both = {**pelvis, "femoral_heads": {"femur_left": {}, "femur_right": {}}}
     assert report_warnings({"segmentation": both, "config": config}) == []
+    # Femur and hip bone parted by the joint space already (1 mm slices): no sphere needed.
+    apart = {**pelvis, "femoral_heads": {}, "femurs_apart_from_hip": ["femur_left", "femur_right"]}
+    assert report_warnings({"segmentation": apart, "config": config}) == []
     screws = {**both, "metal_mm3": 560.0}
     assert "metal in the bone (0.6 cm3" in " ".join(report_warnings({"segmentation": screws, "config": config}))
 
