@@ -34,9 +34,11 @@ either side. So:
    does not count. A fragment contact gave a femur but that a watershed on
    -HU from the femur's big regions and the side's hip regions reaches
    mostly from the hip is the hip's (:func:`return_hip_fragments`: the
-   acetabulum broken into small cores on 3 mm slices), and a fragment named
+   acetabulum broken into small cores on 3 mm slices), a fragment named
    hip whose centre lies across the pelvic midline is the other hip's
-   (:func:`keep_hips_on_their_side`: the pubic bodies at the symphysis).
+   (:func:`keep_hips_on_their_side`: the pubic bodies at the symphysis),
+   and a midline fragment behind or above the hip bones' centre is never a
+   hip bone's (pieces of S1 and S2 that touch the ilia through the alae).
    What touches nothing
    named is lumbar (midline, above the sacrum), sacrum (coccyx: midline,
    below it) or other bone (7).
@@ -293,6 +295,14 @@ def name_regions(regions: np.ndarray, hu: np.ndarray, raw: np.ndarray, volume: V
     merge_by_contact(name, regions, raw)
     return_hip_fragments(name, regions, hu, np.r_[False, big])
     keep_hips_on_their_side(name, centroid[:, 0], volume_mm3)
+    if hips.size and sacrum is not None:
+        # Midline bone behind or above the hip bones' centre is the sacrum's
+        # (or the spine's), never a hip bone's: contact chains pieces of a
+        # low-density S1 and S2 to the ilia through the alae
+        # (TotalSegmentator example: 9.9 cm3 of S1/S2 named hip). The pubic
+        # bodies at the symphysis lie below and in front of that centre.
+        sacral = (centroid[:, 1] > hip_centre[1]) | (centroid[:, 2] > hip_centre[2])
+        name[1:][(side == 0) & sacral & np.isin(name[1:], (1, 2))] = 0
     for r in np.flatnonzero(name[1:] == 0):
         if side[r] == 0 and sacrum is not None:
             name[r + 1] = 6 if centroid[r, 2] > z_max[sacrum] else 3 if centroid[r, 2] < centroid[sacrum, 2] else OTHER
