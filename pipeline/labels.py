@@ -182,8 +182,9 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig) -> BoneLabel
         names = name_regions(regions, hu, raw, volume, bone, cfg)
     rough = lookup(names, regions)
     split_at_lumbosacral_disc(rough, hu, volume)
-    apart = femurs_apart(rough)
-    heads = claim_femoral_heads(rough, hu, solid, volume.spacing_mm)
+    boxes = ndi.find_objects(rough, max_label=5)
+    apart = femurs_apart(rough, boxes)
+    heads = claim_femoral_heads(rough, hu, solid, volume.spacing_mm, boxes)
     labels = solid_per_label(rough, raw, volume, bone, cfg)
     heads_inside = fill_femoral_heads(labels, heads, volume.spacing_mm)
     open_sacral_canal(labels, raw, hu, volume)
@@ -253,7 +254,8 @@ def name_regions(regions: np.ndarray, hu: np.ndarray, raw: np.ndarray, volume: V
     offset = np.array([s.start for s in bone.box], dtype=float)
     centre = region_centres(regions, n)
     centroid = apply_affine(volume.affine, centre + offset)
-    z_min, z_max = region_extent_z(regions, n, volume.affine, offset)
+    boxes = ndi.find_objects(regions, max_label=n)
+    z_min, z_max = region_extent_z(regions, n, volume.affine, offset, boxes)
     lateral = centroid[:, 0] - bone.midline_x_lps_mm
     side = np.where(lateral > MIDLINE_MM, 1, np.where(lateral < -MIDLINE_MM, -1, 0))
     name = np.zeros(n + 1, dtype=np.uint8)
@@ -282,7 +284,7 @@ def name_regions(regions: np.ndarray, hu: np.ndarray, raw: np.ndarray, volume: V
         # half-way (TotalSegmentator example: by the centre a 3 cm3 piece
         # was the sacrum, and contact gave the rest to the lumbar spine).
         hip_centre = centroid[hips].mean(axis=0)
-        between = voxels_between(regions, midline, volume.affine, offset,
+        between = voxels_between(regions, midline, boxes, volume.affine, offset,
                                  sacrum_top_z(hip_centre[2], crest_z), hip_centre[1])
         if between.max(initial=0) > 0:
             midline = midline[[np.argmax(between)]]
@@ -311,19 +313,18 @@ def name_regions(regions: np.ndarray, hu: np.ndarray, raw: np.ndarray, volume: V
     return name
 
 
-def voxels_between(regions: np.ndarray, ids: np.ndarray, affine: np.ndarray, offset: np.ndarray,
+def voxels_between(regions: np.ndarray, ids: np.ndarray, boxes: list, affine: np.ndarray, offset: np.ndarray,
                    top_z: float, front_y: float) -> np.ndarray:
-    """Per region of ``ids`` (0-based), its voxels below LPS z ``top_z`` and
-    behind LPS y ``front_y``."""
-    if ids.size == 0:
-        return np.zeros(0)
-    keep = np.zeros(int(regions.max()) + 1, dtype=bool)
-    keep[ids + 1] = True
-    where = np.nonzero(lookup(keep, regions))
-    lps = apply_affine(affine, np.stack(where, axis=1) + offset)
-    inside = (lps[:, 2] < top_z) & (lps[:, 1] > front_y)
-    count = np.bincount(regions[where][inside], minlength=keep.size)
-    return count[ids + 1]
+    """Per region of ``ids`` (0-based; ``boxes`` from ``find_objects``), its
+    voxels below LPS z ``top_z`` and behind LPS y ``front_y``."""
+    count = np.zeros(ids.size, dtype=np.int64)
+    for i, r in enumerate(ids):
+        box = boxes[r]
+        grids = [g + o for g, o in zip(np.ogrid[box], offset)]
+        z = sum(affine[2, a] * g for a, g in enumerate(grids)) + affine[2, 3]
+        y = sum(affine[1, a] * g for a, g in enumerate(grids)) + affine[1, 3]
+        count[i] = np.count_nonzero((regions[box] == r + 1) & (z < top_z) & (y > front_y))
+    return count
 
 
 def sacrum_top_z(hip_centre_z: float, crest_z: float) -> float:
@@ -493,10 +494,11 @@ def region_centres(regions: np.ndarray, n: int) -> np.ndarray:
         return np.stack([np.bincount(owner, weights=i, minlength=n + 1)[1:] / count for i in index], axis=1)
 
 
-def region_extent_z(regions: np.ndarray, n: int, affine: np.ndarray, offset: np.ndarray):
-    """Lowest and highest LPS z (mm) of every region's bounding box corners."""
+def region_extent_z(regions: np.ndarray, n: int, affine: np.ndarray, offset: np.ndarray, boxes: list | None = None):
+    """Lowest and highest LPS z (mm) of every region's bounding box corners
+    (``boxes``: ``find_objects`` of ``regions``, if at hand)."""
     z_min, z_max = np.full(n, np.inf), np.full(n, -np.inf)
-    for r, sl in enumerate(ndi.find_objects(regions, max_label=n)):
+    for r, sl in enumerate(ndi.find_objects(regions, max_label=n) if boxes is None else boxes):
         if sl is None:
             continue
         corners = np.array(np.meshgrid(*[(s.start, s.stop - 1) for s in sl], indexing="ij")).reshape(3, -1).T
@@ -600,11 +602,12 @@ def keep_hips_on_their_side(name: np.ndarray, x_lps_mm: np.ndarray, volume_mm3: 
     name[crossed_right] = 1
 
 
-def claim_femoral_heads(rough: np.ndarray, hu: np.ndarray, solid: np.ndarray,
-                        spacing_mm: np.ndarray) -> list[tuple[int, np.ndarray, float, float]]:
+def claim_femoral_heads(rough: np.ndarray, hu: np.ndarray, solid: np.ndarray, spacing_mm: np.ndarray,
+                        boxes: list) -> list[tuple[int, np.ndarray, float, float]]:
     """Give each femur its whole head, in place in ``rough`` (labels per voxel).
     Returns, per head taken, (femur label, centre in index-mm, radius mm,
-    mean joint-space valley depth HU).
+    mean joint-space valley depth HU). ``boxes``: ``find_objects`` of
+    ``rough`` for labels 1..5.
 
     On thick slices the head's subchondral shell forms regions of its own
     that touch the acetabulum (across a joint space blurred by partial volume)
@@ -619,7 +622,6 @@ def claim_femoral_heads(rough: np.ndarray, hu: np.ndarray, solid: np.ndarray,
     -HU puts the border on the valley, and the voxels of the watershed line
     (the valley itself) are left to neither bone."""
     sp = np.asarray(spacing_mm, dtype=float)
-    boxes = ndi.find_objects(rough, max_label=5)
     found = []
     for hip, femur in ((1, 4), (2, 5)):
         if boxes[hip - 1] is None or boxes[femur - 1] is None:
@@ -817,17 +819,20 @@ def border_faces(labels: np.ndarray, a: int, b: int) -> np.ndarray:
     return np.concatenate(points)
 
 
-def femurs_apart(rough: np.ndarray) -> list[str]:
-    """The femurs whose labels touch their side's hip bone nowhere: the
-    joint space parts them already (1 mm slices), and no head sphere is
-    needed or looked for."""
-    boxes = ndi.find_objects(rough, max_label=5)
+def femurs_apart(rough: np.ndarray, boxes: list) -> list[str]:
+    """The femurs whose labels touch their side's hip bone nowhere
+    (``boxes``: ``find_objects`` of ``rough`` for labels 1..5): the joint
+    space parts them already (1 mm slices), and no head sphere is needed or
+    looked for."""
     apart = []
     for hip, femur in ((1, 4), (2, 5)):
         if boxes[hip - 1] is None or boxes[femur - 1] is None:
             continue
-        box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(boxes[femur - 1], rough.shape))
-        if len(border_faces(rough[box], hip, femur)) == 0:
+        # Faces between the two lie where their boxes, grown by a voxel, overlap.
+        box = tuple(slice(max(a.start, b.start) - 1, min(a.stop, b.stop) + 1)
+                    for a, b in zip(boxes[hip - 1], boxes[femur - 1]))
+        box = tuple(slice(max(s.start, 0), min(s.stop, n)) for s, n in zip(box, rough.shape))
+        if any(s.stop - s.start < 1 for s in box) or len(border_faces(rough[box], hip, femur)) == 0:
             apart.append(LABEL_NAMES[femur])
     return apart
 
