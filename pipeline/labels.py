@@ -52,8 +52,8 @@ either side. So:
    sphere is femur, bone or not: the head's marrow behind a shell that is
    below the threshold where it faces the acetabulum (:func:`fill_femoral_heads`).
    Outside the sphere the femur goes on only through its neck: femur bone
-   just outside it and off the neck's way is the acetabulum's
-   (:func:`give_acetabulum_back`).
+   that the sphere cuts off from the neck and shaft is the acetabulum's
+   (:func:`give_cut_off_femur_back`).
 5. **Solid per bone**: each label's raw threshold is closed and filled on its
    own (marrow, cancellous bone), so a space enclosed by two bones (a joint
    space, the pelvic inlet) is never filled; marrow behind a leaky cortex
@@ -127,9 +127,6 @@ HEAD_VALLEY_MM = 2.0
 HEAD_RAYS, HEAD_NECK_DEG = 400, 70.0
 HEAD_MIN_VALLEY_HU = 10.0
 HEAD_BAND_MM = 3.0
-# Femur voxels within ACETABULUM_MM beyond the sphere's band, off the neck's
-# way, are the acetabulum's (give_acetabulum_back).
-ACETABULUM_MM = 15.0
 HEAD_RETRY_MM, HEAD_RETRY_RADIUS_MM = 6.0, (20.0, 30.0)
 # The sacral canal: fill voxels of the sacrum darker than CANAL_HU (on HU
 # smoothed by CANAL_SMOOTHING_MM), connected and reaching at least
@@ -630,7 +627,7 @@ def claim_femoral_heads(rough: np.ndarray, hu: np.ndarray, solid: np.ndarray, sp
         if sphere is None:
             continue
         centre, radius, depth = sphere
-        give_acetabulum_back(rough, hip, femur, centre, radius, sp)
+        give_cut_off_femur_back(rough, hip, femur, centre, radius, sp, boxes[femur - 1])
         box, dist = ball_box(centre, radius + HEAD_BAND_MM, sp, rough.shape)
         view = rough[box]
         free = solid[box] & ((view == hip) | (view == femur))
@@ -650,37 +647,34 @@ def claim_femoral_heads(rough: np.ndarray, hu: np.ndarray, solid: np.ndarray, sp
     return found
 
 
-def give_acetabulum_back(rough: np.ndarray, hip: int, femur: int, centre: np.ndarray, radius: float,
-                         sp: np.ndarray) -> int:
-    """Give the hip, in place, the femur voxels just outside the head's joint
-    sphere that are not on the neck's way; returns how many.
+def give_cut_off_femur_back(rough: np.ndarray, hip: int, femur: int, centre: np.ndarray, radius: float,
+                            sp: np.ndarray, femur_box: tuple[slice, ...]) -> int:
+    """Give the hip, in place, the femur bone that the head's joint sphere
+    cuts off from the rest of the femur; returns how many voxels.
 
-    Outside the sphere the femur goes on only through its neck. So femur
-    voxels farther than ``HEAD_BAND_MM`` beyond the sphere and within
-    ``ACETABULUM_MM`` of that, more than ``HEAD_NECK_DEG`` away from the
-    neck's direction, are the acetabulum's. The neck's direction is that of
-    the femur's bone farther out (the next ``ACETABULUM_MM``: neck and
-    trochanters; the whole femur's centre lies down the shaft, 30 degrees
-    off the neck on Pelvic-Ref-003, and from it 28-37 voxels of each neck
-    went to the hip, femurs -0.002 / -0.010). On the TotalSegmentator example
-    the acetabular roof above each head, a ring of bright bone in axial
-    slices up to 26 mm above the head's centre, came out femur by contact
-    across the blurred dome; its 97 and 43 voxels returned, the hip's fill
-    closes the roof (hips 0.795 / 0.758 -> 0.827 / 0.766, femurs 0.849 /
-    0.846 -> 0.858 / 0.864). None move on Pelvic-Ref-003 or the phantom."""
-    inner = radius + HEAD_BAND_MM
-    box, dist = ball_box(centre, inner + 2 * ACETABULUM_MM, sp, rough.shape)
+    Outside the sphere the femur goes on only through its neck, to the
+    trochanters and the shaft: one piece, the femur's largest outside the
+    sphere (and its ``HEAD_BAND_MM`` band). Any other femur piece there is
+    joined to the femur only through the joint, and lies on the
+    acetabulum's side of it: contact across the blurred joint space gave it
+    to the femur. TotalSegmentator example: the acetabular roof above each
+    head (a ring of bright bone in axial slices up to 26 mm above the head's
+    centre) and the lateral wall of the right ischium (195 voxels, part of
+    the head's own big region); given back, the hip's fills close the roof
+    and the ischium (hips 0.795 / 0.758 -> 0.833 / 0.822 with the midline
+    rule of :func:`name_regions`). Pelvic-Ref-003: two voxels move."""
+    box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(femur_box, rough.shape))
     view = rough[box]
-    beyond = np.argwhere((view == femur) & (dist > inner + ACETABULUM_MM))
-    if beyond.size == 0:
+    dist2 = sum((g * s - c) ** 2 for g, s, c in zip(np.ogrid[box], sp, centre))
+    outside = (view == femur) & (dist2 > (radius + HEAD_BAND_MM) ** 2)
+    pieces, n = ndi.label(outside, structure=np.ones((3, 3, 3)))
+    if n < 2:
         return 0
-    neck = (beyond.mean(axis=0) + [s.start for s in box]) * sp - centre
-    neck /= np.linalg.norm(neck)
-    along = sum((g * s - c) * n for g, s, c, n in zip(np.ogrid[box], sp, centre, neck))
-    away = ((view == femur) & (dist > inner) & (dist <= inner + ACETABULUM_MM)
-            & (along < dist * np.cos(np.radians(HEAD_NECK_DEG))))
-    view[away] = hip
-    return int(np.count_nonzero(away))
+    sizes = np.bincount(pieces.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    cut = (pieces > 0) & (pieces != np.argmax(sizes))
+    view[cut] = hip
+    return int(np.count_nonzero(cut))
 
 
 def open_sacral_canal(labels: np.ndarray, raw: np.ndarray, hu: np.ndarray, volume: Volume) -> int:

@@ -416,32 +416,36 @@ def test_femoral_head_behind_a_missing_shell_is_filled():
         assert not (labels[cup] == LABEL_IDS[f"femur_{side}"]).any(), side
 
 
-def test_femur_beyond_the_head_sphere_off_the_neck_is_the_acetabulum():
+def test_femur_bone_the_head_sphere_cuts_off_is_the_hips():
     """A femur on a 1 mm grid: a head (18 mm) inside its joint sphere
-    (20 mm), a neck 8 mm in radius leaving it down and sideways, and a
-    lesser trochanter 45 mm from the head's centre, off the neck's way.
-    A cap of bone 24-30 mm from the centre above the head (the acetabular
-    roof) is labelled femur too. Outside the sphere the femur goes on only
-    through its neck: the cap is the hip's; head, neck and trochanter stay
-    femur."""
-    from pipeline.labels import HEAD_BAND_MM, give_acetabulum_back
+    (20 mm), a neck 8 mm in radius leaving it down and sideways, a shaft
+    going down from the neck's end with a lesser trochanter on it. Two more
+    pieces are labelled femur: a cap 24-30 mm above the head's centre (the
+    acetabular roof) and a block behind the head (the ischium's wall), both
+    joined to the femur only through the joint. They are the hip's; head,
+    neck, shaft and trochanter stay femur."""
+    from pipeline.labels import HEAD_BAND_MM, give_cut_off_femur_back
 
-    sp = np.ones(3)
-    k, r, c = np.indices((100, 100, 100)).astype(float)
-    p = np.stack([k, r, c], axis=-1) - 40.0
+    k, r, c = np.indices((120, 90, 110)).astype(float)
+    p = np.stack([k, r, c], axis=-1) - [80.0, 40.0, 40.0]
     dist = np.linalg.norm(p, axis=-1)
     neck_axis = np.array([-1.0, 0.0, 1.0]) / np.sqrt(2.0)
     along = p @ neck_axis
-    neck = (along > 10) & (np.linalg.norm(p - along[..., None] * neck_axis, axis=-1) <= 8.0)
+    neck = (along > 10) & (along < 50) & (np.linalg.norm(p - along[..., None] * neck_axis, axis=-1) <= 8.0)
+    end = 45.0 * neck_axis
+    shaft = (p[..., 0] <= end[0]) & (np.hypot(p[..., 1] - end[1], p[..., 2] - end[2]) <= 12.0)
+    trochanter = np.linalg.norm(p - [end[0] - 25.0, 0.0, end[2] - 16.0], axis=-1) <= 6.0
     head = dist <= 18.0
-    trochanter = np.linalg.norm(p - [-30.0, 0.0, -34.0], axis=-1) <= 5.0
     cap = (dist > 20.0 + HEAD_BAND_MM + 1) & (dist <= 30.0) & (p[..., 0] > 12.0)
+    ischium = (np.abs(p[..., 0] + 5.0) <= 6.0) & (np.abs(p[..., 1]) <= 6.0) & (p[..., 2] >= -34.0) & (p[..., 2] <= -25.0)
     rough = np.zeros(dist.shape, dtype=np.uint8)
-    rough[head | neck | trochanter | cap] = 4
-    moved = give_acetabulum_back(rough, 1, 4, np.full(3, 40.0), 20.0, sp)
-    assert moved == np.count_nonzero(cap)
-    assert (rough[cap] == 1).all()
-    assert (rough[head | neck | trochanter] == 4).all()
+    femur = head | neck | shaft | trochanter
+    rough[femur | cap | ischium] = 4
+    box = tuple(slice(0, n) for n in rough.shape)
+    moved = give_cut_off_femur_back(rough, 1, 4, np.array([80.0, 40.0, 40.0]), 20.0, np.ones(3), box)
+    assert moved == np.count_nonzero((cap | ischium) & ~femur)
+    assert (rough[(cap | ischium) & ~femur] == 1).all()
+    assert (rough[femur] == 4).all()
 
 
 def test_best_shift_finds_how_far_a_reference_sits_off():
@@ -466,7 +470,7 @@ REAL_FLOORS = {
     # osteoporotic sacrum, median 100 HU, is mostly below
     # segment.threshold_hu: named sacrum now, not lumbar, but a broken shell
     # that no fill closes, Dice 0.18).
-    "totalseg_example": {"femur_left": 0.82, "femur_right": 0.83, "hip_left": 0.80, "hip_right": 0.74,
+    "totalseg_example": {"femur_left": 0.82, "femur_right": 0.83, "hip_left": 0.80, "hip_right": 0.79,
                          "sacrum": 0.15},
     "pelvic_ref_003": {"femur_left": 0.87, "femur_right": 0.86},
 }
