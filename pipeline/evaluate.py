@@ -31,6 +31,7 @@ import numpy as np
 from .config import Config
 from .labels import LABEL_IDS
 from .run import MeshResult, run_mesh
+from .segment import bounding_box
 from .volume import Volume
 
 REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "real_ct"
@@ -145,8 +146,6 @@ def best_shift(reference: np.ndarray, other: np.ndarray, reach: int = 3) -> tupl
     Pelvic-Ref-003's right manual femur contour agrees best with ours and
     with both commercial tools' contours 1-2 columns off; theirs agree with
     ours unshifted."""
-    from .segment import bounding_box
-
     box = tuple(slice(max(s.start - reach, 0), s.stop + reach) for s in bounding_box(reference | other))
     a, b = reference[box], other[box]
     scores = {(dr, dc): dice(np.roll(a, (dr, dc), axis=(1, 2)), b)

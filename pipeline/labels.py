@@ -561,8 +561,7 @@ def return_hip_fragments(name: np.ndarray, regions: np.ndarray, hu: np.ndarray, 
         if not (seeds.any() and fragments.any() and (name == hip).any()):
             continue
         where = lookup(fragments, regions)
-        box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n))
-                    for s, n in zip(ndi.find_objects(where.view(np.uint8))[0], regions.shape))
+        box = grow_box(ndi.find_objects(where.view(np.uint8))[0], regions.shape)
         ids = regions[box]
         own = name[ids]
         inside = (own == hip) | (own == femur)
@@ -663,7 +662,7 @@ def give_cut_off_femur_back(rough: np.ndarray, hip: int, femur: int, centre: np.
     the head's own big region); given back, the hip's fills close the roof
     and the ischium (hips 0.795 / 0.758 -> 0.833 / 0.822 with the midline
     rule of :func:`name_regions`). Pelvic-Ref-003: two voxels move."""
-    box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(femur_box, rough.shape))
+    box = grow_box(femur_box, rough.shape)
     view = rough[box]
     dist2 = sum((g * s - c) ** 2 for g, s, c in zip(np.ogrid[box], sp, centre))
     outside = (view == femur) & (dist2 > (radius + HEAD_BAND_MM) ** 2)
@@ -707,6 +706,11 @@ def open_sacral_canal(labels: np.ndarray, raw: np.ndarray, hu: np.ndarray, volum
     taken = np.isin(dark, canal)
     labels[box][taken] = 0
     return int(np.count_nonzero(taken))
+
+
+def grow_box(box: tuple[slice, ...], shape: tuple[int, ...], by: int = 1) -> tuple[slice, ...]:
+    """``box`` grown by ``by`` voxels on every side, clipped to ``shape``."""
+    return tuple(slice(max(s.start - by, 0), min(s.stop + by, n)) for s, n in zip(box, shape))
 
 
 def ball_box(centre: np.ndarray, reach: float, spacing_mm: np.ndarray,
@@ -769,7 +773,7 @@ def head_sphere(rough: np.ndarray, hu: np.ndarray, hip: int, femur: int, femur_b
     and found 9.9 HU; two of six shifted starts found 18.1 HU within 2 mm of
     the sphere fitted to the reference femur's head, a third 19.5 HU at
     radius 17.9 mm, inside the head, which ``HEAD_RETRY_RADIUS_MM`` leaves out."""
-    box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(femur_box, rough.shape))
+    box = grow_box(femur_box, rough.shape)
     view = rough[box]
     offset = np.array([s.start for s in box], dtype=float)
     points = (border_faces(view, hip, femur) + offset) * sp
@@ -840,10 +844,10 @@ def femurs_apart(rough: np.ndarray, boxes: list) -> list[str]:
     for hip, femur in ((1, 4), (2, 5)):
         if boxes[hip - 1] is None or boxes[femur - 1] is None:
             continue
-        # Faces between the two lie where their boxes, grown by a voxel, overlap.
-        box = tuple(slice(max(a.start, b.start) - 1, min(a.stop, b.stop) + 1)
-                    for a, b in zip(boxes[hip - 1], boxes[femur - 1]))
-        box = tuple(slice(max(s.start, 0), min(s.stop, n)) for s, n in zip(box, rough.shape))
+        # Faces between the two lie where their boxes overlap, grown by a voxel.
+        overlap = tuple(slice(max(a.start, b.start), min(a.stop, b.stop))
+                        for a, b in zip(boxes[hip - 1], boxes[femur - 1]))
+        box = grow_box(overlap, rough.shape)
         if any(s.stop - s.start < 1 for s in box) or len(border_faces(rough[box], hip, femur)) == 0:
             apart.append(LABEL_NAMES[femur])
     return apart
@@ -874,8 +878,7 @@ def solid_per_label(rough: np.ndarray, raw: np.ndarray, volume: Volume, bone: Bo
     for label, sub in enumerate(ndi.find_objects(pieces), start=1):
         if sub is None:
             continue
-        sub = tuple(slice(max(s.start - radius_vox - 1, 0), min(s.stop + radius_vox + 1, dim))
-                    for s, dim in zip(sub, rough.shape))
+        sub = grow_box(sub, rough.shape, radius_vox + 1)
         sub_border = [(b0 and s.start == 0, b1 and s.stop == dim)
                       for (b0, b1), s, dim in zip(at_border, sub, rough.shape)]
         # A vertebra's arch encloses the spinal canal in every axial slice:
