@@ -460,6 +460,31 @@ def test_best_shift_finds_how_far_a_reference_sits_off():
     assert best_shift(bone, bone) == ("+0,+0", 1.0)
 
 
+def test_surface_dice_forgives_one_voxel_layer_but_not_a_missing_piece():
+    """A reference one voxel fatter than the bone on every side has surface
+    Dice 1 (Dice 0.65 for this 10 x 10 x 10 cube); one shifted by two voxels,
+    or missing half the bone, does not. The misses of the fat reference all
+    lie in the layer outside the bone, at the HU found there."""
+    from scipy import ndimage as ndi
+
+    from pipeline.evaluate import dice, outer_layer_misses, surface_dice
+
+    bone = np.zeros((20, 20, 20), dtype=bool)
+    bone[5:15, 5:15, 5:15] = True
+    fat = ndi.binary_dilation(bone, structure=np.ones((3, 3, 3), dtype=bool))
+    assert dice(bone, fat) == pytest.approx(2 * 1000 / (1000 + 1728))
+    assert surface_dice(bone, fat) == 1.0
+    assert surface_dice(bone, np.roll(bone, 2, axis=0)) < 0.8
+    half = bone.copy()
+    half[10:] = False
+    assert surface_dice(half, bone) < 0.8
+    hu = np.where(bone, 400.0, np.where(fat, 140.0, 40.0))
+    found = outer_layer_misses(bone, fat, hu)
+    # Face-neighbours of the cube: all of the fat layer but its 12 edges and 8 corners.
+    assert found == {"misses_in_outer_layer": pytest.approx(600 / 728), "outer_layer_median_hu": 140}
+    assert outer_layer_misses(bone, bone, hu) == {"misses_in_outer_layer": 0.0, "outer_layer_median_hu": None}
+
+
 REAL_FLOORS = {
     # Measured with this code less 0.03: regression guards on real CT. The
     # issue's target is 0.90 per structure, which these do not reach yet
@@ -501,6 +526,12 @@ def test_real_ct_labels_do_not_regress(case):
         for name in ("femur_left", "femur_right"):
             assert figures[name]["dice_vs_mbs"] >= 0.90, figures[name]
             assert figures[name]["dice_vs_dl"] >= 0.90, figures[name]
+    if case == "totalseg_example":
+        # Surface Dice at one voxel's tolerance (measured 0.935 / 0.950 /
+        # 0.944 less 0.03): where the hips and the left femur lose Dice, it
+        # is the outline's layer, not bone missed or misnamed.
+        for name in ("hip_left", "hip_right", "femur_left"):
+            assert figures[name]["surface_dice_1vox"] >= 0.90, figures[name]
 
 
 def test_head_spheres_do_not_depend_on_how_the_slices_are_stored():
