@@ -33,7 +33,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .config import Config
-from .labels import LABEL_IDS
+from .labels import LABEL_IDS, grow_box
 from .run import MeshResult, run_mesh
 from .segment import FACE_CONNECTIVITY, bounding_box
 from .volume import Volume
@@ -71,15 +71,13 @@ def surface_dice(ours: np.ndarray, reference: np.ndarray) -> float:
     box = bounding_box(ours | reference)
     if box is None:
         return 1.0
-    box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
-    a, b = ours[box], reference[box]
-    edge_a = a & ~ndi.binary_erosion(a, structure=FACE_CONNECTIVITY)
-    edge_b = b & ~ndi.binary_erosion(b, structure=FACE_CONNECTIVITY)
+    box = grow_box(box, ours.shape)
+    edge_a, edge_b = (m & ~ndi.binary_erosion(m, structure=FACE_CONNECTIVITY) for m in (ours[box], reference[box]))
     cube = np.ones((3, 3, 3), dtype=bool)
-    near_b = ndi.binary_dilation(edge_b, structure=cube)
-    near_a = ndi.binary_dilation(edge_a, structure=cube)
+    met = (np.count_nonzero(edge_a & ndi.binary_dilation(edge_b, structure=cube))
+           + np.count_nonzero(edge_b & ndi.binary_dilation(edge_a, structure=cube)))
     total = np.count_nonzero(edge_a) + np.count_nonzero(edge_b)
-    return (np.count_nonzero(edge_a & near_b) + np.count_nonzero(edge_b & near_a)) / total if total else 1.0
+    return met / total if total else 1.0
 
 
 def outer_layer_misses(ours: np.ndarray, reference: np.ndarray, hu: np.ndarray) -> dict:
