@@ -526,6 +526,13 @@ def test_real_ct_labels_do_not_regress(case):
         for name in ("femur_left", "femur_right"):
             assert figures[name]["dice_vs_mbs"] >= 0.90, figures[name]
             assert figures[name]["dice_vs_dl"] >= 0.90, figures[name]
+            # Most of what we miss of those contours lies in the one voxel
+            # layer just outside our surface (measured 0.70-0.75): they take in
+            # the partial-volume layer, as the TotalSegmentator labels do; a
+            # piece of bone lost elsewhere (a head, a neck's marrow) would
+            # bring the share down.
+            assert figures[name]["misses_in_outer_layer_vs_mbs"] >= 0.6, figures[name]
+            assert figures[name]["misses_in_outer_layer_vs_dl"] >= 0.6, figures[name]
     if case == "totalseg_example":
         # Surface Dice at one voxel's tolerance (measured 0.935 / 0.950 /
         # 0.944 less 0.03): where the hips and the left femur lose Dice, it
