@@ -25,7 +25,7 @@ RUNS = 3
 
 
 def main() -> int:
-    from .dicom_write import write_series
+    from .io import write_series
     from .phantom import pelvis_phantom, preset
 
     with tempfile.TemporaryDirectory(prefix="pelvis-bench-") as tmp:
@@ -96,7 +96,7 @@ def _print_mirrored(resected_walls: list[float], mirrored) -> None:
 
 def _time_load(ct_dir: Path, j2k_dir: Path) -> dict[str, list[float]]:
     """Seconds of load_ct alone: uncompressed (RUNS times), JPEG 2000 in one and all processes."""
-    from .load import load_ct
+    from .io import load_ct
 
     def timed(folder: Path, runs: int, **kwargs) -> list[float]:
         times = []
@@ -111,7 +111,7 @@ def _time_load(ct_dir: Path, j2k_dir: Path) -> dict[str, list[float]]:
 
 
 def _print_load(times: dict[str, list[float]]) -> None:
-    from .load_pixels import WORKERS
+    from .io.pixels import WORKERS
 
     raw, serial, parallel = times["raw"], times["j2k serial"][0], times["j2k parallel"][0]
     print("load alone (header scan + decode + HU), seconds")

@@ -63,8 +63,7 @@ class Console:
 
 def cmd_mesh(args: argparse.Namespace) -> None:
     from .config import load_config
-    from .export import json_bytes, nifti_bytes, stl_bytes, write_outputs
-    from .load import load_ct
+    from .io import json_bytes, load_ct, nifti_bytes, stl_bytes, write_outputs
     from .parallel import parallel
     from .run import Timer, run_mesh
 
@@ -101,19 +100,19 @@ def cmd_mesh(args: argparse.Namespace) -> None:
         for plane in result.report["planes"]:
             print(f"plane {plane['name']}: contact {plane['implant_contact_area_mm2']:.1f} mm2")
         if result.report.get("implant"):
-            from .implant import fit_summary_lines
+            from .design import fit_summary_lines
             print("\n".join(fit_summary_lines(result.report["implant"])))
-        from .report_html import report_warnings
+        from .qa import report_warnings
         for warning in report_warnings(result.report):
             print(f"warning: {warning}")
 
 
 def qa_files(volume, result, config, *, images: bool, timer) -> dict[str, bytes]:
     """qa/<name>.png (unless ``images`` is false) and report.html."""
-    from .export import QA_FOLDER, png_bytes
+    from .io import QA_FOLDER, png_bytes
     from .parallel import parallel
-    from .qa import TEMPLATE_ATTRIBUTE, cut_bone_density, implant_source, qa_images, structure_labels
-    from .report_html import report_html
+    from .qa import (TEMPLATE_ATTRIBUTE, cut_bone_density, implant_source, qa_images, report_html,
+                     structure_labels)
 
     files, shown, missing, density = {}, [], [], []
     if images:
@@ -136,8 +135,7 @@ def qa_files(volume, result, config, *, images: bool, timer) -> dict[str, bytes]
 
 
 def cmd_series(args: argparse.Namespace) -> None:
-    from .load import scan_folder
-    from .load_volume_files import is_volume_file, load_volume_file
+    from .io import is_volume_file, load_volume_file, scan_folder
     from .volume import orientation_code
 
     if is_volume_file(args.ct_dir):  # a NIfTI/NRRD file is one series: describe it the same way
@@ -156,7 +154,7 @@ def cmd_series(args: argparse.Namespace) -> None:
 
 
 def cmd_phantom(args: argparse.Namespace) -> None:
-    from .dicom_write import write_series
+    from .io import write_series
     from .phantom import pelvis_phantom, preset
 
     kwargs = preset(args.preset)

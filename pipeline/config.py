@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .bones import LABEL_IDS
 from .errors import ConfigError
 
 
@@ -128,7 +129,7 @@ class ResectionConfig:
     # Pieces a cut clips off a bump of the bone surface smaller than this are
     # dropped from the implant (and counted in the report), 0.1 cm^3.
     min_fragment_mm3: float = 100.0
-    # Bones (names of pipeline.labels.LABEL_NAMES) the resection may cut; the
+    # Bones (names of pipeline.bones.LABEL_NAMES) the resection may cut; the
     # implant comes only from these, every other bone is written whole as
     # bone_<name>.stl for context. Femurs and spine are never cut by default.
     structures: tuple[str, ...] = ("hip_left", "hip_right", "sacrum")
@@ -308,8 +309,6 @@ def _resection(table: Any, base_dir: Path) -> ResectionConfig:
 
 
 def _structures(value: Any, key: str) -> tuple[str, ...]:
-    from .labels import LABEL_IDS  # the label table lives with the labelling stage
-
     if not isinstance(value, list) or not value:
         raise ConfigError(f"{key} must be a non-empty list of bone names, got {value!r}")
     for i, name in enumerate(value):

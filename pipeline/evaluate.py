@@ -33,9 +33,10 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .config import Config
-from .labels import LABEL_IDS, grow_box
+from .bones import LABEL_IDS
+from .segment.labels import grow_box
 from .run import MeshResult, run_mesh
-from .segment import FACE_CONNECTIVITY, bounding_box
+from .segment.mask import FACE_CONNECTIVITY, bounding_box
 from .volume import Volume
 
 REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "real_ct"
@@ -154,7 +155,7 @@ def pelvic_ref_figures() -> tuple[dict, MeshResult, Volume] | None:
     folder = REAL_CT / "pelvic_ref_003"
     if not folder.is_dir():
         return None
-    from .load import load_ct
+    from .io import load_ct
 
     volume = load_ct(folder)
     result = run_mesh(volume, Config())
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  label volumes (cm3): " + ", ".join(f"{name} {row['voxels_mm3'] / 1000:.0f}"
                                                    for name, row in table.items()))
         if args.png:
-            from .render import write_overlays
+            from .qa.render import write_overlays
 
             for path in write_overlays(volume, result.labels, args.png, re.sub(r"\W+", "_", case).strip("_")):
                 print(f"  wrote {path}")

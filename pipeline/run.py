@@ -15,16 +15,15 @@ from typing import Callable, Iterator
 import numpy as np
 import trimesh
 
+from .bones import LABEL_NAMES
 from .config import Config
-from .meshes import concatenate_solids, mesh_facts, mesh_stats, validate_solid
-from .parallel import parallel
-from .resect import Resection, check_plane_structures, resect
+from .design import fit_report, mirrored_source
 from .errors import PlanError
-from .implant import fit_report, mirrored_source
-from .labels import LABEL_NAMES, label_bones
-from .lookup import label_counts
-from .segment import segment_bone
-from .surface import bone_surfaces
+from .geometry import (Resection, bone_surfaces, check_plane_structures, concatenate_solids, mesh_facts, mesh_stats,
+                       resect, validate_solid)
+from .parallel import parallel
+from .segment import label_bones, segment_bone
+from .segment.lookup import label_counts
 from .volume import Volume, orientation_code
 
 Log = Callable[[str], None]

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import Config, SegmentConfig
-from pipeline.dicom_write import write_series
+from pipeline.io.dicom_write import write_series
 from pipeline.evaluate import dice  # noqa: F401  (re-exported for the tests)
-from pipeline.load import load_ct
+from pipeline.io.dicom import load_ct
 from pipeline.run import run_mesh
 from pipeline.volume import Volume
 

@@ -18,9 +18,9 @@ import trimesh
 
 from pipeline.cli import main as cli_main
 from pipeline.config import load_config
-from pipeline.dicom_write import FAKE_BIRTH_DATE, FAKE_PATIENT_ID, FAKE_PATIENT_NAME
-from pipeline.load import load_ct
-from pipeline.phantom import pelvis_phantom, preset
+from pipeline.io.dicom_write import FAKE_BIRTH_DATE, FAKE_PATIENT_ID, FAKE_PATIENT_NAME
+from pipeline.io.dicom import load_ct
+from pipeline.phantom.analytic import pelvis_phantom, preset
 
 from .helpers import REPO, dice, winding_number
 from .regenerate_goldens import GOLDEN, statistics
@@ -160,8 +160,8 @@ def test_golden_statistics(report):
 def test_qa_images_and_report_page(out, report):
     from PIL import Image
 
-    from pipeline.qa import QA_IMAGES, SLICE_LONGEST_PX, VIEW_PX
-    from pipeline.report_html import _numbers
+    from pipeline.qa.images import QA_IMAGES, SLICE_LONGEST_PX, VIEW_PX
+    from pipeline.qa.report_html import _numbers
 
     made = sorted(p.stem for p in (out / "qa").iterdir())
     assert made == sorted(set(QA_IMAGES) - {"view_mirrored"})  # implant.source = "resected"

@@ -13,7 +13,7 @@ from scipy import ndimage as ndi
 import trimesh
 
 from pipeline.cli import main as cli_main
-from pipeline.meshes import validate_solid
+from pipeline.geometry.meshes import validate_solid
 from pipeline.volume import apply_affine
 
 from .helpers import REAL_CT, REPO

@@ -1,0 +1,13 @@
+"""Geometry: labelled voxels -> meshes in LPS mm, their checks, and the plane cuts.
+
+- ``surface``: one closed mesh per bone on the half-maximum surface (``bone_surfaces``);
+- ``meshes``: validity (closed, oriented, positive volume per shell) and statistics;
+- ``resect``: the planned planes cut the bones into host and implant, exactly, on the mesh.
+"""
+
+from .meshes import concatenate_solids, mesh_facts, mesh_stats, validate_solid
+from .resect import Resection, check_plane_structures, resect
+from .surface import BoneSurfaces, bone_surfaces
+
+__all__ = ["concatenate_solids", "mesh_facts", "mesh_stats", "validate_solid", "Resection",
+           "check_plane_structures", "resect", "BoneSurfaces", "bone_surfaces"]

@@ -1,0 +1,27 @@
+"""Reading and writing: the only stage that touches files (with the CLI that calls it).
+
+Reading, CT -> :class:`~pipeline.volume.Volume` (LPS mm affine, HU):
+
+- ``dicom``: a DICOM folder (files found by content, grouped into series,
+  sorted along the slice normal) or a volume file -> ``load_ct``; ``scan_folder``
+  lists the series;
+- ``headers``: one file's header, never its pixels;
+- ``pixels``: the chosen series' pixels -> HU, decoded on all cores;
+- ``resample``: the slice axis from positions, uneven steps onto a uniform grid;
+- ``volume_files``: NIfTI and NRRD volumes.
+
+Writing:
+
+- ``export``: STL (LPS mm header), NIfTI, JSON and PNG bytes, and the
+  all-or-nothing writer of a run's output folder;
+- ``dicom_write``: a Volume as a CT DICOM series (phantoms, loader tests).
+"""
+
+from .dicom import choose_series, load_ct, load_series, scan_folder
+from .dicom_write import write_series
+from .export import OUTPUT_NAMES, QA_FOLDER, json_bytes, nifti_bytes, png_bytes, stl_bytes, write_outputs
+from .volume_files import is_volume_file, load_volume_file
+
+__all__ = ["choose_series", "load_ct", "load_series", "scan_folder", "write_series", "OUTPUT_NAMES", "QA_FOLDER",
+           "json_bytes", "nifti_bytes", "png_bytes", "stl_bytes", "write_outputs", "is_volume_file",
+           "load_volume_file"]

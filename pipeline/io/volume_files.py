@@ -1,0 +1,109 @@
+"""NIfTI (.nii, .nii.gz) and NRRD (.nrrd, .nhdr) volumes -> the same LPS :class:`Volume`.
+
+Both formats store the fastest-varying axis first; our arrays are
+``(slice, row, column)`` with the slowest axis first, so the array is read in
+C order (a view, no copy) and the affine's columns are reversed to match.
+NIfTI's affine is RAS (the sform when set, else the qform, as nibabel
+chooses); NRRD states its space. Both are converted to LPS here, the one
+place input formats meet the pipeline's frame.
+
+The voxel values are taken as HU (NIfTI scaling applied): these formats do
+not say what modality they hold.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..volume import Volume
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# NRRD 'space' values -> sign flips that take its axes to LPS.
+_NRRD_SPACES = {
+    "left-posterior-superior": (1, 1, 1), "lps": (1, 1, 1),
+    "right-anterior-superior": (-1, -1, 1), "ras": (-1, -1, 1),
+    "left-anterior-superior": (1, -1, 1), "las": (1, -1, 1),
+    "scanner-xyz": (1, 1, 1),   # DICOM's scanner frame is LPS
+}
+
+
+def is_volume_file(path: str | os.PathLike) -> bool:
+    name = Path(path).name.lower()
+    return Path(path).is_file() and name.endswith(NIFTI_SUFFIXES + NRRD_SUFFIXES)
+
+
+def load_volume_file(path: str | os.PathLike) -> Volume:
+    """Read a NIfTI or NRRD file as a :class:`Volume` in LPS millimetres.
+
+    Raises
+    ------
+    InputError
+        Unreadable file, not 3-D, or (NRRD) no patient space to place it in.
+    """
+    path = Path(path)
+    if path.name.lower().endswith(NIFTI_SUFFIXES):
+        data, affine_lps, fmt, note = _read_nifti(path)
+    else:
+        data, affine_lps, fmt, note = _read_nrrd(path)
+    if not np.all(np.isfinite(data)):
+        raise InputError(f"{path}: voxel values are not all finite")
+    try:
+        volume = Volume(np.ascontiguousarray(data, dtype=np.float32), affine_lps,
+                        {"source_format": fmt, "modality": "CT (assumed)",
+                         "n_slices": int(data.shape[0])},
+                        (f"loaded a {fmt} volume: {note}; voxel values taken as HU",))
+    except ValueError as exc:   # a singular or non-finite affine
+        raise InputError(f"{path}: unusable geometry: {exc}") from None
+    return volume
+
+
+def _three_d(shape: tuple[int, ...], path: Path) -> int:
+    """Number of axes to keep: 3, allowing trailing singleton axes (a 4-D file of one volume)."""
+    if len(shape) < 3 or any(n != 1 for n in shape[3:]):
+        raise InputError(f"{path}: a 3-D volume is needed, the file holds shape {tuple(shape)}")
+    return 3
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, str, str]:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        _three_d(img.shape, path)
+        data = np.asarray(img.dataobj, dtype=np.float32)   # scl_slope / scl_inter applied
+    except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as exc:
+        raise InputError(f"{path}: cannot read NIfTI ({' '.join(str(exc).split())})") from None
+    data = data.reshape(data.shape[:3]).transpose(2, 1, 0)   # (k, j, i): slowest axis first
+    affine = _RAS_TO_LPS @ img.affine[:, [2, 1, 0, 3]]
+    source = "sform" if img.header.get_sform(coded=True)[1] else "qform"
+    return data, affine, "NIfTI", f"geometry from its {source} (RAS, converted to LPS)"
+
+
+def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray, str, str]:
+    import nrrd
+
+    try:
+        data, header = nrrd.read(str(path), index_order="C")   # slowest axis first
+    except (OSError, ValueError, EOFError, nrrd.NRRDError) as exc:
+        raise InputError(f"{path}: cannot read NRRD ({' '.join(str(exc).split())})") from None
+    _three_d(data.shape[::-1], path)
+    space = str(header.get("space", "")).lower()
+    if space not in _NRRD_SPACES:
+        raise InputError(f"{path}: NRRD 'space' is {header.get('space')!r}; need one of "
+                         f"{', '.join(sorted(_NRRD_SPACES))} to place it in the patient")
+    directions = np.asarray(header.get("space directions"), dtype=np.float64)
+    if directions.shape != (3, 3) or not np.all(np.isfinite(directions)):
+        raise InputError(f"{path}: NRRD 'space directions' must be three 3-vectors")
+    origin = np.asarray(header.get("space origin", np.zeros(3)), dtype=np.float64)
+    flip = np.asarray(_NRRD_SPACES[space], dtype=np.float64)
+    affine = np.eye(4)
+    affine[:3, :3] = (directions[::-1] * flip).T   # column m: file axis (2 - m), in LPS
+    affine[:3, 3] = origin * flip
+    data = data.reshape(data.shape[len(data.shape) - 3:]) if data.ndim > 3 else data
+    return data, affine, "NRRD", f"geometry from its {space} space directions"

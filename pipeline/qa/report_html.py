@@ -1,0 +1,217 @@
+"""report.html: one self-contained page to read a run in a minute.
+
+Built from report.json's content (the same dict) and the QA images as PNG
+bytes, embedded as base64 data URIs: no external files, fonts or scripts, so
+the page opens in any browser and can be mailed as one file. Sections the
+report does not hold (no planes, no fit yet) are left out; values of unknown
+shape are shown as they are rather than refused.
+
+No patient identity: the input summary lists acquisition geometry only, and
+DICOM UIDs are masked in the notes.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from typing import Any, Iterable
+
+from ..segment.mask import METAL_HU
+
+# Warnings: gantry tilt above this (degrees) shears the grid; left-right
+# differences above this (mm) are worth a look before trusting a mirrored plan.
+TILT_WARN_DEG = 0.01
+ASYMMETRY_WARN_MM = 2.0
+# A printed titanium wall thinner than this over 5 % of the implant's surface
+# deserves a look (knife edges where an oblique cut meets the bone surface).
+THIN_WALL_WARN_MM = 2.0
+# Metal inside the bone mask above this volume is reported (a screw of 3 mm
+# radius and 10 mm length is ~280 mm3; single bright voxels are noise).
+METAL_WARN_MM3 = 50.0
+# Input facts shown (never names, IDs, dates or UIDs).
+INPUT_KEYS = ("modality", "description", "manufacturer", "model", "patient_position", "n_slices",
+              "dimensions", "spacing_mm", "orientation", "gantry_tilt_deg", "resampled")
+_UID = re.compile(r"\b\d+(?:\.\d+){4,}\b")
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:24px;max-width:1100px;color:#222}
+h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:28px}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;
+font-size:13px;vertical-align:top}th{background:#f2f2f2}
+.warn{background:#fff4d6;border-left:4px solid #e0a000;padding:6px 10px;margin:4px 0}
+.ok{background:#eaf7ea;border-left:4px solid #3a3;padding:6px 10px}
+figure{display:inline-block;margin:6px;vertical-align:top}figcaption{font-size:12px;max-width:512px}
+img{border:1px solid #ccc}
+"""
+
+
+def report_html(report: dict, images: Iterable[tuple[str, bytes]] = (), *, missing: Iterable[str] = (),
+                cut_density: list[dict] = ()) -> str:
+    """The page: ``report`` (report.json's dict), ``images`` as (title, PNG
+    bytes), ``missing``: notes on images that could not be made,
+    ``cut_density``: the QA's bone density at each cut (qa.cut_bone_density)."""
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             "<title>Implant geometry QA</title>", f"<style>{STYLE}</style></head><body>",
+             "<h1>Implant geometry QA report</h1>",
+             f"<p>All coordinates are {_e(report.get('frame', 'LPS millimetres'))}. Slices are shown in "
+             "the radiological convention (patient left on the image right).</p>"]
+    found = report_warnings(report) + [
+        f"low bone density at cut {c['name']}: median {c['median_hu']} HU within {c['band_mm']} mm "
+        "of the cut face" for c in cut_density if c.get("low_density")]
+    parts += _section("Warnings", _warnings_html(found))
+    parts += _section("Plan", _plan_html(report))
+    figures = "".join(f'<figure><img alt="{_e(title)}" src="data:image/png;base64,'
+                      f'{base64.b64encode(png).decode("ascii")}"><figcaption>{_e(title)}</figcaption></figure>'
+                      for title, png in images)
+    figures += "".join(f'<p class="warn">{_e(note)}</p>' for note in missing)
+    parts += _section("Images", figures)
+    parts += _section("Bone at the cuts (host side)", _records_html(list(cut_density)) if cut_density else "")
+    implant = report.get("implant") if isinstance(report.get("implant"), dict) else {}
+    fit = report.get("fit") or implant.get("fit")
+    parts += _section("Fit", _value_html(fit) if fit else "")
+    parts += _section("Implant source", _value_html({k: v for k, v in implant.items() if k != "fit"}))
+    parts += _section("Meshes", _meshes_html(report.get("meshes", {})))
+    parts += _section("Input", _input_html(report.get("input", {})))
+    parts += _section("Timings (s)", _value_html(report.get("timings_s", {})))
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def report_warnings(report: dict) -> list[str]:
+    """What an engineer should know before trusting the geometry, from the report."""
+    meta = report.get("input", {})
+    found = [str(w) for w in report.get("warnings", []) or []]
+    if meta.get("resampled"):
+        found.append(f"slices were resampled onto a uniform grid: {_plain(meta['resampled'])}")
+    tilt = meta.get("gantry_tilt_deg")
+    if isinstance(tilt, (int, float)) and abs(tilt) > TILT_WARN_DEG:
+        found.append(f"gantry tilt {tilt:.2f} deg: the grid is sheared (handled in the affine)")
+    for path, value in _numbers(report):
+        key = path[-1].lower()
+        # report["implant"]["asymmetry_mm"] = {"mean": .., "p95": ..} (distances),
+        # or a single "*asymmetry*_mm" number.
+        distance = (key.endswith("_mm") or key in ("mean", "p95")) and "fraction" not in key
+        if distance and any("asymmetry" in p.lower() for p in path) and abs(value) > ASYMMETRY_WARN_MM:
+            found.append(f"asymmetry {value:.1f} mm at {'.'.join(path)} (beyond {ASYMMETRY_WARN_MM:g} mm)")
+        if key == "wall_thickness_p5_mm" and value < THIN_WALL_WARN_MM:
+            found.append(f"thin implant: 5 % of its surface has walls under {value:.1f} mm "
+                         f"(below {THIN_WALL_WARN_MM:g} mm; check where the cuts meet the bone obliquely)")
+        if "low_density" in key and value:
+            found.append(f"low bone density: {'.'.join(path)} = {value:g}")
+    found += label_warnings(report.get("segmentation") or {}, (report.get("config") or {}).get("segment") or {})
+    return found
+
+
+def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
+    """Where the bone names deserve a look over the CT (labels.nii.gz): the
+    naming assumes a pelvis with the proximal femurs in the field of view,
+    and finds each hip joint as the sphere of its joint space where femur
+    and hip bone touch (not where the joint space parts them already)."""
+    found = []
+    names = set(segmentation.get("labels") or {})
+    if names and not names & {"femur_left", "femur_right"}:
+        found.append("no femur found: bones are named assuming a pelvic CT with the proximal femurs in "
+                     "the field of view; check labels.nii.gz before relying on bone names")
+    heads = segmentation.get("femoral_heads")
+    if isinstance(heads, dict):
+        apart = set(segmentation.get("femurs_apart_from_hip") or ())
+        for femur in sorted(names & {"femur_left", "femur_right"} - set(heads) - apart):
+            found.append(f"{femur}: its head was not found as a sphere in the hip joint (joint space too "
+                         f"faint); the head may be labelled as hip bone or the femur may take in the socket")
+    metal = segmentation.get("metal_mm3")
+    if isinstance(metal, (int, float)) and metal >= METAL_WARN_MM3:
+        found.append(f"metal in the bone ({metal / 1000:.1f} cm3 above {METAL_HU:g} HU, e.g. an implant or "
+                     f"screws): it is labelled as the bone that holds it, and its streak artefacts can "
+                     f"add false bone near it")
+    core, configured = segmentation.get("core_hu"), segment_config.get("core_hu")
+    if isinstance(core, (int, float)) and isinstance(configured, (int, float)) and core < configured:
+        found.append(f"weak bone: the dense-core level that tells bones apart was lowered to {core:g} HU "
+                     f"(segment.core_hu = {configured:g})")
+    return found
+
+
+def _numbers(obj: Any, path: tuple[str, ...] = ()) -> Iterable[tuple[tuple[str, ...], float]]:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _numbers(v, path + (str(k),))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _numbers(v, path + (str(i),))
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool) and path:
+        yield path, float(obj)
+
+
+def _warnings_html(found: list[str]) -> str:
+    if not found:
+        return '<p class="ok">none: no resampling, no gantry tilt, no asymmetry or density flags in the report</p>'
+    return "".join(f'<p class="warn">{_e(w)}</p>' for w in found)
+
+
+def _plan_html(report: dict) -> str:
+    config = report.get("config", {})
+    resection = config.get("resection", {}) if isinstance(config, dict) else {}
+    rows = [("structures", ", ".join(map(str, resection.get("structures", [])))),
+            ("implant source", _plain((config.get("implant") or {}).get("source", "")))]
+    text = _table(["setting", "value"], rows)
+    planes = report.get("planes") or []
+    if not planes:
+        return text + "<p>No resection planes: bone outputs only.</p>"
+    return text + _records_html(planes)
+
+
+def _meshes_html(meshes: dict) -> str:
+    rows = [(name, _num(s.get("volume_mm3", 0) / 1000.0), s.get("triangles", ""), _num(s.get("area_mm2", "")))
+            for name, s in meshes.items() if isinstance(s, dict)]
+    return _table(["mesh", "volume (cm3)", "triangles", "area (mm2)"], rows)
+
+
+def _input_html(meta: dict) -> str:
+    rows = [(k, _plain(meta[k])) for k in INPUT_KEYS if k in meta]
+    notes = "".join(f"<li>{_e(_UID.sub('<UID>', str(n)))}</li>" for n in meta.get("notes", []))
+    return _table(["input", "value"], rows) + (f"<ul>{notes}</ul>" if notes else "")
+
+
+def _value_html(value: Any) -> str:
+    """Any JSON value as nested tables: dicts as key/value rows, lists of dicts as records."""
+    if isinstance(value, dict):
+        if not value:
+            return ""
+        return _table(["", ""], [(k, _value_html(v)) for k, v in value.items()], raw=True)
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return _records_html(value)
+    return _e(_plain(value))
+
+
+def _records_html(records: list[dict]) -> str:
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    rows = [[_value_html(r.get(c, "")) for c in columns] for r in records]
+    return _table(columns, rows, raw=True)
+
+
+def _table(header: list[str], rows, raw: bool = False) -> str:
+    cell = (lambda v: str(v)) if raw else (lambda v: _e(_plain(v)))
+    head = "".join(f"<th>{_e(h)}</th>" for h in header) if any(header) else ""
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table>{f'<tr>{head}</tr>' if head else ''}{body}</table>"
+
+
+def _section(title: str, body: str) -> list[str]:
+    return [f"<h2>{_e(title)}</h2>", body] if body else []
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, float):
+        return _num(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_plain(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_plain(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _num(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)

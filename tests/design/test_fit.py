@@ -1,0 +1,49 @@
+"""Fit numbers against shapes whose answers are known."""
+
+import numpy as np
+import pytest
+import trimesh
+
+from pipeline.config import Plane
+from pipeline.design.fit import TI6AL4V_G_PER_CM3, contact_fit, implant_fit
+from pipeline.geometry.resect import resect
+
+
+def test_a_cut_sphere_fits_perfectly():
+    sphere = trimesh.creation.icosphere(subdivisions=5, radius=30.0)
+    plane = Plane(point_lps_mm=(0, 0, 10.0), normal_lps=(0, 0, 1))
+    cut = resect(sphere, (plane,))
+    fit = contact_fit(cut.implant, cut.implant_contact_faces[0], cut.host, cut.host_cut_faces[0], plane)
+    assert fit["host_cut_area_mm2"] == pytest.approx(np.pi * (30**2 - 10**2), rel=0.01)
+    assert fit["implant_contact_area_mm2"] == pytest.approx(fit["host_cut_area_mm2"], rel=1e-9)
+    assert fit["overlap_ratio"] == pytest.approx(1.0, abs=1e-9)
+    assert fit["max_outline_distance_mm"] <= 1e-6
+    assert max(abs(v) for v in fit["gap_mm"].values()) <= 1e-9
+    assert fit["flatness_mm"] <= 1e-9
+
+
+def test_shifted_outline_overlap_and_distance():
+    """Two 20 x 20 mm squares in the plane z = 0, one shifted 2 mm in x:
+    overlap 18/20 of the host's, outlines 2 mm apart, gap 0.5 mm."""
+    host = trimesh.creation.box(extents=(20, 20, 10)).apply_translation((0, 0, -5))
+    implant = trimesh.creation.box(extents=(20, 20, 10)).apply_translation((2, 0, 5.5))
+    plane = Plane(point_lps_mm=(0, 0, 0), normal_lps=(0, 0, 1))
+    host_faces = np.flatnonzero(np.isclose(host.triangles_center[:, 2], 0))
+    implant_faces = np.flatnonzero(np.isclose(implant.triangles_center[:, 2], 0.5))
+    fit = contact_fit(implant, implant_faces, host, host_faces, plane)
+    assert fit["overlap_ratio"] == pytest.approx(18 / 20, rel=1e-9)
+    assert fit["max_outline_distance_mm"] == pytest.approx(2.0, abs=0.01)
+    assert fit["gap_mm"] == pytest.approx({"min": 0.5, "mean": 0.5, "max": 0.5})
+
+
+def test_implant_size_mass_and_wall_thickness():
+    # A slab 8 mm thick: its thinnest wall is 8 mm wherever the rays start.
+    slab = trimesh.creation.box(extents=(40, 8, 25)).subdivide().subdivide()
+    fit = implant_fit(slab)
+    assert fit["volume_mm3"] == pytest.approx(8000.0)
+    assert fit["mass_g"] == pytest.approx(8.0 * TI6AL4V_G_PER_CM3, rel=1e-3)
+    assert fit["bounding_box_lps_mm"] == pytest.approx([40, 8, 25])
+    assert fit["min_wall_thickness_mm"] == pytest.approx(8.0, abs=1e-6)
+    # A tube: wall 3 mm (outer radius 12, inner 9).
+    tube = trimesh.creation.annulus(r_min=9, r_max=12, height=30, sections=128)
+    assert implant_fit(tube)["min_wall_thickness_mm"] == pytest.approx(3.0, abs=0.05)

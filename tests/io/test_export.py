@@ -1,0 +1,118 @@
+"""Writers: STL and NIfTI read back by independent means; all-or-nothing writes."""
+
+import gzip
+import struct
+
+import nibabel as nib
+import numpy as np
+import pytest
+import trimesh
+
+from pipeline.errors import MeshError, PipelineError
+from pipeline.io.export import OUTPUT_NAMES, json_bytes, nifti_bytes, stl_bytes, write_outputs
+from pipeline.volume import apply_affine
+
+
+def read_binary_stl(data: bytes):
+    """Minimal reader written from the format description, not via trimesh."""
+    header = data[:80]
+    (count,) = struct.unpack("<I", data[80:84])
+    rec = np.frombuffer(data, dtype=np.dtype([("n", "<f4", 3), ("v", "<f4", (3, 3)), ("attr", "<u2")]),
+                        count=count, offset=84)
+    assert len(data) == 84 + 50 * count
+    return header, rec["n"], rec["v"]
+
+
+def test_stl_round_trip_keeps_lps_coordinates_and_says_so():
+    mesh = trimesh.creation.box(extents=(10, 20, 30))
+    mesh.apply_translation((-100.0, 50.0, 1200.0))  # far from the origin, like a CT
+    header, normals, tris = read_binary_stl(stl_bytes(mesh, "bone"))
+    assert b"SPACE=LPS" in header and b"UNITS=mm" in header
+    assert np.allclose(tris.reshape(-1, 3).min(axis=0), [-105, 40, 1185], atol=1e-3)
+    assert np.allclose(tris.reshape(-1, 3).max(axis=0), [-95, 60, 1215], atol=1e-3)
+    # Stored normals point outward: away from the box centre.
+    centres = tris.mean(axis=1)
+    assert (np.einsum("ij,ij->i", normals, centres - [-100, 50, 1200]) > 0).all()
+
+
+def test_stl_refuses_an_open_or_inverted_mesh():
+    box = trimesh.creation.box()
+    open_box = trimesh.Trimesh(box.vertices, box.faces[:-1], process=False)
+    with pytest.raises(MeshError, match="implant: mesh is not a closed"):
+        stl_bytes(open_box, "implant")
+    inverted = trimesh.Trimesh(box.vertices, box.faces[:, ::-1], process=False)
+    with pytest.raises(MeshError, match="inward"):
+        stl_bytes(inverted, "bone")
+
+
+def test_nifti_overlays_the_ct_grid():
+    # An oblique, mirrored grid: axes not aligned with LPS and det < 0.
+    rot = trimesh.transformations.rotation_matrix(0.3, [1, 2, 3])[:3, :3]
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([2.0, -0.7, 0.9])
+    affine[:3, 3] = [-120.0, 80.0, -300.0]
+    mask = np.zeros((6, 7, 8), dtype=bool)
+    mask[2, 3, 5] = True
+    img = nib.Nifti1Image.from_bytes(gzip.decompress(nifti_bytes(mask, affine)))
+    data = np.asarray(img.dataobj)
+    assert data.dtype == np.uint8 and data.shape == (8, 7, 6)
+    ijk = np.argwhere(data)
+    assert ijk.tolist() == [[5, 3, 2]]
+    ras = apply_affine(img.affine, ijk.astype(float))[0]
+    lps = apply_affine(affine, np.array([[2.0, 3.0, 5.0]]))[0]
+    assert np.allclose(ras, lps * [-1, -1, 1], atol=1e-4)
+    assert int(img.header["sform_code"]) == 1 and int(img.header["qform_code"]) == 1
+    # The qform (rotation + pixdim) must agree with the sform for viewers that prefer it.
+    assert np.allclose(img.get_qform(), img.affine, atol=1e-4)
+
+
+def test_write_outputs_replaces_a_whole_run(tmp_path):
+    write_outputs(tmp_path, {"bone.stl": b"old", "implant.stl": b"old", "report.json": b"{}"})
+    (tmp_path / "notes.txt").write_text("user file")
+    write_outputs(tmp_path, {"bone.stl": b"new", "report.json": json_bytes({"a": 1})})
+    assert (tmp_path / "bone.stl").read_bytes() == b"new"
+    assert not (tmp_path / "implant.stl").exists(), "a stale implant from an earlier run must go"
+    assert (tmp_path / "notes.txt").exists(), "files that are not ours stay"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bone.stl", "notes.txt", "report.json"]
+
+
+def test_write_outputs_failure_leaves_nothing(tmp_path):
+    target = tmp_path / "file_in_the_way"
+    target.write_text("x")
+    with pytest.raises(PipelineError, match="file_in_the_way"):
+        write_outputs(target / "out", {"bone.stl": b"x"})
+    assert set(OUTPUT_NAMES).isdisjoint(p.name for p in tmp_path.rglob("*"))
+
+
+def test_validation_catches_each_defect():
+    from pipeline.geometry.meshes import is_oriented_closed_manifold, validate_solid
+    box = trimesh.creation.box()
+    assert is_oriented_closed_manifold(box)
+    flipped_one = box.faces.copy()
+    flipped_one[0] = flipped_one[0, ::-1]
+    assert not is_oriented_closed_manifold(trimesh.Trimesh(box.vertices, flipped_one, process=False))
+    doubled = np.vstack([box.faces, box.faces[:1]])
+    assert not is_oriented_closed_manifold(trimesh.Trimesh(box.vertices, doubled, process=False))
+    degenerate = np.vstack([box.faces, [[0, 0, 1], [1, 0, 0]]])
+    assert not is_oriented_closed_manifold(trimesh.Trimesh(box.vertices, degenerate, process=False))
+    # An inside-out cavity inside a solid box: closed and oriented, total
+    # volume positive, but one shell is negative.
+    inner = trimesh.creation.box(extents=(0.5, 0.5, 0.5))
+    cavity = trimesh.Trimesh(np.vstack([box.vertices, inner.vertices]),
+                             np.vstack([box.faces, inner.faces[:, ::-1] + len(box.vertices)]), process=False)
+    with pytest.raises(MeshError, match="1 of 2 shells are inside-out"):
+        validate_solid(cavity, "bone")
+
+
+def test_concatenated_solids_carry_the_facts_of_their_parts():
+    from pipeline.geometry.meshes import concatenate_solids, mesh_facts, _FACTS
+    a = trimesh.creation.box(extents=(1, 2, 3))
+    b = trimesh.creation.icosphere(radius=2.0).apply_translation((10, 0, 0))
+    both = concatenate_solids([a, b])
+    assembled = mesh_facts(both)
+    _FACTS.pop(both)
+    recomputed = mesh_facts(both)
+    assert assembled["manifold"] is recomputed["manifold"] is True
+    assert np.allclose(sorted(assembled["shell_volumes_mm3"]), sorted(recomputed["shell_volumes_mm3"]))
+    assert assembled["area_mm2"] == pytest.approx(recomputed["area_mm2"])
+    assert np.allclose(assembled["bounds_lps_mm"], recomputed["bounds_lps_mm"])

@@ -1,0 +1,240 @@
+"""QA images and the report page, as pure functions on the phantom's truth.
+
+Where a pixel must be coloured comes from the phantom's landmarks and truth
+labels, not from the code under test.
+"""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import trimesh
+
+from pipeline.qa.annotate import edge_letters
+from pipeline.config import Plane
+from pipeline.io.export import write_outputs
+from pipeline.phantom.analytic import pelvis_phantom, preset
+from pipeline.qa.images import IMPLANT_RGB, PLANE_RGB, TEMPLATE_RGB, slice_image, view_image
+from pipeline.qa.render import COLOURS, SLICE_AXES, slice_points
+from pipeline.qa.report_html import report_html, report_warnings
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return pelvis_phantom(**preset("sample"))
+
+
+def pixel_of(volume, orientation, through, point):
+    """(row, column) of the display pixel nearest ``point`` in the slice through ``through``."""
+    image = slice_image(volume, np.zeros(volume.shape, np.uint8), orientation, through, (), [])
+    pixel_mm = _pixel_mm(image.rgb.shape, volume, orientation)
+    points = slice_points(volume, orientation, through, pixel_mm)
+    distance = np.linalg.norm(points - np.asarray(point), axis=-1)
+    return np.unravel_index(np.argmin(distance), distance.shape), pixel_mm
+
+
+def _pixel_mm(shape, volume, orientation):
+    from pipeline.qa.images import SLICE_LONGEST_PX
+    corners = volume.index_to_lps(np.array(np.meshgrid(*[(0, n - 1) for n in volume.shape],
+                                                       indexing="ij")).reshape(3, -1).T)
+    right, up = (np.asarray(v) for v in SLICE_AXES[orientation])
+    return max(np.ptp(corners @ right), np.ptp(corners @ up)) / (SLICE_LONGEST_PX - 1)
+
+
+def tint(rgb, row, col):
+    """The label colour a pixel leans to: the channel that stands out of the grey."""
+    return np.asarray(rgb[row, col], dtype=float) - np.mean(rgb[row, col])
+
+
+@pytest.mark.parametrize("orientation", ["axial", "coronal", "sagittal"])
+def test_label_overlay_lies_on_the_labelled_bone(phantom, orientation):
+    volume, labels, marks = phantom.volume, phantom.labels, phantom.landmarks_lps_mm
+    for landmark, label in (("left_supra_acetabular", 1), ("right_supra_acetabular", 2)):
+        through = marks[landmark]
+        image = slice_image(volume, labels, orientation, through, (), [])
+        (row, col), _ = pixel_of(volume, orientation, through, through)
+        lean = tint(image.rgb, row, col)
+        assert np.argmax(lean) == np.argmax(COLOURS[label] - COLOURS[label].mean()), (landmark, lean)
+        assert lean.max() > 20
+    # Outside the body: grey background, untouched by any label colour.
+    assert np.ptp(image.rgb[image.rgb.shape[0] // 2, 2]) == 0
+
+
+def test_coronal_shows_patient_left_on_the_image_right(phantom):
+    volume, marks = phantom.volume, phantom.landmarks_lps_mm
+    through = marks["left_femoral_head_centre"]
+    (_, left_col), _ = pixel_of(volume, "coronal", through, marks["left_femoral_head_centre"])
+    (_, right_col), _ = pixel_of(volume, "coronal", through, marks["right_femoral_head_centre"])
+    assert left_col > right_col
+    letters = edge_letters(*SLICE_AXES["coronal"])
+    assert (letters["left"], letters["right"], letters["top"], letters["bottom"]) == ("R", "L", "S", "I")
+    # The letters are drawn: white text pixels near the middle of both side edges, none without them.
+    image = slice_image(volume, phantom.labels, "coronal", through, (), []).rgb
+    h, w = image.shape[:2]
+    for edge in (image[h // 2 - 10:h // 2 + 10, :16], image[h // 2 - 10:h // 2 + 10, w - 16:]):
+        assert (edge.min(axis=-1) > 240).sum() > 5
+    assert edge_letters(*SLICE_AXES["axial"])["top"] == "A"
+    assert edge_letters(*SLICE_AXES["sagittal"])["left"] == "A"
+
+
+def test_plane_trace_and_removed_bone_are_drawn(phantom):
+    volume, labels, marks = phantom.volume, phantom.labels, phantom.landmarks_lps_mm
+    # A plane through the left supra-acetabular point, removing what lies above it.
+    point = marks["left_supra_acetabular"] + [0.0, 0.0, -8.0]
+    plane = Plane(tuple(point), (0.0, 0.0, 1.0), "cut")
+    image = slice_image(volume, labels, "coronal", point, (plane,), [1])
+    (row, col), pixel_mm = pixel_of(volume, "coronal", point, point)
+    trace = np.all(image.rgb[row - 1:row + 2, :] == PLANE_RGB[0], axis=-1)
+    assert trace.sum(axis=1).max() > 0.8 * image.rgb.shape[1]  # a line across the whole slice
+    outline = np.all(image.rgb == IMPLANT_RGB, axis=-1)
+    outline[-60:] = False  # not the legend's swatch
+    rows, cols = np.nonzero(outline)
+    assert len(rows) > 50
+    assert rows.max() <= row + 1, "the removed bone is above the cut"
+    assert cols.min() > image.rgb.shape[1] / 2, "only the left hip (image right) is removed"
+
+
+def _ball(centre, radius):
+    return trimesh.creation.icosphere(subdivisions=3, radius=radius).apply_translation(centre)
+
+
+def test_views_show_host_implant_planes_and_the_mirrored_template():
+    host, implant = _ball((40, 0, 0), 20), _ball((40, 0, 35), 12)
+    result = SimpleNamespace(bone=trimesh.util.concatenate([host, implant, _ball((-40, 0, 0), 20)]),
+                             host=host, implant=implant, context={"other": _ball((-40, 0, 0), 20)},
+                             label_meshes={})
+    plane = Plane((40.0, 0.0, 24.0), (0.0, 0.0, 1.0), "cut")
+    image = view_image(result, (plane,), "anterior").rgb
+    rgb = image.astype(int)
+    orange = (rgb[..., 0] > rgb[..., 1] + 40) & (rgb[..., 1] > rgb[..., 2] + 20)
+    orange[-60:] = False  # not the legend's swatch
+    rows, cols = np.nonzero(orange)
+    assert len(rows) > 200
+    assert cols.mean() > image.shape[1] / 2, "the implant (patient left) is on the image right"
+    template = _ball((-40, 0, 0), 21)
+    mirrored = view_image(result, (plane,), "mirrored", template=template).rgb.astype(int)
+
+    def green(rgb):
+        found = (rgb[..., 1] > rgb[..., 0] + 40) & (rgb[..., 1] > rgb[..., 2] + 20)
+        found[-60:] = False  # not the legend's swatch
+        return found.sum()
+    assert TEMPLATE_RGB[1] > TEMPLATE_RGB[0] + 40
+    assert green(mirrored) > 200
+    assert green(rgb) == 0
+
+
+REPORT = {
+    "frame": "LPS, millimetres",
+    "input": {"modality": "CT", "spacing_mm": [1.0, 0.8, 0.8], "gantry_tilt_deg": 12.5,
+              "resampled": {"spacing_mm": 1.25}, "series_uid": "1.2.840.113619.2.55.3.1234",
+              "notes": ["loaded series 1.2.840.113619.2.55.3.1234: the only one"]},
+    "config": {"resection": {"structures": ["hip_left"]}, "implant": {"source": "resected"}},
+    "planes": [{"name": "ala", "implant_contact_area_mm2": 2077.432}],
+    "implant": {"fit": {"contact_faces": [{"name": "ala", "overlap_ratio": 0.987654, "gap_mm": {"max": 0.0421}}],
+                        "implant": {"mass_g": 950.63}},
+                "symmetry": {"asymmetry_p95_mm": 3.4}},
+    "meshes": {"implant": {"volume_mm3": 214588.0, "triangles": 43014, "area_mm2": 41957.4}},
+}
+
+
+def test_report_page_is_self_contained_and_holds_the_numbers():
+    page = report_html(REPORT, [("a view", b"\x89PNG fake")])
+    for attribute in re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', page):
+        assert attribute.startswith("data:"), attribute
+    assert "<script" not in page and "url(" not in page and "@import" not in page
+    for number in ("0.987654", "0.0421", "950.63", "2077.43", "214.588"):
+        assert number in page
+    assert "1.2.840.113619" not in page, "UIDs stay out of the page"
+
+
+def test_warnings_come_from_the_report():
+    found = " | ".join(report_warnings(REPORT))
+    assert "resampled" in found and "12.50 deg" in found and "asymmetry 3.4 mm" in found
+    calm = {"input": {"gantry_tilt_deg": 0.0}, "implant": {"symmetry": {"asymmetry_p95_mm": 1.5}}}
+    assert report_warnings(calm) == []
+
+
+def test_a_run_without_qa_images_clears_the_earlier_ones(tmp_path):
+    write_outputs(tmp_path, {"report.json": b"{}", "qa/slice_axial.png": b"1", "report.html": b"x"})
+    assert (tmp_path / "qa" / "slice_axial.png").read_bytes() == b"1"
+    write_outputs(tmp_path, {"report.json": b"{}", "report.html": b"y"})
+    assert not (tmp_path / "qa").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.json"]
+
+
+def test_low_bone_density_at_a_cut_is_flagged(phantom):
+    from pipeline.qa.images import LOW_DENSITY_HU, cut_bone_density
+    from pipeline.volume import Volume
+
+    marks = phantom.landmarks_lps_mm
+    plane = Plane(tuple(marks["left_supra_acetabular"] + [0.0, 0.0, -8.0]), (0.0, 0.0, 1.0), "cut")
+    implant = trimesh.creation.box(bounds=[[30.0, -80.0, 30.0], [150.0, 80.0, 110.0]])
+    healthy = cut_bone_density(phantom.volume, phantom.labels, (plane,), [1], implant)[0]
+    assert healthy["bone_voxels"] > 100 and healthy["median_hu"] > LOW_DENSITY_HU
+    assert not healthy["low_density"]
+    bone = phantom.labels > 0  # thin bone: cortex and cancellous HU a third of the phantom's
+    hu = np.where(bone, phantom.volume.hu / 3.0, phantom.volume.hu).astype(np.float32)
+    thin = cut_bone_density(Volume(hu, phantom.volume.affine), phantom.labels, (plane,), [1], implant)[0]
+    assert thin["low_density"] and thin["median_hu"] < LOW_DENSITY_HU
+    page = report_html({}, cut_density=[thin])
+    assert "low bone density at cut cut" in page
+
+
+def test_warnings_read_the_implant_report_as_run_mesh_writes_it():
+    from pipeline.qa.report_html import report_warnings
+    report = {"input": {}, "implant": {"asymmetry_mm": {"mean": 0.8, "p95": 2.6, "fraction_within_2mm": 0.93},
+                                       "fit": {"implant": {"min_wall_thickness_mm": 0.1,
+                                                           "wall_thickness_p5_mm": 1.2}}}}
+    found = " ".join(report_warnings(report))
+    assert "asymmetry 2.6 mm" in found and "asymmetry 0.8" not in found and "0.9" not in found
+    assert "thin implant" in found
+    calm = {"input": {}, "implant": {"asymmetry_mm": {"mean": 0.4, "p95": 1.1, "fraction_within_2mm": 0.99},
+                                     "fit": {"implant": {"wall_thickness_p5_mm": 6.0}}}}
+    assert report_warnings(calm) == []
+
+
+def test_labels_that_deserve_a_look_are_flagged():
+    from pipeline.qa.report_html import report_warnings
+    config = {"segment": {"core_hu": 500.0}}
+    pelvis = {"labels": {"hip_left": {}, "femur_left": {}, "femur_right": {}},
+              "femoral_heads": {"femur_left": {"radius_mm": 24.5}}, "core_hu": 500.0}
+    found = " | ".join(report_warnings({"segmentation": pelvis, "config": config}))
+    assert "femur_right: its head was not found" in found and "femur_left" not in found
+    assert "no femur" not in found and "weak bone" not in found
+    abdomen = {"labels": {"hip_left": {}, "sacrum": {}}, "femoral_heads": {}, "core_hu": 289.1}
+    found = " | ".join(report_warnings({"segmentation": abdomen, "config": config}))
+    assert "no femur found" in found and "lowered to 289.1 HU" in found
+    both = {**pelvis, "femoral_heads": {"femur_left": {}, "femur_right": {}}}
+    assert report_warnings({"segmentation": both, "config": config}) == []
+    # Femur and hip bone parted by the joint space already (1 mm slices): no sphere needed.
+    apart = {**pelvis, "femoral_heads": {}, "femurs_apart_from_hip": ["femur_left", "femur_right"]}
+    assert report_warnings({"segmentation": apart, "config": config}) == []
+    screws = {**both, "metal_mm3": 560.0}
+    assert "metal in the bone (0.6 cm3" in " ".join(report_warnings({"segmentation": screws, "config": config}))
+
+
+def test_metal_in_the_bone_is_measured():
+    """A titanium screw (3000 HU, 3 mm radius, 30 mm between its rounded
+    ends) put into the phantom's right ilium is counted as metal, to the
+    voxel; the phantom alone (its couch rails are 2000 HU and outside the
+    body) has none."""
+    from pipeline.config import SegmentConfig
+    from pipeline.phantom.analytic import pelvis_phantom, preset
+    from pipeline.segment.mask import METAL_HU, segment_bone
+    from pipeline.volume import Volume
+
+    phantom = pelvis_phantom(**preset("sample"))
+    volume = phantom.volume
+    assert segment_bone(volume, SegmentConfig()).stats["metal_mm3"] == 0.0
+    centre = phantom.landmarks_lps_mm["right_supra_acetabular"]
+    lps = volume.index_to_lps(np.argwhere(np.ones(volume.shape, dtype=bool))).reshape(*volume.shape, 3)
+    along = np.clip((lps - centre)[..., 0], -15.0, 15.0)
+    axis_point = centre + np.stack([along, np.zeros_like(along), np.zeros_like(along)], axis=-1)
+    screw = np.linalg.norm(lps - axis_point, axis=-1) <= 3.0
+    assert volume.hu.max() < METAL_HU
+    hu = np.where(screw, np.float32(3000.0), volume.hu)
+    metal = segment_bone(Volume(hu, volume.affine), SegmentConfig()).stats["metal_mm3"]
+    assert metal == pytest.approx(np.count_nonzero(screw) * volume.voxel_volume_mm3, abs=0.1)
