@@ -64,7 +64,8 @@ def nifti_bytes(mask: np.ndarray, affine_lps: np.ndarray) -> bytes:
     img.set_qform(affine, code=1)
     img.header.set_xyzt_units("mm")
     # Level 1: masks are mostly zeros, so it compresses nearly as well as 9 in a fraction of the time.
-    return gzip.compress(img.to_bytes(), compresslevel=1)
+    # mtime=0: the same labels give the same bytes (no write time in the gzip header).
+    return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

@@ -66,6 +66,18 @@ def test_nifti_overlays_the_ct_grid():
     assert np.allclose(img.get_qform(), img.affine, atol=1e-4)
 
 
+def test_nifti_bytes_do_not_depend_on_when_they_are_written(monkeypatch):
+    """Same labels, same bytes: the gzip header holds no write time (a rerun
+    or a batch resume can compare outputs byte for byte)."""
+    import time
+
+    mask = np.zeros((4, 5, 6), dtype=np.uint8)
+    mask[1:3, 2:4, 1:5] = 3
+    first = nifti_bytes(mask, np.eye(4))
+    monkeypatch.setattr(time, "time", lambda: 2_000_000_000.0)  # gzip stamps time.time()
+    assert nifti_bytes(mask, np.eye(4)) == first
+
+
 def test_write_outputs_replaces_a_whole_run(tmp_path):
     write_outputs(tmp_path, {"bone.stl": b"old", "implant.stl": b"old", "report.json": b"{}"})
     (tmp_path / "notes.txt").write_text("user file")
