@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from ..bones import LABEL_IDS, LABEL_NAMES, TOTALSEGMENTATOR_IDS, bone_for_segment
 from ..errors import InputError
@@ -46,8 +47,6 @@ SLICER_SEGMENT_FIELD = re.compile(r"^Segment(\d+)_(\w+)$")
 # Label values above this are not a label map's (an image's, or IDs): the
 # per-value tables stay small. TotalSegmentator's largest task has ~120.
 MAX_LABEL_VALUE = 65535
-# Value 255 marks a voxel two different bones claim while the masks are combined.
-_CLASH = np.uint8(255)
 
 
 def read_label_map(path: str | os.PathLike, label_names: Mapping[str, str] | None = None, *,
@@ -116,8 +115,11 @@ def _read_nrrd(path: Path, names: Mapping[str, str], shown: str) -> LabelMap:
             raise InputError(f"{shown}: segment {name!r} is in layer {layer}, the file has {layers.shape[-1]}")
         wanted.append((bone, layer, value))
     _require_bone(segments, shown)
-    masks = ((bone, layers[..., layer] == value) for bone, layer, value in wanted)
-    labels, notes = _combine(masks, segments, shown)
+    tables = np.zeros((layers.shape[-1], max([int(layers.max())] + [v for _, _, v in wanted]) + 1), dtype=np.uint8)
+    for bone, layer, value in wanted:
+        tables[layer, value] = LABEL_IDS[bone]
+    parts = ((tables[layer], layers[..., layer]) for layer in range(layers.shape[-1]) if tables[layer].any())
+    labels, notes = _combine(parts, segments, shown)
     return LabelMap(labels, affine, "3D Slicer segmentation (.seg.nrrd)", segments, shown, notes)
 
 
@@ -188,29 +190,34 @@ def _read_folder(folder: Path, names: Mapping[str, str], shown: str) -> LabelMap
             elif data.shape != grid[0] or not np.allclose(affine, grid[1], atol=1e-4):
                 raise InputError(f"{shown}: {segments[name].name} is on another grid than the folder's "
                                  f"other masks (shape {data.shape} against {grid[0]})")
-            yield bone, data > 0
+            yield np.array([0, LABEL_IDS[bone]], dtype=np.uint8), (data > 0).view(np.uint8)
 
     labels, notes = _combine(masks(), bones, shown)
     return LabelMap(labels, grid[1], "folder of per-structure NIfTI masks (TotalSegmentator)", bones, shown,
                     notes)
 
 
-def _combine(masks, segments: dict[str, str | None], shown: str) -> tuple[np.ndarray, tuple[str, ...]]:
-    """One uint8 label map from (bone, mask) pairs, taken one at a time (a
-    folder's masks are read as they are needed); several masks of one bone
-    add up, a voxel two bones claim is left out."""
-    labels = None
-    for bone, mask in masks:
+def _combine(parts, segments: dict[str, str | None], shown: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """One uint8 label map from (table, values) pairs, taken one at a time (a
+    folder's masks are read as they are needed): each array's values become
+    bones through its table (value -> our label, 0 none). Several arrays add
+    up, each within the box of its bones; a voxel two bones claim is left out."""
+    labels = twice = None
+    for table, values in parts:
+        values = np.ascontiguousarray(values)
         if labels is None:
-            labels = np.zeros(mask.shape, dtype=np.uint8)
-        value = np.uint8(LABEL_IDS[bone])
-        labels[mask & ((labels == 0) | (labels == value))] = value
-        labels[mask & (labels != value)] = _CLASH
-    clash = labels == _CLASH
-    labels[clash] = 0
+            labels, twice = np.zeros(values.shape, dtype=np.uint8), np.zeros(values.shape, dtype=bool)
+        boxes = [b for v, b in enumerate(ndi.find_objects(values), start=1) if b is not None and v < len(table) and table[v]]
+        if not boxes:
+            continue
+        box = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
+        placed, view = lookup(table, values[box]), labels[box]
+        twice[box] |= (placed > 0) & (view > 0) & (placed != view)
+        np.copyto(view, placed, where=view == 0)
+    overlap = int(np.count_nonzero(twice))
+    labels[twice] = 0
     if not labels.any():
         raise InputError(f"{shown}: its bone segments ({', '.join(n for n, b in segments.items() if b)}) are empty")
-    overlap = int(np.count_nonzero(clash))
     return labels, ((f"voxels claimed by two different bones, left out: {overlap}",) if overlap else ())
 
 
@@ -254,7 +261,7 @@ def _label_table(img) -> dict[int, str] | None:
     XML ``<LabelTable><Label Key="1">name</Label>...`` that TotalSegmentator
     and this pipeline write), or ``None``."""
     for extension in img.header.extensions:
-        content = extension.get_content()
+        content = extension.get_code() in (0, 30) and _raw_content(extension)
         if not isinstance(content, bytes) or b"<LabelTable" not in content:
             continue
         try:
@@ -266,3 +273,12 @@ def _label_table(img) -> dict[int, str] | None:
         if table:
             return table
     return None
+
+
+def _raw_content(extension) -> bytes | None:
+    """An extension's bytes: nibabel >= 5.3 has ``content``; before, codes
+    without a parser of their own give them through ``get_content``."""
+    try:
+        return getattr(extension, "content", None) or extension.get_content()
+    except NotImplementedError:
+        return None

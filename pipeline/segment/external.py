@@ -96,7 +96,8 @@ def labels_from_map(volume: Volume, label_map: LabelMap, cfg: SegmentConfig) -> 
     placed, same_grid = place_labels(label_map.labels, ct_to_file, box)
     file_mm3 = _volumes_mm3(label_counts(label_map.labels, len(LABEL_NAMES) + 1),
                             abs(np.linalg.det(label_map.affine[:3, :3])))
-    ct_mm3 = _volumes_mm3(label_counts(placed, len(LABEL_NAMES) + 1), volume.voxel_volume_mm3)
+    placed_counts = label_counts(placed, len(LABEL_NAMES) + 1)
+    ct_mm3 = _volumes_mm3(placed_counts, volume.voxel_volume_mm3)
     if not ct_mm3:
         raise InputError(f"{what}: none of its labelled voxels falls on a voxel centre of the CT")
     hu = volume.hu[box]
@@ -125,7 +126,7 @@ def labels_from_map(volume: Volume, label_map: LabelMap, cfg: SegmentConfig) -> 
             "bone_fraction": round(fractions[0], 3),
             "bone_fraction_around": round(fractions[1], 3),
             "parted_voxels": {LABEL_NAMES[k]: int(n) for k, n in
-                              enumerate(label_counts(placed, len(LABEL_NAMES) + 1) - counts) if k and n},
+                              enumerate(placed_counts - counts) if k and n},
             "notes": list(label_map.notes) + _outside_note(file_mm3, ct_mm3),
         },
         "metal_mm3": round(float(np.count_nonzero((parted > 0) & (hu >= METAL_HU))) * volume.voxel_volume_mm3, 1),
