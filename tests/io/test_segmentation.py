@@ -13,13 +13,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import slicerio
 
 from pipeline.bones import LABEL_IDS
 from pipeline.errors import InputError
 from pipeline.io.segmentation import read_label_map
 from pipeline.volume import apply_affine
 
-slicerio = pytest.importorskip("slicerio")
 
 SHAPE = (6, 7, 8)                                 # (slice, row, column)
 AFFINE = np.array([[0.0, 0.0, -0.9, 40.0],        # columns to the patient's right,
