@@ -205,8 +205,9 @@ def _combine(parts, segments: dict[str, str | None], shown: str) -> tuple[np.nda
     labels = twice = None
     for table, values in parts:
         values = np.ascontiguousarray(values)
-        if labels is None:
-            labels, twice = np.zeros(values.shape, dtype=np.uint8), np.zeros(values.shape, dtype=bool)
+        if labels is None:   # the first (a segmentation's only layer, often) whole: no box to look for
+            labels, twice = lookup(table, values), np.zeros(values.shape, dtype=bool)
+            continue
         boxes = [b for v, b in enumerate(ndi.find_objects(values), start=1) if b is not None and v < len(table) and table[v]]
         if not boxes:
             continue
