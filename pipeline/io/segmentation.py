@@ -95,7 +95,7 @@ def _read_nrrd(path: Path, names: Mapping[str, str], shown: str) -> LabelMap:
         match = SLICER_SEGMENT_FIELD.match(key)
         if match:
             fields.setdefault(int(match.group(1)), {})[match.group(2)] = str(value)
-    affine = nrrd_affine_lps(header, path)
+    affine = nrrd_affine_lps(header, shown)
     if not fields:
         return _from_values(_integers(data, shown, 3), affine, "NRRD label map", path, names, shown)
     layers = _integers(data, shown, 4 if data.ndim == 4 else 3)
@@ -113,6 +113,8 @@ def _read_nrrd(path: Path, names: Mapping[str, str], shown: str) -> LabelMap:
         layer, value = _int_field(field, "Layer", 0, shown, name), _int_field(field, "LabelValue", 1, shown, name)
         if not 0 <= layer < layers.shape[-1]:
             raise InputError(f"{shown}: segment {name!r} is in layer {layer}, the file has {layers.shape[-1]}")
+        if not 0 < value <= MAX_LABEL_VALUE:
+            raise InputError(f"{shown}: segment {name!r} has label value {value}, not 1 to {MAX_LABEL_VALUE}")
         wanted.append((bone, layer, value))
     _require_bone(segments, shown)
     tables = np.zeros((layers.shape[-1], max([int(layers.max())] + [v for _, _, v in wanted]) + 1), dtype=np.uint8)

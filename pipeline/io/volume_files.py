@@ -103,7 +103,7 @@ def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray, str, str]:
     return data, affine, "NRRD", f"geometry from its {header['space'].lower()} space directions"
 
 
-def nrrd_affine_lps(header: dict, path: Path) -> np.ndarray:
+def nrrd_affine_lps(header: dict, path: Path | str) -> np.ndarray:
     """Index (k, j, i) -> LPS mm of a NRRD read in C order (slowest axis first).
 
     The last three axes are the spatial ones; a leading non-spatial axis (a
