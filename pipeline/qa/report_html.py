@@ -71,6 +71,7 @@ def report_html(report: dict, images: Iterable[tuple[str, bytes]] = (), *, missi
     parts += _section("Fit", _value_html(fit) if fit else "")
     parts += _section("Implant source", _value_html({k: v for k, v in implant.items() if k != "fit"}))
     parts += _section("Meshes", _meshes_html(report.get("meshes", {})))
+    parts += _section("Labels from a file", _value_html((report.get("segmentation") or {}).get("labels_file")))
     parts += _section("Input", _input_html(report.get("input", {})))
     parts += _section("Timings (s)", _value_html(report.get("timings_s", {})))
     parts.append("</body></html>")
@@ -107,9 +108,9 @@ def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
     naming assumes a pelvis with the proximal femurs in the field of view,
     and finds each hip joint as the sphere of its joint space where femur
     and hip bone touch (not where the joint space parts them already)."""
-    found = []
+    found = labels_file_lines(segmentation.get("labels_file"))
     names = set(segmentation.get("labels") or {})
-    if names and not names & {"femur_left", "femur_right"}:
+    if names and not names & {"femur_left", "femur_right"} and not found:
         found.append("no femur found: bones are named assuming a pelvic CT with the proximal femurs in "
                      "the field of view; check labels.nii.gz before relying on bone names")
     heads = segmentation.get("femoral_heads")
@@ -128,6 +129,26 @@ def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
         found.append(f"weak bone: the dense-core level that tells bones apart was lowered to {core:g} HU "
                      f"(segment.core_hu = {configured:g})")
     return found
+
+
+def labels_file_lines(source: Any) -> list[str]:
+    """What a reader must know when the labels came from a file (--labels):
+    its format, which of its segments became which bone and which were
+    ignored, and whether it was resampled onto the CT's grid."""
+    if not isinstance(source, dict):
+        return []
+    mapped = source.get("mapped") or {}
+    bones = {}
+    for segment, bone in mapped.items():
+        bones.setdefault(bone, []).append(segment)
+    taken = "; ".join(f"{bone} from {', '.join(segments)}" for bone, segments in bones.items())
+    ignored = list(source.get("ignored") or [])
+    skipped = (f"; {len(ignored)} segments ignored ({', '.join(ignored[:8])}{', ...' if len(ignored) > 8 else ''})"
+               if ignored else "")
+    found = [f"labels from a file, not the automatic labelling: {source.get('format')}: {taken}{skipped}"]
+    if source.get("resampled"):
+        found.append(f"labels {source.get('grid')}")
+    return found + [f"labels file: {note}" for note in source.get("notes") or []]
 
 
 def _numbers(obj: Any, path: tuple[str, ...] = ()) -> Iterable[tuple[tuple[str, ...], float]]:

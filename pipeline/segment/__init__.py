@@ -5,6 +5,8 @@
 - ``labels``: one solid label per bone (hips, sacrum, femurs, lumbar, other):
   dense cores grown by watershed on HU, named by anatomy, femoral heads
   from their joint-space sphere (``label_bones``);
+- ``external``: labels read from a file instead (``--labels``), placed on the
+  CT's grid and checked (``labels_from_map``);
 - ``lookup``, ``neighbours``: array kernels the labels and surfaces share
   (per-label counts and lookups a slab at a time; 3x3x3 minimum and maximum).
 
