@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 from .errors import PipelineError
@@ -62,38 +61,16 @@ class Console:
 
 
 def cmd_mesh(args: argparse.Namespace) -> None:
+    from .case import run_case
     from .config import load_config
-    from .io import json_bytes, load_ct, nifti_bytes, stl_bytes, write_outputs
-    from .parallel import parallel
-    from .run import Timer, run_mesh
 
     console = Console(args.quiet)
     config = load_config(args.config)  # before the CT: a typo fails in milliseconds
-    timer = Timer(console.line, console.begin)
-    with timer.stage("load"):
-        volume = load_ct(args.ct_dir, series_uid=args.series, max_gap_mm=config.load.max_gap_mm,
-                         progress=console.progress("load"))
-    for note in volume.notes:
-        console.line(f"note: {note}")
-    result = run_mesh(volume, config, log=console.line, timer=timer)
-    start = time.perf_counter()
-    encoders = {"bone.stl": lambda: stl_bytes(result.bone, "bone"),
-                "bone_mask.nii.gz": lambda: nifti_bytes(result.bone_mask, volume.affine),
-                "labels.nii.gz": lambda: nifti_bytes(result.labels, volume.affine),
-                "report.json": lambda: json_bytes(result.report)}
-    for name, mesh in result.context.items():
-        encoders[f"bone_{name}.stl"] = lambda name=name, mesh=mesh: stl_bytes(mesh, f"bone_{name}")
-    if result.implant is not None:
-        encoders["host.stl"] = lambda: stl_bytes(result.host, "host")
-        encoders["implant.stl"] = lambda: stl_bytes(result.implant, "implant")
-    files = dict(zip(encoders, parallel(*encoders.values())))
-    console.line(f"{'encode':<9} {time.perf_counter() - start:7.2f} s")
-    files.update(qa_files(volume, result, config, images=not args.no_qa, timer=timer))
-    start = time.perf_counter()
-    written = write_outputs(Path(args.out), files)
-    console.line(f"{'write':<9} {time.perf_counter() - start:7.2f} s")
+    case = run_case(args.ct_dir, Path(args.out), config, series_uid=args.series, qa=not args.no_qa,
+                    log=console.line, begin=console.begin, progress=console.progress("load"))
+    result = case.result
     if not args.quiet:
-        for path in written:
+        for path in case.written:
             print(path)
         for name, stats in result.report["meshes"].items():
             print(f"{name}: {stats['volume_mm3'] / 1000:.1f} cm3, {stats['triangles']} triangles")
@@ -106,32 +83,6 @@ def cmd_mesh(args: argparse.Namespace) -> None:
         for warning in report_warnings(result.report):
             print(f"warning: {warning}")
 
-
-def qa_files(volume, result, config, *, images: bool, timer) -> dict[str, bytes]:
-    """qa/<name>.png (unless ``images`` is false) and report.html."""
-    from .io import QA_FOLDER, png_bytes
-    from .parallel import parallel
-    from .qa import (TEMPLATE_ATTRIBUTE, cut_bone_density, implant_source, qa_images, report_html,
-                     structure_labels)
-
-    files, shown, missing, density = {}, [], [], []
-    if images:
-        with timer.stage("qa"):
-            made = qa_images(volume, result, config)
-            pngs = parallel(*[(lambda im=im: png_bytes(im.rgb)) for im in made])
-            if result.implant is not None:
-                density = cut_bone_density(volume, result.labels, config.resection.planes,
-                                           structure_labels(config), result.implant)
-        for image, png in zip(made, pngs):
-            files[f"{QA_FOLDER}/{image.name}.png"] = png
-            shown.append((image.title, png))
-        if implant_source(config) == "mirrored" and not any(im.name == "view_mirrored" for im in made):
-            missing.append(f"no mirrored template view: the run result has no {TEMPLATE_ATTRIBUTE}")
-    else:
-        missing.append("QA images switched off (--no-qa)")
-    files["report.html"] = report_html(result.report, shown, missing=missing,
-                                       cut_density=density).encode("utf-8")
-    return files
 
 
 def cmd_series(args: argparse.Namespace) -> None:

@@ -28,6 +28,7 @@ LAYERS = (
     ("qa",),
     ("io", "phantom"),
     ("run",),
+    ("case",),
     ("evaluate", "bench", "cli"),
     ("__main__",),
 )
