@@ -10,15 +10,12 @@ from pipeline.config import load_config
 from pipeline.io import current_report, write_series
 from pipeline.phantom import pelvis_phantom
 
-from .helpers import REPO
-
-# The pelvis phantom on a coarse grid: a whole run with the sample plan takes about a second.
-COARSE = {"shape": (50, 92, 116), "spacing_mm": (4.0, 3.0, 3.0)}
+from .helpers import COARSE_PELVIS, REPO
 
 
 def test_report_lists_every_output_and_a_killed_runs_staging_is_cleared(tmp_path):
     ct, out = tmp_path / "ct", tmp_path / "out"
-    write_series(pelvis_phantom(**COARSE).volume, ct)
+    write_series(pelvis_phantom(**COARSE_PELVIS).volume, ct)
     (out / ".staging-killed").mkdir(parents=True)   # what a process killed while writing leaves
     (out / ".staging-killed" / "bone.stl").write_bytes(b"half")
     config = load_config(REPO / "configs" / "default.toml")

@@ -29,6 +29,7 @@ LAYERS = (
     ("io", "phantom"),
     ("run",),
     ("case",),
+    ("batch",),
     ("evaluate", "bench", "cli"),
     ("__main__",),
 )
