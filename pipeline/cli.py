@@ -222,8 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "ct, config, optional series) into OUT/<case_id>/, on a local "
                                        "cluster of worker processes or on the dask scheduler given; write "
                                        "OUT/batch.csv, batch.json and batch.html. Exit status 0 when every "
-                                       f"case is done or up to date, {BATCH_FAILED_STATUS} when some failed, 2 when the "
-                                       "manifest is refused, 130 when interrupted.")
+                                       f"case is done or up to date, {BATCH_FAILED_STATUS} when some failed, "
+                                       "2 when the manifest is refused, 130 when interrupted.")
     batch.add_argument("manifest", type=Path, metavar="MANIFEST", help="the cases (.csv or .toml)")
     batch.add_argument("--out", type=Path, required=True, help="output folder: one folder per case")
     batch.add_argument("--workers", type=_at_least(1),

@@ -6,7 +6,8 @@
   skipped when current under ``--resume``), returning its record;
 - ``engine``: the cluster (a LocalCluster, or an existing scheduler), one
   task per case, retries after a worker dies, progress;
-- ``summary``: batch.csv, batch.json and the self-contained batch.html.
+- ``summary``: batch.csv, batch.json and the self-contained batch.html;
+- ``bench``: ``make bench-batch``, wall time and speed-up with 1, 2, ... workers.
 """
 
 from .engine import BatchResult, Progress, connect, default_workers, run_batch

@@ -180,7 +180,8 @@ def run_batch(cases: Sequence[Case], out_dir: str | Path, client, *, resume: boo
         client.cancel(list(pending))
     for case in cases:
         if case.case_id not in records:
-            records[case.case_id] = {"case_id": case.case_id, "status": NOT_RUN, "attempts": attempts.get(case.case_id, 0),
+            records[case.case_id] = {"case_id": case.case_id, "status": NOT_RUN,
+                                     "attempts": attempts.get(case.case_id, 0),
                                      "error": "the batch was interrupted before this case finished"}
     return BatchResult(records=[records[c.case_id] for c in cases], interrupted=interrupted,
                        seconds=round(time.perf_counter() - start, 3))
