@@ -22,7 +22,9 @@ from ..io import write_file
 from .engine import BatchResult
 from .task import CURRENT, DONE, FAILED, NOT_RUN
 
-FIRST_COLUMNS = ("case_id", "status", "attempts", "error", "wall_s", "peak_rss_mib")
+# Then the headline numbers, then these, then seconds per stage, then the worker.
+FIRST_COLUMNS = ("case_id", "status", "attempts", "error")
+COST_COLUMNS = ("wall_s", "peak_rss_mib")
 STATUS_RGB = {DONE: "#eaf7ea", CURRENT: "#eef3fb", FAILED: "#fde8e8", NOT_RUN: "#f2f2f2"}
 
 
@@ -37,7 +39,7 @@ def rows(result: BatchResult) -> tuple[list[str], list[dict]]:
     number_columns: dict[str, None] = {}
     table = []
     for record in result.records:
-        row = {k: record.get(k) for k in FIRST_COLUMNS}
+        row = {k: record.get(k) for k in FIRST_COLUMNS + COST_COLUMNS}
         for stage, seconds in (record.get("seconds") or {}).items():
             stage_columns[f"{stage}_s"] = None
             row[f"{stage}_s"] = seconds
@@ -46,7 +48,7 @@ def rows(result: BatchResult) -> tuple[list[str], list[dict]]:
             row[name] = value
         row["worker"] = record.get("worker")
         table.append(row)
-    return [*FIRST_COLUMNS, *stage_columns, *number_columns, "worker"], table
+    return [*FIRST_COLUMNS, *number_columns, *COST_COLUMNS, *stage_columns, "worker"], table
 
 
 def csv_bytes(result: BatchResult) -> bytes:
@@ -84,7 +86,7 @@ def html_bytes(result: BatchResult, about: dict, out_dir: Path) -> bytes:
         body.append(f'<tr style="background:{colour}"><td>{image}</td><td>{name}</td>{cells}</tr>')
     n = counts(result)
     summary = ", ".join(f"{v} {k}" for k, v in n.items() if v)
-    facts = "".join(f"<li>{html.escape(k)}: {html.escape(str(v))}</li>" for k, v in about.items())
+    facts = "".join(f"<li>{html.escape(k)}: {_cell(v)}</li>" for k, v in about.items())
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Batch summary</title>
 <style>
@@ -107,6 +109,8 @@ Each case id links to that case's report. Times in seconds, memory in MiB, coord
 def _cell(value) -> str:
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.6g}"
     return html.escape(str(value))
