@@ -6,7 +6,7 @@ CT     ?= sample_ct
 CONFIG ?= configs/default.toml
 OUT    ?= out
 
-.PHONY: mesh test bench bench-batch batch evaluate goldens sample clean venv
+.PHONY: mesh test bench bench-batch batch evaluate goldens sample shape-model clean venv
 
 venv: $(VENV)/.installed
 
@@ -46,6 +46,12 @@ goldens: venv
 # Rewrites sample_ct/ from the phantom generator (deterministic seed).
 sample: venv
 	rm -rf sample_ct && $(PY) -m pipeline phantom sample_ct --preset sample
+
+# Rebuilds pipeline/segment/data/pelvis_shape_model.npz from the JHU pelvis atlas
+# (ATLAS, default ../shared/atlas/jhu_pelvis) and prints its leave-one-out error.
+ATLAS ?= ../shared/atlas/jhu_pelvis
+shape-model: venv
+	$(PY) -m pipeline.segment.build_shape_model $(ATLAS)
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
