@@ -101,3 +101,22 @@ def test_impossible_options_exit_2_naming_the_option(folder, capsys, option):
     with pytest.raises(SystemExit) as exit_:
         cli_main(["batch", str(folder / "m.csv"), "--out", str(folder / "out"), *option])
     assert exit_.value.code == 2 and option[0] in capsys.readouterr().err
+
+
+def test_readme_manifest_examples_give_the_same_cases(tmp_path):
+    import re
+
+    from ..helpers import REPO
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    examples = dict(re.findall(r"`(cases\.(?:csv|toml))`:\n\n```\n(.*?)```", text, re.S))
+    assert set(examples) == {"cases.csv", "cases.toml"}
+    for case_id in ("P0001", "P0002"):
+        (tmp_path / "ct" / case_id).mkdir(parents=True)
+        (tmp_path / "plans").mkdir(exist_ok=True)
+        (tmp_path / "plans" / f"{case_id}.toml").write_text(PLAN)
+    found = []
+    for name, body in examples.items():
+        (tmp_path / name).write_text(body)
+        found.append([(c.case_id, c.ct, c.config, c.series) for c in read_manifest(tmp_path / name)])
+    assert found[0] == found[1] and len(found[0]) == 2
