@@ -198,7 +198,7 @@ def _outcome(future, case: Case, attempt: int, retries: int, out_dir: str) -> tu
     error = future.exception()
     if isinstance(error, KilledWorker):
         limit = error.last_worker.memory_limit
-        why = f"killed, or beyond its {limit / GB:.1f} GB memory limit" if limit else "killed"
+        why = f"killed, or beyond its {limit / GB:.3g} GB memory limit" if limit else "killed"
         if attempt <= retries:
             return None, (f"case {case.case_id}: the worker died while running it ({why}); "
                           f"retry {attempt} of {retries}")

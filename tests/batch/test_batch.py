@@ -232,4 +232,4 @@ def test_a_worker_killed_during_a_case(cases, client, tmp_path, retries):
     else:
         assert (record["status"], record["attempts"]) == ("failed", 1)
         assert record["error"] == (f"the worker running this case died 1 time(s) (killed, or beyond its "
-                                   f"{WORKER_MEMORY_GB:.1f} GB memory limit)")
+                                   f"{WORKER_MEMORY_GB:.3g} GB memory limit)")
