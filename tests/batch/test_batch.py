@@ -108,10 +108,11 @@ def test_each_case_is_a_mesh_run_and_a_broken_case_only_fails_itself(cases, clie
     assert rows["bad"]["error"] == str(refused.value) and "\n" not in rows["bad"]["error"]
     assert not (out / "bad").exists()
 
-    single = tmp_path / "single"
-    assert cli_main(["mesh", str(cases / "ct" / "p1"), "--config", str(cases / "plan_p1.toml"),
-                     "--out", str(single), "--quiet"]) == 0
-    assert_same_outputs(single, out / "p1")
+    for case_id in ("p0", "p1", "p2"):
+        single = tmp_path / "single" / case_id
+        assert cli_main(["mesh", str(cases / "ct" / case_id), "--config", str(cases / f"plan_{case_id}.toml"),
+                         "--out", str(single), "--quiet"]) == 0
+        assert_same_outputs(single, out / case_id)
 
     # The table's numbers are the case's report's.
     report = json.loads((out / "p2" / "report.json").read_text())
