@@ -4,11 +4,14 @@ Writes 8 sample-size pelvis phantoms (100 x 184 x 232 voxels, noise seeds
 0-7) as DICOM into a temporary folder with the sample plan, then runs the
 batch on a new LocalCluster for each worker count up to the machine's cores
 (at most 8): the batch's wall time (cluster start-up apart), the speed-up
-over one worker, and the per-case median time and peak memory.
+over one worker, the per-case median time and peak memory, and the
+machine's load average before and after (other work on the machine skews
+the comparison).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -39,6 +42,7 @@ def main() -> int:
         counts = [w for w in (1, 2, 4, 8) if w <= min(CPU_COUNT, N_CASES)]
         walls = {}
         for workers in counts:
+            load_before = os.getloadavg()[0]
             start = time.perf_counter()
             with connect(workers=workers) as client:
                 startup = time.perf_counter() - start
@@ -52,7 +56,8 @@ def main() -> int:
                   f"(cluster start {startup:.1f} s), speed-up {walls[counts[0]] / result.seconds:.2f}x; "
                   f"per case median {statistics.median(r['wall_s'] for r in done):.1f} s, "
                   f"peak memory median {statistics.median(r['peak_rss_mib'] for r in done):.0f} MiB "
-                  f"(max {max(r['peak_rss_mib'] for r in done):.0f})")
+                  f"(max {max(r['peak_rss_mib'] for r in done):.0f}); "
+                  f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     return 0
 
 
