@@ -6,7 +6,7 @@ CT     ?= sample_ct
 CONFIG ?= configs/default.toml
 OUT    ?= out
 
-.PHONY: mesh test bench evaluate goldens sample shape-model clean venv
+.PHONY: mesh test bench bench-batch batch evaluate goldens sample shape-model clean venv
 
 venv: $(VENV)/.installed
 
@@ -24,6 +24,15 @@ test: venv
 
 bench: venv
 	$(PY) -m pipeline.bench
+
+# Every case of a manifest (CSV or TOML) into $(OUT)/<case_id>/ on a local cluster; see README "Many CTs".
+batch: venv
+	@test -n "$(MANIFEST)" || { echo "usage: make batch MANIFEST=cases.csv OUT=out_dir"; exit 2; }
+	$(PY) -m pipeline batch $(MANIFEST) --out $(OUT)
+
+# The same 8 phantom cases with 1, 2, 4, ... workers (up to the cores): wall time and speed-up.
+bench-batch: venv
+	$(PY) -m pipeline.batch.bench
 
 # Labels against references: the phantom's truth, and the real CTs in ../shared when present.
 # Overlays of the labels go to $(OUT)/evaluate/*.png.

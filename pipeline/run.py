@@ -173,7 +173,7 @@ def build_report(volume: Volume, config: Config, bone: trimesh.Trimesh, cut: Res
         "planes": planes,
         "resection_shells": cut.shells if cut is not None else None,
         "timings_s": seconds,
-        "versions": {p: _version(p) for p in PACKAGES},
+        "versions": package_versions(),
         "frame": "LPS, millimetres (DICOM patient coordinates)",
     }
 
@@ -197,6 +197,11 @@ def input_summary(volume: Volume) -> dict:
         "affine_index_to_lps_mm": np.round(volume.affine, 6).tolist(),
         "notes": list(volume.notes),
     }
+
+
+def package_versions() -> dict[str, str]:
+    """The installed versions of the pipeline and the libraries that shape its outputs."""
+    return {p: _version(p) for p in PACKAGES}
 
 
 def _version(package: str) -> str:

@@ -39,3 +39,8 @@ def winding_number(mesh, point) -> float:
     denominator = (la * lb * lc + np.einsum("ij,ij->i", a, b) * lc
                    + np.einsum("ij,ij->i", b, c) * la + np.einsum("ij,ij->i", c, a) * lb)
     return float(np.sum(2.0 * np.arctan2(numerator, denominator)) / (4.0 * np.pi))
+
+
+# The pelvis phantom on a coarse grid (pelvis_phantom keywords): a whole run
+# with the sample plan (configs/default.toml) takes about a second.
+COARSE_PELVIS = {"shape": (60, 92, 116), "spacing_mm": (3.4, 3.0, 3.0)}

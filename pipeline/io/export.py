@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 import nibabel as nib
@@ -31,6 +32,9 @@ from ..geometry.meshes import validate_solid
 from ..qa.images import QA_IMAGES
 
 QA_FOLDER = "qa"
+# Files are staged in a folder of this name inside the output folder; one left
+# behind (a process killed while writing) holds nothing valid.
+STAGING_PREFIX = ".staging-"
 
 # Every file name a run may write; used to clear an earlier run's leftovers
 # (a bone written for context in one run may be resected, or absent, in the next).
@@ -187,7 +191,7 @@ def write_outputs(out_dir: Path, files: dict[str, bytes]) -> list[Path]:
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
     except OSError as e:
         raise PipelineError(f"{out_dir}: cannot create output folder ({e.strerror})") from None
     try:
@@ -211,3 +215,28 @@ def write_outputs(out_dir: Path, files: dict[str, bytes]) -> list[Path]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [out_dir / name for name in files]
+
+
+def remove_staging(out_dir: Path) -> None:
+    """Delete staging folders in ``out_dir`` (left by a process killed while
+    writing). Only one run may write into an output folder at a time."""
+    for staging in Path(out_dir).glob(f"{STAGING_PREFIX}*"):
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_file(path: Path, content: bytes) -> Path:
+    """Write one file atomically: a temporary file beside it, then a rename."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "xb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise PipelineError(f"{path}: cannot write ({e.strerror})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
