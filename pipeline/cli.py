@@ -108,16 +108,19 @@ def cmd_mesh(args: argparse.Namespace) -> None:
 
 
 def qa_files(volume, result, config, *, images: bool, timer) -> dict[str, bytes]:
-    """qa/<name>.png (unless ``images`` is false) and report.html."""
+    """qa/<name>.png and report.html with the interactive 3D view (neither
+    images nor view when ``images`` is false)."""
     from .io import QA_FOLDER, png_bytes
     from .parallel import parallel
-    from .qa import (TEMPLATE_ATTRIBUTE, cut_bone_density, implant_source, qa_images, report_html,
-                     structure_labels)
+    from .qa import (TEMPLATE_ATTRIBUTE, cut_bone_density, implant_source, interactive_view, qa_images,
+                     report_html, scene_objects, structure_labels)
+    from .qa.images import affected_side
 
-    files, shown, missing, density = {}, [], [], []
+    files, shown, missing, density, view = {}, [], [], [], None
     if images:
         with timer.stage("qa"):
-            made = qa_images(volume, result, config)
+            made, view = parallel(lambda: qa_images(volume, result, config),
+                                  lambda: interactive_view(scene_objects(result, config), side=affected_side(result)))
             pngs = parallel(*[(lambda im=im: png_bytes(im.rgb)) for im in made])
             if result.implant is not None:
                 density = cut_bone_density(volume, result.labels, config.resection.planes,
@@ -128,9 +131,9 @@ def qa_files(volume, result, config, *, images: bool, timer) -> dict[str, bytes]
         if implant_source(config) == "mirrored" and not any(im.name == "view_mirrored" for im in made):
             missing.append(f"no mirrored template view: the run result has no {TEMPLATE_ATTRIBUTE}")
     else:
-        missing.append("QA images switched off (--no-qa)")
+        missing.append("QA images and 3D view switched off (--no-qa)")
     files["report.html"] = report_html(result.report, shown, missing=missing,
-                                       cut_density=density).encode("utf-8")
+                                       cut_density=density, view3d=view).encode("utf-8")
     return files
 
 
@@ -189,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     mesh.add_argument("--series", metavar="UID", help="SeriesInstanceUID to use (see the series command)")
     mesh.add_argument("--quiet", action="store_true", help="print nothing but errors")
     mesh.add_argument("--no-qa", action="store_true",
-                      help="skip the QA images (qa/*.png); report.html is still written")
+                      help="skip the QA images (qa/*.png) and the 3D view; report.html is still written")
     mesh.set_defaults(func=cmd_mesh)
 
     series = sub.add_parser("series", help="list the image series in a folder",
