@@ -6,7 +6,7 @@ CT     ?= sample_ct
 CONFIG ?= configs/default.toml
 OUT    ?= out
 
-.PHONY: mesh test bench evaluate goldens sample clean venv
+.PHONY: mesh test bench view-time evaluate goldens sample clean venv
 
 venv: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ test: venv
 
 bench: venv
 	$(PY) -m pipeline.bench
+
+# Seconds until report.html's 3D view is drawn in a fresh headless Chromium (median of 5; needs chromium).
+view-time: venv
+	$(PY) -m tests.browser $(OUT)/report.html
 
 # Labels against references: the phantom's truth, and the real CTs in ../shared when present.
 # Overlays of the labels go to $(OUT)/evaluate/*.png.
