@@ -34,3 +34,18 @@ def test_terminal_shows_the_running_stage_and_quiet_shows_nothing(capsys, monkey
     with Timer(quiet.line, quiet.begin).stage("surface"):
         pass
     assert capsys.readouterr().err == ""
+
+
+def test_no_qa_leaves_out_the_images_and_the_3d_view():
+    from types import SimpleNamespace
+
+    from pipeline.cli import qa_files
+    from pipeline.config import Config
+    from pipeline.run import Timer
+
+    files = qa_files(None, SimpleNamespace(report={"planes": []}, implant=None), Config(), images=False,
+                     timer=Timer(None))
+    assert list(files) == ["report.html"]
+    page = files["report.html"].decode("utf-8")
+    assert "<script" not in page and "Plotly" not in page
+    assert "QA images and 3D view switched off (--no-qa)" in page

@@ -7,9 +7,8 @@ as its rim recedes, so the rim of a knife edge (an oblique cut meeting the
 cortex) or a thin spine process moves inwards by millimetres while 99.9 % of
 the surface stays within 0.1 mm. The decimation therefore checks itself:
 the distance between the two surfaces is measured both ways (libigl's exact
-point-to-triangle distance from the original's vertices, about a voxel
-apart, to the copy, and from the copy's vertices and triangle centres to the
-original), and where it exceeds the tolerance the
+point-to-triangle distance from the vertices and triangle centres of each
+to the other: on a CT mesh, samples about half a voxel apart), and where it exceeds the tolerance the
 original triangles around the spot are kept and the rest is decimated
 again, its border left in place so the kept patch fits it exactly.
 
@@ -71,17 +70,17 @@ def simplify_within(mesh: trimesh.Trimesh, max_triangles: int, tolerance_mm: flo
             break
         keep = grown
     view = trimesh.Trimesh(view_vertices, view_faces, process=False)
+    if stray.any():  # given up with the copy's own strays not looked for: measure both ways
+        distance = hausdorff_mm(mesh, view)
     return Simplified(view, distance, kept)
 
 
-def hausdorff_mm(original: trimesh.Trimesh, view: trimesh.Trimesh) -> float:
-    """Largest distance from a point of either surface to the other surface:
-    from the vertices of ``original`` (a CT mesh: triangles about a voxel
-    wide) and the vertices and triangle centres of ``view`` (its larger
-    triangles)."""
-    va, fa = np.asarray(original.vertices, dtype=np.float64), np.asarray(original.faces, dtype=np.int64)
-    vb, fb = np.asarray(view.vertices, dtype=np.float64), np.asarray(view.faces, dtype=np.int64)
-    return max(float(_distance(va, vb, fb)[0].max()), float(_distance(_samples(vb, fb), va, fa)[0].max()))
+def hausdorff_mm(a: trimesh.Trimesh, b: trimesh.Trimesh) -> float:
+    """Largest distance from a point of either surface to the other surface,
+    sampled at the vertices and triangle centres of both."""
+    va, fa = np.asarray(a.vertices, dtype=np.float64), np.asarray(a.faces, dtype=np.int64)
+    vb, fb = np.asarray(b.vertices, dtype=np.float64), np.asarray(b.faces, dtype=np.int64)
+    return max(float(_distance(_samples(va, fa), vb, fb)[0].max()), float(_distance(_samples(vb, fb), va, fa)[0].max()))
 
 
 def _decimate_around(vertices: np.ndarray, faces: np.ndarray, keep: np.ndarray,
@@ -109,11 +108,16 @@ def _decimate_around(vertices: np.ndarray, faces: np.ndarray, keep: np.ndarray,
 
 def _compare(vertices, faces, view_vertices, view_faces, tolerance_mm: float) -> tuple[float, np.ndarray]:
     """(Hausdorff distance, faces of the original near a spot where the two
-    surfaces are farther apart than ``tolerance_mm``)."""
-    out, _ = _distance(vertices, view_vertices, view_faces)
+    surfaces are farther apart than ``tolerance_mm``). The copy's own strays
+    are looked for only once the original's vertices are all near it (they
+    are rarer, and the next round decimates again anyway); the distance is
+    then the Hausdorff distance, before it a lower bound."""
+    out, _ = _distance(_samples(vertices, faces), view_vertices, view_faces)
+    far = out > tolerance_mm
+    stray = far[:len(vertices)][faces].any(axis=1) | far[len(vertices):]
+    if stray.any():
+        return float(out.max()), stray
     back, nearest = _distance(_samples(view_vertices, view_faces), vertices, faces)
-    far_vertex = out > tolerance_mm
-    stray = far_vertex[faces].any(axis=1)
     stray[nearest[back > tolerance_mm]] = True
     return max(float(out.max()), float(back.max())), stray
 

@@ -32,11 +32,14 @@ VIEW_TRIANGLES = 250_000
 VIEW_TOLERANCE_MM = 0.5
 VIEW_HEIGHT_PX = 640
 # Eye distance from the scene's centre, in units of its box (plotly's camera).
-EYE_DISTANCE = 2.0
+EYE_DISTANCE = 2.4
 # Camera buttons over the view, and the one it starts from (from the implant's side).
 CAMERA_BUTTONS = ("anterior", "posterior", "left", "right", "superior")
 DIV_ID = "view3d"
-LIGHTING = {"ambient": 0.45, "diffuse": 0.75, "specular": 0.12, "roughness": 0.6, "fresnel": 0.05}
+LIGHTING = {"ambient": 0.55, "diffuse": 0.65, "specular": 0.1, "roughness": 0.6, "fresnel": 0.05}
+# plotly's light stays put while the scene turns: from the front and above (LPS), so
+# the first view and the anterior one are lit, and the ambient part keeps the back readable.
+LIGHT_POSITION = {"x": 0.0, "y": -1e5, "z": 1e5}
 AXIS_TITLES = {"xaxis": "x (mm): patient left →", "yaxis": "y (mm): posterior →", "zaxis": "z (mm): superior →"}
 # Set on the view's element once plotly has drawn it (ms since the page
 # started loading): tells a reader, and the browser tests, when the view was ready.
@@ -97,7 +100,7 @@ def _trace(go, item: SceneObject, mesh):
     return go.Mesh3d(x=vertices[:, 0], y=vertices[:, 1], z=vertices[:, 2], i=faces[:, 0], j=faces[:, 1],
                      k=faces[:, 2], name=item.name, color="rgb({},{},{})".format(*item.rgb), opacity=item.opacity,
                      visible=True if item.visible else "legendonly", showlegend=True, flatshading=False,
-                     lighting=LIGHTING,
+                     lighting=LIGHTING, lightposition=LIGHT_POSITION,
                      hovertemplate=f"<b>{item.name}</b><br>L %{{x:.1f}}, P %{{y:.1f}}, S %{{z:.1f}} mm<extra></extra>")
 
 

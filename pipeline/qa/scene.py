@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from ..run import MeshResult
 
 # Bones shown for context (or, without planes, every bone): light, distinct shades.
-BONE_RGB = {"hip_left": (214, 204, 180), "hip_right": (196, 204, 222), "sacrum": (222, 196, 196),
-            "femur_left": (190, 214, 196), "femur_right": (214, 214, 178), "lumbar": (212, 198, 226)}
+BONE_RGB = {"hip_left": (226, 212, 172), "hip_right": (170, 216, 216), "sacrum": (228, 186, 186),
+            "femur_left": (172, 212, 182), "femur_right": (168, 200, 228), "lumbar": (204, 184, 228)}
 OTHER_RGB = (200, 200, 200)
 TEMPLATE_OPACITY = 0.6
 # Segments of a plane disc's rim: at 72 the rim of a 100 mm disc is within 0.1 mm of a circle.
