@@ -88,3 +88,16 @@ def test_a_view_further_from_its_stl_than_the_tolerance_is_flagged():
     view = interactive_view([SceneObject("ball", ball, (1, 2, 3))], max_triangles=40, tolerance_mm=0.05)
     assert view.meshes[0]["hausdorff_mm"] > 0.05
     assert "beyond the 0.05 mm" in report_html({}, view3d=view)
+
+
+def test_the_mirrored_template_starts_hidden_with_its_legend_entry():
+    box = trimesh.creation.box(bounds=[[0, -10, 0], [40, 10, 40]])
+    result = SimpleNamespace(host=box, implant=box, context={}, label_meshes={}, mirrored_template=box)
+    config = Config(implant=ImplantConfig(source="mirrored"))
+    objects = scene_objects(result, config)
+    template = next(o for o in objects if o.name == "mirrored template")
+    assert not template.visible and template.opacity < 1.0
+    page = interactive_view(objects).html
+    assert '"name":"mirrored template"' in page and '"visible":"legendonly"' in page
+    resected = scene_objects(result, Config())
+    assert "mirrored template" not in [o.name for o in resected]
