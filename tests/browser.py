@@ -7,7 +7,8 @@ to a proxy that does not exist, so a page that tried to fetch anything
 would fail to, and the request is recorded.
 
 ``python -m tests.browser out/report.html`` measures how long the report's
-3D view takes to appear in a fresh browser (``make view-time``).
+3D view takes to appear in a fresh browser, and how long it takes to redraw
+while it turns (``make view-time``).
 """
 
 from __future__ import annotations
@@ -101,6 +102,21 @@ def view_pixels(page) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
+def redraw_s(page, turns: int = 8) -> list[float]:
+    """Seconds per redraw while the view turns (camera moved by script, one
+    frame drawn after each move)."""
+    return page.evaluate("""async (turns) => {
+        const gd = document.getElementById('%s'), times = [];
+        const frame = () => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+        for (let i = 0; i < turns; i++) {
+            const a = 2 * Math.PI * (i + 1) / turns, start = performance.now();
+            await Plotly.relayout(gd, {'scene.camera.eye': {x: 2 * Math.cos(a), y: 2 * Math.sin(a), z: 0.8}});
+            await frame();
+            times.push((performance.now() - start) / 1000);
+        }
+        return times; }""" % DIV_ID, turns)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Seconds until a report's 3D view is drawn, in a fresh "
                                                  "headless Chromium each time (median of the runs).")
@@ -110,18 +126,20 @@ def main(argv: list[str] | None = None) -> None:
     reason = unavailable()
     if reason:
         raise SystemExit(reason)
-    ready, wall = [], []
+    ready, wall, redraw = [], [], []
     for _ in range(args.runs):
         start = time.perf_counter()
-        with open_report(args.report) as (_, visit):
+        with open_report(args.report) as (page, visit):
             ready.append(visit.ready_s)
             wall.append(time.perf_counter() - start)
+            redraw += redraw_s(page)
         if visit.errors or visit.outside:
             raise SystemExit(f"errors {visit.errors}, requests outside the page {visit.outside}")
     size_mb = args.report.stat().st_size / 1e6
     print(f"{args.report}: {size_mb:.1f} MB; view drawn {statistics.median(ready):.2f} s after navigation "
           f"(median of {args.runs}, min {min(ready):.2f}, max {max(ready):.2f}); with browser start "
-          f"{statistics.median(wall):.2f} s")
+          f"{statistics.median(wall):.2f} s; turning: {statistics.median(redraw) * 1000:.0f} ms per redraw "
+          f"(median, software WebGL)")
 
 
 if __name__ == "__main__":

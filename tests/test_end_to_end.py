@@ -236,17 +236,17 @@ def test_a_click_on_a_legend_entry_hides_and_shows_the_object(browser_report):
     from .browser import settle, view_pixels
 
     page, visit = browser_report
+    implant_state = "() => document.getElementById('view3d').data.find(t => t.name === 'implant').visible"
     before = view_pixels(page)
-    # plotly waits a double-click's time (300 ms) before it acts on a click.
     entry = page.locator("g.traces", has_text="implant").locator(".legendtoggle").first
-    entry.click()
-    page.wait_for_timeout(600)
+    entry.click()  # plotly acts on it after a double-click's time (300 ms)
+    page.wait_for_function(f"({implant_state})() === 'legendonly'")
     settle(page)
     hidden = view_pixels(page)
     assert implant_pixels(before) > 500 and implant_pixels(hidden) < 20
     assert (np.abs(hidden.astype(int) - before.astype(int)).max(axis=2) > 30).mean() > 0.005
     entry.click()
-    page.wait_for_timeout(600)
+    page.wait_for_function(f"({implant_state})() === true")
     settle(page)
     assert implant_pixels(view_pixels(page)) == pytest.approx(implant_pixels(before), rel=0.05)
     assert visit.errors == []

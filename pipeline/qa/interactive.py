@@ -9,8 +9,8 @@ most ``VIEW_TRIANGLES`` triangles in all, shared among the objects by
 surface area (an object with fewer keeps all of its own), each copy within
 ``VIEW_TOLERANCE_MM`` of its mesh both ways where the budget allows (see
 ``geometry.simplify``); the distance measured is stated under the view.
-Coordinates are float32 (0.03 mm resolution 500 mm from the origin, far
-below the tolerance), indices int32, both base64-encoded by plotly: about
+Coordinates are float32 (rounded by under 3e-5 mm at 500 mm from the
+origin, far below the tolerance), indices int32, both base64-encoded by plotly: about
 25 bytes per triangle, so the page stays near 11 MB with the 4.8 MB of
 plotly.js.
 """
