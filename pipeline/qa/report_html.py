@@ -168,17 +168,21 @@ def _plan_html(report: dict) -> str:
 def _view3d_html(view: InteractiveView) -> str:
     worst = max((m["hausdorff_mm"] for m in view.meshes), default=0.0)
     shown = sum(m["view_triangles"] for m in view.meshes)
-    note = (f"<p>Drag to turn, scroll to zoom, right-drag (or the cross in the toolbar) to pan; the house "
-            f"resets the view, the buttons above it show the patient from each side. Click a legend entry to "
-            f"hide or show it, double-click to show it alone; hovering names an object and gives the point in "
-            f"LPS mm. Meshes are lightened for this view only (the STLs are untouched): {shown} triangles "
-            f"(budget {view.max_triangles}), each within {worst:.2f} mm of its STL, measured both ways.</p>")
+    note = ("<p>Drag to turn, scroll to zoom, right-drag (or the cross in the toolbar) to pan; the house "
+            "resets the view, the buttons above it show the patient from each side. Click a legend entry to "
+            "hide or show it, double-click to show it alone; hovering names an object and gives the point in "
+            "LPS mm. ")
+    if any(m["view_triangles"] < m["triangles"] for m in view.meshes):
+        note += (f"Meshes are lightened for this view only (the STLs are untouched): {shown} triangles (budget "
+                 f"{view.max_triangles}), each within {worst:.2f} mm of its full mesh, measured both ways.</p>")
+    else:
+        note += f"Meshes are shown whole ({shown} triangles, within the view's budget of {view.max_triangles}).</p>"
     if worst > view.tolerance_mm:
         note += (f'<p class="warn">a view mesh is {worst:.2f} mm from its STL, beyond the '
                  f"{view.tolerance_mm:g} mm aimed at: look at the STLs before judging fine detail</p>")
     rows = [(m["name"], m["triangles"], m["view_triangles"], _num(float(m["hausdorff_mm"]))) for m in view.meshes]
     return (note + f'<div class="view3d">{view.html}</div>'
-            + _table(["object", "triangles (STL)", "triangles (view)", "largest distance (mm)"], rows))
+            + _table(["object", "triangles (mesh)", "triangles (view)", "largest distance (mm)"], rows))
 
 
 def _meshes_html(meshes: dict) -> str:
