@@ -119,8 +119,9 @@ def qa_files(volume, result, config, *, images: bool, timer) -> dict[str, bytes]
     files, shown, missing, density, view = {}, [], [], [], None
     if images:
         with timer.stage("qa"):
-            made, view = parallel(lambda: qa_images(volume, result, config),
-                                  lambda: interactive_view(scene_objects(result, config), side=affected_side(result)))
+            # The view first: it forks worker processes, safely only while no other thread runs.
+            view = interactive_view(scene_objects(result, config), side=affected_side(result))
+            made = qa_images(volume, result, config)
             pngs = parallel(*[(lambda im=im: png_bytes(im.rgb)) for im in made])
             if result.implant is not None:
                 density = cut_bone_density(volume, result.labels, config.resection.planes,

@@ -17,11 +17,15 @@ plotly.js.
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import trimesh
 
-from ..geometry.simplify import simplify_within
+from ..geometry.simplify import Simplified, simplify_within
+from ..parallel import WORKERS
 from .scene import SceneObject
 from .view3d import VIEWS
 
@@ -56,14 +60,13 @@ class InteractiveView:
 def interactive_view(objects: list[SceneObject], *, side: str = "left", max_triangles: int = VIEW_TRIANGLES,
                      tolerance_mm: float = VIEW_TOLERANCE_MM) -> InteractiveView:
     """The view of ``objects``, first seen obliquely from the front on ``side``
-    ("left" or "right": the implant's side)."""
+    ("left" or "right": the implant's side). Forks worker processes to
+    lighten the meshes: call it while no other thread of the caller runs."""
     import plotly.graph_objects as go
 
     budgets = triangle_budgets([len(o.mesh.faces) for o in objects], [float(o.mesh.area) for o in objects],
                                max_triangles)
-    # One after the other: libigl's distance queries use both cores already, and
-    # fast-simplification runs one decimation at a time (measured: threads 1.5x slower).
-    views = [simplify_within(o.mesh, b, tolerance_mm) for o, b in zip(objects, budgets)]
+    views = _lighten(objects, budgets, tolerance_mm)
     traces = [_trace(go, o, s.mesh) for o, s in zip(objects, views)]
     figure = go.Figure(traces, layout=_layout(side))
     html = figure.to_html(full_html=False, include_plotlyjs=True, div_id=DIV_ID,
@@ -93,6 +96,32 @@ def triangle_budgets(triangles: list[int], areas_mm2: list[float], total: int) -
             left -= triangles[i]
             waiting.remove(i)
     return budgets
+
+
+def _lighten(objects: list[SceneObject], budgets: list[int], tolerance_mm: float) -> list[Simplified]:
+    """Each object lightened to its budget. libigl and fast-simplification hold
+    the GIL, so threads gain nothing: with several meshes over budget, they are
+    shared among worker processes forked from the caller (call this before
+    starting threads), largest first."""
+    over = sorted((i for i, (o, b) in enumerate(zip(objects, budgets)) if len(o.mesh.faces) > b),
+                  key=lambda i: -len(objects[i].mesh.faces))
+    views = {}
+    if len(over) > 1 and WORKERS > 1 and "fork" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=min(WORKERS, len(over)), mp_context=context) as pool:
+            futures = {i: pool.submit(_lighten_arrays, np.asarray(objects[i].mesh.vertices),
+                                      np.asarray(objects[i].mesh.faces), budgets[i], tolerance_mm) for i in over}
+            for i, future in futures.items():
+                vertices, faces, distance_mm, kept = future.result()
+                views[i] = Simplified(trimesh.Trimesh(vertices, faces, process=False), distance_mm, kept)
+    return [views[i] if i in views else simplify_within(o.mesh, b, tolerance_mm)
+            for i, (o, b) in enumerate(zip(objects, budgets))]
+
+
+def _lighten_arrays(vertices: np.ndarray, faces: np.ndarray, budget: int, tolerance_mm: float):
+    """simplify_within on plain arrays, for a worker process."""
+    view = simplify_within(trimesh.Trimesh(vertices, faces, process=False), budget, tolerance_mm)
+    return np.asarray(view.mesh.vertices), np.asarray(view.mesh.faces), view.hausdorff_mm, view.kept_triangles
 
 
 def _trace(go, item: SceneObject, mesh):
