@@ -100,11 +100,10 @@ def test_report_page_fits_its_budget_and_fetches_nothing(out):
 def test_the_3d_view_meshes_stay_within_the_tolerance_of_the_stls(out):
     """Each view mesh, read back from the page, against its STL: the budget
     holds, and the largest distance, sampled at the vertices and triangle
-    centres of both (libigl's exact point-to-triangle distance), is within
-    the tolerance. Plain quadric decimation to the same counts leaves knife
+    centres of both (20,000 of them per pair, chosen at random; trimesh's
+    exact closest point, independent of the pipeline's own measure), is
+    within the tolerance. Plain quadric decimation to the same counts leaves knife
     edges 1.5-3.5 mm off."""
-    import igl
-
     from pipeline.qa.interactive import VIEW_TOLERANCE_MM, VIEW_TRIANGLES
 
     shown = view_meshes((out / "report.html").read_text())
@@ -113,9 +112,8 @@ def test_the_3d_view_meshes_stay_within_the_tolerance_of_the_stls(out):
 
     def farthest_mm(a, b):
         points = np.concatenate([a.vertices, a.triangles_center])
-        squared, _, _ = igl.point_mesh_squared_distance(points, np.asarray(b.vertices, float),
-                                                       np.asarray(b.faces, np.int64))
-        return float(np.sqrt(squared.max()))
+        points = points[np.random.default_rng(0).choice(len(points), min(len(points), 20000), replace=False)]
+        return float(trimesh.proximity.closest_point(b, points)[1].max())
 
     for name, view in shown.items():
         if name.startswith("plane "):

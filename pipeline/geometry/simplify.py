@@ -6,9 +6,10 @@ of bone is thinner than a triangle, the quadric of both sides barely grows
 as its rim recedes, so the rim of a knife edge (an oblique cut meeting the
 cortex) or a thin spine process moves inwards by millimetres while 99.9 % of
 the surface stays within 0.1 mm. The decimation therefore checks itself:
-the distance between the two surfaces is measured both ways (libigl's exact
-point-to-triangle distance from the vertices and triangle centres of each
-to the other: on a CT mesh, samples about half a voxel apart), and where it exceeds the tolerance the
+the distance between the two surfaces is measured both ways (point-to-triangle
+distance from the vertices and triangle centres of each to the other, see
+:mod:`pipeline.geometry.distance`: on a CT mesh, samples about half a voxel
+apart), and where it exceeds the tolerance the
 original triangles around the spot are kept and the rest is decimated
 again, its border left in place so the kept patch fits it exactly.
 
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import trimesh
+
+from .distance import point_mesh_distance
 
 # fast-simplification keeps the mesh being simplified in module-level state
 # between its load, simplify and return calls: one simplification at a time.
@@ -132,11 +135,9 @@ def _samples(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 
 
 def _distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact distance from each point to the triangle mesh, and the nearest face."""
-    import igl  # ~0.3 s to import: only when a view is made, not with the package
-
-    squared, nearest, _ = igl.point_mesh_squared_distance(points, vertices, faces)
-    return np.sqrt(squared), np.asarray(nearest, dtype=np.int64)
+    """Distance from each point to the triangle mesh (never under the true
+    one, see :mod:`pipeline.geometry.distance`), and the face measured to."""
+    return point_mesh_distance(points, vertices, faces)
 
 
 def _grow(selected: np.ndarray, faces: np.ndarray, n_vertices: int, rings: int) -> np.ndarray:

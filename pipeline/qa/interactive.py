@@ -99,8 +99,8 @@ def triangle_budgets(triangles: list[int], areas_mm2: list[float], total: int) -
 
 
 def _lighten(objects: list[SceneObject], budgets: list[int], tolerance_mm: float) -> list[Simplified]:
-    """Each object lightened to its budget. libigl and fast-simplification hold
-    the GIL, so threads gain nothing: with several meshes over budget, they are
+    """Each object lightened to its budget. fast-simplification holds the GIL
+    (and runs one mesh at a time), so threads gain nothing: with several meshes over budget, they are
     shared among worker processes forked from the caller (call this before
     starting threads), largest first."""
     over = sorted((i for i, (o, b) in enumerate(zip(objects, budgets)) if len(o.mesh.faces) > b),
