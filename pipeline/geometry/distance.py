@@ -1,12 +1,11 @@
-"""Distance from points to a triangle mesh.
+"""Exact distance from points to a triangle mesh.
 
-Each point's distance is the exact distance to the nearest of its candidate
-triangles: the ``CANDIDATES`` triangles whose centres lie nearest to it
-(a k-d tree of triangle centres). On a mesh of evenly sized triangles (a CT
-surface) the nearest triangle is among them; where it is not, the distance
-returned is that to another triangle, never less than the true distance: a
-check "within tolerance" made with it may be stricter than needed, never
-looser.
+The nearest triangle is looked for among the ``CANDIDATES`` triangles whose
+centres lie nearest to the point (a k-d tree of triangle centres). That is
+exact when even the farthest of those centres lies farther than the distance
+found plus the largest triangle's reach from its centre (no triangle whose
+centre lies farther can come nearer); for the few points where it does not,
+every triangle whose centre lies within that bound is measured.
 """
 
 from __future__ import annotations
@@ -51,26 +50,43 @@ def closest_on_triangles(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndar
 
 def point_mesh_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
                         tree: cKDTree | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(distance of each point to the mesh, index of the triangle it is
-    measured to). ``tree``: a k-d tree of the triangle centres, when the
-    caller measures many point sets against one mesh."""
+    """(exact distance of each point to the mesh, index of a nearest
+    triangle). ``tree``: a k-d tree of the triangle centres, when the caller
+    measures many point sets against one mesh."""
     points = np.asarray(points, dtype=np.float64)
     vertices = np.asarray(vertices, dtype=np.float64)
     faces = np.asarray(faces, dtype=np.int64)
     tri = vertices[faces]
+    centres = tri.mean(axis=1)
     if tree is None:
-        tree = cKDTree(tri.mean(axis=1))
+        tree = cKDTree(centres)
+    reach = float(np.linalg.norm(tri - centres[:, None], axis=2).max())
     k = min(CANDIDATES, len(faces))
     distance = np.empty(len(points))
     nearest = np.empty(len(points), dtype=np.int64)
     for start in range(0, len(points), CHUNK):
         p = points[start:start + CHUNK]
-        _, candidates = tree.query(p, k=k)
+        centre_mm, candidates = tree.query(p, k=k)
         candidates = np.asarray(candidates).reshape(len(p), k)
-        t = tri[candidates.ravel()]
-        q = closest_on_triangles(np.repeat(p, k, axis=0), t[:, 0], t[:, 1], t[:, 2])
-        d = np.linalg.norm(q - np.repeat(p, k, axis=0), axis=1).reshape(len(p), k)
+        d = _distances(p, tri, candidates)
         best = np.argmin(d, axis=1)
-        distance[start:start + len(p)] = d[np.arange(len(p)), best]
-        nearest[start:start + len(p)] = candidates[np.arange(len(p)), best]
+        found, face = d[np.arange(len(p)), best], candidates[np.arange(len(p)), best]
+        unsure = np.flatnonzero(np.asarray(centre_mm).reshape(len(p), k)[:, -1] <= found + reach)
+        if k < len(faces):
+            for i in unsure:   # all triangles that may still be nearer
+                near = np.asarray(tree.query_ball_point(p[i], found[i] + reach), dtype=np.int64)
+                dd = _distances(p[i:i + 1], tri, near[None])[0]
+                j = int(np.argmin(dd))
+                found[i], face[i] = dd[j], near[j]
+        distance[start:start + len(p)] = found
+        nearest[start:start + len(p)] = face
     return distance, nearest
+
+
+def _distances(p: np.ndarray, tri: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Distance from each point to each of its candidate triangles, (P, K)."""
+    k = candidates.shape[1]
+    t = tri[candidates.ravel()]
+    repeated = np.repeat(p, k, axis=0)
+    q = closest_on_triangles(repeated, t[:, 0], t[:, 1], t[:, 2])
+    return np.linalg.norm(q - repeated, axis=1).reshape(len(p), k)

@@ -135,8 +135,7 @@ def _samples(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 
 
 def _distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distance from each point to the triangle mesh (never under the true
-    one, see :mod:`pipeline.geometry.distance`), and the face measured to."""
+    """Exact distance from each point to the triangle mesh, and a nearest face."""
     return point_mesh_distance(points, vertices, faces)
 
 

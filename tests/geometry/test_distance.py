@@ -1,5 +1,4 @@
-"""Point-to-mesh distance: exact where it finds the nearest triangle, never
-below the true distance anywhere; checked against every triangle."""
+"""Point-to-mesh distance: exact, checked against every triangle."""
 
 import numpy as np
 import trimesh
@@ -30,15 +29,15 @@ def test_closest_point_on_a_triangle_in_each_region():
     assert np.allclose(q, np.array(list(cases.values())), atol=1e-12)
 
 
-def test_distances_to_a_mesh_match_every_triangle_and_never_fall_below():
+def test_distances_to_a_mesh_match_every_triangle():
     mesh = trimesh.creation.icosphere(subdivisions=3, radius=10.0)
     mesh.vertices[:, 2] *= 0.4  # a flattened, uneven mesh
     rng = np.random.default_rng(1)
-    points = rng.uniform(-14, 14, (3000, 3))
+    # Far and near points; some far off, where the nearest centres mislead.
+    points = np.concatenate([rng.uniform(-14, 14, (3000, 3)), rng.uniform(-60, 60, (300, 3))])
     found, face = point_mesh_distance(points, mesh.vertices, mesh.faces)
     truth = brute_force(points, mesh)
-    assert np.all(found >= truth - 1e-9)
-    assert np.mean(np.abs(found - truth) < 1e-9) > 0.999
+    assert np.allclose(found, truth, atol=1e-9)
     # The face index names a triangle at that distance.
     q = closest_on_triangles(points, *mesh.triangles[face].transpose(1, 0, 2))
     assert np.allclose(np.linalg.norm(q - points, axis=1), found)
