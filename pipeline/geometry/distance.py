@@ -1,11 +1,15 @@
-"""Exact distance from points to a triangle mesh.
+"""Distance from points to a triangle mesh, exact where it counts.
 
-The nearest triangle is looked for among the ``CANDIDATES`` triangles whose
-centres lie nearest to the point (a k-d tree of triangle centres). That is
-exact when even the farthest of those centres lies farther than the distance
-found plus the largest triangle's reach from its centre (no triangle whose
-centre lies farther can come nearer); for the few points where it does not,
-every triangle whose centre lies within that bound is measured.
+A point's candidate triangles are the ``CANDIDATES`` whose centres lie
+nearest to it (a k-d tree of triangle centres), each measured exactly; the
+best of them is an upper bound of the true distance. Where that bound
+exceeds ``exact_above`` it is made exact: no triangle can come nearer than
+its centre's distance less its own reach (the largest distance from its
+centre to its corners), so every triangle whose centre lies within the
+bound plus the largest reach, and whose own lower bound is below the
+distance found, is measured too. A check against a tolerance needs no more
+than ``exact_above`` = the tolerance: distances at or below it are only
+known to be so.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 CANDIDATES = 8
+# A triangle whose corners lie farther than this many times the median from
+# its centre is large (a sliver of a cut face): bounded one by one.
+LARGE_REACH_FACTOR = 4.0
 # Points at a time: bounds the (points x candidates x 3) temporaries.
 CHUNK = 1 << 16
 
@@ -49,38 +56,64 @@ def closest_on_triangles(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndar
 
 
 def point_mesh_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
-                        tree: cKDTree | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(exact distance of each point to the mesh, index of a nearest
-    triangle). ``tree``: a k-d tree of the triangle centres, when the caller
-    measures many point sets against one mesh."""
+                        exact_above: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(distance of each point to the mesh, index of the triangle it is
+    measured to): exact wherever it exceeds ``exact_above``, else an upper
+    bound at or below ``exact_above``."""
     points = np.asarray(points, dtype=np.float64)
-    vertices = np.asarray(vertices, dtype=np.float64)
-    faces = np.asarray(faces, dtype=np.int64)
-    tri = vertices[faces]
+    tri = np.asarray(vertices, dtype=np.float64)[np.asarray(faces, dtype=np.int64)]
     centres = tri.mean(axis=1)
-    if tree is None:
-        tree = cKDTree(centres)
-    reach = float(np.linalg.norm(tri - centres[:, None], axis=2).max())
-    k = min(CANDIDATES, len(faces))
+    reach = np.linalg.norm(tri - centres[:, None], axis=2).max(axis=1)
+    tree = cKDTree(centres)
+    k = min(CANDIDATES, len(tri))
     distance = np.empty(len(points))
     nearest = np.empty(len(points), dtype=np.int64)
     for start in range(0, len(points), CHUNK):
         p = points[start:start + CHUNK]
-        centre_mm, candidates = tree.query(p, k=k)
+        _, candidates = tree.query(p, k=k)
         candidates = np.asarray(candidates).reshape(len(p), k)
         d = _distances(p, tri, candidates)
         best = np.argmin(d, axis=1)
-        found, face = d[np.arange(len(p)), best], candidates[np.arange(len(p)), best]
-        unsure = np.flatnonzero(np.asarray(centre_mm).reshape(len(p), k)[:, -1] <= found + reach)
-        if k < len(faces):
-            for i in unsure:   # all triangles that may still be nearer
-                near = np.asarray(tree.query_ball_point(p[i], found[i] + reach), dtype=np.int64)
-                dd = _distances(p[i:i + 1], tri, near[None])[0]
-                j = int(np.argmin(dd))
-                found[i], face[i] = dd[j], near[j]
-        distance[start:start + len(p)] = found
-        nearest[start:start + len(p)] = face
+        rows = np.arange(len(p))
+        distance[start:start + len(p)] = d[rows, best]
+        nearest[start:start + len(p)] = candidates[rows, best]
+    unsure = np.flatnonzero(distance > exact_above)
+    if len(unsure) and k < len(tri):
+        _refine(points, unsure, tri, centres, reach, tree, distance, nearest)
     return distance, nearest
+
+
+def _refine(points, unsure, tri, centres, reach, tree, distance, nearest) -> None:
+    """Make ``distance`` exact at the points ``unsure``, in place: measure
+    every triangle whose lower bound (centre distance less its reach) is
+    below the distance found. Triangles of ordinary size come from a ball
+    query of the centres; the few large ones (a cut face's slivers) are
+    bounded directly, so they do not widen every ball."""
+    small_reach = LARGE_REACH_FACTOR * float(np.median(reach))
+    large = np.flatnonzero(reach > small_reach)
+    pair_point, pair_tri = [], []
+    balls = tree.query_ball_point(points[unsure], distance[unsure] + small_reach)
+    counts = np.array([len(b) for b in balls])
+    pair_point.append(np.repeat(unsure, counts))
+    pair_tri.append(np.concatenate([np.asarray(b, dtype=np.int64) for b in balls]) if counts.sum()
+                    else np.zeros(0, dtype=np.int64))
+    if len(large):
+        bound = np.linalg.norm(points[unsure][:, None] - centres[large][None], axis=2) - reach[large][None]
+        which, j = np.nonzero(bound < distance[unsure][:, None])
+        pair_point.append(unsure[which])
+        pair_tri.append(large[j])
+    pp, pt = np.concatenate(pair_point), np.concatenate(pair_tri)
+    keep = np.linalg.norm(centres[pt] - points[pp], axis=1) - reach[pt] < distance[pp]
+    pp, pt = pp[keep], pt[keep]
+    for start in range(0, len(pp), CHUNK):
+        a, b = pp[start:start + CHUNK], pt[start:start + CHUNK]
+        d = _distances(points[a], tri, b[:, None])[:, 0]
+        order = np.lexsort((d, a))          # per point, nearest first
+        a, b, d = a[order], b[order], d[order]
+        first = np.r_[True, a[1:] != a[:-1]]
+        better = d[first] < distance[a[first]]
+        distance[a[first][better]] = d[first][better]
+        nearest[a[first][better]] = b[first][better]
 
 
 def _distances(p: np.ndarray, tri: np.ndarray, candidates: np.ndarray) -> np.ndarray:

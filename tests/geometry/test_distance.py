@@ -1,6 +1,7 @@
 """Point-to-mesh distance: exact, checked against every triangle."""
 
 import numpy as np
+import pytest
 import trimesh
 
 from pipeline.geometry.distance import closest_on_triangles, point_mesh_distance
@@ -38,6 +39,25 @@ def test_distances_to_a_mesh_match_every_triangle():
     found, face = point_mesh_distance(points, mesh.vertices, mesh.faces)
     truth = brute_force(points, mesh)
     assert np.allclose(found, truth, atol=1e-9)
+    # Exact above a tolerance, an upper bound at or below it.
+    coarse, _ = point_mesh_distance(points, mesh.vertices, mesh.faces, exact_above=2.0)
+    assert np.all(coarse >= truth - 1e-9)
+    assert np.allclose(coarse[truth > 2.0], truth[truth > 2.0], atol=1e-9) and np.all(coarse[truth <= 2.0] <= 2.0)
     # The face index names a triangle at that distance.
     q = closest_on_triangles(points, *mesh.triangles[face].transpose(1, 0, 2))
     assert np.allclose(np.linalg.norm(q - points, axis=1), found)
+
+
+def test_long_sliver_triangles_are_measured_exactly_too():
+    """A cut face's fan of slivers beside small triangles: a point beside the
+    middle of a 60 mm sliver is nearest to it, though its centre is far."""
+    mesh = trimesh.creation.icosphere(subdivisions=4, radius=30.0)
+    sliver = np.array([[-30.0, 0.0, 40.0], [30.0, 0.0, 40.0], [30.0, 0.5, 40.0]])
+    vertices = np.concatenate([mesh.vertices, sliver])
+    faces = np.concatenate([mesh.faces, [[len(mesh.vertices), len(mesh.vertices) + 1, len(mesh.vertices) + 2]]])
+    both = trimesh.Trimesh(vertices, faces, process=False)
+    rng = np.random.default_rng(2)
+    points = np.concatenate([rng.uniform(-40, 40, (2000, 3)), [[-20.0, 0.2, 41.0]]])
+    found, face = point_mesh_distance(points, vertices, faces)
+    assert np.allclose(found, brute_force(points, both), atol=1e-9)
+    assert face[-1] == len(faces) - 1
