@@ -6,7 +6,7 @@ CT     ?= sample_ct
 CONFIG ?= configs/default.toml
 OUT    ?= out
 
-.PHONY: mesh test bench bench-batch batch evaluate goldens sample shape-model clean venv
+.PHONY: mesh test bench view-time bench-batch batch evaluate goldens sample shape-model clean venv
 
 venv: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ batch: venv
 # The same 8 phantom cases with 1, 2, 4, ... workers (up to the cores): wall time and speed-up.
 bench-batch: venv
 	$(PY) -m pipeline.batch.bench
+
+# Seconds until report.html's 3D view is drawn in a fresh headless Chromium (median of 5; needs chromium).
+view-time: venv
+	$(PY) -m tests.browser $(OUT)/report.html
 
 # Labels against references: the phantom's truth, and the real CTs in ../shared when present.
 # Overlays of the labels go to $(OUT)/evaluate/*.png.

@@ -98,13 +98,17 @@ def run_case(ct_path: str | Path, out_dir: str | Path, config: Config, *, series
 
 
 def qa_files(volume, result, config, *, images: bool, timer) -> dict[str, bytes]:
-    """qa/<name>.png (unless ``images`` is false) and report.html."""
-    from .qa import (TEMPLATE_ATTRIBUTE, cut_bone_density, implant_source, qa_images, report_html,
-                     structure_labels)
+    """qa/<name>.png and report.html with the interactive 3D view (neither
+    images nor view when ``images`` is false)."""
+    from .qa import (TEMPLATE_ATTRIBUTE, cut_bone_density, implant_source, interactive_view, qa_images,
+                     report_html, scene_objects, structure_labels)
+    from .qa.images import affected_side
 
-    files, shown, missing, density = {}, [], [], []
+    files, shown, missing, density, view = {}, [], [], [], None
     if images:
         with timer.stage("qa"):
+            # The view first: it forks worker processes, safely only while no other thread runs.
+            view = interactive_view(scene_objects(result, config), side=affected_side(result))
             made = qa_images(volume, result, config)
             pngs = parallel(*[(lambda im=im: png_bytes(im.rgb)) for im in made])
             if result.implant is not None:
@@ -116,9 +120,9 @@ def qa_files(volume, result, config, *, images: bool, timer) -> dict[str, bytes]
         if implant_source(config) == "mirrored" and not any(im.name == "view_mirrored" for im in made):
             missing.append(f"no mirrored template view: the run result has no {TEMPLATE_ATTRIBUTE}")
     else:
-        missing.append("QA images switched off (--no-qa)")
+        missing.append("QA images and 3D view switched off (--no-qa)")
     files["report.html"] = report_html(result.report, shown, missing=missing,
-                                       cut_density=density).encode("utf-8")
+                                       cut_density=density, view3d=view).encode("utf-8")
     return files
 
 

@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "folder of masks, or a labels.nii.gz (overrides segment.labels_file)")
     mesh.add_argument("--quiet", action="store_true", help="print nothing but errors")
     mesh.add_argument("--no-qa", action="store_true",
-                      help="skip the QA images (qa/*.png); report.html is still written")
+                      help="skip the QA images (qa/*.png) and the 3D view; report.html is still written")
     mesh.set_defaults(func=cmd_mesh)
 
     batch = sub.add_parser("batch", help="run mesh on every case of a manifest, on a dask cluster",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +45,44 @@ def winding_number(mesh, point) -> float:
 # The pelvis phantom on a coarse grid (pelvis_phantom keywords): a whole run
 # with the sample plan (configs/default.toml) takes about a second.
 COARSE_PELVIS = {"shape": (60, 92, 116), "spacing_mm": (3.4, 3.0, 3.0)}
+
+
+def without_scripts(page: str) -> str:
+    """An HTML page with the text of its script elements left out (their tags stay)."""
+    return re.sub(r"(<script\b[^>]*>).*?(</script>)", r"\1\2", page, flags=re.IGNORECASE | re.DOTALL)
+
+
+def external_references(page: str) -> list[str]:
+    """What an HTML page would fetch from outside itself: every ``src`` or
+    ``href`` attribute, ``url(...)`` and ``@import`` that is not a ``data:``
+    URI, outside the text of inline scripts (a script's code is not markup:
+    plotly.js holds strings like ``href="..."`` that it never loads), plus
+    every script element that names a source."""
+    found = [m.group(0) for m in re.finditer(r"<script\b[^>]*\bsrc\s*=", page, re.IGNORECASE)]
+    markup = without_scripts(page)
+    found += [v for v in re.findall(r"""(?:src|href)\s*=\s*["']?([^"'\s>]*)""", markup, re.IGNORECASE)
+              if not v.startswith("data:")]
+    found += [v for v in re.findall(r"url\(\s*['\"]?([^)'\"]*)", markup) if not v.startswith("data:")]
+    found += re.findall(r"@import[^;]*", markup)
+    return found
+
+
+def view_meshes(page: str, div_id: str = "view3d") -> dict:
+    """The meshes a report page's plotly 3D view draws, by name, decoded
+    from the page itself (plotly writes arrays as base64 with a dtype)."""
+    import base64
+    import json
+
+    import trimesh
+
+    start = page.index(f'"{div_id}",', page.index("Plotly.newPlot(")) + len(div_id) + 3
+    traces, _ = json.JSONDecoder().raw_decode(page[start:].lstrip())
+
+    def array(value):
+        if isinstance(value, dict):
+            return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        return np.asarray(value)
+
+    return {t["name"]: trimesh.Trimesh(np.stack([array(t[a]) for a in "xyz"], axis=1),
+                                       np.stack([array(t[a]) for a in "ijk"], axis=1), process=False)
+            for t in traces if t.get("type") == "mesh3d"}

@@ -1,10 +1,11 @@
 """report.html: one self-contained page to read a run in a minute.
 
 Built from report.json's content (the same dict) and the QA images as PNG
-bytes, embedded as base64 data URIs: no external files, fonts or scripts, so
-the page opens in any browser and can be mailed as one file. Sections the
-report does not hold (no planes, no fit yet) are left out; values of unknown
-shape are shown as they are rather than refused.
+bytes, embedded as base64 data URIs, and the interactive 3D view with its
+viewer (plotly.js) written into the page: no external files, fonts or
+network access, so the page opens in any browser and can be mailed as one
+file. Sections the report does not hold (no planes, no fit yet) are left
+out; values of unknown shape are shown as they are rather than refused.
 
 No patient identity: the input summary lists acquisition geometry only, and
 DICOM UIDs are masked in the notes.
@@ -15,9 +16,12 @@ from __future__ import annotations
 import base64
 import html
 import re
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from ..segment.mask import METAL_HU
+
+if TYPE_CHECKING:
+    from .interactive import InteractiveView
 
 # Warnings: gantry tilt above this (degrees) shears the grid; left-right
 # differences above this (mm) are worth a look before trusting a mirrored plan.
@@ -46,10 +50,11 @@ img{border:1px solid #ccc}
 
 
 def report_html(report: dict, images: Iterable[tuple[str, bytes]] = (), *, missing: Iterable[str] = (),
-                cut_density: list[dict] = ()) -> str:
+                cut_density: list[dict] = (), view3d: InteractiveView | None = None) -> str:
     """The page: ``report`` (report.json's dict), ``images`` as (title, PNG
     bytes), ``missing``: notes on images that could not be made,
-    ``cut_density``: the QA's bone density at each cut (qa.cut_bone_density)."""
+    ``cut_density``: the QA's bone density at each cut (qa.cut_bone_density),
+    ``view3d``: the interactive 3D view (qa.interactive_view)."""
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              "<title>Implant geometry QA</title>", f"<style>{STYLE}</style></head><body>",
              "<h1>Implant geometry QA report</h1>",
@@ -60,6 +65,7 @@ def report_html(report: dict, images: Iterable[tuple[str, bytes]] = (), *, missi
         "of the cut face" for c in cut_density if c.get("low_density")]
     parts += _section("Warnings", _warnings_html(found))
     parts += _section("Plan", _plan_html(report))
+    parts += _section("3D view", _view3d_html(view3d) if view3d else "")
     figures = "".join(f'<figure><img alt="{_e(title)}" src="data:image/png;base64,'
                       f'{base64.b64encode(png).decode("ascii")}"><figcaption>{_e(title)}</figcaption></figure>'
                       for title, png in images)
@@ -178,6 +184,26 @@ def _plan_html(report: dict) -> str:
     if not planes:
         return text + "<p>No resection planes: bone outputs only.</p>"
     return text + _records_html(planes)
+
+
+def _view3d_html(view: InteractiveView) -> str:
+    worst = max((m["hausdorff_mm"] for m in view.meshes), default=0.0)
+    shown = sum(m["view_triangles"] for m in view.meshes)
+    note = ("<p>Drag to turn, scroll to zoom, right-drag (or the cross in the toolbar) to pan; the house "
+            "resets the view, the buttons above it show the patient from each side. Click a legend entry to "
+            "hide or show it, double-click to show it alone; hovering names an object and gives the point in "
+            "LPS mm. ")
+    if any(m["view_triangles"] < m["triangles"] for m in view.meshes):
+        note += (f"Meshes are lightened for this view only (the STLs are untouched): {shown} triangles (budget "
+                 f"{view.max_triangles}), each within {worst:.2f} mm of its full mesh, measured both ways.</p>")
+    else:
+        note += f"Meshes are shown whole ({shown} triangles, within the view's budget of {view.max_triangles}).</p>"
+    if worst > view.tolerance_mm:
+        note += (f'<p class="warn">a view mesh is {worst:.2f} mm from its STL, beyond the '
+                 f"{view.tolerance_mm:g} mm aimed at: look at the STLs before judging fine detail</p>")
+    rows = [(m["name"], m["triangles"], m["view_triangles"], _num(float(m["hausdorff_mm"]))) for m in view.meshes]
+    return (note + f'<div class="view3d">{view.html}</div>'
+            + _table(["object", "triangles (mesh)", "triangles (view)", "largest distance (mm)"], rows))
 
 
 def _meshes_html(meshes: dict) -> str:
