@@ -42,9 +42,9 @@ GPA_ITERATIONS, GPA_TOLERANCE = 100, 1e-10
 DEFAULT_MODES = 20
 LOO_MODES = (0, 5, 10, 15, 20, 30)
 # Acetabulum: femoral head radii considered (mm) and the shell around the
-# found centre whose vertices, facing it, are the cup.
+# lunate surface's radius whose vertices, facing the centre, are the cup.
 HEAD_RADII_MM = np.arange(18.0, 30.1, 0.5)
-CUP_SHELL_MM = 4.0
+CUP_SHELL_MM = 1.5
 # S1 endplate: sacral vertices facing up (normal z above this) within this
 # distance of the sacrum's top.
 ENDPLATE_NORMAL_Z, ENDPLATE_DEPTH_MM = 0.7, 15.0
@@ -196,12 +196,14 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 
 
 def acetabulum(vertices: np.ndarray, normals: np.ndarray, bone_index: np.ndarray) -> np.ndarray:
-    """Vertex indices of the acetabular cup of one hip bone.
+    """Vertex indices of the articular (lunate) surface of one acetabulum.
 
     The cup's outward normals point at the femoral head's centre: every
     vertex votes for the points one head radius along its normal, and the
-    centre is where most votes fall (2 mm bins); the cup is the vertices at
-    that radius (within CUP_SHELL_MM) facing the centre."""
+    centre is where most votes fall (2 mm bins). The vertices facing it lie
+    at two distances: the lunate surface, on the head, and the deeper,
+    non-articular fossa; the lunate surface is the most common distance
+    (1 mm bins), within ``CUP_SHELL_MM``."""
     v, n = vertices[bone_index], normals[bone_index]
     votes = (v[None] + HEAD_RADII_MM[:, None, None] * n[None]).reshape(-1, 3)
     cells = np.floor(votes / 2.0).astype(np.int64)
@@ -211,8 +213,9 @@ def acetabulum(vertices: np.ndarray, normals: np.ndarray, bone_index: np.ndarray
     centre = votes[near].mean(axis=0)
     to_centre = centre - v
     dist = np.linalg.norm(to_centre, axis=1)
-    radius = np.median(dist[np.einsum("ij,ij->i", n, to_centre) > 0.9 * dist])
-    facing = np.einsum("ij,ij->i", n, to_centre) > 0.7 * dist
+    facing = np.einsum("ij,ij->i", n, to_centre) > 0.9 * dist
+    counts, edges = np.histogram(dist[facing], bins=np.arange(HEAD_RADII_MM[0], HEAD_RADII_MM[-1] + 1.0, 1.0))
+    radius = edges[np.argmax(counts)] + 0.5
     return bone_index[facing & (np.abs(dist - radius) < CUP_SHELL_MM)]
 
 

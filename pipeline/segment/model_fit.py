@@ -1,0 +1,259 @@
+"""Fit the pelvis shape model to a CT: pose, scale and shape modes, in LPS mm.
+
+The data are the outer surface points of the bone mask (threshold voxels
+with a non-bone face neighbour) with their outward normals from the HU
+gradient, subsampled. The fit never looks at array axes: everything is in
+patient LPS millimetres, so feet-first, prone or tilted scans fit alike.
+
+1. **Start** (:func:`initial_pose`): the mean shape at three sizes is slid
+   over a coarse distance map of the surface points, centred on the body
+   midline, at every antero-posterior and cranio-caudal offset within the
+   bone's extent; the place where the model's points lie closest to bone
+   wins.
+2. **Refine** (:func:`refine`), an active-shape-model style iteration: every
+   model vertex takes the nearest data point whose normal agrees with its
+   own (so the model does not snap onto the inner cortex, a femoral head or
+   the other side of a joint), the pairs farther than the trimmed quantile
+   are dropped (tumour, metal, parts out of view, bone the model lacks),
+   and the vertex's target is the data point's tangent plane. A similarity
+   transform is fitted to the targets, then the shape modes with Tikhonov
+   regularisation, clipped at +-``MAX_SD``; first the pose alone, then
+   5, 10 and 20 modes.
+
+The result says how well each bone fits (median and 90th-percentile residual
+of its matched vertices), how much of each bone the scan shows, and how many
+modes were used; :mod:`pipeline.segment.labels` turns it into membership.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy.spatial import cKDTree
+
+from ..volume import Volume, apply_affine
+from .mask import FACE_CONNECTIVITY, BoneMask
+from .shape_model import MODEL_BONES, ShapeModel
+
+# Surface points taken from the bone mask (a random subset, seeded).
+DATA_POINTS = 30000
+# Initial search: a distance map on this grid (mm), steps of the offsets (mm),
+# sizes tried, every n-th model vertex scored, distances clipped at CLIP_MM.
+INIT_CELL_MM, INIT_STEP_MM, INIT_SCALES, INIT_VERTEX_STRIDE, INIT_CLIP_MM = 4.0, 8.0, (0.85, 1.0, 1.15), 10, 30.0
+# Refinement: (modes, iterations, each bone on its own) per phase; every n-th vertex is fitted.
+SCHEDULE = ((0, 8, False), (5, 6, False), (10, 6, False), (20, 6, False), (20, 8, True))
+FIT_VERTEX_STRIDE = 2
+# Correspondence: candidates within MATCH_MM among the NEIGHBOURS nearest data
+# points; the first whose normal is within acos(MIN_COS) of the vertex's
+# normal; pairs beyond the TRIM quantile of residuals are dropped.
+MATCH_MM, NEIGHBOURS, MIN_COS, TRIM = 15.0, 6, 0.3, 0.8
+# Shape regularisation (per matched vertex) and the clip of every mode (SD).
+TIKHONOV, MAX_SD = 0.05, 3.0
+# A model vertex within this of a matched data point counts as fitted (mm).
+FITTED_MM = 3.0
+
+
+@dataclass(frozen=True, eq=False)
+class PelvisFit:
+    """The fitted model in LPS mm.
+
+    ``vertices_lps_mm``: (N, 3) fitted shape; ``faces``: bone -> triangles;
+    ``vertex_bone``: label value per vertex; ``landmarks``: name -> vertex
+    indices; ``modes_sd``: the shape's mode weights (standard deviations);
+    ``bones``: per bone, ``residual_median_mm``, ``residual_p90_mm``,
+    ``fitted_fraction`` (vertices within ``FITTED_MM`` of bone) and
+    ``in_view_fraction`` (vertices inside the scan)."""
+
+    vertices_lps_mm: np.ndarray
+    faces: dict[str, np.ndarray]
+    vertex_bone: np.ndarray
+    landmarks: dict[str, np.ndarray]
+    modes_sd: np.ndarray
+    bones: dict[str, dict]
+
+    def bone_mesh(self, bone: str) -> tuple[np.ndarray, np.ndarray]:
+        """(vertices, triangles) of one fitted bone, triangles indexing the vertices given."""
+        return self.vertices_lps_mm, self.faces[bone]
+
+    def report(self) -> dict:
+        return {"modes": int(len(self.modes_sd)),
+                "bones": {b: {k: round(float(v), 3) for k, v in d.items()} for b, d in self.bones.items()}}
+
+
+def surface_points(volume: Volume, bone: BoneMask, n_max: int = DATA_POINTS,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(points, outward unit normals), LPS mm, of the bone mask's outer voxels
+    (a random subset of ``n_max``)."""
+    return mask_surface(volume, bone.voxels, bone.box, n_max, seed)
+
+
+def mask_surface(volume: Volume, mask: np.ndarray, box: tuple[slice, ...], n_max: int | None = None,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(points, outward unit normals), LPS mm, of the outer voxels of
+    ``mask`` (which fills ``box`` of the volume's grid).
+
+    Normals are minus the HU gradient (a 3x3x3 Sobel operator at each
+    point, mapped from index to LPS space by the inverse-transpose of the
+    affine's linear part)."""
+    outer = mask & ~ndi.binary_erosion(mask, FACE_CONNECTIVITY, border_value=1)
+    idx = np.argwhere(outer)
+    if n_max is not None and len(idx) > n_max:
+        idx = idx[np.random.default_rng(seed).choice(len(idx), n_max, replace=False)]
+    idx += np.array([s.start for s in box])
+    hu, limit = volume.hu, np.array(volume.shape) - 1
+    smooth = np.array([1.0, 2.0, 1.0])
+    gradient = np.zeros((len(idx), 3))
+    for axis in range(3):
+        across = [a for a in range(3) if a != axis]
+        for da in (-1, 0, 1):
+            for db in (-1, 0, 1):
+                step = np.zeros(3, dtype=np.int64)
+                step[across[0]], step[across[1]] = da, db
+                ahead, behind = idx + step, idx + step
+                ahead[:, axis] += 1
+                behind[:, axis] -= 1
+                ahead, behind = np.clip(ahead, 0, limit), np.clip(behind, 0, limit)
+                gradient[:, axis] += smooth[da + 1] * smooth[db + 1] * (hu[tuple(ahead.T)] - hu[tuple(behind.T)])
+    g_lps = gradient @ np.linalg.inv(volume.affine[:3, :3])
+    normals = -g_lps / np.maximum(np.linalg.norm(g_lps, axis=1, keepdims=True), 1e-9)
+    return apply_affine(volume.affine, idx.astype(np.float64)), normals
+
+
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals of a closed triangle mesh."""
+    tri = vertices[faces]
+    face_normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    normals = np.zeros_like(vertices)
+    for corner in range(3):
+        np.add.at(normals, faces[:, corner], face_normals)
+    return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+
+
+def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float) -> tuple[float, np.ndarray, float]:
+    """(scale, translation LPS mm, mean distance mm) of the best start.
+
+    The model frame is LPS-like, so only size and position are searched."""
+    lo = points.min(axis=0) - 2 * INIT_CLIP_MM
+    shape = np.ceil((points.max(axis=0) + 2 * INIT_CLIP_MM - lo) / INIT_CELL_MM).astype(np.int64) + 1
+    occupied = np.zeros(shape, dtype=bool)
+    occupied[tuple(np.floor((points - lo) / INIT_CELL_MM).astype(np.int64).T)] = True
+    distance = np.minimum(ndi.distance_transform_edt(~occupied) * INIT_CELL_MM, INIT_CLIP_MM).astype(np.float32)
+    sample = model.mean_mm[::INIT_VERTEX_STRIDE]
+    ys = np.arange(points[:, 1].min(), points[:, 1].max() + INIT_STEP_MM, INIT_STEP_MM)
+    zs = np.arange(points[:, 2].min() - INIT_CLIP_MM, points[:, 2].max() + INIT_CLIP_MM, INIT_STEP_MM)
+    best = (np.inf, 1.0, np.zeros(3))
+    for scale in INIT_SCALES:
+        offsets = np.stack(np.meshgrid([midline_x_lps_mm], ys, zs, indexing="ij"), axis=-1).reshape(-1, 3)
+        cells = np.floor((scale * sample[None] + offsets[:, None] - lo) / INIT_CELL_MM).astype(np.int64)
+        inside = np.all((cells >= 0) & (cells < shape), axis=2)
+        d = np.full(cells.shape[:2], INIT_CLIP_MM, dtype=np.float32)
+        d[inside] = distance[tuple(cells[inside].T)]
+        score = d.mean(axis=1)
+        i = int(np.argmin(score))
+        if score[i] < best[0]:
+            best = (float(score[i]), scale, offsets[i])
+    return best[1], best[2], best[0]
+
+
+def _matches(tree: cKDTree, points: np.ndarray, normals: np.ndarray, x: np.ndarray,
+             n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(matched?, signed point-to-plane offset along the data normal) per vertex,
+    and the data normal, for vertices ``x`` with normals ``n``."""
+    d, j = tree.query(x, k=NEIGHBOURS, distance_upper_bound=MATCH_MM, workers=2)
+    valid = np.isfinite(d)
+    j = np.where(valid, j, 0)
+    agree = valid & (np.einsum("ikj,ij->ik", normals[j], n) > MIN_COS)
+    first = np.argmax(agree, axis=1)
+    rows = np.arange(len(x))
+    matched = agree[rows, first]
+    chosen = j[rows, first]
+    data_normal = normals[chosen]
+    offset = np.einsum("ij,ij->i", points[chosen] - x, data_normal)
+    return matched, offset, data_normal
+
+
+def refine(model: ShapeModel, points: np.ndarray, normals: np.ndarray, scale: float,
+           translation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fitted vertices (N, 3) LPS mm, mode weights) after the ASM-style iteration.
+
+    The joint phases fit one similarity transform and the shape modes; a
+    last phase lets each bone move on its own (a similarity transform per
+    bone, with the modes refitted in between): how the hip bones sit on
+    the sacrum varies more between patients than 20 joint modes say."""
+    from .build_shape_model import similarity_align
+
+    tree = cKDTree(points)
+    faces = np.concatenate([model.faces[b] for b in MODEL_BONES])
+    fit_vertices = np.arange(0, len(model.mean_mm), FIT_VERTEX_STRIDE)
+    bone_of = model.vertex_bone[fit_vertices]
+    rotation, b = np.eye(3), np.zeros(0)
+    # Per-bone corrections (applied after the joint pose), identity until the last phase.
+    local = {int(k): (1.0, np.eye(3), np.zeros(3)) for k in np.unique(model.vertex_bone)}
+
+    def place(shape: np.ndarray) -> np.ndarray:
+        x = scale * shape @ rotation.T + translation
+        for k, (s, r, t) in local.items():
+            mine = model.vertex_bone == k
+            x[mine] = s * x[mine] @ r.T + t
+        return x
+
+    def unplace(x: np.ndarray, which: np.ndarray) -> np.ndarray:
+        y = x.copy()
+        for k, (s, r, t) in local.items():
+            mine = which == k
+            y[mine] = ((y[mine] - t) @ r) / s
+        return ((y - translation) @ rotation) / scale
+
+    for n_modes, iterations, per_bone in SCHEDULE:
+        b = np.r_[b, np.zeros(max(n_modes - len(b), 0))][:n_modes]
+        basis = (model.modes[:n_modes] * model.sd_mm[:n_modes, None, None])[:, fit_vertices]
+        basis = basis.reshape(n_modes, 3 * len(fit_vertices)).T  # (3V, k)
+        for _ in range(iterations):
+            x = place(model.shape_mm(b))
+            n = vertex_normals(x, faces)[fit_vertices]
+            x = x[fit_vertices]
+            matched, offset, data_normal = _matches(tree, points, normals, x, n)
+            if matched.sum() < 3 * max(n_modes, 7):
+                return place(model.shape_mm(b)), b
+            use = matched & (np.abs(offset) <= np.quantile(np.abs(offset[matched]), TRIM))
+            target = x + offset[:, None] * data_normal
+            if per_bone:
+                for k, (s0, r0, t0) in local.items():
+                    mine = use & (bone_of == k)
+                    if mine.sum() >= 50:
+                        _, s, r, t = similarity_align(x[mine], target[mine])
+                        local[k] = (s * s0, r @ r0, s * t0 @ r.T + t)
+            else:
+                _, s, r, t = similarity_align(x[use], target[use])
+                scale, rotation, translation = s * scale, r @ rotation, s * translation @ r.T + t
+            if n_modes:
+                y = unplace(target, bone_of) - model.mean_mm[fit_vertices]
+                a = basis.reshape(-1, 3, n_modes)[use].reshape(-1, n_modes)
+                lhs = a.T @ a + TIKHONOV * use.sum() * np.eye(n_modes)
+                b = np.clip(np.linalg.solve(lhs, a.T @ y[use].ravel()), -MAX_SD, MAX_SD)
+    return place(model.shape_mm(b)), b
+
+
+def fit_pelvis(volume: Volume, bone: BoneMask, model: ShapeModel) -> PelvisFit:
+    """The shape model fitted to the bone of ``volume`` (see the module docstring)."""
+    points, normals = surface_points(volume, bone)
+    scale, translation, _ = initial_pose(model, points, bone.midline_x_lps_mm)
+    x, b = refine(model, points, normals, scale, translation)
+    faces = np.concatenate([model.faces[name] for name in MODEL_BONES])
+    matched, offset, _ = _matches(cKDTree(points), points, normals, x, vertex_normals(x, faces))
+    index = apply_affine(np.linalg.inv(volume.affine), x)
+    in_view = np.all((index > -0.5) & (index < np.array(volume.shape) - 0.5), axis=1)
+    bones = {}
+    for name in MODEL_BONES:
+        mine = model.vertex_bone == model.vertex_bone[model.faces[name][0, 0]]
+        r = np.abs(offset[mine & matched])
+        bones[name] = {
+            "residual_median_mm": float(np.median(r)) if r.size else float("nan"),
+            "residual_p90_mm": float(np.quantile(r, 0.9)) if r.size else float("nan"),
+            "fitted_fraction": float(np.mean(matched[mine] & (np.abs(offset[mine]) <= FITTED_MM))),
+            "in_view_fraction": float(np.mean(in_view[mine])),
+        }
+    return PelvisFit(vertices_lps_mm=x, faces=dict(model.faces), vertex_bone=model.vertex_bone,
+                     landmarks=dict(model.landmarks), modes_sd=b, bones=bones)
