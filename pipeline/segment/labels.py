@@ -79,10 +79,8 @@ FEMUR_MIN_OFFSET_MM = 30.0
 # faint lumbar marrow on 3 mm slices 70-180 HU).
 SPINE_MARROW_HU = 60.0
 # A model fit is trusted when at least this share of the model's vertices in
-# view lie within 3 mm of bone (a pelvis is there) ...
+# view lie within 3 mm of bone (a pelvis is there).
 MIN_FITTED_FRACTION = 0.35
-# ... and a bone is reported as partly in view below this share.
-IN_VIEW_WARN_FRACTION = 0.9
 # Other bone (not reached from a seed) needs a dense core: bone above
 # segment.core_hu (or CORE_FRACTION of the bone's 99th percentile on weak
 # bone), at least segment.min_core_mm3; contrast and calcifications have none.

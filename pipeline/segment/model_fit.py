@@ -39,18 +39,23 @@ from .shape_model import MODEL_BONES, ShapeModel
 
 # Surface points taken from the bone mask (a random subset, seeded).
 DATA_POINTS = 30000
-# Initial search: a distance map on this grid (mm), steps of the offsets (mm),
-# sizes tried, every n-th model vertex scored, distances clipped at CLIP_MM.
-INIT_CELL_MM, INIT_STEP_MM, INIT_SCALES, INIT_VERTEX_STRIDE, INIT_CLIP_MM = 4.0, 8.0, (0.85, 1.0, 1.15), 10, 30.0
+# Initial search: a distance map on this grid (mm), steps of the coarse offsets
+# (mm; a finer search follows), sizes tried, every n-th model vertex scored,
+# distances clipped at CLIP_MM.
+INIT_CELL_MM, INIT_STEP_MM, INIT_SCALES, INIT_VERTEX_STRIDE, INIT_CLIP_MM = 5.0, 10.0, (0.85, 1.0, 1.15), 30, 30.0
+# Surface points are moved to the half-maximum along a profile of +-PROFILE_MM.
+PROFILE_MM, PROFILE_STEP_MM = 3.0, 0.5
 # Refinement: (modes, iterations, each bone on its own) per phase; every n-th vertex is fitted.
-SCHEDULE = ((0, 8, False), (5, 6, False), (10, 6, False), (20, 6, False), (20, 8, True))
+SCHEDULE = ((0, 4, False), (5, 3, False), (10, 3, False), (20, 5, False), (20, 4, True))
 FIT_VERTEX_STRIDE = 2
 # Correspondence: candidates within MATCH_MM among the NEIGHBOURS nearest data
 # points; the first whose normal is within acos(MIN_COS) of the vertex's
 # normal; pairs beyond the TRIM quantile of residuals are dropped.
 MATCH_MM, NEIGHBOURS, MIN_COS, TRIM = 15.0, 6, 0.3, 0.8
 # Shape regularisation (per matched vertex) and the clip of every mode (SD).
-TIKHONOV, MAX_SD = 0.05, 3.0
+TIKHONOV, MAX_SD = 0.01, 3.0
+# Per-bone motions are held back by this damping (per matched vertex).
+LOCAL_DAMPING = 100.0
 # A model vertex within this of a matched data point counts as fitted (mm).
 FITTED_MM = 3.0
 
@@ -118,43 +123,74 @@ def mask_surface(volume: Volume, mask: np.ndarray, box: tuple[slice, ...], n_max
                 gradient[:, axis] += smooth[da + 1] * smooth[db + 1] * (hu[tuple(ahead.T)] - hu[tuple(behind.T)])
     g_lps = gradient @ np.linalg.inv(volume.affine[:3, :3])
     normals = -g_lps / np.maximum(np.linalg.norm(g_lps, axis=1, keepdims=True), 1e-9)
-    return apply_affine(volume.affine, idx.astype(np.float64)), normals
+    return halfmax_points(volume, apply_affine(volume.affine, idx.astype(np.float64)), normals), normals
+
+
+def halfmax_points(volume: Volume, points: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """Each point moved along its normal to where the HU profile crosses
+    half-way between the bone's peak (inward) and the tissue (outward), the
+    surface the meshes follow: a mask voxel's centre lies anywhere within a
+    voxel of it, and a fit to voxel centres would sit that much inside."""
+    steps = np.arange(-PROFILE_MM, PROFILE_MM + 1e-9, PROFILE_STEP_MM)
+    along = points[:, None, :] + steps[None, :, None] * normals[:, None, :]
+    index = apply_affine(np.linalg.inv(volume.affine), along.reshape(-1, 3))
+    hu = ndi.map_coordinates(volume.hu, index.T, order=1, mode="nearest").reshape(len(points), len(steps))
+    middle = len(steps) // 2
+    level = 0.5 * (hu[:, :middle + 1].max(axis=1) + hu[:, middle:].min(axis=1))
+    above = hu >= level[:, None]
+    # The last step still above the level before the profile falls below it, nearest the voxel.
+    falls = above[:, :-1] & ~above[:, 1:]
+    candidates = np.where(falls, np.abs(np.arange(len(steps) - 1) + 0.5 - middle), np.inf)
+    k = np.argmin(candidates, axis=1)
+    found = np.isfinite(candidates[np.arange(len(points)), k])
+    h0, h1 = hu[np.arange(len(points)), k], hu[np.arange(len(points)), k + 1]
+    s = steps[k] + PROFILE_STEP_MM * np.clip((h0 - level) / np.maximum(h0 - h1, 1e-6), 0.0, 1.0)
+    return points + np.where(found, s, 0.0)[:, None] * normals
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted unit vertex normals of a closed triangle mesh."""
     tri = vertices[faces]
     face_normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    normals = np.zeros_like(vertices)
-    for corner in range(3):
-        np.add.at(normals, faces[:, corner], face_normals)
+    corner = faces.ravel()
+    normals = np.stack([np.bincount(corner, weights=np.repeat(face_normals[:, c], 3), minlength=len(vertices))
+                        for c in range(3)], axis=1)
     return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
 
 
 def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float) -> tuple[float, np.ndarray, float]:
     """(scale, translation LPS mm, mean distance mm) of the best start.
 
-    The model frame is LPS-like, so only size and position are searched."""
+    The model frame is LPS-like, so only size and position are searched:
+    a coarse grid of offsets, then a finer one around the best."""
     lo = points.min(axis=0) - 2 * INIT_CLIP_MM
     shape = np.ceil((points.max(axis=0) + 2 * INIT_CLIP_MM - lo) / INIT_CELL_MM).astype(np.int64) + 1
     occupied = np.zeros(shape, dtype=bool)
     occupied[tuple(np.floor((points - lo) / INIT_CELL_MM).astype(np.int64).T)] = True
     distance = np.minimum(ndi.distance_transform_edt(~occupied) * INIT_CELL_MM, INIT_CLIP_MM).astype(np.float32)
     sample = model.mean_mm[::INIT_VERTEX_STRIDE]
+
+    def best_of(scales, offsets) -> tuple[float, float, np.ndarray]:
+        best = (np.inf, 1.0, offsets[0])
+        for scale in scales:
+            cells = np.floor((scale * sample[None] + offsets[:, None] - lo) / INIT_CELL_MM).astype(np.int64)
+            inside = np.all((cells >= 0) & (cells < shape), axis=2)
+            d = np.full(cells.shape[:2], INIT_CLIP_MM, dtype=np.float32)
+            d[inside] = distance[tuple(cells[inside].T)]
+            score = d.mean(axis=1)
+            i = int(np.argmin(score))
+            if score[i] < best[0]:
+                best = (float(score[i]), scale, offsets[i])
+        return best
+
     ys = np.arange(points[:, 1].min(), points[:, 1].max() + INIT_STEP_MM, INIT_STEP_MM)
     zs = np.arange(points[:, 2].min() - INIT_CLIP_MM, points[:, 2].max() + INIT_CLIP_MM, INIT_STEP_MM)
-    best = (np.inf, 1.0, np.zeros(3))
-    for scale in INIT_SCALES:
-        offsets = np.stack(np.meshgrid([midline_x_lps_mm], ys, zs, indexing="ij"), axis=-1).reshape(-1, 3)
-        cells = np.floor((scale * sample[None] + offsets[:, None] - lo) / INIT_CELL_MM).astype(np.int64)
-        inside = np.all((cells >= 0) & (cells < shape), axis=2)
-        d = np.full(cells.shape[:2], INIT_CLIP_MM, dtype=np.float32)
-        d[inside] = distance[tuple(cells[inside].T)]
-        score = d.mean(axis=1)
-        i = int(np.argmin(score))
-        if score[i] < best[0]:
-            best = (float(score[i]), scale, offsets[i])
-    return best[1], best[2], best[0]
+    coarse = np.stack(np.meshgrid([midline_x_lps_mm], ys, zs, indexing="ij"), axis=-1).reshape(-1, 3)
+    _, scale, centre = best_of(INIT_SCALES, coarse)
+    steps = np.arange(-INIT_STEP_MM, INIT_STEP_MM + 0.1, INIT_STEP_MM / 4)
+    fine = centre + np.stack(np.meshgrid(steps / 2, steps, steps, indexing="ij"), axis=-1).reshape(-1, 3)
+    score, scale, centre = best_of(np.array([0.95, 1.0, 1.05]) * scale, fine)
+    return scale, centre, score
 
 
 def _matches(tree: cKDTree, points: np.ndarray, normals: np.ndarray, x: np.ndarray,
@@ -174,65 +210,88 @@ def _matches(tree: cKDTree, points: np.ndarray, normals: np.ndarray, x: np.ndarr
     return matched, offset, data_normal
 
 
+def _rotation(omega: np.ndarray) -> np.ndarray:
+    """Rotation matrix of the rotation vector ``omega`` (Rodrigues)."""
+    angle = float(np.linalg.norm(omega))
+    if angle < 1e-12:
+        return np.eye(3)
+    k = omega / angle
+    cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
+
+
 def refine(model: ShapeModel, points: np.ndarray, normals: np.ndarray, scale: float,
            translation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(fitted vertices (N, 3) LPS mm, mode weights) after the ASM-style iteration.
+    """(fitted vertices (N, 3) LPS mm, mode weights) after Gauss-Newton
+    iterations on the point-to-plane residuals.
 
-    The joint phases fit one similarity transform and the shape modes; a
-    last phase lets each bone move on its own (a similarity transform per
-    bone, with the modes refitted in between): how the hip bones sit on
-    the sacrum varies more between patients than 20 joint modes say."""
-    from .build_shape_model import similarity_align
-
+    The shape is ``x = s R (mean + modes b) + t`` and, in the last phase,
+    each bone also moves by a small similarity transform of its own about
+    its centre (how the hip bones sit on the sacrum varies more between
+    patients than 20 joint modes say). Every iteration linearises all
+    parameters together (pose, scale, modes, per-bone poses) and solves one
+    regularised least-squares problem: the modes are held towards 0 by
+    Tikhonov regularisation and clipped at +-``MAX_SD``, the per-bone
+    motions towards none."""
     tree = cKDTree(points)
     faces = np.concatenate([model.faces[b] for b in MODEL_BONES])
     fit_vertices = np.arange(0, len(model.mean_mm), FIT_VERTEX_STRIDE)
-    bone_of = model.vertex_bone[fit_vertices]
+    bones = np.unique(model.vertex_bone)
+    bone_of = model.vertex_bone
     rotation, b = np.eye(3), np.zeros(0)
-    # Per-bone corrections (applied after the joint pose), identity until the last phase.
-    local = {int(k): (1.0, np.eye(3), np.zeros(3)) for k in np.unique(model.vertex_bone)}
+    local = {int(k): (np.eye(3), np.zeros(3), 0.0) for k in bones}  # rotation, translation, log-scale
 
     def place(shape: np.ndarray) -> np.ndarray:
         x = scale * shape @ rotation.T + translation
-        for k, (s, r, t) in local.items():
-            mine = model.vertex_bone == k
-            x[mine] = s * x[mine] @ r.T + t
+        for k, (r, t, ls) in local.items():
+            mine = bone_of == k
+            c = x[mine].mean(axis=0)
+            x[mine] = np.exp(ls) * (x[mine] - c) @ r.T + c + t
         return x
-
-    def unplace(x: np.ndarray, which: np.ndarray) -> np.ndarray:
-        y = x.copy()
-        for k, (s, r, t) in local.items():
-            mine = which == k
-            y[mine] = ((y[mine] - t) @ r) / s
-        return ((y - translation) @ rotation) / scale
 
     for n_modes, iterations, per_bone in SCHEDULE:
         b = np.r_[b, np.zeros(max(n_modes - len(b), 0))][:n_modes]
-        basis = (model.modes[:n_modes] * model.sd_mm[:n_modes, None, None])[:, fit_vertices]
-        basis = basis.reshape(n_modes, 3 * len(fit_vertices)).T  # (3V, k)
         for _ in range(iterations):
-            x = place(model.shape_mm(b))
-            n = vertex_normals(x, faces)[fit_vertices]
-            x = x[fit_vertices]
+            x_all = place(model.shape_mm(b))
+            n = vertex_normals(x_all, faces)[fit_vertices]
+            x = x_all[fit_vertices]
             matched, offset, data_normal = _matches(tree, points, normals, x, n)
             if matched.sum() < 3 * max(n_modes, 7):
                 return place(model.shape_mm(b)), b
             use = matched & (np.abs(offset) <= np.quantile(np.abs(offset[matched]), TRIM))
-            target = x + offset[:, None] * data_normal
-            if per_bone:
-                for k, (s0, r0, t0) in local.items():
-                    mine = use & (bone_of == k)
-                    if mine.sum() >= 50:
-                        _, s, r, t = similarity_align(x[mine], target[mine])
-                        local[k] = (s * s0, r @ r0, s * t0 @ r.T + t)
-            else:
-                _, s, r, t = similarity_align(x[use], target[use])
-                scale, rotation, translation = s * scale, r @ rotation, s * translation @ r.T + t
+            xv, nv, ev = x[use], data_normal[use], -offset[use]      # residual: n . (x - d)
+            arm = xv - translation
+            columns = [nv, np.cross(arm, nv), np.einsum("ij,ij->i", nv, arm)[:, None]]  # t, rotation, log scale
             if n_modes:
-                y = unplace(target, bone_of) - model.mean_mm[fit_vertices]
-                a = basis.reshape(-1, 3, n_modes)[use].reshape(-1, n_modes)
-                lhs = a.T @ a + TIKHONOV * use.sum() * np.eye(n_modes)
-                b = np.clip(np.linalg.solve(lhs, a.T @ y[use].ravel()), -MAX_SD, MAX_SD)
+                basis = model.modes[:n_modes, fit_vertices[use]] * model.sd_mm[:n_modes, None, None]
+                columns.append(scale * np.einsum("ij,kij->ik", nv, basis @ rotation.T))
+            if per_bone:
+                for k in bones:
+                    mine = (bone_of[fit_vertices[use]] == k)[:, None]
+                    c = x_all[bone_of == k].mean(axis=0)
+                    columns += [nv * mine, np.cross(xv - c, nv) * mine,
+                                (np.einsum("ij,ij->i", nv, xv - c) * mine[:, 0])[:, None]]
+            jac = np.concatenate(columns, axis=1)
+            lhs = jac.T @ jac
+            rhs = -jac.T @ ev
+            weight = TIKHONOV * len(ev)
+            shape_cols = slice(7, 7 + n_modes)
+            lhs[shape_cols, shape_cols] += weight * np.eye(n_modes)
+            rhs[shape_cols] -= weight * b
+            if per_bone:
+                extra = np.arange(7 + n_modes, jac.shape[1])
+                lhs[extra, extra] += LOCAL_DAMPING * len(ev)
+            step = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+            translation = translation + step[:3]
+            rotation = _rotation(step[3:6]) @ rotation
+            scale *= np.exp(step[6])
+            if n_modes:
+                b = np.clip(b + step[shape_cols], -MAX_SD, MAX_SD)
+            if per_bone:
+                for i, k in enumerate(bones):
+                    d = step[7 + n_modes + 7 * i:7 + n_modes + 7 * (i + 1)]
+                    r, t, ls = local[int(k)]
+                    local[int(k)] = (_rotation(d[3:6]) @ r, t + d[:3], ls + d[6])
     return place(model.shape_mm(b)), b
 
 
