@@ -25,13 +25,15 @@ of :mod:`pipeline.geometry.surface`, which follows these labels).
    Bone no seed reaches is ``other`` if it holds a dense core (ribs), else
    not bone (contrast, calcifications).
 5. **Solid**: each bone is closed and filled on its own
-   (:func:`solid_per_label`); a model bone also takes its fitted interior
-   more than ``INSET_MM`` inside its surface (the sacrum's fat-density
-   marrow), the sacrum's fills stay within ``NEAR_MODEL_MM`` of its fitted
-   surface (its canal and foramina stay open), the femoral heads are filled
-   inside their spheres, and the spinal canal, which the plane fills close
-   with each vertebra's marrow, is opened again as the dark tube that runs
-   up the spine (:func:`open_canal`).
+   (:func:`solid_per_label`; the spine and sacrum not in axial planes,
+   where their canal looks like marrow; a vertebral body's faint marrow
+   between its endplates by :func:`vertebral_marrow`); a model bone also
+   takes its fitted interior more than ``INSET_MM`` inside its surface (the
+   sacrum's fat-density marrow), the sacrum's fills stay within
+   ``NEAR_MODEL_MM`` of its fitted surface (its canal and foramina stay
+   open), the femoral heads are filled inside their spheres, and the spinal
+   canal, which fills close where neighbouring arches overlap, is opened
+   again as the dark tube that runs up the spine (:func:`open_canal`).
 6. **Gap**: no two labels touch, even diagonally (:func:`separate_labels`),
    so their meshes never intersect.
 """
@@ -75,9 +77,17 @@ NEAR_MODEL_MM = 3.0
 SPINE_HALF_WIDTH_MM = 35.0
 # Femur seeds below the hip bone lie at least this far to their side of the midline.
 FEMUR_MIN_OFFSET_MM = 30.0
-# A vertebral body's marrow: at least this (fat -100, CSF 0-30, psoas 40-60 HU;
-# faint lumbar marrow on 3 mm slices 70-180 HU).
-SPINE_MARROW_HU = 60.0
+# A vertebral body's marrow (see vertebral_marrow): at least SPINE_MARROW_HU
+# on HU smoothed by SPINE_SMOOTHING_MM (fat -100, CSF 0-30, psoas 40-60 HU;
+# faint lumbar marrow on 3 mm slices 90-200 HU), met by the spine's bone in
+# at least SPINE_ENCLOSED of the six axis directions.
+SPINE_MARROW_HU, SPINE_SMOOTHING_MM, SPINE_ENCLOSED = 80.0, 1.5, 4
+# A vertebral body's endplates lie at least this far apart (a disc's 5-14 mm).
+SPINE_BODY_MM = 16.0
+# The spinal canal: spine fill darker than CANAL_HU (smoothed as above; CSF
+# and epidural fat, 0-60 HU with partial volume), connected and running at
+# least CANAL_MIN_LENGTH_MM along the body (a dark pocket of marrow is short).
+CANAL_HU, CANAL_MIN_LENGTH_MM = 60.0, 40.0
 # A model fit is trusted when at least this share of the model's vertices in
 # view lie within 3 mm of bone (a pelvis is there).
 MIN_FITTED_FRACTION = 0.35
@@ -156,7 +166,7 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
         masks = model_masks(fit, grid)
         heads = [h for h in (femoral_head(fit, hu, grid, raw, *side) for side in SIDES) if h is not None]
         seeds = seed_labels(raw, grid, fit, masks, heads, bone.midline_x_lps_mm)
-        rough = watershed(-hu, seeds, mask=raw)
+        rough = watershed_by_piece(hu, seeds, raw)
     else:
         masks, heads, rough = {}, [], np.zeros(raw.shape, dtype=np.int32)
     core_hu = core_level_hu(hu[raw], cfg.core_hu)
@@ -166,9 +176,12 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
     for b, (inside, near, deep) in masks.items():
         label = LABEL_IDS[b]
         if b == "sacrum":
-            labels[(labels == label) & ~near & ~own & ~below_model(grid, fit, b)] = 0
+            beyond = np.argwhere((labels == label) & ~near & ~own)
+            beyond = beyond[grid.lps(beyond)[:, 2] >= lowest_z(fit, b)]  # S4-S5 and coccyx lie below the model
+            labels[tuple(beyond.T)] = 0
         labels[deep & ((labels == 0) | ((labels != label) & ~own))] = label
     heads_inside = fill_femoral_heads(labels, heads, grid)
+    open_canal(labels, own, hu, volume)
     labels = separate_labels(labels, own | heads_inside, hu)
     return BoneLabels(labels=labels, box=bone.box, smallest_piece_voxels=_smallest(labels),
                       stats=label_stats(labels, volume, fit, found, heads, core_hu), fit=fit if found else None)
@@ -243,14 +256,9 @@ def _rasterise(vertices: np.ndarray, faces: np.ndarray, grid: Grid) -> np.ndarra
     return out
 
 
-def below_model(grid: Grid, fit: PelvisFit, bone: str) -> np.ndarray:
-    """bool on the box: below (LPS z) the lowest vertex of the fitted bone:
-    the sacrum's S4, S5 and coccyx, which the model (S1-S3) lacks."""
-    z_min = fit.vertices_lps_mm[np.unique(fit.faces[bone]), 2].min()
-    k, j, i = np.ogrid[tuple(slice(0, n) for n in grid.shape)]
-    a = grid.volume.affine
-    z = a[2, 0] * (k + grid.offset[0]) + a[2, 1] * (j + grid.offset[1]) + a[2, 2] * (i + grid.offset[2]) + a[2, 3]
-    return np.broadcast_to(z < z_min, grid.shape)
+def lowest_z(fit: PelvisFit, bone: str) -> float:
+    """LPS z (mm) of the lowest vertex of a fitted bone."""
+    return float(fit.vertices_lps_mm[np.unique(fit.faces[bone]), 2].min())
 
 
 def seed_labels(raw: np.ndarray, grid: Grid, fit: PelvisFit,
@@ -276,7 +284,7 @@ def seed_labels(raw: np.ndarray, grid: Grid, fit: PelvisFit,
     free[above & (np.abs(lps[:, 0] - midline_x_lps_mm) < SPINE_HALF_WIDTH_MM)] = LUMBAR
     for hip, femur, _, side in SIDES:
         # Below the hip bone there is only the femur on each side.
-        lowest = fit.vertices_lps_mm[np.unique(fit.faces[LABEL_NAMES[hip]]), 2].min()
+        lowest = lowest_z(fit, LABEL_NAMES[hip])
         on_side = side * (lps[:, 0] - midline_x_lps_mm) > FEMUR_MIN_OFFSET_MM
         free[on_side & (lps[:, 2] < lowest - SEED_MARGIN_MM)] = femur
     seeds[tuple(at.T)] = free
@@ -288,6 +296,30 @@ def seed_labels(raw: np.ndarray, grid: Grid, fit: PelvisFit,
         view[(dist <= head.radius_mm + HEAD_BAND_MM) & (view != head.femur)] = 0
         view[raw[box] & (dist <= head.radius_mm)] = head.femur
     return seeds
+
+
+def watershed_by_piece(hu: np.ndarray, seeds: np.ndarray, solid: np.ndarray) -> np.ndarray:
+    """Watershed on -HU from the seeds through the mask, run on each
+    face-connected piece of the mask that holds a seed, in its own bounding
+    box, two at a time: the same result as one watershed over the whole
+    box (flooding never leaves a piece), at a fraction of the time, since
+    the flooding's cost is as much the box as the voxels in it."""
+    pieces, n = ndi.label(solid, structure=FACE_CONNECTIVITY)
+    seeded = np.zeros(n + 1, dtype=bool)
+    seeded[pieces[seeds > 0]] = True
+    seeded[0] = False
+    regions = np.zeros(seeds.shape, dtype=np.int32)
+    boxes = [(piece, box) for piece, box in enumerate(ndi.find_objects(pieces), start=1)
+             if box is not None and seeded[piece]]
+
+    def flood(piece: int, box: tuple[slice, ...]) -> np.ndarray:
+        inside = pieces[box] == piece
+        return watershed(-hu[box], np.where(inside, seeds[box], 0), mask=inside)
+
+    for (piece, box), flooded in zip(boxes, parallel(*[lambda p=p, b=b: flood(p, b) for p, b in boxes])):
+        inside = pieces[box] == piece
+        regions[box][inside] = flooded[inside]
+    return regions
 
 
 def _plane(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -463,6 +495,34 @@ def fill_femoral_heads(labels: np.ndarray, heads: list[Head], grid: Grid) -> np.
     return inside
 
 
+def open_canal(labels: np.ndarray, own: np.ndarray, hu: np.ndarray, volume: Volume) -> int:
+    """Take the spinal canal out of the spine's fills, in place; returns the
+    voxels taken out. Where the vertebral arches of neighbouring levels
+    overlap, the canal is enclosed in every axis direction like marrow, and
+    the fills close it; its contents (CSF, epidural fat, nerve roots) are
+    darker than marrow and form a tube along the spine, while dark pockets
+    of marrow are short. ``own``: the spine's threshold voxels, never taken."""
+    filled = (labels == LUMBAR) & ~own
+    found = ndi.find_objects(filled.view(np.uint8))
+    if not found or found[0] is None:
+        return 0
+    box = found[0]
+    dark, n = ndi.label(filled[box] & (smooth_hu(hu[box], volume.spacing_mm) < CANAL_HU),
+                        structure=FACE_CONNECTIVITY)
+    if n == 0:
+        return 0
+    z = apply_affine(volume.affine, np.argwhere(dark > 0) + [s.start for s in box])[:, 2]
+    ids = dark[dark > 0]
+    z_min, z_max = np.full(n + 1, np.inf), np.full(n + 1, -np.inf)
+    np.minimum.at(z_min, ids, z)
+    np.maximum.at(z_max, ids, z)
+    canal = z_max - z_min >= CANAL_MIN_LENGTH_MM
+    canal[0] = False
+    taken = lookup(canal, dark)
+    labels[box][taken] = 0
+    return int(np.count_nonzero(taken))
+
+
 def grow_box(box: tuple[slice, ...], shape: tuple[int, ...], by: int = 1) -> tuple[slice, ...]:
     """``box`` grown by ``by`` voxels on every side, clipped to ``shape``."""
     return tuple(slice(max(s.start - by, 0), min(s.stop + by, n)) for s, n in zip(box, shape))
@@ -492,12 +552,39 @@ def solid_per_label(rough: np.ndarray, raw: np.ndarray, hu: np.ndarray, volume: 
         planes = tuple(a for a in range(3) if a != axial) if label in (LUMBAR, SACRUM) else (0, 1, 2)
         jobs.append((label, sub, lambda label=label, sub=sub, border=sub_border, planes=planes:
                      solid_bone(pieces[sub], label, radius_vox, volume.spacing_mm, cfg, border, planes,
-                                hu[sub] if label == LUMBAR else None)))
+                                smooth_hu(hu[sub], volume.spacing_mm) if label == LUMBAR else None, axial)))
     # Bones are filled independently (scipy releases the GIL: both cores work).
     for (label, sub, _), filled in zip(jobs, parallel(*[job for _, _, job in jobs])):
         view = out[sub]
         view[filled & ((view == 0) | (rough[sub] == label))] = label
     return out
+
+
+def vertebral_marrow(filled: np.ndarray, met: np.ndarray, hu: np.ndarray, spacing_mm: np.ndarray,
+                     axial: int) -> np.ndarray:
+    """The marrow of vertebral bodies whose thin cortex leaves gaps in
+    several directions: voxels at least ``SPINE_MARROW_HU`` (smoothed HU)
+    that the spine's bone meets in ``SPINE_ENCLOSED`` of the six axis
+    directions, up and down among them, with the endplates met up and down
+    at least ``SPINE_BODY_MM`` apart. The canal's contents and the discs
+    are darker, an aorta in front meets the spine in one direction, and
+    a disc lies between endplates only 5-14 mm apart."""
+    candidate = ~filled & (met >= SPINE_ENCLOSED) & (hu >= SPINE_MARROW_HU)
+    if not candidate.any():
+        return candidate
+    spine = np.moveaxis(filled, axial, 0)
+    n = spine.shape[0]
+    index = np.arange(n).reshape((-1,) + (1,) * (spine.ndim - 1))
+    above = np.where(spine, index, n + n)            # nearest bone ahead (larger index)
+    above = np.minimum.accumulate(above[::-1], axis=0)[::-1]
+    below = np.where(spine, index, -n - n)
+    below = np.maximum.accumulate(below, axis=0)
+    gap_mm = (np.moveaxis(above - below, 0, axial)) * float(spacing_mm[axial])
+    return candidate & (gap_mm >= SPINE_BODY_MM) & (gap_mm < 2 * n * float(spacing_mm[axial]))
+
+
+def smooth_hu(hu: np.ndarray, spacing_mm: np.ndarray) -> np.ndarray:
+    return ndi.gaussian_filter(hu.astype(np.float32, copy=False), SPINE_SMOOTHING_MM / np.asarray(spacing_mm))
 
 
 def axial_axis(volume: Volume) -> int:
@@ -509,7 +596,7 @@ def axial_axis(volume: Volume) -> int:
 
 def solid_bone(pieces: np.ndarray, label: int, radius_vox: int, spacing_mm: np.ndarray,
                cfg: SegmentConfig, at_border: list[tuple[bool, bool]], planes: tuple[int, ...],
-               marrow_hu: np.ndarray | None = None) -> np.ndarray:
+               marrow_hu: np.ndarray | None = None, axial: int = 0) -> np.ndarray:
     """One bone made solid: closed and filled (:func:`close_and_fill`), then
     the marrow no fill reached because the cortex has gaps: voxels the bone
     encloses in all six axis directions within ``cfg.enclosure_mm``, where
@@ -520,11 +607,9 @@ def solid_bone(pieces: np.ndarray, label: int, radius_vox: int, spacing_mm: np.n
     up to ``cfg.max_slice_hole_mm2`` per hole. ``planes``: the axes normal
     to the planes in which holes are filled (0: the acquired slices).
 
-    ``marrow_hu`` (the spine's HU): a vertebral body's thin cortex leaves
-    gaps in more than one direction, so its marrow (at least
-    ``SPINE_MARROW_HU``) is also taken where the bone is met in five of the
-    six axis directions; the spinal canal, open up and down, and the discs,
-    open to the front and sides, are not."""
+    ``marrow_hu`` (the spine's HU, smoothed; ``axial``: the axis along the
+    spine): vertebral marrow behind a cortex with gaps in several
+    directions (:func:`vertebral_marrow`)."""
     piece = pieces == label
     others = (pieces > 0) & ~piece
     slice_hole_mm2 = cfg.max_slice_hole_mm2 if 0 in planes else 0.0
@@ -534,7 +619,7 @@ def solid_bone(pieces: np.ndarray, label: int, radius_vox: int, spacing_mm: np.n
         met = enclosed_directions(filled, reach, at_border, others)
         filled |= met >= ENCLOSED_DIRECTIONS
         if marrow_hu is not None:
-            filled |= (met >= ENCLOSED_DIRECTIONS - 1) & (marrow_hu >= SPINE_MARROW_HU)
+            filled |= vertebral_marrow(filled, met, marrow_hu, spacing_mm, axial)
     slice_mm = float(np.max(spacing_mm))
     if slice_mm > cfg.closing_mm:
         filled = fill_bridged_plane_holes(filled, spacing_mm, slice_mm, others, cfg.max_slice_hole_mm2, planes)
