@@ -181,7 +181,10 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
             labels[tuple(beyond.T)] = 0
         labels[deep & ((labels == 0) | ((labels != label) & ~own))] = label
     heads_inside = fill_femoral_heads(labels, heads, grid)
-    open_canal(labels, own, hu, volume)
+    certain = own.copy()
+    for _, _, deep in masks.values():
+        certain |= deep
+    open_canal(labels, certain, hu, volume)
     labels = separate_labels(labels, own | heads_inside, hu)
     return BoneLabels(labels=labels, box=bone.box, smallest_piece_voxels=_smallest(labels),
                       stats=label_stats(labels, volume, fit, found, heads, core_hu), fit=fit if found else None)
@@ -495,14 +498,16 @@ def fill_femoral_heads(labels: np.ndarray, heads: list[Head], grid: Grid) -> np.
     return inside
 
 
-def open_canal(labels: np.ndarray, own: np.ndarray, hu: np.ndarray, volume: Volume) -> int:
-    """Take the spinal canal out of the spine's fills, in place; returns the
-    voxels taken out. Where the vertebral arches of neighbouring levels
-    overlap, the canal is enclosed in every axis direction like marrow, and
-    the fills close it; its contents (CSF, epidural fat, nerve roots) are
-    darker than marrow and form a tube along the spine, while dark pockets
-    of marrow are short. ``own``: the spine's threshold voxels, never taken."""
-    filled = (labels == LUMBAR) & ~own
+def open_canal(labels: np.ndarray, certain: np.ndarray, hu: np.ndarray, volume: Volume) -> int:
+    """Take the spinal and sacral canal out of the spine's and the sacrum's
+    fills, in place; returns the voxels taken out. Where the vertebral
+    arches of neighbouring levels overlap, and where the sacral canal is
+    narrower than the fills' reach beyond the fitted sacrum, the canal is
+    enclosed like marrow and the fills close it; its contents (CSF,
+    epidural fat, nerve roots) are darker than marrow and form a tube along
+    the spine, while dark pockets of marrow are short. ``certain``: voxels
+    never taken (threshold bone, a model bone's deep interior)."""
+    filled = np.isin(labels, (LUMBAR, SACRUM)) & ~certain
     found = ndi.find_objects(filled.view(np.uint8))
     if not found or found[0] is None:
         return 0
