@@ -40,6 +40,7 @@ of :mod:`pipeline.geometry.surface`, which follows these labels).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -302,11 +303,16 @@ def seed_labels(raw: np.ndarray, grid: Grid, fit: PelvisFit,
 
 
 def watershed_by_piece(hu: np.ndarray, seeds: np.ndarray, solid: np.ndarray) -> np.ndarray:
-    """Watershed on -HU from the seeds through the mask, run on each
-    face-connected piece of the mask that holds a seed, in its own bounding
-    box, two at a time: the same result as one watershed over the whole
-    box (flooding never leaves a piece), at a fraction of the time, since
-    the flooding's cost is as much the box as the voxels in it."""
+    """Watershed on -HU from the seeds through the mask (seeds keep their
+    label), run on each face-connected piece of the unseeded voxels and the
+    seeds beside them, in its own bounding box, two at a time: the same
+    result as one watershed over the whole box (flooding never leaves a
+    piece), at a fraction of the time, since the flooding's cost is as much
+    the box as the voxels in it."""
+    # Only the unseeded voxels and the seeds beside them take part: a seed
+    # farther inside its own region floods nothing.
+    open_voxels = solid & (seeds == 0)
+    solid = solid & (open_voxels | max3(open_voxels))
     pieces, n = ndi.label(solid, structure=FACE_CONNECTIVITY)
     seeded = np.zeros(n + 1, dtype=bool)
     seeded[pieces[seeds > 0]] = True
@@ -322,7 +328,7 @@ def watershed_by_piece(hu: np.ndarray, seeds: np.ndarray, solid: np.ndarray) -> 
     for (piece, box), flooded in zip(boxes, parallel(*[lambda p=p, b=b: flood(p, b) for p, b in boxes])):
         inside = pieces[box] == piece
         regions[box][inside] = flooded[inside]
-    return regions
+    return np.where(regions > 0, regions, seeds)
 
 
 def _plane(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -555,8 +561,12 @@ def solid_per_label(rough: np.ndarray, raw: np.ndarray, hu: np.ndarray, volume: 
         sub_border = [(b0 and s.start == 0, b1 and s.stop == dim)
                       for (b0, b1), s, dim in zip(at_border, sub, rough.shape)]
         planes = tuple(a for a in range(3) if a != axial) if label in (LUMBAR, SACRUM) else (0, 1, 2)
+        model_bone = label in (HIP_LEFT, HIP_RIGHT, SACRUM)
+        if model_bone:
+            planes = ()
         jobs.append((label, sub, lambda label=label, sub=sub, border=sub_border, planes=planes:
-                     solid_bone(pieces[sub], label, radius_vox, volume.spacing_mm, cfg, border, planes,
+                     solid_bone(pieces[sub], label, radius_vox, volume.spacing_mm,
+                                dataclasses.replace(cfg, enclosure_mm=0.0) if model_bone else cfg, border, planes,
                                 smooth_hu(hu[sub], volume.spacing_mm) if label == LUMBAR else None, axial)))
     # Bones are filled independently (scipy releases the GIL: both cores work).
     for (label, sub, _), filled in zip(jobs, parallel(*[job for _, _, job in jobs])):

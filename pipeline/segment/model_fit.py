@@ -38,7 +38,7 @@ from .mask import FACE_CONNECTIVITY, BoneMask
 from .shape_model import MODEL_BONES, ShapeModel
 
 # Surface points taken from the bone mask (a random subset, seeded).
-DATA_POINTS = 30000
+DATA_POINTS = 20000
 # Initial search: a distance map on this grid (mm), steps of the coarse offsets
 # (mm; a finer search follows), sizes tried, every n-th model vertex scored,
 # distances clipped at CLIP_MM.
@@ -47,7 +47,7 @@ INIT_CELL_MM, INIT_STEP_MM, INIT_SCALES, INIT_VERTEX_STRIDE, INIT_CLIP_MM = 5.0,
 PROFILE_MM, PROFILE_STEP_MM = 3.0, 0.5
 # Refinement: (modes, iterations, each bone on its own) per phase; every n-th vertex is fitted.
 SCHEDULE = ((0, 4, False), (5, 3, False), (10, 3, False), (20, 5, False), (20, 4, True))
-FIT_VERTEX_STRIDE = 2
+FIT_VERTEX_STRIDE = 3
 # Correspondence: candidates within MATCH_MM among the NEIGHBOURS nearest data
 # points; the first whose normal is within acos(MIN_COS) of the vertex's
 # normal; pairs beyond the TRIM quantile of residuals are dropped.
@@ -107,20 +107,14 @@ def mask_surface(volume: Volume, mask: np.ndarray, box: tuple[slice, ...], n_max
     if n_max is not None and len(idx) > n_max:
         idx = idx[np.random.default_rng(seed).choice(len(idx), n_max, replace=False)]
     idx += np.array([s.start for s in box])
-    hu, limit = volume.hu, np.array(volume.shape) - 1
+    # Sobel gradient from each point's 3x3x3 neighbourhood, gathered once.
+    limit = np.array(volume.shape) - 1
+    offsets = np.argwhere(np.ones((3, 3, 3), dtype=bool)) - 1
+    around = np.stack([volume.hu[tuple(np.clip(idx + o, 0, limit).T)] for o in offsets], axis=1)  # (P, 27)
     smooth = np.array([1.0, 2.0, 1.0])
-    gradient = np.zeros((len(idx), 3))
-    for axis in range(3):
-        across = [a for a in range(3) if a != axis]
-        for da in (-1, 0, 1):
-            for db in (-1, 0, 1):
-                step = np.zeros(3, dtype=np.int64)
-                step[across[0]], step[across[1]] = da, db
-                ahead, behind = idx + step, idx + step
-                ahead[:, axis] += 1
-                behind[:, axis] -= 1
-                ahead, behind = np.clip(ahead, 0, limit), np.clip(behind, 0, limit)
-                gradient[:, axis] += smooth[da + 1] * smooth[db + 1] * (hu[tuple(ahead.T)] - hu[tuple(behind.T)])
+    weights = np.stack([offsets[:, a] * np.prod([smooth[offsets[:, b] + 1] for b in range(3) if b != a], axis=0)
+                        for a in range(3)], axis=1)  # (27, 3)
+    gradient = around @ weights
     g_lps = gradient @ np.linalg.inv(volume.affine[:3, :3])
     normals = -g_lps / np.maximum(np.linalg.norm(g_lps, axis=1, keepdims=True), 1e-9)
     return halfmax_points(volume, apply_affine(volume.affine, idx.astype(np.float64)), normals), normals
@@ -197,7 +191,7 @@ def _matches(tree: cKDTree, points: np.ndarray, normals: np.ndarray, x: np.ndarr
              n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(matched?, signed point-to-plane offset along the data normal) per vertex,
     and the data normal, for vertices ``x`` with normals ``n``."""
-    d, j = tree.query(x, k=NEIGHBOURS, distance_upper_bound=MATCH_MM, workers=2)
+    d, j = tree.query(x, k=NEIGHBOURS, distance_upper_bound=MATCH_MM)
     valid = np.isfinite(d)
     j = np.where(valid, j, 0)
     agree = valid & (np.einsum("ikj,ij->ik", normals[j], n) > MIN_COS)
