@@ -62,30 +62,42 @@ class Console:
 
 
 def cmd_mesh(args: argparse.Namespace) -> None:
+    from .bones import LABEL_NAMES
     from .config import load_config
-    from .io import json_bytes, load_ct, nifti_bytes, stl_bytes, write_outputs
+    from .io import (json_bytes, load_ct, markups_bytes, nifti_bytes, read_label_map, seg_nrrd_bytes, stl_bytes,
+                     write_outputs)
     from .parallel import parallel
     from .run import Timer, run_mesh
 
     console = Console(args.quiet)
     config = load_config(args.config)  # before the CT: a typo fails in milliseconds
     timer = Timer(console.line, console.begin)
+    label_map = None
+    if args.labels or config.segment.labels_file:   # before the CT too: a wrong file fails fast
+        with timer.stage("labelmap"):
+            label_map = read_label_map(args.labels or config.segment.labels_file, dict(config.segment.label_names),
+                                       what="" if args.labels else "segment.labels_file")
     with timer.stage("load"):
         volume = load_ct(args.ct_dir, series_uid=args.series, max_gap_mm=config.load.max_gap_mm,
                          progress=console.progress("load"))
     for note in volume.notes:
         console.line(f"note: {note}")
-    result = run_mesh(volume, config, log=console.line, timer=timer)
+    result = run_mesh(volume, config, log=console.line, timer=timer, label_map=label_map)
     start = time.perf_counter()
     encoders = {"bone.stl": lambda: stl_bytes(result.bone, "bone"),
                 "bone_mask.nii.gz": lambda: nifti_bytes(result.bone_mask, volume.affine),
-                "labels.nii.gz": lambda: nifti_bytes(result.labels, volume.affine),
+                "labels.nii.gz": lambda: nifti_bytes(result.labels, volume.affine, LABEL_NAMES),
+                "segmentation.seg.nrrd": lambda: seg_nrrd_bytes(result.labels, volume.affine),
                 "report.json": lambda: json_bytes(result.report)}
     for name, mesh in result.context.items():
         encoders[f"bone_{name}.stl"] = lambda name=name, mesh=mesh: stl_bytes(mesh, f"bone_{name}")
     if result.implant is not None:
         encoders["host.stl"] = lambda: stl_bytes(result.host, "host")
         encoders["implant.stl"] = lambda: stl_bytes(result.implant, "implant")
+        cuts = result.report["planes"]
+        encoders["plan.mrk.json"] = lambda: markups_bytes(
+            [p.cut_plane() for p in config.resection.planes], [c["host_cut_centre_lps_mm"] for c in cuts],
+            [c["host_cut_radius_mm"] for c in cuts])
     files = dict(zip(encoders, parallel(*encoders.values())))
     console.line(f"{'encode':<9} {time.perf_counter() - start:7.2f} s")
     files.update(qa_files(volume, result, config, images=not args.no_qa, timer=timer))
@@ -179,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Segment and label the bones of a CT, cut the planned bones "
                                       "with the planned planes and write bone.stl, host.stl, "
                                       "implant.stl, bone_<name>.stl, bone_mask.nii.gz, labels.nii.gz, "
+                                      "segmentation.seg.nrrd and plan.mrk.json (for 3D Slicer), "
                                       "report.json (LPS millimetres), QA images qa/*.png and a "
                                       "self-contained report.html.")
     mesh.add_argument("ct_dir", type=Path, metavar="CT_DIR",
@@ -187,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     mesh.add_argument("--config", type=Path, help="TOML config (default: built-in defaults, no planes)")
     mesh.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: out)")
     mesh.add_argument("--series", metavar="UID", help="SeriesInstanceUID to use (see the series command)")
+    mesh.add_argument("--labels", type=Path, metavar="PATH",
+                      help="use this label map instead of the automatic labels: a 3D Slicer .seg.nrrd (e.g. "
+                           "a corrected segmentation.seg.nrrd), a TotalSegmentator multi-label NIfTI or "
+                           "folder of masks, or a labels.nii.gz (overrides segment.labels_file)")
     mesh.add_argument("--quiet", action="store_true", help="print nothing but errors")
     mesh.add_argument("--no-qa", action="store_true",
                       help="skip the QA images (qa/*.png); report.html is still written")

@@ -33,17 +33,18 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .config import Config
-from .bones import LABEL_IDS
+from .bones import LABEL_IDS, TOTALSEGMENTATOR_IDS
 from .segment.labels import grow_box
 from .run import MeshResult, run_mesh
 from .segment.mask import FACE_CONNECTIVITY, bounding_box
 from .volume import Volume
 
 REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "real_ct"
-TOTALSEG_IDS = {"sacrum": 25, "femur_left": 75, "femur_right": 76, "hip_left": 77, "hip_right": 78}
+TOTALSEG_IDS = {name: k for k, name in TOTALSEGMENTATOR_IDS.items()
+                if name in ("sacrum", "femur_left", "femur_right", "hip_left", "hip_right")}
 # The reference labels S1 apart (26, vertebrae_S1); our sacrum includes S1,
 # so the sacrum is also compared with 25 and 26 together (printed beside it).
-TOTALSEG_S1 = 26
+TOTALSEG_S1 = next(k for k, name in TOTALSEGMENTATOR_IDS.items() if name == "vertebrae_S1")
 RTSTRUCT_FEMURS = {"femur_left": "femoreSin", "femur_right": "femoreDes"}
 # Pelvic-Ref-003's RTSTRUCT also holds two commercial tools' automatic
 # contours of each femoral head (model-based, deep learning): how well they

@@ -23,6 +23,7 @@ from .geometry import (Resection, bone_surfaces, check_plane_structures, concate
                        resect, validate_solid)
 from .parallel import parallel
 from .segment import PelvisFit, label_bones, segment_bone
+from .segment.external import LabelMap, labels_from_map
 from .segment.lookup import label_counts
 from .volume import Volume, orientation_code
 
@@ -73,12 +74,20 @@ class Timer:
 
 
 def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
-             timer: Timer | None = None) -> MeshResult:
+             timer: Timer | None = None, label_map: LabelMap | None = None) -> MeshResult:
+    """``label_map``: labels read from a file (``--labels``), used instead of
+    the automatic segmentation and labelling."""
     timer = timer or Timer(log)
-    with timer.stage("segment"):
-        bone_mask = segment_bone(volume, config.segment)
-    with timer.stage("labels"):
-        bone_labels = label_bones(volume, bone_mask, config.segment)
+    if label_map is None:
+        with timer.stage("segment"):
+            bone_mask = segment_bone(volume, config.segment)
+        with timer.stage("labels"):
+            bone_labels = label_bones(volume, bone_mask, config.segment)
+        segment_stats = {**bone_mask.stats, **bone_labels.stats}
+    else:
+        with timer.stage("labels"):
+            bone_labels = labels_from_map(volume, label_map, config.segment)
+        segment_stats = dict(bone_labels.stats)
     with timer.stage("surface"):
         surfaces = bone_surfaces(volume, bone_labels, config.surface)
         meshes = {LABEL_NAMES[k]: m for k, m in surfaces.meshes.items()}
@@ -116,9 +125,8 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
         log("no resection planes in the config: writing the bone outputs only")
     with timer.stage("report"):
         labels = surfaces.full_labels(volume.shape)
-        stats = {**bone_mask.stats, **bone_labels.stats}
-        stats["labels"] = label_table(surfaces.labels, meshes, volume.voxel_volume_mm3)
-        report = build_report(volume, config, bone, cut, stats, timer.seconds)
+        segment_stats["labels"] = label_table(surfaces.labels, meshes, volume.voxel_volume_mm3)
+        report = build_report(volume, config, bone, cut, segment_stats, timer.seconds)
         report["implant"] = implant_report
         report["meshes"].update({f"bone_{n}": mesh_stats(m) for n, m in context.items()})
     return MeshResult(bone=bone, host=cut.host if cut else None, implant=cut.implant if cut else None,
@@ -146,6 +154,7 @@ def build_report(volume: Volume, config: Config, bone: trimesh.Trimesh, cut: Res
         for plane, contact, imp, host in zip(config.resection.planes, cut.implant_planes,
                                              cut.implant_contact_faces, cut.host_cut_faces):
             on_plane = np.abs(contact.signed_distance_mm(cut.implant.vertices[cut.implant.faces[imp]].reshape(-1, 3)))
+            centre, radius = face_centre(cut.host, host)
             planes.append({
                 "name": plane.name,
                 "point_lps_mm": list(plane.point_lps_mm),
@@ -155,6 +164,8 @@ def build_report(volume: Volume, config: Config, bone: trimesh.Trimesh, cut: Res
                 "implant_contact_area_mm2": round(float(cut.implant.area_faces[imp].sum()), 3),
                 "host_cut_area_mm2": round(float(cut.host.area_faces[host].sum()), 3),
                 "contact_flatness_mm": float(on_plane.max()),
+                "host_cut_centre_lps_mm": [round(float(c), 3) for c in centre],
+                "host_cut_radius_mm": round(radius, 3),
             })
     return {
         "input": input_summary(volume),
@@ -167,6 +178,15 @@ def build_report(volume: Volume, config: Config, bone: trimesh.Trimesh, cut: Res
         "versions": {p: _version(p) for p in PACKAGES},
         "frame": "LPS, millimetres (DICOM patient coordinates)",
     }
+
+
+def face_centre(mesh: trimesh.Trimesh, faces: np.ndarray) -> tuple[np.ndarray, float]:
+    """Area-weighted centre of ``faces`` of ``mesh`` (a cut face) and the
+    largest distance from it to their vertices (mm)."""
+    triangles = mesh.triangles[faces]
+    area = mesh.area_faces[faces]
+    centre = (triangles.mean(axis=1) * area[:, None]).sum(axis=0) / max(float(area.sum()), 1e-12)
+    return centre, float(np.linalg.norm(triangles.reshape(-1, 3) - centre, axis=1).max(initial=0.0))
 
 
 def input_summary(volume: Volume) -> dict:

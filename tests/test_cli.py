@@ -34,3 +34,13 @@ def test_terminal_shows_the_running_stage_and_quiet_shows_nothing(capsys, monkey
     with Timer(quiet.line, quiet.begin).stage("surface"):
         pass
     assert capsys.readouterr().err == ""
+
+
+def test_a_missing_label_map_fails_before_the_ct_is_read_naming_where_it_came_from(tmp_path, capsys):
+    missing = tmp_path / "corrected.seg.nrrd"
+    assert cli_main(["mesh", str(tmp_path / "no_ct_here"), "--labels", str(missing), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {missing}: no such file or folder"
+    config = tmp_path / "plan.toml"
+    config.write_text('[segment]\nlabels_file = "corrected.seg.nrrd"\n')
+    assert cli_main(["mesh", str(tmp_path / "no_ct_here"), "--config", str(config), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: segment.labels_file = {missing}: no such file or folder"

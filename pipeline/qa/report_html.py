@@ -76,6 +76,7 @@ def report_html(report: dict, images: Iterable[tuple[str, bytes]] = (), *, missi
     parts += _section("Fit", _value_html(fit) if fit else "")
     parts += _section("Implant source", _value_html({k: v for k, v in implant.items() if k != "fit"}))
     parts += _section("Meshes", _meshes_html(report.get("meshes", {})))
+    parts += _section("Labels from a file", _value_html((report.get("segmentation") or {}).get("labels_file")))
     parts += _section("Input", _input_html(report.get("input", {})))
     parts += _section("Timings (s)", _value_html(report.get("timings_s", {})))
     parts.append("</body></html>")
@@ -111,8 +112,9 @@ def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
     """Where the bone names deserve a look over the CT (labels.nii.gz): the
     pelvis shape model decides which bone is which, so a pelvis it did not
     find, a bone it fits poorly or sees only in part, and a femoral head
-    found without its joint space are flagged."""
-    found = []
+    found without its joint space are flagged; labels read from a file say
+    where they came from."""
+    found = labels_file_lines(segmentation.get("labels_file"))
     model = segmentation.get("shape_model")
     if isinstance(model, dict):
         if not model.get("found", True):
@@ -127,7 +129,7 @@ def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
                 found.append(f"{bone}: the shape model fits it poorly (median residual {residual:.1f} mm > "
                              f"{POOR_FIT_MM:g} mm: unusual anatomy, a large tumour or fracture); check its label")
     names = set(segmentation.get("labels") or {})
-    if names and not names & {"femur_left", "femur_right"}:
+    if names and not names & {"femur_left", "femur_right"} and not segmentation.get("labels_file"):
         found.append("no femur found: check labels.nii.gz before relying on bone names near the hip joints")
     heads = segmentation.get("femoral_heads")
     if isinstance(heads, dict):
@@ -145,6 +147,26 @@ def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
         found.append(f"weak bone: the dense-core level that tells bone from contrast and calcifications was "
                      f"lowered to {core:g} HU (segment.core_hu = {configured:g})")
     return found
+
+
+def labels_file_lines(source: Any) -> list[str]:
+    """What a reader must know when the labels came from a file (--labels):
+    its format, which of its segments became which bone and which were
+    ignored, and whether it was resampled onto the CT's grid."""
+    if not isinstance(source, dict):
+        return []
+    mapped = source.get("mapped") or {}
+    bones = {}
+    for segment, bone in mapped.items():
+        bones.setdefault(bone, []).append(segment)
+    taken = "; ".join(f"{bone} from {', '.join(segments)}" for bone, segments in bones.items())
+    ignored = list(source.get("ignored") or [])
+    skipped = (f"; {len(ignored)} segments ignored ({', '.join(ignored[:8])}{', ...' if len(ignored) > 8 else ''})"
+               if ignored else "")
+    found = [f"labels from a file, not the automatic labelling: {source.get('format')}: {taken}{skipped}"]
+    if source.get("resampled"):
+        found.append(f"labels {source.get('grid')}")
+    return found + [f"labels file: {note}" for note in source.get("notes") or []]
 
 
 def _numbers(obj: Any, path: tuple[str, ...] = ()) -> Iterable[tuple[tuple[str, ...], float]]:

@@ -10,6 +10,8 @@
   the fitted model seeds and fills each bone, a watershed on HU puts the
   borders in the joint spaces, femoral heads from their joint-space sphere
   (``label_bones``);
+- ``external``: labels read from a file instead (``--labels``), placed on the
+  CT's grid and checked (``labels_from_map``);
 - ``lookup``, ``neighbours``: array kernels the labels and surfaces share
   (per-label counts and lookups a slab at a time; 3x3x3 minimum and maximum).
 
