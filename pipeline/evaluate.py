@@ -45,6 +45,7 @@ TOTALSEG_IDS = {name: k for k, name in TOTALSEGMENTATOR_IDS.items()
 # The reference labels S1 apart (26, vertebrae_S1); our sacrum includes S1,
 # so the sacrum is also compared with 25 and 26 together (printed beside it).
 TOTALSEG_S1 = next(k for k, name in TOTALSEGMENTATOR_IDS.items() if name == "vertebrae_S1")
+TOTALSEG_LUMBAR = [k for k, name in TOTALSEGMENTATOR_IDS.items() if name.startswith("vertebrae_L")]
 RTSTRUCT_FEMURS = {"femur_left": "femoreSin", "femur_right": "femoreDes"}
 # Pelvic-Ref-003's RTSTRUCT also holds two commercial tools' automatic
 # contours of each femoral head (model-based, deep learning): how well they
@@ -148,7 +149,22 @@ def totalseg_figures() -> tuple[dict, MeshResult, Volume] | None:
         figures[name] = {"dice": dice(mine, theirs), "surface_dice_1vox": surface_dice(mine, theirs),
                          **outer_layer_misses(mine, theirs, volume.hu)}
     with_s1 = np.isin(reference, (TOTALSEG_IDS["sacrum"], TOTALSEG_S1))
-    figures["sacrum"]["dice_with_s1"] = dice(result.labels == LABEL_IDS["sacrum"], with_s1)
+    mine = result.labels == LABEL_IDS["sacrum"]
+    figures["sacrum"].update(dice_with_s1=dice(mine, with_s1), surface_dice_1vox_with_s1=surface_dice(mine, with_s1))
+    # Our "lumbar" is every vertebra above the sacrum; the reference's L1-L5 together,
+    # and (beside it) its every vertebra above S1 in view.
+    mine = result.labels == LABEL_IDS["lumbar"]
+    lumbar = np.isin(reference, TOTALSEG_LUMBAR)
+    above_s1 = np.isin(reference, [k for k, n in TOTALSEGMENTATOR_IDS.items() if n.startswith("vertebrae_")
+                                   and n != "vertebrae_S1"])
+    figures["lumbar"] = {"dice": dice(mine, lumbar), "surface_dice_1vox": surface_dice(mine, lumbar),
+                         "dice_all_vertebrae": dice(mine, above_s1),
+                         "surface_dice_1vox_all_vertebrae": surface_dice(mine, above_s1),
+                         **outer_layer_misses(mine, lumbar, volume.hu)}
+    # All the bones both label: hips, sacrum with S1, femurs and the vertebrae above it.
+    theirs = np.isin(reference, [*TOTALSEG_IDS.values(), TOTALSEG_S1]) | above_s1
+    mine = np.isin(result.labels, [LABEL_IDS[n] for n in (*TOTALSEG_IDS, "lumbar")])
+    figures["all_bone"] = {"dice": dice(mine, theirs), "surface_dice_1vox": surface_dice(mine, theirs)}
     return figures, result, volume
 
 
