@@ -9,16 +9,17 @@ of :mod:`pipeline.geometry.surface`, which follows these labels).
 
 1. **Fit** the model (both hip bones and the sacrum S1-S3) to the bone's
    outer surface, in LPS mm.
-2. **Femoral heads**: a sphere fitted to each fitted acetabulum starts the
-   search for the joint space's HU valley around the head
-   (:func:`head_sphere`); no valley deep enough, the acetabulum's sphere
-   stands.
+2. **Femoral heads**: near each fitted acetabulum the head's own surface
+   gives its sphere (:func:`head_from_surface`), which starts the search
+   for the joint space's HU valley around the head (:func:`head_sphere`);
+   without a valley deep enough the surface's sphere stands, without a
+   head surface the acetabulum's.
 3. **Seeds**, on the threshold bone only: a model bone's voxels inside its
    fitted surface and at least ``SEED_MARGIN_MM`` outside every other model
    bone, and none within ``HEAD_BAND_MM`` outside a head's joint sphere; a
    femur's inside its head sphere and its bone below the fitted hip bone on
-   its side; the spine's
-   above the fitted S1 endplate, near the midline, outside every model bone.
+   its side; the spine's above the fitted S1 endplate, near the midline,
+   outside every model bone.
 4. **Flood**: a watershed on -HU from the seeds through the threshold bone,
    so every border falls in a joint space's HU valley (sacroiliac joints,
    symphysis, hip joints, the L5/S1 disc) near where the model puts it.

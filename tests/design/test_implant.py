@@ -3,7 +3,6 @@ of a bone destroyed by a lytic lesion, against the phantom's intact truth."""
 
 import json
 import tomllib
-from pathlib import Path
 
 import numpy as np
 import pytest
