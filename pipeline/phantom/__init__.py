@@ -4,8 +4,14 @@
   bones, sacrum, L5, femurs with joint spaces, cortex over cancellous bone,
   soft tissue, a couch), with partial-volume blur and noise, plus variants
   (any grid, a lytic lesion, osteoporotic bone, contrast).
+- ``mesh_sdf``: exact signed distance to a closed triangle mesh, at points and
+  on grids (the truth of mesh-shaped bones).
+- ``anatomical``: a pelvis whose hip bones and sacrum come from the pelvis
+  shape model (work in progress: see its module docstring).
 """
 
 from .analytic import Phantom, ellipsoid_phantom, pelvis_phantom, preset, sphere_phantom
+from .anatomical import anatomical_pelvis_phantom, anatomical_preset
 
-__all__ = ["Phantom", "ellipsoid_phantom", "pelvis_phantom", "preset", "sphere_phantom"]
+__all__ = ["Phantom", "anatomical_pelvis_phantom", "anatomical_preset", "ellipsoid_phantom",
+           "pelvis_phantom", "preset", "sphere_phantom"]

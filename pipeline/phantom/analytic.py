@@ -450,11 +450,14 @@ class _Block:
 # ---------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class _Level:
-    """Region ``max(sdf + inset_mm, extra)`` < 0 of a tissue has ``hu``."""
+    """Region ``max(sdf + inset_mm + more_inset_mm(x, y, z), extra)`` < 0 of a
+    tissue has ``hu``. ``more_inset_mm``: an optional smooth field (mm, >= 0,
+    of broadcastable LPS x, y, z) that thickens the layer above it in places."""
 
     inset_mm: float
     hu: float
     extra: _Node | None = None
+    more_inset_mm: object = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -500,6 +503,8 @@ def _render(grid: _Grid, background_hu: float, tissues: Sequence[_Tissue], blur_
             below = tissue.hu_outside
             for level in tissue.levels:
                 r = d + np.float32(level.inset_mm) if level.inset_mm else d
+                if level.more_inset_mm is not None:
+                    r = r + level.more_inset_mm(*block.coords())
                 if level.extra is not None:
                     r = np.maximum(r, level.extra.render(block))
                 hu[sl] += np.float32(level.hu - below) * _phi(r * scale)
@@ -676,10 +681,10 @@ class Phantom:
 
     @cached_property
     def truth_volume_mm3(self) -> dict[int, float]:
-        """Label -> volume (mm^3): closed form, else sampled on first use (see ``truth_notes``)."""
-        if self._closed_form_volume_mm3 is not None:
-            return dict(self._closed_form_volume_mm3)
-        return {k: _cached_volume_mm3(node, _SAMPLED_VOLUME_STEP_MM)
+        """Label -> volume (mm^3): closed form where known, else sampled on first use
+        (see ``truth_notes``)."""
+        closed = self._closed_form_volume_mm3 or {}
+        return {k: closed[k] if k in closed else _cached_volume_mm3(node, _SAMPLED_VOLUME_STEP_MM)
                 for k, node in self._shapes.items()}
 
     def label_sdf_mm(self, label: int, points_lps_mm: np.ndarray) -> np.ndarray:
@@ -990,18 +995,29 @@ def _lumbar() -> tuple[_Node, _Node]:
     """L5: elliptic-cylinder body above the disc; pedicles, laminae, spinous and transverse
     processes."""
     centre, rows, half_ap, half_h = _l5_frame()
+    marrow = _ellipsoid(tuple(centre), (13.0, 8.0, 7.0), rows)
+    return _vertebra(centre, rows, half_ap, half_h), marrow
+
+
+def _vertebra(centre, rows, half_ap: float, half_h: float, scale: float = 1.0) -> _Node:
+    """A lumbar vertebra around its body ``centre`` (LPS mm) in the frame ``rows``
+    (lateral, dorsal, cranial unit vectors): an elliptic-cylinder body of
+    half-depth ``half_ap`` and half-height ``half_h``; pedicles, laminae around
+    the spinal canal, spinous and transverse processes. ``scale`` sizes the
+    arch and the body's width."""
+    centre = np.asarray(centre, np.float64)
 
     def at(lateral, dorsal, up):
-        return tuple(centre + lateral * np.asarray(rows[0]) + dorsal * np.asarray(rows[1])
-                     + up * np.asarray(rows[2]))
-    parts = [_capped_elliptic_cylinder(tuple(centre), rows, (25.0, half_ap), half_h),
-             _capsule(at(0, 40, 2), at(0, 62, -6), 5.0)]                     # spinous process
+        return tuple(centre + scale * (lateral * np.asarray(rows[0]) + dorsal * np.asarray(rows[1])
+                                       + up * np.asarray(rows[2])))
+    r = 5.0 * scale
+    parts = [_capped_elliptic_cylinder(tuple(centre), rows, (25.0 * scale, half_ap), half_h),
+             _capsule(at(0, 40, 2), at(0, 62, -6), r)]                     # spinous process
     for s in (1.0, -1.0):
-        parts += [_capsule(at(12 * s, 14, 4), at(12 * s, 30, 4), 5.0),      # pedicle
-                  _capsule(at(12 * s, 30, 4), at(0, 40, 2), 5.0),            # lamina
-                  _capsule(at(12 * s, 24, 2), at(42 * s, 28, 0), 5.0)]       # transverse process
-    marrow = _ellipsoid(tuple(centre), (13.0, 8.0, 7.0), rows)
-    return _Union(*parts), marrow
+        parts += [_capsule(at(12 * s, 14, 4), at(12 * s, 30, 4), r),      # pedicle
+                  _capsule(at(12 * s, 30, 4), at(0, 40, 2), r),            # lamina
+                  _capsule(at(12 * s, 24, 2), at(42 * s, 28, 0), r)]       # transverse process
+    return _Union(*parts)
 
 
 @dataclass(frozen=True, eq=False)
@@ -1085,21 +1101,39 @@ def _pelvis_landmarks(bones) -> dict[str, np.ndarray]:
     return out
 
 
-def _soft_tissues(fov_x_mm: tuple[float, float], couch: bool, contrast: bool = False) -> list[_Tissue]:
+@dataclass(frozen=True)
+class _SoftLayout:
+    """Where the soft tissues of a pelvis phantom lie (LPS mm; the arteries and
+    plaques are given for the left side and mirrored in x).
+    ``bladder``: (centre, semi-axes). ``artery``: (start, end, radius).
+    ``plaques``, ``phleboliths``: ((centre, radius), ...)."""
+
+    bladder: tuple
+    artery: tuple
+    plaques: tuple
+    phleboliths: tuple
+
+
+_SOFT_LAYOUT = _SoftLayout(_BLADDER, _ARTERY, _PLAQUES, _PHLEBOLITHS)
+
+
+def _soft_tissues(fov_x_mm: tuple[float, float], couch: bool, contrast: bool = False,
+                  layout: _SoftLayout = _SOFT_LAYOUT) -> list[_Tissue]:
     """Body (fat over muscle), bladder, optionally contrast (enhanced iliac
     arteries and bladder, calcifications) and the couch spanning the FOV's x range."""
     body = _elliptic_cylinder_z((0.0, 0.0), BODY_SEMI_AXES_MM)
     bladder_hu = HU_BLADDER_CONTRAST if contrast else HU_BLADDER
     out = [_Tissue(body, HU_AIR, (_Level(0.0, HU_FAT), _Level(FAT_MM, HU_MUSCLE))),
-           _Tissue(_ellipsoid(*_BLADDER), HU_MUSCLE, (_Level(0.0, bladder_hu),))]
+           _Tissue(_ellipsoid(*layout.bladder), HU_MUSCLE, (_Level(0.0, bladder_hu),))]
     if contrast:
         for side in (1.0, -1.0):
-            a, b, radius = _ARTERY
+            a, b, radius = layout.artery
             out.append(_Tissue(_capsule(_p(a, side), _p(b, side), radius), HU_MUSCLE,
                                (_Level(0.0, HU_ARTERY_CONTRAST),)))
             out += [_Tissue(_sphere(_p(c, side), r), HU_ARTERY_CONTRAST, (_Level(0.0, HU_CALCIFIED),))
-                    for c, r in _PLAQUES]
-        out += [_Tissue(_sphere(c, r), HU_MUSCLE, (_Level(0.0, HU_CALCIFIED),)) for c, r in _PHLEBOLITHS]
+                    for c, r in layout.plaques]
+        out += [_Tissue(_sphere(c, r), HU_MUSCLE, (_Level(0.0, HU_CALCIFIED),))
+                for c, r in layout.phleboliths]
     if not couch:
         return out
     left = fov_x_mm[1] - _RAIL_MARGIN_MM - _RAIL_WIDTH_MM      # plate edges, between the rails
@@ -1232,6 +1266,11 @@ def preset(name: str) -> dict:
     ``"sample"``: 100 x 184 x 232 voxels at (2.0, 1.5, 1.5) mm, committed as the
     sample DICOM series. ``"bench"``: 300 x 512 x 512 at (1.0, 0.8, 0.8) mm.
     """
-    if name not in _PRESETS:
-        raise ConfigError(f"unknown phantom preset {name!r}; choose one of {sorted(_PRESETS)}")
-    return dict(_PRESETS[name])
+    return _preset_from(_PRESETS, name)
+
+
+def _preset_from(table: dict, name: str) -> dict:
+    """A fresh copy of ``table[name]``; an unknown name is a ConfigError naming the choices."""
+    if name not in table:
+        raise ConfigError(f"unknown phantom preset {name!r}; choose one of {sorted(table)}")
+    return dict(table[name])
