@@ -31,8 +31,8 @@ of :mod:`pipeline.geometry.surface`, which follows these labels).
    between its endplates by :func:`vertebral_marrow`); a model bone also
    takes its fitted interior more than ``INSET_MM`` inside its surface (the
    sacrum's fat-density marrow), the sacrum's fills stay within
-   ``NEAR_MODEL_MM`` of its fitted surface (its canal and foramina stay
-   open), the femoral heads are filled inside their spheres, and the spinal
+   ``NEAR_MODEL_MM`` of its fitted surface and out of the holes of its
+   fitted sections (its canal and foramina stay open), the femoral heads are filled inside their spheres, and the spinal
    canal, which fills close where neighbouring arches overlap, is opened
    again as the dark tube that runs up the spine (:func:`open_canal`).
 6. **Gap**: no two labels touch, even diagonally (:func:`separate_labels`),
@@ -54,8 +54,8 @@ from ..config import SegmentConfig
 from ..parallel import parallel
 from ..volume import Volume, apply_affine
 from .lookup import label_counts, lookup
-from .mask import (ENCLOSED_DIRECTIONS, FACE_CONNECTIVITY, BoneMask, close_and_fill, closing_radius_voxels,
-                   enclosed_directions, fill_bridged_plane_holes)
+from .mask import (ENCLOSED_DIRECTIONS, FACE_CONNECTIVITY, IN_SLICE_CONNECTIVITY, BoneMask, close_and_fill,
+                   closing_radius_voxels, enclosed_directions, fill_bridged_plane_holes, fill_cavities)
 from .model_fit import PelvisFit, fit_pelvis, mask_surface, vertex_normals
 from .neighbours import max3, min3
 from .shape_model import MODEL_BONES, ShapeModel, load_model
@@ -178,7 +178,7 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
     for b, (inside, near, deep) in masks.items():
         label = LABEL_IDS[b]
         if b == "sacrum":
-            beyond = np.argwhere((labels == label) & ~near & ~own)
+            beyond = np.argwhere((labels == label) & ~own & (~near | model_holes(inside, axial_axis(volume))))
             beyond = beyond[grid.lps(beyond)[:, 2] >= lowest_z(fit, b)]  # S4-S5 and coccyx lie below the model
             labels[tuple(beyond.T)] = 0
         labels[deep & ((labels == 0) | ((labels != label) & ~own))] = label
@@ -259,6 +259,14 @@ def _rasterise(vertices: np.ndarray, faces: np.ndarray, grid: Grid) -> np.ndarra
     local = tuple(slice(s.start - o, s.stop - o) for s, o in zip(sub, grid.offset.astype(int)))
     out[local] = inside_mesh(vertices, faces, grid.volume.affine, sub)
     return out
+
+
+def model_holes(inside: np.ndarray, axial: int) -> np.ndarray:
+    """The holes of a fitted bone's axial sections: for the sacrum, its canal
+    and foramina, which its fills must leave open however narrow they are."""
+    section = np.moveaxis(inside, axial, 0)
+    holes = fill_cavities(section, IN_SLICE_CONNECTIVITY, [False, False, True, True, True, True]) & ~section
+    return np.moveaxis(holes, 0, axial)
 
 
 def lowest_z(fit: PelvisFit, bone: str) -> float:
@@ -559,7 +567,9 @@ def solid_per_label(rough: np.ndarray, raw: np.ndarray, hu: np.ndarray, volume: 
         if sub is None:
             continue
         sub = grow_box(sub, rough.shape, radius_vox + 1)
-        sub_border = [(b0 and s.start == 0, b1 and s.stop == dim)
+        # The spine's canal runs out of the scan: there the scan's edge is outside
+        # (a femur's canal cut by the field of view is marrow, the spine's is not).
+        sub_border = [(b0 and s.start == 0 and label != LUMBAR, b1 and s.stop == dim and label != LUMBAR)
                       for (b0, b1), s, dim in zip(at_border, sub, rough.shape)]
         planes = tuple(a for a in range(3) if a != axial) if label in (LUMBAR, SACRUM) else (0, 1, 2)
         model_bone = label in (HIP_LEFT, HIP_RIGHT, SACRUM)
