@@ -20,7 +20,7 @@ from pipeline.cli import main as cli_main
 from pipeline.config import load_config
 from pipeline.io.dicom_write import FAKE_BIRTH_DATE, FAKE_PATIENT_ID, FAKE_PATIENT_NAME
 from pipeline.io.dicom import load_ct
-from pipeline.phantom.analytic import pelvis_phantom, preset
+from pipeline.phantom import pelvis_phantom, preset
 
 from .helpers import REPO, dice, winding_number
 from .regenerate_goldens import GOLDEN, statistics

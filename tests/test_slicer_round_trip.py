@@ -28,7 +28,7 @@ from pipeline.geometry.surface import PEAK_SMOOTHING_MM
 from pipeline.io.dicom import load_ct
 from pipeline.io.export import nifti_bytes
 from pipeline.io.segmentation import read_label_map
-from pipeline.phantom.analytic import pelvis_phantom, preset
+from pipeline.phantom import pelvis_phantom, preset
 from pipeline.run import run_mesh
 from pipeline.volume import apply_affine
 

@@ -10,8 +10,8 @@
   shape model (work in progress: see its module docstring).
 """
 
-from .analytic import Phantom, ellipsoid_phantom, pelvis_phantom, preset, sphere_phantom
-from .anatomical import anatomical_pelvis_phantom, anatomical_preset
+from .analytic import Phantom, ellipsoid_phantom, sphere_phantom
+from .anatomical import anatomical_pelvis_phantom as pelvis_phantom
+from .anatomical import anatomical_preset as preset
 
-__all__ = ["Phantom", "anatomical_pelvis_phantom", "anatomical_preset", "ellipsoid_phantom",
-           "pelvis_phantom", "preset", "sphere_phantom"]
+__all__ = ["Phantom", "ellipsoid_phantom", "pelvis_phantom", "preset", "sphere_phantom"]

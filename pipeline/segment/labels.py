@@ -423,7 +423,9 @@ def head_from_surface(grid: Grid, raw: np.ndarray, near_lps_mm: np.ndarray) -> t
     by a Hough vote: every outer voxel of the bone mask within
     ``HEAD_SEARCH_MM`` votes for the points one radius behind it along its
     outward normal, for each head radius; the head's convex surface
-    concentrates its votes at its centre. None without a clear peak."""
+    concentrates its votes at its centre, and a least-squares sphere through
+    the surface points on it refines centre and radius. None without a
+    clear peak."""
     box, dist = _ball(near_lps_mm, HEAD_SEARCH_MM + HEAD_RADIUS_MM[1], grid)
     if box is None:
         return None
@@ -444,7 +446,14 @@ def head_from_surface(grid: Grid, raw: np.ndarray, near_lps_mm: np.ndarray) -> t
         return None
     r_index = best[0]
     chosen = near[r_index] & np.all(np.abs(cells[r_index] - best[1:]) <= 1, axis=1)
-    return votes[r_index][chosen].mean(axis=0), float(radii[r_index])
+    centre, radius = votes[r_index][chosen].mean(axis=0), float(radii[r_index])
+    # Refined by a least-squares sphere through the head's surface points (facing out from it).
+    arm = points - centre
+    dist = np.linalg.norm(arm, axis=1)
+    on_head = (np.abs(dist - radius) < HEAD_VOTE_CELL_MM) & (np.einsum("ij,ij->i", arm, normals) > 0.7 * dist)
+    if on_head.sum() >= HEAD_MIN_VOTES:
+        centre, radius = fit_sphere(points[on_head])
+    return centre, radius
 
 
 def head_sphere(hu: np.ndarray, grid: Grid, centre_lps_mm: np.ndarray, radius_mm: float,

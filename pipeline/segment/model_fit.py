@@ -103,10 +103,13 @@ def mask_surface(volume: Volume, mask: np.ndarray, box: tuple[slice, ...], n_max
     point, mapped from index to LPS space by the inverse-transpose of the
     affine's linear part)."""
     outer = mask & ~ndi.binary_erosion(mask, FACE_CONNECTIVITY, border_value=1)
-    idx = np.argwhere(outer)
+    idx = np.argwhere(outer) + np.array([s.start for s in box])
     if n_max is not None and len(idx) > n_max:
-        idx = idx[np.random.default_rng(seed).choice(len(idx), n_max, replace=False)]
-    idx += np.array([s.start for s in box])
+        # Drawn in the order of their LPS positions, not the array's: the same
+        # points however the slices are stored.
+        lps = np.round(apply_affine(volume.affine, idx.astype(np.float64)), 3)
+        idx = idx[np.lexsort(lps.T[::-1])]
+        idx = idx[np.sort(np.random.default_rng(seed).choice(len(idx), n_max, replace=False))]
     # Sobel gradient from each point's 3x3x3 neighbourhood, gathered once.
     limit = np.array(volume.shape) - 1
     offsets = np.argwhere(np.ones((3, 3, 3), dtype=bool)) - 1

@@ -12,7 +12,7 @@ from pipeline.config import parse_config
 from pipeline.errors import ConfigError
 from pipeline.design.fit import contact_fit
 from pipeline.design.implant import in_region, mirror_mesh
-from pipeline.phantom.analytic import pelvis_phantom, preset
+from pipeline.phantom import pelvis_phantom, preset
 from pipeline.geometry.resect import ON_PLANE_MM, resect
 from pipeline.run import run_mesh
 from pipeline.volume import Volume

@@ -6,7 +6,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 from skimage.measure import marching_cubes
 
-from pipeline.phantom.analytic import pelvis_phantom, preset
+from pipeline.phantom import pelvis_phantom, preset
 from pipeline.design.symmetry import symmetry_plane
 from pipeline.volume import apply_affine
 

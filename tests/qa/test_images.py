@@ -16,7 +16,7 @@ import trimesh
 from pipeline.qa.annotate import edge_letters
 from pipeline.config import Plane
 from pipeline.io.export import write_outputs
-from pipeline.phantom.analytic import pelvis_phantom, preset
+from pipeline.phantom import pelvis_phantom, preset
 from pipeline.qa.images import IMPLANT_RGB, PLANE_RGB, TEMPLATE_RGB, slice_image, view_image
 from pipeline.qa.render import COLOURS, SLICE_AXES, slice_points
 from pipeline.qa.report_html import report_html, report_warnings
@@ -222,7 +222,7 @@ def test_metal_in_the_bone_is_measured():
     voxel; the phantom alone (its couch rails are 2000 HU and outside the
     body) has none."""
     from pipeline.config import SegmentConfig
-    from pipeline.phantom.analytic import pelvis_phantom, preset
+    from pipeline.phantom import pelvis_phantom, preset
     from pipeline.segment.mask import METAL_HU, segment_bone
     from pipeline.volume import Volume
 
