@@ -614,8 +614,9 @@ def vertebral_marrow(filled: np.ndarray, met: np.ndarray, hu: np.ndarray, spacin
     above = np.minimum.accumulate(above[::-1], axis=0)[::-1]
     below = np.where(spine, index, -n - n)
     below = np.maximum.accumulate(below, axis=0)
-    gap_mm = (np.moveaxis(above - below, 0, axial)) * float(spacing_mm[axial])
-    return candidate & (gap_mm >= SPINE_BODY_MM) & (gap_mm < 2 * n * float(spacing_mm[axial]))
+    both = np.moveaxis((above < n) & (below >= 0), 0, axial)   # bone met up and down
+    gap_mm = np.moveaxis(above - below, 0, axial) * float(spacing_mm[axial])
+    return candidate & both & (gap_mm >= SPINE_BODY_MM)
 
 
 def smooth_hu(hu: np.ndarray, spacing_mm: np.ndarray) -> np.ndarray:

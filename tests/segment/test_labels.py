@@ -36,6 +36,8 @@ def sample_phantom(**variant):
 
 
 THREE_MM = {"shape": (78, 184, 232), "spacing_mm": (3.0, 1.5, 1.5)}
+# S1 to S3 reach this far below the S1 endplate.
+SACRUM_S1_S3_MM = 60.0
 
 
 @functools.lru_cache(maxsize=None)
@@ -73,12 +75,24 @@ def test_every_bone_mesh_lies_on_its_truth_surface(figures):
         assert values["msd_mm"] <= 0.3, (name, values)
 
 
+def socket_distance_mm(phantom, hip: int, centre: np.ndarray) -> float:
+    """Median distance from a head's centre to its socket (the hip bone's
+    surface) along the rays that meet the socket."""
+    directions = np.random.default_rng(0).normal(size=(2000, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    steps = np.arange(10.0, 45.0, 0.1)
+    points = centre + steps[None, :, None] * directions[:, None, :]
+    inside = phantom.label_sdf_mm(hip, points.reshape(-1, 3)).reshape(points.shape[:2]) < 0
+    hits = inside.any(axis=1)
+    return float(np.median(steps[np.argmax(inside[hits], axis=1)]))
+
+
 def test_femoral_head_spheres_sit_in_the_joint_spaces(figures):
     """The sphere of each hip joint is reported: on the phantom its centre is
     the head's (within half the finest voxel, 0.75 mm) and its radius the
     middle of the joint space, half-way between the head's surface and the
-    socket's nearest point (from the truth's signed distances), within
-    half the finest voxel."""
+    socket (the median distance to it, from the truth), within half the
+    finest voxel."""
     _, result, _ = figures
     phantom = sample_phantom()
     heads = result.report["segmentation"]["femoral_heads"]
@@ -87,7 +101,7 @@ def test_femoral_head_spheres_sit_in_the_joint_spaces(figures):
     for side in ("left", "right"):
         centre = phantom_landmark(f"{side}_femoral_head_centre")
         head_mm = -phantom.label_sdf_mm(names[f"femur_{side}"], centre[None])[0]
-        socket_mm = phantom.label_sdf_mm(names[f"hip_{side}"], centre[None])[0]
+        socket_mm = socket_distance_mm(phantom, names[f"hip_{side}"], centre)
         found = heads[f"femur_{side}"]
         assert found["from"] == "valley"
         assert np.linalg.norm(np.subtract(found["centre_lps_mm"], centre)) <= 0.75, side
@@ -605,7 +619,8 @@ def test_fat_marrow_and_faint_vertebral_bodies_are_solid_and_canals_open(figures
     makes the sacrum solid, the vertebral marrow fill the bodies; nearly
     every true voxel more than 2 mm inside either bone is labelled. The
     sacral and spinal canals, holes in every axial section of the truth,
-    stay open: no voxel of theirs more than a voxel from bone is labelled."""
+    stay open (the sacral one through S1-S3): no voxel of theirs more than a
+    voxel from bone is labelled."""
     phantom = sample_phantom()
     volume = phantom.volume
     _, result, _ = figures
@@ -621,6 +636,8 @@ def test_fat_marrow_and_faint_vertebral_bodies_are_solid_and_canals_open(figures
         from pipeline.segment.mask import IN_SLICE_CONNECTIVITY, fill_cavities
         canal = fill_cavities(truth, IN_SLICE_CONNECTIVITY, [False, False, True, True, True, True]) & ~truth
         canal[canal] = phantom.label_sdf_mm(names[bone], lps[canal]) > volume.spacing_mm.max()
+        if bone == "sacrum":  # S1-S3 (the sacral hiatus below is open behind anyway)
+            canal &= lps[..., 2] >= phantom.landmarks_lps_mm["s1_endplate_centre"][2] - SACRUM_S1_S3_MM
         assert np.count_nonzero(canal) > 50, bone  # the truth has a canal there
         assert not result.labels[canal].any(), bone
 
