@@ -576,9 +576,7 @@ def solid_per_label(rough: np.ndarray, raw: np.ndarray, hu: np.ndarray, volume: 
         if sub is None:
             continue
         sub = grow_box(sub, rough.shape, radius_vox + 1)
-        # The spine's canal runs out of the scan: there the scan's edge is outside
-        # (a femur's canal cut by the field of view is marrow, the spine's is not).
-        sub_border = [(b0 and s.start == 0 and label != LUMBAR, b1 and s.stop == dim and label != LUMBAR)
+        sub_border = [(b0 and s.start == 0, b1 and s.stop == dim)
                       for (b0, b1), s, dim in zip(at_border, sub, rough.shape)]
         planes = tuple(a for a in range(3) if a != axial) if label in (LUMBAR, SACRUM) else (0, 1, 2)
         model_bone = label in (HIP_LEFT, HIP_RIGHT, SACRUM)
@@ -596,14 +594,16 @@ def solid_per_label(rough: np.ndarray, raw: np.ndarray, hu: np.ndarray, volume: 
 
 
 def vertebral_marrow(filled: np.ndarray, met: np.ndarray, hu: np.ndarray, spacing_mm: np.ndarray,
-                     axial: int) -> np.ndarray:
+                     axial: int, scan_edges: tuple[bool, bool] = (False, False)) -> np.ndarray:
     """The marrow of vertebral bodies whose thin cortex leaves gaps in
     several directions: voxels at least ``SPINE_MARROW_HU`` (smoothed HU)
     that the spine's bone meets in ``SPINE_ENCLOSED`` of the six axis
     directions, up and down among them, with the endplates met up and down
     at least ``SPINE_BODY_MM`` apart. The canal's contents and the discs
     are darker, an aorta in front meets the spine in one direction, and
-    a disc lies between endplates only 5-14 mm apart."""
+    a disc lies between endplates only 5-14 mm apart. ``scan_edges`` (low,
+    high, along ``axial``): the scan's edge stands for an endplate beyond
+    the field of view (a vertebra cut by it)."""
     candidate = ~filled & (met >= SPINE_ENCLOSED) & (hu >= SPINE_MARROW_HU)
     if not candidate.any():
         return candidate
@@ -614,7 +614,12 @@ def vertebral_marrow(filled: np.ndarray, met: np.ndarray, hu: np.ndarray, spacin
     above = np.minimum.accumulate(above[::-1], axis=0)[::-1]
     below = np.where(spine, index, -n - n)
     below = np.maximum.accumulate(below, axis=0)
-    both = np.moveaxis((above < n) & (below >= 0), 0, axial)   # bone met up and down
+    if scan_edges[1]:
+        above = np.where(above >= n, n + n, above)   # beyond the scan: far enough
+    if scan_edges[0]:
+        below = np.where(below < 0, -n - n, below)
+    both = ((above < n) | scan_edges[1]) & ((below >= 0) | scan_edges[0])   # bone met up and down
+    both = np.moveaxis(both, 0, axial)
     gap_mm = np.moveaxis(above - below, 0, axial) * float(spacing_mm[axial])
     return candidate & both & (gap_mm >= SPINE_BODY_MM)
 
@@ -648,6 +653,12 @@ def solid_bone(pieces: np.ndarray, label: int, radius_vox: int, spacing_mm: np.n
     directions (:func:`vertebral_marrow`)."""
     piece = pieces == label
     others = (pieces > 0) & ~piece
+    scan_edges = at_border
+    if marrow_hu is not None:
+        # The spine's canal runs out of the scan: there the scan's edge is
+        # outside (a femur's canal cut by the field of view is marrow, the
+        # spine's is not).
+        at_border = [(False, False)] * 3
     slice_hole_mm2 = cfg.max_slice_hole_mm2 if 0 in planes else 0.0
     filled = close_and_fill(piece, radius_vox, spacing_mm, cfg.closing_mm, at_border, slice_hole_mm2)
     if cfg.enclosure_mm > 0:
@@ -655,7 +666,7 @@ def solid_bone(pieces: np.ndarray, label: int, radius_vox: int, spacing_mm: np.n
         met = enclosed_directions(filled, reach, at_border, others)
         filled |= met >= ENCLOSED_DIRECTIONS
         if marrow_hu is not None:
-            filled |= vertebral_marrow(filled, met, marrow_hu, spacing_mm, axial)
+            filled |= vertebral_marrow(filled, met, marrow_hu, spacing_mm, axial, scan_edges[axial])
     slice_mm = float(np.max(spacing_mm))
     if slice_mm > cfg.closing_mm:
         filled = fill_bridged_plane_holes(filled, spacing_mm, slice_mm, others, cfg.max_slice_hole_mm2, planes)
