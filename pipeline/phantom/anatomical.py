@@ -72,7 +72,7 @@ from .analytic import (HU_AIR, HU_CORTICAL, HU_CORTICAL_OSTEOPOROTIC, HU_MUSCLE,
                        _Difference, _ellipsoid, _far_mm, _Grid, _Leaf, _Level, _Node, _Offset, _p,
                        _PHI_BAND, _preset_from, _render, _SoftLayout, _soft_tissues, _sphere, _Tissue, _Union, _vertebra,
                        axial_affine, _SAMPLED_VOLUME_STEP_MM)
-from .mesh_sdf import ClosedMesh, fans_per_vertex
+from .mesh_sdf import ClosedMesh, _Buckets, _Rays, fans_per_vertex
 
 # ---------------------------------------------------------------------------
 # The patient: shape, deformation, pose
@@ -85,6 +85,7 @@ _POSE_SHIFT_MM = (0.0, 15.0, 50.0)   # model-frame origin in LPS
 
 SI_GAP_MM = 3.0               # sacroiliac joint space
 SYMPHYSIS_GAP_MM = 3.0
+_JOINT_ROUNDS = 2             # turns each bone of a joint gives way to the other
 HIP_GAP_MM = 3.0              # femoral head to the nearest point of its socket
 FACET_GAP_MM = 2.5            # L5 to the sacrum (facet joints, disc rim)
 DISC_MM = (8.0, 14.0)         # L5-S1 disc height behind and in front
@@ -316,7 +317,9 @@ def _open_joint(vertices: np.ndarray, other: ClosedMesh, gap_mm: float, rounds: 
     along its distance gradient until they are ``gap_mm`` (plus a tenth of a
     millimetre) from it. Returns the vertices and which of them moved."""
     out = vertices.copy()
-    movable, moved = np.arange(len(out)), []
+    lo, hi = other.bounds_mm
+    movable = np.flatnonzero(np.all((out > lo - gap_mm - 1.0) & (out < hi + gap_mm + 1.0), axis=1))
+    moved = []
     for _ in range(rounds):
         d = other.signed_distance_mm(out[movable], cap_mm=gap_mm + 1.0)
         near = d < gap_mm + 0.1
@@ -359,19 +362,21 @@ def _model_bones() -> _Bones:
         if bone == "sacrum":
             v, f = _split_pinched_vertices(v, f)
         pieces[bone] = _repair_embedding(v, f)
-    hips = {b: ClosedMesh.from_arrays(*pieces[b]) for b in ("hip_left", "hip_right")}
-    # Open the joints the atlas leaves closed: the sacrum gives way to both ilia,
-    # the left pubis to the right one.
-    sv, sf = pieces["sacrum"]
-    s_moved = []
-    for b in ("hip_left", "hip_right"):
-        sv, moved = _open_joint(sv, hips[b], SI_GAP_MM)
-        s_moved.append(moved)
-    lv, lf = pieces["hip_left"]
-    lv, l_moved = _open_joint(lv, hips["hip_right"], SYMPHYSIS_GAP_MM)
-    meshes = {"hip_left": ClosedMesh.from_arrays(*_repair_embedding(lv, lf, _ring(lf, l_moved))),
-              "hip_right": hips["hip_right"],
-              "sacrum": ClosedMesh.from_arrays(*_repair_embedding(sv, sf, _ring(sf, np.concatenate(s_moved))))}
+    # Open the joints the atlas leaves closed (sacroiliac, symphysis): the
+    # vertices of each bone give way to the other bone, in turn, so that
+    # neither bone's ridges reach into the gap between the other's vertices.
+    vertices = {b: pieces[b][0] for b in pieces}
+    faces = {b: pieces[b][1] for b in pieces}
+    moved: dict[str, list] = {b: [] for b in pieces}
+    for _ in range(_JOINT_ROUNDS):
+        for a, b, gap in (("sacrum", "hip_left", SI_GAP_MM), ("sacrum", "hip_right", SI_GAP_MM),
+                          ("hip_left", "hip_right", SYMPHYSIS_GAP_MM)):
+            for bone, other in ((a, b), (b, a)):
+                vertices[bone], m = _open_joint(vertices[bone], ClosedMesh(vertices[other], faces[other]), gap)
+                moved[bone].append(m)
+    meshes = {b: ClosedMesh.from_arrays(*_repair_embedding(vertices[b], faces[b],
+                                                           _ring(faces[b], np.concatenate(moved[b]))))
+              for b in pieces}
     centres, radii = {}, {}
     for side, bone in ((1.0, "hip_left"), (-1.0, "hip_right")):
         c = _fit_sphere(x[model.landmarks[f"acetabulum_{'left' if side > 0 else 'right'}"]])[0]
@@ -609,7 +614,7 @@ def _landmarks(bones: _Bones, shapes: dict, femurs: dict, frames) -> dict[str, n
         upper = v[:, 2] > head[2] + 30.0
         out[f"{name}_asis"] = v[upper][np.argmin(v[upper][:, 1])].copy()
         out[f"{name}_ischial_tuberosity"] = v[np.argmin(v[:, 2])].copy()
-        out[f"{name}_obturator_foramen_centre"] = _foramen_centre(hip, head)
+        out[f"{name}_obturator_foramen_centre"] = _foramen_centre(hip, head, bones.head_radius_mm[side])
         out[f"{name}_greater_trochanter_top"] = femurs[side][1]["greater_trochanter_top"].copy()
     left, right = bones.meshes["hip_left"], bones.meshes["hip_right"]
     d = right.signed_distance_mm(left.vertices_mm, cap_mm=SYMPHYSIS_GAP_MM + 1.0)
@@ -649,27 +654,58 @@ def _crossing(sdf, inside, outside, rounds: int = 5, samples: int = 64) -> np.nd
     return 0.5 * (a + b)
 
 
-def _foramen_centre(hip: ClosedMesh, head: np.ndarray) -> np.ndarray:
-    """The obturator foramen's point farthest from bone. The foramen is the
-    hole through the hip bone below the acetabulum: in the plane fitted to the
-    bone around and below the socket (the ring of the pubic and ischial rami)
-    the bone's section is drawn on a 1.5 mm grid; the largest part of the plane
-    outside the bone that the bone encloses is the foramen."""
+def _foramen_centre(hip: ClosedMesh, head: np.ndarray, radius_mm: float) -> np.ndarray:
+    """The middle of the obturator foramen, the hip bone's one hole through
+    it, below the acetabulum. Seen along the normal of the bone around and below
+    the socket (the pubic and ischial rami; the socket and the ilium left out)
+    its shadow has a hole, the foramen; the point of the hole farthest from the
+    shadow, at the depth of the rim of bone around it, is its middle. The view
+    is then turned to face the rim and the point found again."""
     v = hip.vertices_mm
-    ring = v[(v[:, 2] < head[2] - 5.0) & (np.linalg.norm(v - head, axis=1) < 80.0)]
-    centre = ring.mean(axis=0)
-    axes = np.linalg.svd(ring - centre)[2]
-    t = np.arange(-90.0, 90.1, 1.5)
-    plane = centre + t[:, None, None] * axes[0] + t[None, :, None] * axes[1]
-    inside = hip.winding_number(plane.reshape(-1, 3)).reshape(len(t), len(t)) > 0
-    regions, _ = ndimage.label(~inside)
+    below = hip.faces[np.all(v[hip.faces][:, :, 2] < head[2], axis=1)]
+    far = np.linalg.norm(v - head, axis=1)
+    ring = v[(v[:, 2] < head[2] - 10.0) & (far > radius_mm + 10.0) & (far < 90.0)]
+    normal = np.linalg.svd(ring - ring.mean(axis=0))[2][2]
+    for _ in range(2):
+        point, rim = _hole_in_shadow(v, below, ring.mean(axis=0), normal)
+        normal = np.linalg.svd(rim - rim.mean(axis=0))[2][2]
+    return point
+
+
+def _hole_in_shadow(vertices: np.ndarray, faces: np.ndarray, centre: np.ndarray, normal: np.ndarray,
+                    step_mm: float = 1.0, half_mm: float = 70.0):
+    """The largest hole in the shadow of the triangles ``faces`` seen along
+    ``normal`` (on a ``step_mm`` grid of rays within ``half_mm`` of ``centre``):
+    its point farthest from the shadow, at the mean depth of the vertices within
+    3 mm of the hole's edge, and those vertices."""
+    axes = np.linalg.svd(normal[None, :])[2]           # normal first, then two axes across it
+    local = (vertices - centre) @ axes[[1, 2, 0]].T
+    used = np.unique(faces)
+    remap = np.zeros(len(vertices), dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    sub = remap[faces]
+    uv, depth = local[used, :2], local[used, 2]
+    t = np.arange(-half_mm, half_mm + 0.5 * step_mm, step_mm)
+    grid = np.stack(np.meshgrid(t, t, indexing="ij"), axis=-1).reshape(-1, 2)
+    buckets, rays = _Buckets.of(uv, sub), _Rays(uv, depth, sub)
+    ray, face = buckets.pairs(grid)
+    hit = rays.crossings(grid[ray, 0], grid[ray, 1], face)[0]
+    shadow = np.bincount(ray[hit], minlength=len(grid)).reshape(len(t), len(t)) > 0
+    regions, _ = ndimage.label(~shadow)
     sizes = np.bincount(regions.ravel())
     sizes[0] = 0
     sizes[np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]])] = 0   # open to the edge
     if sizes.max() == 0:
-        raise RuntimeError("the hip bone encloses no foramen below its acetabulum")
-    hole = plane[regions == np.argmax(sizes)]
-    return hole[np.argmax(hip.unsigned_distance_mm(hole))]
+        raise RuntimeError("no hole through the hip bone below its acetabulum")
+    hole = regions == np.argmax(sizes)
+    inner = ndimage.distance_transform_edt(hole)
+    middle = np.unravel_index(np.argmax(inner), inner.shape)
+    edge = ndimage.distance_transform_edt(~hole) * step_mm
+    at = np.clip(np.round((uv + half_mm) / step_mm).astype(np.int64), 0, len(t) - 1)
+    near = edge[at[:, 0], at[:, 1]] < 3.0
+    rim_depth = float(depth[near].mean())
+    point = np.array([t[middle[0]], t[middle[1]], rim_depth]) @ axes[[1, 2, 0]] + centre
+    return point, vertices[used][near]
 
 
 def _soft_layout(landmarks: dict) -> _SoftLayout:

@@ -48,15 +48,18 @@ def brute_force_distance_mm(vertices: np.ndarray, faces: np.ndarray, points: np.
 
 
 def winding_number(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Generalised winding number (1 inside a closed outward mesh, 0 outside)."""
-    a0, b0, c0 = (vertices[faces[:, k]] for k in range(3))
+    """Generalised winding number (1 inside a closed outward mesh, 0 outside):
+    the solid angles of all triangles seen from each point, over 4 pi."""
+    a, b, c = (vertices[faces[:, k]].T.copy() for k in range(3))     # (3, F) each
     out = np.empty(len(points))
-    for s in range(0, len(points), 64):
-        p = points[s:s + 64, None, :]
-        a, b, c = a0[None] - p, b0[None] - p, c0[None] - p
-        la, lb, lc = (np.linalg.norm(v, axis=2) for v in (a, b, c))
-        det = np.einsum("ijk,ijk->ij", a, np.cross(b, c))
-        dot = lambda u, v: np.einsum("ijk,ijk->ij", u, v)  # noqa: E731
-        den = la * lb * lc + dot(a, b) * lc + dot(b, c) * la + dot(c, a) * lb
-        out[s:s + 64] = np.arctan2(det, den).sum(axis=1) / (2.0 * np.pi)
+    for s in range(0, len(points), 8):
+        p = points[s:s + 8]
+        ax, ay, az = (a[i][None] - p[:, i:i + 1] for i in range(3))
+        bx, by, bz = (b[i][None] - p[:, i:i + 1] for i in range(3))
+        cx, cy, cz = (c[i][None] - p[:, i:i + 1] for i in range(3))
+        la, lb, lc = (np.sqrt(x * x + y * y + z * z) for x, y, z in ((ax, ay, az), (bx, by, bz), (cx, cy, cz)))
+        det = ax * (by * cz - bz * cy) + ay * (bz * cx - bx * cz) + az * (bx * cy - by * cx)
+        den = (la * lb * lc + (ax * bx + ay * by + az * bz) * lc + (bx * cx + by * cy + bz * cz) * la
+               + (cx * ax + cy * ay + cz * az) * lb)
+        out[s:s + 8] = np.arctan2(det, den).sum(axis=1) / (2.0 * np.pi)
     return out
