@@ -379,10 +379,12 @@ class _Grid:
 
 
 class _Block:
-    """A box of voxel indices ``start:stop`` of a grid; culled values are ``far_mm``."""
+    """A box of voxel indices ``start:stop`` of a grid; culled values are ``far_mm``.
+    ``phi_mm``: how far from a level surface the blur still changes HU
+    (``_PHI_BAND`` blur widths): the least a leaf's exact band must reach."""
 
-    def __init__(self, grid: _Grid, start, stop, far_mm: float):
-        self.grid, self.far_mm = grid, float(far_mm)
+    def __init__(self, grid: _Grid, start, stop, far_mm: float, phi_mm: float):
+        self.grid, self.far_mm, self.phi_mm = grid, float(far_mm), float(phi_mm)
         self.start, self.stop = tuple(start), tuple(stop)
         self.shape = tuple(b - a for a, b in zip(self.start, self.stop))
         self._coords = None
@@ -400,7 +402,7 @@ class _Block:
             return None
         if tuple(start) == self.start and tuple(stop) == self.stop:
             return self
-        return _Block(self.grid, start, stop, self.far_mm)
+        return _Block(self.grid, start, stop, self.far_mm, self.phi_mm)
 
     def coords(self):
         """LPS x, y, z of the voxel centres, broadcastable, as small as the affine allows."""
@@ -442,7 +444,7 @@ class _Block:
         step = max(1, max_voxels // per_slice)
         for k in range(self.start[0], self.stop[0], step):
             stop = (min(k + step, self.stop[0]), self.stop[1], self.stop[2])
-            yield _Block(self.grid, (k, self.start[1], self.start[2]), stop, self.far_mm)
+            yield _Block(self.grid, (k, self.start[1], self.start[2]), stop, self.far_mm, self.phi_mm)
 
 
 # ---------------------------------------------------------------------------
@@ -489,7 +491,7 @@ def _render(grid: _Grid, background_hu: float, tissues: Sequence[_Tissue], blur_
     """HU (float32) and labels (uint8) of ``tissues`` on ``grid``, noise-free."""
     hu = np.full(grid.shape, background_hu, dtype=np.float32)
     labels = np.zeros(grid.shape, dtype=np.uint8)
-    whole = _Block(grid, (0, 0, 0), grid.shape, _far_mm(blur_mm))
+    whole = _Block(grid, (0, 0, 0), grid.shape, _far_mm(blur_mm), _PHI_BAND * blur_mm)
     scale = np.float32(-1.0 / blur_mm)
     for tissue in tissues:
         region = whole.restrict(tissue.node.lo, tissue.node.hi, pad_mm=_PHI_BAND * blur_mm)
@@ -536,7 +538,7 @@ def _sampled_volume_mm3(node: _Node, step_mm: float) -> float:
     affine[:3, :3] = np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], float) * step_mm
     affine[:3, 3] = lo
     grid = _Grid(shape, affine)
-    whole = _Block(grid, (0, 0, 0), shape, _far_mm(step_mm))
+    whole = _Block(grid, (0, 0, 0), shape, _far_mm(step_mm), _PHI_BAND * step_mm)
     total = 0.0
     for block in whole.chunks(_CHUNK_VOXELS):
         d = node.render(block)

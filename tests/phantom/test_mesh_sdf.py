@@ -1,8 +1,9 @@
 """Exact signed distance to closed triangle meshes, against brute force and winding numbers.
 
-Truth: the distance to every triangle (no acceleration) and the generalised
-winding number (Van Oosterom and Strackee's solid angles), on meshes whose
-shape is known (a subdivided icosphere and a torus from trimesh).
+Truth (:mod:`tests.phantom.mesh_truth`): the distance to every triangle (no
+acceleration) and the generalised winding number (Van Oosterom and Strackee's
+solid angles), on meshes whose shape is known (a subdivided icosphere and a
+torus from trimesh).
 """
 
 from __future__ import annotations
@@ -11,32 +12,9 @@ import numpy as np
 import pytest
 import trimesh
 
-from pipeline.phantom.mesh_sdf import ClosedMesh, closest_on_triangles
+from pipeline.phantom.mesh_sdf import ClosedMesh
 
-
-def brute_force_distance_mm(mesh: ClosedMesh, points: np.ndarray) -> np.ndarray:
-    out = np.empty(len(points))
-    a, b, c = mesh.corners
-    for s in range(0, len(points), 64):
-        p = points[s:s + 64, None, :]
-        d2 = closest_on_triangles(p[..., 0], p[..., 1], p[..., 2], *a.T[:, None, :], *(b - a).T[:, None, :],
-                                  *(c - a).T[:, None, :])[0]
-        out[s:s + 64] = np.sqrt(d2.min(axis=1))
-    return out
-
-
-def winding_number(mesh: ClosedMesh, points: np.ndarray) -> np.ndarray:
-    a0, b0, c0 = mesh.corners
-    out = np.empty(len(points))
-    for s in range(0, len(points), 64):
-        p = points[s:s + 64, None, :]
-        a, b, c = a0[None] - p, b0[None] - p, c0[None] - p
-        la, lb, lc = (np.linalg.norm(v, axis=2) for v in (a, b, c))
-        det = np.einsum("ijk,ijk->ij", a, np.cross(b, c))
-        dot = lambda u, v: np.einsum("ijk,ijk->ij", u, v)  # noqa: E731
-        den = la * lb * lc + dot(a, b) * lc + dot(b, c) * la + dot(c, a) * lb
-        out[s:s + 64] = np.arctan2(det, den).sum(axis=1) / (2.0 * np.pi)
-    return out
+from .mesh_truth import brute_force_distance_mm, winding_number
 
 
 def shapes():
@@ -56,8 +34,8 @@ def test_signed_distance_is_the_nearest_triangle_and_the_sign_the_winding_number
     pts = np.concatenate([near + tm.face_normals[face] * rng.uniform(-6, 6, (len(near), 1)),
                           rng.uniform(lo - 15, hi + 15, (800, 3))])
     d = mesh.signed_distance_mm(pts)
-    np.testing.assert_allclose(np.abs(d), brute_force_distance_mm(mesh, pts), atol=1e-9)
-    np.testing.assert_array_equal(d < 0, winding_number(mesh, pts) > 0.5)
+    np.testing.assert_allclose(np.abs(d), brute_force_distance_mm(mesh.vertices_mm, mesh.faces, pts), atol=1e-9)
+    np.testing.assert_array_equal(d < 0, winding_number(mesh.vertices_mm, mesh.faces, pts) > 0.5)
 
 
 def test_grid_distance_exact_in_the_band_and_clamped_beyond():
