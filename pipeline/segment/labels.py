@@ -30,9 +30,8 @@ of :mod:`pipeline.geometry.surface`, which follows these labels).
    where their canal looks like marrow; a vertebral body's faint marrow
    between its endplates by :func:`vertebral_marrow`); a model bone also
    takes its fitted interior more than ``INSET_MM`` inside its surface (the
-   sacrum's fat-density marrow), the sacrum's fills stay within
-   ``NEAR_MODEL_MM`` of its fitted surface and out of the holes of its
-   fitted sections (its canal and foramina stay open), the femoral heads are filled inside their spheres, and the spinal
+   sacrum's fat-density marrow), the sacrum's fills stay out of the holes
+   of its fitted sections (its canal and foramina stay open), the femoral heads are filled inside their spheres, and the spinal
    canal, which fills close where neighbouring arches overlap, is opened
    again as the dark tube that runs up the spine (:func:`open_canal`).
 6. **Gap**: no two labels touch, even diagonally (:func:`separate_labels`),
@@ -72,9 +71,6 @@ SEED_MARGIN_MM = 3.0
 # A model bone's fitted interior deeper than this is that bone whatever its
 # HU (the sacrum's fatty marrow); nearer the surface the image decides.
 INSET_MM = 1.0
-# The sacrum's fills stay within this of its fitted surface: beyond lie its
-# canal and foramina, which a plane fill closes like marrow.
-NEAR_MODEL_MM = 3.0
 # Spine seeds: within this of the body midline (vertebral bodies, pedicles).
 SPINE_HALF_WIDTH_MM = 35.0
 # Femur seeds below the hip bone lie at least this far to their side of the midline.
@@ -175,10 +171,10 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
     rough = label_other_bone(rough, raw, hu, core_hu, cfg.min_core_mm3 / volume.voxel_volume_mm3)
     labels = solid_per_label(rough.astype(np.uint8), raw, hu, volume, bone, cfg)
     own = raw & (labels == rough)
-    for b, (inside, near, deep) in masks.items():
+    for b, (inside, _, deep) in masks.items():
         label = LABEL_IDS[b]
         if b == "sacrum":
-            beyond = np.argwhere((labels == label) & ~own & (~near | model_holes(inside, axial_axis(volume))))
+            beyond = np.argwhere((labels == label) & ~own & model_holes(inside, axial_axis(volume)))
             beyond = beyond[grid.lps(beyond)[:, 2] >= lowest_z(fit, b)]  # S4-S5 and coccyx lie below the model
             labels[tuple(beyond.T)] = 0
         labels[deep & ((labels == 0) | ((labels != label) & ~own))] = label
@@ -236,15 +232,13 @@ def pelvis_found(fit: PelvisFit) -> bool:
 
 def model_masks(fit: PelvisFit, grid: Grid) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per model bone, on the box: (inside the fitted surface, within
-    ``SEED_MARGIN_MM`` outside it (or ``NEAR_MODEL_MM``, the larger), more
-    than ``INSET_MM`` inside it). Each is rasterised in the bone's own part
+    ``SEED_MARGIN_MM`` outside it, more than ``INSET_MM`` inside it). Each is rasterised in the bone's own part
     of the box, by offset copies of the fitted mesh."""
     x = fit.vertices_lps_mm
     normals = vertex_normals(x, np.concatenate([fit.faces[b] for b in MODEL_BONES]))
-    near_mm = max(SEED_MARGIN_MM, NEAR_MODEL_MM)
     jobs = []
     for b in MODEL_BONES:
-        for offset in (0.0, near_mm, -INSET_MM):
+        for offset in (0.0, SEED_MARGIN_MM, -INSET_MM):
             jobs.append(lambda b=b, offset=offset: _rasterise(x + offset * normals, fit.faces[b], grid))
     done = parallel(*jobs)
     return {b: tuple(done[3 * i:3 * i + 3]) for i, b in enumerate(MODEL_BONES)}
