@@ -110,7 +110,7 @@ def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
 # Phantom variants for the scan traits the labels must survive (keyword
 # arguments of pelvis_phantom over the sample preset).
 PHANTOM_VARIANTS = {
-    "phantom 3 mm slices": {"shape": (67, 184, 232), "spacing_mm": (3.0, 1.5, 1.5)},
+    "phantom 3 mm slices": {"shape": (78, 184, 232), "spacing_mm": (3.0, 1.5, 1.5)},
     "phantom osteoporotic": {"osteoporotic": True},
     "phantom contrast": {"contrast": True},
 }
@@ -118,8 +118,9 @@ PHANTOM_VARIANTS = {
 
 def phantom_figures(preset_name: str = "sample", **variant) -> tuple[dict, MeshResult, Volume]:
     """Per label: Dice of the label map and mean |SDF| (mm) of the mesh
-    vertices. ``variant``: keyword arguments of ``pelvis_phantom`` over the
-    preset's."""
+    vertices (those of a bone's cap at the scan's edge left out: the truth
+    goes on beyond it). ``variant``: keyword arguments of ``pelvis_phantom``
+    over the preset's."""
     from .phantom import pelvis_phantom, preset
 
     phantom = pelvis_phantom(**{**preset(preset_name), **variant})
@@ -130,9 +131,20 @@ def phantom_figures(preset_name: str = "sample", **variant) -> tuple[dict, MeshR
         mine = LABEL_IDS[name]
         figures[name] = {"dice": dice(result.labels == mine, phantom.labels == label)}
         if name in meshes:
-            distance = np.abs(phantom.label_sdf_mm(label, meshes[name].vertices))
+            vertices = away_from_scan_edge(meshes[name].vertices, phantom.volume)
+            distance = np.abs(phantom.label_sdf_mm(label, vertices))
             figures[name]["msd_mm"] = float(distance.mean())
     return figures, result, phantom.volume
+
+
+def away_from_scan_edge(vertices: np.ndarray, volume: Volume) -> np.ndarray:
+    """The vertices not on the flat cap a bone cut by the field of view gets
+    at the last voxel centre (where the truth's surface goes on beyond the
+    scan): farther than a voxel from the scan's first and last slice, row
+    and column."""
+    index = volume.lps_to_index(np.asarray(vertices, dtype=np.float64))
+    inside = np.all((index > 1.0) & (index < np.array(volume.shape) - 2.0), axis=1)
+    return vertices[inside]
 
 
 def totalseg_figures() -> tuple[dict, MeshResult, Volume] | None:

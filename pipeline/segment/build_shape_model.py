@@ -14,8 +14,9 @@ LPS frame (Han et al., Phys. Med. Biol. 2019; CC BY 4.0; not for clinical use).
    is anatomy). Generalised Procrustes analysis aligns the 40 joint shapes
    (translation, rotation, scale); PCA of the aligned shapes gives the modes.
 3. Landmarks are found on the mean shape: each acetabulum (the concave
-   spherical cup, by a vote of the surface normals for its centre) and the
-   top of the sacrum (the S1 endplate, upward-facing vertices at its top).
+   spherical cup, by a vote of the surface normals for its centre), the
+   top of the sacrum (the S1 endplate, upward-facing vertices at its top)
+   and its caudal end (S3, where the atlas stops).
 4. Leave-one-out: each subject is left out, the model rebuilt from the
    other 39, and the subject reconstructed from k modes after a similarity
    alignment; the vertex distances (mm, at the subject's own size) are
@@ -48,6 +49,9 @@ CUP_SHELL_MM = 1.5
 # S1 endplate: sacral vertices facing up (normal z above this) within this
 # distance of the sacrum's top.
 ENDPLATE_NORMAL_Z, ENDPLATE_DEPTH_MM = 0.7, 15.0
+# The sacrum's caudal end (S3): its last END_DEPTH_MM along the sacrum's
+# axis, facing caudally (normal within acos(END_NORMAL_COS) of the axis).
+END_DEPTH_MM, END_NORMAL_COS = 8.0, 0.6
 
 
 def read_vtk_polydata(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -229,6 +233,18 @@ def s1_endplate(vertices: np.ndarray, normals: np.ndarray, bone_index: np.ndarra
     return bone_index[up & mid]
 
 
+def s3_end(vertices: np.ndarray, normals: np.ndarray, bone_index: np.ndarray, endplate: np.ndarray) -> np.ndarray:
+    """Vertex indices of the sacrum's caudal end (where the atlas stops, at
+    S3): along the axis from the S1 endplate's centre to the sacrum's lowest
+    points, the last ``END_DEPTH_MM``, facing that way."""
+    v, n = vertices[bone_index], normals[bone_index]
+    top = vertices[endplate].mean(axis=0)
+    lowest = v[v[:, 2] <= np.percentile(v[:, 2], 5)].mean(axis=0)
+    axis = (lowest - top) / np.linalg.norm(lowest - top)
+    along = (v - top) @ axis
+    return bone_index[(along > along.max() - END_DEPTH_MM) & (n @ axis > END_NORMAL_COS)]
+
+
 def build(atlas_dir: Path, n_modes: int = DEFAULT_MODES) -> tuple[ShapeModel, np.ndarray]:
     """(model, the training shapes in their own frames (S, N, 3))."""
     ids, points, faces = read_atlas(atlas_dir)
@@ -250,6 +266,8 @@ def build(atlas_dir: Path, n_modes: int = DEFAULT_MODES) -> tuple[ShapeModel, np
         "acetabulum_right": acetabulum(mean, normals, np.flatnonzero(vertex_bone == LABEL_IDS["hip_right"])),
         "s1_endplate": s1_endplate(mean, normals, np.flatnonzero(vertex_bone == LABEL_IDS["sacrum"])),
     }
+    landmarks["s3_end"] = s3_end(mean, normals, np.flatnonzero(vertex_bone == LABEL_IDS["sacrum"]),
+                                 landmarks["s1_endplate"])
     model = ShapeModel(mean_mm=mean, modes=modes, sd_mm=sd, faces=joint_faces, vertex_bone=vertex_bone,
                        landmarks=landmarks)
     return model, shapes

@@ -30,8 +30,10 @@ of :mod:`pipeline.geometry.surface`, which follows these labels).
    where their canal looks like marrow; a vertebral body's faint marrow
    between its endplates by :func:`vertebral_marrow`); a model bone also
    takes its fitted interior more than ``INSET_MM`` inside its surface (the
-   sacrum's fat-density marrow), the sacrum's fills stay out of the holes
-   of its fitted sections (its canal and foramina stay open), the femoral heads are filled inside their spheres, and the spinal
+   sacrum's fat-density marrow), the sacrum's fills stay within
+   ``SEED_MARGIN_MM`` of its fitted surface and out of the holes of its
+   fitted sections (its canal and foramina stay open) down to S3, the
+   model's end, beyond which the bone decides alone, the femoral heads are filled inside their spheres, and the spinal
    canal, which fills close where neighbouring arches overlap, is opened
    again as the dark tube that runs up the spine (:func:`open_canal`).
 6. **Gap**: no two labels touch, even diagonally (:func:`separate_labels`),
@@ -68,6 +70,9 @@ SIDES = ((HIP_LEFT, FEMUR_LEFT, "acetabulum_left", 1.0), (HIP_RIGHT, FEMUR_RIGHT
 # Seeds of a model bone stay this far from every other model bone's fitted
 # surface: the model is 1.5-2 mm off the bone, a joint space 2-4 mm wide.
 SEED_MARGIN_MM = 3.0
+# Fill beyond the fitted sacrum is allowed from this far before its caudal
+# end (S3) on: the model's end is an oblique cut, the bone goes on smoothly.
+S3_END_MARGIN_MM = 6.0
 # A model bone's fitted interior deeper than this is that bone whatever its
 # HU (the sacrum's fatty marrow); nearer the surface the image decides.
 INSET_MM = 1.0
@@ -171,11 +176,11 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
     rough = label_other_bone(rough, raw, hu, core_hu, cfg.min_core_mm3 / volume.voxel_volume_mm3)
     labels = solid_per_label(rough.astype(np.uint8), raw, hu, volume, bone, cfg)
     own = raw & (labels == rough)
-    for b, (inside, _, deep) in masks.items():
+    for b, (inside, near, deep) in masks.items():
         label = LABEL_IDS[b]
         if b == "sacrum":
-            beyond = np.argwhere((labels == label) & ~own & model_holes(inside, axial_axis(volume)))
-            beyond = beyond[grid.lps(beyond)[:, 2] >= lowest_z(fit, b)]  # S4-S5 and coccyx lie below the model
+            beyond = np.argwhere((labels == label) & ~own & (~near | model_holes(inside, axial_axis(volume))))
+            beyond = beyond[~past_s3(fit, grid.lps(beyond))]  # S4, S5 and the coccyx lie beyond the model
             labels[tuple(beyond.T)] = 0
         labels[deep & ((labels == 0) | ((labels != label) & ~own))] = label
     heads_inside = fill_femoral_heads(labels, heads, grid)
@@ -261,6 +266,19 @@ def model_holes(inside: np.ndarray, axial: int) -> np.ndarray:
     section = np.moveaxis(inside, axial, 0)
     holes = fill_cavities(section, IN_SLICE_CONNECTIVITY, [False, False, True, True, True, True]) & ~section
     return np.moveaxis(holes, 0, axial)
+
+
+def past_s3(fit: PelvisFit, points_lps_mm: np.ndarray) -> np.ndarray:
+    """Whether each point lies beyond the fitted sacrum's caudal end (S3,
+    where the model stops; S4, S5 and the coccyx go on), less
+    ``S3_END_MARGIN_MM`` (the end is oblique, the real sacrum goes on
+    smoothly)."""
+    centre, normal = _plane(fit.vertices_lps_mm[fit.landmarks["s3_end"]])
+    caudal = fit.vertices_lps_mm[fit.landmarks["s3_end"]].mean(axis=0) - \
+        fit.vertices_lps_mm[fit.landmarks["s1_endplate"]].mean(axis=0)
+    if normal @ caudal < 0:
+        normal = -normal
+    return (points_lps_mm - centre) @ normal > -S3_END_MARGIN_MM
 
 
 def lowest_z(fit: PelvisFit, bone: str) -> float:
@@ -577,7 +595,7 @@ def solid_per_label(rough: np.ndarray, raw: np.ndarray, hu: np.ndarray, volume: 
         if model_bone:
             planes = ()
         jobs.append((label, sub, lambda label=label, sub=sub, border=sub_border, planes=planes:
-                     solid_bone(pieces[sub], label, radius_vox, volume.spacing_mm,
+                     solid_bone(pieces[sub], label, 0 if model_bone else radius_vox, volume.spacing_mm,
                                 dataclasses.replace(cfg, enclosure_mm=0.0) if model_bone else cfg, border, planes,
                                 smooth_hu(hu[sub], volume.spacing_mm) if label == LUMBAR else None, axial)))
     # Bones are filled independently (scipy releases the GIL: both cores work).
@@ -663,7 +681,10 @@ def solid_bone(pieces: np.ndarray, label: int, radius_vox: int, spacing_mm: np.n
             filled |= vertebral_marrow(filled, met, marrow_hu, spacing_mm, axial, scan_edges[axial])
     slice_mm = float(np.max(spacing_mm))
     if slice_mm > cfg.closing_mm:
-        filled = fill_bridged_plane_holes(filled, spacing_mm, slice_mm, others, cfg.max_slice_hole_mm2, planes)
+        # The spine's gaps are its discs and the spaces between its arches, not
+        # a thin cortex's: they are bridged no wider than the closing.
+        bridge_mm = cfg.closing_mm if marrow_hu is not None else slice_mm
+        filled = fill_bridged_plane_holes(filled, spacing_mm, bridge_mm, others, cfg.max_slice_hole_mm2, planes)
     return filled
 
 
