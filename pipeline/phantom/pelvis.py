@@ -39,6 +39,8 @@ solid. The joints the atlas leaves closed are opened by moving each bone's
 vertices away from the other bone, in turns, until the surfaces are about
 the designed gap apart (the tests check >= 2 mm everywhere, measured ~2.95 mm).
 Volumes of bones that are one mesh are exact; the others are sampled.
+At points, a mesh's distance is exact within ``POINT_DISTANCE_CAP_MM``
+(30 mm) of its surface and beyond that reads +-30 mm (the right side).
 
 Speed
 -----
@@ -76,11 +78,13 @@ from scipy import ndimage
 from ..parallel import parallel
 from ..segment.shape_model import load_model
 from ..volume import Volume
-from .analytic import (HU_AIR, HU_CORTICAL, HU_CORTICAL_OSTEOPOROTIC, HU_MUSCLE, LABEL_NAMES, Phantom,
-                       _add_noise, _Block, _capsule, _check_scalar, _check_shape, _check_vector,
-                       _Difference, _ellipsoid, _far_mm, _Grid, _Leaf, _Level, _Node, _Offset, _p,
-                       _PHI_BAND, _preset_from, _render, _SoftLayout, _soft_tissues, _sphere, _Tissue, _Union, _vertebra,
+from ..bones import LABEL_NAMES as _BONES
+from ..errors import ConfigError
+from .analytic import (Phantom, _add_noise, _Block, _capped_elliptic_cylinder, _capsule, _check_scalar,
+                       _check_shape, _check_vector, _Difference, _ellipsoid, _far_mm, _Grid, _half_space,
+                       _Leaf, _Level, _Node, _Offset, _p, _PHI_BAND, _render, _sphere, _Tissue, _Union,
                        axial_affine, _SAMPLED_VOLUME_STEP_MM)
+from .body import HU_AIR, HU_MUSCLE, SoftLayout, soft_tissues
 from .mesh_sdf import ClosedMesh, _Buckets, _Rays, fans_per_vertex
 
 # ---------------------------------------------------------------------------
@@ -102,6 +106,9 @@ DISC_MM = (8.0, 14.0)         # L5-S1 disc height behind and in front
 # ---------------------------------------------------------------------------
 # Tissues (HU) and layers (mm)
 # ---------------------------------------------------------------------------
+LABEL_NAMES = {k: name for k, name in _BONES.items() if name != "other"}   # the phantom has no "other" bone
+HU_CORTICAL = 1350.0
+HU_CORTICAL_OSTEOPOROTIC = 600.0
 HU_HIP_CANCELLOUS = 280.0
 HU_FEMUR_CANCELLOUS = 320.0
 HU_SACRAL_MARROW = 100.0      # fatty marrow: below a 200 HU threshold, as on real CT
@@ -145,7 +152,7 @@ class _MeshLeaf(_Leaf):
     def _points(self, x, y, z):
         shape = np.broadcast_shapes(np.shape(x), np.shape(y), np.shape(z))
         p = np.stack([np.broadcast_to(np.asarray(a, np.float64), shape) for a in (x, y, z)], axis=-1)
-        return self.mesh.signed_distance_mm(p)
+        return self.mesh.signed_distance_mm(p, POINT_DISTANCE_CAP_MM)
 
     def render(self, block):
         sub = block.restrict(self.lo, self.hi)
@@ -170,6 +177,13 @@ class _MeshLeaf(_Leaf):
             self._fields.move_to_end(key)
             return self._fields[key]
 
+
+# At points, a mesh's distance is exact within this reach of its surface and
+# +-POINT_DISTANCE_CAP_MM (the right side, "at least this far") beyond: every
+# offset, inset and landmark search reads far less, and an exact distance
+# 100 mm away costs ~15x more (the nearest triangles are searched in a ball of
+# that radius).
+POINT_DISTANCE_CAP_MM = 30.0
 
 # Grids whose mesh distances a leaf keeps (the most recently used).
 _FIELDS_KEPT = 2
@@ -491,6 +505,27 @@ def _femur(side: float, head: np.ndarray, radius_mm: float) -> tuple[_Node, dict
     return node, places
 
 
+def _vertebra(centre, rows, half_ap: float, half_h: float, scale: float = 1.0) -> _Node:
+    """A lumbar vertebra around its body ``centre`` (LPS mm) in the frame ``rows``
+    (lateral, dorsal, cranial unit vectors): an elliptic-cylinder body of
+    half-depth ``half_ap`` and half-height ``half_h``; pedicles, laminae around
+    the spinal canal, spinous and transverse processes. ``scale`` sizes the
+    arch and the body's width."""
+    centre = np.asarray(centre, np.float64)
+
+    def at(lateral, dorsal, up):
+        return tuple(centre + scale * (lateral * np.asarray(rows[0]) + dorsal * np.asarray(rows[1])
+                                       + up * np.asarray(rows[2])))
+    r = 5.0 * scale
+    parts = [_capped_elliptic_cylinder(tuple(centre), rows, (25.0 * scale, half_ap), half_h),
+             _capsule(at(0, 40, 2), at(0, 62, -6), r)]                     # spinous process
+    for s in (1.0, -1.0):
+        parts += [_capsule(at(12 * s, 14, 4), at(12 * s, 30, 4), r),      # pedicle
+                  _capsule(at(12 * s, 30, 4), at(0, 40, 2), r),            # lamina
+                  _capsule(at(12 * s, 24, 2), at(42 * s, 28, 0), r)]       # transverse process
+    return _Union(*parts)
+
+
 def _lumbar_frames(bones: _Bones):
     """L5 and L4 body centres and frames (lateral, dorsal, cranial) above the S1 endplate."""
     up = bones.s1_up
@@ -522,16 +557,8 @@ class _Anatomy:
     meshes: dict[int, ClosedMesh]       # label -> mesh, for bones that are one mesh
     tissues: dict                       # label -> levels builder inputs
     landmarks: dict[str, np.ndarray]
-    soft: _SoftLayout
+    soft: SoftLayout
     leaves: dict[str, _MeshLeaf]
-
-
-def _half_space(point, normal) -> _Leaf:
-    p, n = np.asarray(point, np.float64), np.asarray(normal, np.float64) / np.linalg.norm(normal)
-
-    def f(x, y, z):
-        return n[0] * (x - p[0]) + n[1] * (y - p[1]) + n[2] * (z - p[2])
-    return _Leaf(f, np.full(3, -1e5), np.full(3, 1e5))
 
 
 @lru_cache(maxsize=1)
@@ -586,10 +613,8 @@ def _bone_tissue(label: int, node: _Node, anatomy: _Anatomy, osteoporotic: bool)
     else:
         places = anatomy.tissues["femurs"][1.0 if label == 4 else -1.0][1]
         top, bottom = places["shaft"]
-        k = np.linalg.norm(places["diaphysis_top"] - top) / 1.0
         canal = _capsule(tuple(places["diaphysis_top"]), tuple(bottom), SHAFT_CANAL_RADIUS_MM)
         metaphysis = _half_space(places["diaphysis_top"], (0.0, 0.0, -1.0))
-        del k
         hu = HU_CANCELLOUS_OSTEOPOROTIC if osteoporotic else HU_FEMUR_CANCELLOUS
         levels = (_Level(0.0, cortical),
                   _Level(SUBCHONDRAL_MM, hu, _Union(metaphysis, canal)),
@@ -598,7 +623,7 @@ def _bone_tissue(label: int, node: _Node, anatomy: _Anatomy, osteoporotic: bool)
 
 
 def _landmarks(bones: _Bones, shapes: dict, femurs: dict, frames) -> dict[str, np.ndarray]:
-    """Named points (LPS mm); each is documented in :func:`anatomical_pelvis_phantom`."""
+    """Named points (LPS mm); each is documented in :func:`pelvis_phantom`."""
     out: dict[str, np.ndarray] = {}
     sacrum = bones.meshes["sacrum"]
     for side, name, label in ((1.0, "left", 1), (-1.0, "right", 2)):
@@ -717,7 +742,7 @@ def _hole_in_shadow(vertices: np.ndarray, faces: np.ndarray, centre: np.ndarray,
     return point, vertices[used][near]
 
 
-def _soft_layout(landmarks: dict) -> _SoftLayout:
+def _soft_layout(landmarks: dict) -> SoftLayout:
     """Bladder behind the symphysis; iliac arteries from beside L5 along the
     pelvic brim to the groin in front of the femoral head; plaques on their
     walls; phleboliths beside the bladder."""
@@ -734,7 +759,7 @@ def _soft_layout(landmarks: dict) -> _SoftLayout:
     centre = np.asarray(bladder[0])
     phleboliths = ((tuple(centre + np.array([40.0, 18.0, -27.0])), 2.0),
                    (tuple(centre + np.array([-35.0, 13.0, -22.0])), 2.0))
-    return _SoftLayout(bladder, (tuple(start), tuple(end), radius), plaques, phleboliths)
+    return SoftLayout(bladder, (tuple(start), tuple(end), radius), plaques, phleboliths)
 
 
 # ---------------------------------------------------------------------------
@@ -752,16 +777,20 @@ def _lesion(anatomy: _Anatomy) -> np.ndarray:
     return p
 
 
-def anatomical_pelvis_phantom(*, shape: Sequence[int], spacing_mm: Sequence[float], noise_hu: float = 20.0,
+def pelvis_phantom(*, shape: Sequence[int], spacing_mm: Sequence[float], noise_hu: float = 20.0,
                               blur_mm: float = 0.6, seed: int = 0,
                               center_lps_mm: Sequence[float] | None = None, couch: bool = True,
                               lesion: bool = False, contrast: bool = False,
                               osteoporotic: bool = False) -> Phantom:
     """A CT of an anatomical pelvis: six labelled bones in soft tissue on a couch.
 
-    The keywords are those of :func:`pipeline.phantom.analytic.pelvis_phantom`
-    (grid, blur, noise, couch and the ``lesion``, ``contrast`` and
-    ``osteoporotic`` variants), and the phantom is the same :class:`Phantom`.
+    ``shape`` (slices, rows, columns) and ``spacing_mm`` give the axial grid
+    (:func:`~pipeline.phantom.analytic.axial_affine`), ``blur_mm`` the
+    Gaussian point-spread and ``noise_hu`` the noise (``seed`` fixes it),
+    ``couch`` puts the CT couch under the body; the variants are ``lesion``
+    (a lytic sphere of ``LESION_RADIUS_MM`` in the left ilium: the label loses
+    it, the intact truth is kept), ``contrast`` (enhanced arteries and bladder,
+    calcifications: bright, not bone) and ``osteoporotic`` (thin-density bone).
     The default grid centre (``center_lps_mm=None``) is the middle of the
     anatomy from the lesser trochanters to the top of L5.
 
@@ -769,15 +798,14 @@ def anatomical_pelvis_phantom(*, shape: Sequence[int], spacing_mm: Sequence[floa
     meshes), 3 sacrum (model S1-S3 with S4-S5 and the coccyx), 4 femur_left,
     5 femur_right, 6 lumbar (L5 and L4). Tissues: a ``CORTEX_MM`` (2 mm)
     cortex (``HU_CORTICAL``), thicker (+``HIP_CORTEX_EXTRA_MM``) around the
-    acetabulum (the primitive phantom's 2 mm, so the surface accuracy is
-    measured as before: a thinner cortex, as on iliac wings, moves the
-    half-maximum surface outwards, +0.28 mm at 1 mm with this blur);
+    acetabulum (a thinner cortex, as on iliac wings, moves the half-maximum
+    surface outwards: +0.28 mm at 1 mm with this blur);
     hip bones ``HU_HIP_CANCELLOUS`` inside; the sacrum's interior is fatty
     marrow (``HU_SACRAL_MARROW``) and the vertebral bodies'
     ``HU_VERTEBRAL_CANCELLOUS``, both below a 200 HU threshold; femoral heads
     with a ``SUBCHONDRAL_MM`` shell over ``HU_FEMUR_CANCELLOUS``, shafts with a
-    thick cortex around a marrow canal. Body, fat, muscle, bladder, couch,
-    blur and noise as in the primitive phantom.
+    thick cortex around a marrow canal. Body, fat, muscle, bladder, couch
+    and contrast from :mod:`pipeline.phantom.body`.
 
     Landmarks (``left_*`` / ``right_*``): ``*_femoral_head_centre`` =
     ``*_acetabulum_centre`` (the head is concentric with the sphere fitted to
@@ -805,7 +833,7 @@ def anatomical_pelvis_phantom(*, shape: Sequence[int], spacing_mm: Sequence[floa
         shapes[1] = _Difference(shapes[1], _sphere(tuple(c), LESION_RADIUS_MM))
         landmarks["lesion_centre"] = c
     fov_x_mm = affine[0, 3] - spacing[2] / 2.0, affine[0, 3] + (shape[2] - 0.5) * spacing[2]
-    tissues = _soft_tissues(fov_x_mm, couch, contrast, anatomy.soft)
+    tissues = soft_tissues(fov_x_mm, couch, contrast, anatomy.soft)
     tissues += [_bone_tissue(k, shapes[k], anatomy, osteoporotic) for k in sorted(shapes)]
     grid = _Grid(shape, affine)
     # The meshes' distances are most of the work: on both cores, before the tissues read them.
@@ -829,7 +857,7 @@ def anatomical_pelvis_phantom(*, shape: Sequence[int], spacing_mm: Sequence[floa
 GRID_CENTRE_LPS_MM = (0.0, 20.0, 42.0)
 
 _PRESETS = {
-    # 116 slices (not 100): the real pelvis with L5 is taller than the primitive one.
+    # 116 slices hold the lesser trochanters to L4's lower half at 2 mm.
     # As a DICOM series: 116 x 184 x 232 int16 = 9.9 MB.
     "sample": {"shape": (116, 184, 232), "spacing_mm": (2.0, 1.5, 1.5),
                "noise_hu": 20.0, "blur_mm": 0.6, "seed": 0},
@@ -838,8 +866,10 @@ _PRESETS = {
 }
 
 
-def anatomical_preset(name: str) -> dict:
-    """Keyword arguments of :func:`anatomical_pelvis_phantom` for a named preset
-    (a fresh dict), as :func:`pipeline.phantom.analytic.preset` gives them for
-    the primitive phantom: swapping the two is one import."""
-    return _preset_from(_PRESETS, name)
+def preset(name: str) -> dict:
+    """Keyword arguments of :func:`pelvis_phantom` for a named preset (a fresh
+    dict): ``sample`` (the committed ``sample_ct/``) or ``bench`` (``make bench``).
+    An unknown name is a ConfigError naming the choices."""
+    if name not in _PRESETS:
+        raise ConfigError(f"unknown phantom preset {name!r}; choose one of {sorted(_PRESETS)}")
+    return dict(_PRESETS[name])

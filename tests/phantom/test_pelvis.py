@@ -1,4 +1,4 @@
-"""The anatomical phantom against truth it does not compute itself.
+"""The pelvis phantom against truth it does not compute itself.
 
 Inside and outside of the shape-model bones come from the generalised winding
 number and distances from every triangle (:mod:`tests.phantom.mesh_truth`);
@@ -14,25 +14,27 @@ import pytest
 from scipy import ndimage
 from scipy.special import ndtr
 
-from pipeline.phantom import anatomical as an
+from pipeline.errors import ConfigError
 from pipeline.phantom import analytic as ph
+from pipeline.phantom import body
+from pipeline.phantom import pelvis as an
 
 from .mesh_truth import brute_force_distance_mm, winding_number
 
-PRESET = an.anatomical_preset("sample")
+PRESET = an.preset("sample")
 BLUR_MM = PRESET["blur_mm"]
 MODEL_BONES = {1: "hip_left", 2: "hip_right", 3: "sacrum"}
 
 
 @pytest.fixture(scope="module")
 def sample():
-    return an.anatomical_pelvis_phantom(**PRESET)
+    return an.pelvis_phantom(**PRESET)
 
 
 @pytest.fixture(scope="module")
 def clean():
     """The sample grid without noise."""
-    return an.anatomical_pelvis_phantom(**{**PRESET, "noise_hu": 0.0})
+    return an.pelvis_phantom(**{**PRESET, "noise_hu": 0.0})
 
 
 def meshes():
@@ -286,8 +288,8 @@ def test_hu_is_the_blurred_layers_of_the_hip_surface(clean):
         d = clean.label_sdf_mm(label, pts)
         pick = (np.abs(d) < 3.0) & (others > 8.0)
         assert pick.sum() > 500
-        expected = (ph.HU_MUSCLE + (ph.HU_CORTICAL - ph.HU_MUSCLE) * ndtr(-d[pick] / BLUR_MM)
-                    + (an.HU_HIP_CANCELLOUS - ph.HU_CORTICAL) * ndtr(-(d[pick] + an.CORTEX_MM) / BLUR_MM))
+        expected = (body.HU_MUSCLE + (an.HU_CORTICAL - body.HU_MUSCLE) * ndtr(-d[pick] / BLUR_MM)
+                    + (an.HU_HIP_CANCELLOUS - an.HU_CORTICAL) * ndtr(-(d[pick] + an.CORTEX_MM) / BLUR_MM))
         np.testing.assert_allclose(clean.volume.hu[tuple(index[pick].T)], expected, atol=0.05)
 
 
@@ -321,11 +323,11 @@ def test_half_hu_crossing_of_a_blurred_edge_lies_on_the_truth_surface():
     ok = (r > 30) & (r < 42) & (v[:, 2] > head[2] + 20) & (normals[:, 0] > 0.95)
     p = v[np.flatnonzero(ok)[0]]
     step = 0.02
-    line = an.anatomical_pelvis_phantom(shape=(1, 1, 801), spacing_mm=(1.0, 1.0, step), noise_hu=0.0,
+    line = an.pelvis_phantom(shape=(1, 1, 801), spacing_mm=(1.0, 1.0, step), noise_hu=0.0,
                                         blur_mm=BLUR_MM, center_lps_mm=p, couch=False)
     x = voxel_lps(line.volume, np.argwhere(np.ones((1, 1, 801), bool)))[:, 0]
     hu = line.volume.hu[0, 0].astype(np.float64)
-    half = 0.5 * (ph.HU_MUSCLE + ph.HU_CORTICAL)
+    half = 0.5 * (body.HU_MUSCLE + an.HU_CORTICAL)
     k = np.flatnonzero((hu[:-1] >= half) & (hu[1:] < half))
     assert len(k) == 1
     k = int(k[0])
@@ -348,7 +350,7 @@ def test_variants_change_what_they_say_and_nothing_else(clean):
     from_bone = ndimage.distance_transform_edt(base.labels == 0, sampling=spacing)
     reach = 6 * BLUR_MM
 
-    osteo = an.anatomical_pelvis_phantom(**kwargs, osteoporotic=True)
+    osteo = an.pelvis_phantom(**kwargs, osteoporotic=True)
     np.testing.assert_array_equal(osteo.labels, base.labels)
     changed = np.abs(osteo.volume.hu - base.volume.hu) > 1e-3      # float32 sums differ in the last bit
     assert changed.any()
@@ -357,7 +359,7 @@ def test_variants_change_what_they_say_and_nothing_else(clean):
     assert np.all(np.min([base.label_sdf_mm(k, pts) for k in base.label_names], axis=0) < reach)
     assert osteo.volume.hu[base.labels > 0].mean() < base.volume.hu[base.labels > 0].mean() - 100
 
-    contrast = an.anatomical_pelvis_phantom(**kwargs, contrast=True)
+    contrast = an.pelvis_phantom(**kwargs, contrast=True)
     np.testing.assert_array_equal(contrast.labels, base.labels)
     changed = np.argwhere(np.abs(contrast.volume.hu - base.volume.hu) > 1e-3)
     assert (contrast.volume.hu - base.volume.hu).max() > 200
@@ -365,7 +367,7 @@ def test_variants_change_what_they_say_and_nothing_else(clean):
     some = voxel_lps(base.volume, changed[np.random.default_rng(0).choice(len(changed), 3000)])
     assert np.min([base.label_sdf_mm(k, some) for k in base.label_names]) > -an.CORTEX_MM
 
-    lesion = an.anatomical_pelvis_phantom(**kwargs, lesion=True)
+    lesion = an.pelvis_phantom(**kwargs, lesion=True)
     c = lesion.landmarks_lps_mm["lesion_centre"]
     assert set(lesion.landmarks_lps_mm) - set(lm) == {"lesion_centre"}
     assert lesion.intact_label_sdf_mm(1, c) < 0 < lesion.label_sdf_mm(1, c)
@@ -381,10 +383,10 @@ def test_variants_change_what_they_say_and_nothing_else(clean):
 
 
 def test_deterministic_for_a_seed(sample):
-    again = an.anatomical_pelvis_phantom(**PRESET)
+    again = an.pelvis_phantom(**PRESET)
     np.testing.assert_array_equal(again.volume.hu, sample.volume.hu)
     np.testing.assert_array_equal(again.labels, sample.labels)
-    other = an.anatomical_pelvis_phantom(**{**PRESET, "seed": PRESET["seed"] + 1})
+    other = an.pelvis_phantom(**{**PRESET, "seed": PRESET["seed"] + 1})
     np.testing.assert_array_equal(other.labels, sample.labels)
     diff = other.volume.hu - sample.volume.hu
     assert diff.std() == pytest.approx(np.sqrt(2) * PRESET["noise_hu"], rel=0.02)
@@ -397,6 +399,62 @@ def test_sample_holds_the_anatomy_and_presets_are_fresh(sample):
     voxel_mm3 = float(np.prod(PRESET["spacing_mm"]))
     for label in (1, 2):
         assert counts[sample.label_names[label]] * voxel_mm3 == pytest.approx(meshes()[label].volume_mm3, rel=0.02)
-    a = an.anatomical_preset("sample")
+    a = an.preset("sample")
     a["shape"] = (1, 1, 1)
-    assert an.anatomical_preset("sample")["shape"] == PRESET["shape"]
+    assert an.preset("sample")["shape"] == PRESET["shape"]
+
+
+# ---------------------------------------------------------------------------
+# The scan around the bones
+# ---------------------------------------------------------------------------
+def test_each_bone_is_one_piece_on_the_left_where_left_is_plus_x(sample):
+    structure = np.ones((3, 3, 3))
+    for k, name in sample.label_names.items():
+        _, n = ndimage.label(sample.labels == k, structure=structure)
+        assert n == (2 if name == "lumbar" else 1), name     # L5 and L4, a disc apart
+    x = {k: sample.volume.index_to_lps(np.argwhere(sample.labels == k))[:, 0].mean()
+         for k in sample.label_names}
+    assert x[1] > 40 and x[4] > 40 and x[2] < -40 and x[5] < -40
+    assert abs(x[3]) < 10 and abs(x[6]) < 10
+
+
+def test_pelvis_dimensions_are_adult(sample):
+    """Width at the iliac crests and height from L4 to the femoral shafts as in
+    adult pelves (the atlas mean is ~280 mm wide)."""
+    hips = sample.volume.index_to_lps(np.argwhere(np.isin(sample.labels, (1, 2))))[:, 0]
+    assert 250.0 <= hips.max() - hips.min() <= 310.0
+    z = sample.volume.index_to_lps(np.argwhere(sample.labels > 0))[:, 2]
+    assert 200.0 <= z.max() - z.min() <= 240.0
+
+
+def test_couch_is_denser_than_a_bone_threshold_and_not_bone(sample):
+    v = sample.volume
+    y = v.index_to_lps(np.stack([np.zeros(v.shape[1]), np.arange(v.shape[1]), np.zeros(v.shape[1])], axis=1))[:, 1]
+    below_body = y > body.BODY_SEMI_AXES_MM[1]
+    couch_hu = v.hu[:, below_body, :]
+    assert (couch_hu > 200).sum() > 1000
+    assert (couch_hu > 1500).sum() > 100                 # metal rails
+    assert not sample.labels[:, below_body, :].any()
+    dense_columns = (couch_hu > 200).any(axis=(0, 1))   # the plate spans the field of view
+    n = v.shape[2]
+    assert dense_columns[n // 2] and dense_columns[: n // 10].any() and dense_columns[-n // 10:].any()
+
+
+def test_anatomy_is_independent_of_the_grid(sample):
+    coarse = an.pelvis_phantom(shape=(58, 80, 100), spacing_mm=(4.0, 3.5, 3.5), noise_hu=0.0)
+    assert coarse.landmarks_lps_mm.keys() == sample.landmarks_lps_mm.keys()
+    for name, point in sample.landmarks_lps_mm.items():
+        np.testing.assert_array_equal(coarse.landmarks_lps_mm[name], point)
+    for k, name in sample.label_names.items():
+        fine_mm3 = (sample.labels == k).sum() * sample.volume.voxel_volume_mm3
+        coarse_mm3 = (coarse.labels == k).sum() * coarse.volume.voxel_volume_mm3
+        assert coarse_mm3 == pytest.approx(fine_mm3, rel=0.1), name
+
+
+def test_loud_input_checks():
+    with pytest.raises(ValueError, match="spacing_mm"):
+        an.pelvis_phantom(shape=(10, 10, 10), spacing_mm=(1.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match="shape"):
+        an.pelvis_phantom(shape=(10, 10), spacing_mm=(1.0, 1.0, 1.0))
+    with pytest.raises(ConfigError, match="nosuch"):
+        an.preset("nosuch")
