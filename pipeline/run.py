@@ -22,7 +22,7 @@ from .errors import PlanError
 from .geometry import (Resection, bone_surfaces, check_plane_structures, concatenate_solids, mesh_facts, mesh_stats,
                        resect, validate_solid)
 from .parallel import parallel
-from .segment import label_bones, segment_bone
+from .segment import PelvisFit, label_bones, segment_bone
 from .segment.external import LabelMap, labels_from_map
 from .segment.lookup import label_counts
 from .volume import Volume, orientation_code
@@ -44,6 +44,8 @@ class MeshResult:
     # implant.source = "mirrored": the healthy side reflected and fitted to the
     # affected side, before the cut (for QA views); None otherwise.
     mirrored_template: trimesh.Trimesh | None = None
+    # The pelvis shape model as fitted to the CT (None when no pelvis was found).
+    pelvis_fit: PelvisFit | None = None
 
     @property
     def bone_mask(self) -> np.ndarray:
@@ -129,7 +131,7 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
         report["meshes"].update({f"bone_{n}": mesh_stats(m) for n, m in context.items()})
     return MeshResult(bone=bone, host=cut.host if cut else None, implant=cut.implant if cut else None,
                       label_meshes=meshes, context=context, labels=labels, report=report,
-                      mirrored_template=mirror.mesh if mirror else None)
+                      mirrored_template=mirror.mesh if mirror else None, pelvis_fit=bone_labels.fit)
 
 
 def label_table(labels: np.ndarray, meshes: dict[str, trimesh.Trimesh], voxel_mm3: float) -> dict:

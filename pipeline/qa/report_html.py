@@ -33,6 +33,11 @@ THIN_WALL_WARN_MM = 2.0
 # Metal inside the bone mask above this volume is reported (a screw of 3 mm
 # radius and 10 mm length is ~280 mm3; single bright voxels are noise).
 METAL_WARN_MM3 = 50.0
+# A bone whose fitted shape model lies farther than this from its surface
+# (median, mm) is fitted poorly (a good fit: 1-2 mm), and one with less
+# than this share of its model in the scan is only partly in view.
+POOR_FIT_MM = 3.0
+PARTLY_IN_VIEW_FRACTION = 0.9
 # Input facts shown (never names, IDs, dates or UIDs).
 INPUT_KEYS = ("modality", "description", "manufacturer", "model", "patient_position", "n_slices",
               "dimensions", "spacing_mm", "orientation", "gantry_tilt_deg", "resampled")
@@ -111,20 +116,33 @@ def report_warnings(report: dict) -> list[str]:
 
 def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
     """Where the bone names deserve a look over the CT (labels.nii.gz): the
-    naming assumes a pelvis with the proximal femurs in the field of view,
-    and finds each hip joint as the sphere of its joint space where femur
-    and hip bone touch (not where the joint space parts them already)."""
+    pelvis shape model decides which bone is which, so a pelvis it did not
+    find, a bone it fits poorly or sees only in part, and a femoral head
+    found without its joint space are flagged; labels read from a file say
+    where they came from."""
     found = labels_file_lines(segmentation.get("labels_file"))
+    model = segmentation.get("shape_model")
+    if isinstance(model, dict):
+        if not model.get("found", True):
+            found.append("no pelvis found: the pelvis shape model fits no bone of this scan; all bone is "
+                         "labelled 'other' (is the pelvis in the field of view?)")
+        for bone, fit in (model.get("bones") or {}).items() if model.get("found", True) else ():
+            residual, in_view = fit.get("residual_median_mm"), fit.get("in_view_fraction")
+            if isinstance(in_view, (int, float)) and in_view < PARTLY_IN_VIEW_FRACTION:
+                found.append(f"{bone}: only {100 * in_view:.0f} % of it is in the field of view; its label "
+                             "and any cut near the edge of the scan deserve a look")
+            if isinstance(residual, (int, float)) and residual > POOR_FIT_MM:
+                found.append(f"{bone}: the shape model fits it poorly (median residual {residual:.1f} mm > "
+                             f"{POOR_FIT_MM:g} mm: unusual anatomy, a large tumour or fracture); check its label")
     names = set(segmentation.get("labels") or {})
-    if names and not names & {"femur_left", "femur_right"} and not found:
-        found.append("no femur found: bones are named assuming a pelvic CT with the proximal femurs in "
-                     "the field of view; check labels.nii.gz before relying on bone names")
+    if names and not names & {"femur_left", "femur_right"} and not segmentation.get("labels_file"):
+        found.append("no femur found: check labels.nii.gz before relying on bone names near the hip joints")
     heads = segmentation.get("femoral_heads")
     if isinstance(heads, dict):
-        apart = set(segmentation.get("femurs_apart_from_hip") or ())
-        for femur in sorted(names & {"femur_left", "femur_right"} - set(heads) - apart):
-            found.append(f"{femur}: its head was not found as a sphere in the hip joint (joint space too "
-                         f"faint); the head may be labelled as hip bone or the femur may take in the socket")
+        for femur, head in sorted(heads.items()):
+            if isinstance(head, dict) and head.get("from") != "valley":
+                found.append(f"{femur}: no joint-space valley found around its head (faint joint); the head "
+                             f"is the sphere of the {head.get('from')} ({head.get('radius_mm')} mm)")
     metal = segmentation.get("metal_mm3")
     if isinstance(metal, (int, float)) and metal >= METAL_WARN_MM3:
         found.append(f"metal in the bone ({metal / 1000:.1f} cm3 above {METAL_HU:g} HU, e.g. an implant or "
@@ -132,8 +150,8 @@ def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
                      f"add false bone near it")
     core, configured = segmentation.get("core_hu"), segment_config.get("core_hu")
     if isinstance(core, (int, float)) and isinstance(configured, (int, float)) and core < configured:
-        found.append(f"weak bone: the dense-core level that tells bones apart was lowered to {core:g} HU "
-                     f"(segment.core_hu = {configured:g})")
+        found.append(f"weak bone: the dense-core level that tells bone from contrast and calcifications was "
+                     f"lowered to {core:g} HU (segment.core_hu = {configured:g})")
     return found
 
 

@@ -14,8 +14,9 @@ LPS frame (Han et al., Phys. Med. Biol. 2019; CC BY 4.0; not for clinical use).
    is anatomy). Generalised Procrustes analysis aligns the 40 joint shapes
    (translation, rotation, scale); PCA of the aligned shapes gives the modes.
 3. Landmarks are found on the mean shape: each acetabulum (the concave
-   spherical cup, by a vote of the surface normals for its centre) and the
-   top of the sacrum (the S1 endplate, upward-facing vertices at its top).
+   spherical cup, by a vote of the surface normals for its centre), the
+   top of the sacrum (the S1 endplate, upward-facing vertices at its top)
+   and its caudal end (S3, where the atlas stops).
 4. Leave-one-out: each subject is left out, the model rebuilt from the
    other 39, and the subject reconstructed from k modes after a similarity
    alignment; the vertex distances (mm, at the subject's own size) are
@@ -42,12 +43,15 @@ GPA_ITERATIONS, GPA_TOLERANCE = 100, 1e-10
 DEFAULT_MODES = 20
 LOO_MODES = (0, 5, 10, 15, 20, 30)
 # Acetabulum: femoral head radii considered (mm) and the shell around the
-# found centre whose vertices, facing it, are the cup.
+# lunate surface's radius whose vertices, facing the centre, are the cup.
 HEAD_RADII_MM = np.arange(18.0, 30.1, 0.5)
-CUP_SHELL_MM = 4.0
+CUP_SHELL_MM = 1.5
 # S1 endplate: sacral vertices facing up (normal z above this) within this
 # distance of the sacrum's top.
 ENDPLATE_NORMAL_Z, ENDPLATE_DEPTH_MM = 0.7, 15.0
+# The sacrum's caudal end (S3): its last END_DEPTH_MM along the sacrum's
+# axis, facing caudally (normal within acos(END_NORMAL_COS) of the axis).
+END_DEPTH_MM, END_NORMAL_COS = 8.0, 0.6
 
 
 def read_vtk_polydata(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -196,12 +200,14 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 
 
 def acetabulum(vertices: np.ndarray, normals: np.ndarray, bone_index: np.ndarray) -> np.ndarray:
-    """Vertex indices of the acetabular cup of one hip bone.
+    """Vertex indices of the articular (lunate) surface of one acetabulum.
 
     The cup's outward normals point at the femoral head's centre: every
     vertex votes for the points one head radius along its normal, and the
-    centre is where most votes fall (2 mm bins); the cup is the vertices at
-    that radius (within CUP_SHELL_MM) facing the centre."""
+    centre is where most votes fall (2 mm bins). The vertices facing it lie
+    at two distances: the lunate surface, on the head, and the deeper,
+    non-articular fossa; the lunate surface is the most common distance
+    (1 mm bins), within ``CUP_SHELL_MM``."""
     v, n = vertices[bone_index], normals[bone_index]
     votes = (v[None] + HEAD_RADII_MM[:, None, None] * n[None]).reshape(-1, 3)
     cells = np.floor(votes / 2.0).astype(np.int64)
@@ -211,8 +217,9 @@ def acetabulum(vertices: np.ndarray, normals: np.ndarray, bone_index: np.ndarray
     centre = votes[near].mean(axis=0)
     to_centre = centre - v
     dist = np.linalg.norm(to_centre, axis=1)
-    radius = np.median(dist[np.einsum("ij,ij->i", n, to_centre) > 0.9 * dist])
-    facing = np.einsum("ij,ij->i", n, to_centre) > 0.7 * dist
+    facing = np.einsum("ij,ij->i", n, to_centre) > 0.9 * dist
+    counts, edges = np.histogram(dist[facing], bins=np.arange(HEAD_RADII_MM[0], HEAD_RADII_MM[-1] + 1.0, 1.0))
+    radius = edges[np.argmax(counts)] + 0.5
     return bone_index[facing & (np.abs(dist - radius) < CUP_SHELL_MM)]
 
 
@@ -224,6 +231,18 @@ def s1_endplate(vertices: np.ndarray, normals: np.ndarray, bone_index: np.ndarra
     up = (n[:, 2] > ENDPLATE_NORMAL_Z) & (v[:, 2] > top - ENDPLATE_DEPTH_MM)
     mid = np.abs(v[:, 0] - v[:, 0].mean()) < 25.0
     return bone_index[up & mid]
+
+
+def s3_end(vertices: np.ndarray, normals: np.ndarray, bone_index: np.ndarray, endplate: np.ndarray) -> np.ndarray:
+    """Vertex indices of the sacrum's caudal end (where the atlas stops, at
+    S3): along the axis from the S1 endplate's centre to the sacrum's lowest
+    points, the last ``END_DEPTH_MM``, facing that way."""
+    v, n = vertices[bone_index], normals[bone_index]
+    top = vertices[endplate].mean(axis=0)
+    lowest = v[v[:, 2] <= np.percentile(v[:, 2], 5)].mean(axis=0)
+    axis = (lowest - top) / np.linalg.norm(lowest - top)
+    along = (v - top) @ axis
+    return bone_index[(along > along.max() - END_DEPTH_MM) & (n @ axis > END_NORMAL_COS)]
 
 
 def build(atlas_dir: Path, n_modes: int = DEFAULT_MODES) -> tuple[ShapeModel, np.ndarray]:
@@ -247,6 +266,8 @@ def build(atlas_dir: Path, n_modes: int = DEFAULT_MODES) -> tuple[ShapeModel, np
         "acetabulum_right": acetabulum(mean, normals, np.flatnonzero(vertex_bone == LABEL_IDS["hip_right"])),
         "s1_endplate": s1_endplate(mean, normals, np.flatnonzero(vertex_bone == LABEL_IDS["sacrum"])),
     }
+    landmarks["s3_end"] = s3_end(mean, normals, np.flatnonzero(vertex_bone == LABEL_IDS["sacrum"]),
+                                 landmarks["s1_endplate"])
     model = ShapeModel(mean_mm=mean, modes=modes, sd_mm=sd, faces=joint_faces, vertex_bone=vertex_bone,
                        landmarks=landmarks)
     return model, shapes

@@ -133,7 +133,11 @@ def labels_from_map(volume: Volume, label_map: LabelMap, cfg: SegmentConfig) -> 
         "labels": {LABEL_NAMES[k]: {"label": k, "volume_mm3": round(float(counts[k]) * volume.voxel_volume_mm3, 1)}
                    for k in LABEL_NAMES if counts[k]},
     }
-    pieces, n = ndi.label(labels > 0, structure=FACE_CONNECTIVITY)
+    # The smallest piece of bone the file holds, before our parting: where a
+    # person moves a border between two bones, the parting moves with it and
+    # may cut a sliver off, which must not change how every other bone's
+    # surface is cleaned up (specks under a tenth of this are dropped there).
+    pieces, n = ndi.label(placed > 0, structure=FACE_CONNECTIVITY)
     smallest = int(label_counts(pieces, n + 1)[1:].min())
     return BoneLabels(labels=labels, box=final_box, smallest_piece_voxels=smallest, stats=stats)
 
