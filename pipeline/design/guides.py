@@ -169,24 +169,35 @@ def cutting_guide(plane: Plane, approach_lps, settings: GuidesConfig, *, bones: 
     region = np.array([[block_a[0] - reach, -s.footprint_mm - reach], [block_a[1] + reach, s.footprint_mm + reach]])
 
     bone_tri = _local_triangles(bones, frame, region)
-    terrain = clearance_terrain(bone_tri, region, s.contact_clearance_mm)
+    envelope = bone_envelope(bone_tri, region)
+    # The block stands on the bone half a wall above the seat's underside, so
+    # where the seat is, the block's bottom lies inside it (no two nearly
+    # coincident surfaces to unite); beside the bone it keeps that much clear.
+    terrain = envelope.dilated(s.contact_clearance_mm + s.wall_mm / 2.0, widen=True)
     band = (terrain.a >= window[0]) & (terrain.a <= window[1])
     wall_cols = (np.abs(terrain.b) <= block_half)
     under_block = terrain.height[np.ix_(band, wall_cols)]
     if not np.isfinite(under_block).any():
         raise PlanError(f"guides: plane {name!r}: no bone under the slot seen from guides.approach_lps")
-    z_top = float(np.nanmax(np.where(np.isfinite(under_block), under_block, np.nan))) + s.slot_depth_mm
+    top_bone = float(np.max(under_block[np.isfinite(under_block)])) - s.wall_mm / 2.0
+    z_top = top_bone + s.slot_depth_mm
     in_block = terrain.height[np.ix_((terrain.a >= block_a[0]) & (terrain.a <= block_a[1]), wall_cols)]
-    z_low = float(np.min(in_block[np.isfinite(in_block)])) - 1.0
+    z_low = float(np.min(in_block[np.isfinite(in_block)])) - s.wall_mm
 
     footprint = footprint_planes(frame, block_a, s.footprint_mm, z_low)
     seat_lps = make_seat(cut_bone, footprint, s.contact_clearance_mm, s.wall_mm)
     seat = to_manifold(seat_lps, f"guide {name} seat").transform(frame.to_local_matrix())
     block = _box((block_a[0], -block_half, z_low), (block_a[1], block_half, z_top))
     slot = _box((window[0], -half_slot, z_low - 2.0), (window[1], half_slot, z_top + 2.0))
-    below = terrain.manifold(z_low - 3.0)
-    trimmed_seat = seat - below
-    solid = ((block - below) + trimmed_seat) - slot
+    # The seat is trimmed where it reaches under the bone's envelope dilated
+    # by half the clearance (widened sideways by a grid diagonal): where it
+    # would hook or press on bone. Where the bone faces the approach within
+    # about 25 degrees the seat's underside lies above that and is kept as
+    # made (at the clearance); on steeper bone the trim takes over, between
+    # half the clearance and a little more than the clearance from the bone.
+    trim = envelope.dilated(s.contact_clearance_mm / 2.0, widen=True).manifold(z_low - 3.0)
+    trimmed_seat = seat - trim
+    solid = ((block - terrain.manifold(z_low - 3.0)) + trimmed_seat) - slot
     solid, dropped_mm3 = _largest_piece(solid)
     faces = footprint_faces(cut_bone, frame, block_a, s.footprint_mm)
 
@@ -262,11 +273,27 @@ def _largest_piece(solid: manifold3d.Manifold) -> tuple[manifold3d.Manifold, flo
 
 @dataclass(frozen=True, eq=False)
 class Terrain:
-    """The bone's upper envelope along z, dilated by the clearance, on a grid."""
+    """The bone's upper envelope along z (or a dilation of it) on a grid."""
 
     a: np.ndarray        # node coordinates along a (mm)
     b: np.ndarray        # node coordinates along b (mm)
     height: np.ndarray   # (len(a), len(b)) z of the dilated envelope; -inf where no bone
+
+    def dilated(self, radius_mm: float, *, widen: bool) -> "Terrain":
+        """The envelope of the bone dilated by a ball of ``radius_mm``, on
+        the grid. ``widen``: the ball is widened sideways (not upwards) by a
+        grid diagonal, so the linear terrain between nodes cannot cut the
+        corner of a steep bone edge closer than the radius; flat tops stay
+        exactly ``radius_mm`` above the bone."""
+        slack = TERRAIN_GRID_MM * math.sqrt(2.0) if widen else 0.0
+        r = int(math.ceil((radius_mm + slack) / TERRAIN_GRID_MM))
+        out = np.full_like(self.height, -np.inf)
+        for i in range(-r, r + 1):
+            for j in range(-r, r + 1):
+                dist = max(0.0, TERRAIN_GRID_MM * math.hypot(i, j) - slack)
+                if dist <= radius_mm:
+                    out = np.maximum(out, _shifted(self.height, i, j) + math.sqrt(radius_mm ** 2 - dist ** 2))
+        return Terrain(self.a, self.b, out)
 
     def manifold(self, floor_z: float) -> manifold3d.Manifold:
         """The solid below the envelope down to ``floor_z`` (columns without
@@ -294,27 +321,14 @@ class Terrain:
         return solid
 
 
-def clearance_terrain(bone_tri: np.ndarray, region: np.ndarray, clearance_mm: float) -> Terrain:
+def bone_envelope(bone_tri: np.ndarray, region: np.ndarray) -> Terrain:
     """The upper envelope of ``bone_tri`` (local frame) over ``region``
-    ([[a0, b0], [a1, b1]]), exact at the grid nodes, dilated by a ball of
-    radius ``clearance_mm`` on the grid."""
+    ([[a0, b0], [a1, b1]]) on a grid, exact at the nodes."""
     a = np.arange(region[0, 0], region[1, 0] + TERRAIN_GRID_MM, TERRAIN_GRID_MM)
     b = np.arange(region[0, 1], region[1, 1] + TERRAIN_GRID_MM, TERRAIN_GRID_MM)
     aa, bb = np.meshgrid(a, b, indexing="ij")
     high, _ = column_extremes(np.column_stack([aa.ravel(), bb.ravel()]), bone_tri)
-    envelope = high.reshape(aa.shape)
-    # The ball is widened by a grid diagonal sideways (not upwards): between
-    # nodes the terrain is linear, and a narrower dilation would let it cut
-    # the corner of a steep bone edge closer than the clearance.
-    slack = TERRAIN_GRID_MM * math.sqrt(2.0)
-    r = int(math.ceil((clearance_mm + slack) / TERRAIN_GRID_MM))
-    dilated = np.full_like(envelope, -np.inf)
-    for i in range(-r, r + 1):
-        for j in range(-r, r + 1):
-            dist = max(0.0, TERRAIN_GRID_MM * math.hypot(i, j) - slack)
-            if dist <= clearance_mm:
-                dilated = np.maximum(dilated, _shifted(envelope, i, j) + math.sqrt(clearance_mm ** 2 - dist ** 2))
-    return Terrain(a, b, dilated)
+    return Terrain(a, b, high.reshape(aa.shape))
 
 
 def _shifted(grid: np.ndarray, i: int, j: int) -> np.ndarray:
@@ -349,42 +363,50 @@ def footprint_faces(bone: trimesh.Trimesh, frame: GuideFrame, block_a: tuple[flo
 
 def kwire_holes(solid: manifold3d.Manifold, frame: GuideFrame, host: trimesh.Trimesh, s: GuidesConfig,
                 block_a: tuple[float, float], block_half: float, z_top: float):
-    """Where the K-wires go: along ``-z`` through the seat on the host side
-    (midway between the slot block and the footprint's edge), spread along
-    the cut line, each running ``kwire_depth_mm`` in host bone (plus
-    ``KWIRE_TIP_MARGIN_MM`` of bone left beyond its tip).
+    """Where the K-wires go: along ``-z`` through the guide on the host side
+    (anywhere from beside the slot, a wall away from it, to the footprint's
+    edge, so a wire next to the block is guided by it over its height),
+    spread along the cut line, each running ``kwire_depth_mm`` in the first
+    stretch of host bone it meets (it never crosses a canal or a foramen to
+    reach more), with ``KWIRE_BONE_MARGIN_MM`` of bone around it and
+    ``KWIRE_TIP_MARGIN_MM`` beyond its tip.
 
     Returns ((entry, tip) per wire in the local frame, report rows, warnings)."""
     hole_r = s.kwire_diameter_mm / 2.0 + s.slot_tolerance_mm
-    b_wire = -(block_half + (s.footprint_mm - block_half) / 2.0)
+    nearest_b = s.slot_width_mm / 2.0 + s.wall_mm + hole_r
     host_local = to_manifold(host, "host").transform(frame.to_local_matrix())
     lowest = float(host_local.bounding_box()[2]) - 1.0
-    rows = []
+    need = s.kwire_depth_mm + KWIRE_TIP_MARGIN_MM
+    m = s.kwire_diameter_mm / 2.0 + KWIRE_BONE_MARGIN_MM
+    best: dict[float, tuple] = {}   # a -> the deepest candidate there
     for a in np.arange(block_a[0] + hole_r, block_a[1] - hole_r + 1e-9, KWIRE_STEP_MM):
-        top, bottom = (float(a), b_wire, z_top + 5.0), (float(a), b_wire, lowest)
-        guide_hits = solid.ray_cast(top, bottom)
-        if not guide_hits:
-            continue   # no seat here: trimmed, or beyond the bone
-        start_z = float(guide_hits[-1].position[2])
-        centre = _chord(host_local, float(a), b_wire, start_z, lowest)
-        if centre is None:
-            continue
-        entry, chord = centre
-        # The bone around the wire too: rays a radius plus a margin off its axis.
-        m = s.kwire_diameter_mm / 2.0 + KWIRE_BONE_MARGIN_MM
-        for da, db in ((m, 0.0), (-m, 0.0), (0.0, m), (0.0, -m)):
-            around = _chord(host_local, float(a) + da, b_wire + db, start_z, lowest)
-            chord = min(chord, 0.0 if around is None else around[1] - max(0.0, entry[2] - around[0][2]))
-        in_guide = sum(guide_hits[i].position[2] - guide_hits[i + 1].position[2]
-                       for i in range(0, len(guide_hits) - 1, 2))
-        rows.append((float(a), entry, chord, float(in_guide)))
+        for b in -np.arange(nearest_b, s.footprint_mm - hole_r - KWIRE_BONE_MARGIN_MM + 1e-9, KWIRE_STEP_MM):
+            a, b = float(a), float(b)
+            guide_hits = solid.ray_cast((a, b, z_top + 5.0), (a, b, lowest))
+            if not guide_hits:
+                continue   # no guide here: trimmed, or beyond the bone
+            start_z = float(guide_hits[-1].position[2])
+            centre = _chord(host_local, a, b, start_z, lowest)
+            if centre is None or (a in best and centre[1] <= best[a][2]):
+                continue
+            entry, chord = centre
+            # The bone around the wire too: rays a radius plus a margin off its axis.
+            for da, db in ((m, 0.0), (-m, 0.0), (0.0, m), (0.0, -m)):
+                around = _chord(host_local, a + da, b + db, start_z, lowest)
+                chord = min(chord, 0.0 if around is None else around[1] - max(0.0, entry[2] - around[0][2]))
+                if chord <= 0.0:
+                    break
+            if chord > 0.0 and (a not in best or chord > best[a][2]):
+                in_guide = sum(guide_hits[i].position[2] - guide_hits[i + 1].position[2]
+                               for i in range(0, len(guide_hits) - 1, 2))
+                best[a] = (a, entry, chord, float(in_guide))
+    rows = [best[a] for a in sorted(best)]
     depth, k = s.kwire_depth_mm, s.kwires
-    need = depth + KWIRE_TIP_MARGIN_MM
     good = [r for r in rows if r[2] >= need]
     warnings = []
     if len(good) < k and rows:   # the deepest bone there is, and say so
-        best = max(r[2] for r in rows)
-        good = [r for r in rows if r[2] >= min(need, KWIRE_FALLBACK * best)]
+        deepest = max(r[2] for r in rows)
+        good = [r for r in rows if r[2] >= min(need, KWIRE_FALLBACK * deepest)]
     chosen = _spread(good, k, 2 * hole_r + s.wall_mm)
     for r in chosen:
         if r[2] < need:
@@ -485,12 +507,23 @@ def _contact_measures(mesh, tri, normals, bones, s: GuidesConfig) -> dict:
     gap is larger by design). Gap: exact distances from their corners and
     centres; seat area: those within ``CONTACT_BAND_MM`` of the clearance.
     Also the closest approach of the whole guide to the bone."""
-    bone_tri = np.asarray(bones.vertices)[np.asarray(bones.faces)]
-    everywhere, _ = point_mesh_distance(np.vstack([mesh.vertices, mesh.triangles_center]), bones.vertices,
-                                        bones.faces)
+    reach = s.contact_clearance_mm + s.wall_mm
+    lo, hi = np.asarray(mesh.bounds) + [[-reach - 1.0], [reach + 1.0]]
+    v = np.asarray(bones.vertices)
+    near_faces = np.asarray(bones.faces)[np.all((v >= lo) & (v <= hi), axis=1)[np.asarray(bones.faces)].any(axis=1)]
+    if not len(near_faces):
+        return {"seat_area_on_bone_mm2": 0.0, "contact_gap_mm": None, "closest_to_bone_mm": None}
+    nearby = trimesh.Trimesh(v, near_faces, process=False)
+    bones, bone_tri = nearby, v[near_faces]
+    # Exact up to the seat's reach; beyond it, only known to be farther.
+    # The closest approach lies on a face that does not look up (the top of
+    # the block and of the seat look away from the bone).
+    low = np.asarray(normals)[:, 2] < UNDERSIDE_COS
+    probe = np.vstack([mesh.vertices[np.unique(np.asarray(mesh.faces)[low])], mesh.triangles_center[low]])
+    everywhere, _ = point_mesh_distance(probe, v, near_faces, exact_above=reach)
     under = np.flatnonzero(normals[:, 2] <= -UNDERSIDE_COS)
     gap_c, facing_c = _facing_gap(mesh.triangles_center[under], np.asarray(mesh.face_normals)[under], bones,
-                                  bone_tri)
+                                  bone_tri, reach)
     faces_bone = (gap_c <= s.contact_clearance_mm + s.wall_mm) & facing_c
     faces = under[faces_bone]
     closest = round(float(everywhere.min()), 4)
@@ -498,7 +531,7 @@ def _contact_measures(mesh, tri, normals, bones, s: GuidesConfig) -> dict:
         return {"seat_area_on_bone_mm2": 0.0, "contact_gap_mm": None, "closest_to_bone_mm": closest}
     corner_face = np.asarray(mesh.faces)[faces].ravel()
     gap_v, facing_v = _facing_gap(mesh.vertices[corner_face], np.repeat(np.asarray(mesh.face_normals)[faces], 3,
-                                                                         axis=0), bones, bone_tri)
+                                                                         axis=0), bones, bone_tri, reach)
     area = mesh.area_faces[faces]
     gaps = np.concatenate([gap_c[faces_bone], gap_v[facing_v]])
     on_bone = gap_c[faces_bone] <= s.contact_clearance_mm + CONTACT_BAND_MM
@@ -511,10 +544,10 @@ def _contact_measures(mesh, tri, normals, bones, s: GuidesConfig) -> dict:
             "closest_to_bone_mm": closest}
 
 
-def _facing_gap(points, normals, bones, bone_tri) -> tuple[np.ndarray, np.ndarray]:
+def _facing_gap(points, normals, bones, bone_tri, reach_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """(distance to the bone, whether the bone is met straight along its
     face's normal and the guide face looks back at it)."""
-    gap, nearest = point_mesh_distance(points, bones.vertices, bones.faces)
+    gap, nearest = point_mesh_distance(points, bones.vertices, bones.faces, exact_above=reach_mm)
     t = bone_tri[nearest]
     foot = closest_on_triangles(points, t[:, 0], t[:, 1], t[:, 2])
     bone_normal = np.asarray(bones.face_normals)[nearest]
@@ -529,17 +562,25 @@ def _intersection_mm3(mesh: trimesh.Trimesh, bones_solid: manifold3d.Manifold) -
 
 
 def _lift_off(tri, local, frame, bones) -> dict:
-    """Lifted along the approach, does the guide meet bone? Exact column
-    heights both ways: bone above a guide corner or face centre, guide below
-    a bone vertex, in the same column."""
+    """Lifted along the approach, does the guide meet bone? It does exactly
+    when some column holds bone above guide. The lowest guide point of a
+    column lies on a face looking down, the highest bone point on one looking
+    up, so those are compared both ways with exact column heights: bone
+    above a corner or face centre of the guide's downward faces, guide below
+    a corner of the bone's upward faces."""
+    def facing(t: np.ndarray, sign: float) -> np.ndarray:
+        normal_z = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])[:, 2]
+        return t[sign * normal_z > 0]
+
+    down = facing(tri, -1.0)
     lo, hi = tri[:, :, :2].min(axis=(0, 1)) - 0.5, tri[:, :, :2].max(axis=(0, 1)) + 0.5
-    bone_tri = _local_triangles(bones, frame, np.array([lo, hi]))
-    points = np.vstack([local, tri.mean(axis=1)])
-    bone_high, _ = column_extremes(points[:, :2], bone_tri)
+    up = facing(_local_triangles(bones, frame, np.array([lo, hi])), 1.0)
+    points = np.vstack([down.reshape(-1, 3), down.mean(axis=1)])
+    bone_high, _ = column_extremes(points[:, :2], up)
     under_bone = bone_high - points[:, 2]
-    bone_points = np.unique(bone_tri.reshape(-1, 3), axis=0)
+    bone_points = np.unique(up.reshape(-1, 3), axis=0)
     inside = np.all((bone_points[:, :2] >= lo) & (bone_points[:, :2] <= hi), axis=1)
-    _, guide_low = column_extremes(bone_points[inside, :2], tri)
+    _, guide_low = column_extremes(bone_points[inside, :2], down)
     over_guide = bone_points[inside, 2] - guide_low
     worst = max(float(under_bone.max(initial=-np.inf)), float(over_guide.max(initial=-np.inf)), 0.0)
     count = int((under_bone > LIFT_TOL_MM).sum() + (over_guide > LIFT_TOL_MM).sum())
@@ -577,3 +618,26 @@ def guide_warnings(report: dict, s: GuidesConfig) -> list[str]:
                    f"(under {MIN_SEAT_AREA_MM2:g}): it may rock; widen guides.footprint_mm or change "
                    "guides.approach_lps")
     return out
+
+
+def cutting_guides(planes: tuple[Plane, ...], settings: GuidesConfig, *, bones: trimesh.Trimesh,
+                   cut_bone: trimesh.Trimesh, host: trimesh.Trimesh, cut_faces: tuple[np.ndarray, ...],
+                   make_seat: SeatMaker) -> tuple[Guide, ...]:
+    """One guide per plane (``planes``: the cut planes, margins applied;
+    ``cut_faces``: the host's faces on each); see :func:`cutting_guide`."""
+    bones_solid = to_manifold(bones, "bone")
+    return tuple(cutting_guide(p, settings.approach_for(p.name), settings, bones=bones, cut_bone=cut_bone, host=host,
+                               cut_faces=faces, make_seat=make_seat, bones_solid=bones_solid)
+                 for p, faces in zip(planes, cut_faces))
+
+
+def kwire_mesh(guide: Guide, diameter_mm: float, above_mm: float = 25.0) -> trimesh.Trimesh | None:
+    """The guide's K-wires as closed cylinders (for views): from ``above_mm``
+    over the entry point down to the tip."""
+    parts = []
+    for entry, tip in guide.kwires:
+        axis = entry - tip
+        top = entry + above_mm * axis / np.linalg.norm(axis)
+        parts.append(trimesh.creation.cylinder(radius=diameter_mm / 2.0, segment=np.array([tip, top]),
+                                               sections=KWIRE_HOLE_SEGMENTS))
+    return trimesh.util.concatenate(parts) if parts else None
