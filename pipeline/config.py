@@ -391,9 +391,9 @@ def _check_guides(g: GuidesConfig, planes: tuple[Plane, ...]) -> None:
     if len(set(stems)) != len(stems):
         raise ConfigError("guides: two resection.planes names give the same guide file name "
                           f"({', '.join(f'guide_{s}.stl' for s in stems)}); rename a plane")
-    # The K-wire holes lie in the seat, a wall beside the slot, with 1 mm of
-    # seat beyond them.
-    need_mm = g.slot_width_mm / 2 + g.wall_mm + g.kwire_diameter_mm + 2 * g.slot_tolerance_mm + 1.0
+    # The K-wire holes lie in the seat beside the slot block, with 1 mm of
+    # seat on either side of them.
+    need_mm = g.slot_width_mm / 2 + g.wall_mm + g.kwire_diameter_mm + 2 * g.slot_tolerance_mm + 2.0
     if g.footprint_mm < need_mm:
         raise ConfigError(f"guides.footprint_mm must be at least {need_mm:.1f} mm with this slot, wall and "
                           "K-wire size: the K-wire holes lie in the seat beside the slot block")

@@ -100,7 +100,7 @@ GUIDES = {"enabled": True, "approach_lps": [0, 1, 0]}
     ({"approach_lps": {"cut_b": [0, 1, 0]}}, "guides.approach_lps.cut_b names no plane"),
     ({**GUIDES, "approach_lps": [0, 0.5, 1]}, r"guides.approach_lps meets resection.planes\[0\] \(cut_a\) at 63 degrees"),
     ({**GUIDES, "approach_lps": {}}, "guides.approach_lps is missing for resection.planes"),
-    ({**GUIDES, "footprint_mm": 6}, "guides.footprint_mm must be at least 7.9 mm"),
+    ({**GUIDES, "footprint_mm": 6}, "guides.footprint_mm must be at least 8.9 mm"),
 ])
 def test_guide_mistakes_name_the_key(guides, key):
     with pytest.raises(ConfigError, match=key):

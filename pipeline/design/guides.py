@@ -47,6 +47,7 @@ import trimesh
 from ..config import GuidesConfig, Plane
 from ..errors import PlanError
 from ..geometry.columns import column_extremes
+from ..parallel import parallel
 from ..geometry.distance import closest_on_triangles, point_mesh_distance
 from ..geometry.resect import from_manifold, to_manifold as _to_manifold
 
@@ -62,6 +63,8 @@ TERRAIN_MARGIN_MM = 2.0
 VISIBLE_MM = 0.01
 # Underside faces: their normal within 60 degrees of pointing down the approach.
 UNDERSIDE_COS = 0.5
+# The underside is judged in triangles no longer than this (mm).
+UNDER_EDGE_MM = 1.0
 # Seat area on bone: underside within this much of the contact clearance (mm).
 CONTACT_BAND_MM = 0.25
 # A lift-off collision: bone above guide in the same column by more than this (mm).
@@ -73,6 +76,8 @@ KWIRE_TIP_MARGIN_MM = 1.0
 # Bone kept around a K-wire (mm): the wire's radius plus this, on four
 # sides, must be bone along its whole depth.
 KWIRE_BONE_MARGIN_MM = 1.0
+# Seat left between a K-wire hole and the slot block (mm).
+KWIRE_BLOCK_GAP_MM = 1.0
 # Where no place along the cut line has the depth asked for, the wires go
 # where the bone is at least this share of its deepest there (and are reported).
 KWIRE_FALLBACK = 0.8
@@ -363,17 +368,16 @@ def footprint_faces(bone: trimesh.Trimesh, frame: GuideFrame, block_a: tuple[flo
 
 def kwire_holes(solid: manifold3d.Manifold, frame: GuideFrame, host: trimesh.Trimesh, s: GuidesConfig,
                 block_a: tuple[float, float], block_half: float, z_top: float):
-    """Where the K-wires go: along ``-z`` through the guide on the host side
-    (anywhere from beside the slot, a wall away from it, to the footprint's
-    edge, so a wire next to the block is guided by it over its height),
-    spread along the cut line, each running ``kwire_depth_mm`` in the first
+    """Where the K-wires go: along ``-z`` through the seat on the host side
+    (anywhere from ``KWIRE_BLOCK_GAP_MM`` beside the slot block to the
+    footprint's edge), spread along the cut line, each running ``kwire_depth_mm`` in the first
     stretch of host bone it meets (it never crosses a canal or a foramen to
     reach more), with ``KWIRE_BONE_MARGIN_MM`` of bone around it and
     ``KWIRE_TIP_MARGIN_MM`` beyond its tip.
 
     Returns ((entry, tip) per wire in the local frame, report rows, warnings)."""
     hole_r = s.kwire_diameter_mm / 2.0 + s.slot_tolerance_mm
-    nearest_b = s.slot_width_mm / 2.0 + s.wall_mm + hole_r
+    nearest_b = s.slot_width_mm / 2.0 + s.wall_mm + hole_r + KWIRE_BLOCK_GAP_MM
     host_local = to_manifold(host, "host").transform(frame.to_local_matrix())
     lowest = float(host_local.bounding_box()[2]) - 1.0
     need = s.kwire_depth_mm + KWIRE_TIP_MARGIN_MM
@@ -464,7 +468,7 @@ def guide_measures(mesh: trimesh.Trimesh, plane: Plane, frame: GuideFrame, s: Gu
     tri = local[np.asarray(mesh.faces)]
     normals = np.asarray(mesh.face_normals) @ frame.axes
     return {"slot": _slot_measures(mesh, plane, local, normals, s, z_top),
-            **_contact_measures(mesh, tri, normals, bones, s),
+            **_contact_measures(mesh, normals, bones, s, plane.signed_distance_mm),
             "intersection_with_bone_mm3": round(_intersection_mm3(mesh, bones_solid), 6),
             "lift_off": _lift_off(tri, local, frame, bones),
             "blade_reach": _blade_reach(tri, frame, host, cut_faces, window),
@@ -500,17 +504,20 @@ def _slot_measures(mesh, plane, local, normals, s: GuidesConfig, z_top: float) -
             "length_mm": round(float(np.ptp(local[plus, 0])), 3)}
 
 
-def _contact_measures(mesh, tri, normals, bones, s: GuidesConfig) -> dict:
+def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
     """The seat's underside against the bone: the guide's faces looking down
     the approach whose nearest bone point lies straight along that bone
     face's normal (not on an edge or a corner of the bone: beside an edge the
     gap is larger by design). Gap: exact distances from their corners and
     centres; seat area: those within ``CONTACT_BAND_MM`` of the clearance.
-    Also the closest approach of the whole guide to the bone."""
+    Also the closest approach of the whole guide to the bone. ``removed``:
+    points -> signed distance to the cut plane (positive on the removed side)."""
     reach = s.contact_clearance_mm + s.wall_mm
     lo, hi = np.asarray(mesh.bounds) + [[-reach - 1.0], [reach + 1.0]]
     v = np.asarray(bones.vertices)
-    near_faces = np.asarray(bones.faces)[np.all((v >= lo) & (v <= hi), axis=1)[np.asarray(bones.faces)].any(axis=1)]
+    corners = v[np.asarray(bones.faces)]
+    overlaps = np.all(corners.max(axis=1) >= lo, axis=1) & np.all(corners.min(axis=1) <= hi, axis=1)
+    near_faces = np.asarray(bones.faces)[overlaps]
     if not len(near_faces):
         return {"seat_area_on_bone_mm2": 0.0, "contact_gap_mm": None, "closest_to_bone_mm": None}
     nearby = trimesh.Trimesh(v, near_faces, process=False)
@@ -521,25 +528,29 @@ def _contact_measures(mesh, tri, normals, bones, s: GuidesConfig) -> dict:
     low = np.asarray(normals)[:, 2] < UNDERSIDE_COS
     probe = np.vstack([mesh.vertices[np.unique(np.asarray(mesh.faces)[low])], mesh.triangles_center[low]])
     everywhere, _ = point_mesh_distance(probe, v, near_faces, exact_above=reach)
-    under = np.flatnonzero(normals[:, 2] <= -UNDERSIDE_COS)
-    gap_c, facing_c = _facing_gap(mesh.triangles_center[under], np.asarray(mesh.face_normals)[under], bones,
-                                  bone_tri, reach)
-    faces_bone = (gap_c <= s.contact_clearance_mm + s.wall_mm) & facing_c
-    faces = under[faces_bone]
     closest = round(float(everywhere.min()), 4)
+    # The underside, cut into triangles no longer than UNDER_EDGE_MM so
+    # that a large flat face is judged piece by piece.
+    under = np.flatnonzero(normals[:, 2] <= -UNDERSIDE_COS)
+    uv, uf = trimesh.remesh.subdivide_to_size(np.asarray(mesh.vertices), np.asarray(mesh.faces)[under],
+                                              max_edge=UNDER_EDGE_MM)
+    fine = trimesh.Trimesh(uv, uf, process=False)
+    fine_normals = np.asarray(fine.face_normals) if len(uf) else np.zeros((0, 3))
+    gap_c, facing_c = _facing_gap(fine.triangles_center, fine_normals, bones, bone_tri, reach)
+    faces_bone = (gap_c <= s.contact_clearance_mm + s.wall_mm) & facing_c
+    faces = np.flatnonzero(faces_bone)
     if not len(faces):
         return {"seat_area_on_bone_mm2": 0.0, "contact_gap_mm": None, "closest_to_bone_mm": closest}
-    corner_face = np.asarray(mesh.faces)[faces].ravel()
-    gap_v, facing_v = _facing_gap(mesh.vertices[corner_face], np.repeat(np.asarray(mesh.face_normals)[faces], 3,
-                                                                         axis=0), bones, bone_tri, reach)
-    area = mesh.area_faces[faces]
-    gaps = np.concatenate([gap_c[faces_bone], gap_v[facing_v]])
-    on_bone = gap_c[faces_bone] <= s.contact_clearance_mm + CONTACT_BAND_MM
-    side = tri[faces][:, :, 1].mean(axis=1)
+    gap_v, facing_v = _facing_gap(fine.vertices[uf[faces].ravel()], np.repeat(fine_normals[faces], 3, axis=0),
+                                  bones, bone_tri, reach)
+    area = fine.area_faces[faces]
+    gaps = np.concatenate([gap_c[faces], gap_v[facing_v]])
+    on_bone = gap_c[faces] <= s.contact_clearance_mm + CONTACT_BAND_MM
     return {"seat_area_on_bone_mm2": round(float(area[on_bone].sum()), 3),
-            "seat_area_on_removed_side_mm2": round(float(area[on_bone & (side > 0)].sum()), 3),
+            "seat_area_on_removed_side_mm2": round(float(area[on_bone & (removed(fine.triangles_center[faces]) > 0)]
+                                                         .sum()), 3),
             "contact_gap_mm": {"min": round(float(gaps.min()), 4),
-                               "mean": round(float((gap_c[faces_bone] * area).sum() / area.sum()), 4),
+                               "mean": round(float((gap_c[faces] * area).sum() / area.sum()), 4),
                                "max": round(float(gaps.max()), 4)},
             "closest_to_bone_mm": closest}
 
@@ -626,9 +637,10 @@ def cutting_guides(planes: tuple[Plane, ...], settings: GuidesConfig, *, bones: 
     """One guide per plane (``planes``: the cut planes, margins applied;
     ``cut_faces``: the host's faces on each); see :func:`cutting_guide`."""
     bones_solid = to_manifold(bones, "bone")
-    return tuple(cutting_guide(p, settings.approach_for(p.name), settings, bones=bones, cut_bone=cut_bone, host=host,
-                               cut_faces=faces, make_seat=make_seat, bones_solid=bones_solid)
-                 for p, faces in zip(planes, cut_faces))
+    # Two planes on two threads: the work is numpy and manifold3d, which release the GIL.
+    return tuple(parallel(*[(lambda p=p, faces=faces: cutting_guide(
+        p, settings.approach_for(p.name), settings, bones=bones, cut_bone=cut_bone, host=host, cut_faces=faces,
+        make_seat=make_seat, bones_solid=bones_solid)) for p, faces in zip(planes, cut_faces)]))
 
 
 def kwire_mesh(guide: Guide, diameter_mm: float, above_mm: float = 25.0) -> trimesh.Trimesh | None:

@@ -14,7 +14,7 @@ import pytest
 import trimesh
 
 from pipeline.config import GuidesConfig, Plane
-from pipeline.design.guides import TERRAIN_GRID_MM, _lift_off, cutting_guide, guide_frame
+from pipeline.design.guides import UNDER_EDGE_MM, _lift_off, cutting_guide, guide_frame
 from pipeline.geometry import validate_solid
 from pipeline.geometry.resect import from_manifold, resect
 from tests.helpers import winding_number
@@ -48,7 +48,7 @@ def box_bone(lo=(-30, -20, -10), hi=(30, 20, 0)):
 
 def test_slot_mid_plane_is_the_cut_plane_for_an_oblique_plane():
     plane = Plane(point_lps_mm=(3.0, -2.0, -4.0), normal_lps=(1.0, 0.3, 0.2), name="oblique")
-    guide, _, config = make_guide(box_bone(), plane, (0.0, 0.0, 1.0))
+    guide, cut, config = make_guide(box_bone(), plane, (0.0, 0.0, 1.0))
     slot = guide.report["slot"]
     assert slot["found"]
     assert slot["midplane_distance_mm"] <= 1e-6
@@ -60,7 +60,9 @@ def test_slot_mid_plane_is_the_cut_plane_for_an_oblique_plane():
     # Independently: the guide has no material within the slot over the cut line.
     d = plane.signed_distance_mm(guide.mesh.vertices)
     local = guide.frame.local(guide.mesh.vertices)
-    assert not np.any((np.abs(d) < config.slot_width_mm / 2 - 1e-6) & (local[:, 2] > 0.5))
+    cut_line = guide.frame.local(cut.host.vertices[cut.host.faces[cut.host_cut_faces[0]]].reshape(-1, 3))[:, 0]
+    over_cut = (local[:, 0] >= cut_line.min()) & (local[:, 0] <= cut_line.max())
+    assert not np.any((np.abs(d) < config.slot_width_mm / 2 - 1e-6) & over_cut)
     assert guide.report["blade_reach"]["reached_fraction"] == 1.0
 
 
@@ -74,11 +76,16 @@ def test_seat_gap_is_the_clearance_and_the_guide_misses_the_bone():
     assert guide.report["closest_to_bone_mm"] >= CLEARANCE_MM - 0.05
     # The seat covers the box's top within the footprint on both sides, less the slot:
     # 2 x footprint across, the box's 40 mm along the cut line; at the box's
-    # ends its faces may reach past the edge by the clearance plus the
-    # terrain's sideways slack (a grid diagonal) and one grid step.
+    # ends the underside is judged in triangles of up to UNDER_EDGE_MM, each
+    # counted whole where its centre is over the bone.
     across = 2 * config.footprint_mm - config.slot_width_mm
-    reach = CLEARANCE_MM + TERRAIN_GRID_MM * (1 + math.sqrt(2))
-    assert 40.0 * across <= guide.report["seat_area_on_bone_mm2"] <= (40.0 + 2 * reach) * across
+    area = guide.report["seat_area_on_bone_mm2"]
+    assert (40.0 - 2 * UNDER_EDGE_MM) * across <= area <= (40.0 + 2 * UNDER_EDGE_MM) * across
+    # Both sides alike but for the K-wire holes on the host side (24-gons).
+    removed = guide.report["seat_area_on_removed_side_mm2"]
+    hole_r = config.kwire_diameter_mm / 2 + config.slot_tolerance_mm
+    holes = len(guide.kwires) * 12 * hole_r ** 2 * math.sin(2 * math.pi / 24)
+    assert removed - (area - removed) == pytest.approx(holes, abs=1.0)
     assert guide.report["intersection_with_bone_mm3"] <= 1e-3
     both = manifold3d.Manifold(manifold3d.Mesh64(
         vert_properties=np.array(guide.mesh.vertices), tri_verts=np.array(guide.mesh.faces, dtype=np.uint64))) ^ \
