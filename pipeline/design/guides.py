@@ -45,7 +45,7 @@ import numpy as np
 import trimesh
 
 from ..config import GuidesConfig, Plane
-from ..errors import PlanError
+from ..errors import MeshError, PlanError
 from ..geometry.columns import column_extremes
 from ..parallel import parallel
 from ..geometry.distance import closest_on_triangles, point_mesh_distance
@@ -59,6 +59,8 @@ SLOT_END_MM = 1.0
 TERRAIN_GRID_MM = 0.25
 # The terrain reaches this far beyond the guide on every side (mm).
 TERRAIN_MARGIN_MM = 2.0
+# The seat is made in pieces of at most this length along the cut line (mm).
+SEAT_PIECE_MM = 25.0
 # A bone face is seen from the approach when no bone lies above it by more than this (mm).
 VISIBLE_MM = 0.01
 # Underside faces: their normal within 60 degrees of pointing down the approach.
@@ -189,9 +191,7 @@ def cutting_guide(plane: Plane, approach_lps, settings: GuidesConfig, *, bones: 
     in_block = terrain.height[np.ix_((terrain.a >= block_a[0]) & (terrain.a <= block_a[1]), wall_cols)]
     z_low = float(np.min(in_block[np.isfinite(in_block)])) - s.wall_mm
 
-    footprint = footprint_planes(frame, block_a, s.footprint_mm, z_low)
-    seat_lps = make_seat(cut_bone, footprint, s.contact_clearance_mm, s.wall_mm)
-    seat = to_manifold(seat_lps, f"guide {name} seat").transform(frame.to_local_matrix())
+    seat = _seat(make_seat, cut_bone, frame, envelope, block_a, s, name)
     block = _box((block_a[0], -block_half, z_low), (block_a[1], block_half, z_top))
     slot = _box((window[0], -half_slot, z_low - 2.0), (window[1], half_slot, z_top + 2.0))
     # The seat is trimmed where it reaches under the bone's envelope dilated
@@ -234,6 +234,32 @@ def to_manifold(mesh: trimesh.Trimesh, what: str) -> manifold3d.Manifold:
     copy = trimesh.Trimesh(np.array(mesh.vertices, dtype=np.float64), np.array(mesh.faces, dtype=np.int64),
                            process=False)
     return _to_manifold(copy, what)
+
+
+def _seat(make_seat: SeatMaker, cut_bone: trimesh.Trimesh, frame: GuideFrame, envelope: Terrain,
+          block_a: tuple[float, float], s: GuidesConfig, name: str) -> manifold3d.Manifold:
+    """The seat in the local frame: plates over the footprint in pieces of
+    at most ``SEAT_PIECE_MM`` along the cut line, each above the lowest bone
+    seen from the approach in its piece less the seat's reach. Bone deeper
+    than that is hidden under other bone (a plate there would be trimmed
+    anyway); leaving it out keeps each plate's grid to a thin layer."""
+    pieces = max(1, int(math.ceil((block_a[1] - block_a[0]) / SEAT_PIECE_MM)))
+    edges = np.linspace(block_a[0], block_a[1], pieces + 1)
+    band = np.abs(envelope.b) <= s.footprint_mm
+    seat = manifold3d.Manifold()
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        heights = envelope.height[np.ix_((envelope.a >= lo - TERRAIN_GRID_MM) & (envelope.a <= hi + TERRAIN_GRID_MM),
+                                         band)]
+        if not np.isfinite(heights).any():
+            continue
+        floor = float(heights[np.isfinite(heights)].min()) - s.contact_clearance_mm - s.wall_mm
+        try:
+            plate = make_seat(cut_bone, footprint_planes(frame, (float(lo), float(hi)), s.footprint_mm, floor),
+                              s.contact_clearance_mm, s.wall_mm)
+        except MeshError:
+            continue   # no bone surface in this piece of the footprint
+        seat = seat + to_manifold(plate, f"guide {name} seat").transform(frame.to_local_matrix())
+    return seat
 
 
 def footprint_planes(frame: GuideFrame, block_a: tuple[float, float], footprint_mm: float,

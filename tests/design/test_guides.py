@@ -113,12 +113,15 @@ def test_kwires_end_in_host_bone():
     assert min(np.diff(along)) >= config.kwire_diameter_mm + config.wall_mm   # spread along the cut
 
 
+SLAB_MM = 2.0
+
+
 def overhang_bone():
-    """A slab (top at z = 0, 5 mm thick) on a narrower pier: the slab
+    """A slab (top at z = 0, 2 mm thick) on a narrower pier: the slab
     overhangs the pier by 8 mm on the +y side; on the -y side a ledge (top
     at z = -15) makes the cut line, and so the slot block, reach low."""
-    slab = manifold3d.Manifold.cube((60.0, 40.0, 5.0)).translate((-30.0, -20.0, -5.0))
-    pier = manifold3d.Manifold.cube((60.0, 32.0, 25.0)).translate((-30.0, -20.0, -30.0))
+    slab = manifold3d.Manifold.cube((60.0, 40.0, SLAB_MM)).translate((-30.0, -20.0, -SLAB_MM))
+    pier = manifold3d.Manifold.cube((60.0, 32.0, 30.0 - SLAB_MM)).translate((-30.0, -20.0, -30.0))
     ledge = manifold3d.Manifold.cube((60.0, 10.0, 15.0)).translate((-30.0, -28.0, -30.0))
     mesh = from_manifold(slab + pier + ledge)
     return trimesh.Trimesh(np.array(mesh.vertices), np.array(mesh.faces), process=False)
@@ -126,10 +129,11 @@ def overhang_bone():
 
 def hooked_seat(bone, footprint, clearance_mm, thickness_mm):
     """The slab seat plus a lip down the slab's +y side and under the
-    overhang: what a plate that wraps the bone's edge looks like."""
-    below = -5.0 - clearance_mm - thickness_mm
+    overhang: what a plate that wraps the bone's edge looks like (cut, as
+    any plate, by the footprint's planes)."""
+    below = -SLAB_MM - clearance_mm - thickness_mm
     lip = manifold3d.Manifold.cube((60.0, 9.8, thickness_mm)).translate((-30.0, 14.0, below))
-    side = manifold3d.Manifold.cube((60.0, thickness_mm, 5.0 + 2 * clearance_mm + thickness_mm)).translate(
+    side = manifold3d.Manifold.cube((60.0, thickness_mm, SLAB_MM + 2 * clearance_mm + thickness_mm)).translate(
         (-30.0, 20.0 + clearance_mm, below))
     wrap = lip + side
     for p in footprint:
@@ -150,13 +154,16 @@ def test_footprint_over_an_overhang_is_trimmed_so_the_guide_lifts_off():
     guide, _, config = make_guide(bone, plane, (0.0, 0.0, 1.0), seat=hooked_seat)
     assert guide.report["lift_off"]["removable"]
     assert guide.report["intersection_with_bone_mm3"] <= 1e-3
-    # What was under the overhang (y 14..20 below the slab) is gone: at least
-    # the lip's part under it, 6 mm x 3.5 mm over the footprint's 30 mm.
+    # What was under the overhang is gone: the lip under it (y 14..20), from
+    # its top at the clearance under the slab down to the footprint's floor
+    # (the seat's reach below the lowest bone seen there, the slab's top),
+    # over the footprint's 30 mm.
+    lip_mm = (CLEARANCE_MM + config.wall_mm) - (SLAB_MM + CLEARANCE_MM)
     trimmed = guide.report["footprint"]["seat_volume_trimmed_mm3"]
-    assert trimmed >= (20.0 - 14.0) * 3.5 * 2 * config.footprint_mm * 0.95
+    assert trimmed >= (20.0 - 14.0) * lip_mm * 2 * config.footprint_mm * 0.95
     # Independently: nothing of the guide lies under the overhang.
     v = guide.mesh.vertices
-    assert not np.any((v[:, 1] > 12.0) & (v[:, 1] < 20.0) & (v[:, 2] < -5.0))
+    assert not np.any((v[:, 1] > 12.0) & (v[:, 1] < 20.0) & (v[:, 2] < -SLAB_MM))
     # And a ray up from every guide vertex misses the bone.
     rays = trimesh.ray.ray_triangle.RayMeshIntersector(bone)
     hit = rays.intersects_any(v + [0, 0, 1e-6], np.tile([0.0, 0.0, 1.0], (len(v), 1)))
