@@ -36,6 +36,7 @@ import numpy as np
 import pythoncdt as cdt
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
 from ..config import Plane
 from .meshes import MIN_ALTITUDE_MM
@@ -56,6 +57,10 @@ SHORTEST_OUTLINE_EDGE_MM = 1e-3
 # collapsed onto that one: the three would otherwise be left to make a needle
 # triangle (pipeline.geometry.meshes.MIN_ALTITUDE_MM).
 STRAIGHT_CORNER_MM = 1e-4
+# Cut-face corners closer than this (mm) to another vertex are welded to it
+# (in memory, before anything else): a third of a float32 step at 256-512 mm,
+# where every reader would weld them.
+WELD_CORNERS_MM = 1e-5
 # A corner of one side's outline this close (mm) to an edge of the other
 # side's outline lies on it.
 ON_SEGMENT_MM = 1e-9
@@ -101,6 +106,8 @@ def retriangulate_caps(sides: list[Side], planes: tuple[Plane, ...]) -> None:
     """Replace the cap faces of ``sides`` (solids cut by the same ``planes``)
     by refined constrained Delaunay triangulations; unreferenced vertices are
     dropped. Caps whose outline all sides share get the same triangles."""
+    for side in sides:
+        _weld_close_corners(side, planes)
     queue = sorted({int(k) for s in sides for k in np.unique(s.cap_of_face[s.cap_of_face != NO_CAP])})
     for _ in range(PASSES_PER_PLANE * max(len(queue), 1)):
         if not queue:
@@ -113,9 +120,105 @@ def retriangulate_caps(sides: list[Side], planes: tuple[Plane, ...]) -> None:
             touched |= _triangulate_plane(group, k, planes[k])
         queue += [j for j in sorted(touched) if j != k and j not in queue]
     for side in sides:
+        _flip_flat_needles(side)
         used = np.zeros(len(side.vertices), dtype=bool)
         used[side.faces.ravel()] = True
         side.vertices, side.faces = side.vertices[used], (np.cumsum(used) - 1)[side.faces]
+
+
+def _flip_flat_needles(side: Side) -> None:
+    """Flip the longest edge of each side triangle that is a flat needle
+    (thinner than ``FAN_FLOOR_MM`` with its third corner on that edge: the
+    cut pierced a bone edge there), when both triangles it then makes are
+    fatter. No vertex moves."""
+    f, cap = side.faces, side.cap_of_face
+    for _ in range(MERGE_ROUNDS):
+        thin = np.flatnonzero((cap == NO_CAP) & (_altitudes(side.vertices, f) < FAN_FLOOR_MM))
+        if not thin.size:
+            return
+        n = len(side.vertices)
+        edges = _directed_edges(f)
+        keys = edges[:, 0] * n + edges[:, 1]
+        order = np.argsort(keys)
+        flipped = False
+        for face in thin.tolist():
+            t = side.vertices[f[face]]
+            slot = int(np.argmax(np.linalg.norm(t - np.roll(t, -1, axis=0), axis=1)))
+            p, q, r = f[face, slot], f[face, (slot + 1) % 3], f[face, (slot + 2) % 3]
+            hit = np.searchsorted(keys[order], q * n + p)
+            if hit >= len(order) or keys[order[hit]] != q * n + p:
+                continue
+            other = int(order[hit] // 3)
+            s_ = int(sum(f[other]) - p - q)
+            if cap[other] != NO_CAP or np.isin(s_ * n + r, keys) or np.isin(r * n + s_, keys):
+                continue
+            new = np.array([[q, r, s_], [r, p, s_]])
+            old_thinnest = _altitudes(side.vertices, f[[face, other]]).min()
+            normals = _face_normals(side.vertices, new)
+            if (_altitudes(side.vertices, new).min() <= old_thinnest
+                    or (normals @ _face_normals(side.vertices, f[[other]])[0] <= 0).any()):
+                continue
+            f[face], f[other] = new
+            keys[3 * face:3 * face + 3] = new[0] * n + np.roll(new[0], -1)
+            keys[3 * other:3 * other + 3] = new[1] * n + np.roll(new[1], -1)
+            order = np.argsort(keys)
+            flipped = True
+        if not flipped:
+            return
+
+
+def _weld_close_corners(side: Side, planes: tuple[Plane, ...]) -> None:
+    """Weld the cut faces' corners that lie within ``WELD_CORNERS_MM`` of
+    another vertex, as a reader would, but in memory and onto the member
+    lying on the most cut planes (where two cuts meet), and drop the
+    triangles the welding collapses. Where two cuts meet, a bone edge almost
+    in a plane makes manifold3d write one corner two or three times, 1e-8 to
+    1e-7 mm apart, each copy on one plane only."""
+    v, f, cap = side.vertices, side.faces, side.cap_of_face
+    corners = np.unique(f[cap != NO_CAP])
+    if not corners.size:
+        return
+    # Only vertices this close to a plane can be this close to a corner.
+    candidates = np.flatnonzero((np.abs(np.stack([p.signed_distance_mm(v) for p in planes])) < WELD_CORNERS_MM)
+                                .any(axis=0))
+    near = cKDTree(v[candidates]).query_ball_point(v[corners], WELD_CORNERS_MM)
+    rows = [(c, int(candidates[x])) for c, found in zip(corners.tolist(), near) for x in found
+            if candidates[x] != c]
+    if not rows:
+        return
+    rows = np.array(rows)
+    graph = sparse.coo_matrix((np.ones(len(rows)), (rows[:, 0], rows[:, 1])), shape=(len(v), len(v)))
+    _, group = connected_components(graph, directed=False)
+    planes_at = _planes_at(side)
+    on_planes = np.array([bin(x).count("1") for x in planes_at.tolist()])
+    # Per group, the member on most planes, then the first by position.
+    order = np.lexsort((*v.T[::-1], -on_planes, group))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = group[order[1:]] != group[order[:-1]]
+    keeper = np.empty(group.max() + 1, dtype=np.int64)
+    keeper[group[order[first]]] = order[first]
+    # The keeper goes onto every plane its group lies on (each copy was on one).
+    welded_together = np.flatnonzero(np.bincount(group) > 1)
+    union = np.zeros(group.max() + 1, dtype=np.int64)
+    np.bitwise_or.at(union, group, planes_at)
+    normals = np.array([p.normal_lps for p in planes])
+    offsets = np.array([p.offset_mm for p in planes])
+    for g in welded_together.tolist():
+        on = [j for j in range(len(planes)) if union[g] >> j & 1]
+        if on:
+            k = keeper[g]
+            v[k] += np.linalg.pinv(normals[on]) @ (offsets[on] - normals[on] @ v[k])
+    welded = keeper[group][f]
+    whole = (welded[:, 0] != welded[:, 1]) & (welded[:, 1] != welded[:, 2]) & (welded[:, 2] != welded[:, 0])
+    side.faces, side.cap_of_face = welded[whole], cap[whole]
+
+
+def _planes_at(side: Side) -> np.ndarray:
+    """Per vertex, a bit mask of the planes whose cut faces it is a corner of."""
+    mask = np.zeros(len(side.vertices), dtype=np.int64)
+    for j in np.unique(side.cap_of_face[side.cap_of_face != NO_CAP]).tolist():
+        mask[side.faces[side.cap_of_face == j].ravel()] |= 1 << j
+    return mask
 
 
 @dataclass
@@ -188,6 +291,8 @@ def _insert_on_outline(side: Side, outline: _Outline, points: np.ndarray) -> Non
     splits: dict[int, dict[int, list[int]]] = {}
     new_points = []
     for e in range(len(outline.edges)):
+        if not d[e].any():
+            continue
         t = (points - a[e]) @ d[e] / (d[e] @ d[e])
         inside = (t > 0) & (t < 1) & (np.linalg.norm(a[e] + t[:, None] * d[e] - points, axis=1) < ON_SEGMENT_MM)
         if not inside.any():
@@ -238,13 +343,11 @@ def _merge_candidates(side: Side, k: int) -> list[tuple[np.ndarray, np.ndarray, 
     corner may only move onto a point of every cut plane it lies on: onto a
     corner lying on those planes too (where two cuts meet), or to the
     midpoint of an edge whose corners lie on the same planes."""
-    v, f, cap = side.vertices, side.faces, side.cap_of_face
+    v, f = side.vertices, side.faces
     outline = _outline(side, k).edges
     if not len(outline):
         return []
-    planes_at = np.zeros(len(v), dtype=np.int64)  # bit j: on a cut face of plane j
-    for j in np.unique(cap[cap != NO_CAP]).tolist():
-        planes_at[f[cap == j].ravel()] |= 1 << j
+    planes_at = _planes_at(side)
 
     def onto(a: int, b: int):
         """Where a and b may meet, or None."""
@@ -257,15 +360,15 @@ def _merge_candidates(side: Side, k: int) -> list[tuple[np.ndarray, np.ndarray, 
         return None
 
     merges = []
-    short = np.linalg.norm(v[outline[:, 0]] - v[outline[:, 1]], axis=1) < SHORTEST_OUTLINE_EDGE_MM
-    short |= _shortest_edge_of_a_needle(v, f, outline)
+    length = np.linalg.norm(v[outline[:, 0]] - v[outline[:, 1]], axis=1)
+    reach = _shortest_refined_edge_mm(v, outline)
+    short = (length < SHORTEST_OUTLINE_EDGE_MM) | (_shortest_edge_of_a_needle(v, f, outline) & (length < reach))
     for p, q in outline[short].tolist():
         target = onto(p, q)
         if target is not None:
             merges.append((v[p], v[q], target))
     following = dict(outline.tolist())
     previous = {b: a for a, b in outline.tolist()}
-    reach = _shortest_refined_edge_mm(v, outline)
     for b, c in following.items():
         a = previous.get(b)
         if a is None or a == c:
@@ -281,7 +384,8 @@ def _merge_candidates(side: Side, k: int) -> list[tuple[np.ndarray, np.ndarray, 
 
 def _absorb_near_corners(side: Side, k: int) -> bool:
     v, f, cap = side.vertices, side.faces, side.cap_of_face
-    corners = np.unique(_outline(side, k).edges)
+    outline = _outline(side, k).edges
+    corners = np.unique(outline)
     if not corners.size:
         return False
     on_outline = np.zeros(len(v), dtype=bool)
@@ -290,8 +394,9 @@ def _absorb_near_corners(side: Side, k: int) -> bool:
     pinned[f[cap != NO_CAP].ravel()] = True  # on a cut face: leave it to the outline's own clean-up
     edges = _directed_edges(f)
     pairs = edges[on_outline[edges[:, 0]] & ~on_outline[edges[:, 1]] & ~pinned[edges[:, 1]]]
-    pairs = pairs[(np.linalg.norm(v[pairs[:, 0]] - v[pairs[:, 1]], axis=1) < SHORTEST_OUTLINE_EDGE_MM)
-                  | _shortest_edge_of_a_needle(v, f, pairs)]
+    length = np.linalg.norm(v[pairs[:, 0]] - v[pairs[:, 1]], axis=1)
+    reach = _shortest_refined_edge_mm(v, outline)
+    pairs = pairs[(length < SHORTEST_OUTLINE_EDGE_MM) | (_shortest_edge_of_a_needle(v, f, pairs) & (length < reach))]
     if not len(pairs):
         return False
     state = _CollapseState(side, pairs.ravel().tolist(), k)
@@ -307,8 +412,9 @@ def _absorb_near_corners(side: Side, k: int) -> bool:
 
 def _merge_once(sides: list[Side], k: int) -> bool:
     """Clean the outline of cap ``k`` at float32 scale by collapsing outline
-    edges: an edge shorter than ``SHORTEST_OUTLINE_EDGE_MM`` or the shortest
-    edge of a triangle thinner than ``FAN_FLOOR_MM`` (one corner moves
+    edges: an edge shorter than ``SHORTEST_OUTLINE_EDGE_MM``, or than the
+    refinement's shortest edge if it is the shortest edge of a triangle
+    thinner than ``FAN_FLOOR_MM`` (one corner moves
     to its midpoint, or onto the other corner where that one also lies on
     another cut plane), and a corner lying within ``STRAIGHT_CORNER_MM`` of the
     line through its two neighbours, one of them closer than the refinement's

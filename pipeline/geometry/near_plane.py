@@ -6,33 +6,31 @@ plane typed to three decimals near a column of voxel centres, or through a
 slice) makes the cut's new vertices closer to that vertex than float32 can
 tell apart: the file then holds zero-area triangles and edges shared four
 times, although the mesh in memory was valid. A plane exactly through bone
-faces or touching the bone at a point gives the exact boolean nothing to
+faces, or touching the bone at a point, gives the exact boolean nothing to
 separate: it returns films of zero thickness and solids touching at a
-vertex or an edge.
+vertex or along an edge.
 
-So before the cut, every bone vertex closer than a clearance (a few float32
-steps, :func:`plane_clearance_mm`) to a plane is settled, each decision taken from its ring of neighbours (its link, in
-order around it; neighbours that are near the plane themselves count as on
-it):
+So before the cut, every bone vertex closer to a plane than a clearance (a
+few float32 steps, :func:`plane_clearance_mm`) is settled, each decision
+taken from its ring of neighbours (its link, in order around it; neighbours
+near the plane themselves count as on it):
 
 - where the plane crosses the surface at the vertex (the link crosses the
   plane exactly twice), the vertex is put on the plane: it becomes a corner
-  of the cut's outline, and no cut vertex is made near it. Two neighbours
-  both put on a plane lay their edge in it; that is kept only for a plane
-  along an axis (typed off a viewer's slice), where it compares exactly: off
-  an axis, the one farther from the plane moves off it instead;
+  of the cut's outline, and no cut vertex is made near it;
 - where the surface only touches the plane (the link stays on one side: a
   bump or a ridge reaching the plane, a face lying in it), at a saddle (the
   link crosses four times or more), and wherever putting vertices on the
   plane would lay a whole face or a ridge edge in it, the vertex is moved to
-  ``clearance_mm`` from the plane, into the bone; every cut vertex then lies
-  at least that far from it, and the touching parts come apart instead of
-  meeting at a point or along an edge.
+  the clearance from the plane: into the bone where the surface only
+  touches the plane, else on its own side. Every cut vertex then lies at
+  least that far from it, and touching parts come apart instead of meeting
+  at a point or along an edge.
 
 A move is along the plane's normal (both normals for a vertex near two
 planes), never more than twice the clearance: a fraction of a micrometre, a
-thousandth of the surface's accuracy. A move that would turn a neighbouring face over (a needle thinner
-than the move) is not made.
+thousandth of the surface's accuracy. A move that would turn a neighbouring
+face over (a needle thinner than the move) is not made.
 """
 
 from __future__ import annotations
@@ -95,15 +93,9 @@ def _decide(v, f, d, near, n, ids, links) -> tuple[np.ndarray, np.ndarray]:
     side = np.zeros(len(v), dtype=np.int8)
     fixed = np.where(near, 0, np.sign(d)).astype(np.int8)
     into_bone = _into_bone(v, f, near, n)
-    # Along an axis, a vertex put on the plane has exactly the coordinate of
-    # the cutter's face and edges in the plane compare exactly. Any other
-    # plane is rounded differently in the cutter than here: an edge lying in
-    # it meets the cutter's face at a grazing angle, where manifold3d places
-    # the cut points ~1e-9 mm off, beside the edge's own corners.
-    exact = np.count_nonzero(np.asarray(n)) == 1
     for _ in range(ROUNDS):
         sgn = np.where(on, 0, np.where(side != 0, side, fixed))
-        off = on.copy() if not exact else np.zeros(len(v), dtype=bool)
+        off = np.zeros(len(v), dtype=bool)
         for i, link in zip(ids, links):
             if on[i] and (link is None or _crossings(sgn[link]) != 2):
                 off[i] = True
@@ -113,15 +105,9 @@ def _decide(v, f, d, near, n, ids, links) -> tuple[np.ndarray, np.ndarray]:
         off[f[corners_on.all(axis=1)].ravel()] = True
         for k in range(3):
             a, b, c = f[:, k], f[:, (k + 1) % 3], f[:, (k + 2) % 3]
-            both = on[a] & on[b] & ~on[c]
-            if not both.any():
-                continue
-            if exact:
-                _mark_ridges(off, a[both], b[both], sgn[c[both]], f, on, sgn)
-            else:  # no edge in the plane: the end farther from it moves off
-                a, b = a[both], b[both]
-                farther = (np.abs(d[a]) > np.abs(d[b])) | ((np.abs(d[a]) == np.abs(d[b])) & (a > b))
-                off[np.where(farther, a, b)] = True
+            ridge = on[a] & on[b] & ~on[c]
+            if ridge.any():
+                _mark_ridges(off, a[ridge], b[ridge], sgn[c[ridge]], f, on, sgn)
         off &= on
         if not off.any():
             break

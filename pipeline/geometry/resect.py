@@ -34,7 +34,10 @@ from typing import NamedTuple
 import manifold3d
 import numpy as np
 import trimesh
-from scipy.spatial import cKDTree
+from scipy.optimize import linprog
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import HalfspaceIntersection, cKDTree
 
 from ..config import Plane
 from ..errors import MeshError, PlanError
@@ -47,6 +50,12 @@ from .near_plane import settle_near_planes
 ON_PLANE_MM = 1e-6
 # The cutter box extends this far beyond the bone so no bone lies on its walls.
 CUTTER_MARGIN_MM = 10.0
+# The cutter's corners closer than this (mm) are one corner where four or
+# more faces meet (qhull places each on its own, ~1e-7 mm apart).
+SAME_CORNER_MM = 1e-3
+# A resected region whose largest inscribed ball is smaller than this (mm) is
+# empty: a slab thinner than two micrometres holds no bone worth an implant.
+MIN_CUTTER_RADIUS_MM = 1e-3
 # Two planes facing the same way closer than this (mm) everywhere across the
 # bone are the same cut: the face between them would be a film.
 SAME_PLANE_MM = 0.01
@@ -89,12 +98,53 @@ def to_manifold(mesh: trimesh.Trimesh, what: str) -> manifold3d.Manifold:
 
 
 def cutter_for(planes: tuple[Plane, ...], bounds_lps_mm: np.ndarray) -> manifold3d.Manifold:
-    lo = bounds_lps_mm[0] - CUTTER_MARGIN_MM
-    size = bounds_lps_mm[1] - bounds_lps_mm[0] + 2 * CUTTER_MARGIN_MM
-    cutter = manifold3d.Manifold.cube(tuple(size)).translate(tuple(lo))
-    for plane in planes:
-        cutter = cutter.trim_by_plane(plane.normal_lps, plane.offset_mm)
-    return cutter
+    """The resected region as a convex solid: a box ``CUTTER_MARGIN_MM`` around
+    ``bounds`` cut down to the side every plane's normal points to (empty if
+    nothing is left). Its corners are solved from the planes and box faces
+    meeting there, in double precision, so each cut face lies in its plane to
+    ~1e-14 mm. (manifold3d's own trim_by_plane turns the normal into angles:
+    a plane within ~1e-7 rad of an axis comes out up to 1e-6 mm off.)"""
+    lo = np.asarray(bounds_lps_mm[0], dtype=float) - CUTTER_MARGIN_MM
+    hi = np.asarray(bounds_lps_mm[1], dtype=float) + CUTTER_MARGIN_MM
+    # Half-spaces a . x + b <= 0 (unit normals): the box, then the removed side of each plane.
+    a = np.vstack([-np.eye(3), np.eye(3), [-np.asarray(p.normal_lps) for p in planes]])
+    b = np.concatenate([lo, -hi, [p.offset_mm for p in planes]])
+    # The centre of the largest ball inside them (Chebyshev centre), if any.
+    lp = linprog(c=[0, 0, 0, -1], A_ub=np.hstack([a, np.ones((len(a), 1))]), b_ub=-b,
+                 bounds=[(None, None)] * 3 + [(0, None)], method="highs")
+    if lp.status != 0 or lp.x[3] < MIN_CUTTER_RADIUS_MM:
+        return manifold3d.Manifold()
+    return manifold3d.Manifold.hull_points(_corners(a, b, lp.x[:3]))
+
+
+def _corners(a: np.ndarray, b: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Corners of the solid {x: a . x + b <= 0} (box faces first, six of them).
+
+    qhull finds which faces meet at each corner, but its coordinates are only
+    good to ~1e-7 mm, and where four or more faces meet it places several
+    corners that far apart (they are grouped here as one). Each corner is
+    solved from three of its faces, well apart, the cut planes first: where a
+    plane meets a box face at a box edge, the cut face keeps its plane and the
+    box, far from the bone, gives way."""
+    found = HalfspaceIntersection(np.hstack([a, b[:, None]]), inside)
+    n = len(found.intersections)
+    pairs = cKDTree(found.intersections).query_pairs(SAME_CORNER_MM, output_type="ndarray").reshape(-1, 2)
+    _, group = connected_components(sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])),
+                                                      shape=(n, n)), directed=False)
+    corners = []
+    for g in range(group.max() + 1):
+        members = np.flatnonzero(group == g)
+        faces = sorted({i for k in members for i in found.dual_facets[k]}, key=lambda i: i < 6)
+        chosen: list[int] = []
+        for i in faces:
+            if np.linalg.svd(a[chosen + [i]], compute_uv=False).min() > 1e-6:
+                chosen.append(i)
+            if len(chosen) == 3:
+                break
+        # Faces all but along one line: a corner on an edge, where qhull's is as good.
+        corners.append(np.linalg.solve(a[chosen], -b[chosen]) if len(chosen) == 3
+                       else found.intersections[members[0]])
+    return np.ascontiguousarray(corners, dtype=np.float64)
 
 
 def check_distinct_planes(planes: tuple[Plane, ...], bone: trimesh.Trimesh) -> None:
