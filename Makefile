@@ -6,7 +6,7 @@ CT     ?= sample_ct
 CONFIG ?= configs/default.toml
 OUT    ?= out
 
-.PHONY: mesh test bench evaluate goldens sample clean venv
+.PHONY: mesh test bench view-time bench-batch batch evaluate goldens sample shape-model clean venv
 
 venv: $(VENV)/.installed
 
@@ -25,6 +25,19 @@ test: venv
 bench: venv
 	$(PY) -m pipeline.bench
 
+# Every case of a manifest (CSV or TOML) into $(OUT)/<case_id>/ on a local cluster; see README "Many CTs".
+batch: venv
+	@test -n "$(MANIFEST)" || { echo "usage: make batch MANIFEST=cases.csv OUT=out_dir"; exit 2; }
+	$(PY) -m pipeline batch $(MANIFEST) --out $(OUT)
+
+# The same 8 phantom cases with 1, 2, 4, ... workers (up to the cores): wall time and speed-up.
+bench-batch: venv
+	$(PY) -m pipeline.batch.bench
+
+# Seconds until report.html's 3D view is drawn in a fresh headless Chromium (median of 5; needs chromium).
+view-time: venv
+	$(PY) -m tests.browser $(OUT)/report.html
+
 # Labels against references: the phantom's truth, and the real CTs in ../shared when present.
 # Overlays of the labels go to $(OUT)/evaluate/*.png.
 evaluate: venv
@@ -37,6 +50,12 @@ goldens: venv
 # Rewrites sample_ct/ from the phantom generator (deterministic seed).
 sample: venv
 	rm -rf sample_ct && $(PY) -m pipeline phantom sample_ct --preset sample
+
+# Rebuilds pipeline/segment/data/pelvis_shape_model.npz from the JHU pelvis atlas
+# (ATLAS, default ../shared/atlas/jhu_pelvis) and prints its leave-one-out error.
+ATLAS ?= ../shared/atlas/jhu_pelvis
+shape-model: venv
+	$(PY) -m pipeline.segment.build_shape_model $(ATLAS)
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -1,4 +1,4 @@
-"""Command line: ``python -m pipeline {mesh,series,phantom} ...``.
+"""Command line: ``python -m pipeline {mesh,batch,series,phantom} ...``.
 
 The only place that prints or exits. A :class:`PipelineError` becomes one
 line on stderr and exit status 2; anything else is a bug and keeps its
@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 from .errors import PipelineError
@@ -55,6 +54,14 @@ class Console:
         sys.stderr.flush()
         self._bar_open = True
 
+    def status(self, text: str) -> None:
+        """On a terminal, one line that the next status or line replaces."""
+        if self.quiet or not self.tty:
+            return
+        sys.stderr.write(f"\r\033[K{text}")
+        sys.stderr.flush()
+        self._bar_open = True
+
     def _end_bar(self) -> None:
         if self._bar_open:
             sys.stderr.write("\r\033[K")
@@ -62,38 +69,17 @@ class Console:
 
 
 def cmd_mesh(args: argparse.Namespace) -> None:
+    from .case import run_case
     from .config import load_config
-    from .io import json_bytes, load_ct, nifti_bytes, stl_bytes, write_outputs
-    from .parallel import parallel
-    from .run import Timer, run_mesh
 
     console = Console(args.quiet)
     config = load_config(args.config)  # before the CT: a typo fails in milliseconds
-    timer = Timer(console.line, console.begin)
-    with timer.stage("load"):
-        volume = load_ct(args.ct_dir, series_uid=args.series, max_gap_mm=config.load.max_gap_mm,
-                         progress=console.progress("load"))
-    for note in volume.notes:
-        console.line(f"note: {note}")
-    result = run_mesh(volume, config, log=console.line, timer=timer)
-    start = time.perf_counter()
-    encoders = {"bone.stl": lambda: stl_bytes(result.bone, "bone"),
-                "bone_mask.nii.gz": lambda: nifti_bytes(result.bone_mask, volume.affine),
-                "labels.nii.gz": lambda: nifti_bytes(result.labels, volume.affine),
-                "report.json": lambda: json_bytes(result.report)}
-    for name, mesh in result.context.items():
-        encoders[f"bone_{name}.stl"] = lambda name=name, mesh=mesh: stl_bytes(mesh, f"bone_{name}")
-    if result.implant is not None:
-        encoders["host.stl"] = lambda: stl_bytes(result.host, "host")
-        encoders["implant.stl"] = lambda: stl_bytes(result.implant, "implant")
-    files = dict(zip(encoders, parallel(*encoders.values())))
-    console.line(f"{'encode':<9} {time.perf_counter() - start:7.2f} s")
-    files.update(qa_files(volume, result, config, images=not args.no_qa, timer=timer))
-    start = time.perf_counter()
-    written = write_outputs(Path(args.out), files)
-    console.line(f"{'write':<9} {time.perf_counter() - start:7.2f} s")
+    case = run_case(args.ct_dir, Path(args.out), config, series_uid=args.series, qa=not args.no_qa,
+                    labels_path=args.labels, log=console.line, begin=console.begin,
+                    progress=console.progress("load"))
+    result = case.result
     if not args.quiet:
-        for path in written:
+        for path in case.written:
             print(path)
         for name, stats in result.report["meshes"].items():
             print(f"{name}: {stats['volume_mm3'] / 1000:.1f} cm3, {stats['triangles']} triangles")
@@ -107,31 +93,49 @@ def cmd_mesh(args: argparse.Namespace) -> None:
             print(f"warning: {warning}")
 
 
-def qa_files(volume, result, config, *, images: bool, timer) -> dict[str, bytes]:
-    """qa/<name>.png (unless ``images`` is false) and report.html."""
-    from .io import QA_FOLDER, png_bytes
-    from .parallel import parallel
-    from .qa import (TEMPLATE_ATTRIBUTE, cut_bone_density, implant_source, qa_images, report_html,
-                     structure_labels)
+# Exit status of a batch that finished with failed cases (2 is a refusal, 130 an interrupt).
+BATCH_FAILED_STATUS = 3
 
-    files, shown, missing, density = {}, [], [], []
-    if images:
-        with timer.stage("qa"):
-            made = qa_images(volume, result, config)
-            pngs = parallel(*[(lambda im=im: png_bytes(im.rgb)) for im in made])
-            if result.implant is not None:
-                density = cut_bone_density(volume, result.labels, config.resection.planes,
-                                           structure_labels(config), result.implant)
-        for image, png in zip(made, pngs):
-            files[f"{QA_FOLDER}/{image.name}.png"] = png
-            shown.append((image.title, png))
-        if implant_source(config) == "mirrored" and not any(im.name == "view_mirrored" for im in made):
-            missing.append(f"no mirrored template view: the run result has no {TEMPLATE_ATTRIBUTE}")
-    else:
-        missing.append("QA images switched off (--no-qa)")
-    files["report.html"] = report_html(result.report, shown, missing=missing,
-                                       cut_density=density).encode("utf-8")
-    return files
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import FAILED, connect, counts, read_manifest, run_batch, write_summary
+
+    console = Console(args.quiet)
+    cases = read_manifest(args.manifest)   # every row checked before a worker starts
+    console.line(f"{len(cases)} cases from {args.manifest}")
+    with connect(args.scheduler, workers=args.workers, worker_memory_gb=args.worker_memory_gb) as client:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        console.line(f"{len(workers)} workers at {client.scheduler.address}"
+                     + ("" if args.scheduler else " (local cluster)"))
+        result = run_batch(cases, args.out, client, resume=args.resume, retries=args.retries, qa=not args.no_qa,
+                           on_update=lambda p: _batch_progress(console, p))
+    about = {"manifest": str(args.manifest), "cases": len(cases), "workers": len(workers),
+             "scheduler": args.scheduler or "local cluster", "resume": args.resume, "retries": args.retries,
+             "qa_images": not args.no_qa}
+    written = write_summary(args.out, result, about)
+    n = counts(result)
+    console.line(f"{len(cases)} cases in {result.seconds:.1f} s: "
+                 + ", ".join(f"{v} {k}" for k, v in n.items() if v))
+    if not args.quiet:
+        for path in written:
+            print(path)
+    if result.interrupted:
+        print(f"error: interrupted; {n['not run']} case(s) not run: run again with --resume", file=sys.stderr)
+        return 130
+    return BATCH_FAILED_STATUS if n[FAILED] else 0
+
+
+def _batch_progress(console: Console, p) -> None:
+    if p.note:
+        console.line(p.note)
+    if p.finished:
+        r = p.finished
+        text = f"{r['case_id']}: {r['status']}" + (f" in {r['wall_s']:.1f} s" if r.get("wall_s") else "")
+        console.line(text + (f": {r['error']}" if r.get("error") else ""))
+    finished = p.done + p.failed + p.current
+    eta = "" if p.eta_s is None else f", ETA {int(p.eta_s) // 60}:{int(p.eta_s) % 60:02d}"
+    console.status(f"batch  {finished}/{p.total}: {p.done} done, {p.failed} failed, {p.current} up to date, "
+                   f"{p.running} running{eta}")
 
 
 def cmd_series(args: argparse.Namespace) -> None:
@@ -170,6 +174,28 @@ def cmd_phantom(args: argparse.Namespace) -> None:
         print(f"{len(paths)} slices, {phantom.volume!r} -> {args.out_dir}")
 
 
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline",
                                      description="Patient-specific pelvic implant geometry from CT.")
@@ -179,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Segment and label the bones of a CT, cut the planned bones "
                                       "with the planned planes and write bone.stl, host.stl, "
                                       "implant.stl, bone_<name>.stl, bone_mask.nii.gz, labels.nii.gz, "
+                                      "segmentation.seg.nrrd and plan.mrk.json (for 3D Slicer), "
                                       "report.json (LPS millimetres), QA images qa/*.png and a "
                                       "self-contained report.html.")
     mesh.add_argument("ct_dir", type=Path, metavar="CT_DIR",
@@ -187,10 +214,39 @@ def build_parser() -> argparse.ArgumentParser:
     mesh.add_argument("--config", type=Path, help="TOML config (default: built-in defaults, no planes)")
     mesh.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: out)")
     mesh.add_argument("--series", metavar="UID", help="SeriesInstanceUID to use (see the series command)")
+    mesh.add_argument("--labels", type=Path, metavar="PATH",
+                      help="use this label map instead of the automatic labels: a 3D Slicer .seg.nrrd (e.g. "
+                           "a corrected segmentation.seg.nrrd), a TotalSegmentator multi-label NIfTI or "
+                           "folder of masks, or a labels.nii.gz (overrides segment.labels_file)")
     mesh.add_argument("--quiet", action="store_true", help="print nothing but errors")
     mesh.add_argument("--no-qa", action="store_true",
-                      help="skip the QA images (qa/*.png); report.html is still written")
+                      help="skip the QA images (qa/*.png) and the 3D view; report.html is still written")
     mesh.set_defaults(func=cmd_mesh)
+
+    batch = sub.add_parser("batch", help="run mesh on every case of a manifest, on a dask cluster",
+                           description="Run the mesh job on every case of a manifest (CSV or TOML: case_id, "
+                                       "ct, config, optional series) into OUT/<case_id>/, on a local "
+                                       "cluster of worker processes or on the dask scheduler given; write "
+                                       "OUT/batch.csv, batch.json and batch.html. Exit status 0 when every "
+                                       f"case is done or up to date, {BATCH_FAILED_STATUS} when some failed, "
+                                       "2 when the manifest is refused, 130 when interrupted.")
+    batch.add_argument("manifest", type=Path, metavar="MANIFEST", help="the cases (.csv or .toml)")
+    batch.add_argument("--out", type=Path, required=True, help="output folder: one folder per case")
+    batch.add_argument("--workers", type=_at_least(1),
+                       help="local worker processes (default: one per core, at most one per 4 GB of memory)")
+    batch.add_argument("--worker-memory-gb", type=_positive_float,
+                       help="memory limit per local worker in GB (default: the machine's memory shared "
+                            "evenly); a worker beyond it is restarted and its case retried")
+    batch.add_argument("--scheduler", metavar="ADDRESS",
+                       help="an existing dask scheduler (tcp://host:8786) instead of a local cluster")
+    batch.add_argument("--resume", action="store_true",
+                       help="skip cases whose outputs are complete and made from the same input, config "
+                            "and code (the fingerprint in their report.json)")
+    batch.add_argument("--retries", type=_at_least(0), default=1,
+                       help="runs more of a case whose worker died (default: 1)")
+    batch.add_argument("--no-qa", action="store_true", help="skip the QA images (as mesh --no-qa)")
+    batch.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    batch.set_defaults(func=cmd_batch)
 
     series = sub.add_parser("series", help="list the image series in a folder",
                             description="One line per image series: UID, modality, description, "
@@ -214,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0

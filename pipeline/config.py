@@ -65,6 +65,14 @@ class SegmentConfig:
     # inside it. 40 mm covers a femoral head or a vertebral body from its
     # centre. 0 disables it.
     enclosure_mm: float = 40.0
+    # A label map to use instead of the automatic labels (a 3D Slicer
+    # .seg.nrrd, a TotalSegmentator NIfTI or folder, an earlier run's
+    # labels.nii.gz; see pipeline.io.segmentation); "" = label automatically.
+    # A relative path is relative to the config file; --labels overrides it.
+    labels_file: str = ""
+    # Segment name (or label value, as text) -> bone name, for segments of
+    # that label map whose names are not recognised ("Segment_1" -> "hip_left").
+    label_names: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -211,7 +219,7 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: str |
     _no_unknown(raw, {"load", "segment", "surface", "resection", "implant"}, "")
     load = _section(LoadConfig, raw.get("load", {}), "load")
     _check_load(load)
-    segment = _section(SegmentConfig, raw.get("segment", {}), "segment")
+    segment = _segment(raw.get("segment", {}), Path(base_dir))
     surface = _section(SurfaceConfig, raw.get("surface", {}), "surface")
     _check_segment(segment)
     _check_surface(surface)
@@ -219,6 +227,30 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: str |
     implant = _implant(raw.get("implant", {}))
     return Config(load=load, segment=segment, surface=surface, resection=resection, implant=implant,
                   source=source)
+
+
+def _segment(table: Any, base_dir: Path) -> SegmentConfig:
+    """The numeric keys as any section's, plus the label map to use instead of
+    the automatic labels and its segment-name table."""
+    _no_unknown(table, {f.name for f in dataclasses.fields(SegmentConfig)}, "segment.")
+    numbers = {k: v for k, v in table.items() if k not in ("labels_file", "label_names")}
+    segment = _section(SegmentConfig, numbers, "segment")
+    kwargs: dict[str, Any] = {}
+    if "labels_file" in table:
+        path = table["labels_file"]
+        if not isinstance(path, str) or not path:
+            raise ConfigError("segment.labels_file must be a file or folder path (string)")
+        kwargs["labels_file"] = str(base_dir / path)
+    if "label_names" in table:
+        names = table["label_names"]
+        if not isinstance(names, dict):
+            raise ConfigError("segment.label_names must be a table of segment name = bone name")
+        for name, bone in names.items():
+            if bone not in LABEL_IDS:
+                raise ConfigError(f"segment.label_names.{name!r} = {bone!r} is not a bone name "
+                                  f"(known: {', '.join(LABEL_IDS)})")
+        kwargs["label_names"] = tuple((str(name), bone) for name, bone in names.items())
+    return dataclasses.replace(segment, **kwargs)
 
 
 def _implant(table: Any) -> ImplantConfig:
@@ -363,7 +395,7 @@ def _plane(table: Any, key: str, base_dir: Path) -> Plane:
         path = table["markups"]
         if not isinstance(path, str) or not path:
             raise ConfigError(f"{key}.markups must be a file path (string)")
-        point, normal = read_markups_plane(base_dir / path, f"{key}.markups")
+        point, normal = read_markups_plane(base_dir / path, f"{key}.markups", name=table.get("name"))
     flip = table.get("flip", False)
     if not isinstance(flip, bool):
         raise ConfigError(f"{key}.flip must be true or false")

@@ -24,3 +24,7 @@ class MeshError(PipelineError):
 
 class PlanError(ConfigError):
     """The resection plan does not cut the bone the way it must."""
+
+
+class ManifestError(PipelineError):
+    """A batch manifest is malformed or names cases that cannot run."""

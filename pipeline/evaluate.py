@@ -33,17 +33,19 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .config import Config
-from .bones import LABEL_IDS
+from .bones import LABEL_IDS, TOTALSEGMENTATOR_IDS
 from .segment.labels import grow_box
 from .run import MeshResult, run_mesh
 from .segment.mask import FACE_CONNECTIVITY, bounding_box
 from .volume import Volume
 
 REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "real_ct"
-TOTALSEG_IDS = {"sacrum": 25, "femur_left": 75, "femur_right": 76, "hip_left": 77, "hip_right": 78}
+TOTALSEG_IDS = {name: k for k, name in TOTALSEGMENTATOR_IDS.items()
+                if name in ("sacrum", "femur_left", "femur_right", "hip_left", "hip_right")}
 # The reference labels S1 apart (26, vertebrae_S1); our sacrum includes S1,
 # so the sacrum is also compared with 25 and 26 together (printed beside it).
-TOTALSEG_S1 = 26
+TOTALSEG_S1 = next(k for k, name in TOTALSEGMENTATOR_IDS.items() if name == "vertebrae_S1")
+TOTALSEG_LUMBAR = [k for k, name in TOTALSEGMENTATOR_IDS.items() if name.startswith("vertebrae_L")]
 RTSTRUCT_FEMURS = {"femur_left": "femoreSin", "femur_right": "femoreDes"}
 # Pelvic-Ref-003's RTSTRUCT also holds two commercial tools' automatic
 # contours of each femoral head (model-based, deep learning): how well they
@@ -108,7 +110,7 @@ def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
 # Phantom variants for the scan traits the labels must survive (keyword
 # arguments of pelvis_phantom over the sample preset).
 PHANTOM_VARIANTS = {
-    "phantom 3 mm slices": {"shape": (67, 184, 232), "spacing_mm": (3.0, 1.5, 1.5)},
+    "phantom 3 mm slices": {"shape": (78, 184, 232), "spacing_mm": (3.0, 1.5, 1.5)},
     "phantom osteoporotic": {"osteoporotic": True},
     "phantom contrast": {"contrast": True},
 }
@@ -116,8 +118,9 @@ PHANTOM_VARIANTS = {
 
 def phantom_figures(preset_name: str = "sample", **variant) -> tuple[dict, MeshResult, Volume]:
     """Per label: Dice of the label map and mean |SDF| (mm) of the mesh
-    vertices. ``variant``: keyword arguments of ``pelvis_phantom`` over the
-    preset's."""
+    vertices (those of a bone's cap at the scan's edge left out: the truth
+    goes on beyond it). ``variant``: keyword arguments of ``pelvis_phantom``
+    over the preset's."""
     from .phantom import pelvis_phantom, preset
 
     phantom = pelvis_phantom(**{**preset(preset_name), **variant})
@@ -128,9 +131,20 @@ def phantom_figures(preset_name: str = "sample", **variant) -> tuple[dict, MeshR
         mine = LABEL_IDS[name]
         figures[name] = {"dice": dice(result.labels == mine, phantom.labels == label)}
         if name in meshes:
-            distance = np.abs(phantom.label_sdf_mm(label, meshes[name].vertices))
+            vertices = away_from_scan_edge(meshes[name].vertices, phantom.volume)
+            distance = np.abs(phantom.label_sdf_mm(label, vertices))
             figures[name]["msd_mm"] = float(distance.mean())
     return figures, result, phantom.volume
+
+
+def away_from_scan_edge(vertices: np.ndarray, volume: Volume) -> np.ndarray:
+    """The vertices not on the flat cap a bone cut by the field of view gets
+    at the last voxel centre (where the truth's surface goes on beyond the
+    scan): farther than a voxel from the scan's first and last slice, row
+    and column."""
+    index = volume.lps_to_index(np.asarray(vertices, dtype=np.float64))
+    inside = np.all((index > 1.0) & (index < np.array(volume.shape) - 2.0), axis=1)
+    return vertices[inside]
 
 
 def totalseg_figures() -> tuple[dict, MeshResult, Volume] | None:
@@ -147,7 +161,22 @@ def totalseg_figures() -> tuple[dict, MeshResult, Volume] | None:
         figures[name] = {"dice": dice(mine, theirs), "surface_dice_1vox": surface_dice(mine, theirs),
                          **outer_layer_misses(mine, theirs, volume.hu)}
     with_s1 = np.isin(reference, (TOTALSEG_IDS["sacrum"], TOTALSEG_S1))
-    figures["sacrum"]["dice_with_s1"] = dice(result.labels == LABEL_IDS["sacrum"], with_s1)
+    mine = result.labels == LABEL_IDS["sacrum"]
+    figures["sacrum"].update(dice_with_s1=dice(mine, with_s1), surface_dice_1vox_with_s1=surface_dice(mine, with_s1))
+    # Our "lumbar" is every vertebra above the sacrum; the reference's L1-L5 together,
+    # and (beside it) its every vertebra above S1 in view.
+    mine = result.labels == LABEL_IDS["lumbar"]
+    lumbar = np.isin(reference, TOTALSEG_LUMBAR)
+    above_s1 = np.isin(reference, [k for k, n in TOTALSEGMENTATOR_IDS.items() if n.startswith("vertebrae_")
+                                   and n != "vertebrae_S1"])
+    figures["lumbar"] = {"dice": dice(mine, lumbar), "surface_dice_1vox": surface_dice(mine, lumbar),
+                         "dice_all_vertebrae": dice(mine, above_s1),
+                         "surface_dice_1vox_all_vertebrae": surface_dice(mine, above_s1),
+                         **outer_layer_misses(mine, lumbar, volume.hu)}
+    # All the bones both label: hips, sacrum with S1, femurs and the vertebrae above it.
+    theirs = np.isin(reference, [*TOTALSEG_IDS.values(), TOTALSEG_S1]) | above_s1
+    mine = np.isin(result.labels, [LABEL_IDS[n] for n in (*TOTALSEG_IDS, "lumbar")])
+    figures["all_bone"] = {"dice": dice(mine, theirs), "surface_dice_1vox": surface_dice(mine, theirs)}
     return figures, result, volume
 
 

@@ -9,6 +9,8 @@ the normal pointing into the part that is removed. Planners give it as
 * a 3D Slicer markups file (``.mrk.json``): a Plane node, or a list of three
   control points. The file states its own coordinate system (``LPS``, the
   default, or ``RAS``); RAS is converted here, the one place plans leave it.
+  A file of several markups (a run's ``plan.mrk.json``, one Plane per cut)
+  gives the one named like the plane.
 
 These functions read and compute; the config module names the keys in errors.
 """
@@ -52,14 +54,15 @@ def plane_through_points(points_lps_mm: np.ndarray, removed_side_lps_mm: np.ndar
     return centre, normal
 
 
-def read_markups_plane(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
+def read_markups_plane(path: Path, what: str, name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(point, unit normal) in LPS from a 3D Slicer markups file.
 
     A ``Plane`` markup gives its normal directly (``center``/``normal`` when
     Slicer wrote them, else its control points); a ``Fiducial`` list of three
     points gives the plane through them with the right-hand-rule normal. The
     caller flips the normal on request (``flip``), since the file cannot say
-    which side the planner meant to remove.
+    which side the planner meant to remove. A file holding several markups
+    gives the one whose ``name`` is ``name``.
     """
     try:
         document = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -68,10 +71,9 @@ def read_markups_plane(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
     except json.JSONDecodeError as e:
         raise ConfigError(f"{what}: {path} is not JSON ({e.msg}, line {e.lineno})") from None
     markups = document.get("markups") if isinstance(document, dict) else None
-    if not isinstance(markups, list) or len(markups) != 1:
-        raise ConfigError(f"{what}: {path} must hold exactly one markup (found "
-                          f"{len(markups) if isinstance(markups, list) else 'none'})")
-    markup = markups[0]
+    if not isinstance(markups, list) or not markups or not all(isinstance(m, dict) for m in markups):
+        raise ConfigError(f"{what}: {path} holds no markup")
+    markup = markups[0] if len(markups) == 1 else _named_markup(markups, name, path, what)
     system = markup.get("coordinateSystem", "LPS")
     if system not in ("LPS", "RAS"):
         raise ConfigError(f"{what}: {path} uses coordinate system {system!r}; expected LPS or RAS")
@@ -90,6 +92,15 @@ def read_markups_plane(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
         return plane_through_points(points, None, f"{what} ({path})")
     raise ConfigError(f"{what}: {path} holds a {kind} markup with {len(points)} points; expected a Plane "
                       "or a list of three points")
+
+
+def _named_markup(markups: list[dict], name: str | None, path: Path, what: str) -> dict:
+    names = [str(m.get("name", "")) for m in markups]
+    if name is None or names.count(name) != 1:
+        found = "no" if name is None or name not in names else "more than one"
+        raise ConfigError(f"{what}: {path} holds {len(markups)} markups ({', '.join(names)}); {found} markup is "
+                          f"named {name!r}: set the plane's name to one of them")
+    return markups[names.index(name)]
 
 
 def _control_points(markup: dict, path: Path, what: str) -> np.ndarray:

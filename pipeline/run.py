@@ -22,7 +22,8 @@ from .errors import PlanError
 from .geometry import (Resection, bone_surfaces, check_plane_structures, concatenate_solids, mesh_facts, mesh_stats,
                        resect, validate_solid)
 from .parallel import parallel
-from .segment import label_bones, segment_bone
+from .segment import PelvisFit, label_bones, segment_bone
+from .segment.external import LabelMap, labels_from_map
 from .segment.lookup import label_counts
 from .volume import Volume, orientation_code
 
@@ -43,6 +44,8 @@ class MeshResult:
     # implant.source = "mirrored": the healthy side reflected and fitted to the
     # affected side, before the cut (for QA views); None otherwise.
     mirrored_template: trimesh.Trimesh | None = None
+    # The pelvis shape model as fitted to the CT (None when no pelvis was found).
+    pelvis_fit: PelvisFit | None = None
 
     @property
     def bone_mask(self) -> np.ndarray:
@@ -71,12 +74,20 @@ class Timer:
 
 
 def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
-             timer: Timer | None = None) -> MeshResult:
+             timer: Timer | None = None, label_map: LabelMap | None = None) -> MeshResult:
+    """``label_map``: labels read from a file (``--labels``), used instead of
+    the automatic segmentation and labelling."""
     timer = timer or Timer(log)
-    with timer.stage("segment"):
-        bone_mask = segment_bone(volume, config.segment)
-    with timer.stage("labels"):
-        bone_labels = label_bones(volume, bone_mask, config.segment)
+    if label_map is None:
+        with timer.stage("segment"):
+            bone_mask = segment_bone(volume, config.segment)
+        with timer.stage("labels"):
+            bone_labels = label_bones(volume, bone_mask, config.segment)
+        segment_stats = {**bone_mask.stats, **bone_labels.stats}
+    else:
+        with timer.stage("labels"):
+            bone_labels = labels_from_map(volume, label_map, config.segment)
+        segment_stats = dict(bone_labels.stats)
     with timer.stage("surface"):
         surfaces = bone_surfaces(volume, bone_labels, config.surface)
         meshes = {LABEL_NAMES[k]: m for k, m in surfaces.meshes.items()}
@@ -114,14 +125,13 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
         log("no resection planes in the config: writing the bone outputs only")
     with timer.stage("report"):
         labels = surfaces.full_labels(volume.shape)
-        stats = {**bone_mask.stats, **bone_labels.stats}
-        stats["labels"] = label_table(surfaces.labels, meshes, volume.voxel_volume_mm3)
-        report = build_report(volume, config, bone, cut, stats, timer.seconds)
+        segment_stats["labels"] = label_table(surfaces.labels, meshes, volume.voxel_volume_mm3)
+        report = build_report(volume, config, bone, cut, segment_stats, timer.seconds)
         report["implant"] = implant_report
         report["meshes"].update({f"bone_{n}": mesh_stats(m) for n, m in context.items()})
     return MeshResult(bone=bone, host=cut.host if cut else None, implant=cut.implant if cut else None,
                       label_meshes=meshes, context=context, labels=labels, report=report,
-                      mirrored_template=mirror.mesh if mirror else None)
+                      mirrored_template=mirror.mesh if mirror else None, pelvis_fit=bone_labels.fit)
 
 
 def label_table(labels: np.ndarray, meshes: dict[str, trimesh.Trimesh], voxel_mm3: float) -> dict:
@@ -144,6 +154,7 @@ def build_report(volume: Volume, config: Config, bone: trimesh.Trimesh, cut: Res
         for plane, contact, imp, host, settled in zip(config.resection.planes, cut.implant_planes,
                                                       cut.implant_contact_faces, cut.host_cut_faces, cut.settled):
             on_plane = np.abs(contact.signed_distance_mm(cut.implant.vertices[cut.implant.faces[imp]].reshape(-1, 3)))
+            centre, radius = face_centre(cut.host, host)
             planes.append({
                 "name": plane.name,
                 "point_lps_mm": list(plane.point_lps_mm),
@@ -156,6 +167,8 @@ def build_report(volume: Volume, config: Config, bone: trimesh.Trimesh, cut: Res
                 # Bone vertices within a micrometre of the plane, put on it or
                 # moved off it before the cut (pipeline.geometry.near_plane).
                 "bone_vertices_settled": settled,
+                "host_cut_centre_lps_mm": [round(float(c), 3) for c in centre],
+                "host_cut_radius_mm": round(radius, 3),
             })
     return {
         "input": input_summary(volume),
@@ -165,9 +178,18 @@ def build_report(volume: Volume, config: Config, bone: trimesh.Trimesh, cut: Res
         "planes": planes,
         "resection_shells": cut.shells if cut is not None else None,
         "timings_s": seconds,
-        "versions": {p: _version(p) for p in PACKAGES},
+        "versions": package_versions(),
         "frame": "LPS, millimetres (DICOM patient coordinates)",
     }
+
+
+def face_centre(mesh: trimesh.Trimesh, faces: np.ndarray) -> tuple[np.ndarray, float]:
+    """Area-weighted centre of ``faces`` of ``mesh`` (a cut face) and the
+    largest distance from it to their vertices (mm)."""
+    triangles = mesh.triangles[faces]
+    area = mesh.area_faces[faces]
+    centre = (triangles.mean(axis=1) * area[:, None]).sum(axis=0) / max(float(area.sum()), 1e-12)
+    return centre, float(np.linalg.norm(triangles.reshape(-1, 3) - centre, axis=1).max(initial=0.0))
 
 
 def input_summary(volume: Volume) -> dict:
@@ -180,6 +202,11 @@ def input_summary(volume: Volume) -> dict:
         "affine_index_to_lps_mm": np.round(volume.affine, 6).tolist(),
         "notes": list(volume.notes),
     }
+
+
+def package_versions() -> dict[str, str]:
+    """The installed versions of the pipeline and the libraries that shape its outputs."""
+    return {p: _version(p) for p in PACKAGES}
 
 
 def _version(package: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
 
@@ -70,3 +71,90 @@ def solid_defects(triangles: np.ndarray) -> dict[str, int]:
     return {"repeated_corner": int(repeated.sum()), "zero_area": int(zero_area.sum()),
             "edge_used_twice_one_way": int((count > 1).sum()),
             "edge_without_its_reverse": int((~np.isin(backward, once)).sum())}
+
+
+# The pelvis phantom on a coarse grid (pelvis_phantom keywords): a whole run
+# with the sample plan (configs/default.toml) takes about a second.
+COARSE_PELVIS = {"shape": (68, 92, 116), "spacing_mm": (3.4, 3.0, 3.0)}
+
+
+def without_scripts(page: str) -> str:
+    """An HTML page with the text of its script elements left out (their tags stay)."""
+    return re.sub(r"(<script\b[^>]*>).*?(</script>)", r"\1\2", page, flags=re.IGNORECASE | re.DOTALL)
+
+
+def external_references(page: str) -> list[str]:
+    """What an HTML page would fetch from outside itself: every ``src`` or
+    ``href`` attribute, ``url(...)`` and ``@import`` that is not a ``data:``
+    URI, outside the text of inline scripts (a script's code is not markup:
+    plotly.js holds strings like ``href="..."`` that it never loads), plus
+    every script element that names a source."""
+    found = [m.group(0) for m in re.finditer(r"<script\b[^>]*\bsrc\s*=", page, re.IGNORECASE)]
+    markup = without_scripts(page)
+    found += [v for v in re.findall(r"""(?:src|href)\s*=\s*["']?([^"'\s>]*)""", markup, re.IGNORECASE)
+              if not v.startswith("data:")]
+    found += [v for v in re.findall(r"url\(\s*['\"]?([^)'\"]*)", markup) if not v.startswith("data:")]
+    found += re.findall(r"@import[^;]*", markup)
+    return found
+
+
+def view_meshes(page: str, div_id: str = "view3d") -> dict:
+    """The meshes a report page's plotly 3D view draws, by name, decoded
+    from the page itself (plotly writes arrays as base64 with a dtype)."""
+    import base64
+    import json
+
+    import trimesh
+
+    start = page.index(f'"{div_id}",', page.index("Plotly.newPlot(")) + len(div_id) + 3
+    traces, _ = json.JSONDecoder().raw_decode(page[start:].lstrip())
+
+    def array(value):
+        if isinstance(value, dict):
+            return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        return np.asarray(value)
+
+    return {t["name"]: trimesh.Trimesh(np.stack([array(t[a]) for a in "xyz"], axis=1),
+                                       np.stack([array(t[a]) for a in "ijk"], axis=1), process=False)
+            for t in traces if t.get("type") == "mesh3d"}
+
+
+def symmetric_sample(lesion: bool = False):
+    """The sample phantom made mirror-symmetric about x = 0, for tests whose
+    truth is a symmetry plane: the atlas pelvis is not symmetric (nor is any
+    real one), so the patient's left half is replaced by the mirror image of
+    the right half (the sample grid's columns are symmetric about x = 0).
+    With ``lesion``, the left ilium's lytic lesion is put back in as the
+    difference it makes to the CT (same noise seed, so nothing else changes).
+
+    Returns (volume, labels, intact_sdf): ``intact_sdf(label, points)`` is the
+    truth of the symmetric bones, a left bone's being its right mirror image's
+    (labels 1, 4 read 2, 5; sacrum and spine read their right halves)."""
+    from pipeline.phantom import pelvis_phantom, preset
+
+    plain = pelvis_phantom(**preset("sample"))
+    n = plain.volume.shape[2]
+    assert n % 2 == 0 and np.allclose(plain.volume.index_to_lps(np.array([0, 0, 0]))[0],
+                                      -plain.volume.index_to_lps(np.array([0, 0, n - 1]))[0])
+
+    def mirrored(a):
+        a = a.copy()
+        a[..., n // 2:] = a[..., : n // 2][..., ::-1]
+        return a
+    hu = mirrored(plain.volume.hu)
+    if lesion:
+        hu = hu + (pelvis_phantom(**preset("sample"), lesion=True).volume.hu - plain.volume.hu)
+    labels = mirrored(plain.labels)
+    swap = np.array([0, 2, 1, 3, 5, 4, 6])
+    right_half = labels[..., n // 2:]
+    right_half[:] = swap[right_half]
+
+    def intact_sdf(label: int, points: np.ndarray) -> np.ndarray:
+        p = np.array(points, dtype=np.float64)
+        if label in (2, 5):                 # the right bones are the phantom's own
+            return plain.label_sdf_mm(label, p)
+        # Left bones are the right ones mirrored; the midline bones' left halves are their right halves'.
+        flip = np.ones(p.shape[:-1], dtype=bool) if label in (1, 4) else p[..., 0] > 0
+        p[flip, 0] *= -1.0
+        return plain.label_sdf_mm({1: 2, 4: 5}.get(label, label), p)
+    return Volume(hu.astype(np.float32), plain.volume.affine, meta=plain.volume.meta), labels, intact_sdf

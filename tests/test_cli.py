@@ -34,3 +34,28 @@ def test_terminal_shows_the_running_stage_and_quiet_shows_nothing(capsys, monkey
     with Timer(quiet.line, quiet.begin).stage("surface"):
         pass
     assert capsys.readouterr().err == ""
+
+
+def test_a_missing_label_map_fails_before_the_ct_is_read_naming_where_it_came_from(tmp_path, capsys):
+    missing = tmp_path / "corrected.seg.nrrd"
+    assert cli_main(["mesh", str(tmp_path / "no_ct_here"), "--labels", str(missing), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {missing}: no such file or folder"
+    config = tmp_path / "plan.toml"
+    config.write_text('[segment]\nlabels_file = "corrected.seg.nrrd"\n')
+    assert cli_main(["mesh", str(tmp_path / "no_ct_here"), "--config", str(config), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: segment.labels_file = {missing}: no such file or folder"
+
+
+def test_no_qa_leaves_out_the_images_and_the_3d_view():
+    from types import SimpleNamespace
+
+    from pipeline.case import qa_files
+    from pipeline.config import Config
+    from pipeline.run import Timer
+
+    files = qa_files(None, SimpleNamespace(report={"planes": []}, implant=None), Config(), images=False,
+                     timer=Timer(None))
+    assert list(files) == ["report.html"]
+    page = files["report.html"].decode("utf-8")
+    assert "<script" not in page and "Plotly" not in page
+    assert "QA images and 3D view switched off (--no-qa)" in page

@@ -73,6 +73,10 @@ def test_readme_plan_examples_are_valid_configs(tmp_path):
     (tmp_path / "plan").mkdir()
     (tmp_path / "plan" / "cut_b.mrk.json").write_text(json.dumps(
         {"markups": [{"type": "Plane", "coordinateSystem": "RAS", "center": [-30, -40, 50], "normal": [-1, 0, 0]}]}))
+    (tmp_path / "out").mkdir()   # a run's plan.mrk.json: one named markup per cut
+    (tmp_path / "out" / "plan.mrk.json").write_text(json.dumps({"markups": [
+        {"type": "Plane", "name": name, "center": [0, 0, z], "normal": [0, 0, 1]}
+        for name, z in (("sacral_ala", 40), ("supra_acetabular", 20))]}))
     for block in blocks:
         (tmp_path / "plan.toml").write_text(block)
         assert load_config(tmp_path / "plan.toml").resection.planes

@@ -28,6 +28,8 @@ LAYERS = (
     ("qa",),
     ("io", "phantom"),
     ("run",),
+    ("case",),
+    ("batch",),
     ("evaluate", "bench", "cli"),
     ("__main__",),
 )

@@ -69,7 +69,9 @@ def test_three_point_list_follows_the_right_hand_rule(tmp_path, system):
 
 @pytest.mark.parametrize("content, message", [
     ("not json", "is not JSON"),
-    (json.dumps({"markups": []}), "exactly one markup"),
+    (json.dumps({"markups": []}), "holds no markup"),
+    (json.dumps({"markups": [{"type": "Plane", "name": "a"}, {"type": "Plane", "name": "b"}]}),
+     r"holds 2 markups \(a, b\); no markup is named None"),
     (json.dumps({"markups": [{"type": "Line", "controlPoints": [{"position": [0, 0, 0]}, {"position": [1, 0, 0]}]}]}),
      "expected a Plane or a list of three points"),
     (json.dumps({"markups": [{"type": "Plane", "coordinateSystem": "XYZ"}]}), "coordinate system 'XYZ'"),

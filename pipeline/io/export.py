@@ -17,23 +17,30 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import trimesh
+from scipy import ndimage as ndi
 
 from ..errors import PipelineError
-from ..bones import LABEL_NAMES
+from ..bones import BONE_TERMINOLOGY, LABEL_COLOURS_RGB, LABEL_NAMES, SNOMED_SIDES, SNOMED_TYPES
+from ..config import Plane
 from ..geometry.meshes import validate_solid
 from ..qa.images import QA_IMAGES
 
 QA_FOLDER = "qa"
+# Files are staged in a folder of this name inside the output folder; one left
+# behind (a process killed while writing) holds nothing valid.
+STAGING_PREFIX = ".staging-"
 
 # Every file name a run may write; used to clear an earlier run's leftovers
 # (a bone written for context in one run may be resected, or absent, in the next).
 OUTPUT_NAMES = ("bone.stl", "host.stl", "implant.stl", "bone_mask.nii.gz", "labels.nii.gz", "report.json",
-                "report.html", *(f"bone_{name}.stl" for name in LABEL_NAMES.values()),
+                "report.html", "segmentation.seg.nrrd", "plan.mrk.json",
+                *(f"bone_{name}.stl" for name in LABEL_NAMES.values()),
                 *(f"{QA_FOLDER}/{name}.png" for name in QA_IMAGES))
 # LPS -> RAS: NIfTI's world frame. The only place the pipeline leaves LPS.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -47,12 +54,15 @@ def stl_bytes(mesh: trimesh.Trimesh, name: str) -> bytes:
     return header + body[80:]
 
 
-def nifti_bytes(mask: np.ndarray, affine_lps: np.ndarray) -> bytes:
+def nifti_bytes(mask: np.ndarray, affine_lps: np.ndarray, label_names: dict[int, str] | None = None) -> bytes:
     """uint8 NIfTI-1 (gzip) of a (slice, row, column) mask or label map on the CT's grid.
 
     Stored with axes (column, row, slice) as DICOM-derived NIfTI files usually
     are; the affine is converted to RAS as the format requires, and sform and
     qform both carry it (code 1, scanner), so viewers overlay it on the CT.
+    ``label_names`` (value -> name) go into the file as a label table (the
+    XML extension TotalSegmentator's multi-label files carry), so the file
+    names its labels to whoever reads it back, ``--labels`` included.
     """
     # The transpose is a view: NIfTI stores the first axis fastest (Fortran
     # order), which is exactly the C-order memory of the (slice, row, column)
@@ -63,9 +73,101 @@ def nifti_bytes(mask: np.ndarray, affine_lps: np.ndarray) -> bytes:
     img.set_sform(affine, code=1)
     img.set_qform(affine, code=1)
     img.header.set_xyzt_units("mm")
+    if label_names:
+        # Code 0, as TotalSegmentator writes it: readers of its files look for the table there.
+        img.header.extensions.append(nib.nifti1.Nifti1Extension(0, _label_table_xml(label_names)))
     # Level 1: masks are mostly zeros, so it compresses nearly as well as 9 in a fraction of the time.
     # mtime=0: the same labels give the same bytes (no write time in the gzip header).
     return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
+
+
+def _label_table_xml(label_names: dict[int, str]) -> bytes:
+    rows = "".join(f'<Label Key="{k}" Red="{r / 255:.4g}" Green="{g / 255:.4g}" Blue="{b / 255:.4g}" Alpha="1">'
+                   f"<![CDATA[{name}]]></Label>\n"
+                   for k, name in sorted(label_names.items())
+                   for r, g, b in [LABEL_COLOURS_RGB.get(name, (128, 128, 128))])
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<CaretExtension><VolumeInformation Index="0">'
+            f"<LabelTable>\n{rows}</LabelTable><VolumeType><![CDATA[Label]]></VolumeType>"
+            f"</VolumeInformation></CaretExtension>\n").encode("utf-8")
+
+
+def seg_nrrd_bytes(labels: np.ndarray, affine_lps: np.ndarray) -> bytes:
+    """The label map as a 3D Slicer segmentation (.seg.nrrd), gzip.
+
+    A labelmap NRRD on the CT's own grid (``labels``: uint8, (slice, row,
+    column); ``affine_lps``: index -> LPS mm), space left-posterior-superior,
+    one layer; per bone present: name, colour, label value, layer, extent and
+    a standard terminology entry where one exists, in the header fields
+    3D Slicer reads, so it opens as named, coloured segments on the CT. The
+    header is written here, in the NRRD0004 form Slicer itself writes, with
+    nothing that depends on when it is written (same labels, same bytes).
+    """
+    def vector(v) -> str:
+        return "(" + ",".join(repr(float(x)) for x in v) + ")"
+
+    # NRRD's first axis is the fastest: the column, then the row, then the slice.
+    fields = [("type", "unsigned char"), ("dimension", "3"), ("space", "left-posterior-superior"),
+              ("sizes", " ".join(str(n) for n in labels.shape[::-1])),
+              ("space directions", " ".join(vector(affine_lps[:3, a]) for a in (2, 1, 0))),
+              ("kinds", "domain domain domain"), ("encoding", "gzip"),
+              ("space origin", vector(affine_lps[:3, 3]))]
+    custom = [("Segmentation_MasterRepresentation", "Binary labelmap"),
+              ("Segmentation_ContainedRepresentationNames", "Binary labelmap|"),
+              ("Segmentation_ReferenceImageExtentOffset", "0 0 0")]
+    boxes = ndi.find_objects(labels, max_label=max(LABEL_NAMES))
+    present = [(k, boxes[k - 1]) for k in LABEL_NAMES if boxes[k - 1] is not None]
+    for index, (k, box) in enumerate(present):
+        name = LABEL_NAMES[k]
+        tags = f"TerminologyEntry:{_terminology(name)}|" if name in BONE_TERMINOLOGY else ""
+        custom += [(f"Segment{index}_{key}", value) for key, value in (
+            ("ID", name), ("Name", name), ("NameAutoGenerated", "0"),
+            ("Color", " ".join(f"{c / 255:.6g}" for c in LABEL_COLOURS_RGB[name])), ("ColorAutoGenerated", "0"),
+            ("LabelValue", str(k)), ("Layer", "0"),
+            ("Extent", " ".join(f"{b.start} {b.stop - 1}" for b in box[::-1])), ("Tags", tags))]
+    header = "NRRD0004\n" + "".join(f"{k}: {v}\n" for k, v in fields) + "".join(f"{k}:={v}\n" for k, v in custom)
+    # Level 1, as for the NIfTI label map: mostly zeros. mtime=0: no write time in the gzip header.
+    data = gzip.compress(np.ascontiguousarray(labels, dtype=np.uint8).tobytes(), compresslevel=1, mtime=0)
+    return header.encode("ascii") + b"\n" + data
+
+
+def _terminology(name: str) -> str:
+    """3D Slicer's terminology entry string for one of our bones (SNOMED CT codes)."""
+    code, side = BONE_TERMINOLOGY[name]
+    modifier = f"SCT^{side}^{SNOMED_SIDES[side].capitalize()}" if side else "^^"
+    return ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure"
+            f"~SCT^{code}^{SNOMED_TYPES[code][1]}~{modifier}~Anatomic codes - DICOM master list~^^~^^")
+
+
+def markups_bytes(planes: list[Plane], centres_lps_mm: list, half_sizes_mm: list[float]) -> bytes:
+    """3D Slicer markups (.mrk.json, LPS): one Plane markup per cut plane,
+    named after it, so the planes appear in Slicer where they cut.
+
+    Each is stored as three points (Slicer's "threePoints" plane, which every
+    Slicer version reads): the plane's point nearest ``centres_lps_mm`` (the
+    cut face's centre), and two points ``half_sizes_mm`` from it along
+    in-plane axes ordered so that their cross product is the normal, which
+    points into the removed part. ``center`` and ``normal``, which Slicer
+    writes too, give the plane exactly to :func:`pipeline.plan.read_markups_plane`.
+    """
+    markups = []
+    for plane, centre, half in zip(planes, centres_lps_mm, half_sizes_mm):
+        n = np.asarray(plane.normal_lps, dtype=np.float64)
+        c = np.asarray(centre, dtype=np.float64)
+        origin = c - (float(c @ n) - plane.offset_mm) * n
+        u = np.cross(n, np.eye(3)[int(np.argmin(np.abs(n)))])
+        u /= np.linalg.norm(u)
+        v = np.cross(n, u)
+        points = [origin, origin + half * u, origin + half * v]
+        markups.append({
+            "type": "Plane", "name": plane.name, "coordinateSystem": "LPS", "coordinateUnits": "mm",
+            "locked": False, "fixedNumberOfControlPoints": True, "planeType": "threePoints", "sizeMode": "auto",
+            "controlPoints": [{"id": str(i + 1), "label": f"{plane.name}-{i + 1}", "position": p.tolist(),
+                               "positionStatus": "defined"} for i, p in enumerate(points)],
+            "center": origin.tolist(), "normal": n.tolist(),
+        })
+    document = {"@schema": "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/"
+                           "Resources/Schema/markups-schema-v1.0.3.json#", "markups": markups}
+    return json_bytes(document)
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
@@ -89,7 +191,7 @@ def write_outputs(out_dir: Path, files: dict[str, bytes]) -> list[Path]:
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
     except OSError as e:
         raise PipelineError(f"{out_dir}: cannot create output folder ({e.strerror})") from None
     try:
@@ -113,3 +215,28 @@ def write_outputs(out_dir: Path, files: dict[str, bytes]) -> list[Path]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [out_dir / name for name in files]
+
+
+def remove_staging(out_dir: Path) -> None:
+    """Delete staging folders in ``out_dir`` (left by a process killed while
+    writing). Only one run may write into an output folder at a time."""
+    for staging in Path(out_dir).glob(f"{STAGING_PREFIX}*"):
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_file(path: Path, content: bytes) -> Path:
+    """Write one file atomically: a temporary file beside it, then a rename."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "xb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise PipelineError(f"{path}: cannot write ({e.strerror})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -23,7 +23,7 @@ import struct
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import shared_memory
+from multiprocessing import current_process, shared_memory
 
 import numpy as np
 import pydicom
@@ -223,11 +223,15 @@ def read_series_pixels(slices: Sequence[SliceHeader], shape: tuple[int, int, int
     """HU of ``slices`` stacked along axis 0, decoded by up to ``workers`` processes.
 
     Processes are used only for compressed single-frame slices, and only when
-    each worker gets at least ``MIN_SLICES_PER_WORKER`` of them.
+    each worker gets at least ``MIN_SLICES_PER_WORKER`` of them. A daemonic
+    process (a dask worker running a batch case) may not start processes: it
+    decodes in itself, the batch already keeping every core busy.
     """
     n_compressed = sum(not is_native_16bit(s) and s.n_frames == 1 for s in slices)
     workers = min(WORKERS if workers is None else workers,
                   n_compressed // MIN_SLICES_PER_WORKER if workers is None else len(slices))
+    if current_process().daemon:
+        workers = 1
     if workers <= 1:
         hu = np.empty(shape, dtype=np.float32)
         read_slices_into(slices, hu, progress)

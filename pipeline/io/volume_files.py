@@ -80,9 +80,14 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, str, str]:
     except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as exc:
         raise InputError(f"{path}: cannot read NIfTI ({' '.join(str(exc).split())})") from None
     data = data.reshape(data.shape[:3]).transpose(2, 1, 0)   # (k, j, i): slowest axis first
-    affine = _RAS_TO_LPS @ img.affine[:, [2, 1, 0, 3]]
     source = "sform" if img.header.get_sform(coded=True)[1] else "qform"
-    return data, affine, "NIfTI", f"geometry from its {source} (RAS, converted to LPS)"
+    return data, nifti_affine_lps(img), "NIfTI", f"geometry from its {source} (RAS, converted to LPS)"
+
+
+def nifti_affine_lps(img) -> np.ndarray:
+    """Index (k, j, i) -> LPS mm of a nibabel NIfTI image whose array is read
+    transposed to (slowest, ..., fastest) axis order."""
+    return _RAS_TO_LPS @ img.affine[:, [2, 1, 0, 3]]
 
 
 def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray, str, str]:
@@ -93,11 +98,24 @@ def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray, str, str]:
     except (OSError, ValueError, EOFError, nrrd.NRRDError) as exc:
         raise InputError(f"{path}: cannot read NRRD ({' '.join(str(exc).split())})") from None
     _three_d(data.shape[::-1], path)
+    affine = nrrd_affine_lps(header, path)
+    data = data.reshape(data.shape[len(data.shape) - 3:]) if data.ndim > 3 else data
+    return data, affine, "NRRD", f"geometry from its {header['space'].lower()} space directions"
+
+
+def nrrd_affine_lps(header: dict, path: Path | str) -> np.ndarray:
+    """Index (k, j, i) -> LPS mm of a NRRD read in C order (slowest axis first).
+
+    The last three axes are the spatial ones; a leading non-spatial axis (a
+    3D Slicer segmentation's layers: kind 'list', space direction 'none')
+    has no direction and is left out."""
     space = str(header.get("space", "")).lower()
     if space not in _NRRD_SPACES:
         raise InputError(f"{path}: NRRD 'space' is {header.get('space')!r}; need one of "
                          f"{', '.join(sorted(_NRRD_SPACES))} to place it in the patient")
     directions = np.asarray(header.get("space directions"), dtype=np.float64)
+    if directions.ndim == 2 and directions.shape[0] == 4 and not np.isfinite(directions[0]).any():
+        directions = directions[1:]
     if directions.shape != (3, 3) or not np.all(np.isfinite(directions)):
         raise InputError(f"{path}: NRRD 'space directions' must be three 3-vectors")
     origin = np.asarray(header.get("space origin", np.zeros(3)), dtype=np.float64)
@@ -105,5 +123,4 @@ def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray, str, str]:
     affine = np.eye(4)
     affine[:3, :3] = (directions[::-1] * flip).T   # column m: file axis (2 - m), in LPS
     affine[:3, 3] = origin * flip
-    data = data.reshape(data.shape[len(data.shape) - 3:]) if data.ndim > 3 else data
-    return data, affine, "NRRD", f"geometry from its {space} space directions"
+    return affine

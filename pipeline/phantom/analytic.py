@@ -1,4 +1,4 @@
-"""Analytic CT phantoms with exposed ground truth.
+"""Analytic CT phantoms with exposed ground truth, and the rendering every phantom shares.
 
 Every structure is a signed distance function (SDF) in patient LPS millimetres,
 negative inside. A CT volume is rendered from nested tissue regions as a sum of
@@ -12,7 +12,9 @@ edge this is exactly a Gaussian point-spread function of standard deviation
 tissues lies on the zero level set: the true surface. Gaussian noise is added
 last. Intensities are evaluated at voxel centres, in float32, and each SDF is
 evaluated only inside its bounding box (plus a few blur widths), so a
-300 x 512 x 512 pelvis renders in seconds.
+300 x 512 x 512 volume renders in seconds. The sphere and ellipsoid phantoms
+live here; the pelvis (:mod:`pipeline.phantom.pelvis`) and the body around it
+(:mod:`pipeline.phantom.body`) are built from the same SDFs and CSG nodes.
 
 The ground truth a test needs comes with the volume (:class:`Phantom`): labels
 at voxel centres (``sdf < 0``), the SDF itself (``sdf_mm``, ``label_sdf_mm``),
@@ -24,11 +26,11 @@ row axis -> +y (posterior), column axis -> +x (patient left); orientation code
 
 Exactness of the SDFs:
 
-* spheres, capsules, tori, half-spaces and boxes are exact; a union (``min``)
+* spheres, capsules, half-spaces and boxes are exact; a union (``min``)
   of exact SDFs is exact outside;
 * intersections and differences (``max``) keep the exact zero set but only
   bound the distance near creases;
-* ellipsoids inside the pelvis use a first-order approximation
+* ellipsoids inside a pelvis (the bladder, S4-S5) use a first-order approximation
   (value / gradient of the implicit function): exact zero set, distance
   correct to first order near the surface. The ellipsoid phantom uses the
   exact distance (:func:`ellipsoid_distance_mm`).
@@ -47,42 +49,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy.special import ellipeinc, ellipkinc, ndtr
 
-from ..bones import LABEL_NAMES as BONE_LABELS
-from ..errors import ConfigError
 from ..volume import Volume, check_affine
-
-# ---------------------------------------------------------------------------
-# Tissue intensities (HU) and tissue dimensions (mm) of the pelvis phantom
-# ---------------------------------------------------------------------------
-HU_AIR = -1000.0
-HU_FAT = -100.0
-HU_MUSCLE = 40.0
-HU_BLADDER = 10.0
-HU_CORTICAL = 1350.0
-HU_CANCELLOUS = 300.0
-HU_MARROW = 30.0          # below a 200 HU bone threshold on purpose
-HU_PAD = -900.0           # foam mattress between patient and couch
-HU_COUCH_SHELL = 550.0    # carbon-fibre skin: above a 200 HU bone threshold on purpose
-HU_COUCH_FOAM = -850.0
-HU_RAIL = 2000.0          # metal rails at the couch's lateral edges
-# contrast=True: enhanced arteries and bladder and calcified specks, all above
-# a 200 HU bone threshold and none of them bone.
-# osteoporotic=True: a weak cortex over cancellous bone below the threshold
-# (the interior is then marrow-like everywhere and must be filled).
-HU_CORTICAL_OSTEOPOROTIC = 600.0
-HU_CANCELLOUS_OSTEOPOROTIC = 100.0
-HU_ARTERY_CONTRAST = 350.0
-HU_BLADDER_CONTRAST = 400.0  # excreted contrast
-HU_CALCIFIED = 900.0         # plaques in the artery wall, phleboliths
-
-CORTEX_MM = 2.0           # cortical shell thickness of every bone
-MARROW_INSET_MM = 1.0     # marrow stays this far inside the cancellous region
-JOINT_GAP_MM = 3.0        # hip, sacroiliac and symphysis joint spaces
-FAT_MM = 15.0             # subcutaneous fat layer
-BODY_SEMI_AXES_MM = (170.0, 120.0)   # body cross-section, left-right x anterior-posterior
-
-# The phantom's truth uses the pipeline's label values; it has no "other" bone.
-LABEL_NAMES = {k: name for k, name in BONE_LABELS.items() if name != "other"}
 
 # Where Phi is evaluated: beyond +-_PHI_BAND standard deviations it is 0 or 1
 # to within 1e-9.
@@ -90,7 +57,7 @@ _PHI_BAND = 6.0
 # A culled (not evaluated) SDF value stands for "at least this far outside" (or,
 # negated by a difference, "this deep inside"). After a joint-gap offset and the
 # deepest inset (cortex + marrow) it must still lie beyond the Phi band.
-_FAR_EXTRA_MM = JOINT_GAP_MM + CORTEX_MM + MARROW_INSET_MM + 2.0
+_FAR_EXTRA_MM = 8.0
 _CHUNK_VOXELS = 1 << 22   # bounds temporary memory while rendering
 _HUGE_MM = 1.0e5          # stands for "unbounded" in bounding boxes
 
@@ -174,17 +141,6 @@ def _ellipsoid(centre, semi_mm, rows=((1.0, 0, 0), (0, 1.0, 0), (0, 0, 1.0))) ->
     return _Leaf(f, np.subtract(c, h), np.add(c, h))
 
 
-def _ellipsoid_shell(centre, semi_mm, thickness_mm: float, rows) -> "_Leaf":
-    """Shell of ``thickness_mm`` centred on an ellipsoid surface."""
-    c, s, t = _floats(centre), _floats(semi_mm), 0.5 * float(thickness_mm)
-    rows = tuple(_floats(r) for r in rows)
-
-    def f(x, y, z):
-        return np.abs(_ellipsoid_approx(*_local(x, y, z, c, rows), *s)) - t
-    h = _ellipsoid_half_extent(rows, s) + t
-    return _Leaf(f, np.subtract(c, h), np.add(c, h))
-
-
 def _capsule(a, b, radius_mm: float) -> "_Leaf":
     """Segment a-b swept by a ball (exact)."""
     a_, b_, r = _floats(a), _floats(b), float(radius_mm)
@@ -196,20 +152,6 @@ def _capsule(a, b, radius_mm: float) -> "_Leaf":
         h = np.clip(_dot(ba, px, py, pz) * inv_len2, 0.0, 1.0)
         return np.sqrt((px - ba[0] * h) ** 2 + (py - ba[1] * h) ** 2 + (pz - ba[2] * h) ** 2) - r
     return _Leaf(f, np.minimum(a_, b_) - r, np.maximum(a_, b_) + r)
-
-
-def _torus(centre, axis, major_mm: float, minor_mm: float) -> "_Leaf":
-    """Ring of radius ``major_mm`` around ``axis``, tube radius ``minor_mm`` (exact)."""
-    c, n = _floats(centre), _unit(axis)
-    big, small = float(major_mm), float(minor_mm)
-
-    def f(x, y, z):
-        dx, dy, dz = x - c[0], y - c[1], z - c[2]
-        w = _dot(n, dx, dy, dz)
-        radial = np.sqrt(np.maximum(dx * dx + dy * dy + dz * dz - w * w, 0.0))
-        return np.sqrt((radial - big) ** 2 + w * w) - small
-    h = big * np.sqrt(np.maximum(1.0 - np.square(n), 0.0)) + small
-    return _Leaf(f, np.subtract(c, h), np.add(c, h))
 
 
 def _half_space(point, normal) -> "_Leaf":
@@ -315,30 +257,6 @@ class _Union(_Node):
         return block.embed(sub, out)
 
 
-class _Intersection(_Node):
-    def __init__(self, *children: _Node):
-        self.children = children
-        self.lo = np.max([c.lo for c in children], axis=0)
-        self.hi = np.min([c.hi for c in children], axis=0)
-
-    def sdf(self, x, y, z):
-        out = self.children[0].sdf(x, y, z)
-        for c in self.children[1:]:
-            out = np.maximum(out, c.sdf(x, y, z))
-        return out
-
-    def render(self, block):
-        sub = block.restrict(self.lo, self.hi)
-        if sub is None:
-            return block.far_mm
-        out = -block.far_mm
-        for c in self.children:
-            out = np.maximum(out, c.render(sub))
-            if np.ndim(out) == 0:   # a culled child: the intersection is far outside too
-                return block.far_mm
-        return block.embed(sub, out)
-
-
 class _Difference(_Node):
     """``a`` with ``b`` removed."""
 
@@ -379,10 +297,12 @@ class _Grid:
 
 
 class _Block:
-    """A box of voxel indices ``start:stop`` of a grid; culled values are ``far_mm``."""
+    """A box of voxel indices ``start:stop`` of a grid; culled values are ``far_mm``.
+    ``phi_mm``: how far from a level surface the blur still changes HU
+    (``_PHI_BAND`` blur widths): the least a leaf's exact band must reach."""
 
-    def __init__(self, grid: _Grid, start, stop, far_mm: float):
-        self.grid, self.far_mm = grid, float(far_mm)
+    def __init__(self, grid: _Grid, start, stop, far_mm: float, phi_mm: float):
+        self.grid, self.far_mm, self.phi_mm = grid, float(far_mm), float(phi_mm)
         self.start, self.stop = tuple(start), tuple(stop)
         self.shape = tuple(b - a for a, b in zip(self.start, self.stop))
         self._coords = None
@@ -400,7 +320,7 @@ class _Block:
             return None
         if tuple(start) == self.start and tuple(stop) == self.stop:
             return self
-        return _Block(self.grid, start, stop, self.far_mm)
+        return _Block(self.grid, start, stop, self.far_mm, self.phi_mm)
 
     def coords(self):
         """LPS x, y, z of the voxel centres, broadcastable, as small as the affine allows."""
@@ -442,7 +362,7 @@ class _Block:
         step = max(1, max_voxels // per_slice)
         for k in range(self.start[0], self.stop[0], step):
             stop = (min(k + step, self.stop[0]), self.stop[1], self.stop[2])
-            yield _Block(self.grid, (k, self.start[1], self.start[2]), stop, self.far_mm)
+            yield _Block(self.grid, (k, self.start[1], self.start[2]), stop, self.far_mm, self.phi_mm)
 
 
 # ---------------------------------------------------------------------------
@@ -450,11 +370,14 @@ class _Block:
 # ---------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class _Level:
-    """Region ``max(sdf + inset_mm, extra)`` < 0 of a tissue has ``hu``."""
+    """Region ``max(sdf + inset_mm + more_inset_mm(x, y, z), extra)`` < 0 of a
+    tissue has ``hu``. ``more_inset_mm``: an optional smooth field (mm, >= 0,
+    of broadcastable LPS x, y, z) that thickens the layer above it in places."""
 
     inset_mm: float
     hu: float
     extra: _Node | None = None
+    more_inset_mm: object = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -486,7 +409,7 @@ def _render(grid: _Grid, background_hu: float, tissues: Sequence[_Tissue], blur_
     """HU (float32) and labels (uint8) of ``tissues`` on ``grid``, noise-free."""
     hu = np.full(grid.shape, background_hu, dtype=np.float32)
     labels = np.zeros(grid.shape, dtype=np.uint8)
-    whole = _Block(grid, (0, 0, 0), grid.shape, _far_mm(blur_mm))
+    whole = _Block(grid, (0, 0, 0), grid.shape, _far_mm(blur_mm), _PHI_BAND * blur_mm)
     scale = np.float32(-1.0 / blur_mm)
     for tissue in tissues:
         region = whole.restrict(tissue.node.lo, tissue.node.hi, pad_mm=_PHI_BAND * blur_mm)
@@ -500,6 +423,8 @@ def _render(grid: _Grid, background_hu: float, tissues: Sequence[_Tissue], blur_
             below = tissue.hu_outside
             for level in tissue.levels:
                 r = d + np.float32(level.inset_mm) if level.inset_mm else d
+                if level.more_inset_mm is not None:
+                    r = r + level.more_inset_mm(*block.coords())
                 if level.extra is not None:
                     r = np.maximum(r, level.extra.render(block))
                 hu[sl] += np.float32(level.hu - below) * _phi(r * scale)
@@ -531,7 +456,7 @@ def _sampled_volume_mm3(node: _Node, step_mm: float) -> float:
     affine[:3, :3] = np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], float) * step_mm
     affine[:3, 3] = lo
     grid = _Grid(shape, affine)
-    whole = _Block(grid, (0, 0, 0), shape, _far_mm(step_mm))
+    whole = _Block(grid, (0, 0, 0), shape, _far_mm(step_mm), _PHI_BAND * step_mm)
     total = 0.0
     for block in whole.chunks(_CHUNK_VOXELS):
         d = node.render(block)
@@ -676,10 +601,10 @@ class Phantom:
 
     @cached_property
     def truth_volume_mm3(self) -> dict[int, float]:
-        """Label -> volume (mm^3): closed form, else sampled on first use (see ``truth_notes``)."""
-        if self._closed_form_volume_mm3 is not None:
-            return dict(self._closed_form_volume_mm3)
-        return {k: _cached_volume_mm3(node, _SAMPLED_VOLUME_STEP_MM)
+        """Label -> volume (mm^3): closed form where known, else sampled on first use
+        (see ``truth_notes``)."""
+        closed = self._closed_form_volume_mm3 or {}
+        return {k: closed[k] if k in closed else _cached_volume_mm3(node, _SAMPLED_VOLUME_STEP_MM)
                 for k, node in self._shapes.items()}
 
     def label_sdf_mm(self, label: int, points_lps_mm: np.ndarray) -> np.ndarray:
@@ -712,10 +637,6 @@ class Phantom:
 # Sampled volumes converge as step^2: at 1 mm they are within 0.15 % of the
 # extrapolated value (Richardson with 0.5 and 0.25 mm), at a fraction of the cost.
 _SAMPLED_VOLUME_STEP_MM = 1.0
-_SAMPLED_VOLUME_NOTE = ("volumes by partial-volume weighted sampling of each bone's SDF on a "
-                        f"{_SAMPLED_VOLUME_STEP_MM:g} mm grid, relative error <= 0.15 % "
-                        "(Richardson comparison with 0.5 and 0.25 mm); no closed-form areas")
-
 
 @lru_cache(maxsize=None)
 def _cached_volume_mm3(node: _Node, step_mm: float) -> float:
@@ -873,365 +794,3 @@ def ellipsoid_phantom(*, semi_axes_mm: Sequence[float],
                                "(incomplete elliptic integrals), float64 precision",
                    _shapes={1: node},
                    _closed_form_volume_mm3={1: 4.0 / 3.0 * math.pi * float(np.prod(semi))})
-
-
-# ---------------------------------------------------------------------------
-# Pelvis anatomy (LPS mm; built for the left side, mirrored in x for the right)
-# ---------------------------------------------------------------------------
-_HIP_CENTRE = (85.0, -22.0, 0.0)        # femoral head = acetabular socket centre
-_HEAD_RADIUS_MM = 23.0
-_CUP_RADIUS_MM = 37.0                   # outer radius of the acetabular region
-_CUP_OPENING = (0.72, -0.30, -0.62)     # faces lateral, anterior, inferior
-_NECK_DIRECTION = (0.80, -0.12, -0.58)  # head -> neck, about 130 deg to the shaft
-_S1_CENTRE = (0.0, 22.0, 56.0)          # centre of the S1 superior endplate
-_SACRAL_SLOPE_DEG = 30.0                # S1 endplate vs horizontal, anterior edge low
-_L5_TILT_DEG = 20.0
-_DISC_MM = 8.0                          # L5-S1 disc at its thinnest (posterior)
-_BLADDER = ((0.0, -48.0, 2.0), (33.0, 25.0, 25.0))
-# Iliac arteries (left; the right mirrors it): along the pelvic brim from the
-# bifurcation to the groin, 5 mm clear of every bone; two wall plaques each
-# (14 mm3, below segment.min_core_mm3) and two phleboliths beside the bladder.
-_ARTERY = ((10.0, -45.0, 85.0), (58.0, -75.0, -5.0), 4.0)
-_PLAQUES = (((26.5, -56.5, 54.0), 1.5), ((45.0, -67.0, 20.0), 1.5))
-_PHLEBOLITHS = (((40.0, -30.0, -25.0), 2.0), ((-35.0, -35.0, -20.0), 2.0))
-_PAD_Y_MM = (112.0, 128.0)              # the body's back (y = 120) sinks into the pad
-_PLATE_Y_MM = (128.0, 140.0)
-_PLATE_SHELL_MM = 2.0
-_RAIL_Y_MM = (126.0, 146.0)
-_RAIL_WIDTH_MM = 10.0
-_RAIL_MARGIN_MM = 4.0                   # rails this far inside the lateral FOV edges
-_PELVIS_GRID_CENTRE_LPS_MM = (0.0, 12.5, 7.0)
-# The lytic lesion (pelvis_phantom(lesion=True)): a ball of soft tissue that
-# replaces the left iliac wing's bone, through both cortices, inside the
-# region the sample plan resects and clear of its cut planes.
-_LESION_CENTRE = (110.0, 20.0, 60.0)
-_LESION_RADIUS_MM = 26.0
-
-
-def _hip(side: float) -> tuple[_Node, _Node]:
-    """One hemipelvis: iliac wing, acetabulum, obturator ring, ischium, pubis; and its marrow."""
-    h = _p(_HIP_CENTRE, side)
-    eye = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
-    brim = ((52.0, 40.0, 34.0), (76.0, -6.0, 12.0))   # arcuate line, SI joint to pubic root
-    wing = _Intersection(
-        _ellipsoid_shell((0.0, -4.5, 105.0), (138.0, 100.0, 100.0), 10.0, eye),  # pelvic bowl
-        _ellipsoid(_p((90.0, 26.0, 16.3), side), (400.0, 85.0, 78.7)),  # crest: ASIS up to PSIS
-        _half_space((0.0, -50.0, 0.0), (0.0, -1.0, 0.0)),               # anterior border
-        _half_space(_p((40.0, 0.0, 0.0), side), _p((-1.0, 0.0, 0.0), side)),
-        _half_space(_p(brim[0], side), _p((-0.625, 0.046, -0.779), side)))  # ends in the brim
-    cup = _Intersection(_sphere(h, _CUP_RADIUS_MM), _half_space(h, _p(_CUP_OPENING, side)))
-    parts = _Union(
-        wing, cup,
-        _ellipsoid(_p((88.0, -14.0, 30.0), side), (14.0, 20.0, 18.0)),      # supra-acetabular
-        _ellipsoid(_p((54.0, 50.0, 44.0), side), (15.0, 36.0, 28.0)),       # posterior ilium
-        _capsule(_p(brim[0], side), _p(brim[1], side), 11.0),
-        _capsule(_p((78.0, 2.0, -14.0), side), _p((60.0, 6.0, -52.0), side), 12.0),   # ischium
-        _ellipsoid(_p((58.0, 6.0, -60.0), side), (12.0, 16.0, 14.0)),       # ischial tuberosity
-        _torus(_p((52.0, -40.0, -40.0), side), _p((0.55, -0.8, -0.2), side), 21.0, 7.5),
-        _capsule(_p((68.0, -42.0, -10.0), side), _p((16.0, -68.0, -30.0), side), 9.0),  # ramus
-        _ellipsoid(_p((16.0, -70.0, -36.0), side), (16.0, 9.0, 18.0)))      # pubic body
-    symphysis = _half_space(_p((0.5 * JOINT_GAP_MM, 0.0, 0.0), side), _p((-1.0, 0.0, 0.0), side))
-    socket = _sphere(h, _HEAD_RADIUS_MM + JOINT_GAP_MM)
-    node = _Difference(_Intersection(parts, symphysis), socket)
-    marrow = _Union(_ellipsoid(_p((56.0, 50.0, 42.0), side), (7.0, 22.0, 18.0)),
-                    _ellipsoid(_p((88.0, -14.0, 32.0), side), (8.0, 12.0, 9.0)))
-    return node, marrow
-
-
-def _femur(side: float) -> tuple[_Node, _Node]:
-    """Proximal femur: head, neck, trochanters, shaft; marrow in the shaft canal."""
-    h = _p(_HIP_CENTRE, side)
-    neck_end = tuple(np.add(h, 50.0 * np.asarray(_unit(_p(_NECK_DIRECTION, side)))))
-    node = _Union(
-        _sphere(h, _HEAD_RADIUS_MM),
-        _capsule(h, neck_end, 14.0),
-        _ellipsoid(_p((128.0, -12.0, -8.0), side), (12.0, 16.0, 20.0)),     # greater trochanter
-        _ellipsoid(_p((106.0, -6.0, -44.0), side), (9.0, 9.0, 11.0)),       # lesser trochanter
-        _capsule(_p((124.0, -22.0, -30.0), side), _p((113.0, -19.0, -70.0), side), 14.0))
-    marrow = _capsule(_p((121.0, -21.0, -40.0), side), _p((113.0, -19.0, -70.0), side), 7.0)
-    return node, marrow
-
-
-def _sacral_frame():
-    t = math.radians(_SACRAL_SLOPE_DEG)
-    down = (0.0, math.sin(t), -math.cos(t))      # along the sacrum, caudal and dorsal
-    dorsal = (0.0, math.cos(t), math.sin(t))
-    return ((1.0, 0.0, 0.0), dorsal, down)
-
-
-def _sacrum(hips: _Node) -> tuple[_Node, _Node]:
-    """Tapered, tilted wedge below the S1 endplate, carved to leave the SI joint spaces."""
-    rows = _sacral_frame()
-    down = np.asarray(rows[2])
-    body = _ellipsoid(tuple(np.add(_S1_CENTRE, 10.0 * down)), (54.0, 20.0, 80.0), rows)
-    endplate = _half_space(_S1_CENTRE, tuple(-down))
-    # Lateral faces converge caudally: |x| <= 54 - 0.5 * depth below the endplate.
-    sides = [_half_space(_p(np.add(_S1_CENTRE, (54.0, 0.0, 0.0)), s),
-                         tuple(np.add(_p((1.0, 0.0, 0.0), s), 0.5 * down))) for s in (1.0, -1.0)]
-    node = _Difference(_Intersection(body, endplate, *sides), _Offset(hips, JOINT_GAP_MM))
-    marrow = _ellipsoid(tuple(np.add(_S1_CENTRE, 28.0 * down)), (14.0, 10.0, 18.0), rows)
-    return node, marrow
-
-
-def _l5_frame():
-    t = math.radians(_L5_TILT_DEG)
-    rows = ((1.0, 0.0, 0.0), (0.0, math.cos(t), math.sin(t)), (0.0, -math.sin(t), math.cos(t)))
-    # Lowest point of the L5 body (posterior rim) sits _DISC_MM above the S1 plane.
-    n_s = -np.asarray(_sacral_frame()[2])
-    half_ap, half_h = 18.0, 13.5
-    rise = (_DISC_MM - half_ap * float(np.dot(rows[1], n_s))
-            + half_h * (1.0 - float(np.dot(rows[2], n_s))))
-    bottom = np.add(_S1_CENTRE, rise * n_s)
-    centre = bottom + half_h * np.asarray(rows[2])
-    return centre, rows, half_ap, half_h
-
-
-def _lumbar() -> tuple[_Node, _Node]:
-    """L5: elliptic-cylinder body above the disc; pedicles, laminae, spinous and transverse
-    processes."""
-    centre, rows, half_ap, half_h = _l5_frame()
-
-    def at(lateral, dorsal, up):
-        return tuple(centre + lateral * np.asarray(rows[0]) + dorsal * np.asarray(rows[1])
-                     + up * np.asarray(rows[2]))
-    parts = [_capped_elliptic_cylinder(tuple(centre), rows, (25.0, half_ap), half_h),
-             _capsule(at(0, 40, 2), at(0, 62, -6), 5.0)]                     # spinous process
-    for s in (1.0, -1.0):
-        parts += [_capsule(at(12 * s, 14, 4), at(12 * s, 30, 4), 5.0),      # pedicle
-                  _capsule(at(12 * s, 30, 4), at(0, 40, 2), 5.0),            # lamina
-                  _capsule(at(12 * s, 24, 2), at(42 * s, 28, 0), 5.0)]       # transverse process
-    marrow = _ellipsoid(tuple(centre), (13.0, 8.0, 7.0), rows)
-    return _Union(*parts), marrow
-
-
-@dataclass(frozen=True, eq=False)
-class _Anatomy:
-    bones: dict[int, tuple[_Node, _Node]]   # label -> (bone, marrow patches)
-    landmarks: dict[str, np.ndarray]
-
-
-def _bisect_points(fn, inside, outside, iterations: int = 60) -> np.ndarray:
-    """Point between ``inside`` (fn < 0) and ``outside`` (fn > 0) where fn = 0."""
-    a, b = np.asarray(inside, np.float64), np.asarray(outside, np.float64)
-    if not (fn(a) < 0 < fn(b)):
-        raise RuntimeError("landmark search does not bracket the surface")
-    for _ in range(iterations):
-        m = 0.5 * (a + b)
-        a, b = (m, b) if fn(m) < 0 else (a, m)
-    return 0.5 * (a + b)
-
-
-def _node_fn(node: _Node):
-    return lambda p: float(node.sdf(*(np.float64(v) for v in p)))
-
-
-def _extreme_point(node: _Node, lo, hi, axis: int, sign: float, step_mm: float = 2.0) -> np.ndarray:
-    """Surface point of ``node`` in box lo-hi furthest along ``sign`` x axis ``axis``.
-
-    A coarse then a fine grid find the deepest sample at the extreme level;
-    bisection along the axis puts the point on the surface.
-    """
-    box_lo, box_hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
-    lo, hi = box_lo, box_hi
-    for step in (step_mm, step_mm / 8.0):
-        axes = [np.arange(a, b + step, step) for a, b in zip(lo, hi)]
-        pts = np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=1)
-        d = node.sdf(pts[:, 0], pts[:, 1], pts[:, 2])
-        level = sign * pts[:, axis]
-        top = np.flatnonzero((d < 0) & (level == level[d < 0].max()))
-        best = pts[top[np.argmin(d[top])]]
-        lo, hi = np.maximum(best - step, box_lo), np.minimum(best + step, box_hi)
-    beyond = best.copy()
-    beyond[axis] += sign * 2 * step_mm
-    return _bisect_points(_node_fn(node), best, beyond)
-
-
-@lru_cache(maxsize=1)
-def _pelvis_anatomy() -> _Anatomy:
-    hip_l, hip_r = _hip(1.0), _hip(-1.0)
-    sacrum = _sacrum(_Union(hip_l[0], hip_r[0]))
-    bones = {1: hip_l, 2: hip_r, 3: sacrum, 4: _femur(1.0), 5: _femur(-1.0), 6: _lumbar()}
-    return _Anatomy(bones, _pelvis_landmarks(bones))
-
-
-def _pelvis_landmarks(bones) -> dict[str, np.ndarray]:
-    """Named points (LPS mm); each is documented in :func:`pelvis_phantom`."""
-    hip, sacrum = bones[1][0], bones[3][0]
-    rows = _sacral_frame()
-    out: dict[str, np.ndarray] = {}
-    f_hip, f_sac = _node_fn(hip), _node_fn(sacrum)
-    si = _bisect_points(lambda p: f_hip(p) - f_sac(p), (64.0, 40.0, 44.0), (20.0, 40.0, 44.0))
-    left = {
-        "femoral_head_centre": np.array(_HIP_CENTRE),
-        "acetabulum_centre": np.array(_HIP_CENTRE),
-        "si_joint": si,
-        "sacral_ala": si - np.array([12.0, 0.0, 0.0]),
-        "supra_acetabular": np.array([88.0, -14.0, 38.0]),
-        "iliac_crest_top": _extreme_point(hip, (60, -80, 60), (150, 90, 115), 2, 1.0),
-        "asis": _extreme_point(hip, (60, -51, 30), (150, -49, 115), 2, 1.0),
-        "ischial_tuberosity": _extreme_point(hip, (30, -15, -90), (100, 50, -30), 2, -1.0),
-        "obturator_foramen_centre": np.array([52.0, -40.0, -40.0]),
-        "greater_trochanter_top": np.array([128.0, -12.0, 12.0]),
-    }
-    for name, point in left.items():
-        out["left_" + name] = np.asarray(point, np.float64)
-        out["right_" + name] = np.asarray(_p(point, -1.0), np.float64)
-    out["symphysis"] = np.array([0.0, -70.0, -36.0])
-    out["s1_endplate_centre"] = np.array(_S1_CENTRE)
-    just_below = np.add(_S1_CENTRE, 0.5 * np.asarray(rows[2]))
-    out["sacral_promontory"] = _bisect_points(
-        f_sac, just_below, just_below - 40.0 * np.asarray(rows[1]))
-    out["l5_body_centre"] = np.asarray(_l5_frame()[0], np.float64)
-    return out
-
-
-def _soft_tissues(fov_x_mm: tuple[float, float], couch: bool, contrast: bool = False) -> list[_Tissue]:
-    """Body (fat over muscle), bladder, optionally contrast (enhanced iliac
-    arteries and bladder, calcifications) and the couch spanning the FOV's x range."""
-    body = _elliptic_cylinder_z((0.0, 0.0), BODY_SEMI_AXES_MM)
-    bladder_hu = HU_BLADDER_CONTRAST if contrast else HU_BLADDER
-    out = [_Tissue(body, HU_AIR, (_Level(0.0, HU_FAT), _Level(FAT_MM, HU_MUSCLE))),
-           _Tissue(_ellipsoid(*_BLADDER), HU_MUSCLE, (_Level(0.0, bladder_hu),))]
-    if contrast:
-        for side in (1.0, -1.0):
-            a, b, radius = _ARTERY
-            out.append(_Tissue(_capsule(_p(a, side), _p(b, side), radius), HU_MUSCLE,
-                               (_Level(0.0, HU_ARTERY_CONTRAST),)))
-            out += [_Tissue(_sphere(_p(c, side), r), HU_ARTERY_CONTRAST, (_Level(0.0, HU_CALCIFIED),))
-                    for c, r in _PLAQUES]
-        out += [_Tissue(_sphere(c, r), HU_MUSCLE, (_Level(0.0, HU_CALCIFIED),)) for c, r in _PHLEBOLITHS]
-    if not couch:
-        return out
-    left = fov_x_mm[1] - _RAIL_MARGIN_MM - _RAIL_WIDTH_MM      # plate edges, between the rails
-    right = fov_x_mm[0] + _RAIL_MARGIN_MM + _RAIL_WIDTH_MM
-    if left - right < 40.0:
-        right, left = -20.0, 20.0
-    pad = _Difference(_prism_z((right, _PAD_Y_MM[0]), (left, _PAD_Y_MM[1])), body)
-    plate = _prism_z((right, _PLATE_Y_MM[0]), (left, _PLATE_Y_MM[1]))
-    out += [_Tissue(pad, HU_AIR, (_Level(0.0, HU_PAD),)),
-            _Tissue(plate, HU_AIR, (_Level(0.0, HU_COUCH_SHELL),
-                                    _Level(_PLATE_SHELL_MM, HU_COUCH_FOAM)))]
-    for x0, x1 in ((left, left + _RAIL_WIDTH_MM), (right - _RAIL_WIDTH_MM, right)):
-        rail = _prism_z((x0, _RAIL_Y_MM[0]), (x1, _RAIL_Y_MM[1]))
-        out.append(_Tissue(rail, HU_AIR, (_Level(0.0, HU_RAIL),)))
-    return out
-
-
-def _bone_tissue(label: int, node: _Node, marrow: _Node, osteoporotic: bool = False) -> _Tissue:
-    cortical, cancellous = ((HU_CORTICAL_OSTEOPOROTIC, HU_CANCELLOUS_OSTEOPOROTIC) if osteoporotic
-                            else (HU_CORTICAL, HU_CANCELLOUS))
-    return _Tissue(node, HU_MUSCLE, (_Level(0.0, cortical),
-                                     _Level(CORTEX_MM, cancellous),
-                                     _Level(CORTEX_MM + MARROW_INSET_MM, HU_MARROW, marrow)),
-                   label=label)
-
-
-def pelvis_phantom(*, shape: Sequence[int], spacing_mm: Sequence[float], noise_hu: float = 20.0,
-                   blur_mm: float = 0.6, seed: int = 0,
-                   center_lps_mm: Sequence[float] | None = None, couch: bool = True,
-                   lesion: bool = False, contrast: bool = False, osteoporotic: bool = False) -> Phantom:
-    """A pelvis-like CT: six labelled bones in soft tissue on a CT couch.
-
-    ``shape`` (n_slices, n_rows, n_columns) and ``spacing_mm`` (slice, row,
-    column) define an axial head-first-supine grid centred on
-    ``center_lps_mm`` (default: centred on the pelvis, the body and the couch
-    in y). The anatomy is fixed in LPS mm around the pelvis centre, so it is
-    the same at any spacing; only the couch rails follow the FOV's lateral
-    edges. ``blur_mm``: Gaussian PSF standard deviation. ``noise_hu``:
-    standard deviation of the added Gaussian noise (seeded by ``seed``).
-
-    Labels (:data:`LABEL_NAMES`): 1 hip_left, 2 hip_right, 3 sacrum,
-    4 femur_left, 5 femur_right, 6 lumbar (L5). Each bone is a
-    ``CORTEX_MM`` cortical shell (``HU_CORTICAL``) over cancellous bone
-    (``HU_CANCELLOUS``) with marrow patches (``HU_MARROW``, below a 200 HU
-    threshold) in the femoral canals, ilia, sacrum and L5; its truth surface is
-    the outer cortical surface. Hip, sacroiliac and symphysis joint spaces are
-    ``JOINT_GAP_MM`` wide; the wedge-shaped L5-S1 disc is 8 mm (posterior) to
-    14 mm (anterior). Body: elliptic cylinder, ``FAT_MM`` of fat over muscle,
-    bladder. The couch (label 0) spans the FOV width under a foam pad: a
-    ``HU_COUCH_SHELL`` skin, above bone threshold, over foam, and ``HU_RAIL``
-    rails at the FOV's lateral edges.
-
-    Landmarks (``left_*`` at x > 0, ``right_*`` their mirror images):
-    ``*_femoral_head_centre`` / ``*_acetabulum_centre`` (the same point: head
-    and socket are concentric), ``*_si_joint`` (in the sacroiliac joint space),
-    ``*_sacral_ala`` (inside the sacrum, 12 mm medial of the SI joint point),
-    ``*_supra_acetabular`` (inside the ilium, 12 mm above the socket roof),
-    ``*_iliac_crest_top`` (highest surface point of the hip bone),
-    ``*_asis`` (top of the iliac wing's anterior border, surface point),
-    ``*_ischial_tuberosity`` (lowest surface point of the hip bone),
-    ``*_obturator_foramen_centre`` (in the open foramen, not in bone),
-    ``*_greater_trochanter_top`` (surface point), ``symphysis`` (mid-gap
-    between the pubic bones, x = 0), ``s1_endplate_centre`` (surface),
-    ``sacral_promontory`` (anterior surface point of the S1 endplate),
-    ``l5_body_centre`` (inside L5).
-
-    ``lesion=True`` adds a lytic tumour: a ball of soft tissue (radius
-    ``_LESION_RADIUS_MM``, landmark ``lesion_centre``) replaces the left iliac
-    wing's bone through both cortices, inside the region the sample plan
-    resects. Labels and ``label_sdf_mm`` describe the damaged bone;
-    ``intact_label_sdf_mm`` the bone before the lesion (the truth a
-    reconstruction should rebuild). Without it the phantom is unchanged.
-
-    ``contrast=True`` adds what a contrast-enhanced scan has above the bone
-    threshold that is not bone: both iliac arteries (``HU_ARTERY_CONTRAST``,
-    5 mm clear of the bones) with two calcified wall plaques each, the
-    bladder filled with excreted contrast (``HU_BLADDER_CONTRAST``) and two
-    phleboliths beside it (``HU_CALCIFIED``). Labels are unchanged: none of
-    it is bone.
-
-    ``osteoporotic=True``: every bone's cortex is ``HU_CORTICAL_OSTEOPOROTIC``
-    and its cancellous bone ``HU_CANCELLOUS_OSTEOPOROTIC``, below a 200 HU
-    threshold, so only the thin cortex is above it. Labels are unchanged.
-
-    Truth volumes are sampled on first access (``truth_notes`` says how
-    precisely); no closed-form areas.
-    """
-    shape = _check_shape(shape)
-    spacing = _check_vector("spacing_mm", spacing_mm, positive=True)
-    blur = _check_scalar("blur_mm", blur_mm)
-    noise = _check_scalar("noise_hu", noise_hu, strict=False)
-    centre = _PELVIS_GRID_CENTRE_LPS_MM if center_lps_mm is None else center_lps_mm
-    affine = axial_affine(shape, spacing, centre)
-    anatomy = _pelvis_anatomy()
-    bones, landmarks = anatomy.bones, {k: v.copy() for k, v in anatomy.landmarks.items()}
-    intact = None
-    if lesion:
-        intact = {k: bones[k][0] for k in sorted(bones)}
-        bones = {**bones, 1: (_Difference(bones[1][0], _sphere(_LESION_CENTRE, _LESION_RADIUS_MM)),
-                              bones[1][1])}
-        landmarks["lesion_centre"] = np.array(_LESION_CENTRE)
-    fov_x_mm = affine[0, 3] - spacing[2] / 2.0, affine[0, 3] + (shape[2] - 0.5) * spacing[2]
-    tissues = _soft_tissues(fov_x_mm, couch, contrast)
-    tissues += [_bone_tissue(k, *bones[k], osteoporotic) for k in sorted(bones)]
-    hu, labels = _render(_Grid(shape, affine), HU_AIR, tissues, blur)
-    notes = (f"synthetic pelvis phantom: blur {blur} mm, noise {noise} HU, seed {seed}, "
-             f"couch {'on' if couch else 'off'}" + (", lytic lesion in the left ilium" if lesion else "")
-             + (", contrast-enhanced arteries and bladder, calcifications" if contrast else "")
-             + (", osteoporotic bone" if osteoporotic else ""),)
-    _add_noise(hu, noise, seed)
-    volume = Volume(hu, affine, meta={"phantom": "pelvis"}, notes=notes)
-    return Phantom(volume, labels, dict(LABEL_NAMES), landmarks,
-                   truth_area_mm2={},
-                   truth_notes=_SAMPLED_VOLUME_NOTE,
-                   _shapes={k: bones[k][0] for k in sorted(bones)}, _intact_shapes=intact)
-
-
-_PRESETS = {
-    # Committed to the repository as a DICOM series: 100 x 184 x 232 int16 = 8.5 MB.
-    "sample": {"shape": (100, 184, 232), "spacing_mm": (2.0, 1.5, 1.5),
-               "noise_hu": 20.0, "blur_mm": 0.6, "seed": 0},
-    "bench": {"shape": (300, 512, 512), "spacing_mm": (1.0, 0.8, 0.8),
-              "noise_hu": 20.0, "blur_mm": 0.6, "seed": 0},
-}
-
-
-def preset(name: str) -> dict:
-    """Keyword arguments of :func:`pelvis_phantom` for a named preset (a fresh dict).
-
-    ``"sample"``: 100 x 184 x 232 voxels at (2.0, 1.5, 1.5) mm, committed as the
-    sample DICOM series. ``"bench"``: 300 x 512 x 512 at (1.0, 0.8, 0.8) mm.
-    """
-    if name not in _PRESETS:
-        raise ConfigError(f"unknown phantom preset {name!r}; choose one of {sorted(_PRESETS)}")
-    return dict(_PRESETS[name])

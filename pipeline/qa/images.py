@@ -1,8 +1,9 @@
 """QA images of a mesh run: what an engineer looks at before anything is printed.
 
 Slices (axial, coronal, sagittal) through the resection region: the CT in a
-bone window, the bone labels as a translucent overlay, each resection plane
-as its trace line and the removed bone (the implant) outlined. 3D views
+bone window, the bone labels as a translucent overlay, the fitted pelvis
+shape model's outline, each resection plane as its trace line and the
+removed bone (the implant) outlined. 3D views
 (anterior, lateral and oblique from the affected side, superior): the host
 bone in a neutral colour, the implant in a distinct one, the cut planes as
 translucent patches; with ``implant.source = "mirrored"``, one more view with
@@ -26,6 +27,8 @@ from .annotate import annotate
 from ..config import Config, Plane
 from ..bones import LABEL_NAMES
 from ..parallel import parallel
+from ..segment import PelvisFit
+from ..segment.voxelise import inside_mesh
 from .render import SLICE_AXES, overlay, sample_slice, slice_points
 from .view3d import camera_for, render
 from ..volume import Volume
@@ -45,6 +48,7 @@ SLICE_LONGEST_PX = 512
 VIEW_PX = 400
 HOST_RGB, CONTEXT_RGB = (214, 204, 180), (236, 236, 232)
 IMPLANT_RGB, TEMPLATE_RGB = (235, 120, 30), (60, 170, 90)
+MODEL_RGB = (255, 255, 255)
 PLANE_RGB = ((255, 230, 0), (0, 220, 255), (255, 60, 200), (120, 255, 80))
 PLANE_OPACITY = 0.35
 # A plane patch in the 3D views reaches this far beyond the implant's contact face (mm).
@@ -74,7 +78,8 @@ def qa_images(volume: Volume, result: MeshResult, config: Config) -> list[QAImag
     centre = resection_centre(result)
     removed_labels = structure_labels(config)
     template = getattr(result, TEMPLATE_ATTRIBUTE, None) if implant_source(config) == "mirrored" else None
-    calls = [lambda o=o: slice_image(volume, result.labels, o, centre, planes, removed_labels)
+    fit = getattr(result, "pelvis_fit", None)
+    calls = [lambda o=o: slice_image(volume, result.labels, o, centre, planes, removed_labels, fit)
              for o in SLICE_AXES]
     calls += [lambda v=v: view_image(result, planes, v) for v in ("anterior", "lateral", "superior", "oblique")]
     if template is not None:
@@ -100,7 +105,7 @@ def resection_centre(result: MeshResult) -> np.ndarray:
 
 
 def slice_image(volume: Volume, labels: np.ndarray, orientation: str, centre_lps_mm: np.ndarray,
-                planes: tuple[Plane, ...], removed_labels: list[int]) -> QAImage:
+                planes: tuple[Plane, ...], removed_labels: list[int], fit: PelvisFit | None = None) -> QAImage:
     corners = volume.index_to_lps(np.array(np.meshgrid(*[(0, n - 1) for n in volume.shape],
                                                        indexing="ij")).reshape(3, -1).T)
     right, up = (np.asarray(v) for v in SLICE_AXES[orientation])
@@ -108,6 +113,9 @@ def slice_image(volume: Volume, labels: np.ndarray, orientation: str, centre_lps
     points = slice_points(volume, orientation, centre_lps_mm, pixel_mm)
     hu, lab = sample_slice(volume, labels, points)
     rgb = overlay(hu, lab)
+    if fit is not None:  # the shape model's outline: the prior that decided membership
+        for bone in fit.faces:
+            rgb[_edges(model_section(fit, bone, points))] = MODEL_RGB
     removed = np.isin(lab, removed_labels) if planes else np.zeros(lab.shape, bool)
     for i, plane in enumerate(planes):
         side = plane.signed_distance_mm(points.reshape(-1, 3)).reshape(lab.shape) > 0
@@ -119,9 +127,23 @@ def slice_image(volume: Volume, labels: np.ndarray, orientation: str, centre_lps
     legend = [(p.name or f"plane {i + 1}", PLANE_RGB[i % len(PLANE_RGB)]) for i, p in enumerate(planes)]
     if planes:
         legend.append(("removed bone", IMPLANT_RGB))
+    if fit is not None:
+        legend.append(("shape model", MODEL_RGB))
     rgb = annotate(rgb, right_lps=right, up_lps=up, mm_per_pixel=pixel_mm, caption=caption, legend=legend)
     return QAImage(f"slice_{orientation}", f"{orientation.capitalize()} slice through the resection region: "
-                   "bone labels, plane traces, removed bone outlined", rgb)
+                   "bone labels, fitted shape model outline, plane traces, removed bone outlined", rgb)
+
+
+def model_section(fit: PelvisFit, bone: str, points_lps_mm: np.ndarray) -> np.ndarray:
+    """bool (H, W): the display pixels (``points_lps_mm``, a planar grid)
+    inside one bone of the fitted shape model."""
+    origin = points_lps_mm[0, 0]
+    down, right = points_lps_mm[1, 0] - origin, points_lps_mm[0, 1] - origin
+    affine = np.eye(4)
+    affine[:3, 0] = np.cross(down, right) / np.linalg.norm(right)  # along the plane's normal
+    affine[:3, 1], affine[:3, 2], affine[:3, 3] = down, right, origin
+    box = (slice(0, 1), slice(0, points_lps_mm.shape[0]), slice(0, points_lps_mm.shape[1]))
+    return inside_mesh(fit.vertices_lps_mm, fit.faces[bone], affine, box)[0]
 
 
 def view_image(result: MeshResult, planes: tuple[Plane, ...], view: str,

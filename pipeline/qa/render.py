@@ -13,14 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bones import LABEL_COLOURS_RGB, LABEL_NAMES
 from ..volume import Volume
 
 # Bone window (HU) for the grey background.
 WINDOW_HU = (-200.0, 1200.0)
 ALPHA = 0.45
-# RGB per label (index = label value); 0 is unused.
-COLOURS = np.array([[0, 0, 0], [230, 60, 60], [60, 120, 230], [240, 200, 40], [200, 80, 220],
-                    [60, 200, 200], [120, 220, 90], [160, 160, 160]], dtype=np.float32)
+# RGB per label (index = label value; 0 is unused): the bones' colours of pipeline.bones.
+COLOURS = np.array([(0, 0, 0)] + [LABEL_COLOURS_RGB[LABEL_NAMES[k]] for k in sorted(LABEL_NAMES)],
+                   dtype=np.float32)
 
 
 def overlay(hu: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -1,10 +1,11 @@
 """report.html: one self-contained page to read a run in a minute.
 
 Built from report.json's content (the same dict) and the QA images as PNG
-bytes, embedded as base64 data URIs: no external files, fonts or scripts, so
-the page opens in any browser and can be mailed as one file. Sections the
-report does not hold (no planes, no fit yet) are left out; values of unknown
-shape are shown as they are rather than refused.
+bytes, embedded as base64 data URIs, and the interactive 3D view with its
+viewer (plotly.js) written into the page: no external files, fonts or
+network access, so the page opens in any browser and can be mailed as one
+file. Sections the report does not hold (no planes, no fit yet) are left
+out; values of unknown shape are shown as they are rather than refused.
 
 No patient identity: the input summary lists acquisition geometry only, and
 DICOM UIDs are masked in the notes.
@@ -15,9 +16,12 @@ from __future__ import annotations
 import base64
 import html
 import re
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from ..segment.mask import METAL_HU
+
+if TYPE_CHECKING:
+    from .interactive import InteractiveView
 
 # Warnings: gantry tilt above this (degrees) shears the grid; left-right
 # differences above this (mm) are worth a look before trusting a mirrored plan.
@@ -29,6 +33,11 @@ THIN_WALL_WARN_MM = 2.0
 # Metal inside the bone mask above this volume is reported (a screw of 3 mm
 # radius and 10 mm length is ~280 mm3; single bright voxels are noise).
 METAL_WARN_MM3 = 50.0
+# A bone whose fitted shape model lies farther than this from its surface
+# (median, mm) is fitted poorly (a good fit: 1-2 mm), and one with less
+# than this share of its model in the scan is only partly in view.
+POOR_FIT_MM = 3.0
+PARTLY_IN_VIEW_FRACTION = 0.9
 # Input facts shown (never names, IDs, dates or UIDs).
 INPUT_KEYS = ("modality", "description", "manufacturer", "model", "patient_position", "n_slices",
               "dimensions", "spacing_mm", "orientation", "gantry_tilt_deg", "resampled")
@@ -46,10 +55,11 @@ img{border:1px solid #ccc}
 
 
 def report_html(report: dict, images: Iterable[tuple[str, bytes]] = (), *, missing: Iterable[str] = (),
-                cut_density: list[dict] = ()) -> str:
+                cut_density: list[dict] = (), view3d: InteractiveView | None = None) -> str:
     """The page: ``report`` (report.json's dict), ``images`` as (title, PNG
     bytes), ``missing``: notes on images that could not be made,
-    ``cut_density``: the QA's bone density at each cut (qa.cut_bone_density)."""
+    ``cut_density``: the QA's bone density at each cut (qa.cut_bone_density),
+    ``view3d``: the interactive 3D view (qa.interactive_view)."""
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              "<title>Implant geometry QA</title>", f"<style>{STYLE}</style></head><body>",
              "<h1>Implant geometry QA report</h1>",
@@ -60,6 +70,7 @@ def report_html(report: dict, images: Iterable[tuple[str, bytes]] = (), *, missi
         "of the cut face" for c in cut_density if c.get("low_density")]
     parts += _section("Warnings", _warnings_html(found))
     parts += _section("Plan", _plan_html(report))
+    parts += _section("3D view", _view3d_html(view3d) if view3d else "")
     figures = "".join(f'<figure><img alt="{_e(title)}" src="data:image/png;base64,'
                       f'{base64.b64encode(png).decode("ascii")}"><figcaption>{_e(title)}</figcaption></figure>'
                       for title, png in images)
@@ -71,6 +82,7 @@ def report_html(report: dict, images: Iterable[tuple[str, bytes]] = (), *, missi
     parts += _section("Fit", _value_html(fit) if fit else "")
     parts += _section("Implant source", _value_html({k: v for k, v in implant.items() if k != "fit"}))
     parts += _section("Meshes", _meshes_html(report.get("meshes", {})))
+    parts += _section("Labels from a file", _value_html((report.get("segmentation") or {}).get("labels_file")))
     parts += _section("Input", _input_html(report.get("input", {})))
     parts += _section("Timings (s)", _value_html(report.get("timings_s", {})))
     parts.append("</body></html>")
@@ -104,20 +116,33 @@ def report_warnings(report: dict) -> list[str]:
 
 def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
     """Where the bone names deserve a look over the CT (labels.nii.gz): the
-    naming assumes a pelvis with the proximal femurs in the field of view,
-    and finds each hip joint as the sphere of its joint space where femur
-    and hip bone touch (not where the joint space parts them already)."""
-    found = []
+    pelvis shape model decides which bone is which, so a pelvis it did not
+    find, a bone it fits poorly or sees only in part, and a femoral head
+    found without its joint space are flagged; labels read from a file say
+    where they came from."""
+    found = labels_file_lines(segmentation.get("labels_file"))
+    model = segmentation.get("shape_model")
+    if isinstance(model, dict):
+        if not model.get("found", True):
+            found.append("no pelvis found: the pelvis shape model fits no bone of this scan; all bone is "
+                         "labelled 'other' (is the pelvis in the field of view?)")
+        for bone, fit in (model.get("bones") or {}).items() if model.get("found", True) else ():
+            residual, in_view = fit.get("residual_median_mm"), fit.get("in_view_fraction")
+            if isinstance(in_view, (int, float)) and in_view < PARTLY_IN_VIEW_FRACTION:
+                found.append(f"{bone}: only {100 * in_view:.0f} % of it is in the field of view; its label "
+                             "and any cut near the edge of the scan deserve a look")
+            if isinstance(residual, (int, float)) and residual > POOR_FIT_MM:
+                found.append(f"{bone}: the shape model fits it poorly (median residual {residual:.1f} mm > "
+                             f"{POOR_FIT_MM:g} mm: unusual anatomy, a large tumour or fracture); check its label")
     names = set(segmentation.get("labels") or {})
-    if names and not names & {"femur_left", "femur_right"}:
-        found.append("no femur found: bones are named assuming a pelvic CT with the proximal femurs in "
-                     "the field of view; check labels.nii.gz before relying on bone names")
+    if names and not names & {"femur_left", "femur_right"} and not segmentation.get("labels_file"):
+        found.append("no femur found: check labels.nii.gz before relying on bone names near the hip joints")
     heads = segmentation.get("femoral_heads")
     if isinstance(heads, dict):
-        apart = set(segmentation.get("femurs_apart_from_hip") or ())
-        for femur in sorted(names & {"femur_left", "femur_right"} - set(heads) - apart):
-            found.append(f"{femur}: its head was not found as a sphere in the hip joint (joint space too "
-                         f"faint); the head may be labelled as hip bone or the femur may take in the socket")
+        for femur, head in sorted(heads.items()):
+            if isinstance(head, dict) and head.get("from") != "valley":
+                found.append(f"{femur}: no joint-space valley found around its head (faint joint); the head "
+                             f"is the sphere of the {head.get('from')} ({head.get('radius_mm')} mm)")
     metal = segmentation.get("metal_mm3")
     if isinstance(metal, (int, float)) and metal >= METAL_WARN_MM3:
         found.append(f"metal in the bone ({metal / 1000:.1f} cm3 above {METAL_HU:g} HU, e.g. an implant or "
@@ -125,9 +150,29 @@ def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
                      f"add false bone near it")
     core, configured = segmentation.get("core_hu"), segment_config.get("core_hu")
     if isinstance(core, (int, float)) and isinstance(configured, (int, float)) and core < configured:
-        found.append(f"weak bone: the dense-core level that tells bones apart was lowered to {core:g} HU "
-                     f"(segment.core_hu = {configured:g})")
+        found.append(f"weak bone: the dense-core level that tells bone from contrast and calcifications was "
+                     f"lowered to {core:g} HU (segment.core_hu = {configured:g})")
     return found
+
+
+def labels_file_lines(source: Any) -> list[str]:
+    """What a reader must know when the labels came from a file (--labels):
+    its format, which of its segments became which bone and which were
+    ignored, and whether it was resampled onto the CT's grid."""
+    if not isinstance(source, dict):
+        return []
+    mapped = source.get("mapped") or {}
+    bones = {}
+    for segment, bone in mapped.items():
+        bones.setdefault(bone, []).append(segment)
+    taken = "; ".join(f"{bone} from {', '.join(segments)}" for bone, segments in bones.items())
+    ignored = list(source.get("ignored") or [])
+    skipped = (f"; {len(ignored)} segments ignored ({', '.join(ignored[:8])}{', ...' if len(ignored) > 8 else ''})"
+               if ignored else "")
+    found = [f"labels from a file, not the automatic labelling: {source.get('format')}: {taken}{skipped}"]
+    if source.get("resampled"):
+        found.append(f"labels {source.get('grid')}")
+    return found + [f"labels file: {note}" for note in source.get("notes") or []]
 
 
 def _numbers(obj: Any, path: tuple[str, ...] = ()) -> Iterable[tuple[tuple[str, ...], float]]:
@@ -157,6 +202,26 @@ def _plan_html(report: dict) -> str:
     if not planes:
         return text + "<p>No resection planes: bone outputs only.</p>"
     return text + _records_html(planes)
+
+
+def _view3d_html(view: InteractiveView) -> str:
+    worst = max((m["hausdorff_mm"] for m in view.meshes), default=0.0)
+    shown = sum(m["view_triangles"] for m in view.meshes)
+    note = ("<p>Drag to turn, scroll to zoom, right-drag (or the cross in the toolbar) to pan; the house "
+            "resets the view, the buttons above it show the patient from each side. Click a legend entry to "
+            "hide or show it, double-click to show it alone; hovering names an object and gives the point in "
+            "LPS mm. ")
+    if any(m["view_triangles"] < m["triangles"] for m in view.meshes):
+        note += (f"Meshes are lightened for this view only (the STLs are untouched): {shown} triangles (budget "
+                 f"{view.max_triangles}), each within {worst:.2f} mm of its full mesh, measured both ways.</p>")
+    else:
+        note += f"Meshes are shown whole ({shown} triangles, within the view's budget of {view.max_triangles}).</p>"
+    if worst > view.tolerance_mm:
+        note += (f'<p class="warn">a view mesh is {worst:.2f} mm from its STL, beyond the '
+                 f"{view.tolerance_mm:g} mm aimed at: look at the STLs before judging fine detail</p>")
+    rows = [(m["name"], m["triangles"], m["view_triangles"], _num(float(m["hausdorff_mm"]))) for m in view.meshes]
+    return (note + f'<div class="view3d">{view.html}</div>'
+            + _table(["object", "triangles (mesh)", "triangles (view)", "largest distance (mm)"], rows))
 
 
 def _meshes_html(meshes: dict) -> str:

@@ -263,7 +263,8 @@ PLANE_AXES = (0, 1, 2)
 
 
 def fill_bridged_plane_holes(filled: np.ndarray, spacing_mm: np.ndarray, radius_mm: float,
-                             others: np.ndarray, max_hole_mm2: float) -> np.ndarray:
+                             others: np.ndarray, max_hole_mm2: float,
+                             axes: tuple[int, ...] = PLANE_AXES) -> np.ndarray:
     """``filled`` plus the holes it encloses within a plane (axial, coronal
     or sagittal) once its gaps narrower than about ``2 * radius_mm`` are
     bridged: marrow behind gaps in a thin cortex.
@@ -279,10 +280,10 @@ def fill_bridged_plane_holes(filled: np.ndarray, spacing_mm: np.ndarray, radius_
     them). What is left, up to ``max_hole_mm2`` per hole and plane, is
     filled; the gap voxels themselves mostly stay as they are. A notch
     narrower than the square and deeper than ``radius_mm`` is filled beyond
-    that depth.
+    that depth. ``axes``: the axes normal to the planes filled.
     """
     out = filled.copy()
-    for axis in PLANE_AXES:
+    for axis in axes:
         plane = np.delete(np.asarray(spacing_mm, dtype=float), axis)
         half = np.floor(radius_mm / plane).astype(int)
         if not half.any():

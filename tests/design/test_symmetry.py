@@ -6,9 +6,10 @@ import pytest
 from scipy.spatial.transform import Rotation
 from skimage.measure import marching_cubes
 
-from pipeline.phantom.analytic import pelvis_phantom, preset
 from pipeline.design.symmetry import symmetry_plane
 from pipeline.volume import apply_affine
+
+from ..helpers import symmetric_sample
 
 
 pytestmark = pytest.mark.slow
@@ -16,11 +17,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def pelvis_surface():
-    """Surface of the sample phantom's true bone labels (symmetric about x = 0
-    by construction), independent of the segmentation under test elsewhere."""
-    phantom = pelvis_phantom(**preset("sample"))
-    verts, _, _, _ = marching_cubes((phantom.labels > 0).astype(np.float32), level=0.5)
-    return apply_affine(phantom.volume.affine, verts)
+    """Surface of the symmetric sample phantom's true bone labels (mirrored
+    about x = 0), independent of the segmentation under test elsewhere."""
+    volume, labels, _ = symmetric_sample()
+    verts, _, _, _ = marching_cubes((labels > 0).astype(np.float32), level=0.5)
+    return apply_affine(volume.affine, verts)
 
 
 @pytest.mark.parametrize("axis, degrees, shift_mm", [

@@ -137,3 +137,27 @@ def test_undecodable_compressed_slice_is_refused_naming_the_file(tmp_path, make_
     with pytest.raises(InputError, match="cannot decode pixel data") as err:
         load_ct(tmp_path)
     assert str(files[3]) in str(err.value) and "\n" not in str(err.value)
+
+
+def _load_in_daemon(folder, expected, result) -> None:
+    try:
+        loaded = load_ct(folder, workers=2)
+        result.put(bool(np.array_equal(loaded.hu, expected)))
+    except BaseException as e:   # the parent asserts on what happened here
+        result.put(f"{type(e).__name__}: {e}")
+
+
+def test_a_daemonic_process_decodes_in_itself(tmp_path, make_phantom):
+    """A batch case runs in a dask worker, a daemonic process, which may not
+    start decoding processes: it decodes the series itself."""
+    import multiprocessing
+
+    volume = make_phantom(shape=(10, 64, 48))
+    write_series(volume, tmp_path, transfer_syntax=JPEG2000Lossless)
+    context = multiprocessing.get_context("spawn")
+    result = context.Queue()
+    child = context.Process(target=_load_in_daemon, args=(tmp_path, volume.hu, result), daemon=True)
+    child.start()
+    outcome = result.get(timeout=60)
+    child.join()
+    assert outcome is True

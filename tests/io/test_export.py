@@ -1,6 +1,7 @@
 """Writers: STL and NIfTI read back by independent means; all-or-nothing writes."""
 
 import gzip
+import json
 
 import nibabel as nib
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 import trimesh
 
 from pipeline.errors import MeshError, PipelineError
-from pipeline.io.export import OUTPUT_NAMES, json_bytes, nifti_bytes, stl_bytes, write_outputs
+from pipeline.io.export import OUTPUT_NAMES, json_bytes, markups_bytes, nifti_bytes, seg_nrrd_bytes, stl_bytes, write_outputs
 from pipeline.volume import apply_affine
 
 from ..helpers import read_binary_stl
@@ -85,3 +86,81 @@ def test_write_outputs_failure_leaves_nothing(tmp_path):
     with pytest.raises(PipelineError, match="file_in_the_way"):
         write_outputs(target / "out", {"bone.stl": b"x"})
     assert set(OUTPUT_NAMES).isdisjoint(p.name for p in tmp_path.rglob("*"))
+
+
+def oblique_mirrored_affine() -> np.ndarray:
+    rot = trimesh.transformations.rotation_matrix(0.3, [1, 2, 3])[:3, :3]
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([2.0, -0.7, 0.9])
+    affine[:3, 3] = [-120.0, 80.0, -300.0]
+    return affine
+
+
+def test_segmentation_seg_nrrd_is_read_by_slicers_own_reader_with_names_colours_and_geometry(tmp_path):
+    import slicerio
+
+    from pipeline.bones import LABEL_COLOURS_RGB, LABEL_IDS
+
+    affine = oblique_mirrored_affine()
+    labels = np.zeros((6, 7, 8), dtype=np.uint8)
+    labels[1:3, 2:5, 1:4] = LABEL_IDS["hip_left"]
+    labels[4, 5, 6] = LABEL_IDS["sacrum"]
+    path = tmp_path / "segmentation.seg.nrrd"
+    path.write_bytes(seg_nrrd_bytes(labels, affine))
+    seg = slicerio.read_segmentation(str(path))
+    assert [(s["name"], s["labelValue"], s["layer"]) for s in seg["segments"]] == [("hip_left", 1, 0), ("sacrum", 3, 0)]
+    for segment in seg["segments"]:
+        assert np.allclose(segment["color"], np.array(LABEL_COLOURS_RGB[segment["name"]]) / 255, atol=1e-6)
+    sacrum = slicerio.segment_from_name(seg, "sacrum")
+    assert sacrum["terminology"]["type"] == ["SCT", "54735007", "Sacrum"]
+    assert slicerio.segment_from_name(seg, "hip_left")["terminology"]["typeModifier"] == ["SCT", "7771000", "Left"]
+    assert sacrum["extent"] == [6, 6, 5, 5, 4, 4]                       # i, j, k: column, row, slice
+    # Voxel (i, j, k) of the file is voxel (k, j, i) of the CT, at the same LPS point.
+    ijk = np.argwhere(seg["voxels"] == 3)
+    assert ijk.tolist() == [[6, 5, 4]]
+    assert np.allclose(apply_affine(seg["ijkToLPS"], ijk.astype(float)), apply_affine(affine, np.array([[4.0, 5, 6]])))
+    assert np.array_equal(slicerio.segment_mask(seg, slicerio.segment_from_name(seg, "hip_left")).transpose(2, 1, 0),
+                          labels == 1)
+    assert seg_nrrd_bytes(labels, affine) == path.read_bytes()         # same labels, same bytes
+
+
+def test_labels_nii_names_its_labels_and_reads_back_as_itself(tmp_path):
+    from pipeline.bones import LABEL_NAMES
+    from pipeline.io.segmentation import read_label_map
+
+    labels = np.zeros((6, 7, 8), dtype=np.uint8)
+    labels[1:3, 2:5, 1:4], labels[4, 5, 6] = 4, 6
+    path = tmp_path / "labels.nii.gz"
+    path.write_bytes(nifti_bytes(labels, oblique_mirrored_affine(), LABEL_NAMES))
+    label_map = read_label_map(path)
+    assert label_map.source == "NIfTI label map, names from its own label table"
+    assert label_map.segments == {"femur_left": "femur_left", "lumbar": "lumbar"}
+    assert np.array_equal(label_map.labels, labels)
+    assert np.allclose(label_map.affine, oblique_mirrored_affine(), atol=1e-5)   # NIfTI stores float32
+
+
+def test_plan_markups_hold_each_cut_plane_named_and_read_back_exactly(tmp_path):
+    from pipeline.config import Plane
+    from pipeline.plan import read_markups_plane
+
+    planes = [Plane((26.0, 40.0, 44.0), (1.0, 0.0, -0.6), "sacral_ala", margin_mm=5.0).cut_plane(),
+              Plane((80.0, -14.0, 28.0), (0.0, 0.25, 1.0), "supra_acetabular")]
+    centres = [(31.0, 38.0, 40.0), (75.0, -10.0, 33.0)]           # near, not on, the planes
+    path = tmp_path / "plan.mrk.json"
+    path.write_bytes(markups_bytes(planes, centres, [30.0, 45.0]))
+    document = json.loads(path.read_text())
+    assert [m["name"] for m in document["markups"]] == ["sacral_ala", "supra_acetabular"]
+    for plane, centre, half, markup in zip(planes, centres, [30.0, 45.0], document["markups"]):
+        assert markup["type"] == "Plane" and markup["coordinateSystem"] == "LPS"
+        assert markup["planeType"] == "threePoints" and len(markup["controlPoints"]) == 3
+        p0, p1, p2 = (np.array(c["position"]) for c in markup["controlPoints"])
+        # As 3D Slicer reads a three-point plane: origin p0, normal (p1 - p0) x (p2 - p0).
+        normal = np.cross(p1 - p0, p2 - p0)
+        assert np.allclose(normal / np.linalg.norm(normal), plane.normal_lps, atol=1e-12)
+        assert np.allclose(plane.signed_distance_mm(np.array([p0, p1, p2])), 0.0, atol=1e-9)
+        assert np.isclose(np.linalg.norm(p1 - p0), half) and np.isclose(np.linalg.norm(p2 - p0), half)
+        in_plane = np.asarray(centre) - plane.signed_distance_mm(np.asarray(centre)[None])[0] * np.asarray(plane.normal_lps)
+        assert np.allclose(p0, in_plane)
+        point, normal = read_markups_plane(path, "resection.planes[0].markups", name=plane.name)
+        assert abs(plane.signed_distance_mm(point[None])[0]) < 1e-9
+        assert np.allclose(normal, plane.normal_lps, atol=1e-15)

@@ -16,7 +16,7 @@ import trimesh
 from pipeline.qa.annotate import edge_letters
 from pipeline.config import Plane
 from pipeline.io.export import write_outputs
-from pipeline.phantom.analytic import pelvis_phantom, preset
+from pipeline.phantom import pelvis_phantom, preset
 from pipeline.qa.images import IMPLANT_RGB, PLANE_RGB, TEMPLATE_RGB, slice_image, view_image
 from pipeline.qa.render import COLOURS, SLICE_AXES, slice_points
 from pipeline.qa.report_html import report_html, report_warnings
@@ -170,13 +170,14 @@ def test_low_bone_density_at_a_cut_is_flagged(phantom):
     from pipeline.volume import Volume
 
     marks = phantom.landmarks_lps_mm
-    plane = Plane(tuple(marks["left_supra_acetabular"] + [0.0, 0.0, -8.0]), (0.0, 0.0, 1.0), "cut")
-    implant = trimesh.creation.box(bounds=[[30.0, -80.0, 30.0], [150.0, 80.0, 110.0]])
+    supra = marks["left_supra_acetabular"]
+    plane = Plane(tuple(supra + [0.0, 0.0, -8.0]), (0.0, 0.0, 1.0), "cut")
+    implant = trimesh.creation.box(bounds=[supra + [-60.0, -80.0, -30.0], supra + [70.0, 80.0, 60.0]])
     healthy = cut_bone_density(phantom.volume, phantom.labels, (plane,), [1], implant)[0]
     assert healthy["bone_voxels"] > 100 and healthy["median_hu"] > LOW_DENSITY_HU
     assert not healthy["low_density"]
-    bone = phantom.labels > 0  # thin bone: cortex and cancellous HU a third of the phantom's
-    hu = np.where(bone, phantom.volume.hu / 3.0, phantom.volume.hu).astype(np.float32)
+    bone = phantom.labels > 0  # thin bone: cortex and cancellous HU a fifth of the phantom's
+    hu = np.where(bone, phantom.volume.hu / 5.0, phantom.volume.hu).astype(np.float32)
     thin = cut_bone_density(Volume(hu, phantom.volume.affine), phantom.labels, (plane,), [1], implant)[0]
     assert thin["low_density"] and thin["median_hu"] < LOW_DENSITY_HU
     page = report_html({}, cut_density=[thin])
@@ -200,18 +201,24 @@ def test_labels_that_deserve_a_look_are_flagged():
     from pipeline.qa.report_html import report_warnings
     config = {"segment": {"core_hu": 500.0}}
     pelvis = {"labels": {"hip_left": {}, "femur_left": {}, "femur_right": {}},
-              "femoral_heads": {"femur_left": {"radius_mm": 24.5}}, "core_hu": 500.0}
+              "femoral_heads": {"femur_left": {"radius_mm": 24.5, "from": "valley"},
+                                "femur_right": {"radius_mm": 23.0, "from": "acetabulum"}}, "core_hu": 500.0}
     found = " | ".join(report_warnings({"segmentation": pelvis, "config": config}))
-    assert "femur_right: its head was not found" in found and "femur_left" not in found
-    assert "no femur" not in found and "weak bone" not in found
+    assert "femur_right: no joint-space valley found" in found and "the acetabulum (23.0 mm)" in found
+    assert "femur_left" not in found and "no femur" not in found and "weak bone" not in found
     abdomen = {"labels": {"hip_left": {}, "sacrum": {}}, "femoral_heads": {}, "core_hu": 289.1}
     found = " | ".join(report_warnings({"segmentation": abdomen, "config": config}))
     assert "no femur found" in found and "lowered to 289.1 HU" in found
-    both = {**pelvis, "femoral_heads": {"femur_left": {}, "femur_right": {}}}
+    both = {**pelvis, "femoral_heads": {"femur_left": {"from": "valley"}, "femur_right": {"from": "valley"}}}
     assert report_warnings({"segmentation": both, "config": config}) == []
-    # Femur and hip bone parted by the joint space already (1 mm slices): no sphere needed.
-    apart = {**pelvis, "femoral_heads": {}, "femurs_apart_from_hip": ["femur_left", "femur_right"]}
-    assert report_warnings({"segmentation": apart, "config": config}) == []
+    model = {**both, "shape_model": {"found": True, "bones": {
+        "sacrum": {"residual_median_mm": 4.2, "in_view_fraction": 0.97},
+        "hip_left": {"residual_median_mm": 0.8, "in_view_fraction": 0.4}}}}
+    found = " | ".join(report_warnings({"segmentation": model, "config": config}))
+    assert "sacrum: the shape model fits it poorly (median residual 4.2 mm" in found
+    assert "hip_left: only 40 % of it is in the field of view" in found
+    lost = {**both, "shape_model": {"found": False}}
+    assert "no pelvis found" in " ".join(report_warnings({"segmentation": lost, "config": config}))
     screws = {**both, "metal_mm3": 560.0}
     assert "metal in the bone (0.6 cm3" in " ".join(report_warnings({"segmentation": screws, "config": config}))
 
@@ -222,7 +229,7 @@ def test_metal_in_the_bone_is_measured():
     voxel; the phantom alone (its couch rails are 2000 HU and outside the
     body) has none."""
     from pipeline.config import SegmentConfig
-    from pipeline.phantom.analytic import pelvis_phantom, preset
+    from pipeline.phantom import pelvis_phantom, preset
     from pipeline.segment.mask import METAL_HU, segment_bone
     from pipeline.volume import Volume
 

@@ -1,0 +1,158 @@
+"""One case into one folder: a CT and a config in, a run's outputs written.
+
+The ``mesh`` command and every case of a ``batch`` run through
+:func:`run_case`, so a batch case's folder holds exactly the files a single
+``mesh`` run writes: load, :func:`~pipeline.run.run_mesh`, encoding, QA
+images and report.html, then the all-or-nothing writer. report.json also
+records what the outputs were made from (``fingerprint``), which files the
+run wrote with their sizes (``outputs``), and the peak memory of the case
+(``resources``); ``batch --resume`` trusts a folder only when these agree.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .config import Config
+from .bones import LABEL_NAMES
+from .io import (QA_FOLDER, json_bytes, load_ct, markups_bytes, nifti_bytes, png_bytes, read_label_map,
+                 remove_staging, seg_nrrd_bytes, stl_bytes, run_fingerprint, write_outputs)
+from .parallel import parallel
+from .run import Log, MeshResult, Timer, package_versions, run_mesh
+from .volume import Volume
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, eq=False)
+class CaseRun:
+    volume: Volume
+    result: MeshResult
+    report: dict               # as written to report.json
+    written: list[Path]        # every file written, report.json last
+    seconds: dict[str, float]  # wall time per stage, writing included
+
+
+def case_fingerprint(ct_path: str | Path, config: Config, *, series_uid: str | None, qa: bool,
+                     labels_path: str | Path | None = None) -> dict:
+    """What a case's outputs are made from (see :mod:`pipeline.io.fingerprint`)."""
+    return run_fingerprint(ct_path, config.as_dict(), series_uid=series_uid, qa=qa, versions=package_versions(),
+                           labels_path=labels_path or config.segment.labels_file)
+
+
+def run_case(ct_path: str | Path, out_dir: str | Path, config: Config, *, series_uid: str | None = None,
+             qa: bool = True, labels_path: str | Path | None = None, fingerprint: dict | None = None,
+             log: Log | None = None, begin: Log | None = None, progress: Progress | None = None) -> CaseRun:
+    """Run the mesh job on ``ct_path`` and write its outputs into ``out_dir``.
+
+    ``labels_path``: a label map used instead of the automatic labels
+    (``--labels``; else ``segment.labels_file`` of the config, if set).
+    ``fingerprint``: the case's fingerprint when the caller has already
+    computed it (batch checks it before running). ``log``, ``begin`` and
+    ``progress`` report stages and loading as the CLI shows them.
+    """
+    memory = PeakMemory()
+    timer = Timer(log, begin)
+    remove_staging(out_dir)   # a killed earlier run into this folder may have left one
+    label_map = None
+    if labels_path or config.segment.labels_file:   # before the CT: a wrong file fails fast
+        with timer.stage("labelmap"):
+            label_map = read_label_map(labels_path or config.segment.labels_file, dict(config.segment.label_names),
+                                       what="" if labels_path else "segment.labels_file")
+    if fingerprint is None:
+        fingerprint = case_fingerprint(ct_path, config, series_uid=series_uid, qa=qa, labels_path=labels_path)
+    with timer.stage("load"):
+        volume = load_ct(ct_path, series_uid=series_uid, max_gap_mm=config.load.max_gap_mm, progress=progress)
+    for note in volume.notes:
+        if log:
+            log(f"note: {note}")
+    result = run_mesh(volume, config, log=log, timer=timer, label_map=label_map)
+    with timer.stage("encode"):
+        encoders = {"bone.stl": lambda: stl_bytes(result.bone, "bone"),
+                    "bone_mask.nii.gz": lambda: nifti_bytes(result.bone_mask, volume.affine),
+                    "labels.nii.gz": lambda: nifti_bytes(result.labels, volume.affine, LABEL_NAMES),
+                    "segmentation.seg.nrrd": lambda: seg_nrrd_bytes(result.labels, volume.affine)}
+        for name, mesh in result.context.items():
+            encoders[f"bone_{name}.stl"] = lambda name=name, mesh=mesh: stl_bytes(mesh, f"bone_{name}")
+        if result.implant is not None:
+            encoders["host.stl"] = lambda: stl_bytes(result.host, "host")
+            encoders["implant.stl"] = lambda: stl_bytes(result.implant, "implant")
+            cuts = result.report["planes"]
+            encoders["plan.mrk.json"] = lambda: markups_bytes(
+                [p.cut_plane() for p in config.resection.planes], [c["host_cut_centre_lps_mm"] for c in cuts],
+                [c["host_cut_radius_mm"] for c in cuts])
+        files = dict(zip(encoders, parallel(*encoders.values())))
+    files.update(qa_files(volume, result, config, images=qa, timer=timer))
+    report = result.report
+    report["fingerprint"] = fingerprint
+    report["outputs"] = {name: len(content) for name, content in sorted(files.items())}
+    report["resources"] = memory.report()
+    files["report.json"] = json_bytes(report)
+    with timer.stage("write"):
+        written = write_outputs(Path(out_dir), files)
+    return CaseRun(volume=volume, result=result, report=report, written=written, seconds=dict(timer.seconds))
+
+
+def qa_files(volume, result, config, *, images: bool, timer) -> dict[str, bytes]:
+    """qa/<name>.png and report.html with the interactive 3D view (neither
+    images nor view when ``images`` is false)."""
+    from .qa import (TEMPLATE_ATTRIBUTE, cut_bone_density, implant_source, interactive_view, qa_images,
+                     report_html, scene_objects, structure_labels)
+    from .qa.images import affected_side
+
+    files, shown, missing, density, view = {}, [], [], [], None
+    if images:
+        with timer.stage("qa"):
+            # The view first: it forks worker processes, safely only while no other thread runs.
+            view = interactive_view(scene_objects(result, config), side=affected_side(result))
+            made = qa_images(volume, result, config)
+            pngs = parallel(*[(lambda im=im: png_bytes(im.rgb)) for im in made])
+            if result.implant is not None:
+                density = cut_bone_density(volume, result.labels, config.resection.planes,
+                                           structure_labels(config), result.implant)
+        for image, png in zip(made, pngs):
+            files[f"{QA_FOLDER}/{image.name}.png"] = png
+            shown.append((image.title, png))
+        if implant_source(config) == "mirrored" and not any(im.name == "view_mirrored" for im in made):
+            missing.append(f"no mirrored template view: the run result has no {TEMPLATE_ATTRIBUTE}")
+    else:
+        missing.append("QA images and 3D view switched off (--no-qa)")
+    files["report.html"] = report_html(result.report, shown, missing=missing,
+                                       cut_density=density, view3d=view).encode("utf-8")
+    return files
+
+
+class PeakMemory:
+    """Peak resident memory of this process from construction on.
+
+    On Linux the kernel's high-water mark (VmHWM) is reset at the start, so
+    a worker that runs case after case reports each case's own peak; where
+    that is not possible the process's lifetime peak is reported, and said so.
+    """
+
+    def __init__(self) -> None:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")   # 5: reset the peak resident set size
+            self.scope = "case"
+        except OSError:
+            self.scope = "process"
+
+    def peak_mib(self) -> float:
+        if self.scope == "case":
+            try:
+                with open("/proc/self/status") as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            return int(line.split()[1]) / 1024.0
+            except OSError:
+                pass
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux, bytes on macOS
+        return peak / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
+
+    def report(self) -> dict:
+        return {"peak_rss_mib": round(self.peak_mib(), 1), "peak_rss_since": f"start of the {self.scope}"}

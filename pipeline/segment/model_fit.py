@@ -1,0 +1,315 @@
+"""Fit the pelvis shape model to a CT: pose, scale and shape modes, in LPS mm.
+
+The data are the outer surface points of the bone mask (threshold voxels
+with a non-bone face neighbour) with their outward normals from the HU
+gradient, subsampled. The fit never looks at array axes: everything is in
+patient LPS millimetres, so feet-first, prone or tilted scans fit alike.
+
+1. **Start** (:func:`initial_pose`): the mean shape at three sizes is slid
+   over a coarse distance map of the surface points, centred on the body
+   midline, at every antero-posterior and cranio-caudal offset within the
+   bone's extent; the place where the model's points lie closest to bone
+   wins.
+2. **Refine** (:func:`refine`), an active-shape-model style iteration: every
+   model vertex takes the nearest data point whose normal agrees with its
+   own (so the model does not snap onto the inner cortex, a femoral head or
+   the other side of a joint), the pairs farther than the trimmed quantile
+   are dropped (tumour, metal, parts out of view, bone the model lacks),
+   and the vertex's target is the data point's tangent plane. A similarity
+   transform is fitted to the targets, then the shape modes with Tikhonov
+   regularisation, clipped at +-``MAX_SD``; first the pose alone, then
+   5, 10 and 20 modes.
+
+The result says how well each bone fits (median and 90th-percentile residual
+of its matched vertices), how much of each bone the scan shows, and how many
+modes were used; :mod:`pipeline.segment.labels` turns it into membership.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy.spatial import cKDTree
+
+from ..volume import Volume, apply_affine
+from .mask import FACE_CONNECTIVITY, BoneMask
+from .shape_model import MODEL_BONES, ShapeModel
+
+# Surface points taken from the bone mask (a random subset, seeded).
+DATA_POINTS = 20000
+# Initial search: a distance map on this grid (mm), steps of the coarse offsets
+# (mm; a finer search follows), sizes tried, every n-th model vertex scored,
+# distances clipped at CLIP_MM.
+INIT_CELL_MM, INIT_STEP_MM, INIT_SCALES, INIT_VERTEX_STRIDE, INIT_CLIP_MM = 5.0, 10.0, (0.85, 1.0, 1.15), 30, 30.0
+# Surface points are moved to the half-maximum along a profile of +-PROFILE_MM.
+PROFILE_MM, PROFILE_STEP_MM = 3.0, 0.5
+# Refinement: (modes, iterations, each bone on its own) per phase; every n-th vertex is fitted.
+SCHEDULE = ((0, 4, False), (5, 3, False), (10, 3, False), (20, 5, False), (20, 4, True))
+FIT_VERTEX_STRIDE = 3
+# Correspondence: candidates within MATCH_MM among the NEIGHBOURS nearest data
+# points; the first whose normal is within acos(MIN_COS) of the vertex's
+# normal; pairs beyond the TRIM quantile of residuals are dropped.
+MATCH_MM, NEIGHBOURS, MIN_COS, TRIM = 15.0, 6, 0.3, 0.8
+# Shape regularisation (per matched vertex) and the clip of every mode (SD).
+TIKHONOV, MAX_SD = 0.01, 3.0
+# Per-bone motions are held back by this damping (per matched vertex).
+LOCAL_DAMPING = 100.0
+# A model vertex within this of a matched data point counts as fitted (mm).
+FITTED_MM = 3.0
+
+
+@dataclass(frozen=True, eq=False)
+class PelvisFit:
+    """The fitted model in LPS mm.
+
+    ``vertices_lps_mm``: (N, 3) fitted shape; ``faces``: bone -> triangles;
+    ``vertex_bone``: label value per vertex; ``landmarks``: name -> vertex
+    indices; ``modes_sd``: the shape's mode weights (standard deviations);
+    ``bones``: per bone, ``residual_median_mm``, ``residual_p90_mm``,
+    ``fitted_fraction`` (vertices within ``FITTED_MM`` of bone) and
+    ``in_view_fraction`` (vertices inside the scan)."""
+
+    vertices_lps_mm: np.ndarray
+    faces: dict[str, np.ndarray]
+    vertex_bone: np.ndarray
+    landmarks: dict[str, np.ndarray]
+    modes_sd: np.ndarray
+    bones: dict[str, dict]
+
+    def bone_mesh(self, bone: str) -> tuple[np.ndarray, np.ndarray]:
+        """(vertices, triangles) of one fitted bone, triangles indexing the vertices given."""
+        return self.vertices_lps_mm, self.faces[bone]
+
+    def report(self) -> dict:
+        return {"modes": int(len(self.modes_sd)),
+                "bones": {b: {k: round(float(v), 3) for k, v in d.items()} for b, d in self.bones.items()}}
+
+
+def surface_points(volume: Volume, bone: BoneMask, n_max: int = DATA_POINTS,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(points, outward unit normals), LPS mm, of the bone mask's outer voxels
+    (a random subset of ``n_max``)."""
+    return mask_surface(volume, bone.voxels, bone.box, n_max, seed)
+
+
+def mask_surface(volume: Volume, mask: np.ndarray, box: tuple[slice, ...], n_max: int | None = None,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(points, outward unit normals), LPS mm, of the outer voxels of
+    ``mask`` (which fills ``box`` of the volume's grid).
+
+    Normals are minus the HU gradient (a 3x3x3 Sobel operator at each
+    point, mapped from index to LPS space by the inverse-transpose of the
+    affine's linear part)."""
+    outer = mask & ~ndi.binary_erosion(mask, FACE_CONNECTIVITY, border_value=1)
+    idx = np.argwhere(outer) + np.array([s.start for s in box])
+    if n_max is not None and len(idx) > n_max:
+        # Drawn in the order of their LPS positions, not the array's: the same
+        # points however the slices are stored.
+        lps = np.round(apply_affine(volume.affine, idx.astype(np.float64)), 3)
+        idx = idx[np.lexsort(lps.T[::-1])]
+        idx = idx[np.sort(np.random.default_rng(seed).choice(len(idx), n_max, replace=False))]
+    # Sobel gradient from each point's 3x3x3 neighbourhood, gathered once.
+    limit = np.array(volume.shape) - 1
+    offsets = np.argwhere(np.ones((3, 3, 3), dtype=bool)) - 1
+    around = np.stack([volume.hu[tuple(np.clip(idx + o, 0, limit).T)] for o in offsets], axis=1)  # (P, 27)
+    smooth = np.array([1.0, 2.0, 1.0])
+    weights = np.stack([offsets[:, a] * np.prod([smooth[offsets[:, b] + 1] for b in range(3) if b != a], axis=0)
+                        for a in range(3)], axis=1)  # (27, 3)
+    gradient = around @ weights
+    g_lps = gradient @ np.linalg.inv(volume.affine[:3, :3])
+    normals = -g_lps / np.maximum(np.linalg.norm(g_lps, axis=1, keepdims=True), 1e-9)
+    return halfmax_points(volume, apply_affine(volume.affine, idx.astype(np.float64)), normals), normals
+
+
+def halfmax_points(volume: Volume, points: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """Each point moved along its normal to where the HU profile crosses
+    half-way between the bone's peak (inward) and the tissue (outward), the
+    surface the meshes follow: a mask voxel's centre lies anywhere within a
+    voxel of it, and a fit to voxel centres would sit that much inside."""
+    steps = np.arange(-PROFILE_MM, PROFILE_MM + 1e-9, PROFILE_STEP_MM)
+    along = points[:, None, :] + steps[None, :, None] * normals[:, None, :]
+    index = apply_affine(np.linalg.inv(volume.affine), along.reshape(-1, 3))
+    hu = ndi.map_coordinates(volume.hu, index.T, order=1, mode="nearest").reshape(len(points), len(steps))
+    middle = len(steps) // 2
+    level = 0.5 * (hu[:, :middle + 1].max(axis=1) + hu[:, middle:].min(axis=1))
+    above = hu >= level[:, None]
+    # The last step still above the level before the profile falls below it, nearest the voxel.
+    falls = above[:, :-1] & ~above[:, 1:]
+    candidates = np.where(falls, np.abs(np.arange(len(steps) - 1) + 0.5 - middle), np.inf)
+    k = np.argmin(candidates, axis=1)
+    found = np.isfinite(candidates[np.arange(len(points)), k])
+    h0, h1 = hu[np.arange(len(points)), k], hu[np.arange(len(points)), k + 1]
+    s = steps[k] + PROFILE_STEP_MM * np.clip((h0 - level) / np.maximum(h0 - h1, 1e-6), 0.0, 1.0)
+    return points + np.where(found, s, 0.0)[:, None] * normals
+
+
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals of a closed triangle mesh."""
+    tri = vertices[faces]
+    face_normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    corner = faces.ravel()
+    normals = np.stack([np.bincount(corner, weights=np.repeat(face_normals[:, c], 3), minlength=len(vertices))
+                        for c in range(3)], axis=1)
+    return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+
+
+def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float) -> tuple[float, np.ndarray, float]:
+    """(scale, translation LPS mm, mean distance mm) of the best start.
+
+    The model frame is LPS-like, so only size and position are searched:
+    a coarse grid of offsets, then a finer one around the best."""
+    lo = points.min(axis=0) - 2 * INIT_CLIP_MM
+    shape = np.ceil((points.max(axis=0) + 2 * INIT_CLIP_MM - lo) / INIT_CELL_MM).astype(np.int64) + 1
+    occupied = np.zeros(shape, dtype=bool)
+    occupied[tuple(np.floor((points - lo) / INIT_CELL_MM).astype(np.int64).T)] = True
+    distance = np.minimum(ndi.distance_transform_edt(~occupied) * INIT_CELL_MM, INIT_CLIP_MM).astype(np.float32)
+    sample = model.mean_mm[::INIT_VERTEX_STRIDE]
+
+    def best_of(scales, offsets) -> tuple[float, float, np.ndarray]:
+        best = (np.inf, 1.0, offsets[0])
+        for scale in scales:
+            cells = np.floor((scale * sample[None] + offsets[:, None] - lo) / INIT_CELL_MM).astype(np.int64)
+            inside = np.all((cells >= 0) & (cells < shape), axis=2)
+            d = np.full(cells.shape[:2], INIT_CLIP_MM, dtype=np.float32)
+            d[inside] = distance[tuple(cells[inside].T)]
+            score = d.mean(axis=1)
+            i = int(np.argmin(score))
+            if score[i] < best[0]:
+                best = (float(score[i]), scale, offsets[i])
+        return best
+
+    ys = np.arange(points[:, 1].min(), points[:, 1].max() + INIT_STEP_MM, INIT_STEP_MM)
+    zs = np.arange(points[:, 2].min() - INIT_CLIP_MM, points[:, 2].max() + INIT_CLIP_MM, INIT_STEP_MM)
+    coarse = np.stack(np.meshgrid([midline_x_lps_mm], ys, zs, indexing="ij"), axis=-1).reshape(-1, 3)
+    _, scale, centre = best_of(INIT_SCALES, coarse)
+    steps = np.arange(-INIT_STEP_MM, INIT_STEP_MM + 0.1, INIT_STEP_MM / 4)
+    fine = centre + np.stack(np.meshgrid(steps / 2, steps, steps, indexing="ij"), axis=-1).reshape(-1, 3)
+    score, scale, centre = best_of(np.array([0.95, 1.0, 1.05]) * scale, fine)
+    return scale, centre, score
+
+
+def _matches(tree: cKDTree, points: np.ndarray, normals: np.ndarray, x: np.ndarray,
+             n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(matched?, signed point-to-plane offset along the data normal) per vertex,
+    and the data normal, for vertices ``x`` with normals ``n``."""
+    d, j = tree.query(x, k=NEIGHBOURS, distance_upper_bound=MATCH_MM)
+    valid = np.isfinite(d)
+    j = np.where(valid, j, 0)
+    agree = valid & (np.einsum("ikj,ij->ik", normals[j], n) > MIN_COS)
+    first = np.argmax(agree, axis=1)
+    rows = np.arange(len(x))
+    matched = agree[rows, first]
+    chosen = j[rows, first]
+    data_normal = normals[chosen]
+    offset = np.einsum("ij,ij->i", points[chosen] - x, data_normal)
+    return matched, offset, data_normal
+
+
+def _rotation(omega: np.ndarray) -> np.ndarray:
+    """Rotation matrix of the rotation vector ``omega`` (Rodrigues)."""
+    angle = float(np.linalg.norm(omega))
+    if angle < 1e-12:
+        return np.eye(3)
+    k = omega / angle
+    cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
+
+
+def refine(model: ShapeModel, points: np.ndarray, normals: np.ndarray, scale: float,
+           translation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fitted vertices (N, 3) LPS mm, mode weights) after Gauss-Newton
+    iterations on the point-to-plane residuals.
+
+    The shape is ``x = s R (mean + modes b) + t`` and, in the last phase,
+    each bone also moves by a small similarity transform of its own about
+    its centre (how the hip bones sit on the sacrum varies more between
+    patients than 20 joint modes say). Every iteration linearises all
+    parameters together (pose, scale, modes, per-bone poses) and solves one
+    regularised least-squares problem: the modes are held towards 0 by
+    Tikhonov regularisation and clipped at +-``MAX_SD``, the per-bone
+    motions towards none."""
+    tree = cKDTree(points)
+    faces = np.concatenate([model.faces[b] for b in MODEL_BONES])
+    fit_vertices = np.arange(0, len(model.mean_mm), FIT_VERTEX_STRIDE)
+    bones = np.unique(model.vertex_bone)
+    bone_of = model.vertex_bone
+    rotation, b = np.eye(3), np.zeros(0)
+    local = {int(k): (np.eye(3), np.zeros(3), 0.0) for k in bones}  # rotation, translation, log-scale
+
+    def place(shape: np.ndarray) -> np.ndarray:
+        x = scale * shape @ rotation.T + translation
+        for k, (r, t, ls) in local.items():
+            mine = bone_of == k
+            c = x[mine].mean(axis=0)
+            x[mine] = np.exp(ls) * (x[mine] - c) @ r.T + c + t
+        return x
+
+    for n_modes, iterations, per_bone in SCHEDULE:
+        b = np.r_[b, np.zeros(max(n_modes - len(b), 0))][:n_modes]
+        for _ in range(iterations):
+            x_all = place(model.shape_mm(b))
+            n = vertex_normals(x_all, faces)[fit_vertices]
+            x = x_all[fit_vertices]
+            matched, offset, data_normal = _matches(tree, points, normals, x, n)
+            if matched.sum() < 3 * max(n_modes, 7):
+                return place(model.shape_mm(b)), b
+            use = matched & (np.abs(offset) <= np.quantile(np.abs(offset[matched]), TRIM))
+            xv, nv, ev = x[use], data_normal[use], -offset[use]      # residual: n . (x - d)
+            arm = xv - translation
+            columns = [nv, np.cross(arm, nv), np.einsum("ij,ij->i", nv, arm)[:, None]]  # t, rotation, log scale
+            if n_modes:
+                basis = model.modes[:n_modes, fit_vertices[use]] * model.sd_mm[:n_modes, None, None]
+                columns.append(scale * np.einsum("ij,kij->ik", nv, basis @ rotation.T))
+            if per_bone:
+                for k in bones:
+                    mine = (bone_of[fit_vertices[use]] == k)[:, None]
+                    c = x_all[bone_of == k].mean(axis=0)
+                    columns += [nv * mine, np.cross(xv - c, nv) * mine,
+                                (np.einsum("ij,ij->i", nv, xv - c) * mine[:, 0])[:, None]]
+            jac = np.concatenate(columns, axis=1)
+            lhs = jac.T @ jac
+            rhs = -jac.T @ ev
+            weight = TIKHONOV * len(ev)
+            shape_cols = slice(7, 7 + n_modes)
+            lhs[shape_cols, shape_cols] += weight * np.eye(n_modes)
+            rhs[shape_cols] -= weight * b
+            if per_bone:
+                extra = np.arange(7 + n_modes, jac.shape[1])
+                lhs[extra, extra] += LOCAL_DAMPING * len(ev)
+            step = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+            translation = translation + step[:3]
+            rotation = _rotation(step[3:6]) @ rotation
+            scale *= np.exp(step[6])
+            if n_modes:
+                b = np.clip(b + step[shape_cols], -MAX_SD, MAX_SD)
+            if per_bone:
+                for i, k in enumerate(bones):
+                    d = step[7 + n_modes + 7 * i:7 + n_modes + 7 * (i + 1)]
+                    r, t, ls = local[int(k)]
+                    local[int(k)] = (_rotation(d[3:6]) @ r, t + d[:3], ls + d[6])
+    return place(model.shape_mm(b)), b
+
+
+def fit_pelvis(volume: Volume, bone: BoneMask, model: ShapeModel) -> PelvisFit:
+    """The shape model fitted to the bone of ``volume`` (see the module docstring)."""
+    points, normals = surface_points(volume, bone)
+    scale, translation, _ = initial_pose(model, points, bone.midline_x_lps_mm)
+    x, b = refine(model, points, normals, scale, translation)
+    faces = np.concatenate([model.faces[name] for name in MODEL_BONES])
+    matched, offset, _ = _matches(cKDTree(points), points, normals, x, vertex_normals(x, faces))
+    index = apply_affine(np.linalg.inv(volume.affine), x)
+    in_view = np.all((index > -0.5) & (index < np.array(volume.shape) - 0.5), axis=1)
+    bones = {}
+    for name in MODEL_BONES:
+        mine = model.vertex_bone == model.vertex_bone[model.faces[name][0, 0]]
+        r = np.abs(offset[mine & matched])
+        bones[name] = {
+            "residual_median_mm": float(np.median(r)) if r.size else float("nan"),
+            "residual_p90_mm": float(np.quantile(r, 0.9)) if r.size else float("nan"),
+            "fitted_fraction": float(np.mean(matched[mine] & (np.abs(offset[mine]) <= FITTED_MM))),
+            "in_view_fraction": float(np.mean(in_view[mine])),
+        }
+    return PelvisFit(vertices_lps_mm=x, faces=dict(model.faces), vertex_bone=model.vertex_bone,
+                     landmarks=dict(model.landmarks), modes_sd=b, bones=bones)

@@ -1,0 +1,103 @@
+"""The interactive 3D view: what it holds, its budget, its plane discs, and a
+page with nothing to fetch. (A real browser opens it in test_browser.py.)"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import trimesh
+
+from pipeline.config import Config, ImplantConfig, Plane, ResectionConfig
+from pipeline.qa.images import HOST_RGB, IMPLANT_RGB, PLANE_MARGIN_MM, PLANE_RGB
+from pipeline.qa.interactive import READY_ATTRIBUTE, interactive_view, triangle_budgets
+from pipeline.qa.report_html import report_html
+from pipeline.qa.scene import SceneObject, plane_disc, scene_objects
+
+from ..helpers import external_references, view_meshes
+
+
+def test_budgets_follow_area_and_small_objects_keep_all():
+    budgets = triangle_budgets([50, 100_000, 100_000], [1000.0, 1000.0, 3000.0], 10_050)
+    assert budgets[0] == 50  # fewer than its share: all of its own
+    assert sum(budgets) <= 10_050
+    assert budgets[2] == pytest.approx(3 * budgets[1], abs=1)
+    assert triangle_budgets([10, 20], [1.0, 1.0], 1000) == [10, 20]
+
+
+def test_a_plane_disc_lies_in_its_plane_around_the_contact_face():
+    """A 40 x 20 x 30 box cut at z = 10: the contact face is its 40 x 20
+    section, so the disc is centred on the section with a radius of half its
+    diagonal plus the margin."""
+    implant = trimesh.creation.box(bounds=[[0.0, -10.0, 10.0], [40.0, 10.0, 40.0]])
+    plane = Plane((5.0, 0.0, 10.0), (0.0, 0.0, -1.0), "cut")
+    disc = plane_disc(plane, implant)
+    assert np.abs(plane.signed_distance_mm(disc.vertices)).max() < 1e-9
+    centre = disc.vertices[0]
+    assert centre == pytest.approx([20.0, 0.0, 10.0])
+    radius = np.linalg.norm(disc.vertices[1:] - centre, axis=1)
+    assert radius == pytest.approx(np.full(len(radius), np.hypot(20.0, 10.0) + PLANE_MARGIN_MM))
+
+
+def test_scene_names_every_object_once_with_its_colour():
+    host, implant = trimesh.creation.box(bounds=[[-50, -10, 0], [0, 10, 40]]), \
+        trimesh.creation.box(bounds=[[0, -10, 0], [40, 10, 40]])
+    femur = trimesh.creation.icosphere(radius=8.0)
+    result = SimpleNamespace(host=host, implant=implant, context={"femur_left": femur}, label_meshes={},
+                             mirrored_template=None)
+    planes = (Plane((0.0, 0.0, 0.0), (1.0, 0.0, 0.0), "ala"),)
+    config = Config(resection=ResectionConfig(planes=planes), implant=ImplantConfig())
+    objects = scene_objects(result, config)
+    assert [o.name for o in objects] == ["host", "implant", "femur_left", "plane ala"]
+    assert objects[0].rgb == HOST_RGB and objects[1].rgb == IMPLANT_RGB and objects[3].rgb == PLANE_RGB[0]
+    assert len({o.rgb for o in objects}) == len(objects)
+    assert objects[3].opacity < 1.0
+
+
+def test_the_view_holds_each_object_within_budget_and_tolerance():
+    """A fine sphere over its share is lightened within the tolerance (the
+    meshes read back from the page); a box under its share comes whole."""
+    ball = trimesh.creation.icosphere(subdivisions=5, radius=30.0)
+    box = trimesh.creation.box(bounds=[[40, -5, -5], [60, 5, 5]])
+    view = interactive_view([SceneObject("ball", ball, (200, 100, 50)), SceneObject("box", box, (50, 100, 200))],
+                            max_triangles=3000, tolerance_mm=0.5)
+    shown = view_meshes(view.html)
+    assert set(shown) == {"ball", "box"}
+    assert len(shown["ball"].faces) + len(shown["box"].faces) <= 3000
+    assert np.array_equal(np.sort(shown["box"].vertices, axis=0), np.sort(np.float32(box.vertices), axis=0))
+    # float32 in the page: 30 mm from the origin, a rounding of ~2e-6 mm.
+    radius = np.linalg.norm(shown["ball"].vertices, axis=1)
+    assert np.abs(radius - 30.0).max() <= 0.5
+    facts = {m["name"]: m for m in view.meshes}
+    assert facts["ball"]["view_triangles"] == len(shown["ball"].faces) and facts["ball"]["triangles"] == 20480
+    assert facts["ball"]["hausdorff_mm"] <= 0.5 and facts["box"]["hausdorff_mm"] == 0.0
+
+
+def test_the_report_page_carries_the_view_and_fetches_nothing():
+    ball = trimesh.creation.icosphere(subdivisions=2, radius=10.0)
+    view = interactive_view([SceneObject("implant", ball, IMPLANT_RGB)])
+    page = report_html({"planes": []}, view3d=view)
+    assert external_references(page) == []
+    assert page.count("<script") >= 2 and "Plotly.newPlot" in page and READY_ATTRIBUTE in page
+    assert "3D view" in page and "implant" in page
+
+
+def test_a_view_further_from_its_stl_than_the_tolerance_is_flagged():
+    ball = trimesh.creation.icosphere(subdivisions=4, radius=10.0)
+    view = interactive_view([SceneObject("ball", ball, (1, 2, 3))], max_triangles=40, tolerance_mm=0.05)
+    assert view.meshes[0]["hausdorff_mm"] > 0.05
+    assert "beyond the 0.05 mm" in report_html({}, view3d=view)
+
+
+def test_the_mirrored_template_starts_hidden_with_its_legend_entry():
+    box = trimesh.creation.box(bounds=[[0, -10, 0], [40, 10, 40]])
+    result = SimpleNamespace(host=box, implant=box, context={}, label_meshes={}, mirrored_template=box)
+    config = Config(implant=ImplantConfig(source="mirrored"))
+    objects = scene_objects(result, config)
+    template = next(o for o in objects if o.name == "mirrored template")
+    assert not template.visible and template.opacity < 1.0
+    page = interactive_view(objects).html
+    assert '"name":"mirrored template"' in page and '"visible":"legendonly"' in page
+    resected = scene_objects(result, Config())
+    assert "mirrored template" not in [o.name for o in resected]
