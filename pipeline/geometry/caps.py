@@ -108,6 +108,9 @@ def retriangulate_caps(sides: list[Side], planes: tuple[Plane, ...]) -> None:
     dropped. Caps whose outline all sides share get the same triangles."""
     for side in sides:
         _weld_close_corners(side, planes)
+    # Everything below changes only the cut faces and the two rings of
+    # triangles around them: work on those alone, the rest is put back after.
+    far = [_split_off_far_faces(side) for side in sides]
     queue = sorted({int(k) for s in sides for k in np.unique(s.cap_of_face[s.cap_of_face != NO_CAP])})
     for _ in range(PASSES_PER_PLANE * max(len(queue), 1)):
         if not queue:
@@ -119,21 +122,43 @@ def retriangulate_caps(sides: list[Side], planes: tuple[Plane, ...]) -> None:
             _merge_outline_corners(group, k)
             touched |= _triangulate_plane(group, k, planes[k])
         queue += [j for j in sorted(touched) if j != k and j not in queue]
-    for side in sides:
+    for side, (faces, caps) in zip(sides, far):
         _flip_flat_needles(side)
+        side.faces = np.concatenate([faces, side.faces])
+        side.cap_of_face = np.concatenate([caps, side.cap_of_face])
         used = np.zeros(len(side.vertices), dtype=bool)
         used[side.faces.ravel()] = True
         side.vertices, side.faces = side.vertices[used], (np.cumsum(used) - 1)[side.faces]
 
 
+def _split_off_far_faces(side: Side) -> tuple[np.ndarray, np.ndarray]:
+    """Keep in ``side`` the cut faces and the faces within two rings of their
+    corners (every face a collapse, split or flip here can reach); return the
+    others (faces, their plane indices). Vertex ids stay as they are."""
+    f = side.faces
+    near = np.zeros(len(side.vertices), dtype=bool)
+    near[f[side.cap_of_face != NO_CAP].ravel()] = True
+    for _ in range(2):
+        ring = near[f].any(axis=1)
+        near[f[ring].ravel()] = True
+    close = near[f].any(axis=1)
+    far = (f[~close], side.cap_of_face[~close])
+    side.faces, side.cap_of_face = f[close], side.cap_of_face[close]
+    return far
+
+
 def _flip_flat_needles(side: Side) -> None:
-    """Flip the longest edge of each side triangle that is a flat needle
-    (thinner than ``FAN_FLOOR_MM`` with its third corner on that edge: the
-    cut pierced a bone edge there), when both triangles it then makes are
-    fatter. No vertex moves."""
-    f, cap = side.faces, side.cap_of_face
+    """Flip the longest edge of each side triangle next to a cut face that is
+    a flat needle (thinner than ``FAN_FLOOR_MM`` with its third corner on that
+    edge: the cut pierced a bone edge there), when both triangles it then
+    makes are fatter. No vertex moves."""
+    f, cap = side.faces.copy(), side.cap_of_face
+    side.faces = f  # a new array: remembered outlines do not outlive the flips
+    on_cut = np.zeros(len(side.vertices), dtype=bool)
+    on_cut[f[cap != NO_CAP].ravel()] = True
     for _ in range(MERGE_ROUNDS):
-        thin = np.flatnonzero((cap == NO_CAP) & (_altitudes(side.vertices, f) < FAN_FLOOR_MM))
+        near = np.flatnonzero((cap == NO_CAP) & on_cut[f].any(axis=1))
+        thin = near[_altitudes(side.vertices, f[near]) < FAN_FLOOR_MM]
         if not thin.size:
             return
         n = len(side.vertices)
@@ -232,6 +257,17 @@ class _Outline:
 
 
 def _outline(side: Side, k: int) -> _Outline:
+    """The outline of ``side``'s cap on plane ``k``, remembered while the
+    side's face array stays the same object (every change of topology here
+    replaces it)."""
+    cache = side.__dict__.setdefault("_outlines", {})
+    found = cache.get(k)
+    if found is None or found[0] is not side.faces:
+        found = cache[k] = (side.faces, _find_outline(side, k))
+    return found[1]
+
+
+def _find_outline(side: Side, k: int) -> _Outline:
     f, n = side.faces, len(side.vertices)
     selected = np.flatnonzero(side.cap_of_face == k)
     edges = _directed_edges(f[selected])             # face i's edges at 3i..3i+2
@@ -367,18 +403,18 @@ def _merge_candidates(side: Side, k: int) -> list[tuple[np.ndarray, np.ndarray, 
         target = onto(p, q)
         if target is not None:
             merges.append((v[p], v[q], target))
+    # Each corner b with the corners before (a) and after (c) it on the outline.
     following = dict(outline.tolist())
-    previous = {b: a for a, b in outline.tolist()}
-    for b, c in following.items():
-        a = previous.get(b)
-        if a is None or a == c:
-            continue
-        chord = v[c] - v[a]
-        off = np.linalg.norm(np.cross(chord, v[b] - v[a])) / max(float(np.linalg.norm(chord)), 1e-300)
-        keep = a if np.linalg.norm(v[a] - v[b]) <= np.linalg.norm(v[c] - v[b]) else c
-        if (off < STRAIGHT_CORNER_MM and np.linalg.norm(v[keep] - v[b]) < reach
-                and planes_at[b] & ~planes_at[keep] == 0):
-            merges.append((v[keep], v[b], v[keep]))
+    a, b = outline[:, 0], outline[:, 1]
+    c = np.array([following.get(x, -1) for x in b.tolist()], dtype=np.int64)
+    ok = (c >= 0) & (c != a)
+    a, b, c = a[ok], b[ok], c[ok]
+    chord = v[c] - v[a]
+    off = np.linalg.norm(np.cross(chord, v[b] - v[a]), axis=1) / np.maximum(np.linalg.norm(chord, axis=1), 1e-300)
+    keep = np.where(np.linalg.norm(v[a] - v[b], axis=1) <= np.linalg.norm(v[c] - v[b], axis=1), a, c)
+    straight = ((off < STRAIGHT_CORNER_MM) & (np.linalg.norm(v[keep] - v[b], axis=1) < reach)
+                & (planes_at[b] & ~planes_at[keep] == 0))
+    merges += [(v[x], v[y], v[x]) for x, y in zip(keep[straight].tolist(), b[straight].tolist())]
     return merges
 
 
@@ -481,13 +517,13 @@ class _CollapseState:
             return None
         changed = [x for x in set(faces_p) | set(faces_q) if x not in on_edge]
         moved = np.where(f[changed] == q, p, f[changed])
-        trial = v.copy()
-        trial[p] = target
         # The cap's own faces are triangulated afresh: only the others must
         # keep their shape, and none may come to lie in the cap's plane.
         kept = self.side.cap_of_face[changed] != self.k
-        turned = np.einsum("ij,ij->i", _face_normals(trial, moved[kept]), _face_normals(v, f[changed][kept])) <= 0
-        thinned = _altitudes(trial, moved[kept]) < np.minimum(_altitudes(v, f[changed][kept]), FAN_FLOOR_MM)
+        before, after = v[f[changed][kept]], v[moved[kept]]
+        after[moved[kept] == p] = target
+        turned = np.einsum("ij,ij->i", _triangle_normals(after), _triangle_normals(before)) <= 0
+        thinned = _triangle_altitudes(after) < np.minimum(_triangle_altitudes(before), FAN_FLOOR_MM)
         flattened = self.on_cap[moved[kept]].all(axis=1)
         if (turned | thinned | flattened).any():
             return None
@@ -606,7 +642,8 @@ def _triangulate_outline(corners: np.ndarray, apexes: dict[tuple[int, int], list
     c = len(corners)
     points = origin + out_xy[c:] @ np.stack([u, w])
     along = _points_on_outline(t, out_xy, c)
-    dropped = set()
+    # The fans the splits would make: (piece start, piece end, apex, edge) rows.
+    starts, ends, tips, owner = [], [], [], []
     for (lo, hi), ids in along.items():
         d = out_xy[hi] - out_xy[lo]
         s = (out_xy[ids] - out_xy[lo]) @ d / (d @ d)
@@ -614,8 +651,17 @@ def _triangulate_outline(corners: np.ndarray, apexes: dict[tuple[int, int], list
         # points): the same arithmetic on every side, so they agree to the bit.
         points[ids - c] = corners[lo] + s[:, None] * (corners[hi] - corners[lo])
         chain = np.concatenate([corners[lo][None], points[ids - c], corners[hi][None]])
-        if min(_thinnest(chain[:-1], chain[1:], apex) for apex in apexes[(lo, hi)]) < FAN_FLOOR_MM:
-            dropped.update(ids.tolist())
+        for apex in apexes[(lo, hi)]:
+            starts.append(chain[:-1])
+            ends.append(chain[1:])
+            tips.append(np.broadcast_to(apex, chain[1:].shape))
+            owner += [(lo, hi)] * (len(chain) - 1)
+    dropped = set()
+    if starts:
+        pieces = np.stack([np.concatenate(starts), np.concatenate(ends), np.concatenate(tips)], axis=1)
+        thin = _altitudes(pieces.reshape(-1, 3), np.arange(3 * len(pieces)).reshape(-1, 3)) < FAN_FLOOR_MM
+        for key in {owner[i] for i in np.flatnonzero(thin)}:
+            dropped.update(along[key].tolist())
     if dropped:
         kept = np.array([i for i in range(len(out_xy)) if i not in dropped])
         renumber = np.full(len(out_xy), -1)
@@ -714,22 +760,22 @@ def _shortest_refined_edge_mm(v: np.ndarray, outline: np.ndarray) -> float:
     return CAP_MIN_EDGE_FRACTION * float(np.median(np.linalg.norm(v[outline[:, 0]] - v[outline[:, 1]], axis=1)))
 
 
-def _thinnest(p: np.ndarray, q: np.ndarray, apex: np.ndarray) -> float:
-    """Smallest altitude of the triangles (p, q, apex)."""
-    points = np.concatenate([p, q, apex[None]])
-    m = len(p)
-    return float(_altitudes(points, np.stack([np.arange(m), m + np.arange(m), np.full(m, 2 * m)], axis=1)).min())
-
-
 def _altitudes(v: np.ndarray, f: np.ndarray) -> np.ndarray:
     """Smallest altitude of each triangle: twice its area over its longest edge."""
-    t = v[f]
+    return _triangle_altitudes(v[f])
+
+
+def _triangle_altitudes(t: np.ndarray) -> np.ndarray:
     longest = np.linalg.norm(t - np.roll(t, -1, axis=1), axis=2).max(axis=1)
-    return np.linalg.norm(_face_normals(v, f), axis=1) / np.maximum(longest, 1e-300)
+    return np.linalg.norm(_triangle_normals(t), axis=1) / np.maximum(longest, 1e-300)
 
 
 def _face_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
-    return np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    return _triangle_normals(v[f])
+
+
+def _triangle_normals(t: np.ndarray) -> np.ndarray:
+    return np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
 
 
 def _directed_edges(f: np.ndarray) -> np.ndarray:

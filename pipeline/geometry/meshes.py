@@ -49,7 +49,7 @@ def reader_view(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
     label = np.empty(len(v), dtype=np.int64)
     label[order] = np.cumsum(first) - 1
     points = v[order[first]]
-    pairs = cKDTree(points).query_pairs(WELD_MM, output_type="ndarray")
+    pairs = cKDTree(points, balanced_tree=False, compact_nodes=False).query_pairs(WELD_MM, output_type="ndarray")
     if len(pairs):
         graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(points),) * 2)
         _, group = connected_components(graph, directed=False)
@@ -74,45 +74,42 @@ def _reader_facts(mesh: trimesh.Trimesh) -> tuple[dict[str, int], np.ndarray]:
     longest = np.linalg.norm(t - np.roll(t, -1, axis=1), axis=2).max(axis=1)
     thin = ~collapsed & (doubled_area < MIN_ALTITUDE_MM * longest)
     whole = f[~collapsed]
-    edges = _edge_defects(whole, len(v))
+    edges, pinched = _edge_and_vertex_defects(whole, len(v))
     defects = {"collapsed_triangles": int(collapsed.sum()), "needle_triangles": int(thin.sum()),
-               "bad_edges": edges, "pinched_vertices": _pinched_vertices(whole) if edges == 0 else 0}
+               "bad_edges": edges, "pinched_vertices": pinched}
     return defects, _shells(v, whole)[1]
 
 
-def _edge_defects(f: np.ndarray, n: int) -> int:
-    """Undirected edges not used exactly twice, once in each direction."""
+def _edge_and_vertex_defects(f: np.ndarray, n: int) -> tuple[int, int]:
+    """(undirected edges not used exactly twice, once in each direction;
+    vertices whose triangles form more than one fan: two sheets of surface
+    meeting at a point, counted only when every edge is right).
+
+    Half-edge h = 3 * face + slot runs from corner h to the next corner of
+    its face. Around a vertex, corner h is followed by the corner that starts
+    the half-edge opposite h's incoming one; a manifold vertex's corners form
+    a single cycle."""
     a, b = f.ravel(), np.roll(f, -1, axis=1).ravel()
     # Key = undirected edge * 2 + direction; sorted, each edge is one run.
     keys = (np.minimum(a, b) * np.int64(n) + np.maximum(a, b)) * 2 + (a < b)
-    keys.sort()
-    edge = keys >> 1
+    order = np.argsort(keys)
+    edge = keys[order] >> 1
     starts = np.flatnonzero(np.r_[True, edge[1:] != edge[:-1]])
     uses = np.diff(np.r_[starts, keys.size])
-    forward = np.add.reduceat(keys & 1, starts)
-    return int(np.count_nonzero((uses != 2) | (forward != 1)))
-
-
-def _pinched_vertices(f: np.ndarray) -> int:
-    """Vertices whose triangles form more than one fan (two sheets of surface
-    meeting at a point). Valid only when every edge is used twice, once each way.
-
-    Around a vertex, the corner of one triangle is followed by the corner of
-    the triangle across its incoming edge; a manifold vertex's corners form a
-    single cycle."""
-    corners = f.ravel()
-    n = np.int64(corners.max() + 1)
-    outgoing = corners * n + np.roll(f, -1, axis=1).ravel()
-    incoming_reversed = corners * n + np.roll(f, 1, axis=1).ravel()
-    order = np.argsort(outgoing)
-    successor = order[np.searchsorted(outgoing[order], incoming_reversed)]
-    graph = sparse.coo_matrix((np.ones(corners.size, dtype=np.int8), (np.arange(corners.size), successor)),
-                              shape=(corners.size,) * 2)
+    forward = np.add.reduceat(keys[order] & 1, starts)
+    bad = int(np.count_nonzero((uses != 2) | (forward != 1)))
+    if bad:
+        return bad, 0
+    opposite = np.empty_like(order)
+    opposite[order[0::2]] = order[1::2]
+    opposite[order[1::2]] = order[0::2]
+    successor = opposite[np.arange(a.size).reshape(-1, 3)[:, [2, 0, 1]].ravel()]
+    graph = sparse.coo_matrix((np.ones(a.size, dtype=np.int8), (np.arange(a.size), successor)), shape=(a.size,) * 2)
     count, cycle = connected_components(graph, directed=True, connection="weak")
     # Each cycle goes round one vertex: count the cycles per vertex.
     vertex_of_cycle = np.empty(count, dtype=np.int64)
-    vertex_of_cycle[cycle] = corners
-    return int(np.count_nonzero(np.bincount(vertex_of_cycle) > 1))
+    vertex_of_cycle[cycle] = a
+    return 0, int(np.count_nonzero(np.bincount(vertex_of_cycle) > 1))
 
 
 def face_shells(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:

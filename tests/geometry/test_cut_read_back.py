@@ -23,7 +23,7 @@ from pipeline.geometry import bone_surfaces, resect
 from pipeline.geometry.caps import min_angles_deg
 from pipeline.geometry.surface import mesh_from_field
 from pipeline.io.export import stl_bytes
-from pipeline.phantom.analytic import pelvis_phantom, preset
+from pipeline.phantom import pelvis_phantom, preset
 from pipeline.segment import label_bones, segment_bone
 
 from ..helpers import REPO, read_binary_stl, solid_defects
