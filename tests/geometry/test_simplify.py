@@ -49,7 +49,8 @@ def test_a_decimated_sphere_keeps_its_budget_and_its_shape():
     view = simplify_within(original, 2000, 0.5)
     assert len(view.mesh.faces) <= 2000
     assert view.hausdorff_mm <= 0.5
-    assert view.hausdorff_mm == pytest.approx(hausdorff_mm(original, view.mesh))
+    # Within the tolerance the reported figure is a bound of the exact one.
+    assert hausdorff_mm(original, view.mesh) <= view.hausdorff_mm + 1e-9
     radius = np.linalg.norm(view.mesh.vertices, axis=1)
     assert np.abs(radius - 40.0).max() <= 0.5 + sagitta_mm(original, 40.0)
     assert abs(view.mesh.volume / original.volume - 1.0) < 0.02
