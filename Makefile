@@ -6,7 +6,7 @@ CT     ?= sample_ct
 CONFIG ?= configs/default.toml
 OUT    ?= out
 
-.PHONY: mesh test bench view-time bench-batch batch evaluate goldens sample shape-model clean venv
+.PHONY: mesh test bench bench-peer view-time bench-batch batch evaluate goldens sample shape-model clean venv
 
 venv: $(VENV)/.installed
 
@@ -24,6 +24,12 @@ test: venv
 
 bench: venv
 	$(PY) -m pipeline.bench
+
+# The whole mesh job against dicom2stl on Pelvic-Ref-003 (../shared/real_ct), PAIRS alternating runs;
+# dicom2stl goes into its own environment under build/ on first use.
+PAIRS ?= 3
+bench-peer: venv
+	$(PY) -m pipeline.bench_peer --pairs $(PAIRS)
 
 # Every case of a manifest (CSV or TOML) into $(OUT)/<case_id>/ on a local cluster; see README "Many CTs".
 batch: venv

@@ -117,6 +117,13 @@ class Plane:
         """Positive on the removed side."""
         return np.asarray(points_lps_mm, dtype=np.float64) @ np.asarray(self.normal_lps) - self.offset_mm
 
+    def in_plane_axes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Two orthogonal unit vectors (u, v) spanning the plane, u x v = normal."""
+        n = np.asarray(self.normal_lps)
+        u = np.cross(n, [1.0, 0.0, 0.0] if abs(n[0]) < 0.9 else [0.0, 1.0, 0.0])
+        u /= np.linalg.norm(u)
+        return u, np.cross(n, u)
+
     def shifted(self, distance_mm: float) -> "Plane":
         """The parallel plane ``distance_mm`` along the normal (into the removed
         part), without a margin of its own."""

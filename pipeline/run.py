@@ -151,8 +151,8 @@ def build_report(volume: Volume, config: Config, bone: trimesh.Trimesh, cut: Res
     if cut is not None:
         meshes["host"] = mesh_stats(cut.host)
         meshes["implant"] = mesh_stats(cut.implant)
-        for plane, contact, imp, host in zip(config.resection.planes, cut.implant_planes,
-                                             cut.implant_contact_faces, cut.host_cut_faces):
+        for plane, contact, imp, host, settled in zip(config.resection.planes, cut.implant_planes,
+                                                      cut.implant_contact_faces, cut.host_cut_faces, cut.settled):
             on_plane = np.abs(contact.signed_distance_mm(cut.implant.vertices[cut.implant.faces[imp]].reshape(-1, 3)))
             centre, radius = face_centre(cut.host, host)
             planes.append({
@@ -164,6 +164,9 @@ def build_report(volume: Volume, config: Config, bone: trimesh.Trimesh, cut: Res
                 "implant_contact_area_mm2": round(float(cut.implant.area_faces[imp].sum()), 3),
                 "host_cut_area_mm2": round(float(cut.host.area_faces[host].sum()), 3),
                 "contact_flatness_mm": float(on_plane.max()),
+                # Bone vertices within a micrometre of the plane, put on it or
+                # moved off it before the cut (pipeline.geometry.near_plane).
+                "bone_vertices_settled": settled,
                 "host_cut_centre_lps_mm": [round(float(c), 3) for c in centre],
                 "host_cut_radius_mm": round(radius, 3),
             })

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,36 @@ def winding_number(mesh, point) -> float:
     denominator = (la * lb * lc + np.einsum("ij,ij->i", a, b) * lc
                    + np.einsum("ij,ij->i", b, c) * la + np.einsum("ij,ij->i", c, a) * lb)
     return float(np.sum(2.0 * np.arctan2(numerator, denominator)) / (4.0 * np.pi))
+
+
+def read_binary_stl(data: bytes):
+    """(header, normals, triangles) of a binary STL, read from the format
+    description with struct and numpy, not via trimesh."""
+    header = data[:80]
+    (count,) = struct.unpack("<I", data[80:84])
+    rec = np.frombuffer(data, dtype=np.dtype([("n", "<f4", 3), ("v", "<f4", (3, 3)), ("attr", "<u2")]),
+                        count=count, offset=84)
+    assert len(data) == 84 + 50 * count
+    return header, rec["n"], rec["v"]
+
+
+def solid_defects(triangles: np.ndarray) -> dict[str, int]:
+    """What keeps float32 ``triangles`` (n, 3, 3), welded by exact position as
+    a reader does, from being a closed, consistently oriented 2-manifold:
+    triangles with a repeated corner or zero area, and edges not used exactly
+    twice in opposite directions. Written apart from the pipeline's checks."""
+    corners, index = np.unique(triangles.reshape(-1, 3), axis=0, return_inverse=True)
+    f = index.reshape(-1, 3)
+    repeated = (f[:, 0] == f[:, 1]) | (f[:, 1] == f[:, 2]) | (f[:, 0] == f[:, 2])
+    t = corners[f].astype(np.float64)
+    zero_area = np.linalg.norm(np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]), axis=1) == 0
+    a, b = f.ravel(), np.roll(f, -1, axis=1).ravel()
+    n = np.int64(len(corners))
+    forward, backward = a * n + b, b * n + a
+    once, count = np.unique(forward, return_counts=True)
+    return {"repeated_corner": int(repeated.sum()), "zero_area": int(zero_area.sum()),
+            "edge_used_twice_one_way": int((count > 1).sum()),
+            "edge_without_its_reverse": int((~np.isin(backward, once)).sum())}
 
 
 # The pelvis phantom on a coarse grid (pelvis_phantom keywords): a whole run

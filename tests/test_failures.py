@@ -90,7 +90,7 @@ def test_a_mesh_failing_validation_is_never_written(tmp_path, capsys, monkeypatc
 
     monkeypatch.setattr(pipeline.run, "bone_surfaces", broken_surfaces)
     line = run_failing(tmp_path, capsys)
-    assert "bone_hip_left: mesh is not a closed" in line
+    assert "bone_hip_left: 3 edges as read back are not shared by exactly two triangles" in line
 
 
 @pytest.mark.slow

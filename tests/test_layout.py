@@ -30,7 +30,7 @@ LAYERS = (
     ("run",),
     ("case",),
     ("batch",),
-    ("evaluate", "bench", "cli"),
+    ("evaluate", "bench", "bench_peer", "cli"),
     ("__main__",),
 )
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}

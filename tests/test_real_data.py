@@ -3,6 +3,7 @@ it. Skipped when ../shared/real_ct is absent: the project never needs it."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import nibabel as nib
@@ -16,7 +17,7 @@ from pipeline.cli import main as cli_main
 from pipeline.geometry.meshes import validate_solid
 from pipeline.volume import apply_affine
 
-from .helpers import REAL_CT, REPO, external_references, view_meshes
+from .helpers import REAL_CT, REPO, external_references, read_binary_stl, solid_defects, view_meshes
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 CASE = REAL_CT / "pelvic_ref_003"
@@ -86,6 +87,52 @@ def test_manual_femur_contours_lie_on_the_bone_mask(mask_distance, contour, side
     distances = distance_mm[tuple(ijk.T)]
     assert np.median(distances) <= 1.0
     assert (distances <= 2.0).mean() >= 0.75
+
+
+# Planes as a user types them off a viewer: a cranial cut through exactly the
+# z of a slice (voxel centres at z = -38.5 + 3k) and a medial cut 6e-5 mm off
+# a column of voxel centres (x = -256.0859375 + k): once 16-18 triangles on
+# each of host and implant collapsed when the STL was read back.
+AXIS_PLAN = """
+[resection]
+structures = ["hip_left", "sacrum"]
+
+[[resection.planes]]
+name = "medial"
+point_lps_mm = [43.914, 150.0, 255.5]
+normal_lps = [1, 0, 0]
+
+[[resection.planes]]
+name = "cranial"
+point_lps_mm = [95.0, 100.0, 255.5]
+normal_lps = [0, 0, 1]
+"""
+
+
+def test_planes_on_the_voxel_grid_give_solids_that_read_back_closed(tmp_path):
+    if not CASE.is_dir():
+        pytest.skip("real data not present (../shared/real_ct/pelvic_ref_003)")
+    (tmp_path / "plan.toml").write_text(AXIS_PLAN)
+    assert cli_main(["mesh", str(CASE), "--config", str(tmp_path / "plan.toml"), "--out", str(tmp_path / "out"),
+                     "--quiet", "--no-qa"]) == 0
+    for name in ("host", "implant"):
+        data = (tmp_path / "out" / f"{name}.stl").read_bytes()
+        welded = trimesh.load(io.BytesIO(data), file_type="stl", process=True)
+        assert welded.is_watertight and welded.is_winding_consistent, name
+        assert (welded.area_faces > 0).all(), name
+        assert not any(solid_defects(read_binary_stl(data)[2]).values()), name
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    medial, cranial = report["planes"]
+    assert medial["bone_vertices_settled"]["vertices_put_on_plane"] > 0   # the column 6e-5 mm away
+    for face in report["implant"]["fit"]["contact_faces"]:
+        assert face["flatness_mm"] <= 1e-9
+        # The implant covers the host's cut face but where fragments under
+        # resection.min_fragment_mm3 were dropped (two here, 30 mm3), and
+        # reaches nowhere beyond it.
+        assert face["implant_area_overhanging_mm2"] <= 1e-3
+        assert face["host_cut_area_mm2"] - face["host_area_not_covered_mm2"] == pytest.approx(
+            face["implant_contact_area_mm2"], abs=1e-2)
+        assert face["triangles"]["implant"]["share_min_angle_at_least_20_deg"] >= 0.95
 
 
 def test_report_page_fits_its_budget_and_fetches_nothing(out):

@@ -28,7 +28,7 @@ from scipy.spatial import cKDTree
 
 from ..config import ImplantConfig, Plane
 from ..errors import PlanError
-from .fit import contact_fit, implant_fit
+from .fit import GOOD_ANGLE_DEG, contact_fit, implant_fit
 from ..geometry.meshes import mesh_facts
 from ..geometry.resect import Resection
 from .symmetry import SymmetryPlane, symmetry_plane
@@ -216,9 +216,16 @@ def fit_summary_lines(implant_report: dict) -> list[str]:
     for f in fit["contact_faces"]:
         g = f["gap_mm"]
         lines.append(f"  contact {f['name']}: host {f['host_cut_area_mm2']:.0f} mm2, implant "
-                     f"{f['implant_contact_area_mm2']:.0f} mm2, overlap {f['overlap_ratio']:.3f}, outline "
-                     f"<= {f['max_outline_distance_mm']:.2f} mm, gap {_mm(g['min'])}/{_mm(g['mean'])}/"
-                     f"{_mm(g['max'])} mm (min/mean/max), flatness {f['flatness_mm']:.1e} mm")
+                     f"{f['implant_contact_area_mm2']:.0f} mm2, overlap {f['overlap_ratio']:.2%} of the host's "
+                     f"({f['host_area_not_covered_mm2']:.2f} mm2 not covered, {f['implant_area_overhanging_mm2']:.2f} "
+                     f"mm2 overhanging), outlines <= {f['max_outline_distance_mm']:.2f} mm apart, gap "
+                     f"{_mm(g['min'])}/{_mm(g['mean'])}/{_mm(g['max'])} mm (min/mean/max), flatness "
+                     f"{f['flatness_mm']:.1e} mm")
+        t = f["triangles"]["implant"]
+        if t["triangles"]:
+            share = next(v for k, v in t.items() if k.startswith("share_min_angle"))
+            lines.append(f"    {t['triangles']} triangles, {share:.1%} with no angle under {GOOD_ANGLE_DEG:g} deg "
+                         f"(smallest {t['min_angle_deg']['min']:.1f} deg)")
     i, v = fit["implant"], fit["validity"]
     box = " x ".join(f"{e:.1f}" for e in i["bounding_box_lps_mm"])
     lines.append(f"  implant: {i['volume_mm3'] / 1000:.1f} cm3, {i['mass_g']:.0f} g at "

@@ -1,7 +1,10 @@
 """Geometry: labelled voxels -> meshes in LPS mm, their checks, and the plane cuts.
 
 - ``surface``: one closed mesh per bone on the half-maximum surface (``bone_surfaces``);
-- ``meshes``: validity (closed, oriented, positive volume per shell) and statistics;
+- ``meshes``: validity as an STL reader sees it (float32, welded: closed,
+  oriented, no collapsed or needle triangles, positive volume per shell) and statistics;
+- ``near_plane``: bone vertices near a cut plane put on it or moved off it before the cut;
+- ``caps``: each cut face triangulated afresh (refined constrained Delaunay), shared by host and implant;
 - ``resect``: the planned planes cut the bones into host and implant, exactly, on the mesh.
 """
 

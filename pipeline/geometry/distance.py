@@ -65,22 +65,35 @@ def point_mesh_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndar
     centres = tri.mean(axis=1)
     reach = np.linalg.norm(tri - centres[:, None], axis=2).max(axis=1)
     tree = cKDTree(centres)
-    k = min(CANDIDATES, len(tri))
     distance = np.empty(len(points))
     nearest = np.empty(len(points), dtype=np.int64)
-    for start in range(0, len(points), CHUNK):
-        p = points[start:start + CHUNK]
+    todo = np.arange(len(points))
+    if exact_above > 0:
+        # Most points of a check lie within the tolerance of the triangle
+        # whose centre is nearest: that one triangle settles them.
+        _nearest_of_candidates(points, todo, tri, tree, 1, distance, nearest)
+        todo = np.flatnonzero(distance > exact_above)
+    k = min(CANDIDATES, len(tri))
+    _nearest_of_candidates(points, todo, tri, tree, k, distance, nearest)
+    unsure = todo[distance[todo] > exact_above]
+    if len(unsure) and k < len(tri):
+        _refine(points, unsure, tri, centres, reach, tree, distance, nearest)
+    return distance, nearest
+
+
+def _nearest_of_candidates(points, which, tri, tree, k, distance, nearest) -> None:
+    """At the points ``which``, in place: the distance to the nearest of the
+    ``k`` triangles whose centres lie nearest, and that triangle."""
+    for start in range(0, len(which), CHUNK):
+        idx = which[start:start + CHUNK]
+        p = points[idx]
         _, candidates = tree.query(p, k=k)
         candidates = np.asarray(candidates).reshape(len(p), k)
         d = _distances(p, tri, candidates)
         best = np.argmin(d, axis=1)
         rows = np.arange(len(p))
-        distance[start:start + len(p)] = d[rows, best]
-        nearest[start:start + len(p)] = candidates[rows, best]
-    unsure = np.flatnonzero(distance > exact_above)
-    if len(unsure) and k < len(tri):
-        _refine(points, unsure, tri, centres, reach, tree, distance, nearest)
-    return distance, nearest
+        distance[idx] = d[rows, best]
+        nearest[idx] = candidates[rows, best]
 
 
 def _refine(points, unsure, tri, centres, reach, tree, distance, nearest) -> None:

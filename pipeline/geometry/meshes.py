@@ -1,9 +1,18 @@
 """Mesh validity and statistics, shared by every stage that makes or writes a mesh.
 
-Validity is checked on the directed edges, in numpy (trimesh's general
-queries cost ~1 s on a million-triangle pelvis): a triangle mesh is a closed,
-consistently oriented 2-manifold exactly when every edge is used by exactly
-two triangles, once in each direction. The facts are computed once per mesh
+A mesh is judged as a reader of its STL file will see it, not as it is in
+memory: an STL stores each triangle's corners as float32 coordinates, and
+every reader (trimesh, MeshLab, slicers) welds corners at the same position
+into one vertex, some also those within a small tolerance. So the vertices
+are rounded to float32 and welded (exactly, and within ``WELD_MM``), and
+then the welded mesh must be a closed solid: no triangle collapsed by the
+welding, every edge used by exactly two triangles in opposite directions, no
+vertex where two sheets of surface meet (shells touching at a point), no
+needle triangle (smallest altitude, twice the area over the longest edge,
+under ``MIN_ALTITUDE_MM``), and every shell outward with positive volume.
+
+The checks run on the directed edges, in numpy (trimesh's general queries
+cost ~1 s on a million-triangle pelvis). The facts are computed once per mesh
 and remembered while the mesh's data is unchanged (trimesh's content hash).
 """
 
@@ -14,21 +23,93 @@ import weakref
 import numpy as np
 import trimesh
 from scipy import sparse
+from scipy.spatial import cKDTree
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import MeshError
 
+# Corners of different triangles closer than this (mm) after rounding to
+# float32 are one vertex to a reader that welds with a tolerance.
+WELD_MM = 1e-6
+# The thinnest triangle a written mesh may hold, after rounding (mm): its
+# smallest altitude. A thinner one is a needle whose shape float32 rounding
+# decides. Marching-cubes triangles measure at least 7e-4 mm on 1 mm voxels,
+# cut triangles at least 1e-4 mm (see pipeline.geometry.resect).
+MIN_ALTITUDE_MM = 1e-5
 
-def is_oriented_closed_manifold(mesh: trimesh.Trimesh) -> bool:
+
+def reader_view(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
+    """(vertices, faces) as an STL reader gets them: float32 corners, welded
+    where they coincide or lie within ``WELD_MM`` of each other."""
+    v = np.asarray(mesh.vertices, dtype=np.float32).astype(np.float64)
     f = np.asarray(mesh.faces, dtype=np.int64)
-    if f.size == 0 or ((f[:, 0] == f[:, 1]) | (f[:, 1] == f[:, 2]) | (f[:, 2] == f[:, 0])).any():
-        return False  # a triangle repeating a vertex has a zero-length edge
+    order = np.lexsort(v.T[::-1])
+    first = np.ones(len(v), dtype=bool)
+    first[1:] = np.any(v[order[1:]] != v[order[:-1]], axis=1)
+    label = np.empty(len(v), dtype=np.int64)
+    label[order] = np.cumsum(first) - 1
+    points = v[order[first]]
+    pairs = cKDTree(points, balanced_tree=False, compact_nodes=False).query_pairs(WELD_MM, output_type="ndarray")
+    if len(pairs):
+        graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(points),) * 2)
+        _, group = connected_components(graph, directed=False)
+        label = group[label]
+        _, keep = np.unique(group, return_index=True)
+        points = points[keep]
+    return points, label[f]
+
+
+def reader_defects(mesh: trimesh.Trimesh) -> dict[str, int]:
+    """Counts of what keeps the read-back mesh from being a closed solid (all
+    zero for a valid one); see the module docstring."""
+    return mesh_facts(mesh)["defects"]
+
+
+def _reader_facts(mesh: trimesh.Trimesh) -> tuple[dict[str, int], np.ndarray]:
+    """(defect counts, shell volumes) of the mesh as read back."""
+    v, f = reader_view(mesh)
+    collapsed = (f[:, 0] == f[:, 1]) | (f[:, 1] == f[:, 2]) | (f[:, 2] == f[:, 0])
+    t = v[f]
+    doubled_area = np.linalg.norm(np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]), axis=1)
+    longest = np.linalg.norm(t - np.roll(t, -1, axis=1), axis=2).max(axis=1)
+    thin = ~collapsed & (doubled_area < MIN_ALTITUDE_MM * longest)
+    whole = f[~collapsed]
+    edges, pinched = _edge_and_vertex_defects(whole, len(v))
+    defects = {"collapsed_triangles": int(collapsed.sum()), "needle_triangles": int(thin.sum()),
+               "bad_edges": edges, "pinched_vertices": pinched}
+    return defects, _shells(v, whole)[1]
+
+
+def _edge_and_vertex_defects(f: np.ndarray, n: int) -> tuple[int, int]:
+    """(undirected edges not used exactly twice, once in each direction;
+    vertices whose triangles form more than one fan: two sheets of surface
+    meeting at a point, counted only when every edge is right).
+
+    Half-edge h = 3 * face + slot runs from corner h to the next corner of
+    its face. Around a vertex, corner h is followed by the corner that starts
+    the half-edge opposite h's incoming one; a manifold vertex's corners form
+    a single cycle."""
     a, b = f.ravel(), np.roll(f, -1, axis=1).ravel()
-    # Key = undirected edge * 2 + direction. Sorted, a valid mesh gives pairs
-    # (2k, 2k + 1): each edge exactly twice, once each way.
-    keys = (np.minimum(a, b) * np.int64(len(mesh.vertices)) + np.maximum(a, b)) * 2 + (a < b)
-    keys.sort()
-    return bool(np.all(keys[0::2] % 2 == 0) and np.array_equal(keys[1::2], keys[0::2] + 1))
+    # Key = undirected edge * 2 + direction; sorted, each edge is one run.
+    keys = (np.minimum(a, b) * np.int64(n) + np.maximum(a, b)) * 2 + (a < b)
+    order = np.argsort(keys)
+    edge = keys[order] >> 1
+    starts = np.flatnonzero(np.r_[True, edge[1:] != edge[:-1]])
+    uses = np.diff(np.r_[starts, keys.size])
+    forward = np.add.reduceat(keys[order] & 1, starts)
+    bad = int(np.count_nonzero((uses != 2) | (forward != 1)))
+    if bad:
+        return bad, 0
+    opposite = np.empty_like(order)
+    opposite[order[0::2]] = order[1::2]
+    opposite[order[1::2]] = order[0::2]
+    successor = opposite[np.arange(a.size).reshape(-1, 3)[:, [2, 0, 1]].ravel()]
+    graph = sparse.coo_matrix((np.ones(a.size, dtype=np.int8), (np.arange(a.size), successor)), shape=(a.size,) * 2)
+    count, cycle = connected_components(graph, directed=True, connection="weak")
+    # Each cycle goes round one vertex: count the cycles per vertex.
+    vertex_of_cycle = np.empty(count, dtype=np.int64)
+    vertex_of_cycle[cycle] = a
+    return 0, int(np.count_nonzero(np.bincount(vertex_of_cycle) > 1))
 
 
 def face_shells(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
@@ -36,21 +117,20 @@ def face_shells(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
 
     Shells are the connected pieces of the surface; labels are 0..n-1.
     Volumes come from the divergence theorem, face by face."""
-    f = np.asarray(mesh.faces, dtype=np.int64)
-    n = len(mesh.vertices)
+    return _shells(np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64))
+
+
+def _shells(v: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n = len(v)
+    if len(f) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
     # Each triangle links its first vertex to the other two: enough for connectivity.
     rows = np.concatenate([f[:, 0], f[:, 0]])
     graph = sparse.csr_matrix((np.ones(rows.size, dtype=np.int8), (rows, f[:, 1:].T.ravel())), shape=(n, n))
     _, vertex_label = connected_components(graph, directed=False)
-    v = np.asarray(mesh.vertices)
     per_face = np.einsum("ij,ij->i", v[f[:, 0]], np.cross(v[f[:, 1]], v[f[:, 2]])) / 6.0
     _, labels = np.unique(vertex_label[f[:, 0]], return_inverse=True)
     return labels, np.bincount(labels, weights=per_face)
-
-
-def shell_volumes_mm3(mesh: trimesh.Trimesh) -> np.ndarray:
-    """Signed volume of each connected shell."""
-    return face_shells(mesh)[1]
 
 
 _FACTS: "weakref.WeakKeyDictionary[trimesh.Trimesh, tuple[int, dict]]" = weakref.WeakKeyDictionary()
@@ -63,9 +143,11 @@ def mesh_facts(mesh: trimesh.Trimesh) -> dict:
     if cached is not None and cached[0] == key:
         return cached[1]
     empty = len(mesh.faces) == 0
+    defects, volumes = ({}, np.zeros(0)) if empty else _reader_facts(mesh)
     facts = {
-        "manifold": is_oriented_closed_manifold(mesh),
-        "shell_volumes_mm3": np.zeros(0) if empty else shell_volumes_mm3(mesh),
+        "manifold": not empty and not any(defects.values()),
+        "defects": defects,
+        "shell_volumes_mm3": volumes,
         "area_mm2": float(mesh.area),
         "bounds_lps_mm": np.zeros((2, 3)) if empty else np.asarray(mesh.bounds, dtype=float),
     }
@@ -73,15 +155,27 @@ def mesh_facts(mesh: trimesh.Trimesh) -> dict:
     return facts
 
 
+# What each defect means to the user, for the one-line error.
+DEFECT_TEXT = {
+    "collapsed_triangles": "triangles collapse when the STL is read (corners closer than "
+                           f"{WELD_MM:g} mm after rounding to float32)",
+    "bad_edges": "edges as read back are not shared by exactly two triangles in opposite directions "
+                 "(not closed, not consistently oriented)",
+    "pinched_vertices": "vertices as read back join two sheets of surface (solids touching at a point)",
+    "needle_triangles": f"triangles as read back are needles thinner than {MIN_ALTITUDE_MM:g} mm",
+}
+
+
 def validate_solid(mesh: trimesh.Trimesh, name: str) -> None:
-    """Raise :class:`MeshError` unless ``mesh`` is a closed, consistently and
-    outward-oriented solid with positive volume in every shell."""
+    """Raise :class:`MeshError` unless ``mesh``, as an STL reader will see it,
+    is a closed, consistently and outward-oriented solid with positive volume
+    in every shell (see the module docstring)."""
     if len(mesh.faces) == 0:
         raise MeshError(f"{name}: mesh is empty")
     facts = mesh_facts(mesh)
-    if not facts["manifold"]:
-        raise MeshError(f"{name}: mesh is not a closed, consistently oriented manifold "
-                        "(some edge does not join exactly two faces in opposite directions)")
+    for kind, count in facts["defects"].items():
+        if count:
+            raise MeshError(f"{name}: {count} {DEFECT_TEXT[kind]}")
     volumes = facts["shell_volumes_mm3"]
     if volumes.sum() <= 0:
         raise MeshError(f"{name}: mesh volume is {volumes.sum():.3g} mm3; normals point inward")
@@ -110,11 +204,13 @@ def concatenate_solids(parts: list[trimesh.Trimesh]) -> trimesh.Trimesh:
     Every edge of the result is an edge of exactly one part, and every shell
     a shell of one part, so the result is a valid solid exactly when all
     parts are; its facts are assembled instead of recomputed (0.5-1 s on a
-    pelvis)."""
+    pelvis). This holds for the mesh as read back too as long as no two parts
+    come within ``WELD_MM`` of each other: bones are a voxel apart."""
     mesh = trimesh.util.concatenate(parts)
     facts = [mesh_facts(p) for p in parts]
     _FACTS[mesh] = (hash(mesh), {
         "manifold": all(f["manifold"] for f in facts),
+        "defects": {k: sum(f["defects"].get(k, 0) for f in facts) for k in DEFECT_TEXT},
         "shell_volumes_mm3": np.concatenate([f["shell_volumes_mm3"] for f in facts]),
         "area_mm2": float(sum(f["area_mm2"] for f in facts)),
         "bounds_lps_mm": np.array([np.min([f["bounds_lps_mm"][0] for f in facts], axis=0),

@@ -43,7 +43,7 @@ MAX_KEPT_SHARE = 0.5
 @dataclass(frozen=True, eq=False)
 class Simplified:
     mesh: trimesh.Trimesh  # the lighter copy, LPS mm like its original
-    hausdorff_mm: float    # largest distance between the two surfaces, measured both ways
+    hausdorff_mm: float    # largest distance between the two surfaces, both ways; within the tolerance a bound
     kept_triangles: int    # original triangles kept unchanged around thin features
 
 
@@ -52,7 +52,9 @@ def simplify_within(mesh: trimesh.Trimesh, max_triangles: int, tolerance_mm: flo
     decimation stops within a few triangles of it) whose surface lies within
     ``tolerance_mm`` of the original's, and the original's within it of the
     copy's, where that is possible within the budget: the measured distance
-    is returned either way. A mesh within the budget is returned unchanged."""
+    is returned either way (exact where it exceeds the tolerance; within it,
+    an upper bound: the nearest triangle found, not searched further). A
+    mesh within the budget is returned unchanged."""
     if max_triangles < 4:
         raise ValueError(f"max_triangles must be at least 4, not {max_triangles}")
     if tolerance_mm <= 0:

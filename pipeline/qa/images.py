@@ -25,7 +25,6 @@ from scipy import ndimage
 
 from .annotate import annotate
 from ..config import Config, Plane
-from ..design.fit import plane_frame
 from ..bones import LABEL_NAMES
 from ..parallel import parallel
 from ..segment import PelvisFit
@@ -189,7 +188,7 @@ def plane_patch(plane: Plane, result: MeshResult) -> np.ndarray:
     """Triangles (n, 3, 3), LPS: the rectangle of the plane around the
     implant's contact face on it, ``PLANE_MARGIN_MM`` wider on each side."""
     n = np.asarray(plane.normal_lps)
-    u, v = plane_frame(plane)
+    u, v = plane.in_plane_axes()
     vertices = np.asarray(result.implant.vertices)
     on_plane = vertices[np.abs(plane.signed_distance_mm(vertices)) < ON_PLANE_MM]
     if len(on_plane) == 0:  # the plane does not touch the implant: around its projection

@@ -221,7 +221,7 @@ def _view3d_html(view: InteractiveView) -> str:
                  f"{view.tolerance_mm:g} mm aimed at: look at the STLs before judging fine detail</p>")
     rows = [(m["name"], m["triangles"], m["view_triangles"], _num(float(m["hausdorff_mm"]))) for m in view.meshes]
     return (note + f'<div class="view3d">{view.html}</div>'
-            + _table(["object", "triangles (mesh)", "triangles (view)", "largest distance (mm)"], rows))
+            + _table(["object", "triangles (mesh)", "triangles (view)", "within (mm) of its mesh"], rows))
 
 
 def _meshes_html(meshes: dict) -> str:

@@ -18,7 +18,6 @@ import numpy as np
 import trimesh
 
 from ..config import Config, Plane
-from ..design.fit import plane_frame
 from .images import (HOST_RGB, IMPLANT_RGB, PLANE_MARGIN_MM, PLANE_OPACITY, PLANE_RGB, TEMPLATE_ATTRIBUTE,
                      TEMPLATE_RGB, implant_source)
 
@@ -71,7 +70,7 @@ def plane_disc(plane: Plane, implant: trimesh.Trimesh, clearance_mm: float = 0.0
     if len(near) == 0:  # the plane does not touch the implant: around its projection
         near = vertices
     n = np.asarray(plane.normal_lps)
-    u, v = plane_frame(plane)
+    u, v = plane.in_plane_axes()
     on_plane = near - plane.signed_distance_mm(near)[:, None] * n
     a, b = on_plane @ u, on_plane @ v
     centre_uv = np.array([(a.min() + a.max()) / 2, (b.min() + b.max()) / 2])

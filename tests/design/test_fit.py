@@ -20,6 +20,10 @@ def test_a_cut_sphere_fits_perfectly():
     assert fit["max_outline_distance_mm"] <= 1e-6
     assert max(abs(v) for v in fit["gap_mm"].values()) <= 1e-9
     assert fit["flatness_mm"] <= 1e-9
+    # The same triangles on both faces, well shaped.
+    assert fit["triangles"]["host"] == fit["triangles"]["implant"]
+    assert fit["triangles"]["implant"]["share_min_angle_at_least_20_deg"] >= 0.95
+    assert fit["triangles"]["implant"]["zero_area_triangles"] == 0
 
 
 def test_shifted_outline_overlap_and_distance():
@@ -47,3 +51,28 @@ def test_implant_size_mass_and_wall_thickness():
     # A tube: wall 3 mm (outer radius 12, inner 9).
     tube = trimesh.creation.annulus(r_min=9, r_max=12, height=30, sections=128)
     assert implant_fit(tube)["min_wall_thickness_mm"] == pytest.approx(3.0, abs=0.05)
+
+
+def test_overlap_and_outline_distance_agree_about_a_dropped_fragment():
+    """z > 10 cuts a sphere (r 30) and clips a 0.5 mm cap off a small sphere
+    (r 2, top at z = 10.5, 45 mm away), too small to keep: the host keeps that
+    cap's cut face, a disc of radius sqrt(4 - 1.5^2) = 1.32 mm, which the implant
+    does not cover. The area figures say how much (the disc), the outline
+    distance how far (its far edge, 45 + 1.32 - sqrt(30^2 - 10^2) = 18.04 mm
+    from the implant's outline); the implant covers all else exactly."""
+    big = trimesh.creation.icosphere(subdivisions=5, radius=30.0)
+    small = trimesh.creation.icosphere(subdivisions=4, radius=2.0).apply_translation((0, 45, 8.5))
+    plane = Plane(point_lps_mm=(0, 0, 10.0), normal_lps=(0, 0, 1))
+    cut = resect(trimesh.util.concatenate([big, small]), (plane,), min_fragment_mm3=10.0)
+    assert cut.shells["dropped_fragments"] == 1
+    fit = contact_fit(cut.implant, cut.implant_contact_faces[0], cut.host, cut.host_cut_faces[0], plane)
+    disc = np.pi * (4 - 1.5**2)
+    big_disc = np.pi * (30**2 - 10**2)
+    # Polygonal discs lie inside the circles: within 1 % of their areas (icosphere edges).
+    assert fit["host_area_not_covered_mm2"] == pytest.approx(disc, rel=0.01)
+    assert fit["implant_area_overhanging_mm2"] == pytest.approx(0.0, abs=1e-6)
+    assert fit["host_cut_area_mm2"] - fit["host_area_not_covered_mm2"] == pytest.approx(
+        fit["implant_contact_area_mm2"], abs=1e-3)
+    assert fit["overlap_ratio"] == pytest.approx(fit["implant_contact_area_mm2"] / fit["host_cut_area_mm2"], abs=1e-6)
+    assert fit["overlap_ratio"] == pytest.approx(big_disc / (big_disc + disc), rel=1e-3)
+    assert fit["max_outline_distance_mm"] == pytest.approx(45 + np.sqrt(4 - 1.5**2) - np.sqrt(800), abs=0.1)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from pipeline.geometry.meshes import is_oriented_closed_manifold
+from pipeline.geometry.meshes import reader_defects
 from pipeline.geometry.simplify import _decimate_around, hausdorff_mm, simplify_within
 
 
@@ -49,7 +49,8 @@ def test_a_decimated_sphere_keeps_its_budget_and_its_shape():
     view = simplify_within(original, 2000, 0.5)
     assert len(view.mesh.faces) <= 2000
     assert view.hausdorff_mm <= 0.5
-    assert view.hausdorff_mm == pytest.approx(hausdorff_mm(original, view.mesh))
+    # Within the tolerance the reported figure is a bound of the exact one.
+    assert hausdorff_mm(original, view.mesh) <= view.hausdorff_mm + 1e-9
     radius = np.linalg.norm(view.mesh.vertices, axis=1)
     assert np.abs(radius - 40.0).max() <= 0.5 + sagitta_mm(original, 40.0)
     assert abs(view.mesh.volume / original.volume - 1.0) < 0.02
@@ -69,7 +70,7 @@ def test_kept_triangles_come_back_unchanged_and_fit_the_decimated_rest():
     keep = original.triangles_center[:, 2] > 30.0
     joined_vertices, joined_faces = _decimate_around(vertices, faces, keep, 800)
     joined = trimesh.Trimesh(joined_vertices, joined_faces, process=False)
-    assert is_oriented_closed_manifold(joined)
+    assert not any(reader_defects(joined).values())
     cap = {tuple(np.sort(t.round(9), axis=0).ravel()) for t in original.triangles[keep]}
     now = {tuple(np.sort(t.round(9), axis=0).ravel()) for t in joined.triangles}
     assert cap <= now

