@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import manifold3d
 import numpy as np
 import trimesh
 from scipy import ndimage
@@ -51,7 +52,7 @@ from skimage.measure import marching_cubes
 from ..config import Plane
 from ..errors import MeshError
 from ..geometry.distance import NearSurface
-from ..geometry.resect import from_manifold, to_manifold
+from ..geometry.resect import to_manifold
 from ..segment.voxelise import inside_mesh
 
 DEFAULT_SPACING_MM = 0.5
@@ -132,7 +133,14 @@ def bone_plate(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], clearance_mm
     out = pieces[0]
     for p in pieces[1:]:
         out = out + p
-    return from_manifold(out)
+    return manifold_mesh(out)
+
+
+def manifold_mesh(m: manifold3d.Manifold) -> trimesh.Trimesh:
+    """A manifold3d solid as a trimesh (double precision)."""
+    out = m.to_mesh64()
+    return trimesh.Trimesh(vertices=np.asarray(out.vert_properties, dtype=np.float64)[:, :3],
+                           faces=np.asarray(out.tri_verts, dtype=np.int64), process=False)
 
 
 def _grid_box(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], reach: float, spacing: float):
