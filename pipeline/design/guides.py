@@ -45,11 +45,12 @@ import numpy as np
 import trimesh
 
 from ..config import GuidesConfig, Plane
-from ..errors import MeshError, PlanError
+from ..errors import PlanError
 from ..geometry.columns import column_extremes
 from ..parallel import parallel
 from ..geometry.distance import closest_on_triangles, point_mesh_distance
-from ..geometry.resect import from_manifold, to_manifold as _to_manifold
+from ..geometry.resect import to_manifold as _to_manifold
+from .plate import manifold_mesh
 
 # The slot runs this far beyond each end of the cut line (mm), so the blade
 # reaches the ends of the cut face.
@@ -59,8 +60,6 @@ SLOT_END_MM = 1.0
 TERRAIN_GRID_MM = 0.25
 # The terrain reaches this far beyond the guide on every side (mm).
 TERRAIN_MARGIN_MM = 2.0
-# The seat is made in pieces of at most this length along the cut line (mm).
-SEAT_PIECE_MM = 25.0
 # A bone face is seen from the approach when no bone lies above it by more than this (mm).
 VISIBLE_MM = 0.01
 # Underside faces: their normal within 60 degrees of pointing down the approach.
@@ -211,7 +210,7 @@ def cutting_guide(plane: Plane, approach_lps, settings: GuidesConfig, *, bones: 
     for entry, _ in wires:   # from just under the bone surface to above the block
         hole = manifold3d.Manifold.cylinder(z_top + 3.0 - entry[2], hole_r, hole_r, KWIRE_HOLE_SEGMENTS)
         solid = solid - hole.translate((entry[0], entry[1], entry[2] - 1.0))
-    mesh = from_manifold(solid.transform(frame.to_lps_matrix()))
+    mesh = manifold_mesh(solid.transform(frame.to_lps_matrix()))
     kwires = tuple((frame.lps(e[None])[0], frame.lps(t[None])[0]) for e, t in wires)
 
     report = {"plane": name, "approach_lps": [round(float(v), 6) for v in frame.axes[:, 2]],
@@ -238,28 +237,17 @@ def to_manifold(mesh: trimesh.Trimesh, what: str) -> manifold3d.Manifold:
 
 def _seat(make_seat: SeatMaker, cut_bone: trimesh.Trimesh, frame: GuideFrame, envelope: Terrain,
           block_a: tuple[float, float], s: GuidesConfig, name: str) -> manifold3d.Manifold:
-    """The seat in the local frame: plates over the footprint in pieces of
-    at most ``SEAT_PIECE_MM`` along the cut line, each above the lowest bone
-    seen from the approach in its piece less the seat's reach. Bone deeper
-    than that is hidden under other bone (a plate there would be trimmed
-    anyway); leaving it out keeps each plate's grid to a thin layer."""
-    pieces = max(1, int(math.ceil((block_a[1] - block_a[0]) / SEAT_PIECE_MM)))
-    edges = np.linspace(block_a[0], block_a[1], pieces + 1)
-    band = np.abs(envelope.b) <= s.footprint_mm
-    seat = manifold3d.Manifold()
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        heights = envelope.height[np.ix_((envelope.a >= lo - TERRAIN_GRID_MM) & (envelope.a <= hi + TERRAIN_GRID_MM),
-                                         band)]
-        if not np.isfinite(heights).any():
-            continue
-        floor = float(heights[np.isfinite(heights)].min()) - s.contact_clearance_mm - s.wall_mm
-        try:
-            plate = make_seat(cut_bone, footprint_planes(frame, (float(lo), float(hi)), s.footprint_mm, floor),
-                              s.contact_clearance_mm, s.wall_mm)
-        except MeshError:
-            continue   # no bone surface in this piece of the footprint
-        seat = seat + to_manifold(plate, f"guide {name} seat").transform(frame.to_local_matrix())
-    return seat
+    """The seat in the local frame: the plate over the footprint, down to
+    the lowest bone seen from the approach within it less the seat's reach.
+    Bone deeper than that is hidden under other bone (a plate there would be
+    trimmed anyway); leaving it out keeps the plate's grid small. One plate:
+    pieces made apart and united would meet in nearly coincident surfaces."""
+    inside = np.ix_((envelope.a >= block_a[0]) & (envelope.a <= block_a[1]), np.abs(envelope.b) <= s.footprint_mm)
+    heights = envelope.height[inside]
+    floor = float(heights[np.isfinite(heights)].min()) - s.contact_clearance_mm - s.wall_mm
+    plate = make_seat(cut_bone, footprint_planes(frame, block_a, s.footprint_mm, floor), s.contact_clearance_mm,
+                      s.wall_mm)
+    return to_manifold(plate, f"guide {name} seat").transform(frame.to_local_matrix())
 
 
 def footprint_planes(frame: GuideFrame, block_a: tuple[float, float], footprint_mm: float,
@@ -554,6 +542,8 @@ def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
     low = np.asarray(normals)[:, 2] < UNDERSIDE_COS
     probe = np.vstack([mesh.vertices[np.unique(np.asarray(mesh.faces)[low])], mesh.triangles_center[low]])
     everywhere, _ = point_mesh_distance(probe, v, near_faces, exact_above=reach)
+    close = everywhere <= reach   # only bounds there: measured exactly
+    everywhere[close] = point_mesh_distance(probe[close], v, near_faces)[0]
     closest = round(float(everywhere.min()), 4)
     # The underside, cut into triangles no longer than UNDER_EDGE_MM so
     # that a large flat face is judged piece by piece.
@@ -562,13 +552,13 @@ def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
                                               max_edge=UNDER_EDGE_MM)
     fine = trimesh.Trimesh(uv, uf, process=False)
     fine_normals = np.asarray(fine.face_normals) if len(uf) else np.zeros((0, 3))
-    gap_c, facing_c = _facing_gap(fine.triangles_center, fine_normals, bones, bone_tri, reach)
+    gap_c, facing_c = _facing_gap(fine.triangles_center, fine_normals, bones, bone_tri)
     faces_bone = (gap_c <= s.contact_clearance_mm + s.wall_mm) & facing_c
     faces = np.flatnonzero(faces_bone)
     if not len(faces):
         return {"seat_area_on_bone_mm2": 0.0, "contact_gap_mm": None, "closest_to_bone_mm": closest}
     gap_v, facing_v = _facing_gap(fine.vertices[uf[faces].ravel()], np.repeat(fine_normals[faces], 3, axis=0),
-                                  bones, bone_tri, reach)
+                                  bones, bone_tri)
     area = fine.area_faces[faces]
     gaps = np.concatenate([gap_c[faces], gap_v[facing_v]])
     on_bone = gap_c[faces] <= s.contact_clearance_mm + CONTACT_BAND_MM
@@ -581,10 +571,10 @@ def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
             "closest_to_bone_mm": closest}
 
 
-def _facing_gap(points, normals, bones, bone_tri, reach_mm: float) -> tuple[np.ndarray, np.ndarray]:
+def _facing_gap(points, normals, bones, bone_tri) -> tuple[np.ndarray, np.ndarray]:
     """(distance to the bone, whether the bone is met straight along its
     face's normal and the guide face looks back at it)."""
-    gap, nearest = point_mesh_distance(points, bones.vertices, bones.faces, exact_above=reach_mm)
+    gap, nearest = point_mesh_distance(points, bones.vertices, bones.faces)
     t = bone_tri[nearest]
     foot = closest_on_triangles(points, t[:, 0], t[:, 1], t[:, 2])
     bone_normal = np.asarray(bones.face_normals)[nearest]

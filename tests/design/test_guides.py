@@ -16,7 +16,8 @@ import trimesh
 from pipeline.config import GuidesConfig, Plane
 from pipeline.design.guides import UNDER_EDGE_MM, _lift_off, cutting_guide, guide_frame
 from pipeline.geometry import validate_solid
-from pipeline.geometry.resect import from_manifold, resect
+from pipeline.design.plate import manifold_mesh as from_manifold
+from pipeline.geometry.resect import resect
 from tests.helpers import winding_number
 
 CLEARANCE_MM = 0.3
@@ -133,7 +134,8 @@ def hooked_seat(bone, footprint, clearance_mm, thickness_mm):
     any plate, by the footprint's planes)."""
     below = -SLAB_MM - clearance_mm - thickness_mm
     lip = manifold3d.Manifold.cube((60.0, 9.8, thickness_mm)).translate((-30.0, 14.0, below))
-    side = manifold3d.Manifold.cube((60.0, thickness_mm, SLAB_MM + 2 * clearance_mm + thickness_mm)).translate(
+    # Up into the slab seat (not just touching it: a union along a shared face is no real plate).
+    side = manifold3d.Manifold.cube((60.0, thickness_mm, SLAB_MM + 2 * clearance_mm + 1.5 * thickness_mm)).translate(
         (-30.0, 20.0 + clearance_mm, below))
     wrap = lip + side
     for p in footprint:
