@@ -60,6 +60,12 @@ SLOT_END_MM = 1.0
 TERRAIN_GRID_MM = 0.25
 # The terrain reaches this far beyond the guide on every side (mm).
 TERRAIN_MARGIN_MM = 2.0
+# Corners of the finished guide closer than this (mm) are made one.
+WELD_GUIDE_MM = 1e-3
+# A triangle whose smallest altitude, in float32 as an STL stores it, is
+# under this (mm) is a needle: twice the limit of the mesh check
+# (pipeline.geometry.meshes.MIN_ALTITUDE_MM), so none is left near it.
+NEEDLE_MM = 2e-5
 # A bone face is seen from the approach when no bone lies above it by more than this (mm).
 VISIBLE_MM = 0.01
 # Underside faces: their normal within 60 degrees of pointing down the approach.
@@ -210,7 +216,7 @@ def cutting_guide(plane: Plane, approach_lps, settings: GuidesConfig, *, bones: 
     for entry, _ in wires:   # from just under the bone surface to above the block
         hole = manifold3d.Manifold.cylinder(z_top + 3.0 - entry[2], hole_r, hole_r, KWIRE_HOLE_SEGMENTS)
         solid = solid - hole.translate((entry[0], entry[1], entry[2] - 1.0))
-    mesh = manifold_mesh(solid.transform(frame.to_lps_matrix()))
+    mesh = without_needles(welded(manifold_mesh(solid.transform(frame.to_lps_matrix())), WELD_GUIDE_MM))
     kwires = tuple((frame.lps(e[None])[0], frame.lps(t[None])[0]) for e, t in wires)
 
     report = {"plane": name, "approach_lps": [round(float(v), 6) for v in frame.axes[:, 2]],
@@ -263,6 +269,67 @@ def footprint_planes(frame: GuideFrame, block_a: tuple[float, float], footprint_
 
     return (half(footprint_mm, n, 1.0), half(-footprint_mm, n, -1.0), half(block_a[1], a, 1.0),
             half(block_a[0], a, -1.0), half(z_low, z, -1.0))
+
+
+def welded(mesh: trimesh.Trimesh, within_mm: float) -> trimesh.Trimesh:
+    """``mesh`` with corners closer than ``within_mm`` made one (the
+    triangles between them dropped), as an STL reader would weld them at
+    float32, but here, where the result can be checked: a boolean's corners
+    a hair apart become one corner, not a collapsed triangle in the file."""
+    from scipy import sparse
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    v = np.asarray(mesh.vertices, dtype=np.float64)
+    pairs = cKDTree(v).query_pairs(within_mm, output_type="ndarray")
+    if not len(pairs):
+        return mesh
+    graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(v), len(v)))
+    _, label = connected_components(graph, directed=False)
+    _, first = np.unique(label, return_index=True)
+    faces = first[label[np.asarray(mesh.faces)]]
+    keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])
+    return trimesh.Trimesh(v, faces[keep], process=False)
+
+
+def without_needles(mesh: trimesh.Trimesh, passes: int = 4) -> trimesh.Trimesh:
+    """``mesh`` with its needle triangles flipped away.
+
+    Booleans of surfaces that cross at grazing angles leave needles: a corner
+    a hair off the opposite edge, which an STL's float32 corners make
+    degenerate. Such a triangle (i, j, k), k next to its longest edge i-j,
+    and its neighbour (j, i, l) across that edge cover the triangle i-l-j
+    split at k; they become (k, i, l) and (k, l, j): the same surface, the
+    same vertices, no needle."""
+    faces = np.array(mesh.faces, dtype=np.int64)
+    v32 = np.asarray(mesh.vertices, dtype=np.float32).astype(np.float64)
+    for _ in range(passes):
+        t = v32[faces]
+        edges = t[:, [1, 2, 0]] - t   # edge s runs from corner s to corner s + 1
+        length = np.linalg.norm(edges, axis=2)
+        doubled = np.linalg.norm(np.cross(edges[:, 0], -edges[:, 2]), axis=1)
+        needles = np.flatnonzero(doubled < NEEDLE_MM * length.max(axis=1))
+        if not len(needles):
+            break
+        owner = {(int(a), int(b)): f for f, tri in enumerate(faces) for a, b in ((tri[0], tri[1]), (tri[1], tri[2]),
+                                                                                  (tri[2], tri[0]))}
+        done: set[int] = set()
+        for f in needles:
+            if f in done:
+                continue
+            s_ = int(np.argmax(length[f]))
+            i, j, k = (int(faces[f][(s_ + m) % 3]) for m in range(3))
+            g = owner.get((j, i))
+            if g is None or g in done:
+                continue
+            l = next(int(x) for x in faces[g] if x not in (i, j))
+            if l == k:
+                continue
+            faces[f], faces[g] = (k, i, l), (k, l, j)
+            for a, b, face in ((k, i, f), (i, l, f), (l, k, f), (k, l, g), (l, j, g), (j, k, g)):
+                owner[(a, b)] = face
+            done.update((f, g))
+    return trimesh.Trimesh(np.asarray(mesh.vertices), faces, process=False)
 
 
 def _box(lo, hi) -> manifold3d.Manifold:
