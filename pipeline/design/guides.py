@@ -60,8 +60,9 @@ SLOT_END_MM = 1.0
 TERRAIN_GRID_MM = 0.25
 # The terrain reaches this far beyond the guide on every side (mm).
 TERRAIN_MARGIN_MM = 2.0
-# Corners of the finished guide closer than this (mm) are made one.
-WELD_GUIDE_MM = 1e-3
+# Corners of the finished guide closer than this (mm) are made one: the
+# smallest distance that leaves a closed solid as read back, of these.
+WELD_GUIDE_MM = (0.0, 1e-4, 1e-3, 1e-2)
 # A triangle whose smallest altitude, in float32 as an STL stores it, is
 # under this (mm) is a needle: twice the limit of the mesh check
 # (pipeline.geometry.meshes.MIN_ALTITUDE_MM), so none is left near it.
@@ -216,7 +217,7 @@ def cutting_guide(plane: Plane, approach_lps, settings: GuidesConfig, *, bones: 
     for entry, _ in wires:   # from just under the bone surface to above the block
         hole = manifold3d.Manifold.cylinder(z_top + 3.0 - entry[2], hole_r, hole_r, KWIRE_HOLE_SEGMENTS)
         solid = solid - hole.translate((entry[0], entry[1], entry[2] - 1.0))
-    mesh = without_needles(welded(manifold_mesh(solid.transform(frame.to_lps_matrix())), WELD_GUIDE_MM))
+    mesh = reader_clean(manifold_mesh(solid.transform(frame.to_lps_matrix())))
     kwires = tuple((frame.lps(e[None])[0], frame.lps(t[None])[0]) for e, t in wires)
 
     report = {"plane": name, "approach_lps": [round(float(v), 6) for v in frame.axes[:, 2]],
@@ -269,6 +270,24 @@ def footprint_planes(frame: GuideFrame, block_a: tuple[float, float], footprint_
 
     return (half(footprint_mm, n, 1.0), half(-footprint_mm, n, -1.0), half(block_a[1], a, 1.0),
             half(block_a[0], a, -1.0), half(z_low, z, -1.0))
+
+
+def reader_clean(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """``mesh`` made a closed solid as an STL reader sees it, if welding its
+    near corners (``WELD_GUIDE_MM``, smallest first) and flipping its needles
+    away makes it one; else the try with the fewest defects (the mesh check
+    before writing then names them)."""
+    from ..geometry.meshes import reader_defects
+
+    best, fewest = mesh, None
+    for weld_mm in WELD_GUIDE_MM:
+        candidate = without_needles(welded(mesh, weld_mm) if weld_mm > 0 else mesh)
+        defects = sum(reader_defects(candidate).values())
+        if defects == 0:
+            return candidate
+        if fewest is None or defects < fewest:
+            best, fewest = candidate, defects
+    return best
 
 
 def welded(mesh: trimesh.Trimesh, within_mm: float) -> trimesh.Trimesh:
