@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import Config
+from .config import Config, guide_stem
 from .bones import LABEL_NAMES
 from .io import (QA_FOLDER, json_bytes, load_ct, markups_bytes, nifti_bytes, png_bytes, read_label_map,
                  remove_staging, seg_nrrd_bytes, stl_bytes, run_fingerprint, write_outputs)
@@ -82,6 +82,9 @@ def run_case(ct_path: str | Path, out_dir: str | Path, config: Config, *, series
             encoders["host.stl"] = lambda: stl_bytes(result.host, "host")
             encoders["implant.stl"] = lambda: stl_bytes(result.implant, "implant")
             cuts = result.report["planes"]
+            for guide in result.guides:
+                stem = f"guide_{guide_stem(guide.plane_name)}"
+                encoders[f"{stem}.stl"] = lambda stem=stem, guide=guide: stl_bytes(guide.mesh, stem)
             encoders["plan.mrk.json"] = lambda: markups_bytes(
                 [p.cut_plane() for p in config.resection.planes], [c["host_cut_centre_lps_mm"] for c in cuts],
                 [c["host_cut_radius_mm"] for c in cuts])

@@ -169,6 +169,57 @@ class ImplantConfig:
 
 
 @dataclass(frozen=True)
+class GuidesConfig:
+    """Patient-specific cutting guides, one per resection plane (off by default).
+
+    A guide is a seat that follows the bone around the cut line (the
+    surface offset by ``contact_clearance_mm``, ``wall_mm`` thick), a slot
+    block on it whose slot mid-plane is the cut plane, and K-wire holes
+    through the seat into the host bone; see :mod:`pipeline.design.guides`.
+    """
+
+    enabled: bool = False
+    # Saw blade thickness (mm); 1.27 mm is a common oscillating-saw blade.
+    blade_thickness_mm: float = 1.27
+    # Printing allowance per side (mm) for the slot (printed width = blade +
+    # 2 x this) and the K-wire holes (diameter + 2 x this); 0.25 for resin.
+    slot_tolerance_mm: float = 0.25
+    # The slot's guiding length (mm): the least height of its walls above the
+    # bone; under 10 mm a blade tilts in it.
+    slot_depth_mm: float = 12.0
+    # Thickness of the seat and of the walls around the slot (mm).
+    wall_mm: float = 3.5
+    # Gap between the seat's underside and the bone (mm).
+    contact_clearance_mm: float = 0.3
+    # How far the seat reaches on each side of the cut line (mm), measured
+    # from the cut plane.
+    footprint_mm: float = 15.0
+    # The direction the surgeon comes from (LPS, need not be unit length):
+    # the guide is placed and lifted off along it (projected onto each
+    # plane, so the blade enters in the plane). One vector for every plane,
+    # or per plane: ((plane name, vector), ...); empty = required when enabled.
+    approach_lps: tuple[float, float, float] | None = None
+    approach_per_plane: tuple[tuple[str, tuple[float, float, float]], ...] = ()
+    # K-wires that pin each guide to the host bone: diameter (mm), how many,
+    # and how deep each runs in host bone (mm).
+    kwire_diameter_mm: float = 2.0
+    kwires: int = 2
+    kwire_depth_mm: float = 20.0
+
+    def approach_for(self, plane_name: str) -> tuple[float, float, float]:
+        for name, vector in self.approach_per_plane:
+            if name == plane_name:
+                return vector
+        if self.approach_lps is None:
+            raise ConfigError(f"guides.approach_lps gives no direction for plane {plane_name!r}")
+        return self.approach_lps
+
+    @property
+    def slot_width_mm(self) -> float:
+        return self.blade_thickness_mm + 2.0 * self.slot_tolerance_mm
+
+
+@dataclass(frozen=True)
 class LoadConfig:
     # Slices whose steps along the slice normal differ are resampled onto a
     # uniform grid by linear interpolation; a step larger than this is refused
@@ -183,11 +234,14 @@ class Config:
     surface: SurfaceConfig = SurfaceConfig()
     resection: ResectionConfig = ResectionConfig()
     implant: ImplantConfig = ImplantConfig()
+    guides: GuidesConfig = GuidesConfig()
     source: str = "<defaults>"
 
     def as_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable form (for the report)."""
         d = dataclasses.asdict(self)
+        d["guides"]["approach_lps"] = (list(self.guides.approach_lps) if self.guides.approach_lps else None)
+        d["guides"]["approach_per_plane"] = {n: list(v) for n, v in self.guides.approach_per_plane}
         for p in d["resection"]["planes"]:
             p["point_lps_mm"] = list(p["point_lps_mm"])
             p["normal_lps"] = list(p["normal_lps"])
@@ -216,7 +270,7 @@ def load_config(path: str | Path | None) -> Config:
 def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: str | Path = ".") -> Config:
     """Validate a parsed TOML table; relative paths in it (markups files) are
     relative to ``base_dir``, the config file's folder."""
-    _no_unknown(raw, {"load", "segment", "surface", "resection", "implant"}, "")
+    _no_unknown(raw, {"load", "segment", "surface", "resection", "implant", "guides"}, "")
     load = _section(LoadConfig, raw.get("load", {}), "load")
     _check_load(load)
     segment = _segment(raw.get("segment", {}), Path(base_dir))
@@ -225,8 +279,9 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: str |
     _check_surface(surface)
     resection = _resection(raw.get("resection", {}), Path(base_dir))
     implant = _implant(raw.get("implant", {}))
+    guides = _guides(raw.get("guides", {}), resection.planes)
     return Config(load=load, segment=segment, surface=surface, resection=resection, implant=implant,
-                  source=source)
+                  guides=guides, source=source)
 
 
 def _segment(table: Any, base_dir: Path) -> SegmentConfig:
@@ -267,6 +322,94 @@ def _implant(table: Any) -> ImplantConfig:
             if not low <= kwargs[key] <= high:
                 raise ConfigError(f"implant.{key} must be between {low:g} and {high:g}")
     return ImplantConfig(**kwargs)
+
+
+# (key, lowest, highest) of the guides' numeric settings, in mm.
+GUIDE_RANGES_MM = (("blade_thickness_mm", 0.3, 5.0), ("slot_tolerance_mm", 0.0, 1.0),
+                   ("slot_depth_mm", 10.0, 60.0), ("wall_mm", 1.5, 10.0),
+                   ("contact_clearance_mm", 0.0, 2.0), ("footprint_mm", 5.0, 60.0),
+                   ("kwire_diameter_mm", 1.0, 5.0), ("kwire_depth_mm", 5.0, 80.0))
+
+
+def _guides(table: Any, planes: tuple[Plane, ...]) -> GuidesConfig:
+    _no_unknown(table, {f.name for f in dataclasses.fields(GuidesConfig)} - {"approach_per_plane"}, "guides.")
+    kwargs: dict[str, Any] = {}
+    if "enabled" in table:
+        if not isinstance(table["enabled"], bool):
+            raise ConfigError("guides.enabled must be true or false")
+        kwargs["enabled"] = table["enabled"]
+    for key, low, high in GUIDE_RANGES_MM:
+        if key in table:
+            kwargs[key] = _number(table[key], f"guides.{key}")
+            if not low <= kwargs[key] <= high:
+                raise ConfigError(f"guides.{key} must be between {low:g} and {high:g} mm")
+    if "kwires" in table:
+        count = table["kwires"]
+        if isinstance(count, bool) or not isinstance(count, int) or not 2 <= count <= 8:
+            raise ConfigError(f"guides.kwires must be a whole number from 2 to 8, got {count!r}")
+        kwargs["kwires"] = count
+    names = [p.name for p in planes]
+    if "approach_lps" in table:
+        value = table["approach_lps"]
+        if isinstance(value, dict):
+            per_plane = []
+            for name, vector in value.items():
+                if name not in names:
+                    raise ConfigError(f"guides.approach_lps.{name} names no plane of resection.planes "
+                                      f"({', '.join(names) or 'none'})")
+                per_plane.append((name, _direction(vector, f"guides.approach_lps.{name}")))
+            kwargs["approach_per_plane"] = tuple(per_plane)
+        else:
+            kwargs["approach_lps"] = _direction(value, "guides.approach_lps")
+    guides = GuidesConfig(**kwargs)
+    if guides.enabled:
+        _check_guides(guides, planes)
+    return guides
+
+
+def _direction(value: Any, key: str) -> tuple[float, float, float]:
+    vector = np.asarray(_vector3(value, key))
+    length = float(np.linalg.norm(vector))
+    if length < 1e-9:
+        raise ConfigError(f"{key} must not be the zero vector")
+    return tuple(float(v) for v in vector / length)  # type: ignore[return-value]
+
+
+# The approach must lie within this angle of a plane: the blade enters the
+# slot along it, in the plane.
+MAX_APPROACH_TILT_DEG = 45.0
+
+
+def _check_guides(g: GuidesConfig, planes: tuple[Plane, ...]) -> None:
+    if not planes:
+        raise ConfigError("guides.enabled needs resection.planes to guide")
+    for i, plane in enumerate(planes):
+        key = (f"guides.approach_lps.{plane.name}" if any(n == plane.name for n, _ in g.approach_per_plane)
+               else "guides.approach_lps")
+        if key == "guides.approach_lps" and g.approach_lps is None:
+            raise ConfigError(f"guides.approach_lps is missing for resection.planes[{i}] ({plane.name}): "
+                              "give one direction, or a table of plane name = direction")
+        tilt = math.degrees(math.asin(min(1.0, abs(float(np.dot(g.approach_for(plane.name), plane.normal_lps))))))
+        if tilt > MAX_APPROACH_TILT_DEG:
+            raise ConfigError(f"{key} meets resection.planes[{i}] ({plane.name}) at {tilt:.0f} degrees; "
+                              f"the blade enters along it, so it must lie within {MAX_APPROACH_TILT_DEG:g} "
+                              "degrees of the plane")
+    stems = [guide_stem(p.name) for p in planes]
+    if len(set(stems)) != len(stems):
+        raise ConfigError("guides: two resection.planes names give the same guide file name "
+                          f"({', '.join(f'guide_{s}.stl' for s in stems)}); rename a plane")
+    # The K-wire holes lie in the seat beside the slot block, with 1 mm of
+    # seat on either side of them.
+    need_mm = g.slot_width_mm / 2 + g.wall_mm + g.kwire_diameter_mm + 2 * g.slot_tolerance_mm + 2.0
+    if g.footprint_mm < need_mm:
+        raise ConfigError(f"guides.footprint_mm must be at least {need_mm:.1f} mm with this slot, wall and "
+                          "K-wire size: the K-wire holes lie in the seat beside the slot block")
+
+
+def guide_stem(plane_name: str) -> str:
+    """The plane's name as it appears in ``guide_<name>.stl``: letters,
+    digits, '-', '_' and '.' kept, anything else '_'."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in plane_name) or "plane"
 
 
 def _no_unknown(table: Any, allowed: set[str], prefix: str) -> None:

@@ -16,8 +16,10 @@ import numpy as np
 import trimesh
 
 from .bones import LABEL_NAMES
-from .config import Config
+from .config import Config, guide_stem
 from .design import fit_report, mirrored_source
+from .design.guides import Guide, cutting_guides
+from .design.plate import bone_plate
 from .errors import PlanError
 from .geometry import (Resection, bone_surfaces, check_plane_structures, concatenate_solids, mesh_facts, mesh_stats,
                        resect, validate_solid)
@@ -46,6 +48,8 @@ class MeshResult:
     mirrored_template: trimesh.Trimesh | None = None
     # The pelvis shape model as fitted to the CT (None when no pelvis was found).
     pelvis_fit: PelvisFit | None = None
+    # guides.enabled: one cutting guide per plane, in plan order.
+    guides: tuple[Guide, ...] = ()
 
     @property
     def bone_mask(self) -> np.ndarray:
@@ -98,6 +102,7 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
     # Margins move each planned plane into the kept side; everything is cut there.
     planes = tuple(p.cut_plane() for p in config.resection.planes)
     cut: Resection | None = None
+    guides: tuple[Guide, ...] = ()
     mirror = None
     implant_report: dict | None = None
     if planes:
@@ -121,6 +126,12 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
                      lambda: validate_solid(cut.implant, "implant"))
         with timer.stage("fit"):
             implant_report["fit"] = fit_report(cut, planes, config.implant)
+        if config.guides.enabled:
+            with timer.stage("guides"):
+                guides = cutting_guides(planes, config.guides, bones=bone, cut_bone=concatenate_solids(cut_bones),
+                                        host=cut.host, cut_faces=cut.host_cut_faces, make_seat=bone_plate)
+                parallel(*[(lambda g=g: validate_solid(g.mesh, f"guide_{guide_stem(g.plane_name)}"))
+                           for g in guides])
     elif log:
         log("no resection planes in the config: writing the bone outputs only")
     with timer.stage("report"):
@@ -128,10 +139,15 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
         segment_stats["labels"] = label_table(surfaces.labels, meshes, volume.voxel_volume_mm3)
         report = build_report(volume, config, bone, cut, segment_stats, timer.seconds)
         report["implant"] = implant_report
+        if guides:
+            report["guides"] = [{**g.report, "file": f"guide_{guide_stem(g.plane_name)}.stl",
+                                 "warnings": list(g.warnings)} for g in guides]
+            report["meshes"].update({f"guide_{guide_stem(g.plane_name)}": mesh_stats(g.mesh) for g in guides})
         report["meshes"].update({f"bone_{n}": mesh_stats(m) for n, m in context.items()})
     return MeshResult(bone=bone, host=cut.host if cut else None, implant=cut.implant if cut else None,
                       label_meshes=meshes, context=context, labels=labels, report=report,
-                      mirrored_template=mirror.mesh if mirror else None, pelvis_fit=bone_labels.fit)
+                      mirrored_template=mirror.mesh if mirror else None, pelvis_fit=bone_labels.fit,
+                      guides=guides)
 
 
 def label_table(labels: np.ndarray, meshes: dict[str, trimesh.Trimesh], voxel_mm3: float) -> dict:

@@ -80,3 +80,48 @@ def test_readme_plan_examples_are_valid_configs(tmp_path):
     for block in blocks:
         (tmp_path / "plan.toml").write_text(block)
         assert load_config(tmp_path / "plan.toml").resection.planes
+
+
+NAMED = {**PLANE, "name": "cut_a"}   # normal +z: an approach must lie within 45 degrees of the xy plane
+GUIDES = {"enabled": True, "approach_lps": [0, 1, 0]}
+
+
+@pytest.mark.parametrize("guides, key", [
+    ({"enabled": 1}, "guides.enabled must be true or false"),
+    ({"slot_width_mm": 2}, "unknown key guides.slot_width_mm"),
+    ({"approach_per_plane": {}}, "unknown key guides.approach_per_plane"),
+    ({"blade_thickness_mm": "1.27"}, "guides.blade_thickness_mm must be a number"),
+    ({"slot_depth_mm": 5}, "guides.slot_depth_mm must be between 10"),
+    ({"contact_clearance_mm": -0.1}, "guides.contact_clearance_mm must be between 0"),
+    ({"kwires": 1}, "guides.kwires must be a whole number from 2"),
+    ({"kwires": 2.5}, "guides.kwires must be a whole number"),
+    ({"approach_lps": [0, 0, 0]}, "guides.approach_lps must not be the zero vector"),
+    ({"approach_lps": [0, 1]}, "guides.approach_lps must be a list of 3"),
+    ({"approach_lps": {"cut_b": [0, 1, 0]}}, "guides.approach_lps.cut_b names no plane"),
+    ({**GUIDES, "approach_lps": [0, 0.5, 1]}, r"guides.approach_lps meets resection.planes\[0\] \(cut_a\) at 63 degrees"),
+    ({**GUIDES, "approach_lps": {}}, "guides.approach_lps is missing for resection.planes"),
+    ({**GUIDES, "footprint_mm": 6}, "guides.footprint_mm must be at least 8.9 mm"),
+])
+def test_guide_mistakes_name_the_key(guides, key):
+    with pytest.raises(ConfigError, match=key):
+        parse_config({"resection": {"planes": [NAMED]}, "guides": guides})
+
+
+def test_guides_are_off_by_default_and_take_an_approach_per_plane():
+    assert not parse_config({"resection": {"planes": [NAMED]}}).guides.enabled
+    with pytest.raises(ConfigError, match="guides.enabled needs resection.planes"):
+        parse_config({"guides": GUIDES})
+    guides = parse_config({"resection": {"planes": [NAMED, {**PLANE, "name": "cut b"}]},
+                           "guides": {"enabled": True, "approach_lps": [1, 0, 0],
+                                      "kwires": 3, "slot_tolerance_mm": 0.1}}).guides
+    assert guides.approach_for("cut b") == (1.0, 0.0, 0.0) and guides.kwires == 3
+    assert guides.slot_width_mm == pytest.approx(1.27 + 0.2)
+    cfg = parse_config({"resection": {"planes": [NAMED]}, "guides": {"enabled": True, "approach_lps": {"cut_a": [0, 2, 0]}}})
+    assert cfg.guides.approach_for("cut_a") == (0.0, 1.0, 0.0)
+    assert cfg.as_dict()["guides"]["approach_per_plane"] == {"cut_a": [0.0, 1.0, 0.0]}
+
+
+def test_plane_names_that_make_the_same_guide_file_are_refused():
+    planes = [{**PLANE, "name": "cut/a"}, {**PLANE, "name": "cut a"}]
+    with pytest.raises(ConfigError, match="same guide file name"):
+        parse_config({"resection": {"planes": planes}, "guides": {**GUIDES, "approach_lps": [1, 0, 0]}})

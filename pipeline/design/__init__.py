@@ -4,9 +4,13 @@
   mirrored and fitted) and the fit report;
 - ``fit``: per contact face and per implant: areas, outline overlap, gaps,
   flatness, volume, mass, wall thickness;
-- ``symmetry``: the mid-sagittal plane of a pelvis from its bone surface.
+- ``symmetry``: the mid-sagittal plane of a pelvis from its bone surface;
+- ``plate``: a plate that follows the bone (the outer surface over a
+  footprint, offset by a clearance and thickened): implant flanges, guide seats.
 """
 
 from .implant import fit_report, fit_summary_lines, mirrored_source
+from .plate import PlateContact, band, bone_plate, facing, plate_contact
 
-__all__ = ["fit_report", "fit_summary_lines", "mirrored_source"]
+__all__ = ["fit_report", "fit_summary_lines", "mirrored_source", "PlateContact", "band", "bone_plate", "facing",
+           "plate_contact"]

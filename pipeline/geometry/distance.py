@@ -136,3 +136,88 @@ def _distances(p: np.ndarray, tri: np.ndarray, candidates: np.ndarray) -> np.nda
     repeated = np.repeat(p, k, axis=0)
     q = closest_on_triangles(repeated, t[:, 0], t[:, 1], t[:, 2])
     return np.linalg.norm(q - repeated, axis=1).reshape(len(p), k)
+
+
+class NearSurface:
+    """Exact distances and closest points to a mesh's surface near it, where
+    many points ask (a grid around a plate, the samples along a screw).
+
+    The surface is taken within a box (the triangles reaching into it), its
+    large triangles (a cut face's slivers) split into pieces no larger than
+    ``SPLIT_FACTOR`` times the median edge: the same surface, so the same
+    distances, with a small bound ``reach`` on every triangle's extent from
+    its centre. A point's k triangles with the nearest centres are
+    measured; every other triangle lies at least (k-th centre distance −
+    reach) away, so the answer is certain once that bound exceeds the
+    distance found, or the limit asked for; uncertain points are measured
+    again with four times as many candidates.
+    """
+
+    SPLIT_FACTOR = 1.3
+
+    def __init__(self, mesh, lo_lps_mm=None, hi_lps_mm=None) -> None:
+        tri = np.asarray(mesh.vertices, dtype=np.float64)[np.asarray(mesh.faces, dtype=np.int64)]
+        if lo_lps_mm is not None:
+            keep = (np.all(tri.max(axis=1) >= lo_lps_mm, axis=1) & np.all(tri.min(axis=1) <= hi_lps_mm, axis=1))
+            tri = tri[keep]
+        if len(tri) == 0:
+            tri = np.asarray(mesh.vertices, dtype=np.float64)[np.asarray(mesh.faces, dtype=np.int64)]
+        edges = np.linalg.norm(tri - np.roll(tri, 1, axis=1), axis=2).max(axis=1)
+        size = self.SPLIT_FACTOR * float(np.median(edges))
+        large = edges > size
+        if large.any():
+            import trimesh  # only here: the module is otherwise numpy and scipy
+            v, f = trimesh.remesh.subdivide_to_size(tri[large].reshape(-1, 3),
+                                                    np.arange(3 * int(large.sum())).reshape(-1, 3), size)
+            tri = np.concatenate([tri[~large], v[f]])
+        self.triangles = tri
+        centres = tri.mean(axis=1)
+        self.reach = float(np.linalg.norm(tri - centres[:, None], axis=2).max())
+        self.tree = cKDTree(centres)
+
+    def distance(self, points: np.ndarray, limit_mm) -> tuple[np.ndarray, np.ndarray]:
+        """(distance, closest point) of each point: exact where the distance
+        is at most ``limit_mm`` (one value or per point); elsewhere above the
+        limit, and an upper bound at most ``reach`` over the truth (the
+        nearest of the candidates measured; nearly always exact)."""
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        limit = np.broadcast_to(np.asarray(limit_mm, dtype=np.float64), (len(points),))
+        tri, n = self.triangles, len(self.triangles)
+        out = np.full(len(points), np.inf)
+        closest = np.zeros((len(points), 3))
+        again = np.zeros(len(points), dtype=bool)
+        todo = np.arange(len(points))
+        k = 8
+        while todo.size:
+            k = min(k, n)
+            for start in range(0, todo.size, max(CHUNK // k, 1)):
+                rows = todo[start:start + max(CHUNK // k, 1)]
+                dc, cand = self.tree.query(points[rows], k=k)
+                dc, cand = dc.reshape(len(rows), k), cand.reshape(len(rows), k)
+                # Only the candidates that could beat what is known (and the nearest, always).
+                best = np.minimum(out[rows], limit[rows])
+                mask = dc - self.reach < best[:, None]
+                mask[:, 0] = True
+                which, j = np.nonzero(mask)
+                p = points[rows[which]]
+                t = tri[cand[which, j]]
+                q = closest_on_triangles(p, t[:, 0], t[:, 1], t[:, 2])
+                d = np.full(mask.shape, np.inf)
+                d[which, j] = np.sqrt(np.einsum("ij,ij->i", q - p, q - p))
+                first = np.argmin(d, axis=1)
+                found = d[np.arange(len(rows)), first]
+                better = found < out[rows]
+                r = rows[better]
+                out[r] = found[better]
+                at = np.full(mask.shape, -1, dtype=np.int64)
+                at[which, j] = np.arange(len(which))
+                closest[r] = q[at[np.arange(len(rows)), first][better]]
+                bound = dc[:, -1] - self.reach
+                # A triangle missed lies at most ``reach`` nearer than the nearest
+                # centre measured: beyond ``limit + reach`` nothing missed matters.
+                sure = (out[rows] <= bound) | (bound > limit[rows]) | (out[rows] - self.reach > limit[rows])
+                again[rows] = ~(sure | (k == n))
+            todo = np.flatnonzero(again)
+            again[:] = False
+            k *= 4
+        return out, closest

@@ -11,6 +11,7 @@ as it was.
 
 from __future__ import annotations
 
+import fnmatch
 import gzip
 import io
 import json
@@ -42,6 +43,9 @@ OUTPUT_NAMES = ("bone.stl", "host.stl", "implant.stl", "bone_mask.nii.gz", "labe
                 "report.html", "segmentation.seg.nrrd", "plan.mrk.json",
                 *(f"bone_{name}.stl" for name in LABEL_NAMES.values()),
                 *(f"{QA_FOLDER}/{name}.png" for name in QA_IMAGES))
+# Outputs named after the plan's planes (one cutting guide per plane, and
+# its QA view): names of these forms are outputs too, and cleared like them.
+OUTPUT_PATTERNS = ("guide_*.stl", f"{QA_FOLDER}/guide_*.png")
 # LPS -> RAS: NIfTI's world frame. The only place the pipeline leaves LPS.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -185,7 +189,7 @@ def json_bytes(obj: dict) -> bytes:
 
 def write_outputs(out_dir: Path, files: dict[str, bytes]) -> list[Path]:
     """Write ``files`` (name -> content) into ``out_dir`` all at once."""
-    unknown = set(files) - set(OUTPUT_NAMES)
+    unknown = {name for name in files if name not in OUTPUT_NAMES and not is_patterned_output(name)}
     if unknown:
         raise ValueError(f"not an output name: {sorted(unknown)}")
     out_dir = Path(out_dir)
@@ -204,6 +208,10 @@ def write_outputs(out_dir: Path, files: dict[str, bytes]) -> list[Path]:
         for name in OUTPUT_NAMES:
             if name not in files:
                 (out_dir / name).unlink(missing_ok=True)
+        for pattern in OUTPUT_PATTERNS:
+            for path in out_dir.glob(pattern):
+                if path.relative_to(out_dir).as_posix() not in files:
+                    path.unlink(missing_ok=True)
         for name in files:
             (out_dir / name).parent.mkdir(exist_ok=True)
             os.replace(staging / name, out_dir / name)
@@ -215,6 +223,13 @@ def write_outputs(out_dir: Path, files: dict[str, bytes]) -> list[Path]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [out_dir / name for name in files]
+
+
+def is_patterned_output(name: str) -> bool:
+    """``name`` has the form of an output named after a plane (``guide_<plane>.stl``)."""
+    folder, _, base = name.rpartition("/")
+    return "/" not in folder and any(fnmatch.fnmatchcase(name, p) and (folder == p.rpartition("/")[0])
+                                     for p in OUTPUT_PATTERNS) and not base.startswith(".")
 
 
 def remove_staging(out_dir: Path) -> None:

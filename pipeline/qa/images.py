@@ -30,7 +30,7 @@ from ..parallel import parallel
 from ..segment import PelvisFit
 from ..segment.voxelise import inside_mesh
 from .render import SLICE_AXES, overlay, sample_slice, slice_points
-from .view3d import camera_for, render
+from .view3d import camera_along, camera_for, render
 from ..volume import Volume
 
 if TYPE_CHECKING:  # run imports the whole chain; the QA only reads its result
@@ -49,6 +49,12 @@ VIEW_PX = 400
 HOST_RGB, CONTEXT_RGB = (214, 204, 180), (236, 236, 232)
 IMPLANT_RGB, TEMPLATE_RGB = (235, 120, 30), (60, 170, 90)
 MODEL_RGB = (255, 255, 255)
+# Cutting guides (a printed resin blue) and their K-wires (steel).
+GUIDE_RGB, KWIRE_RGB = (70, 120, 215), (120, 120, 130)
+# A guide's view: bone within this distance (mm) of the guide is drawn, seen
+# from the approach tilted this way along the cut line and to the host side.
+GUIDE_VIEW_REACH_MM = 30.0
+GUIDE_VIEW_TILT = (0.55, -0.35)
 PLANE_RGB = ((255, 230, 0), (0, 220, 255), (255, 60, 200), (120, 255, 80))
 PLANE_OPACITY = 0.35
 # A plane patch in the 3D views reaches this far beyond the implant's contact face (mm).
@@ -84,6 +90,8 @@ def qa_images(volume: Volume, result: MeshResult, config: Config) -> list[QAImag
     calls += [lambda v=v: view_image(result, planes, v) for v in ("anterior", "lateral", "superior", "oblique")]
     if template is not None:
         calls.append(lambda: view_image(result, planes, "mirrored", template=template))
+    kwire_mm = config.guides.kwire_diameter_mm if hasattr(config, "guides") else 2.0
+    calls += [lambda g=g: guide_image(result, g, kwire_mm) for g in getattr(result, "guides", ())]
     return parallel(*calls)
 
 
@@ -175,6 +183,42 @@ def view_image(result: MeshResult, planes: tuple[Plane, ...], view: str,
                    legend=legend)
     what = {"mirrored": "mirrored template over the affected side"}.get(view, "host, implant and cut planes")
     return QAImage(f"view_{view}", f"3D {view} view: {what}", rgb)
+
+
+def guide_image(result: MeshResult, guide, kwire_diameter_mm: float) -> QAImage:
+    """A cutting guide seated on the intact bone (host and implant), its
+    K-wires in place, seen from its approach tilted along the cut line and
+    towards the host side, so the slot and the seat's edge both show."""
+    from ..config import guide_stem
+    from ..design.guides import kwire_mesh
+
+    a, n, z = (guide.frame.axes[:, i] for i in range(3))
+    toward = z + GUIDE_VIEW_TILT[0] * a + GUIDE_VIEW_TILT[1] * n
+    superior = np.array([0.0, 0.0, 1.0])
+    up = superior if abs(float(superior @ toward) / np.linalg.norm(toward)) < 0.9 else np.array([0.0, -1.0, 0.0])
+    lo, hi = np.asarray(guide.mesh.bounds) + [[-GUIDE_VIEW_REACH_MM], [GUIDE_VIEW_REACH_MM]]
+    camera = camera_along(toward, up, np.array([lo, hi]), (VIEW_PX, VIEW_PX))
+    near = [(_crop(m, lo, hi), rgb) for m, rgb in [(result.host, HOST_RGB), (result.implant, IMPLANT_RGB)]
+            + [(m, CONTEXT_RGB) for m in result.context.values()]]
+    parts = [(m, rgb) for m, rgb in near if m is not None] + [(guide.mesh, GUIDE_RGB)]
+    wires = kwire_mesh(guide, kwire_diameter_mm)
+    if wires is not None:
+        parts.append((wires, KWIRE_RGB))
+    rgb = render(parts, camera)
+    name = guide.plane_name
+    rgb = annotate(rgb, right_lps=camera.right, up_lps=camera.up, mm_per_pixel=camera.mm_per_pixel,
+                   caption=f"guide {name}", legend=[("host", HOST_RGB), ("implant", IMPLANT_RGB),
+                                                    ("guide", GUIDE_RGB), ("K-wires", KWIRE_RGB)])
+    return QAImage(f"guide_{guide_stem(name)}", f"Cutting guide {name} seated on the bone, seen from its approach "
+                   "(tilted along the cut line, towards the host side), with its K-wires", rgb)
+
+
+def _crop(mesh: trimesh.Trimesh, lo: np.ndarray, hi: np.ndarray) -> trimesh.Trimesh | None:
+    """The faces of ``mesh`` with a corner inside the box (for a close view only)."""
+    v = np.asarray(mesh.vertices)
+    inside = np.all((v >= lo) & (v <= hi), axis=1)
+    faces = np.asarray(mesh.faces)[inside[np.asarray(mesh.faces)].any(axis=1)]
+    return trimesh.Trimesh(v, faces, process=False) if len(faces) else None
 
 
 def affected_side(result: MeshResult) -> str:

@@ -80,6 +80,7 @@ def report_html(report: dict, images: Iterable[tuple[str, bytes]] = (), *, missi
     implant = report.get("implant") if isinstance(report.get("implant"), dict) else {}
     fit = report.get("fit") or implant.get("fit")
     parts += _section("Fit", _value_html(fit) if fit else "")
+    parts += _section("Cutting guides", _guides_html(report.get("guides") or []))
     parts += _section("Implant source", _value_html({k: v for k, v in implant.items() if k != "fit"}))
     parts += _section("Meshes", _meshes_html(report.get("meshes", {})))
     parts += _section("Labels from a file", _value_html((report.get("segmentation") or {}).get("labels_file")))
@@ -110,6 +111,7 @@ def report_warnings(report: dict) -> list[str]:
                          f"(below {THIN_WALL_WARN_MM:g} mm; check where the cuts meet the bone obliquely)")
         if "low_density" in key and value:
             found.append(f"low bone density: {'.'.join(path)} = {value:g}")
+    found += [str(w) for g in report.get("guides") or [] if isinstance(g, dict) for w in g.get("warnings") or []]
     found += label_warnings(report.get("segmentation") or {}, (report.get("config") or {}).get("segment") or {})
     return found
 
@@ -202,6 +204,32 @@ def _plan_html(report: dict) -> str:
     if not planes:
         return text + "<p>No resection planes: bone outputs only.</p>"
     return text + _records_html(planes)
+
+
+def _guides_html(guides: list) -> str:
+    """One row per guide with the figures that say it fits and can be
+    used; the full record (K-wires, footprint) below."""
+    if not guides:
+        return ""
+    rows = []
+    for g in guides:
+        gap, slot, lift = g.get("contact_gap_mm") or {}, g.get("slot") or {}, g.get("lift_off") or {}
+        rows.append((g.get("file", ""), _num(g.get("seat_area_on_bone_mm2")),
+                     " / ".join(_num(gap.get(k)) for k in ("min", "mean", "max")) if gap else "none",
+                     f"{slot.get('midplane_distance_mm', float('nan')):.2g} mm, "
+                     f"{slot.get('midplane_angle_deg', float('nan')):.2g} deg",
+                     f"{_num(slot.get('width_mm'))} x {_num(slot.get('depth_mm'))}",
+                     "; ".join(f"{_plain(w['entry_lps_mm'])}: {_num(w['length_in_bone_mm'])} mm"
+                               for w in g.get("kwires", [])),
+                     "yes" if lift.get("removable") else f"no ({lift.get('points_under_bone')} points)",
+                     _num(g.get("intersection_with_bone_mm3")),
+                     _num((g.get("blade_reach") or {}).get("reached_fraction"))))
+    header = ["guide", "seat on bone (mm2)", "gap min / mean / max (mm)", "slot mid-plane to cut plane",
+              "slot width x depth (mm)", "K-wires: entry (LPS mm): length in bone", "lifts off along approach",
+              "overlap with bone (mm3)", "cut face reached by blade"]
+    details = "".join(f"<details><summary>{_e(g.get('file', ''))}</summary>"
+                      f"{_value_html({k: v for k, v in g.items() if k != 'warnings'})}</details>" for g in guides)
+    return _table(header, rows) + details
 
 
 def _view3d_html(view: InteractiveView) -> str:

@@ -18,8 +18,8 @@ import numpy as np
 import trimesh
 
 from ..config import Config, Plane
-from .images import (HOST_RGB, IMPLANT_RGB, PLANE_MARGIN_MM, PLANE_OPACITY, PLANE_RGB, TEMPLATE_ATTRIBUTE,
-                     TEMPLATE_RGB, implant_source)
+from .images import (GUIDE_RGB, HOST_RGB, IMPLANT_RGB, KWIRE_RGB, PLANE_MARGIN_MM, PLANE_OPACITY, PLANE_RGB,
+                     TEMPLATE_ATTRIBUTE, TEMPLATE_RGB, implant_source)
 
 if TYPE_CHECKING:
     from ..run import MeshResult
@@ -54,10 +54,24 @@ def scene_objects(result: MeshResult, config: Config) -> list[SceneObject]:
     template = getattr(result, TEMPLATE_ATTRIBUTE, None)
     if template is not None and implant_source(config) == "mirrored":
         objects.append(SceneObject("mirrored template", template, TEMPLATE_RGB, TEMPLATE_OPACITY, visible=False))
+    objects += guide_objects(result, config)
     clearance_mm = float(getattr(getattr(config, "implant", None), "clearance_mm", 0.0))
     for i, plane in enumerate(config.resection.planes):
         disc = plane_disc(plane.cut_plane(), result.implant, clearance_mm)
         objects.append(SceneObject(f"plane {plane.name or i + 1}", disc, PLANE_RGB[i % len(PLANE_RGB)], PLANE_OPACITY))
+    return objects
+
+
+def guide_objects(result: MeshResult, config: Config) -> list[SceneObject]:
+    """Each cutting guide, and its K-wires, by plane name."""
+    from ..design.guides import kwire_mesh
+
+    objects = []
+    for guide in getattr(result, "guides", ()):
+        objects.append(SceneObject(f"guide {guide.plane_name}", guide.mesh, GUIDE_RGB))
+        wires = kwire_mesh(guide, config.guides.kwire_diameter_mm)
+        if wires is not None:
+            objects.append(SceneObject(f"K-wires {guide.plane_name}", wires, KWIRE_RGB))
     return objects
 
 

@@ -86,6 +86,26 @@ def camera_for(view: str, bounds_lps_mm: np.ndarray, size_px: tuple[int, int] = 
     return Camera(right, up, toward, centre, mm_per_pixel, size_px)
 
 
+def camera_along(toward_viewer_lps, up_lps, bounds_lps_mm: np.ndarray, size_px: tuple[int, int] = (700, 700),
+                 margin: float = 0.05) -> Camera:
+    """A camera looking along ``-toward_viewer_lps`` (any direction, e.g. a
+    cutting guide's approach), ``up_lps`` projected to the image's up, that
+    fits the box ``bounds_lps_mm`` (2x3)."""
+    toward = np.asarray(toward_viewer_lps, dtype=np.float64)
+    toward = toward / np.linalg.norm(toward)
+    up = np.asarray(up_lps, dtype=np.float64)
+    up = up - (up @ toward) * toward
+    if np.linalg.norm(up) < 1e-6:
+        raise ValueError("camera_along: up is parallel to the viewing direction")
+    up /= np.linalg.norm(up)
+    right = np.cross(up, toward)
+    lo, hi = np.asarray(bounds_lps_mm, dtype=np.float64)
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    h, w = size_px
+    mm_per_pixel = max(np.ptp(corners @ right) / w, np.ptp(corners @ up) / h) * (1.0 + 2 * margin)
+    return Camera(right, up, toward, (lo + hi) / 2.0, mm_per_pixel, size_px)
+
+
 def render(parts: list[tuple[trimesh.Trimesh, tuple[int, int, int]]], camera: Camera,
            overlays: list[tuple[np.ndarray, tuple[int, int, int], float]] = ()) -> np.ndarray:
     """RGB image (height, width, 3) uint8 of the ``parts`` (closed mesh, colour).

@@ -80,6 +80,21 @@ def test_write_outputs_replaces_a_whole_run(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bone.stl", "notes.txt", "report.json"]
 
 
+def test_guides_named_after_planes_are_outputs_and_cleared_like_them(tmp_path):
+    write_outputs(tmp_path, {"guide_sacral_ala.stl": b"old", "guide_old_plane.stl": b"old",
+                             "qa/guide_old_plane.png": b"old", "report.json": b"{}"})
+    (tmp_path / "guide_notes.txt").write_text("user file")
+    write_outputs(tmp_path, {"guide_sacral_ala.stl": b"new", "qa/guide_sacral_ala.png": b"new",
+                             "report.json": b"{}"})
+    assert (tmp_path / "guide_sacral_ala.stl").read_bytes() == b"new"
+    assert not (tmp_path / "guide_old_plane.stl").exists(), "a guide of a plane no longer planned must go"
+    assert sorted(p.name for p in (tmp_path / "qa").iterdir()) == ["guide_sacral_ala.png"]
+    assert (tmp_path / "guide_notes.txt").exists()
+    for name in ("guide_x/y.stl", "guide_a.png", "qa/guide_a.stl", "qa/sub/guide_a.png"):
+        with pytest.raises(ValueError, match="not an output name"):
+            write_outputs(tmp_path, {name: b"x"})
+
+
 def test_write_outputs_failure_leaves_nothing(tmp_path):
     target = tmp_path / "file_in_the_way"
     target.write_text("x")

@@ -1,0 +1,757 @@
+"""Patient-specific cutting guides: one printed block per resection plane.
+
+A guide is placed on the intact bone before the cut and lifted off along
+the surgeon's approach after the K-wires are out. It is built in the frame
+of its plane (``GuideFrame``): ``b`` along the plane normal (positive into
+the removed part), ``z`` along the approach projected onto the plane (so a
+blade that enters the slot along it stays in the plane), ``a`` along the
+cut line. Its parts, combined by exact manifold3d booleans:
+
+- the **seat**: the bone surface over the footprint (within
+  ``footprint_mm`` of the plane on both sides, along the cut line, facing
+  the approach and not hidden under other bone), offset by the contact
+  clearance and thickened by the wall (made by ``make_seat``: the run
+  passes :func:`pipeline.design.plate.plate`);
+- the **slot block**: a box standing on the seat around the plane, as long
+  as the cut line plus a wall at each end, reaching ``slot_depth_mm`` above
+  the highest bone under the slot;
+- minus the **clearance terrain**: everything below the bone's upper
+  envelope along ``z`` (all bones, the uncut ones too), dilated by the
+  contact clearance. What lies below it would hook under the bone when the
+  guide is lifted off, or press into it; subtracting it trims the footprint
+  where it would hook and makes the block's underside follow the bone;
+- minus the **slot**: a slab of the printed slot width whose mid-plane is
+  the cut plane, through block and seat and open to the bone, over the cut
+  line's length plus ``SLOT_END_MM`` at each end, closed by the end walls;
+- minus the **K-wire holes**: along ``-z`` through the seat on the host
+  side, where the wire runs at least ``kwire_depth_mm`` in host bone.
+
+Everything reported is measured on the finished mesh, independently of how
+it was built: the slot's walls against the cut plane, the gap from the
+underside to the bone (exact point-to-triangle distances), the intersection
+with the bone (a manifold3d intersection), the lift-off along the approach
+(exact column heights of guide and bone, :mod:`pipeline.geometry.columns`),
+and whether the blade reaches the whole cut face through the slot.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import manifold3d
+import numpy as np
+import trimesh
+
+from ..config import GuidesConfig, Plane
+from ..errors import PlanError
+from ..geometry.columns import column_extremes
+from ..parallel import parallel
+from ..geometry.distance import closest_on_triangles, point_mesh_distance
+from ..geometry.resect import to_manifold as _to_manifold
+from .plate import manifold_mesh
+
+# The slot runs this far beyond each end of the cut line (mm), so the blade
+# reaches the ends of the cut face.
+SLOT_END_MM = 1.0
+# Spacing of the clearance terrain's grid (mm). The terrain follows the
+# bone's envelope at its nodes exactly; between them it is linear.
+TERRAIN_GRID_MM = 0.25
+# The terrain reaches this far beyond the guide on every side (mm).
+TERRAIN_MARGIN_MM = 2.0
+# Corners of the finished guide closer than this (mm) are made one: the
+# smallest distance that leaves a closed solid as read back, of these.
+WELD_GUIDE_MM = (0.0, 1e-4, 1e-3, 1e-2)
+# A triangle whose smallest altitude, in float32 as an STL stores it, is
+# under this (mm) is a needle: twice the limit of the mesh check
+# (pipeline.geometry.meshes.MIN_ALTITUDE_MM), so none is left near it.
+NEEDLE_MM = 2e-5
+# A bone face is seen from the approach when no bone lies above it by more than this (mm).
+VISIBLE_MM = 0.01
+# Underside faces: their normal within 60 degrees of pointing down the approach.
+UNDERSIDE_COS = 0.5
+# The underside is judged in triangles no longer than this (mm).
+UNDER_EDGE_MM = 1.0
+# Seat area on bone: underside within this much of the contact clearance (mm).
+CONTACT_BAND_MM = 0.25
+# A lift-off collision: bone above guide in the same column by more than this (mm).
+LIFT_TOL_MM = 1e-6
+# K-wire candidates along the cut line (mm apart); a wire stops this far
+# (mm) before it would leave the host bone.
+KWIRE_STEP_MM = 1.0
+KWIRE_TIP_MARGIN_MM = 1.0
+# Bone kept around a K-wire (mm): the wire's radius plus this, on four
+# sides, must be bone along its whole depth.
+KWIRE_BONE_MARGIN_MM = 1.0
+# Seat left between a K-wire hole and the slot block (mm).
+KWIRE_BLOCK_GAP_MM = 1.0
+# Where no place along the cut line has the depth asked for, the wires go
+# where the bone is at least this share of its deepest there (and are reported).
+KWIRE_FALLBACK = 0.8
+# Sides of a K-wire hole's polygon: at 24 its flats lie within 0.9 % of the
+# radius inside the circle (0.01 mm for a 2.5 mm hole).
+KWIRE_HOLE_SEGMENTS = 24
+# Slot wall faces: facing the plane, every corner within this of the
+# nominal wall (mm); other faces touching the wall (the bottom's facets)
+# are not walls.
+WALL_SELECT_MM = 1e-3
+# A guide that overlaps the bone by more than this (mm3) is reported.
+INTERSECTION_TOL_MM3 = 1e-3
+# A seat with less area on bone than this (mm2) is reported: it may rock.
+MIN_SEAT_AREA_MM2 = 150.0
+
+# make_seat(bone, footprint planes, clearance_mm, thickness_mm): the closed
+# plate over the bone within the footprint (behind every plane), its
+# underside at the clearance (pipeline.design.plate.bone_plate).
+SeatMaker = Callable[[trimesh.Trimesh, tuple[Plane, ...], float, float], trimesh.Trimesh]
+
+
+@dataclass(frozen=True)
+class GuideFrame:
+    """Local frame of a guide: columns of ``axes`` are a (along the cut
+    line), b (the plane normal) and z (the approach in the plane)."""
+
+    origin_lps_mm: np.ndarray
+    axes: np.ndarray  # (3, 3), columns a, b, z; right-handed
+
+    def local(self, points_lps_mm: np.ndarray) -> np.ndarray:
+        return (np.asarray(points_lps_mm, dtype=np.float64) - self.origin_lps_mm) @ self.axes
+
+    def lps(self, points_local: np.ndarray) -> np.ndarray:
+        return np.asarray(points_local, dtype=np.float64) @ self.axes.T + self.origin_lps_mm
+
+    def to_lps_matrix(self) -> np.ndarray:
+        """3 x 4 affine local -> LPS (manifold3d's transform)."""
+        return np.hstack([self.axes, self.origin_lps_mm[:, None]])
+
+    def to_local_matrix(self) -> np.ndarray:
+        return np.hstack([self.axes.T, (-self.axes.T @ self.origin_lps_mm)[:, None]])
+
+
+def guide_frame(plane: Plane, approach_lps, origin_lps_mm) -> tuple[GuideFrame, float]:
+    """The frame, and the angle (degrees) between the given approach and
+    its projection onto the plane."""
+    n = np.asarray(plane.normal_lps, dtype=np.float64)
+    d = np.asarray(approach_lps, dtype=np.float64)
+    d = d / np.linalg.norm(d)
+    z = d - np.dot(d, n) * n
+    z /= np.linalg.norm(z)
+    a = np.cross(n, z)
+    origin = np.asarray(origin_lps_mm, dtype=np.float64)
+    origin = origin - plane.signed_distance_mm(origin[None])[0] * n
+    tilt = math.degrees(math.asin(min(1.0, abs(float(np.dot(d, n))))))
+    return GuideFrame(origin, np.stack([a, n, z], axis=1)), tilt
+
+
+@dataclass(frozen=True, eq=False)
+class Guide:
+    plane_name: str
+    mesh: trimesh.Trimesh            # LPS mm, closed
+    frame: GuideFrame
+    kwires: tuple[tuple[np.ndarray, np.ndarray], ...]  # (entry, tip) LPS mm per wire
+    report: dict
+    warnings: tuple[str, ...]
+
+
+def cutting_guide(plane: Plane, approach_lps, settings: GuidesConfig, *, bones: trimesh.Trimesh,
+                  cut_bone: trimesh.Trimesh, host: trimesh.Trimesh, cut_faces: np.ndarray,
+                  make_seat: SeatMaker, bones_solid: manifold3d.Manifold | None = None) -> Guide:
+    """The guide for ``plane`` (the cut plane, margins applied).
+
+    ``bones``: every bone, intact (the guide touches none of them);
+    ``cut_bone``: the bones the plan cuts, intact (the seat lies on them);
+    ``host``: the remainder after the cut and ``cut_faces`` its faces on this
+    plane (the cut face the blade must reach, the bone the K-wires go into);
+    ``make_seat(mesh, faces, clearance_mm, thickness_mm)``: a closed plate
+    over ``faces`` of ``mesh``, its underside at the clearance from it.
+    """
+    name = plane.name
+    bones_solid = bones_solid if bones_solid is not None else to_manifold(bones, "bone")
+    section = host.vertices[np.unique(host.faces[cut_faces])]
+    if len(section) == 0:
+        raise PlanError(f"guides: plane {name!r} leaves no cut face on the host to guide")
+    frame, tilt_deg = guide_frame(plane, approach_lps, section.mean(axis=0))
+    s = settings
+    half_slot = s.slot_width_mm / 2.0
+    block_half = half_slot + s.wall_mm
+    sec = frame.local(section)
+    window = (float(sec[:, 0].min()) - SLOT_END_MM, float(sec[:, 0].max()) + SLOT_END_MM)
+    block_a = (window[0] - s.wall_mm, window[1] + s.wall_mm)
+    reach = s.contact_clearance_mm + s.wall_mm + TERRAIN_MARGIN_MM
+    region = np.array([[block_a[0] - reach, -s.footprint_mm - reach], [block_a[1] + reach, s.footprint_mm + reach]])
+
+    bone_tri = _local_triangles(bones, frame, region)
+    envelope = bone_envelope(bone_tri, region)
+    # The block stands on the bone half a wall above the seat's underside, so
+    # where the seat is, the block's bottom lies inside it (no two nearly
+    # coincident surfaces to unite); beside the bone it keeps that much clear.
+    terrain = envelope.dilated(s.contact_clearance_mm + s.wall_mm / 2.0, widen=True)
+    band = (terrain.a >= window[0]) & (terrain.a <= window[1])
+    wall_cols = (np.abs(terrain.b) <= block_half)
+    under_block = terrain.height[np.ix_(band, wall_cols)]
+    if not np.isfinite(under_block).any():
+        raise PlanError(f"guides: plane {name!r}: no bone under the slot seen from guides.approach_lps")
+    top_bone = float(np.max(under_block[np.isfinite(under_block)])) - s.wall_mm / 2.0
+    z_top = top_bone + s.slot_depth_mm
+    in_block = terrain.height[np.ix_((terrain.a >= block_a[0]) & (terrain.a <= block_a[1]), wall_cols)]
+    z_low = float(np.min(in_block[np.isfinite(in_block)])) - s.wall_mm
+
+    seat = _seat(make_seat, cut_bone, frame, envelope, block_a, s, name)
+    block = _box((block_a[0], -block_half, z_low), (block_a[1], block_half, z_top))
+    slot = _box((window[0], -half_slot, z_low - 2.0), (window[1], half_slot, z_top + 2.0))
+    # The seat is trimmed where it reaches under the bone's envelope dilated
+    # by half the clearance (widened sideways by a grid diagonal): where it
+    # would hook or press on bone. Where the bone faces the approach within
+    # about 25 degrees the seat's underside lies above that and is kept as
+    # made (at the clearance); on steeper bone the trim takes over, between
+    # half the clearance and a little more than the clearance from the bone.
+    trim = envelope.dilated(s.contact_clearance_mm / 2.0, widen=True).manifold(z_low - 3.0)
+    trimmed_seat = seat - trim
+    solid = ((block - terrain.manifold(z_low - 3.0)) + trimmed_seat) - slot
+    solid, dropped_mm3 = _largest_piece(solid)
+    faces = footprint_faces(cut_bone, frame, block_a, s.footprint_mm)
+
+    wires, wire_report, wire_warnings = kwire_holes(solid, frame, host, s, block_a, block_half, z_top)
+    hole_r = s.kwire_diameter_mm / 2.0 + s.slot_tolerance_mm
+    for entry, _ in wires:   # from just under the bone surface to above the block
+        hole = manifold3d.Manifold.cylinder(z_top + 3.0 - entry[2], hole_r, hole_r, KWIRE_HOLE_SEGMENTS)
+        solid = solid - hole.translate((entry[0], entry[1], entry[2] - 1.0))
+    mesh = reader_clean(manifold_mesh(solid.transform(frame.to_lps_matrix())))
+    kwires = tuple((frame.lps(e[None])[0], frame.lps(t[None])[0]) for e, t in wires)
+
+    report = {"plane": name, "approach_lps": [round(float(v), 6) for v in frame.axes[:, 2]],
+              "approach_tilt_from_plane_deg": round(tilt_deg, 3),
+              **guide_measures(mesh, plane, frame, settings, bones=bones, bones_solid=bones_solid, host=host,
+                               cut_faces=cut_faces, window=window, z_top=z_top),
+              "kwires": wire_report,
+              "footprint": {"width_each_side_mm": s.footprint_mm, "length_mm": round(block_a[1] - block_a[0], 3),
+                            "bone_area_seen_from_approach_mm2": round(float(cut_bone.area_faces[faces].sum()), 3),
+                            "seat_volume_mm3": round(seat.volume(), 3),
+                            "seat_volume_trimmed_mm3": round(seat.volume() - trimmed_seat.volume(), 3),
+                            "pieces_dropped_volume_mm3": round(dropped_mm3, 3)}}
+    warnings = list(wire_warnings) + guide_warnings(report, settings)
+    return Guide(name, mesh, frame, kwires, report, tuple(warnings))
+
+
+def to_manifold(mesh: trimesh.Trimesh, what: str) -> manifold3d.Manifold:
+    """As :func:`pipeline.geometry.resect.to_manifold`, from a writable copy
+    (a mesh made by manifold3d holds read-only arrays, which it refuses back)."""
+    copy = trimesh.Trimesh(np.array(mesh.vertices, dtype=np.float64), np.array(mesh.faces, dtype=np.int64),
+                           process=False)
+    return _to_manifold(copy, what)
+
+
+def _seat(make_seat: SeatMaker, cut_bone: trimesh.Trimesh, frame: GuideFrame, envelope: Terrain,
+          block_a: tuple[float, float], s: GuidesConfig, name: str) -> manifold3d.Manifold:
+    """The seat in the local frame: the plate over the footprint, down to
+    the lowest bone seen from the approach within it less the seat's reach.
+    Bone deeper than that is hidden under other bone (a plate there would be
+    trimmed anyway); leaving it out keeps the plate's grid small. One plate:
+    pieces made apart and united would meet in nearly coincident surfaces."""
+    inside = np.ix_((envelope.a >= block_a[0]) & (envelope.a <= block_a[1]), np.abs(envelope.b) <= s.footprint_mm)
+    heights = envelope.height[inside]
+    floor = float(heights[np.isfinite(heights)].min()) - s.contact_clearance_mm - s.wall_mm
+    plate = make_seat(cut_bone, footprint_planes(frame, block_a, s.footprint_mm, floor), s.contact_clearance_mm,
+                      s.wall_mm)
+    return to_manifold(plate, f"guide {name} seat").transform(frame.to_local_matrix())
+
+
+def footprint_planes(frame: GuideFrame, block_a: tuple[float, float], footprint_mm: float,
+                     z_low: float) -> tuple[Plane, ...]:
+    """The seat's footprint as half-spaces (each normal points away from
+    it): within ``footprint_mm`` of the cut plane on both sides, along the
+    slot block's length, and above the block's lowest point along the approach."""
+    a, n, z = (frame.axes[:, i] for i in range(3))
+    o = frame.origin_lps_mm
+
+    def half(offset_mm: float, axis: np.ndarray, sign: float) -> Plane:
+        return Plane(point_lps_mm=tuple(o + offset_mm * axis), normal_lps=tuple(sign * axis))
+
+    return (half(footprint_mm, n, 1.0), half(-footprint_mm, n, -1.0), half(block_a[1], a, 1.0),
+            half(block_a[0], a, -1.0), half(z_low, z, -1.0))
+
+
+def reader_clean(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """``mesh`` made a closed solid as an STL reader sees it, if welding its
+    near corners (``WELD_GUIDE_MM``, smallest first) and flipping its needles
+    away makes it one; else the try with the fewest defects (the mesh check
+    before writing then names them)."""
+    from ..geometry.meshes import reader_defects
+
+    best, fewest = mesh, None
+    for weld_mm in WELD_GUIDE_MM:
+        candidate = without_needles(welded(mesh, weld_mm) if weld_mm > 0 else mesh)
+        defects = sum(reader_defects(candidate).values())
+        if defects == 0:
+            return candidate
+        if fewest is None or defects < fewest:
+            best, fewest = candidate, defects
+    return best
+
+
+def welded(mesh: trimesh.Trimesh, within_mm: float) -> trimesh.Trimesh:
+    """``mesh`` with corners closer than ``within_mm`` made one (the
+    triangles between them dropped), as an STL reader would weld them at
+    float32, but here, where the result can be checked: a boolean's corners
+    a hair apart become one corner, not a collapsed triangle in the file."""
+    from scipy import sparse
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    v = np.asarray(mesh.vertices, dtype=np.float64)
+    pairs = cKDTree(v).query_pairs(within_mm, output_type="ndarray")
+    if not len(pairs):
+        return mesh
+    graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(v), len(v)))
+    _, label = connected_components(graph, directed=False)
+    _, first = np.unique(label, return_index=True)
+    faces = first[label[np.asarray(mesh.faces)]]
+    keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])
+    return trimesh.Trimesh(v, faces[keep], process=False)
+
+
+def without_needles(mesh: trimesh.Trimesh, passes: int = 4) -> trimesh.Trimesh:
+    """``mesh`` with its needle triangles flipped away.
+
+    Booleans of surfaces that cross at grazing angles leave needles: a corner
+    a hair off the opposite edge, which an STL's float32 corners make
+    degenerate. Such a triangle (i, j, k), k next to its longest edge i-j,
+    and its neighbour (j, i, l) across that edge cover the triangle i-l-j
+    split at k; they become (k, i, l) and (k, l, j): the same surface, the
+    same vertices, no needle."""
+    faces = np.array(mesh.faces, dtype=np.int64)
+    v32 = np.asarray(mesh.vertices, dtype=np.float32).astype(np.float64)
+    for _ in range(passes):
+        t = v32[faces]
+        edges = t[:, [1, 2, 0]] - t   # edge s runs from corner s to corner s + 1
+        length = np.linalg.norm(edges, axis=2)
+        doubled = np.linalg.norm(np.cross(edges[:, 0], -edges[:, 2]), axis=1)
+        needles = np.flatnonzero(doubled < NEEDLE_MM * length.max(axis=1))
+        if not len(needles):
+            break
+        owner = {(int(a), int(b)): f for f, tri in enumerate(faces) for a, b in ((tri[0], tri[1]), (tri[1], tri[2]),
+                                                                                  (tri[2], tri[0]))}
+        done: set[int] = set()
+        for f in needles:
+            if f in done:
+                continue
+            s_ = int(np.argmax(length[f]))
+            i, j, k = (int(faces[f][(s_ + m) % 3]) for m in range(3))
+            g = owner.get((j, i))
+            if g is None or g in done:
+                continue
+            l = next(int(x) for x in faces[g] if x not in (i, j))
+            if l == k:
+                continue
+            faces[f], faces[g] = (k, i, l), (k, l, j)
+            for a, b, face in ((k, i, f), (i, l, f), (l, k, f), (k, l, g), (l, j, g), (j, k, g)):
+                owner[(a, b)] = face
+            done.update((f, g))
+    return trimesh.Trimesh(np.asarray(mesh.vertices), faces, process=False)
+
+
+def _box(lo, hi) -> manifold3d.Manifold:
+    lo = np.asarray(lo, dtype=np.float64)
+    return manifold3d.Manifold.cube(tuple(np.asarray(hi, dtype=np.float64) - lo)).translate(tuple(lo))
+
+
+def _local_triangles(mesh: trimesh.Trimesh, frame: GuideFrame, region: np.ndarray) -> np.ndarray:
+    """The triangles of ``mesh`` whose (a, b) extent meets ``region``, in the local frame."""
+    v = frame.local(mesh.vertices)
+    tri = v[np.asarray(mesh.faces)]
+    lo, hi = tri[:, :, :2].min(axis=1), tri[:, :, :2].max(axis=1)
+    keep = np.all(hi >= region[0], axis=1) & np.all(lo <= region[1], axis=1)
+    return tri[keep]
+
+
+def _largest_piece(solid: manifold3d.Manifold) -> tuple[manifold3d.Manifold, float]:
+    """The largest connected piece, and the volume of the others (seat
+    pieces that the trimming cut off the block)."""
+    pieces = solid.decompose()
+    if not pieces:
+        raise PlanError("guides: the guide is empty after trimming")
+    volumes = [p.volume() for p in pieces]
+    best = int(np.argmax(volumes))
+    return pieces[best], float(sum(volumes) - volumes[best])
+
+
+@dataclass(frozen=True, eq=False)
+class Terrain:
+    """The bone's upper envelope along z (or a dilation of it) on a grid."""
+
+    a: np.ndarray        # node coordinates along a (mm)
+    b: np.ndarray        # node coordinates along b (mm)
+    height: np.ndarray   # (len(a), len(b)) z of the dilated envelope; -inf where no bone
+
+    def dilated(self, radius_mm: float, *, widen: bool) -> "Terrain":
+        """The envelope of the bone dilated by a ball of ``radius_mm``, on
+        the grid. ``widen``: the ball is widened sideways (not upwards) by a
+        grid diagonal, so the linear terrain between nodes cannot cut the
+        corner of a steep bone edge closer than the radius; flat tops stay
+        exactly ``radius_mm`` above the bone."""
+        slack = TERRAIN_GRID_MM * math.sqrt(2.0) if widen else 0.0
+        r = int(math.ceil((radius_mm + slack) / TERRAIN_GRID_MM))
+        out = np.full_like(self.height, -np.inf)
+        for i in range(-r, r + 1):
+            for j in range(-r, r + 1):
+                dist = max(0.0, TERRAIN_GRID_MM * math.hypot(i, j) - slack)
+                if dist <= radius_mm:
+                    out = np.maximum(out, _shifted(self.height, i, j) + math.sqrt(radius_mm ** 2 - dist ** 2))
+        return Terrain(self.a, self.b, out)
+
+    def manifold(self, floor_z: float) -> manifold3d.Manifold:
+        """The solid below the envelope down to ``floor_z`` (columns without
+        bone 1 mm above the floor), closed: a height-field top, flat bottom."""
+        top = np.where(np.isfinite(self.height), self.height, floor_z + 1.0)
+        top = np.maximum(top, floor_z + 1.0)
+        na, nb = top.shape
+        aa, bb = np.meshgrid(self.a, self.b, indexing="ij")
+        upper = np.column_stack([aa.ravel(), bb.ravel(), top.ravel()])
+        lower = np.column_stack([aa.ravel(), bb.ravel(), np.full(aa.size, floor_z)])
+        idx = np.arange(na * nb).reshape(na, nb)
+        q0, q1, q2, q3 = idx[:-1, :-1].ravel(), idx[1:, :-1].ravel(), idx[1:, 1:].ravel(), idx[:-1, 1:].ravel()
+        top_f = np.concatenate([np.column_stack([q0, q1, q2]), np.column_stack([q0, q2, q3])])
+        bottom_f = top_f[:, ::-1] + na * nb
+        ring = np.concatenate([idx[:, 0], idx[-1, 1:], idx[-2::-1, -1], idx[0, -2:0:-1]])
+        nxt = np.roll(ring, -1)
+        # The ring runs counter-clockwise seen from +z; each side quad faces outward.
+        sides = np.concatenate([np.column_stack([ring, ring + na * nb, nxt + na * nb]),
+                                np.column_stack([ring, nxt + na * nb, nxt])])
+        mesh = manifold3d.Mesh64(vert_properties=np.ascontiguousarray(np.vstack([upper, lower])),
+                                 tri_verts=np.ascontiguousarray(np.vstack([top_f, bottom_f, sides]), dtype=np.uint64))
+        solid = manifold3d.Manifold(mesh)
+        if solid.status() != manifold3d.Error.NoError or solid.volume() <= 0:
+            raise RuntimeError(f"clearance terrain is not a valid solid ({solid.status().name})")
+        return solid
+
+
+def bone_envelope(bone_tri: np.ndarray, region: np.ndarray) -> Terrain:
+    """The upper envelope of ``bone_tri`` (local frame) over ``region``
+    ([[a0, b0], [a1, b1]]) on a grid, exact at the nodes."""
+    a = np.arange(region[0, 0], region[1, 0] + TERRAIN_GRID_MM, TERRAIN_GRID_MM)
+    b = np.arange(region[0, 1], region[1, 1] + TERRAIN_GRID_MM, TERRAIN_GRID_MM)
+    aa, bb = np.meshgrid(a, b, indexing="ij")
+    high, _ = column_extremes(np.column_stack([aa.ravel(), bb.ravel()]), bone_tri)
+    return Terrain(a, b, high.reshape(aa.shape))
+
+
+def _shifted(grid: np.ndarray, i: int, j: int) -> np.ndarray:
+    """``out[x, y] = grid[x + i, y + j]``, -inf beyond the grid."""
+    out = np.full_like(grid, -np.inf)
+    n0, n1 = grid.shape
+    out[max(0, -i):n0 - max(0, i), max(0, -j):n1 - max(0, j)] = grid[max(0, i):n0 - max(0, -i),
+                                                                      max(0, j):n1 - max(0, -j)]
+    return out
+
+
+def footprint_faces(bone: trimesh.Trimesh, frame: GuideFrame, block_a: tuple[float, float],
+                    footprint_mm: float) -> np.ndarray:
+    """bool per face of ``bone``: the seat's footprint. Within
+    ``footprint_mm`` of the plane, along the guide's length, facing the
+    approach and seen from it (no bone above): the surface a guide lowered
+    along the approach lands on. Faces under an overhang or turned away
+    would hook the guide under the bone; they are left out."""
+    centres = frame.local(bone.triangles_center)
+    normals = np.asarray(bone.face_normals) @ frame.axes
+    near = ((np.abs(centres[:, 1]) <= footprint_mm) & (centres[:, 0] >= block_a[0])
+            & (centres[:, 0] <= block_a[1]) & (normals[:, 2] > 0.0))
+    which = np.flatnonzero(near)
+    region = np.array([centres[which, :2].min(axis=0) - 1.0, centres[which, :2].max(axis=0) + 1.0]) \
+        if len(which) else np.zeros((2, 2))
+    high, _ = column_extremes(centres[which, :2], _local_triangles(bone, frame, region))
+    seen = high <= centres[which, 2] + VISIBLE_MM
+    out = np.zeros(len(bone.faces), dtype=bool)
+    out[which[seen]] = True
+    return out
+
+
+def kwire_holes(solid: manifold3d.Manifold, frame: GuideFrame, host: trimesh.Trimesh, s: GuidesConfig,
+                block_a: tuple[float, float], block_half: float, z_top: float):
+    """Where the K-wires go: along ``-z`` through the seat on the host side
+    (anywhere from ``KWIRE_BLOCK_GAP_MM`` beside the slot block to the
+    footprint's edge), spread along the cut line, each running ``kwire_depth_mm`` in the first
+    stretch of host bone it meets (it never crosses a canal or a foramen to
+    reach more), with ``KWIRE_BONE_MARGIN_MM`` of bone around it and
+    ``KWIRE_TIP_MARGIN_MM`` beyond its tip.
+
+    Returns ((entry, tip) per wire in the local frame, report rows, warnings)."""
+    hole_r = s.kwire_diameter_mm / 2.0 + s.slot_tolerance_mm
+    nearest_b = s.slot_width_mm / 2.0 + s.wall_mm + hole_r + KWIRE_BLOCK_GAP_MM
+    host_local = to_manifold(host, "host").transform(frame.to_local_matrix())
+    lowest = float(host_local.bounding_box()[2]) - 1.0
+    need = s.kwire_depth_mm + KWIRE_TIP_MARGIN_MM
+    m = s.kwire_diameter_mm / 2.0 + KWIRE_BONE_MARGIN_MM
+    best: dict[float, tuple] = {}   # a -> the deepest candidate there
+    for a in np.arange(block_a[0] + hole_r, block_a[1] - hole_r + 1e-9, KWIRE_STEP_MM):
+        for b in -np.arange(nearest_b, s.footprint_mm - hole_r - KWIRE_BONE_MARGIN_MM + 1e-9, KWIRE_STEP_MM):
+            a, b = float(a), float(b)
+            guide_hits = solid.ray_cast((a, b, z_top + 5.0), (a, b, lowest))
+            if not guide_hits:
+                continue   # no guide here: trimmed, or beyond the bone
+            start_z = float(guide_hits[-1].position[2])
+            centre = _chord(host_local, a, b, start_z, lowest)
+            if centre is None or (a in best and centre[1] <= best[a][2]):
+                continue
+            entry, chord = centre
+            # The bone around the wire too: rays a radius plus a margin off its axis.
+            for da, db in ((m, 0.0), (-m, 0.0), (0.0, m), (0.0, -m)):
+                around = _chord(host_local, a + da, b + db, start_z, lowest)
+                chord = min(chord, 0.0 if around is None else around[1] - max(0.0, entry[2] - around[0][2]))
+                if chord <= 0.0:
+                    break
+            if chord > 0.0 and (a not in best or chord > best[a][2]):
+                in_guide = sum(guide_hits[i].position[2] - guide_hits[i + 1].position[2]
+                               for i in range(0, len(guide_hits) - 1, 2))
+                best[a] = (a, entry, chord, float(in_guide))
+    rows = [best[a] for a in sorted(best)]
+    depth, k = s.kwire_depth_mm, s.kwires
+    good = [r for r in rows if r[2] >= need]
+    warnings = []
+    if len(good) < k and rows:   # the deepest bone there is, and say so
+        deepest = max(r[2] for r in rows)
+        good = [r for r in rows if r[2] >= min(need, KWIRE_FALLBACK * deepest)]
+    chosen = _spread(good, k, 2 * hole_r + s.wall_mm)
+    for r in chosen:
+        if r[2] < need:
+            warnings.append(f"K-wire at {_fmt(frame.lps(r[1][None])[0])} LPS mm runs only "
+                            f"{max(0.0, r[2] - KWIRE_TIP_MARGIN_MM):.1f} mm in host bone "
+                            f"(guides.kwire_depth_mm = {depth:g})")
+    if len(chosen) < k:
+        warnings.append(f"only {len(chosen)} of guides.kwires = {k} K-wires find host bone under the seat")
+    chosen.sort(key=lambda r: r[0])
+    wires, report = [], []
+    for a, entry, chord, in_guide in chosen:
+        length = min(depth, max(0.0, chord - KWIRE_TIP_MARGIN_MM))
+        tip = entry - np.array([0.0, 0.0, length])
+        wires.append((entry, tip))
+        report.append({"entry_lps_mm": _fmt(frame.lps(entry[None])[0]), "tip_lps_mm": _fmt(frame.lps(tip[None])[0]),
+                       "direction_lps": [round(float(v), 6) for v in -frame.axes[:, 2]],
+                       "length_in_bone_mm": round(length, 3), "host_bone_along_wire_mm": round(chord, 3),
+                       "guided_length_mm": round(in_guide, 3), "hole_diameter_mm": round(2 * hole_r, 3)})
+    return wires, report, warnings
+
+
+def _chord(solid: manifold3d.Manifold, a: float, b: float, z_from: float, z_to: float):
+    """(entry point, length inside) of the first stretch of ``solid`` that
+    the line (a, b) meets going down from ``z_from``; None if it meets none."""
+    hits = solid.ray_cast((a, b, z_from), (a, b, z_to))
+    if len(hits) < 2 or hits[0].normal[2] <= 0:
+        return None
+    entry = np.asarray(hits[0].position, dtype=np.float64)
+    return entry, float(entry[2] - hits[1].position[2])
+
+
+def _spread(rows: list, k: int, min_apart_mm: float) -> list:
+    """Up to ``k`` rows (sorted along the cut line) spread evenly over its
+    length, at least ``min_apart_mm`` apart."""
+    chosen: list = []
+    if not rows:
+        return chosen
+    targets = np.linspace(rows[0][0], rows[-1][0], k)
+    for target in targets:
+        free = [r for r in rows if all(abs(r[0] - c[0]) >= min_apart_mm for c in chosen)]
+        if free:
+            chosen.append(min(free, key=lambda r: abs(r[0] - target)))
+    return chosen
+
+
+def _fmt(point) -> list[float]:
+    return [round(float(v), 3) for v in point]
+
+
+def guide_measures(mesh: trimesh.Trimesh, plane: Plane, frame: GuideFrame, s: GuidesConfig, *,
+                   bones: trimesh.Trimesh, bones_solid: manifold3d.Manifold, host: trimesh.Trimesh,
+                   cut_faces: np.ndarray, window: tuple[float, float], z_top: float) -> dict:
+    """What the finished guide measures (see the module docstring)."""
+    local = frame.local(mesh.vertices)
+    tri = local[np.asarray(mesh.faces)]
+    normals = np.asarray(mesh.face_normals) @ frame.axes
+    return {"slot": _slot_measures(mesh, plane, local, normals, s, z_top),
+            **_contact_measures(mesh, normals, bones, s, plane.signed_distance_mm),
+            "intersection_with_bone_mm3": round(_intersection_mm3(mesh, bones_solid), 6),
+            "lift_off": _lift_off(tri, local, frame, bones),
+            "blade_reach": _blade_reach(tri, frame, host, cut_faces, window),
+            "volume_mm3": round(float(mesh.volume), 3), "triangles": int(len(mesh.faces))}
+
+
+def _slot_measures(mesh, plane, local, normals, s: GuidesConfig, z_top: float) -> dict:
+    """The slot's walls as built: the faces facing the plane from
+    ``slot_width/2`` either side. Their mid-plane's distance and angle to the
+    cut plane are the design error."""
+    half = s.slot_width_mm / 2.0
+    d = plane.signed_distance_mm(mesh.vertices)
+    faces = np.asarray(mesh.faces)
+    walls = {}
+    for side in (1.0, -1.0):
+        facing = normals[:, 1] * side < -0.5
+        on = facing & np.all(np.abs(d[faces] - side * half) < WALL_SELECT_MM, axis=1)
+        walls[side] = np.flatnonzero(on)
+    if not all(len(w) for w in walls.values()):
+        return {"found": False}
+    plus, minus = (np.unique(faces[walls[side]]) for side in (1.0, -1.0))
+    mid = (d[plus].mean() + d[minus].mean()) / 2.0
+    n = np.asarray(plane.normal_lps)
+    wall_normals = np.asarray(mesh.face_normals)[np.concatenate(list(walls.values()))]
+    sine = np.linalg.norm(np.cross(wall_normals, n), axis=1).max()
+    lower = np.concatenate([plus, minus])
+    lower = lower[local[lower, 2] < z_top - 1e-6]
+    return {"found": True, "width_mm": round(float(d[plus].mean() - d[minus].mean()), 9),
+            "depth_mm": round(float(z_top - local[lower, 2].max()), 3) if len(lower) else 0.0,
+            "midplane_distance_mm": float(abs(mid)),
+            "midplane_angle_deg": float(math.degrees(math.asin(min(1.0, float(sine))))),
+            "wall_flatness_mm": float(max(np.ptp(d[plus]), np.ptp(d[minus]))),
+            "length_mm": round(float(np.ptp(local[plus, 0])), 3)}
+
+
+def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
+    """The seat's underside against the bone: the guide's faces looking down
+    the approach whose nearest bone point lies straight along that bone
+    face's normal (not on an edge or a corner of the bone: beside an edge the
+    gap is larger by design). Gap: exact distances from their corners and
+    centres; seat area: those within ``CONTACT_BAND_MM`` of the clearance.
+    Also the closest approach of the whole guide to the bone. ``removed``:
+    points -> signed distance to the cut plane (positive on the removed side)."""
+    reach = s.contact_clearance_mm + s.wall_mm
+    lo, hi = np.asarray(mesh.bounds) + [[-reach - 1.0], [reach + 1.0]]
+    v = np.asarray(bones.vertices)
+    corners = v[np.asarray(bones.faces)]
+    overlaps = np.all(corners.max(axis=1) >= lo, axis=1) & np.all(corners.min(axis=1) <= hi, axis=1)
+    near_faces = np.asarray(bones.faces)[overlaps]
+    if not len(near_faces):
+        return {"seat_area_on_bone_mm2": 0.0, "contact_gap_mm": None, "closest_to_bone_mm": None}
+    nearby = trimesh.Trimesh(v, near_faces, process=False)
+    bones, bone_tri = nearby, v[near_faces]
+    # Exact up to the seat's reach; beyond it, only known to be farther.
+    # The closest approach lies on a face that does not look up (the top of
+    # the block and of the seat look away from the bone).
+    low = np.asarray(normals)[:, 2] < UNDERSIDE_COS
+    probe = np.vstack([mesh.vertices[np.unique(np.asarray(mesh.faces)[low])], mesh.triangles_center[low]])
+    everywhere, _ = point_mesh_distance(probe, v, near_faces, exact_above=reach)
+    close = everywhere <= reach   # only bounds there: measured exactly
+    everywhere[close] = point_mesh_distance(probe[close], v, near_faces)[0]
+    closest = round(float(everywhere.min()), 4)
+    # The underside, cut into triangles no longer than UNDER_EDGE_MM so
+    # that a large flat face is judged piece by piece.
+    under = np.flatnonzero(normals[:, 2] <= -UNDERSIDE_COS)
+    uv, uf = trimesh.remesh.subdivide_to_size(np.asarray(mesh.vertices), np.asarray(mesh.faces)[under],
+                                              max_edge=UNDER_EDGE_MM)
+    fine = trimesh.Trimesh(uv, uf, process=False)
+    fine_normals = np.asarray(fine.face_normals) if len(uf) else np.zeros((0, 3))
+    gap_c, facing_c = _facing_gap(fine.triangles_center, fine_normals, bones, bone_tri)
+    faces_bone = (gap_c <= s.contact_clearance_mm + s.wall_mm) & facing_c
+    faces = np.flatnonzero(faces_bone)
+    if not len(faces):
+        return {"seat_area_on_bone_mm2": 0.0, "contact_gap_mm": None, "closest_to_bone_mm": closest}
+    gap_v, facing_v = _facing_gap(fine.vertices[uf[faces].ravel()], np.repeat(fine_normals[faces], 3, axis=0),
+                                  bones, bone_tri)
+    area = fine.area_faces[faces]
+    gaps = np.concatenate([gap_c[faces], gap_v[facing_v]])
+    on_bone = gap_c[faces] <= s.contact_clearance_mm + CONTACT_BAND_MM
+    return {"seat_area_on_bone_mm2": round(float(area[on_bone].sum()), 3),
+            "seat_area_on_removed_side_mm2": round(float(area[on_bone & (removed(fine.triangles_center[faces]) > 0)]
+                                                         .sum()), 3),
+            "contact_gap_mm": {"min": round(float(gaps.min()), 4),
+                               "mean": round(float((gap_c[faces] * area).sum() / area.sum()), 4),
+                               "max": round(float(gaps.max()), 4)},
+            "closest_to_bone_mm": closest}
+
+
+def _facing_gap(points, normals, bones, bone_tri) -> tuple[np.ndarray, np.ndarray]:
+    """(distance to the bone, whether the bone is met straight along its
+    face's normal and the guide face looks back at it)."""
+    gap, nearest = point_mesh_distance(points, bones.vertices, bones.faces)
+    t = bone_tri[nearest]
+    foot = closest_on_triangles(points, t[:, 0], t[:, 1], t[:, 2])
+    bone_normal = np.asarray(bones.face_normals)[nearest]
+    along = np.einsum("ij,ij->i", points - foot, bone_normal)
+    looks = np.einsum("ij,ij->i", normals, bone_normal) <= -UNDERSIDE_COS
+    return gap, (along >= (1.0 - 1e-6) * gap) & looks
+
+
+def _intersection_mm3(mesh: trimesh.Trimesh, bones_solid: manifold3d.Manifold) -> float:
+    both = to_manifold(mesh, "guide") ^ bones_solid
+    return 0.0 if both.is_empty() else float(both.volume())
+
+
+def _lift_off(tri, local, frame, bones) -> dict:
+    """Lifted along the approach, does the guide meet bone? It does exactly
+    when some column holds bone above guide. The lowest guide point of a
+    column lies on a face looking down, the highest bone point on one looking
+    up, so those are compared both ways with exact column heights: bone
+    above a corner or face centre of the guide's downward faces, guide below
+    a corner of the bone's upward faces."""
+    def facing(t: np.ndarray, sign: float) -> np.ndarray:
+        normal_z = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])[:, 2]
+        return t[sign * normal_z > 0]
+
+    down = facing(tri, -1.0)
+    lo, hi = tri[:, :, :2].min(axis=(0, 1)) - 0.5, tri[:, :, :2].max(axis=(0, 1)) + 0.5
+    up = facing(_local_triangles(bones, frame, np.array([lo, hi])), 1.0)
+    points = np.vstack([down.reshape(-1, 3), down.mean(axis=1)])
+    bone_high, _ = column_extremes(points[:, :2], up)
+    under_bone = bone_high - points[:, 2]
+    bone_points = np.unique(up.reshape(-1, 3), axis=0)
+    inside = np.all((bone_points[:, :2] >= lo) & (bone_points[:, :2] <= hi), axis=1)
+    _, guide_low = column_extremes(bone_points[inside, :2], down)
+    over_guide = bone_points[inside, 2] - guide_low
+    worst = max(float(under_bone.max(initial=-np.inf)), float(over_guide.max(initial=-np.inf)), 0.0)
+    count = int((under_bone > LIFT_TOL_MM).sum() + (over_guide > LIFT_TOL_MM).sum())
+    return {"removable": count == 0, "points_under_bone": count, "deepest_undercut_mm": round(worst, 4)}
+
+
+def _blade_reach(tri, frame, host, cut_faces, window) -> dict:
+    """Share of the cut face (its corners and face centres) that a blade
+    entering the slot along the approach reaches without meeting the guide."""
+    faces = np.asarray(host.faces)[cut_faces]
+    points = frame.local(np.vstack([host.vertices[np.unique(faces)], host.triangles_center[cut_faces]]))
+    _, guide_low = column_extremes(points[:, :2], tri)
+    blocked = np.isfinite(guide_low) & (guide_low > points[:, 2])
+    inside = (points[:, 0] >= window[0]) & (points[:, 0] <= window[1])
+    return {"reached_fraction": round(float(1.0 - (blocked | ~inside).mean()), 6),
+            "points": int(len(points))}
+
+
+def guide_warnings(report: dict, s: GuidesConfig) -> list[str]:
+    name = report["plane"]
+    out = []
+    if not report["lift_off"]["removable"]:
+        out.append(f"guide {name}: cannot be lifted off along the approach: bone above the guide at "
+                   f"{report['lift_off']['points_under_bone']} points (up to "
+                   f"{report['lift_off']['deepest_undercut_mm']:.2f} mm)")
+    if report["intersection_with_bone_mm3"] > INTERSECTION_TOL_MM3:
+        out.append(f"guide {name}: intersects the bone by {report['intersection_with_bone_mm3']:.3f} mm3")
+    if report["blade_reach"]["reached_fraction"] < 1.0:
+        out.append(f"guide {name}: the blade reaches only {100 * report['blade_reach']['reached_fraction']:.1f} % "
+                   "of the cut face through the slot")
+    if not report["slot"].get("found"):
+        out.append(f"guide {name}: no slot walls found on the finished guide")
+    if report["seat_area_on_bone_mm2"] < MIN_SEAT_AREA_MM2:
+        out.append(f"guide {name}: seat area on bone only {report['seat_area_on_bone_mm2']:.0f} mm2 "
+                   f"(under {MIN_SEAT_AREA_MM2:g}): it may rock; widen guides.footprint_mm or change "
+                   "guides.approach_lps")
+    return out
+
+
+def cutting_guides(planes: tuple[Plane, ...], settings: GuidesConfig, *, bones: trimesh.Trimesh,
+                   cut_bone: trimesh.Trimesh, host: trimesh.Trimesh, cut_faces: tuple[np.ndarray, ...],
+                   make_seat: SeatMaker) -> tuple[Guide, ...]:
+    """One guide per plane (``planes``: the cut planes, margins applied;
+    ``cut_faces``: the host's faces on each); see :func:`cutting_guide`."""
+    bones_solid = to_manifold(bones, "bone")
+    # Two planes on two threads: the work is numpy and manifold3d, which release the GIL.
+    return tuple(parallel(*[(lambda p=p, faces=faces: cutting_guide(
+        p, settings.approach_for(p.name), settings, bones=bones, cut_bone=cut_bone, host=host, cut_faces=faces,
+        make_seat=make_seat, bones_solid=bones_solid)) for p, faces in zip(planes, cut_faces)]))
+
+
+def kwire_mesh(guide: Guide, diameter_mm: float, above_mm: float = 25.0) -> trimesh.Trimesh | None:
+    """The guide's K-wires as closed cylinders (for views): from ``above_mm``
+    over the entry point down to the tip."""
+    parts = []
+    for entry, tip in guide.kwires:
+        axis = entry - tip
+        top = entry + above_mm * axis / np.linalg.norm(axis)
+        parts.append(trimesh.creation.cylinder(radius=diameter_mm / 2.0, segment=np.array([tip, top]),
+                                               sections=KWIRE_HOLE_SEGMENTS))
+    return trimesh.util.concatenate(parts) if parts else None

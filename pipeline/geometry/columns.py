@@ -1,0 +1,88 @@
+"""Heights of a triangle mesh along one direction, column by column.
+
+Seen along a direction ``z`` (an approach, a lift-off), a mesh covers each
+point of the perpendicular plane with some of its triangles; the highest of
+them is what an object above that point meets first when lowered, the lowest
+what it meets first when raised from below. :func:`column_extremes` gives
+both at any set of points, exactly (barycentric interpolation on the
+triangles that cover each point, no sampling), with the points and
+triangles given in a frame whose third axis is ``z``.
+
+Triangles and points are binned on a square grid of the plane, so the cost
+grows with the pairs that share a cell, not with points x triangles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Pairs at a time: bounds the temporaries of the barycentric tests.
+CHUNK = 1 << 20
+
+
+def column_extremes(points_ab: np.ndarray, triangles_abz: np.ndarray, *, cell_mm: float | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(highest, lowest) z of the triangles covering each point's (a, b).
+
+    ``points_ab``: (P, 2); ``triangles_abz``: (T, 3, 3), corners in a frame
+    whose third axis is the direction of the columns. A point no triangle
+    covers gets (-inf, +inf). A point on a shared edge counts for both
+    triangles. Triangles seen edge-on (zero area in projection) cover
+    nothing: they are walls along the columns, whose ends belong to the
+    neighbouring triangles.
+    """
+    points = np.asarray(points_ab, dtype=np.float64).reshape(-1, 2)
+    tri = np.asarray(triangles_abz, dtype=np.float64).reshape(-1, 3, 3)
+    high = np.full(len(points), -np.inf)
+    low = np.full(len(points), np.inf)
+    if len(points) == 0 or len(tri) == 0:
+        return high, low
+    lo_t, hi_t = tri[:, :, :2].min(axis=1), tri[:, :, :2].max(axis=1)
+    if cell_mm is None:
+        cell_mm = max(float(np.median((hi_t - lo_t).max(axis=1))), 1e-3)
+    origin = np.minimum(points.min(axis=0), lo_t.min(axis=0))
+    cells = np.floor((points - origin) / cell_mm).astype(np.int64)
+    width = int(max(cells[:, 0].max(), np.floor((hi_t[:, 0] - origin[0]) / cell_mm).max())) + 1
+    key = cells[:, 0] + width * cells[:, 1]
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    # Each triangle's covered cells, row by row of its bounding box.
+    c0 = np.floor((lo_t - origin) / cell_mm).astype(np.int64)
+    c1 = np.floor((hi_t - origin) / cell_mm).astype(np.int64)
+    na, nb = c1[:, 0] - c0[:, 0] + 1, c1[:, 1] - c0[:, 1] + 1
+    pair_tri = np.repeat(np.arange(len(tri)), na * nb)
+    within = np.arange(pair_tri.size) - np.repeat(np.cumsum(na * nb) - na * nb, na * nb)
+    cell_key = (c0[pair_tri, 0] + within % na[pair_tri]) + width * (c0[pair_tri, 1] + within // na[pair_tri])
+    start = np.searchsorted(sorted_key, cell_key, side="left")
+    count = np.searchsorted(sorted_key, cell_key, side="right") - start
+    keep = count > 0
+    pair_tri, start, count = pair_tri[keep], start[keep], count[keep]
+    step = max(1, CHUNK // 16)   # (triangle, cell) pairs at a time
+    for s in range(0, len(pair_tri), step):
+        tc, st, ct = pair_tri[s:s + step], start[s:s + step], count[s:s + step]
+        t_ids = np.repeat(tc, ct)
+        offsets = np.arange(t_ids.size) - np.repeat(np.cumsum(ct) - ct, ct)
+        p_ids = order[np.repeat(st, ct) + offsets]
+        _scatter(points, tri, p_ids, t_ids, high, low)
+    return high, low
+
+
+def _scatter(points, tri, p_ids, t_ids, high, low) -> None:
+    """Test each (point, triangle) pair; where the triangle covers the point,
+    fold its height there into ``high`` and ``low``."""
+    for s in range(0, len(p_ids), CHUNK):
+        p, t = points[p_ids[s:s + CHUNK]], tri[t_ids[s:s + CHUNK]]
+        a, b, c = t[:, 0], t[:, 1], t[:, 2]
+        v0, v1, v2 = b[:, :2] - a[:, :2], c[:, :2] - a[:, :2], p - a[:, :2]
+        det = v0[:, 0] * v1[:, 1] - v0[:, 1] * v1[:, 0]
+        scale = np.abs(det)
+        ok = scale > 1e-12 * np.maximum(1.0, (v0 ** 2).sum(1) + (v1 ** 2).sum(1))
+        det = np.where(ok, det, 1.0)
+        u = (v2[:, 0] * v1[:, 1] - v2[:, 1] * v1[:, 0]) / det
+        v = (v0[:, 0] * v2[:, 1] - v0[:, 1] * v2[:, 0]) / det
+        eps = 1e-12
+        inside = ok & (u >= -eps) & (v >= -eps) & (u + v <= 1 + eps)
+        z = a[:, 2] + u * (b[:, 2] - a[:, 2]) + v * (c[:, 2] - a[:, 2])
+        ids = p_ids[s:s + CHUNK][inside]
+        np.maximum.at(high, ids, z[inside])
+        np.minimum.at(low, ids, z[inside])

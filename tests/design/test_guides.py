@@ -1,0 +1,181 @@
+"""Cutting guides on bones whose answers are known: boxes cut by planes.
+
+The seat here is analytic (a slab over the box's top, trimmed by the
+footprint planes, or one with a lip hooked under an overhang), so these
+tests hold the slot, the clearance terrain, the trimming, the K-wires and the
+checks to geometry independently of how a seat that follows bone is made.
+"""
+
+import math
+
+import manifold3d
+import numpy as np
+import pytest
+import trimesh
+
+from pipeline.config import GuidesConfig, Plane
+from pipeline.design.guides import UNDER_EDGE_MM, _lift_off, cutting_guide, guide_frame
+from pipeline.geometry import validate_solid
+from pipeline.design.plate import manifold_mesh as from_manifold
+from pipeline.geometry.resect import resect
+from tests.helpers import winding_number
+
+CLEARANCE_MM = 0.3
+
+
+def slab_seat(bone, footprint, clearance_mm, thickness_mm):
+    """The plate over a flat-topped bone: a slab from top + clearance to
+    top + clearance + thickness, inside every footprint plane."""
+    top = float(bone.bounds[1][2])
+    slab = manifold3d.Manifold.cube((400.0, 400.0, thickness_mm)).translate((-200.0, -200.0, top + clearance_mm))
+    for p in footprint:
+        slab = slab.trim_by_plane(tuple(-np.asarray(p.normal_lps)), -p.offset_mm)
+    return from_manifold(slab)
+
+
+def make_guide(bone, plane, approach, seat=slab_seat, **settings):
+    cut = resect(bone, (plane,))
+    config = GuidesConfig(enabled=True, approach_lps=approach, contact_clearance_mm=CLEARANCE_MM,
+                          **{"kwire_depth_mm": 8.0, **settings})
+    guide = cutting_guide(plane, approach, config, bones=bone, cut_bone=bone, host=cut.host,
+                          cut_faces=cut.host_cut_faces[0], make_seat=seat)
+    validate_solid(guide.mesh, "guide")
+    return guide, cut, config
+
+
+def box_bone(lo=(-30, -20, -10), hi=(30, 20, 0)):
+    return trimesh.creation.box(bounds=[lo, hi])
+
+
+def test_slot_mid_plane_is_the_cut_plane_for_an_oblique_plane():
+    plane = Plane(point_lps_mm=(3.0, -2.0, -4.0), normal_lps=(1.0, 0.3, 0.2), name="oblique")
+    guide, cut, config = make_guide(box_bone(), plane, (0.0, 0.0, 1.0))
+    slot = guide.report["slot"]
+    assert slot["found"]
+    assert slot["midplane_distance_mm"] <= 1e-6
+    assert slot["midplane_angle_deg"] <= 1e-6
+    assert slot["width_mm"] == pytest.approx(config.slot_width_mm, abs=1e-6)
+    assert slot["wall_flatness_mm"] <= 1e-6
+    # The guiding length is at least the setting (the top is flat, the bone under it slopes).
+    assert slot["depth_mm"] >= config.slot_depth_mm - 1e-6
+    # Independently: the guide has no material within the slot over the cut line.
+    d = plane.signed_distance_mm(guide.mesh.vertices)
+    local = guide.frame.local(guide.mesh.vertices)
+    cut_line = guide.frame.local(cut.host.vertices[cut.host.faces[cut.host_cut_faces[0]]].reshape(-1, 3))[:, 0]
+    over_cut = (local[:, 0] >= cut_line.min()) & (local[:, 0] <= cut_line.max())
+    assert not np.any((np.abs(d) < config.slot_width_mm / 2 - 1e-6) & over_cut)
+    assert guide.report["blade_reach"]["reached_fraction"] == 1.0
+
+
+def test_seat_gap_is_the_clearance_and_the_guide_misses_the_bone():
+    bone = box_bone()
+    plane = Plane(point_lps_mm=(0.0, 0.0, 0.0), normal_lps=(1.0, 0.0, 0.0), name="x0")
+    guide, _, config = make_guide(bone, plane, (0.0, 0.0, 1.0))
+    gap = guide.report["contact_gap_mm"]
+    assert gap["min"] == pytest.approx(CLEARANCE_MM, abs=0.05)
+    assert gap["max"] == pytest.approx(CLEARANCE_MM, abs=0.05)
+    assert guide.report["closest_to_bone_mm"] >= CLEARANCE_MM - 0.05
+    # The seat covers the box's top within the footprint on both sides, less the slot:
+    # 2 x footprint across, the box's 40 mm along the cut line; at the box's
+    # ends the underside is judged in triangles of up to UNDER_EDGE_MM, each
+    # counted whole where its centre is over the bone.
+    across = 2 * config.footprint_mm - config.slot_width_mm
+    area = guide.report["seat_area_on_bone_mm2"]
+    assert (40.0 - 2 * UNDER_EDGE_MM) * across <= area <= (40.0 + 2 * UNDER_EDGE_MM) * across
+    # Both sides alike but for the K-wire holes on the host side (24-gons).
+    removed = guide.report["seat_area_on_removed_side_mm2"]
+    hole_r = config.kwire_diameter_mm / 2 + config.slot_tolerance_mm
+    holes = len(guide.kwires) * 12 * hole_r ** 2 * math.sin(2 * math.pi / 24)
+    assert removed - (area - removed) == pytest.approx(holes, abs=1.0)
+    assert guide.report["intersection_with_bone_mm3"] <= 1e-3
+    both = manifold3d.Manifold(manifold3d.Mesh64(
+        vert_properties=np.array(guide.mesh.vertices), tri_verts=np.array(guide.mesh.faces, dtype=np.uint64))) ^ \
+        manifold3d.Manifold.cube((60.0, 40.0, 10.0)).translate((-30.0, -20.0, -10.0))
+    assert both.is_empty() or both.volume() <= 1e-3
+    assert guide.report["lift_off"]["removable"]
+
+
+def test_kwires_end_in_host_bone():
+    bone = box_bone()
+    plane = Plane(point_lps_mm=(0.0, 0.0, 0.0), normal_lps=(1.0, 0.0, 0.0), name="x0")
+    guide, cut, config = make_guide(bone, plane, (0.0, 0.0, 1.0), kwires=3)
+    assert len(guide.kwires) == 3 and not guide.warnings
+    for (entry, tip), row in zip(guide.kwires, guide.report["kwires"]):
+        assert entry[2] == pytest.approx(0.0, abs=1e-6)           # enters at the bone's top
+        assert np.linalg.norm(entry - tip) == pytest.approx(config.kwire_depth_mm, abs=1e-6)
+        assert row["length_in_bone_mm"] == pytest.approx(config.kwire_depth_mm)
+        assert plane.signed_distance_mm(tip[None])[0] < -config.kwire_diameter_mm   # host side
+        assert winding_number(cut.host, tip) == pytest.approx(1.0, abs=1e-6)
+        # The hole is through the guide: a ray down the wire's axis meets no guide material.
+        axis = manifold3d.Manifold(manifold3d.Mesh64(
+            vert_properties=np.array(guide.mesh.vertices), tri_verts=np.array(guide.mesh.faces, dtype=np.uint64)))
+        assert not axis.ray_cast(tuple(entry + [0, 0, 40.0]), tuple(entry))
+    along = sorted(guide.frame.local(np.array([e for e, _ in guide.kwires]))[:, 0])
+    assert min(np.diff(along)) >= config.kwire_diameter_mm + config.wall_mm   # spread along the cut
+
+
+SLAB_MM = 2.0
+
+
+def overhang_bone():
+    """A slab (top at z = 0, 2 mm thick) on a narrower pier: the slab
+    overhangs the pier by 8 mm on the +y side; on the -y side a ledge (top
+    at z = -15) makes the cut line, and so the slot block, reach low."""
+    slab = manifold3d.Manifold.cube((60.0, 40.0, SLAB_MM)).translate((-30.0, -20.0, -SLAB_MM))
+    pier = manifold3d.Manifold.cube((60.0, 32.0, 30.0 - SLAB_MM)).translate((-30.0, -20.0, -30.0))
+    ledge = manifold3d.Manifold.cube((60.0, 10.0, 15.0)).translate((-30.0, -28.0, -30.0))
+    mesh = from_manifold(slab + pier + ledge)
+    return trimesh.Trimesh(np.array(mesh.vertices), np.array(mesh.faces), process=False)
+
+
+def hooked_seat(bone, footprint, clearance_mm, thickness_mm):
+    """The slab seat plus a lip down the slab's +y side and under the
+    overhang: what a plate that wraps the bone's edge looks like (cut, as
+    any plate, by the footprint's planes)."""
+    below = -SLAB_MM - clearance_mm - thickness_mm
+    lip = manifold3d.Manifold.cube((60.0, 9.8, thickness_mm)).translate((-30.0, 14.0, below))
+    # Up into the slab seat (not just touching it: a union along a shared face is no real plate).
+    side = manifold3d.Manifold.cube((60.0, thickness_mm, SLAB_MM + 2 * clearance_mm + 1.5 * thickness_mm)).translate(
+        (-30.0, 20.0 + clearance_mm, below))
+    wrap = lip + side
+    for p in footprint:
+        wrap = wrap.trim_by_plane(tuple(-np.asarray(p.normal_lps)), -p.offset_mm)
+    slab = slab_seat(bone, footprint, clearance_mm, thickness_mm)
+    return from_manifold(wrap + manifold3d.Manifold(manifold3d.Mesh64(
+        vert_properties=np.array(slab.vertices), tri_verts=np.array(slab.faces, dtype=np.uint64))))
+
+
+def test_footprint_over_an_overhang_is_trimmed_so_the_guide_lifts_off():
+    bone = overhang_bone()
+    plane = Plane(point_lps_mm=(0.0, 0.0, 0.0), normal_lps=(1.0, 0.0, 0.0), name="x0")
+    hooked = hooked_seat(bone, (), CLEARANCE_MM, 3.5)
+    frame, _ = guide_frame(plane, (0, 0, 1), (0, 0, 0))
+    local = frame.local(hooked.vertices)
+    # The check can fail: the untrimmed hooked seat does not lift off.
+    assert not _lift_off(local[hooked.faces], local, frame, bone)["removable"]
+    guide, _, config = make_guide(bone, plane, (0.0, 0.0, 1.0), seat=hooked_seat)
+    assert guide.report["lift_off"]["removable"]
+    assert guide.report["intersection_with_bone_mm3"] <= 1e-3
+    # What was under the overhang is gone: the lip under it (y 14..20), from
+    # its top at the clearance under the slab down to the footprint's floor
+    # (the seat's reach below the lowest bone seen there, the slab's top),
+    # over the footprint's 30 mm.
+    lip_mm = (CLEARANCE_MM + config.wall_mm) - (SLAB_MM + CLEARANCE_MM)
+    trimmed = guide.report["footprint"]["seat_volume_trimmed_mm3"]
+    assert trimmed >= (20.0 - 14.0) * lip_mm * 2 * config.footprint_mm * 0.95
+    # Independently: nothing of the guide lies under the overhang.
+    v = guide.mesh.vertices
+    assert not np.any((v[:, 1] > 12.0) & (v[:, 1] < 20.0) & (v[:, 2] < -SLAB_MM))
+    # And a ray up from every guide vertex misses the bone.
+    rays = trimesh.ray.ray_triangle.RayMeshIntersector(bone)
+    hit = rays.intersects_any(v + [0, 0, 1e-6], np.tile([0.0, 0.0, 1.0], (len(v), 1)))
+    assert not hit.any()
+
+
+def test_approach_tilted_out_of_the_plane_is_projected_onto_it():
+    plane = Plane(point_lps_mm=(0.0, 0.0, 0.0), normal_lps=(1.0, 0.0, 0.0), name="x0")
+    tilted = (math.sin(math.radians(20)), 0.0, math.cos(math.radians(20)))
+    guide, _, _ = make_guide(box_bone(), plane, tilted)
+    assert guide.report["approach_tilt_from_plane_deg"] == pytest.approx(20.0, abs=1e-9)
+    assert guide.report["approach_lps"] == pytest.approx([0.0, 0.0, 1.0], abs=1e-9)
+    assert guide.report["slot"]["midplane_distance_mm"] <= 1e-6
