@@ -80,7 +80,13 @@ def report_html(report: dict, images: Iterable[tuple[str, bytes]] = (), *, missi
     implant = report.get("implant") if isinstance(report.get("implant"), dict) else {}
     fit = report.get("fit") or implant.get("fit")
     parts += _section("Fit", _value_html(fit) if fit else "")
-    parts += _section("Implant source", _value_html({k: v for k, v in implant.items() if k != "fit"}))
+    parts += _section("Implant source", _value_html({k: v for k, v in implant.items()
+                                                      if k not in ("fit", "fixation")}))
+    fixation = implant.get("fixation")
+    if isinstance(fixation, dict):
+        parts += _section("Fixation: flanges", _records_html(list(fixation.get("flanges") or [])))
+        screws = list(fixation.get("screws") or [])
+        parts += _section("Fixation: screws", _records_html(screws) if screws else "<p>no screw fits</p>")
     parts += _section("Meshes", _meshes_html(report.get("meshes", {})))
     parts += _section("Labels from a file", _value_html((report.get("segmentation") or {}).get("labels_file")))
     parts += _section("Input", _input_html(report.get("input", {})))

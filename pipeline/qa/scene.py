@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 BONE_RGB = {"hip_left": (226, 212, 172), "hip_right": (170, 216, 216), "sacrum": (228, 186, 186),
             "femur_left": (172, 212, 182), "femur_right": (168, 200, 228), "lumbar": (204, 184, 228)}
 OTHER_RGB = (200, 200, 200)
+# The fixed implant (implant and flanges) a shade apart from the implant; screws steel blue.
+FIXED_RGB = (236, 150, 60)
+SCREW_RGB = (70, 90, 140)
 TEMPLATE_OPACITY = 0.6
 # Segments of a plane disc's rim: at 72 the rim of a 100 mm disc is within 0.1 mm of a circle.
 DISC_SEGMENTS = 72
@@ -50,6 +53,13 @@ def scene_objects(result: MeshResult, config: Config) -> list[SceneObject]:
     if result.implant is None:
         return [SceneObject(name, mesh, BONE_RGB.get(name, OTHER_RGB)) for name, mesh in result.label_meshes.items()]
     objects = [SceneObject("host", result.host, HOST_RGB), SceneObject("implant", result.implant, IMPLANT_RGB)]
+    fixation = getattr(result, "fixation", None)
+    if fixation is not None:
+        # The fixed implant holds the implant: shown instead of it, the implant alone a click away.
+        objects[1] = SceneObject("implant", result.implant, IMPLANT_RGB, visible=False)
+        objects.append(SceneObject("implant with flanges", fixation.implant_fixed, FIXED_RGB))
+        if fixation.screws_mesh is not None:
+            objects.append(SceneObject("screws", fixation.screws_mesh, SCREW_RGB))
     objects += [SceneObject(name, mesh, BONE_RGB.get(name, OTHER_RGB)) for name, mesh in result.context.items()]
     template = getattr(result, TEMPLATE_ATTRIBUTE, None)
     if template is not None and implant_source(config) == "mirrored":
