@@ -18,7 +18,7 @@ import numpy as np
 import trimesh
 
 from ..config import Config, Plane
-from .images import (HOST_RGB, IMPLANT_RGB, PLANE_MARGIN_MM, PLANE_OPACITY, PLANE_RGB, TEMPLATE_ATTRIBUTE,
+from .images import (FIXED_RGB, HOST_RGB, IMPLANT_RGB, SCREW_RGB, PLANE_MARGIN_MM, PLANE_OPACITY, PLANE_RGB, TEMPLATE_ATTRIBUTE,
                      TEMPLATE_RGB, implant_source)
 
 if TYPE_CHECKING:
@@ -28,9 +28,6 @@ if TYPE_CHECKING:
 BONE_RGB = {"hip_left": (226, 212, 172), "hip_right": (170, 216, 216), "sacrum": (228, 186, 186),
             "femur_left": (172, 212, 182), "femur_right": (168, 200, 228), "lumbar": (204, 184, 228)}
 OTHER_RGB = (200, 200, 200)
-# The fixed implant (implant and flanges) a shade apart from the implant; screws steel blue.
-FIXED_RGB = (236, 150, 60)
-SCREW_RGB = (70, 90, 140)
 TEMPLATE_OPACITY = 0.6
 # Segments of a plane disc's rim: at 72 the rim of a 100 mm disc is within 0.1 mm of a circle.
 DISC_SEGMENTS = 72
