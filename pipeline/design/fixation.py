@@ -14,7 +14,8 @@ Per contact face (one per resection plane):
   directions within ``max_screw_angle_deg`` of the bone's inward normal; a
   trajectory is valid when the capsule of radius screw radius +
   ``min_bone_margin_mm`` around its axis stays inside the host bone from
-  the depth where it has passed the entry cortex to its tip (so the screw
+  the depth where it has passed the entry cortex (radius + margin + 1 mm
+  below the entry surface along its normal) to its tip (so the screw
   with its margin does), for at least ``min_length_in_bone_mm``, and never
   comes nearer than the screw radius + margin to a forbidden zone: the
   sacral canal and foramina (holes of the sacrum's label and of the fitted
@@ -162,9 +163,10 @@ def fix_implant(cut: Resection, planes: tuple[Plane, ...], scene: BoneScene,
             warnings.append(f"fixation: a {s.kind} screw in the {s.plane} {s.bone} keeps {s.min_margin_mm:.2f} mm "
                             f"of bone, under min_bone_margin_mm = {config.min_bone_margin_mm:g}")
         holes.append(_hole(s, config))
-    solid = manifold3d.Manifold.batch_boolean(
-        [to_manifold(cut.implant, "implant")] + [to_manifold(f, "flange") for f in flanges.values()],
-        manifold3d.OpType.Add)
+    implant_m = to_manifold(cut.implant, "implant")
+    flange_m = manifold3d.Manifold.batch_boolean([to_manifold(f, "flange") for f in flanges.values()],
+                                                 manifold3d.OpType.Add)
+    solid = implant_m + flange_m
     if holes:
         solid = manifold3d.Manifold.batch_boolean([solid] + holes, manifold3d.OpType.Subtract)
     implant_fixed = _largest_with_implant(solid, cut.implant, warnings)
@@ -178,6 +180,8 @@ def fix_implant(cut: Resection, planes: tuple[Plane, ...], scene: BoneScene,
         "screws": [s.as_dict() for s in screws],
         "implant_volume_mm3": round(float(cut.implant.volume), 1),
         "flanges_volume_mm3": round(float(sum(f.volume for f in flanges.values())), 1),
+        # The flanges reach into the implant's bone to join it: what they add.
+        "flanges_outside_implant_mm3": round(float((flange_m - implant_m).volume()), 1),
         "holes_volume_mm3": round(float(sum(h.volume() for h in holes)), 1),
         "implant_fixed_volume_mm3": round(float(implant_fixed.volume), 1),
     }
@@ -399,7 +403,7 @@ def _flange_screws(flange: trimesh.Trimesh, contact: PlateContact, footprint: tu
         cos = np.clip(cone @ -n, COS_FLOOR, 1.0)
         starts.append(np.repeat(e[None], len(cone), axis=0))
         dirs.append(cone)
-        skip.append((radius + config.min_bone_margin_mm) / cos)
+        skip.append(_entry_cortex_mm(radius, config) / cos)
         max_len.append(config.max_length_mm - (c + t) / cos)
     starts, dirs = np.concatenate(starts), np.concatenate(dirs)
     skip, max_len = np.concatenate(skip), np.concatenate(max_len)
@@ -419,6 +423,13 @@ def _flange_screws(flange: trimesh.Trimesh, contact: PlateContact, footprint: tu
         if _holds(screw, config):
             chosen.append(screw)
     return chosen
+
+
+def _entry_cortex_mm(radius: float, config: FixationConfig) -> float:
+    """Depth below the entry surface (along its normal) over which a screw
+    passes the entry cortex: until the surface it entered through lies the
+    screw radius + margin + one search step away, the margin is not asked."""
+    return radius + config.min_bone_margin_mm + SEARCH_GRID_MM
 
 
 def _holds(screw: Screw, config: FixationConfig) -> bool:
@@ -444,7 +455,7 @@ def _iliosacral_screws(cut: Resection, i: int, plane: Plane, fields: _Fields, sc
     starts = np.repeat(samples, len(cone), axis=0)
     dirs = np.tile(cone, (len(samples), 1))
     cos = np.clip(dirs @ into_host, COS_FLOOR, 1.0)
-    skip = need / cos
+    skip = _entry_cortex_mm(radius, config) / cos
     max_len = np.full(len(starts), config.max_length_mm)
     length, margin = _valid_lengths(starts, dirs, skip, max_len, "sacrum", fields, radius, config)
     tip = starts + dirs * length[:, None]

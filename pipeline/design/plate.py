@@ -142,10 +142,14 @@ def solid_mesh(m: manifold3d.Manifold) -> trimesh.Trimesh:
     remaining needles flipped away, until an STL reader would see a clean
     solid (each pass moves the surface by at most its tolerance)."""
     mesh = manifold_mesh(m)
-    for tolerance in (SLIVER_MM, 10 * SLIVER_MM, 100 * SLIVER_MM):
+    for tolerance in (0.0, SLIVER_MM, 10 * SLIVER_MM, 100 * SLIVER_MM):
         if not any(reader_defects(mesh).values()):
             return mesh
-        mesh = flip_needles(manifold_mesh(m.simplify(tolerance)))
+        mesh = manifold_mesh(m.simplify(tolerance) if tolerance else m)
+        for _ in range(3):   # a flip or a fin's removal can uncover the next
+            if not any(reader_defects(mesh).values()):
+                return mesh
+            mesh = flip_needles(mesh)
     return mesh
 
 
@@ -153,11 +157,16 @@ def flip_needles(mesh: trimesh.Trimesh, min_altitude_mm: float = 10 * MIN_ALTITU
     """Needle triangles (a corner almost on the opposite, longest edge; the
     edge collapses of a simplification do not remove them) turned away by
     flipping that edge with the neighbour across it: the surface moves by
-    less than the needle's altitude."""
+    less than the needle's altitude. Fins (two triangles on the same corners,
+    back to back) are removed."""
     v = np.asarray(mesh.vertices, dtype=np.float64)
     f = np.array(mesh.faces, dtype=np.int64)
+    # Two triangles on the same corners back to back (a fin of no volume) both go.
+    _, which, count = np.unique(np.sort(f, axis=1), axis=0, return_inverse=True, return_counts=True)
+    f = f[count[which.reshape(-1)] == 1]
+    as_read = v.astype(np.float32).astype(np.float64)   # what a reader will measure
     for _ in range(10):
-        tri = v[f]
+        tri = as_read[f]
         edges = tri[:, [1, 2, 0]] - tri                      # edge k runs from corner k to k+1
         length = np.linalg.norm(edges, axis=2)
         area2 = np.linalg.norm(np.cross(edges[:, 0], -edges[:, 2]), axis=1)
