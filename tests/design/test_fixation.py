@@ -169,3 +169,28 @@ def test_fixation_config_is_off_by_default_and_checked():
                      ({"screw_size": 6}, "screw_size")):
         with pytest.raises(ConfigError, match=key):
             parse_config({"implant": {"fixation": bad}})
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_real_ct_screws_inside_bone_with_their_margins(tmp_path):
+    from ..helpers import REAL_CT
+    from pipeline.cli import main as cli_main
+    import json
+    case = REAL_CT / "pelvic_ref_003"
+    if not case.is_dir():
+        pytest.skip("real data not present (../shared/real_ct/pelvic_ref_003)")
+    plan = tmp_path / "plan.toml"
+    plan.write_text((REPO / "configs" / "pelvic_ref_003.toml").read_text() + "\n[implant.fixation]\niliosacral = true\n")
+    out = tmp_path / "out"
+    assert cli_main(["mesh", str(case), "--config", str(plan), "--out", str(out), "--quiet", "--no-qa"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    fixation = report["implant"]["fixation"]
+    assert {f["bone"] for f in fixation["flanges"]} == {"sacrum", "hip_left"}
+    assert all(f["gap_min_mm"] > 0 for f in fixation["flanges"])
+    assert fixation["screws"], "no screw fits"
+    for s in fixation["screws"]:
+        assert s["min_bone_margin_mm"] >= 1.5 and s["nearest_forbidden_mm"] >= 1.5
+        assert s["length_in_bone_mm"] >= 20.0
+    validate_solid(trimesh.load(out / "implant_fixed.stl"), "implant_fixed.stl as read")
+    validate_solid(trimesh.load(out / "screws.stl"), "screws.stl as read")
