@@ -46,7 +46,7 @@ from scipy import ndimage
 from ..bones import LABEL_IDS, LABEL_NAMES
 from ..config import FixationConfig, Plane
 from ..geometry.distance import NearSurface
-from ..geometry.meshes import concatenate_solids
+from ..geometry.meshes import concatenate_solids, reader_defects
 from ..geometry.resect import Resection, to_manifold
 from ..segment.voxelise import inside_mesh
 from ..parallel import parallel
@@ -57,6 +57,7 @@ SEARCH_GRID_MM = 1.0
 SAMPLE_MM = 1.0          # along a candidate axis in the search
 CHECK_SAMPLE_MM = 0.5    # along a chosen screw, measured exactly
 CIRCLE_SEGMENTS = 32
+HOLE_TURNS = (0.0, 0.37, 0.71)
 ENTRY_SPACING_DIAMETERS = 2.5
 # Iliosacral screw tips lie between the S1 endplate and this far below it.
 S1_DEPTH_MM = 35.0
@@ -162,14 +163,21 @@ def fix_implant(cut: Resection, planes: tuple[Plane, ...], scene: BoneScene,
         if s.min_margin_mm < config.min_bone_margin_mm:
             warnings.append(f"fixation: a {s.kind} screw in the {s.plane} {s.bone} keeps {s.min_margin_mm:.2f} mm "
                             f"of bone, under min_bone_margin_mm = {config.min_bone_margin_mm:g}")
-        holes.append(_hole(s, config))
     implant_m = to_manifold(cut.implant, "implant")
     flange_m = manifold3d.Manifold.batch_boolean([to_manifold(f, "flange") for f in flanges.values()],
                                                  manifold3d.OpType.Add)
     solid = implant_m + flange_m
-    if holes:
-        solid = manifold3d.Manifold.batch_boolean([solid] + holes, manifold3d.OpType.Subtract)
-    implant_fixed = _largest_with_implant(solid, cut.implant, warnings)
+    # Booleans where surfaces nearly meet can leave slivers no clean-up turns
+    # into a valid STL; the holes turned by a fraction of a facet meet the
+    # flanges elsewhere: the first clean result is kept.
+    for turn in HOLE_TURNS:
+        holes = [_hole(s, config, turn) for s in screws]
+        drilled = manifold3d.Manifold.batch_boolean([solid] + holes, manifold3d.OpType.Subtract) if holes else solid
+        dropped: list[str] = []
+        implant_fixed = _largest_with_implant(drilled, cut.implant, dropped)
+        if not any(reader_defects(implant_fixed).values()):
+            break
+    warnings += dropped
     screws_mesh = None
     if screws:
         screws_mesh = solid_mesh(manifold3d.Manifold.batch_boolean(
@@ -577,21 +585,25 @@ def _ray_hits(tri: np.ndarray, origin, direction):
 
 # --- solids --------------------------------------------------------------------
 
-def _cylinder(a: np.ndarray, b: np.ndarray, radius: float) -> manifold3d.Manifold:
-    """A closed cylinder from ``a`` to ``b`` (LPS mm)."""
+def _cylinder(a: np.ndarray, b: np.ndarray, radius: float, turn: float = 0.0) -> manifold3d.Manifold:
+    """A closed cylinder from ``a`` to ``b`` (LPS mm), its facets turned by
+    ``turn`` of one facet about its axis."""
     axis = b - a
     height = float(np.linalg.norm(axis))
     w = axis / height
     u = np.cross(w, [1.0, 0.0, 0.0] if abs(w[0]) < 0.9 else [0.0, 1.0, 0.0])
     u /= np.linalg.norm(u)
     v = np.cross(w, u)
+    angle = 2 * np.pi * turn / CIRCLE_SEGMENTS
+    u, v = np.cos(angle) * u + np.sin(angle) * v, -np.sin(angle) * u + np.cos(angle) * v
     matrix = np.column_stack([u, v, w, a])
     cyl = manifold3d.Manifold.cylinder(height, radius, radius, CIRCLE_SEGMENTS)
     return cyl.transform(matrix)
 
 
-def _hole(s: Screw, config: FixationConfig) -> manifold3d.Manifold:
-    """The screw's hole through the implant: from beyond its head to just past where it enters the bone."""
+def _hole(s: Screw, config: FixationConfig, turn: float = 0.0) -> manifold3d.Manifold:
+    """The screw's hole through the implant: from beyond its head to just
+    past where it enters the bone; its facets turned by ``turn`` of one."""
     u = s.direction_lps
     radius = (s.diameter_mm + config.hole_clearance_mm) / 2
-    return _cylinder(s.head_lps_mm - u * HOLE_OVERSHOOT_MM, s.entry_lps_mm + u * 0.5, radius)
+    return _cylinder(s.head_lps_mm - u * HOLE_OVERSHOOT_MM, s.entry_lps_mm + u * 0.5, radius, turn)

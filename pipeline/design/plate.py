@@ -52,7 +52,7 @@ from skimage.measure import marching_cubes
 from ..config import Plane
 from ..errors import MeshError
 from ..geometry.distance import NearSurface
-from ..geometry.meshes import MIN_ALTITUDE_MM, reader_defects
+from ..geometry.meshes import MIN_ALTITUDE_MM, reader_defects, reader_view
 from ..geometry.resect import to_manifold
 from ..segment.voxelise import inside_mesh
 
@@ -157,16 +157,17 @@ def flip_needles(mesh: trimesh.Trimesh, min_altitude_mm: float = 10 * MIN_ALTITU
     """Needle triangles (a corner almost on the opposite, longest edge; the
     edge collapses of a simplification do not remove them) turned away by
     flipping that edge with the neighbour across it: the surface moves by
-    less than the needle's altitude. Fins (two triangles on the same corners,
-    back to back) are removed."""
-    v = np.asarray(mesh.vertices, dtype=np.float64)
-    f = np.array(mesh.faces, dtype=np.int64)
+    less than the needle's altitude. The mesh is taken as an STL reader will
+    read it (float32, welded): triangles that collapse there and fins (two
+    triangles on the same corners, back to back) are removed."""
+    # As a reader will have it: float32 corners welded; triangles that collapse go.
+    v, f = reader_view(mesh)
+    f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 2] != f[:, 0])]
     # Two triangles on the same corners back to back (a fin of no volume) both go.
     _, which, count = np.unique(np.sort(f, axis=1), axis=0, return_inverse=True, return_counts=True)
     f = f[count[which.reshape(-1)] == 1]
-    as_read = v.astype(np.float32).astype(np.float64)   # what a reader will measure
     for _ in range(10):
-        tri = as_read[f]
+        tri = v[f]
         edges = tri[:, [1, 2, 0]] - tri                      # edge k runs from corner k to k+1
         length = np.linalg.norm(edges, axis=2)
         area2 = np.linalg.norm(np.cross(edges[:, 0], -edges[:, 2]), axis=1)
