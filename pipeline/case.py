@@ -82,7 +82,8 @@ def run_case(ct_path: str | Path, out_dir: str | Path, config: Config, *, series
             encoders["host.stl"] = lambda: stl_bytes(result.host, "host")
             encoders["implant.stl"] = lambda: stl_bytes(result.implant, "implant")
         if result.fixation is not None:
-            encoders["implant_fixed.stl"] = lambda: stl_bytes(result.fixation.implant_fixed, "implant_fixed")
+            if result.fixation.implant_fixed is not None:
+                encoders["implant_fixed.stl"] = lambda: stl_bytes(result.fixation.implant_fixed, "implant_fixed")
             if result.fixation.screws_mesh is not None:
                 encoders["screws.stl"] = lambda: stl_bytes(result.fixation.screws_mesh, "screws")
             cuts = result.report["planes"]

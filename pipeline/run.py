@@ -129,7 +129,8 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
                 fixation = fix_implant(cut, planes, bone_scene(meshes, surfaces.full_labels(volume.shape),
                                                                volume.affine, bone_labels.fit),
                                        config.implant.fixation)
-                validate_solid(fixation.implant_fixed, "implant_fixed")
+                if fixation.implant_fixed is not None:
+                    validate_solid(fixation.implant_fixed, "implant_fixed")
                 if fixation.screws_mesh is not None:
                     validate_solid(fixation.screws_mesh, "screws")
                 implant_report["fixation"] = fixation.report
@@ -142,7 +143,8 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
         report["implant"] = implant_report
         if fixation is not None:
             report["warnings"] = list(fixation.warnings)
-            report["meshes"]["implant_fixed"] = mesh_stats(fixation.implant_fixed)
+            if fixation.implant_fixed is not None:
+                report["meshes"]["implant_fixed"] = mesh_stats(fixation.implant_fixed)
             if fixation.screws_mesh is not None:
                 report["meshes"]["screws"] = mesh_stats(fixation.screws_mesh)
         report["meshes"].update({f"bone_{n}": mesh_stats(m) for n, m in context.items()})

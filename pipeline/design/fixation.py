@@ -101,7 +101,7 @@ class Screw:
 
 @dataclass(frozen=True, eq=False)
 class Fixation:
-    implant_fixed: trimesh.Trimesh
+    implant_fixed: trimesh.Trimesh | None   # None: booleans left slivers no clean-up removed (warned)
     screws_mesh: trimesh.Trimesh | None
     flanges: dict[str, trimesh.Trimesh]   # plane name -> flange (before the union)
     screws: tuple[Screw, ...]
@@ -177,6 +177,11 @@ def fix_implant(cut: Resection, planes: tuple[Plane, ...], scene: BoneScene,
         implant_fixed = _largest_with_implant(drilled, cut.implant, dropped)
         if not any(reader_defects(implant_fixed).values()):
             break
+    else:
+        defects = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in reader_defects(implant_fixed).items() if n)
+        warnings.append(f"fixation: the implant with flanges is no clean solid as an STL reader reads it "
+                        f"({defects}): implant_fixed.stl is not written; screws.stl and the report are")
+        implant_fixed = None
     warnings += dropped
     screws_mesh = None
     if screws:
@@ -191,7 +196,7 @@ def fix_implant(cut: Resection, planes: tuple[Plane, ...], scene: BoneScene,
         # The flanges reach into the implant's bone to join it: what they add.
         "flanges_outside_implant_mm3": round(float((flange_m - implant_m).volume()), 1),
         "holes_volume_mm3": round(float(sum(h.volume() for h in holes)), 1),
-        "implant_fixed_volume_mm3": round(float(implant_fixed.volume), 1),
+        "implant_fixed_volume_mm3": round(float(implant_fixed.volume), 1) if implant_fixed is not None else None,
     }
     return Fixation(implant_fixed=implant_fixed, screws_mesh=screws_mesh, flanges=flanges,
                     screws=tuple(screws), report=report, warnings=tuple(warnings))

@@ -106,8 +106,9 @@ def fixation_view(result: MeshResult, view: str) -> QAImage:
     side = affected_side(result)
     camera_view = {"oblique": f"oblique_{side}"}.get(view, view)
     fixation = result.fixation
-    parts = [(fixation.implant_fixed, FIXED_RGB)]
-    legend = [("implant with flanges", FIXED_RGB)]
+    fixed = fixation.implant_fixed
+    parts = [(fixed, FIXED_RGB)] if fixed is not None else [(result.implant, IMPLANT_RGB)]
+    legend = [("implant with flanges", FIXED_RGB)] if fixed is not None else [("implant", IMPLANT_RGB)]
     if fixation.screws_mesh is not None:
         parts.append((fixation.screws_mesh, SCREW_RGB))
         legend.append(("screws", SCREW_RGB))

@@ -51,10 +51,11 @@ def scene_objects(result: MeshResult, config: Config) -> list[SceneObject]:
         return [SceneObject(name, mesh, BONE_RGB.get(name, OTHER_RGB)) for name, mesh in result.label_meshes.items()]
     objects = [SceneObject("host", result.host, HOST_RGB), SceneObject("implant", result.implant, IMPLANT_RGB)]
     fixation = getattr(result, "fixation", None)
-    if fixation is not None:
+    if fixation is not None and fixation.implant_fixed is not None:
         # The fixed implant holds the implant: shown instead of it, the implant alone a click away.
         objects[1] = SceneObject("implant", result.implant, IMPLANT_RGB, visible=False)
         objects.append(SceneObject("implant with flanges", fixation.implant_fixed, FIXED_RGB))
+    if fixation is not None:
         if fixation.screws_mesh is not None:
             objects.append(SceneObject("screws", fixation.screws_mesh, SCREW_RGB))
     objects += [SceneObject(name, mesh, BONE_RGB.get(name, OTHER_RGB)) for name, mesh in result.context.items()]

@@ -192,5 +192,8 @@ def test_real_ct_screws_inside_bone_with_their_margins(tmp_path):
     for s in fixation["screws"]:
         assert s["min_bone_margin_mm"] >= 1.5 and s["nearest_forbidden_mm"] >= 1.5
         assert s["length_in_bone_mm"] >= 20.0
-    validate_solid(trimesh.load(out / "implant_fixed.stl"), "implant_fixed.stl as read")
     validate_solid(trimesh.load(out / "screws.stl"), "screws.stl as read")
+    if (out / "implant_fixed.stl").exists():
+        validate_solid(trimesh.load(out / "implant_fixed.stl"), "implant_fixed.stl as read")
+    else:   # only with the warning that says why
+        assert any("implant_fixed.stl is not written" in w for w in report["warnings"])
