@@ -219,10 +219,6 @@ def _flange(cut: Resection, plane: Plane, bone: str, centre: np.ndarray, side: n
     return flange, report, footprint, contact
 
 
-def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
-    return bool(np.all(a[1] >= b[0]) and np.all(b[1] >= a[0]))
-
-
 def _cut_bone(host: trimesh.Trimesh, faces: np.ndarray, scene: BoneScene) -> str | None:
     """The labelled bone under a host cut face: the commonest label at its triangles' centres."""
     if faces.size == 0:
