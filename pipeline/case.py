@@ -88,6 +88,11 @@ def run_case(ct_path: str | Path, out_dir: str | Path, config: Config, *, series
             encoders["plan.mrk.json"] = lambda: markups_bytes(
                 [p.cut_plane() for p in config.resection.planes], [c["host_cut_centre_lps_mm"] for c in cuts],
                 [c["host_cut_radius_mm"] for c in cuts])
+        if result.fixation is not None:
+            if result.fixation.implant_fixed is not None:
+                encoders["implant_fixed.stl"] = lambda: stl_bytes(result.fixation.implant_fixed, "implant_fixed")
+            if result.fixation.screws_mesh is not None:
+                encoders["screws.stl"] = lambda: stl_bytes(result.fixation.screws_mesh, "screws")
         files = dict(zip(encoders, parallel(*encoders.values())))
     files.update(qa_files(volume, result, config, images=qa, timer=timer))
     report = result.report

@@ -154,6 +154,39 @@ IMPLANT_SOURCES = ("resected", "mirrored")
 
 
 @dataclass(frozen=True)
+class FixationConfig:
+    """Flanges on the host bone and screws in safe bone corridors
+    (``[implant.fixation]``; its presence turns fixation on)."""
+    # Flange per contact face: how far it reaches over the host's outer
+    # surface beyond the cut edge, its thickness, and its gap to the bone.
+    flange_width_mm: float = 15.0
+    flange_thickness_mm: float = 3.0
+    flange_clearance_mm: float = 0.5
+    # Grid step of the flange's distance field: the gap is exact on flat bone
+    # and off by about step^2 / (8 x curvature radius) elsewhere.
+    flange_grid_mm: float = 0.75
+    # Screws: 6.5 mm cancellous screws into the ilium and sacrum; 7.3 mm
+    # cannulated screws for an iliosacral screw.
+    screw_diameter_mm: float = 6.5
+    screws_per_flange: int = 3
+    # Bone kept around every screw (planners keep 1-2 mm).
+    min_bone_margin_mm: float = 1.5
+    min_length_in_bone_mm: float = 20.0
+    # Whole screw, head to tip.
+    max_length_mm: float = 90.0
+    # A screw's hole through the implant: its diameter plus this.
+    hole_clearance_mm: float = 0.5
+    # Largest angle (degrees) between a flange screw and the bone's inward
+    # normal at its entry, or an iliosacral screw and its cut plane's normal.
+    max_screw_angle_deg: float = 30.0
+    # A sacral contact face: screws from the implant through that face into
+    # the S1 body (needs the fitted pelvis model for the S1 level).
+    iliosacral: bool = False
+    iliosacral_screws: int = 1
+    iliosacral_diameter_mm: float = 7.3
+
+
+@dataclass(frozen=True)
 class ImplantConfig:
     # Where the implant's shape comes from: "resected" = the patient's own bone
     # inside the resection region; "mirrored" = the healthy contralateral side
@@ -166,6 +199,8 @@ class ImplantConfig:
     clearance_mm: float = 0.0
     # For the mass in the fit report; Ti-6Al-4V, the usual printed alloy.
     density_g_per_cm3: float = 4.43
+    # Flanges and screws ([implant.fixation]); None: the implant alone.
+    fixation: FixationConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -311,6 +346,8 @@ def _segment(table: Any, base_dir: Path) -> SegmentConfig:
 def _implant(table: Any) -> ImplantConfig:
     _no_unknown(table, {f.name for f in dataclasses.fields(ImplantConfig)}, "implant.")
     kwargs: dict[str, Any] = {}
+    if "fixation" in table:
+        kwargs["fixation"] = _fixation(table["fixation"])
     if "source" in table:
         if table["source"] not in IMPLANT_SOURCES:
             raise ConfigError(f"implant.source must be one of {', '.join(IMPLANT_SOURCES)}, "
@@ -410,6 +447,42 @@ def guide_stem(plane_name: str) -> str:
     """The plane's name as it appears in ``guide_<name>.stl``: letters,
     digits, '-', '_' and '.' kept, anything else '_'."""
     return "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in plane_name) or "plane"
+
+
+# Allowed ranges of the fixation settings (inclusive), in their units.
+FIXATION_RANGES = {
+    "flange_width_mm": (2.0, 60.0), "flange_thickness_mm": (0.5, 15.0), "flange_clearance_mm": (0.0, 3.0),
+    "flange_grid_mm": (0.2, 2.0), "screw_diameter_mm": (2.0, 12.0), "screws_per_flange": (0, 12),
+    "min_bone_margin_mm": (0.0, 10.0), "min_length_in_bone_mm": (5.0, 150.0), "max_length_mm": (10.0, 200.0),
+    "hole_clearance_mm": (0.0, 3.0), "max_screw_angle_deg": (0.0, 60.0), "iliosacral_screws": (1, 4),
+    "iliosacral_diameter_mm": (2.0, 12.0),
+}
+
+
+def _fixation(table: Any) -> FixationConfig:
+    fields = {f.name for f in dataclasses.fields(FixationConfig)}
+    _no_unknown(table, fields, "implant.fixation.")
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"implant.fixation.{key}"
+        if key == "iliosacral":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name} must be true or false, got {value!r}")
+            kwargs[key] = value
+            continue
+        if key in ("screws_per_flange", "iliosacral_screws"):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be a whole number, got {value!r}")
+            kwargs[key] = value
+        else:
+            kwargs[key] = _number(value, name)
+        low, high = FIXATION_RANGES[key]
+        if not low <= kwargs[key] <= high:
+            raise ConfigError(f"{name} must be between {low:g} and {high:g}")
+    fixation = FixationConfig(**kwargs)
+    if fixation.min_length_in_bone_mm >= fixation.max_length_mm:
+        raise ConfigError("implant.fixation.min_length_in_bone_mm must be less than max_length_mm")
+    return fixation
 
 
 def _no_unknown(table: Any, allowed: set[str], prefix: str) -> None:

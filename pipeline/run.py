@@ -17,7 +17,7 @@ import trimesh
 
 from .bones import LABEL_NAMES
 from .config import Config, guide_stem
-from .design import fit_report, mirrored_source
+from .design import BoneScene, Fixation, fit_report, fix_implant, mirrored_source
 from .design.guides import Guide, cutting_guides
 from .design.plate import bone_plate
 from .errors import PlanError
@@ -50,6 +50,8 @@ class MeshResult:
     pelvis_fit: PelvisFit | None = None
     # guides.enabled: one cutting guide per plane, in plan order.
     guides: tuple[Guide, ...] = ()
+    # [implant.fixation]: flanges and screws (implant_fixed.stl, screws.stl); None otherwise.
+    fixation: Fixation | None = None
 
     @property
     def bone_mask(self) -> np.ndarray:
@@ -103,6 +105,7 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
     planes = tuple(p.cut_plane() for p in config.resection.planes)
     cut: Resection | None = None
     guides: tuple[Guide, ...] = ()
+    fixation: Fixation | None = None
     mirror = None
     implant_report: dict | None = None
     if planes:
@@ -132,6 +135,16 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
                                         host=cut.host, cut_faces=cut.host_cut_faces, make_seat=bone_plate)
                 parallel(*[(lambda g=g: validate_solid(g.mesh, f"guide_{guide_stem(g.plane_name)}"))
                            for g in guides])
+        if config.implant.fixation is not None:
+            with timer.stage("fixation"):
+                fixation = fix_implant(cut, planes, bone_scene(meshes, surfaces.full_labels(volume.shape),
+                                                               volume.affine, bone_labels.fit),
+                                       config.implant.fixation)
+                if fixation.implant_fixed is not None:
+                    validate_solid(fixation.implant_fixed, "implant_fixed")
+                if fixation.screws_mesh is not None:
+                    validate_solid(fixation.screws_mesh, "screws")
+                implant_report["fixation"] = fixation.report
     elif log:
         log("no resection planes in the config: writing the bone outputs only")
     with timer.stage("report"):
@@ -143,11 +156,31 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
             report["guides"] = [{**g.report, "file": f"guide_{guide_stem(g.plane_name)}.stl",
                                  "warnings": list(g.warnings)} for g in guides]
             report["meshes"].update({f"guide_{guide_stem(g.plane_name)}": mesh_stats(g.mesh) for g in guides})
+        if fixation is not None:
+            report["warnings"] = list(fixation.warnings)
+            if fixation.implant_fixed is not None:
+                report["meshes"]["implant_fixed"] = mesh_stats(fixation.implant_fixed)
+            if fixation.screws_mesh is not None:
+                report["meshes"]["screws"] = mesh_stats(fixation.screws_mesh)
         report["meshes"].update({f"bone_{n}": mesh_stats(m) for n, m in context.items()})
     return MeshResult(bone=bone, host=cut.host if cut else None, implant=cut.implant if cut else None,
                       label_meshes=meshes, context=context, labels=labels, report=report,
                       mirrored_template=mirror.mesh if mirror else None, pelvis_fit=bone_labels.fit,
-                      guides=guides)
+                      guides=guides, fixation=fixation)
+
+
+def bone_scene(meshes: dict[str, trimesh.Trimesh], labels: np.ndarray, affine: np.ndarray,
+               fit: PelvisFit | None) -> BoneScene:
+    """What the screw search needs of the patient: the bones, the labels, and
+    from the fitted model the sacrum (its canal and foramina) and the S1 level."""
+    if fit is None or "sacrum" not in fit.faces:
+        return BoneScene(bones=meshes, labels=labels, affine=affine)
+    v = fit.vertices_lps_mm
+    s1 = v[fit.landmarks["s1_endplate"]].mean(axis=0)
+    s3 = v[fit.landmarks["s3_end"]].mean(axis=0)
+    return BoneScene(bones=meshes, labels=labels, affine=affine,
+                     sacrum_model=trimesh.Trimesh(v, fit.faces["sacrum"], process=False),
+                     s1_centre_lps_mm=s1, s1_axis_lps=(s1 - s3) / np.linalg.norm(s1 - s3))
 
 
 def label_table(labels: np.ndarray, meshes: dict[str, trimesh.Trimesh], voxel_mm3: float) -> dict:

@@ -6,11 +6,13 @@
   flatness, volume, mass, wall thickness;
 - ``symmetry``: the mid-sagittal plane of a pelvis from its bone surface;
 - ``plate``: a plate that follows the bone (the outer surface over a
-  footprint, offset by a clearance and thickened): implant flanges, guide seats.
+  footprint, offset by a clearance and thickened): implant flanges, guide seats;
+- ``fixation``: flanges on the host bone and screws in safe bone corridors.
 """
 
+from .fixation import BoneScene, Fixation, Screw, fix_implant
 from .implant import fit_report, fit_summary_lines, mirrored_source
 from .plate import PlateContact, band, bone_plate, facing, plate_contact
 
-__all__ = ["fit_report", "fit_summary_lines", "mirrored_source", "PlateContact", "band", "bone_plate", "facing",
+__all__ = ["BoneScene", "Fixation", "Screw", "fix_implant", "fit_report", "fit_summary_lines", "mirrored_source", "PlateContact", "band", "bone_plate", "facing",
            "plate_contact"]

@@ -52,6 +52,7 @@ from skimage.measure import marching_cubes
 from ..config import Plane
 from ..errors import MeshError
 from ..geometry.distance import NearSurface
+from ..geometry.meshes import MIN_ALTITUDE_MM, reader_defects, reader_view
 from ..geometry.resect import to_manifold
 from ..segment.voxelise import inside_mesh
 
@@ -61,6 +62,9 @@ DEFAULT_SPACING_MM = 0.5
 NUDGE = 1e-3
 # Plate pieces smaller than this are slivers of the trim, not plate (mm3).
 MIN_PIECE_MM3 = 1.0
+SLIVER_MM = 1e-4
+# Faces within this of a plane lie on it (mm).
+ON_PLANE_MM = 1e-6
 # A plate face looks at the bone when its normal is within 60 degrees of the
 # way to the nearest bone point (side walls stand at about 90 degrees).
 FACING_COSINE = 0.5
@@ -85,7 +89,7 @@ def facing(point_lps_mm, direction_lps) -> Plane:
 
 def bone_plate(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], clearance_mm: float,
                thickness_mm: float, *, spacing_mm: float = DEFAULT_SPACING_MM,
-               fill_beyond: tuple[Plane, ...] = ()) -> trimesh.Trimesh:
+               fill_beyond: tuple[Plane, ...] = (), keep_off: trimesh.Trimesh | None = None) -> trimesh.Trimesh:
     """The closed plate on ``bone`` over ``footprint`` (see the module
     docstring), as a trimesh in LPS mm; several shells where the footprint
     covers separate pieces of bone surface. Raises :class:`MeshError` when
@@ -110,37 +114,118 @@ def bone_plate(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], clearance_mm
     # Inside the plate where both are negative: beyond the clearance, within the outer offset.
     lower = np.full(shape, clearance_mm)
     if fill_beyond:
+        # Two grid steps beyond the planes (so marching cubes places the step
+        # there, never on the near side), the plate reaches a thickness into the bone.
         points = origin + np.moveaxis(np.indices(shape), 0, -1).reshape(-1, 3) * spacing_mm
-        beyond = np.all([p.signed_distance_mm(points) > 0 for p in fill_beyond], axis=0)
-        lower[beyond.reshape(shape)] = -np.inf
+        beyond = np.all([p.signed_distance_mm(points) > 2 * spacing_mm for p in fill_beyond], axis=0)
+        lower[beyond.reshape(shape)] = -thickness_mm
     field = np.maximum(lower - signed, signed - outer)
-    small = np.abs(field) < NUDGE * spacing_mm
-    field[small] = NUDGE * spacing_mm
-    field = np.pad(field, 1, constant_values=spacing_mm)
-    verts, faces, _, _ = marching_cubes(field, level=0.0, spacing=(spacing_mm,) * 3,
-                                        gradient_direction="ascent", allow_degenerate=True)
-    shell = trimesh.Trimesh(vertices=verts.astype(np.float64) + origin - spacing_mm, faces=faces,
-                            process=False)
-    if shell.volume < 0:
-        shell.invert()
-    m = to_manifold(shell, "plate shell")
-    for plane in footprint:
-        n = np.asarray(plane.normal_lps)
-        m = m.trim_by_plane(tuple(-n), -plane.offset_mm)
-    pieces = [p for p in m.decompose() if p.volume() >= MIN_PIECE_MM3]
+    if keep_off is not None and len(keep_off.faces):
+        # Only where the plate could be: within its outer offset of the bone.
+        where = np.flatnonzero((field < spacing_mm).reshape(-1))
+        other = _signed_distance_at(keep_off, origin, shape, spacing_mm, where, clearance_mm + 2 * spacing_mm)
+        flat = field.reshape(-1)
+        flat[where] = np.maximum(flat[where], clearance_mm - other)
+    plate = _trimmed(_level_zero(field, origin, spacing_mm), footprint)
+    if plate is None or plate.is_empty():
+        raise MeshError("plate: nothing left of the plate within its footprint")
+    pieces = [p for p in plate.decompose() if p.volume() >= MIN_PIECE_MM3]
     if not pieces:
         raise MeshError("plate: nothing left of the plate within its footprint")
-    out = pieces[0]
-    for p in pieces[1:]:
-        out = out + p
-    return manifold_mesh(out)
+    return solid_mesh(manifold3d.Manifold.batch_boolean(pieces, manifold3d.OpType.Add))
+
+
+def solid_mesh(m: manifold3d.Manifold) -> trimesh.Trimesh:
+    """The mesh of a boolean's result, without the slivers that booleans and
+    plane trims leave where surfaces nearly meet: simplified within
+    ``SLIVER_MM`` (then 10 and 100 times that, 0.01 mm at most) and its
+    remaining needles flipped away, until an STL reader would see a clean
+    solid (each pass moves the surface by at most its tolerance)."""
+    mesh = manifold_mesh(m)
+    for tolerance in (0.0, SLIVER_MM, 10 * SLIVER_MM, 100 * SLIVER_MM):
+        if not any(reader_defects(mesh).values()):
+            return mesh
+        mesh = manifold_mesh(m.simplify(tolerance) if tolerance else m)
+        for _ in range(3):   # a flip or a fin's removal can uncover the next
+            if not any(reader_defects(mesh).values()):
+                return mesh
+            mesh = flip_needles(mesh)
+    return mesh
+
+
+def flip_needles(mesh: trimesh.Trimesh, min_altitude_mm: float = 10 * MIN_ALTITUDE_MM) -> trimesh.Trimesh:
+    """Needle triangles (a corner almost on the opposite, longest edge; the
+    edge collapses of a simplification do not remove them) turned away by
+    flipping that edge with the neighbour across it: the surface moves by
+    less than the needle's altitude. The mesh is taken as an STL reader will
+    read it (float32, welded): triangles that collapse there and fins (two
+    triangles on the same corners, back to back) are removed."""
+    # As a reader will have it: float32 corners welded; triangles that collapse go.
+    v, f = reader_view(mesh)
+    f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 2] != f[:, 0])]
+    # Two triangles on the same corners back to back (a fin of no volume) both go.
+    _, which, count = np.unique(np.sort(f, axis=1), axis=0, return_inverse=True, return_counts=True)
+    f = f[count[which.reshape(-1)] == 1]
+    for _ in range(10):
+        tri = v[f]
+        edges = tri[:, [1, 2, 0]] - tri                      # edge k runs from corner k to k+1
+        length = np.linalg.norm(edges, axis=2)
+        area2 = np.linalg.norm(np.cross(edges[:, 0], -edges[:, 2]), axis=1)
+        longest = length.argmax(axis=1)
+        needles = np.flatnonzero(area2 < min_altitude_mm * length.max(axis=1))
+        if needles.size == 0:
+            break
+        owner = {(int(a), int(b)): i for i, (a, b) in
+                 enumerate(zip(f.ravel(), np.roll(f, -1, axis=1).ravel()))}
+        done = set()
+        for t in needles:
+            if t in done:
+                continue
+            k = longest[t]
+            a, b, c = f[t, k], f[t, (k + 1) % 3], f[t, (k + 2) % 3]
+            across = owner.get((int(b), int(a)))
+            if across is None or across // 3 in done:
+                continue
+            u = across // 3
+            d = f[u][(list(f[u]).index(a) + 1) % 3]
+            if d == c or (int(c), int(d)) in owner or (int(d), int(c)) in owner:
+                continue
+            f[t], f[u] = (a, d, c), (d, b, c)
+            done.update((t, u))
+    used, inverse = np.unique(f, return_inverse=True)
+    return trimesh.Trimesh(vertices=v[used], faces=inverse.reshape(-1, 3), process=False)
+
+
+def _level_zero(field: np.ndarray, origin: np.ndarray, spacing: float) -> manifold3d.Manifold | None:
+    """The closed solid where ``field`` < 0 on the grid (marching cubes), or None."""
+    field = field.copy()
+    field[np.abs(field) < NUDGE * spacing] = NUDGE * spacing
+    if not (field < 0).any():
+        return None
+    field = np.pad(field, 1, constant_values=spacing)
+    verts, faces, _, _ = marching_cubes(field, level=0.0, spacing=(spacing,) * 3,
+                                        gradient_direction="ascent", allow_degenerate=True)
+    shell = trimesh.Trimesh(vertices=verts.astype(np.float64) + origin - spacing, faces=faces, process=False)
+    if shell.volume < 0:
+        shell.invert()
+    return to_manifold(shell, "plate shell")
+
+
+def _trimmed(m: manifold3d.Manifold | None, planes: tuple[Plane, ...]) -> manifold3d.Manifold | None:
+    """``m`` behind every plane (exact plane cuts); None when nothing is left."""
+    if m is None:
+        return None
+    for plane in planes:
+        m = m.trim_by_plane(tuple(-np.asarray(plane.normal_lps)), -plane.offset_mm)
+    return None if m.is_empty() else m
 
 
 def manifold_mesh(m: manifold3d.Manifold) -> trimesh.Trimesh:
     """A manifold3d solid as a trimesh (double precision)."""
     out = m.to_mesh64()
-    return trimesh.Trimesh(vertices=np.asarray(out.vert_properties, dtype=np.float64)[:, :3],
-                           faces=np.asarray(out.tri_verts, dtype=np.int64), process=False)
+    # Copies: manifold3d's buffers are read-only, and it takes only writeable arrays back.
+    return trimesh.Trimesh(vertices=np.array(out.vert_properties, dtype=np.float64)[:, :3].copy(),
+                           faces=np.array(out.tri_verts, dtype=np.int64), process=False)
 
 
 def _grid_box(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], reach: float, spacing: float):
@@ -156,6 +241,22 @@ def _grid_box(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], reach: float,
     hi = tri[near].reshape(-1, 3).max(axis=0) + reach + spacing
     shape = tuple(int(s) for s in np.ceil((hi - lo) / spacing).astype(int) + 1)
     return lo, shape
+
+
+def _signed_distance_at(solid: trimesh.Trimesh, origin: np.ndarray, shape: tuple[int, int, int], spacing: float,
+                        at: np.ndarray, limit: float) -> np.ndarray:
+    """Signed distance (mm, negative inside) from the grid points ``at``
+    (flat indices) to ``solid``: exact up to ``limit``, above it beyond."""
+    out = np.full(at.size, limit + spacing)
+    points = origin + np.stack(np.unravel_index(at, shape), axis=1) * spacing
+    lo, hi = points.min(axis=0) - limit, points.max(axis=0) + limit
+    if at.size == 0 or np.any(solid.bounds[0] > hi) or np.any(solid.bounds[1] < lo):
+        return out
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = origin
+    inside = inside_mesh(solid.vertices, solid.faces, affine, tuple(slice(0, s) for s in shape)).reshape(-1)[at]
+    d, _ = NearSurface(solid, lo, hi).distance(points, limit)
+    return np.where(inside, -d, np.minimum(d, limit + spacing))
 
 
 def _signed_distance(bone: trimesh.Trimesh, origin: np.ndarray, shape: tuple[int, int, int],
@@ -227,12 +328,17 @@ def plate_contact(plate: trimesh.Trimesh, bone: trimesh.Trimesh, clearance_mm: f
     towards = cosine > FACING_COSINE
     keep = (d_centre < near) & towards
     for plane in behind:
-        keep &= plane.signed_distance_mm(centres) <= 0
+        keep &= plane.signed_distance_mm(centres) < -ON_PLANE_MM
     faces = np.flatnonzero(keep)
     if faces.size == 0:
         return PlateContact(faces, 0.0, float("nan"), float("nan"), float("nan"))
     corners = np.unique(plate.faces[faces])
+    for plane in behind:
+        corners = corners[plane.signed_distance_mm(plate.vertices[corners]) < -ON_PLANE_MM]
     d_corner, _ = surface.distance(plate.vertices[corners], near)
+    # Corners shared with a side wall standing nearly parallel to the bone lie
+    # beyond mid-thickness: they are the wall's, not the bone-facing side's.
+    d_corner = d_corner[d_corner < near]
     gaps = np.concatenate([d_centre[faces], d_corner])
     return PlateContact(faces=faces, area_mm2=float(plate.area_faces[faces].sum()),
                         gap_min_mm=float(gaps.min()), gap_mean_mm=float(gaps.mean()),

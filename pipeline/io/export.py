@@ -39,7 +39,7 @@ STAGING_PREFIX = ".staging-"
 
 # Every file name a run may write; used to clear an earlier run's leftovers
 # (a bone written for context in one run may be resected, or absent, in the next).
-OUTPUT_NAMES = ("bone.stl", "host.stl", "implant.stl", "bone_mask.nii.gz", "labels.nii.gz", "report.json",
+OUTPUT_NAMES = ("bone.stl", "host.stl", "implant.stl", "implant_fixed.stl", "screws.stl", "bone_mask.nii.gz", "labels.nii.gz", "report.json",
                 "report.html", "segmentation.seg.nrrd", "plan.mrk.json",
                 *(f"bone_{name}.stl" for name in LABEL_NAMES.values()),
                 *(f"{QA_FOLDER}/{name}.png" for name in QA_IMAGES))

@@ -38,7 +38,15 @@ if TYPE_CHECKING:  # run imports the whole chain; the QA only reads its result
 
 # Every image a run may write, as qa/<name>.png (the exporter clears the others).
 QA_IMAGES = ("slice_axial", "slice_coronal", "slice_sagittal", "view_anterior", "view_lateral",
-             "view_superior", "view_oblique", "view_mirrored")
+             "view_superior", "view_oblique", "view_mirrored", "view_fixation", "view_fixation_posterior",
+             *(f"slice_screw_{k}" for k in range(1, 5)))
+# Fixation views: the fixed implant and the screws solid, the host translucent over them.
+FIXED_RGB = (236, 150, 60)
+SCREW_RGB = (40, 70, 160)
+HOST_OVERLAY_OPACITY = 0.45
+# Slices along an iliosacral screw reach this far beyond it (mm).
+SCREW_SLICE_MARGIN_MM = 30.0
+SCREW_SLICE_PIXEL_MM = 0.5
 # The mirrored template mesh (LPS mm), when the run built one: read from this
 # MeshResult attribute, so the QA shows it as soon as the run provides it.
 TEMPLATE_ATTRIBUTE = "mirrored_template"
@@ -92,7 +100,66 @@ def qa_images(volume: Volume, result: MeshResult, config: Config) -> list[QAImag
         calls.append(lambda: view_image(result, planes, "mirrored", template=template))
     kwire_mm = config.guides.kwire_diameter_mm if hasattr(config, "guides") else 2.0
     calls += [lambda g=g: guide_image(result, g, kwire_mm) for g in getattr(result, "guides", ())]
+    fixation = getattr(result, "fixation", None)
+    if fixation is not None:
+        calls += [lambda v=v: fixation_view(result, v) for v in ("oblique", "posterior")]
+        screws = [s for s in fixation.screws if s.kind == "iliosacral"][:4]
+        calls += [lambda k=k, s=s: screw_slice(volume, result.labels, s, k) for k, s in enumerate(screws, 1)]
     return parallel(*calls)
+
+
+def fixation_view(result: MeshResult, view: str) -> QAImage:
+    """The implant with its flanges and the screws, solid, under the host
+    bone drawn translucent: the screws show where they run in the bone."""
+    side = affected_side(result)
+    camera_view = {"oblique": f"oblique_{side}"}.get(view, view)
+    fixation = result.fixation
+    fixed = fixation.implant_fixed
+    parts = [(fixed, FIXED_RGB)] if fixed is not None else [(result.implant, IMPLANT_RGB)]
+    legend = [("implant with flanges", FIXED_RGB)] if fixed is not None else [("implant", IMPLANT_RGB)]
+    if fixation.screws_mesh is not None:
+        parts.append((fixation.screws_mesh, SCREW_RGB))
+        legend.append(("screws", SCREW_RGB))
+    legend.append(("host (translucent)", HOST_RGB))
+    bounds = np.asarray(result.bone.bounds)
+    camera = camera_for(camera_view, bounds, (VIEW_PX, VIEW_PX))
+    overlays = [(result.host.triangles, HOST_RGB, HOST_OVERLAY_OPACITY)]
+    rgb = render(parts, camera, overlays)
+    rgb = annotate(rgb, right_lps=camera.right, up_lps=camera.up, mm_per_pixel=camera.mm_per_pixel,
+                   caption=f"3D {view} ({side}): fixation", legend=legend)
+    name = "view_fixation" if view == "oblique" else f"view_fixation_{view}"
+    return QAImage(name, f"3D {view} view: implant with flanges and screws, host translucent", rgb)
+
+
+def screw_slice(volume: Volume, labels: np.ndarray, screw, number: int) -> QAImage:
+    """The CT in the plane through an iliosacral screw's axis and the
+    horizontal across it (an axial slice tilted to hold the screw), with
+    the labels and the screw's outline."""
+    u = screw.direction_lps
+    across = np.cross([0.0, 0.0, 1.0], u)
+    across = across / np.linalg.norm(across) if np.linalg.norm(across) > 1e-6 else np.array([0.0, 1.0, 0.0])
+    # Radiological habit: patient left on the image right, so "right" follows +L where it can.
+    right = u if u[0] >= 0 else -u
+    down = np.cross(right, across)
+    down = across if down[2] > 0 else -across  # keep the image's up pointing anterior-ish
+    length = float(np.linalg.norm(screw.tip_lps_mm - screw.head_lps_mm))
+    centre = (screw.head_lps_mm + screw.tip_lps_mm) / 2
+    half_w = length / 2 + SCREW_SLICE_MARGIN_MM
+    cols = np.arange(-half_w, half_w, SCREW_SLICE_PIXEL_MM)
+    rows = np.arange(-SCREW_SLICE_MARGIN_MM * 1.5, SCREW_SLICE_MARGIN_MM * 1.5, SCREW_SLICE_PIXEL_MM)
+    points = centre + cols[None, :, None] * right + rows[:, None, None] * down
+    hu, lab = sample_slice(volume, labels, points)
+    rgb = overlay(hu, lab)
+    rel = points - screw.head_lps_mm
+    t = np.clip(rel @ u, 0.0, length)
+    off = np.linalg.norm(rel - t[..., None] * u, axis=-1)
+    rgb[_thick(_edges(off <= screw.diameter_mm / 2), 1)] = SCREW_RGB
+    caption = (f"iliosacral screw {number}: {screw.diameter_mm:g} x {screw.length_mm:.0f} mm, "
+               f"{screw.length_in_bone_mm:.0f} mm in bone, margin {screw.min_margin_mm:.1f} mm")
+    rgb = annotate(rgb, right_lps=right, up_lps=-down, mm_per_pixel=SCREW_SLICE_PIXEL_MM, caption=caption,
+                   legend=[("screw", SCREW_RGB)])
+    return QAImage(f"slice_screw_{number}", f"Slice along iliosacral screw {number} (the plane of its axis "
+                   "and the horizontal across it): labels and the screw's outline", rgb)
 
 
 def structure_labels(config: Config) -> list[int]:

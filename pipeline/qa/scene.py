@@ -18,8 +18,8 @@ import numpy as np
 import trimesh
 
 from ..config import Config, Plane
-from .images import (GUIDE_RGB, HOST_RGB, IMPLANT_RGB, KWIRE_RGB, PLANE_MARGIN_MM, PLANE_OPACITY, PLANE_RGB,
-                     TEMPLATE_ATTRIBUTE, TEMPLATE_RGB, implant_source)
+from .images import (FIXED_RGB, GUIDE_RGB, HOST_RGB, IMPLANT_RGB, KWIRE_RGB, PLANE_MARGIN_MM, PLANE_OPACITY,
+                     PLANE_RGB, SCREW_RGB, TEMPLATE_ATTRIBUTE, TEMPLATE_RGB, implant_source)
 
 if TYPE_CHECKING:
     from ..run import MeshResult
@@ -50,6 +50,14 @@ def scene_objects(result: MeshResult, config: Config) -> list[SceneObject]:
     if result.implant is None:
         return [SceneObject(name, mesh, BONE_RGB.get(name, OTHER_RGB)) for name, mesh in result.label_meshes.items()]
     objects = [SceneObject("host", result.host, HOST_RGB), SceneObject("implant", result.implant, IMPLANT_RGB)]
+    fixation = getattr(result, "fixation", None)
+    if fixation is not None and fixation.implant_fixed is not None:
+        # The fixed implant holds the implant: shown instead of it, the implant alone a click away.
+        objects[1] = SceneObject("implant", result.implant, IMPLANT_RGB, visible=False)
+        objects.append(SceneObject("implant with flanges", fixation.implant_fixed, FIXED_RGB))
+    if fixation is not None:
+        if fixation.screws_mesh is not None:
+            objects.append(SceneObject("screws", fixation.screws_mesh, SCREW_RGB))
     objects += [SceneObject(name, mesh, BONE_RGB.get(name, OTHER_RGB)) for name, mesh in result.context.items()]
     template = getattr(result, TEMPLATE_ATTRIBUTE, None)
     if template is not None and implant_source(config) == "mirrored":

@@ -140,13 +140,16 @@ def test_plate_fills_the_bone_beyond_fill_planes_only():
     removed = Plane(point_lps_mm=(95.0, -50.0, 200.0), normal_lps=(1.0, 0.0, 0.0))
     plate = bone_plate(bone, box_footprint(), CLEARANCE_MM, THICKNESS_MM, fill_beyond=(removed,))
     validate_solid(plate, "plate")
-    beyond = removed.signed_distance_mm(plate.vertices) > ON_PLANE_MM
-    # Beyond x = 95 it reaches into the box; before it, it keeps the clearance.
-    assert plate.vertices[beyond, 2].min() < 210.0 - THICKNESS_MM
-    assert plate.vertices[~beyond & (plate.vertices[:, 0] < 95.0 - ON_PLANE_MM), 2].min() \
-        == pytest.approx(210.0 + CLEARANCE_MM, abs=NUDGED_MM + 1e-12)
+    # Two grid steps (1 mm) beyond x = 95 it reaches a thickness into the
+    # box; on the near side of the plane it keeps the clearance.
+    beyond = removed.signed_distance_mm(plate.vertices) > 2 * 0.5
+    # (about a thickness: the depth inside is measured exactly only near the surface)
+    assert 210.0 - THICKNESS_MM - 0.5 <= plate.vertices[beyond, 2].min() <= 210.0 - 1.0
+    near = removed.signed_distance_mm(plate.vertices) <= ON_PLANE_MM
+    assert plate.vertices[near, 2].min() == pytest.approx(210.0 + CLEARANCE_MM, abs=NUDGED_MM + 1e-12)
     contact = plate_contact(plate, bone, CLEARANCE_MM, THICKNESS_MM, behind=(removed,))
-    assert contact.area_mm2 == pytest.approx(10.0 * 20.0, rel=1e-6)
+    # Faces whose centres lie behind x = 95 may reach past it by a grid step (0.5 mm) along its 20 mm.
+    assert 10.0 * 20.0 <= contact.area_mm2 <= (10.0 + 0.5) * 20.0
     assert abs(contact.gap_min_mm - CLEARANCE_MM) <= GAP_TOLERANCE_MM
 
 
