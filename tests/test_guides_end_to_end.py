@@ -69,7 +69,10 @@ def check_guides(out, report):
         assert len(plus) and len(minus)
         # float32 at ~100 mm from the origin: 1e-5 mm per coordinate.
         assert abs((plus.mean() + minus.mean()) / 2) <= 1e-4
-        assert g["slot"]["midplane_distance_mm"] <= 1e-9 and g["slot"]["midplane_angle_deg"] <= 1e-6
+        # The mesh's corners are float32 (7.6e-6 mm at 100 mm from the origin):
+        # over walls at least 10 mm long, that tilts a fitted plane by < 1e-4 degrees.
+        assert g["slot"]["midplane_distance_mm"] <= 1e-6 and g["slot"]["midplane_angle_deg"] <= 1e-4
+        assert g["slot"]["wall_flatness_mm"] <= 0.01
         assert g["lift_off"]["removable"] and g["intersection_with_bone_mm3"] <= 1e-3
         assert g["blade_reach"]["reached_fraction"] == 1.0
         # Independently of the column heights: rays up the approach from the
@@ -87,15 +90,6 @@ def check_guides(out, report):
     return report
 
 
-# Known defect: a boolean leaves a needle triangle (altitude under 1e-5 mm
-# in float32) on the sacral guide that neither welding nor flipping removes,
-# so the mesh check refuses to write it and the run stops (exit 2). Not run
-# until that is fixed: each run costs 1-3 minutes of guide design.
-NEEDLE = pytest.mark.xfail(reason="a needle triangle survives on guide_sacral_ala; the mesh check refuses it",
-                           raises=AssertionError, strict=False, run=False)
-
-
-@NEEDLE
 def test_one_closed_guide_per_plane_on_the_sample(tmp_path_factory):
     out, report = run(tmp_path_factory, REPO / "sample_ct", "default.toml")
     assert [g["plane"] for g in report["guides"]] == ["sacral_ala", "supra_acetabular"]
@@ -109,7 +103,6 @@ def test_one_closed_guide_per_plane_on_the_sample(tmp_path_factory):
     assert "Cutting guides" in page and "guide_sacral_ala.stl" in page
 
 
-@NEEDLE
 @pytest.mark.real_data
 def test_guides_on_pelvic_ref_003(tmp_path_factory):
     case = REAL_CT / "pelvic_ref_003"

@@ -312,10 +312,10 @@ class _Fields:
         d = ndimage.map_coordinates(self._forbidden[bone], index.T, order=1, mode="nearest")
         return d.reshape(points.shape[:-1])
 
-    def exact_depth(self, points: np.ndarray, limit_mm: float) -> np.ndarray:
+    def exact_depth(self, points: np.ndarray) -> np.ndarray:
         """Exact distance to the host surface, signed by the grid's inside (for
         points more than a grid step from the surface the sign is certain)."""
-        d, _ = self.surface.distance(points, limit_mm)
+        d, _ = self.surface.distance(points)
         return np.where(self.host_depth(points) > -0.5 * SEARCH_GRID_MM, d, -d)
 
 
@@ -403,7 +403,7 @@ def _flange_screws(flange: trimesh.Trimesh, contact: PlateContact, footprint: tu
     if len(centres) == 0:
         return []
     picks = _spread(centres, 2.0, 60)
-    _, entries = fields.surface.distance(centres[picks], c + t)
+    _, entries = fields.surface.distance(centres[picks])
     normals = centres[picks] - entries
     normals /= np.linalg.norm(normals, axis=1, keepdims=True)
     starts, dirs, skip, max_len = [], [], [], []
@@ -458,7 +458,7 @@ def _iliosacral_screws(cut: Resection, i: int, plane: Plane, fields: _Fields, sc
     tri = cut.host.triangles[faces]
     # Points on the cut face, about every 2 mm, at least the screw radius + margin inside its rim.
     samples = _face_samples(tri, 2.0)
-    samples = samples[fields.exact_depth(samples + np.asarray(plane.normal_lps) * -1e-3, need + 1.0) >= 0]
+    samples = samples[fields.exact_depth(samples + np.asarray(plane.normal_lps) * -1e-3) >= 0]
     into_host = -np.asarray(plane.normal_lps)
     cone = _cone(into_host, min(config.max_screw_angle_deg, 25.0))
     starts = np.repeat(samples, len(cone), axis=0)
@@ -500,7 +500,7 @@ def _measured(kind, plane, bone, diameter, head, entry, tip, skip, fields: _Fiel
     z = np.arange(skip, length + 1e-9, CHECK_SAMPLE_MM)
     z = np.append(z, length) if z.size == 0 or z[-1] < length else z
     pts = entry + u * z[:, None]
-    depth = fields.exact_depth(pts, radius + config.min_bone_margin_mm + 10.0)
+    depth = fields.exact_depth(pts)
     all_pts = entry + u * np.arange(0.0, length + 1e-9, CHECK_SAMPLE_MM)[:, None]
     clear = fields.forbidden(all_pts, bone)
     return Screw(kind=kind, plane=plane, bone=bone, diameter_mm=diameter, head_lps_mm=np.asarray(head, float),

@@ -48,9 +48,9 @@ from ..config import GuidesConfig, Plane
 from ..errors import PlanError
 from ..geometry.columns import column_extremes
 from ..parallel import parallel
-from ..geometry.distance import closest_on_triangles, point_mesh_distance
+from ..geometry.distance import NearSurface
 from ..geometry.resect import to_manifold as _to_manifold
-from .plate import manifold_mesh
+from .plate import solid_mesh
 
 # The slot runs this far beyond each end of the cut line (mm), so the blade
 # reaches the ends of the cut face.
@@ -60,13 +60,6 @@ SLOT_END_MM = 1.0
 TERRAIN_GRID_MM = 0.25
 # The terrain reaches this far beyond the guide on every side (mm).
 TERRAIN_MARGIN_MM = 2.0
-# Corners of the finished guide closer than this (mm) are made one: the
-# smallest distance that leaves a closed solid as read back, of these.
-WELD_GUIDE_MM = (0.0, 1e-4, 1e-3, 1e-2)
-# A triangle whose smallest altitude, in float32 as an STL stores it, is
-# under this (mm) is a needle: twice the limit of the mesh check
-# (pipeline.geometry.meshes.MIN_ALTITUDE_MM), so none is left near it.
-NEEDLE_MM = 2e-5
 # A bone face is seen from the approach when no bone lies above it by more than this (mm).
 VISIBLE_MM = 0.01
 # Underside faces: their normal within 60 degrees of pointing down the approach.
@@ -217,7 +210,7 @@ def cutting_guide(plane: Plane, approach_lps, settings: GuidesConfig, *, bones: 
     for entry, _ in wires:   # from just under the bone surface to above the block
         hole = manifold3d.Manifold.cylinder(z_top + 3.0 - entry[2], hole_r, hole_r, KWIRE_HOLE_SEGMENTS)
         solid = solid - hole.translate((entry[0], entry[1], entry[2] - 1.0))
-    mesh = reader_clean(manifold_mesh(solid.transform(frame.to_lps_matrix())))
+    mesh = solid_mesh(solid.transform(frame.to_lps_matrix()))
     kwires = tuple((frame.lps(e[None])[0], frame.lps(t[None])[0]) for e, t in wires)
 
     report = {"plane": name, "approach_lps": [round(float(v), 6) for v in frame.axes[:, 2]],
@@ -270,85 +263,6 @@ def footprint_planes(frame: GuideFrame, block_a: tuple[float, float], footprint_
 
     return (half(footprint_mm, n, 1.0), half(-footprint_mm, n, -1.0), half(block_a[1], a, 1.0),
             half(block_a[0], a, -1.0), half(z_low, z, -1.0))
-
-
-def reader_clean(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
-    """``mesh`` made a closed solid as an STL reader sees it, if welding its
-    near corners (``WELD_GUIDE_MM``, smallest first) and flipping its needles
-    away makes it one; else the try with the fewest defects (the mesh check
-    before writing then names them)."""
-    from ..geometry.meshes import reader_defects
-
-    best, fewest = mesh, None
-    for weld_mm in WELD_GUIDE_MM:
-        candidate = without_needles(welded(mesh, weld_mm) if weld_mm > 0 else mesh)
-        defects = sum(reader_defects(candidate).values())
-        if defects == 0:
-            return candidate
-        if fewest is None or defects < fewest:
-            best, fewest = candidate, defects
-    return best
-
-
-def welded(mesh: trimesh.Trimesh, within_mm: float) -> trimesh.Trimesh:
-    """``mesh`` with corners closer than ``within_mm`` made one (the
-    triangles between them dropped), as an STL reader would weld them at
-    float32, but here, where the result can be checked: a boolean's corners
-    a hair apart become one corner, not a collapsed triangle in the file."""
-    from scipy import sparse
-    from scipy.sparse.csgraph import connected_components
-    from scipy.spatial import cKDTree
-
-    v = np.asarray(mesh.vertices, dtype=np.float64)
-    pairs = cKDTree(v).query_pairs(within_mm, output_type="ndarray")
-    if not len(pairs):
-        return mesh
-    graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(v), len(v)))
-    _, label = connected_components(graph, directed=False)
-    _, first = np.unique(label, return_index=True)
-    faces = first[label[np.asarray(mesh.faces)]]
-    keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])
-    return trimesh.Trimesh(v, faces[keep], process=False)
-
-
-def without_needles(mesh: trimesh.Trimesh, passes: int = 4) -> trimesh.Trimesh:
-    """``mesh`` with its needle triangles flipped away.
-
-    Booleans of surfaces that cross at grazing angles leave needles: a corner
-    a hair off the opposite edge, which an STL's float32 corners make
-    degenerate. Such a triangle (i, j, k), k next to its longest edge i-j,
-    and its neighbour (j, i, l) across that edge cover the triangle i-l-j
-    split at k; they become (k, i, l) and (k, l, j): the same surface, the
-    same vertices, no needle."""
-    faces = np.array(mesh.faces, dtype=np.int64)
-    v32 = np.asarray(mesh.vertices, dtype=np.float32).astype(np.float64)
-    for _ in range(passes):
-        t = v32[faces]
-        edges = t[:, [1, 2, 0]] - t   # edge s runs from corner s to corner s + 1
-        length = np.linalg.norm(edges, axis=2)
-        doubled = np.linalg.norm(np.cross(edges[:, 0], -edges[:, 2]), axis=1)
-        needles = np.flatnonzero(doubled < NEEDLE_MM * length.max(axis=1))
-        if not len(needles):
-            break
-        owner = {(int(a), int(b)): f for f, tri in enumerate(faces) for a, b in ((tri[0], tri[1]), (tri[1], tri[2]),
-                                                                                  (tri[2], tri[0]))}
-        done: set[int] = set()
-        for f in needles:
-            if f in done:
-                continue
-            s_ = int(np.argmax(length[f]))
-            i, j, k = (int(faces[f][(s_ + m) % 3]) for m in range(3))
-            g = owner.get((j, i))
-            if g is None or g in done:
-                continue
-            l = next(int(x) for x in faces[g] if x not in (i, j))
-            if l == k:
-                continue
-            faces[f], faces[g] = (k, i, l), (k, l, j)
-            for a, b, face in ((k, i, f), (i, l, f), (l, k, f), (k, l, g), (l, j, g), (j, k, g)):
-                owner[(a, b)] = face
-            done.update((f, g))
-    return trimesh.Trimesh(np.asarray(mesh.vertices), faces, process=False)
 
 
 def _box(lo, hi) -> manifold3d.Manifold:
@@ -428,12 +342,31 @@ class Terrain:
 
 def bone_envelope(bone_tri: np.ndarray, region: np.ndarray) -> Terrain:
     """The upper envelope of ``bone_tri`` (local frame) over ``region``
-    ([[a0, b0], [a1, b1]]) on a grid, exact at the nodes."""
+    ([[a0, b0], [a1, b1]]) on a grid: exact at the nodes, and at least as
+    high as any point of the surface (its corners, and its edges sampled a
+    grid step apart) at the node nearest to it. Bone seen edge-on (a thin
+    wall along the approach) can fall between nodes; it is kept, half a grid
+    diagonal off at most, which the sideways widening of
+    :meth:`Terrain.dilated` covers."""
     a = np.arange(region[0, 0], region[1, 0] + TERRAIN_GRID_MM, TERRAIN_GRID_MM)
     b = np.arange(region[0, 1], region[1, 1] + TERRAIN_GRID_MM, TERRAIN_GRID_MM)
     aa, bb = np.meshgrid(a, b, indexing="ij")
     high, _ = column_extremes(np.column_stack([aa.ravel(), bb.ravel()]), bone_tri)
+    samples = _edge_samples(bone_tri, TERRAIN_GRID_MM)
+    node = np.round((samples[:, :2] - region[0]) / TERRAIN_GRID_MM).astype(np.int64)
+    ok = np.all((node >= 0) & (node < aa.shape), axis=1)
+    np.maximum.at(high, node[ok, 0] * aa.shape[1] + node[ok, 1], samples[ok, 2])
     return Terrain(a, b, high.reshape(aa.shape))
+
+
+def _edge_samples(tri: np.ndarray, step_mm: float) -> np.ndarray:
+    """Points along the edges of the triangles ``tri``, corners included, at most ``step_mm`` apart."""
+    start = tri.reshape(-1, 3)
+    edge = np.roll(tri, -1, axis=1).reshape(-1, 3) - start
+    count = np.maximum(1, np.ceil(np.linalg.norm(edge, axis=1) / step_mm).astype(np.int64))
+    which = np.repeat(np.arange(len(start)), count)
+    t = (np.arange(which.size) - np.repeat(np.cumsum(count) - count, count)) / count[which]
+    return start[which] + edge[which] * t[:, None]
 
 
 def _shifted(grid: np.ndarray, i: int, j: int) -> np.ndarray:
@@ -578,7 +511,8 @@ def guide_measures(mesh: trimesh.Trimesh, plane: Plane, frame: GuideFrame, s: Gu
 def _slot_measures(mesh, plane, local, normals, s: GuidesConfig, z_top: float) -> dict:
     """The slot's walls as built: the faces facing the plane from
     ``slot_width/2`` either side. Their mid-plane's distance and angle to the
-    cut plane are the design error."""
+    cut plane are the design error; the flatness is how far any corner of a
+    wall lies from it (float32 rounding and needle repairs)."""
     half = s.slot_width_mm / 2.0
     d = plane.signed_distance_mm(mesh.vertices)
     faces = np.asarray(mesh.faces)
@@ -592,12 +526,28 @@ def _slot_measures(mesh, plane, local, normals, s: GuidesConfig, z_top: float) -
     plus, minus = (np.unique(faces[walls[side]]) for side in (1.0, -1.0))
     mid = (d[plus].mean() + d[minus].mean()) / 2.0
     n = np.asarray(plane.normal_lps)
-    wall_normals = np.asarray(mesh.face_normals)[np.concatenate(list(walls.values()))]
-    sine = np.linalg.norm(np.cross(wall_normals, n), axis=1).max()
-    lower = np.concatenate([plus, minus])
-    lower = lower[local[lower, 2] < z_top - 1e-6]
+    # The walls' common normal: the least-squares plane through both walls'
+    # corners, each wall about its own centre (a tiny triangle's own normal
+    # says more about float32 than about the wall).
+    v = np.asarray(mesh.vertices)
+    centred = np.vstack([v[plus] - v[plus].mean(axis=0), v[minus] - v[minus].mean(axis=0)])
+    fitted = np.linalg.svd(centred, full_matrices=False)[2][-1]
+    sine = np.linalg.norm(np.cross(fitted, n))
+    # Guiding length: from the top down to the highest corner of the walls'
+    # lower rim (their outline less its edges along the top and the end walls).
+    ends = local[plus, 0].min(), local[plus, 0].max()
+    rim = []
+    for side in walls.values():
+        wf = faces[side]
+        edges = np.sort(np.stack([wf, np.roll(wf, -1, axis=1)], axis=2).reshape(-1, 2), axis=1)
+        unique, count = np.unique(edges, axis=0, return_counts=True)
+        outline = local[unique[count == 1]]                     # (E, 2, 3)
+        top = np.all(outline[:, :, 2] >= z_top - 1e-6, axis=1)
+        at_end = np.any([np.all(np.abs(outline[:, :, 0] - e) <= 1e-6, axis=1) for e in ends], axis=0)
+        rim.append(outline[~top & ~at_end].reshape(-1, 3))
+    rim = np.concatenate(rim)
     return {"found": True, "width_mm": round(float(d[plus].mean() - d[minus].mean()), 9),
-            "depth_mm": round(float(z_top - local[lower, 2].max()), 3) if len(lower) else 0.0,
+            "depth_mm": round(float(z_top - rim[:, 2].max()), 3) if len(rim) else 0.0,
             "midplane_distance_mm": float(abs(mid)),
             "midplane_angle_deg": float(math.degrees(math.asin(min(1.0, float(sine))))),
             "wall_flatness_mm": float(max(np.ptp(d[plus]), np.ptp(d[minus]))),
@@ -620,17 +570,12 @@ def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
     near_faces = np.asarray(bones.faces)[overlaps]
     if not len(near_faces):
         return {"seat_area_on_bone_mm2": 0.0, "contact_gap_mm": None, "closest_to_bone_mm": None}
-    nearby = trimesh.Trimesh(v, near_faces, process=False)
-    bones, bone_tri = nearby, v[near_faces]
-    # Exact up to the seat's reach; beyond it, only known to be farther.
+    bones = NearSurface(vertices=v, faces=near_faces)
     # The closest approach lies on a face that does not look up (the top of
     # the block and of the seat look away from the bone).
     low = np.asarray(normals)[:, 2] < UNDERSIDE_COS
     probe = np.vstack([mesh.vertices[np.unique(np.asarray(mesh.faces)[low])], mesh.triangles_center[low]])
-    everywhere, _ = point_mesh_distance(probe, v, near_faces, exact_above=reach)
-    close = everywhere <= reach   # only bounds there: measured exactly
-    everywhere[close] = point_mesh_distance(probe[close], v, near_faces)[0]
-    closest = round(float(everywhere.min()), 4)
+    closest = round(float(bones.distance(probe)[0].min()), 4)
     # The underside, cut into triangles no longer than UNDER_EDGE_MM so
     # that a large flat face is judged piece by piece.
     under = np.flatnonzero(normals[:, 2] <= -UNDERSIDE_COS)
@@ -638,13 +583,13 @@ def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
                                               max_edge=UNDER_EDGE_MM)
     fine = trimesh.Trimesh(uv, uf, process=False)
     fine_normals = np.asarray(fine.face_normals) if len(uf) else np.zeros((0, 3))
-    gap_c, facing_c = _facing_gap(fine.triangles_center, fine_normals, bones, bone_tri)
+    gap_c, facing_c = _facing_gap(fine.triangles_center, fine_normals, bones)
     faces_bone = (gap_c <= s.contact_clearance_mm + s.wall_mm) & facing_c
     faces = np.flatnonzero(faces_bone)
     if not len(faces):
         return {"seat_area_on_bone_mm2": 0.0, "contact_gap_mm": None, "closest_to_bone_mm": closest}
     gap_v, facing_v = _facing_gap(fine.vertices[uf[faces].ravel()], np.repeat(fine_normals[faces], 3, axis=0),
-                                  bones, bone_tri)
+                                  bones)
     area = fine.area_faces[faces]
     gaps = np.concatenate([gap_c[faces], gap_v[facing_v]])
     on_bone = gap_c[faces] <= s.contact_clearance_mm + CONTACT_BAND_MM
@@ -657,13 +602,13 @@ def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
             "closest_to_bone_mm": closest}
 
 
-def _facing_gap(points, normals, bones, bone_tri) -> tuple[np.ndarray, np.ndarray]:
+def _facing_gap(points, normals, bones: NearSurface) -> tuple[np.ndarray, np.ndarray]:
     """(distance to the bone, whether the bone is met straight along its
     face's normal and the guide face looks back at it)."""
-    gap, nearest = point_mesh_distance(points, bones.vertices, bones.faces)
-    t = bone_tri[nearest]
-    foot = closest_on_triangles(points, t[:, 0], t[:, 1], t[:, 2])
-    bone_normal = np.asarray(bones.face_normals)[nearest]
+    gap, nearest, foot = bones.query(points)
+    t = bones.vertices[bones.faces[nearest]]
+    bone_normal = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
+    bone_normal /= np.maximum(np.linalg.norm(bone_normal, axis=1, keepdims=True), 1e-300)
     along = np.einsum("ij,ij->i", points - foot, bone_normal)
     looks = np.einsum("ij,ij->i", normals, bone_normal) <= -UNDERSIDE_COS
     return gap, (along >= (1.0 - 1e-6) * gap) & looks

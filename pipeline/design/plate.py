@@ -21,11 +21,8 @@ The API, for both::
 
 How: the signed distance to the bone is computed on a grid of
 ``spacing_mm`` around the footprint (signs from the winding number along
-grid rays; point-to-triangle distances exact up to two grid steps beyond
-the clearance, farther out the nearest of the candidate triangles, which is
-the exact distance but where a triangle's centre lies farther than its
-closest point's (then at most one triangle's reach over it: the plate is at
-most that much thinner there), see :class:`~pipeline.geometry.distance.NearSurface`),
+grid rays; exact point-to-triangle distances in a band around the
+surface, :class:`~pipeline.geometry.distance.NearSurface`),
 the shell between the two offsets is extracted by marching cubes, and the
 footprint planes trim it exactly (manifold3d). Linear interpolation of a
 distance field is exact for a flat bone and off by about ``spacing² / (8 R)``
@@ -52,7 +49,7 @@ from skimage.measure import marching_cubes
 from ..config import Plane
 from ..errors import MeshError
 from ..geometry.distance import NearSurface
-from ..geometry.meshes import MIN_ALTITUDE_MM, reader_defects, reader_view
+from ..geometry.meshes import flip_needles, reader_defects
 from ..geometry.resect import to_manifold
 from ..segment.voxelise import inside_mesh
 
@@ -153,49 +150,6 @@ def solid_mesh(m: manifold3d.Manifold) -> trimesh.Trimesh:
     return mesh
 
 
-def flip_needles(mesh: trimesh.Trimesh, min_altitude_mm: float = 10 * MIN_ALTITUDE_MM) -> trimesh.Trimesh:
-    """Needle triangles (a corner almost on the opposite, longest edge; the
-    edge collapses of a simplification do not remove them) turned away by
-    flipping that edge with the neighbour across it: the surface moves by
-    less than the needle's altitude. The mesh is taken as an STL reader will
-    read it (float32, welded): triangles that collapse there and fins (two
-    triangles on the same corners, back to back) are removed."""
-    # As a reader will have it: float32 corners welded; triangles that collapse go.
-    v, f = reader_view(mesh)
-    f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 2] != f[:, 0])]
-    # Two triangles on the same corners back to back (a fin of no volume) both go.
-    _, which, count = np.unique(np.sort(f, axis=1), axis=0, return_inverse=True, return_counts=True)
-    f = f[count[which.reshape(-1)] == 1]
-    for _ in range(10):
-        tri = v[f]
-        edges = tri[:, [1, 2, 0]] - tri                      # edge k runs from corner k to k+1
-        length = np.linalg.norm(edges, axis=2)
-        area2 = np.linalg.norm(np.cross(edges[:, 0], -edges[:, 2]), axis=1)
-        longest = length.argmax(axis=1)
-        needles = np.flatnonzero(area2 < min_altitude_mm * length.max(axis=1))
-        if needles.size == 0:
-            break
-        owner = {(int(a), int(b)): i for i, (a, b) in
-                 enumerate(zip(f.ravel(), np.roll(f, -1, axis=1).ravel()))}
-        done = set()
-        for t in needles:
-            if t in done:
-                continue
-            k = longest[t]
-            a, b, c = f[t, k], f[t, (k + 1) % 3], f[t, (k + 2) % 3]
-            across = owner.get((int(b), int(a)))
-            if across is None or across // 3 in done:
-                continue
-            u = across // 3
-            d = f[u][(list(f[u]).index(a) + 1) % 3]
-            if d == c or (int(c), int(d)) in owner or (int(d), int(c)) in owner:
-                continue
-            f[t], f[u] = (a, d, c), (d, b, c)
-            done.update((t, u))
-    used, inverse = np.unique(f, return_inverse=True)
-    return trimesh.Trimesh(vertices=v[used], faces=inverse.reshape(-1, 3), process=False)
-
-
 def _level_zero(field: np.ndarray, origin: np.ndarray, spacing: float) -> manifold3d.Manifold | None:
     """The closed solid where ``field`` < 0 on the grid (marching cubes), or None."""
     field = field.copy()
@@ -255,7 +209,7 @@ def _signed_distance_at(solid: trimesh.Trimesh, origin: np.ndarray, shape: tuple
     affine = np.diag([spacing, spacing, spacing, 1.0])
     affine[:3, 3] = origin
     inside = inside_mesh(solid.vertices, solid.faces, affine, tuple(slice(0, s) for s in shape)).reshape(-1)[at]
-    d, _ = NearSurface(solid, lo, hi).distance(points, limit)
+    d, _ = NearSurface(solid, lo, hi).distance(points)
     return np.where(inside, -d, np.minimum(d, limit + spacing))
 
 
@@ -276,14 +230,15 @@ def _signed_distance(bone: trimesh.Trimesh, origin: np.ndarray, shape: tuple[int
     over = np.all((tri[:, :, 1:].max(axis=1) >= origin[1:]) & (tri[:, :, 1:].min(axis=1) <= hi[1:]), axis=1)
     inside = inside_mesh(bone.vertices, np.asarray(bone.faces)[over], affine, box)
     surface = NearSurface(bone, origin - reach, hi + reach)
-    # Candidate band: grid points near a triangle's centre (every point of a
-    # triangle lies within ``surface.reach`` of it); inside the bone only
-    # next to the surface, where the sign changes.
-    index = np.round((surface.triangles.mean(axis=1) - origin) / spacing).astype(np.int64)
+    # Candidate band: grid points near a sample of the surface (every point
+    # of it lies within ``within`` of one); inside the bone only next to the
+    # surface, where the sign changes.
+    samples, within = _surface_samples(surface.vertices[surface.faces], spacing)
+    index = np.round((samples - origin) / spacing).astype(np.int64)
     ok = np.all((index >= 0) & (index < shape), axis=1)
     seeds = np.ones(shape, dtype=bool)
     seeds[tuple(index[ok].T)] = False
-    gap = ndimage.distance_transform_edt(seeds) * spacing - surface.reach - spacing
+    gap = ndimage.distance_transform_edt(seeds) * spacing - within - spacing
     near = np.where(inside, gap <= 2 * spacing, gap <= reach)
     signed = np.where(inside, -reach, reach)
     at = np.flatnonzero(near)
@@ -292,10 +247,24 @@ def _signed_distance(bone: trimesh.Trimesh, origin: np.ndarray, shape: tuple[int
     at, points = at[within], points[within]
     # Inside the bone only the sign matters, save next to the surface.
     inner = inside.reshape(-1)[at]
-    distance, _ = surface.distance(points, np.where(inner, spacing, clearance + 2 * spacing))
+    distance, _ = surface.distance(points)
     flat = signed.reshape(-1)
     flat[at] = np.where(inner, -1, 1) * np.minimum(distance, reach)
     return signed
+
+
+def _surface_samples(tri: np.ndarray, spacing: float) -> tuple[np.ndarray, float]:
+    """Points on the surface of the triangles ``tri`` (their centres, the
+    triangles longer than two grid steps split first) and the largest distance
+    from a point of the surface to the nearest of them."""
+    edges = np.linalg.norm(tri - np.roll(tri, 1, axis=1), axis=2).max(axis=1)
+    large = edges > spacing
+    if large.any():
+        v, f = trimesh.remesh.subdivide_to_size(tri[large].reshape(-1, 3),
+                                                np.arange(3 * int(large.sum())).reshape(-1, 3), spacing)
+        tri = np.concatenate([tri[~large], v[f]])
+    centres = tri.mean(axis=1)
+    return centres, float(np.linalg.norm(tri - centres[:, None], axis=2).max(initial=0.0))
 
 
 @dataclass(frozen=True)
@@ -322,7 +291,7 @@ def plate_contact(plate: trimesh.Trimesh, bone: trimesh.Trimesh, clearance_mm: f
     surface = NearSurface(bone, plate.bounds[0] - clearance_mm - thickness_mm,
                           plate.bounds[1] + clearance_mm + thickness_mm)
     near = clearance_mm + 0.5 * thickness_mm
-    d_centre, closest = surface.distance(centres, near)
+    d_centre, closest = surface.distance(centres)
     to_bone = closest - centres
     cosine = np.einsum("ij,ij->i", plate.face_normals, to_bone) / np.maximum(d_centre, 1e-12)
     towards = cosine > FACING_COSINE
@@ -335,7 +304,7 @@ def plate_contact(plate: trimesh.Trimesh, bone: trimesh.Trimesh, clearance_mm: f
     corners = np.unique(plate.faces[faces])
     for plane in behind:
         corners = corners[plane.signed_distance_mm(plate.vertices[corners]) < -ON_PLANE_MM]
-    d_corner, _ = surface.distance(plate.vertices[corners], near)
+    d_corner, _ = surface.distance(plate.vertices[corners])
     # Corners shared with a side wall standing nearly parallel to the bone lie
     # beyond mid-thickness: they are the wall's, not the bone-facing side's.
     d_corner = d_corner[d_corner < near]

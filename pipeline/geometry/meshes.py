@@ -217,3 +217,140 @@ def concatenate_solids(parts: list[trimesh.Trimesh]) -> trimesh.Trimesh:
                                    np.max([f["bounds_lps_mm"][1] for f in facts], axis=0)]),
     })
     return mesh
+
+
+def flip_needles(mesh: trimesh.Trimesh, min_altitude_mm: float = 10 * MIN_ALTITUDE_MM,
+                 passes: int = 10) -> trimesh.Trimesh:
+    """``mesh`` as an STL reader will read it (float32, welded; triangles
+    collapsed there and fins, two triangles on the same corners back to
+    back, removed), with its needle triangles (smallest altitude under
+    ``min_altitude_mm``) taken out.
+
+    Booleans of surfaces that meet at grazing angles leave them: a corner ``k`` a hair off the opposite, longest edge ``i-j`` (two
+    corners a hair apart are a case of it). Taken out by, whichever first
+    works:
+
+    - collapsing ``k`` into ``i`` or ``j`` (the nearer first): the two
+      triangles on that edge go, the others around ``k`` take the new
+      corner. Only where the two corners share exactly the two neighbours
+      across the edge (else the collapse would pinch the surface), no
+      triangle turns over, and ``k`` lies within ``COLLAPSE_MM`` of every
+      changed triangle's plane (the surface moves by no more);
+    - flipping the edge ``i-j``: the needle and its neighbour ``(j, i, l)``
+      cover the triangle ``i-l-j`` split at ``k``; they become
+      ``(k, i, l)`` and ``(k, l, j)``: the same vertices, the surface moved
+      by less than the needle's altitude. Not where the edge ``k-l`` exists.
+    """
+    v, f = reader_view(mesh)
+    f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 2] != f[:, 0])]
+    _, which, count = np.unique(np.sort(f, axis=1), axis=0, return_inverse=True, return_counts=True)
+    f = f[count[which.reshape(-1)] == 1].copy()
+    for _ in range(passes):
+        t = v[f]
+        length = np.linalg.norm(t[:, [1, 2, 0]] - t, axis=2)     # edge s: corner s to corner s + 1
+        doubled = np.linalg.norm(np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]), axis=1)
+        needles = np.flatnonzero(doubled < min_altitude_mm * length.max(axis=1))
+        if needles.size == 0:
+            break
+        changed = _Needles(v, f).clean(needles, length)
+        f = f[~changed.removed]
+        if not changed.count:
+            break
+    used, inverse = np.unique(f, return_inverse=True)
+    return trimesh.Trimesh(vertices=v[used], faces=inverse.reshape(-1, 3), process=False)
+
+
+# A needle's corner off its longest edge is collapsed into a neighbour when
+# that moves the surface by at most this (mm); else the longest edge is flipped.
+COLLAPSE_MM = 1e-2
+
+
+class _Needles:
+    """One pass of :func:`flip_needles` over ``f`` (changed in place): each
+    triangle is changed at most once a pass, so the adjacency built at the
+    start stays true for every triangle not yet touched."""
+
+    def __init__(self, v: np.ndarray, f: np.ndarray) -> None:
+        self.v, self.f = v, f
+        n = np.int64(len(v))
+        self.n = n
+        keys = f.ravel() * n + np.roll(f, -1, axis=1).ravel()   # half-edge 3 * face + s: f[face, s] -> next
+        self.order = np.argsort(keys)
+        self.keys = keys[self.order]
+        corner = np.argsort(f.ravel(), kind="stable")           # faces around each vertex
+        self.around_order = corner // 3
+        self.around_start = np.searchsorted(f.ravel()[corner], np.arange(len(v) + 1))
+        self.touched = np.zeros(len(f), dtype=bool)
+        self.removed = np.zeros(len(f), dtype=bool)
+        self.made: set[tuple[int, int]] = set()
+        self.count = 0
+
+    def owner(self, a: int, b: int) -> int | None:
+        key = a * self.n + b
+        at = int(np.searchsorted(self.keys, key))
+        return int(self.order[at]) // 3 if at < len(self.keys) and self.keys[at] == key else None
+
+    def around(self, vertex: int) -> np.ndarray:
+        return self.around_order[self.around_start[vertex]:self.around_start[vertex + 1]]
+
+    def clean(self, needles: np.ndarray, length: np.ndarray) -> "_Needles":
+        # Collapses first: a flip next to a needle that a collapse removes
+        # could only make another needle there.
+        flips = []
+        for face in needles.tolist():
+            if self.touched[face]:
+                continue
+            s = int(length[face].argmax())
+            i, j, k = (int(self.f[face, (s + m) % 3]) for m in range(3))
+            near, far = (i, j) if length[face, (s + 2) % 3] <= length[face, (s + 1) % 3] else (j, i)
+            if not (self._collapse(face, k, near) or self._collapse(face, k, far)):
+                flips.append((face, s))
+        for face, s in flips:
+            if not self.touched[face]:
+                self._flip(face, s)
+        return self
+
+    def _collapse(self, face: int, b: int, a: int) -> bool:
+        """Collapse the edge a-b of ``face``, ``b`` into ``a``, if the
+        surface moves by at most ``COLLAPSE_MM`` there; whether it was done."""
+        f, v = self.f, self.v
+        other = self.owner(b, a) if self.owner(a, b) == face else self.owner(a, b)
+        if other is None or self.touched[other]:
+            return False
+        faces_a, faces_b = self.around(a), self.around(b)
+        ring = np.concatenate([faces_a, faces_b])
+        if self.touched[ring].any():
+            return False
+        ring_a, ring_b = set(f[faces_a].ravel()) - {a}, set(f[faces_b].ravel()) - {b}
+        across = {int(x) for x in f[face] if x not in (a, b)} | {int(x) for x in f[other] if x not in (a, b)}
+        if (ring_a & ring_b) != across or len(across) != 2:
+            return False
+        moved = np.setdiff1d(faces_b, [face, other])
+        new = np.where(f[moved] == b, a, f[moved])
+        before = np.cross(v[f[moved, 1]] - v[f[moved, 0]], v[f[moved, 2]] - v[f[moved, 0]])
+        after = np.cross(v[new[:, 1]] - v[new[:, 0]], v[new[:, 2]] - v[new[:, 0]])
+        if np.any(np.einsum("ij,ij->i", before, after) <= 0):
+            return False
+        # How far the old corner lies from the new triangles (their planes).
+        unit = after / np.linalg.norm(after, axis=1, keepdims=True)
+        if np.any(np.abs(np.einsum("ij,ij->i", v[b] - v[new[:, 0]], unit)) > COLLAPSE_MM):
+            return False
+        f[moved] = new
+        self.removed[[face, other]] = True
+        self.touched[ring] = True
+        self.count += 1
+        return True
+
+    def _flip(self, face: int, s: int) -> None:
+        f = self.f
+        i, j, k = (int(f[face, (s + m) % 3]) for m in range(3))
+        across = self.owner(j, i)
+        if across is None or self.touched[across]:
+            return
+        l = next(int(x) for x in f[across] if x not in (i, j))
+        if l == k or self.owner(k, l) is not None or self.owner(l, k) is not None or (min(k, l), max(k, l)) in self.made:
+            return
+        f[face], f[across] = (k, i, l), (k, l, j)
+        self.made.add((min(k, l), max(k, l)))
+        self.touched[[face, across]] = True
+        self.count += 1

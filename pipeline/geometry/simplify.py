@@ -85,8 +85,8 @@ def hausdorff_mm(a: trimesh.Trimesh, b: trimesh.Trimesh) -> float:
     sampled at the vertices and triangle centres of both."""
     va, fa = np.asarray(a.vertices, dtype=np.float64), np.asarray(a.faces, dtype=np.int64)
     vb, fb = np.asarray(b.vertices, dtype=np.float64), np.asarray(b.faces, dtype=np.int64)
-    return max(float(_distance(_samples(va, fa), vb, fb, 0.0)[0].max()),
-               float(_distance(_samples(vb, fb), va, fa, 0.0)[0].max()))
+    return max(float(point_mesh_distance(_samples(va, fa), vb, fb)[0].max()),
+               float(point_mesh_distance(_samples(vb, fb), va, fa)[0].max()))
 
 
 def _decimate_around(vertices: np.ndarray, faces: np.ndarray, keep: np.ndarray,
@@ -119,15 +119,15 @@ def _compare(vertices, faces, view_vertices, view_faces, tolerance_mm: float) ->
     samples against the original; the first that finds strays ends the
     comparison (the next round decimates again anyway), and the distance
     returned is then a lower bound, the Hausdorff distance otherwise."""
-    out, _ = _distance(vertices, view_vertices, view_faces, tolerance_mm)
+    out, _ = point_mesh_distance(vertices, view_vertices, view_faces)
     stray = (out > tolerance_mm)[faces].any(axis=1)
     if stray.any():
         return float(out.max()), stray
-    centres, _ = _distance(vertices[faces].mean(axis=1), view_vertices, view_faces, tolerance_mm)
+    centres, _ = point_mesh_distance(vertices[faces].mean(axis=1), view_vertices, view_faces)
     stray = centres > tolerance_mm
     if stray.any():
         return float(centres.max()), stray
-    back, nearest = _distance(_samples(view_vertices, view_faces), vertices, faces, tolerance_mm)
+    back, nearest = point_mesh_distance(_samples(view_vertices, view_faces), vertices, faces)
     stray[nearest[back > tolerance_mm]] = True
     return max(float(out.max()), float(centres.max()), float(back.max())), stray
 
@@ -135,13 +135,6 @@ def _compare(vertices, faces, view_vertices, view_faces, tolerance_mm: float) ->
 def _samples(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Vertices and triangle centres."""
     return np.concatenate([vertices, vertices[faces].mean(axis=1)])
-
-
-def _distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
-              tolerance_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """Distance from each point to the triangle mesh, exact above the
-    tolerance (at or below it only known to be so), and the face measured to."""
-    return point_mesh_distance(points, vertices, faces, exact_above=tolerance_mm)
 
 
 def _grow(selected: np.ndarray, faces: np.ndarray, n_vertices: int, rings: int) -> np.ndarray:

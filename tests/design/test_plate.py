@@ -160,14 +160,11 @@ def test_plate_without_bone_in_its_footprint_is_refused():
         bone_plate(bone, far, CLEARANCE_MM, THICKNESS_MM)
 
 
-def test_near_surface_distance_is_exact_below_its_limit():
+def test_near_surface_distance_is_exact():
     bone = cylinder_bone()
     rng = np.random.default_rng(7)
     points = rng.uniform(bone.bounds[0] - 6.0, bone.bounds[1] + 6.0, size=(2000, 3))
-    limit = 4.0
-    d, closest = NearSurface(bone).distance(points, limit)
+    d, closest = NearSurface(bone).distance(points)
     truth_point, truth, _ = trimesh.proximity.closest_point(bone, points)
-    near = truth <= limit
-    np.testing.assert_allclose(d[near], truth[near], atol=1e-9)
-    np.testing.assert_allclose(closest[near], truth_point[near], atol=1e-6)
-    assert np.all(d[~near] > limit)
+    np.testing.assert_allclose(d, truth, atol=1e-9)
+    np.testing.assert_allclose(closest, truth_point, atol=1e-6)
