@@ -19,7 +19,6 @@ from .bones import LABEL_NAMES
 from .config import Config, guide_stem
 from .design import BoneScene, Fixation, fit_report, fix_implant, mirrored_source
 from .design.guides import Guide, cutting_guides
-from .design.plate import bone_plate
 from .errors import PlanError
 from .geometry import (Resection, bone_surfaces, check_plane_structures, concatenate_solids, mesh_facts, mesh_stats,
                        resect, validate_solid)
@@ -132,7 +131,7 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
         if config.guides.enabled:
             with timer.stage("guides"):
                 guides = cutting_guides(planes, config.guides, bones=bone, cut_bone=concatenate_solids(cut_bones),
-                                        host=cut.host, cut_faces=cut.host_cut_faces, make_seat=bone_plate)
+                                        host=cut.host, cut_faces=cut.host_cut_faces)
                 parallel(*[(lambda g=g: validate_solid(g.mesh, f"guide_{guide_stem(g.plane_name)}"))
                            for g in guides])
         if config.implant.fixation is not None:

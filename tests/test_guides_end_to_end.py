@@ -96,8 +96,13 @@ def test_one_closed_guide_per_plane_on_the_sample(tmp_path_factory):
     check_guides(out, report)
     for g in report["guides"]:
         assert len(g["kwires"]) == 2
+        # The seat never comes nearer the bone than the clearance (less the
+        # linear terrain's dip between nodes at a sharp ridge); where the bone
+        # slopes or has crevices narrower than the clearance's ball, the gap
+        # is larger by design, so the mean lies above it.
         gap = g["contact_gap_mm"]
-        assert 0.15 <= gap["min"] and abs(gap["mean"] - 0.3) <= 0.1
+        assert gap["min"] >= 0.3 - 0.05 and 0.3 <= gap["mean"] <= 0.3 + 0.3
+        assert g["seat_area_on_bone_mm2"] >= 1000.0
         assert (out / "qa" / f"{g['file'][:-4]}.png").exists()
     page = (out / "report.html").read_text()
     assert "Cutting guides" in page and "guide_sacral_ala.stl" in page

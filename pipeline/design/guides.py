@@ -7,19 +7,19 @@ the removed part), ``z`` along the approach projected onto the plane (so a
 blade that enters the slot along it stays in the plane), ``a`` along the
 cut line. Its parts, combined by exact manifold3d booleans:
 
-- the **seat**: the bone surface over the footprint (within
-  ``footprint_mm`` of the plane on both sides, along the cut line, facing
-  the approach and not hidden under other bone), offset by the contact
-  clearance and thickened by the wall (made by ``make_seat``: the run
-  passes :func:`pipeline.design.plate.plate`);
+- the **seat**: the bone surface seen from the approach over the footprint
+  (within ``footprint_mm`` of the plane on both sides, along the cut line),
+  offset by the contact clearance and thickened by the wall: the slab
+  between the bone's upper envelope along ``z`` dilated by the clearance
+  and by clearance + wall (:class:`Terrain`), a height field that cannot
+  hook under bone;
 - the **slot block**: a box standing on the seat around the plane, as long
   as the cut line plus a wall at each end, reaching ``slot_depth_mm`` above
   the highest bone under the slot;
-- minus the **clearance terrain**: everything below the bone's upper
+  less the **clearance terrain**: everything below the bone's upper
   envelope along ``z`` (all bones, the uncut ones too), dilated by the
-  contact clearance. What lies below it would hook under the bone when the
-  guide is lifted off, or press into it; subtracting it trims the footprint
-  where it would hook and makes the block's underside follow the bone;
+  clearance and half a wall, so the block's underside follows the bone
+  inside the seat and cannot hook under it;
 - minus the **slot**: a slab of the printed slot width whose mid-plane is
   the cut plane, through block and seat and open to the bone, over the cut
   line's length plus ``SLOT_END_MM`` at each end, closed by the end walls;
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import manifold3d
 import numpy as np
@@ -50,7 +49,7 @@ from ..geometry.columns import column_extremes
 from ..parallel import parallel
 from ..geometry.distance import NearSurface
 from ..geometry.resect import to_manifold as _to_manifold
-from .plate import solid_mesh
+from .plate import manifold_mesh, solid_mesh
 
 # The slot runs this far beyond each end of the cut line (mm), so the blade
 # reaches the ends of the cut face.
@@ -87,17 +86,14 @@ KWIRE_FALLBACK = 0.8
 KWIRE_HOLE_SEGMENTS = 24
 # Slot wall faces: facing the plane, every corner within this of the
 # nominal wall (mm); other faces touching the wall (the bottom's facets)
-# are not walls.
+# are not walls. Also how near the top and the end walls a rim corner may
+# lie and still be theirs (float32 corners of a written guide).
 WALL_SELECT_MM = 1e-3
 # A guide that overlaps the bone by more than this (mm3) is reported.
 INTERSECTION_TOL_MM3 = 1e-3
 # A seat with less area on bone than this (mm2) is reported: it may rock.
 MIN_SEAT_AREA_MM2 = 150.0
 
-# make_seat(bone, footprint planes, clearance_mm, thickness_mm): the closed
-# plate over the bone within the footprint (behind every plane), its
-# underside at the clearance (pipeline.design.plate.bone_plate).
-SeatMaker = Callable[[trimesh.Trimesh, tuple[Plane, ...], float, float], trimesh.Trimesh]
 
 
 @dataclass(frozen=True)
@@ -149,15 +145,13 @@ class Guide:
 
 def cutting_guide(plane: Plane, approach_lps, settings: GuidesConfig, *, bones: trimesh.Trimesh,
                   cut_bone: trimesh.Trimesh, host: trimesh.Trimesh, cut_faces: np.ndarray,
-                  make_seat: SeatMaker, bones_solid: manifold3d.Manifold | None = None) -> Guide:
+                  bones_solid: manifold3d.Manifold | None = None) -> Guide:
     """The guide for ``plane`` (the cut plane, margins applied).
 
     ``bones``: every bone, intact (the guide touches none of them);
-    ``cut_bone``: the bones the plan cuts, intact (the seat lies on them);
+    ``cut_bone``: the bones the plan cuts, intact (the footprint's area on them is reported);
     ``host``: the remainder after the cut and ``cut_faces`` its faces on this
-    plane (the cut face the blade must reach, the bone the K-wires go into);
-    ``make_seat(mesh, faces, clearance_mm, thickness_mm)``: a closed plate
-    over ``faces`` of ``mesh``, its underside at the clearance from it.
+    plane (the cut face the blade must reach, the bone the K-wires go into).
     """
     name = plane.name
     bones_solid = bones_solid if bones_solid is not None else to_manifold(bones, "bone")
@@ -185,24 +179,23 @@ def cutting_guide(plane: Plane, approach_lps, settings: GuidesConfig, *, bones: 
     under_block = terrain.height[np.ix_(band, wall_cols)]
     if not np.isfinite(under_block).any():
         raise PlanError(f"guides: plane {name!r}: no bone under the slot seen from guides.approach_lps")
-    top_bone = float(np.max(under_block[np.isfinite(under_block)])) - s.wall_mm / 2.0
-    z_top = top_bone + s.slot_depth_mm
     in_block = terrain.height[np.ix_((terrain.a >= block_a[0]) & (terrain.a <= block_a[1]), wall_cols)]
     z_low = float(np.min(in_block[np.isfinite(in_block)])) - s.wall_mm
-
-    seat = _seat(make_seat, cut_bone, frame, envelope, block_a, s, name)
+    seat, seat_under = _seat(envelope, block_a, s)
+    # The slot's walls reach down to the guide's underside: the seat's where
+    # there is seat, else the block's. The block is built taller than needed,
+    # then its top is cut flat the slot depth above the walls' highest rim.
+    bottom = np.fmin(seat_under, terrain.height)[np.ix_(band, np.abs(terrain.b) <= block_half)]
+    z_top = float(np.max(bottom[np.isfinite(bottom)])) + s.slot_depth_mm + s.wall_mm
     block = _box((block_a[0], -block_half, z_low), (block_a[1], block_half, z_top))
     slot = _box((window[0], -half_slot, z_low - 2.0), (window[1], half_slot, z_top + 2.0))
-    # The seat is trimmed where it reaches under the bone's envelope dilated
-    # by half the clearance (widened sideways by a grid diagonal): where it
-    # would hook or press on bone. Where the bone faces the approach within
-    # about 25 degrees the seat's underside lies above that and is kept as
-    # made (at the clearance); on steeper bone the trim takes over, between
-    # half the clearance and a little more than the clearance from the bone.
-    trim = envelope.dilated(s.contact_clearance_mm / 2.0, widen=True).manifold(z_low - 3.0)
-    trimmed_seat = seat - trim
-    solid = ((block - terrain.manifold(z_low - 3.0)) + trimmed_seat) - slot
+    solid = ((block - terrain.manifold(z_low - 3.0)) + seat) - slot
     solid, dropped_mm3 = _largest_piece(solid)
+    built = manifold_mesh(solid)
+    local = np.asarray(built.vertices)
+    walls = _slot_walls(local[:, 1], np.asarray(built.faces), np.asarray(built.face_normals), half_slot)
+    z_top = min(z_top, _rim_top(local, np.asarray(built.faces), walls, z_top) + s.slot_depth_mm)
+    solid = solid.trim_by_plane((0.0, 0.0, -1.0), -z_top)
     faces = footprint_faces(cut_bone, frame, block_a, s.footprint_mm)
 
     wires, wire_report, wire_warnings = kwire_holes(solid, frame, host, s, block_a, block_half, z_top)
@@ -221,7 +214,6 @@ def cutting_guide(plane: Plane, approach_lps, settings: GuidesConfig, *, bones: 
               "footprint": {"width_each_side_mm": s.footprint_mm, "length_mm": round(block_a[1] - block_a[0], 3),
                             "bone_area_seen_from_approach_mm2": round(float(cut_bone.area_faces[faces].sum()), 3),
                             "seat_volume_mm3": round(seat.volume(), 3),
-                            "seat_volume_trimmed_mm3": round(seat.volume() - trimmed_seat.volume(), 3),
                             "pieces_dropped_volume_mm3": round(dropped_mm3, 3)}}
     warnings = list(wire_warnings) + guide_warnings(report, settings)
     return Guide(name, mesh, frame, kwires, report, tuple(warnings))
@@ -235,34 +227,39 @@ def to_manifold(mesh: trimesh.Trimesh, what: str) -> manifold3d.Manifold:
     return _to_manifold(copy, what)
 
 
-def _seat(make_seat: SeatMaker, cut_bone: trimesh.Trimesh, frame: GuideFrame, envelope: Terrain,
-          block_a: tuple[float, float], s: GuidesConfig, name: str) -> manifold3d.Manifold:
-    """The seat in the local frame: the plate over the footprint, down to
-    the lowest bone seen from the approach within it less the seat's reach.
-    Bone deeper than that is hidden under other bone (a plate there would be
-    trimmed anyway); leaving it out keeps the plate's grid small. One plate:
-    pieces made apart and united would meet in nearly coincident surfaces."""
-    inside = np.ix_((envelope.a >= block_a[0]) & (envelope.a <= block_a[1]), np.abs(envelope.b) <= s.footprint_mm)
-    heights = envelope.height[inside]
-    floor = float(heights[np.isfinite(heights)].min()) - s.contact_clearance_mm - s.wall_mm
-    plate = make_seat(cut_bone, footprint_planes(frame, block_a, s.footprint_mm, floor), s.contact_clearance_mm,
-                      s.wall_mm)
-    return to_manifold(plate, f"guide {name} seat").transform(frame.to_local_matrix())
-
-
-def footprint_planes(frame: GuideFrame, block_a: tuple[float, float], footprint_mm: float,
-                     z_low: float) -> tuple[Plane, ...]:
-    """The seat's footprint as half-spaces (each normal points away from
-    it): within ``footprint_mm`` of the cut plane on both sides, along the
-    slot block's length, and above the block's lowest point along the approach."""
-    a, n, z = (frame.axes[:, i] for i in range(3))
-    o = frame.origin_lps_mm
-
-    def half(offset_mm: float, axis: np.ndarray, sign: float) -> Plane:
-        return Plane(point_lps_mm=tuple(o + offset_mm * axis), normal_lps=tuple(sign * axis))
-
-    return (half(footprint_mm, n, 1.0), half(-footprint_mm, n, -1.0), half(block_a[1], a, 1.0),
-            half(block_a[0], a, -1.0), half(z_low, z, -1.0))
+def _seat(envelope: Terrain, block_a: tuple[float, float], s: GuidesConfig
+          ) -> tuple[manifold3d.Manifold, np.ndarray]:
+    """The seat in the local frame: between the bone's envelope dilated by
+    the contact clearance (its underside) and by clearance + wall (its top),
+    over the footprint (within ``footprint_mm`` of the plane, along the slot
+    block). Seen along the approach it is a height field: it cannot reach
+    under bone, so it lifts off, and its underside keeps the clearance from
+    every bone it passes over (widened sideways by half a grid diagonal, as
+    the terrain: where the bone slopes, the gap grows by up to that times
+    the slope's sine). It ends where the underside's ball no longer meets
+    bone, and is nowhere thicker than two walls. Also the underside's
+    height at each node of the grid (+inf where there is no seat)."""
+    c, w = s.contact_clearance_mm, s.wall_mm
+    top = envelope.dilated(c + w, widen=True).height
+    clear = envelope.dilated(c, widen=True).height
+    under = np.maximum(clear, top - 2.0 * w)
+    # Where the underside has no bone under it (beyond the bone's outline,
+    # where only the top's wider ball reaches) there is no seat.
+    inside = (np.isfinite(clear) & ((envelope.a >= block_a[0]) & (envelope.a <= block_a[1]))[:, None]
+              & (np.abs(envelope.b) <= s.footprint_mm)[None, :])
+    if not inside.any():
+        raise PlanError("guides: no bone within the footprint seen from guides.approach_lps")
+    seen = np.isfinite(top)
+    floor = float(min(under[inside].min(), top[seen].min())) - 2.0
+    # Outside the seat the underside lies a millimetre above the top, so
+    # nothing is left there, and never lower than inside: no sheet hangs
+    # from the seat's edge into the bone. Where no bone is within reach
+    # both drop to the floor.
+    top = np.where(seen, top, floor + 1.0)
+    under = np.where(inside, under, np.where(seen, top + 1.0, floor + 2.0))
+    solid = (Terrain(envelope.a, envelope.b, top).manifold(floor)
+             - Terrain(envelope.a, envelope.b, under).manifold(floor - 1.0))
+    return solid, np.where(inside, under, np.inf)
 
 
 def _box(lo, hi) -> manifold3d.Manifold:
@@ -300,11 +297,12 @@ class Terrain:
 
     def dilated(self, radius_mm: float, *, widen: bool) -> "Terrain":
         """The envelope of the bone dilated by a ball of ``radius_mm``, on
-        the grid. ``widen``: the ball is widened sideways (not upwards) by a
-        grid diagonal, so the linear terrain between nodes cannot cut the
-        corner of a steep bone edge closer than the radius; flat tops stay
-        exactly ``radius_mm`` above the bone."""
-        slack = TERRAIN_GRID_MM * math.sqrt(2.0) if widen else 0.0
+        the grid. ``widen``: the ball is widened sideways (not upwards) by
+        half a grid diagonal, the farthest a point of the bone lies from the
+        node that holds it (:func:`bone_envelope`), so every node around it
+        is raised and the linear terrain between nodes keeps clear of a steep
+        bone edge; flat tops stay exactly ``radius_mm`` above the bone."""
+        slack = TERRAIN_GRID_MM * math.sqrt(0.5) if widen else 0.0
         r = int(math.ceil((radius_mm + slack) / TERRAIN_GRID_MM))
         out = np.full_like(self.height, -np.inf)
         for i in range(-r, r + 1):
@@ -513,14 +511,9 @@ def _slot_measures(mesh, plane, local, normals, s: GuidesConfig, z_top: float) -
     ``slot_width/2`` either side. Their mid-plane's distance and angle to the
     cut plane are the design error; the flatness is how far any corner of a
     wall lies from it (float32 rounding and needle repairs)."""
-    half = s.slot_width_mm / 2.0
     d = plane.signed_distance_mm(mesh.vertices)
     faces = np.asarray(mesh.faces)
-    walls = {}
-    for side in (1.0, -1.0):
-        facing = normals[:, 1] * side < -0.5
-        on = facing & np.all(np.abs(d[faces] - side * half) < WALL_SELECT_MM, axis=1)
-        walls[side] = np.flatnonzero(on)
+    walls = _slot_walls(d, faces, normals, s.slot_width_mm / 2.0)
     if not all(len(w) for w in walls.values()):
         return {"found": False}
     plus, minus = (np.unique(faces[walls[side]]) for side in (1.0, -1.0))
@@ -533,25 +526,44 @@ def _slot_measures(mesh, plane, local, normals, s: GuidesConfig, z_top: float) -
     centred = np.vstack([v[plus] - v[plus].mean(axis=0), v[minus] - v[minus].mean(axis=0)])
     fitted = np.linalg.svd(centred, full_matrices=False)[2][-1]
     sine = np.linalg.norm(np.cross(fitted, n))
-    # Guiding length: from the top down to the highest corner of the walls'
-    # lower rim (their outline less its edges along the top and the end walls).
-    ends = local[plus, 0].min(), local[plus, 0].max()
-    rim = []
+    rim = _rim_top(local, faces, walls, z_top)
+    return {"found": True, "width_mm": round(float(d[plus].mean() - d[minus].mean()), 9),
+            "depth_mm": round(float(z_top - rim), 3),
+            "midplane_distance_mm": float(abs(mid)),
+            "midplane_angle_deg": float(math.degrees(math.asin(min(1.0, float(sine))))),
+            "wall_flatness_mm": float(max(np.ptp(d[plus]), np.ptp(d[minus]))),
+            "length_mm": round(float(np.ptp(local[plus, 0])), 3)}
+
+
+def _slot_walls(b: np.ndarray, faces: np.ndarray, normals_local: np.ndarray, half: float) -> dict[float, np.ndarray]:
+    """The slot's wall faces on either side (+1: the removed side), from the
+    corners' distances ``b`` to the cut plane: facing the plane, every corner
+    half a slot width from it."""
+    walls = {}
+    for side in (1.0, -1.0):
+        facing = normals_local[:, 1] * side < -0.5
+        walls[side] = np.flatnonzero(facing & np.all(np.abs(b[faces] - side * half) < WALL_SELECT_MM, axis=1))
+    return walls
+
+
+def _rim_top(local: np.ndarray, faces: np.ndarray, walls: dict[float, np.ndarray], z_top: float) -> float:
+    """The highest point of the slot walls' lower rim: their outline less its
+    edges along the top and along the end walls (the guiding length is
+    measured from the top down to it); ``z_top`` if the walls have no rim."""
+    wall_corners = local[np.unique(faces[np.concatenate(list(walls.values()))])]
+    ends = wall_corners[:, 0].min(), wall_corners[:, 0].max()
+    highest = -np.inf
     for side in walls.values():
         wf = faces[side]
         edges = np.sort(np.stack([wf, np.roll(wf, -1, axis=1)], axis=2).reshape(-1, 2), axis=1)
         unique, count = np.unique(edges, axis=0, return_counts=True)
         outline = local[unique[count == 1]]                     # (E, 2, 3)
-        top = np.all(outline[:, :, 2] >= z_top - 1e-6, axis=1)
-        at_end = np.any([np.all(np.abs(outline[:, :, 0] - e) <= 1e-6, axis=1) for e in ends], axis=0)
-        rim.append(outline[~top & ~at_end].reshape(-1, 3))
-    rim = np.concatenate(rim)
-    return {"found": True, "width_mm": round(float(d[plus].mean() - d[minus].mean()), 9),
-            "depth_mm": round(float(z_top - rim[:, 2].max()), 3) if len(rim) else 0.0,
-            "midplane_distance_mm": float(abs(mid)),
-            "midplane_angle_deg": float(math.degrees(math.asin(min(1.0, float(sine))))),
-            "wall_flatness_mm": float(max(np.ptp(d[plus]), np.ptp(d[minus]))),
-            "length_mm": round(float(np.ptp(local[plus, 0])), 3)}
+        top = np.all(outline[:, :, 2] >= z_top - WALL_SELECT_MM, axis=1)
+        at_end = np.any([np.all(np.abs(outline[:, :, 0] - e) <= WALL_SELECT_MM, axis=1) for e in ends], axis=0)
+        rim = outline[~top & ~at_end]
+        if len(rim):
+            highest = max(highest, float(rim[:, :, 2].max()))
+    return highest if np.isfinite(highest) else z_top
 
 
 def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
@@ -679,15 +691,15 @@ def guide_warnings(report: dict, s: GuidesConfig) -> list[str]:
 
 
 def cutting_guides(planes: tuple[Plane, ...], settings: GuidesConfig, *, bones: trimesh.Trimesh,
-                   cut_bone: trimesh.Trimesh, host: trimesh.Trimesh, cut_faces: tuple[np.ndarray, ...],
-                   make_seat: SeatMaker) -> tuple[Guide, ...]:
+                   cut_bone: trimesh.Trimesh, host: trimesh.Trimesh, cut_faces: tuple[np.ndarray, ...]
+                   ) -> tuple[Guide, ...]:
     """One guide per plane (``planes``: the cut planes, margins applied;
     ``cut_faces``: the host's faces on each); see :func:`cutting_guide`."""
     bones_solid = to_manifold(bones, "bone")
     # Two planes on two threads: the work is numpy and manifold3d, which release the GIL.
     return tuple(parallel(*[(lambda p=p, faces=faces: cutting_guide(
         p, settings.approach_for(p.name), settings, bones=bones, cut_bone=cut_bone, host=host, cut_faces=faces,
-        make_seat=make_seat, bones_solid=bones_solid)) for p, faces in zip(planes, cut_faces)]))
+        bones_solid=bones_solid)) for p, faces in zip(planes, cut_faces)]))
 
 
 def kwire_mesh(guide: Guide, diameter_mm: float, above_mm: float = 25.0) -> trimesh.Trimesh | None:
