@@ -163,7 +163,7 @@ def fix_implant(cut: Resection, planes: tuple[Plane, ...], scene: BoneScene,
         if s.min_margin_mm < config.min_bone_margin_mm:
             warnings.append(f"fixation: a {s.kind} screw in the {s.plane} {s.bone} keeps {s.min_margin_mm:.2f} mm "
                             f"of bone, under min_bone_margin_mm = {config.min_bone_margin_mm:g}")
-    implant_m = to_manifold(cut.implant, "implant")
+    implant_m = to_manifold(cut.implant, "implant").as_original()
     flange_m = manifold3d.Manifold.batch_boolean([to_manifold(f, "flange") for f in flanges.values()],
                                                  manifold3d.OpType.Add)
     solid = implant_m + flange_m
@@ -174,7 +174,7 @@ def fix_implant(cut: Resection, planes: tuple[Plane, ...], scene: BoneScene,
         holes = [_hole(s, config, turn) for s in screws]
         drilled = manifold3d.Manifold.batch_boolean([solid] + holes, manifold3d.OpType.Subtract) if holes else solid
         dropped: list[str] = []
-        implant_fixed = _largest_with_implant(drilled, cut.implant, dropped)
+        implant_fixed = _largest_with_implant(drilled, implant_m.original_id(), dropped)
         if not any(reader_defects(implant_fixed).values()):
             break
     else:
@@ -250,19 +250,26 @@ def _accessible(bone: str, centre: np.ndarray, midline_x: float) -> np.ndarray:
     return np.array([0.0, 1.0, 0.0])
 
 
-def _largest_with_implant(solid: manifold3d.Manifold, implant: trimesh.Trimesh, warnings: list[str]):
+def _largest_with_implant(solid: manifold3d.Manifold, implant_id: int, warnings: list[str]):
     """Pieces of flange that ended up apart from the implant (a flange over a
-    separate bump) are dropped, with a warning."""
+    separate bump) are dropped, with a warning. A piece is the implant's when
+    some of its surface comes from the implant (manifold3d keeps, per
+    triangle, the solid it came from: ``implant_id``)."""
     pieces = solid.decompose()
     if len(pieces) > 1:
-        implant_m = to_manifold(implant, "implant")
-        keep = [(p ^ implant_m).volume() > 0 for p in pieces]
+        keep = [_has_surface_of(p, implant_id) for p in pieces]
         dropped = [p.volume() for p, k in zip(pieces, keep) if not k]
         if dropped:
             warnings.append(f"fixation: {len(dropped)} flange piece(s) apart from the implant dropped "
                             f"({sum(dropped):.0f} mm3)")
         solid = manifold3d.Manifold.batch_boolean([p for p, k in zip(pieces, keep) if k], manifold3d.OpType.Add)
     return solid_mesh(solid)
+
+
+def _has_surface_of(piece: manifold3d.Manifold, original_id: int) -> bool:
+    mesh = piece.to_mesh()
+    ids, starts = np.asarray(mesh.run_original_id), np.asarray(mesh.run_index)
+    return bool(np.any((ids == original_id) & (np.diff(starts) > 0)))
 
 
 # --- fields for the search -----------------------------------------------------
