@@ -45,7 +45,7 @@ import trimesh
 
 from ..config import GuidesConfig, Plane
 from ..errors import PlanError
-from ..geometry.columns import column_extremes
+from ..geometry.columns import cell_bounds, cell_of, column_extremes
 from ..parallel import parallel
 from ..geometry.distance import NearSurface
 from ..geometry.resect import to_manifold as _to_manifold
@@ -69,6 +69,8 @@ UNDER_EDGE_MM = 1.0
 CONTACT_BAND_MM = 0.25
 # A lift-off collision: bone above guide in the same column by more than this (mm).
 LIFT_TOL_MM = 1e-6
+# Cells of the lift-off check's coarse bound (mm).
+LIFT_CELL_MM = 1.0
 # K-wire candidates along the cut line (mm apart); a wire stops this far
 # (mm) before it would leave the host bone.
 KWIRE_STEP_MM = 1.0
@@ -645,13 +647,23 @@ def _lift_off(tri, local, frame, bones) -> dict:
     down = facing(tri, -1.0)
     lo, hi = tri[:, :, :2].min(axis=(0, 1)) - 0.5, tri[:, :, :2].max(axis=(0, 1)) + 0.5
     up = facing(_local_triangles(bones, frame, np.array([lo, hi])), 1.0)
-    points = np.vstack([down.reshape(-1, 3), down.mean(axis=1)])
+    # Only points that some triangle of the other side could pass are
+    # measured: on a grid of LIFT_CELL_MM, a guide point lower than the
+    # highest bone whose box meets its cell, a bone point higher than the
+    # lowest guide there. The others are clear by that bound alone.
+    shape = tuple(int(n) for n in np.floor((hi - lo) / LIFT_CELL_MM).astype(np.int64) + 1)
+    bone_top, _ = cell_bounds(up, lo, LIFT_CELL_MM, shape)
+    _, guide_bottom = cell_bounds(down, lo, LIFT_CELL_MM, shape)
+    points = np.vstack([np.unique(down.reshape(-1, 3), axis=0), down.mean(axis=1)])
+    cell, _ = cell_of(points[:, :2], lo, LIFT_CELL_MM, shape)
+    points = points[points[:, 2] < bone_top[cell[:, 0], cell[:, 1]]]
     bone_high, _ = column_extremes(points[:, :2], up)
     under_bone = bone_high - points[:, 2]
     bone_points = np.unique(up.reshape(-1, 3), axis=0)
-    inside = np.all((bone_points[:, :2] >= lo) & (bone_points[:, :2] <= hi), axis=1)
-    _, guide_low = column_extremes(bone_points[inside, :2], down)
-    over_guide = bone_points[inside, 2] - guide_low
+    cell, inside = cell_of(bone_points[:, :2], lo, LIFT_CELL_MM, shape)
+    bone_points = bone_points[inside & (bone_points[:, 2] > guide_bottom[cell[:, 0], cell[:, 1]])]
+    _, guide_low = column_extremes(bone_points[:, :2], down)
+    over_guide = bone_points[:, 2] - guide_low
     worst = max(float(under_bone.max(initial=-np.inf)), float(over_guide.max(initial=-np.inf)), 0.0)
     count = int((under_bone > LIFT_TOL_MM).sum() + (over_guide > LIFT_TOL_MM).sum())
     return {"removable": count == 0, "points_under_bone": count, "deepest_undercut_mm": round(worst, 4)}

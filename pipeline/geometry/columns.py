@@ -86,3 +86,34 @@ def _scatter(points, tri, p_ids, t_ids, high, low) -> None:
         ids = p_ids[s:s + CHUNK][inside]
         np.maximum.at(high, ids, z[inside])
         np.minimum.at(low, ids, z[inside])
+
+
+def cell_bounds(triangles_abz: np.ndarray, origin_ab: np.ndarray, cell_mm: float, shape: tuple[int, int]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(highest, lowest) z of the triangles whose (a, b) bounding box meets
+    each cell of a grid (cells of ``cell_mm`` from ``origin_ab``, ``shape``
+    cells; -inf and +inf where none). A bound on :func:`column_extremes` at
+    every point of the cell: whatever covers a point meets its cell."""
+    tri = np.asarray(triangles_abz, dtype=np.float64).reshape(-1, 3, 3)
+    high = np.full(shape, -np.inf)
+    low = np.full(shape, np.inf)
+    if len(tri) == 0:
+        return high, low
+    limit = np.asarray(shape) - 1
+    c0 = np.clip(np.floor((tri[:, :, :2].min(axis=1) - origin_ab) / cell_mm).astype(np.int64), 0, limit)
+    c1 = np.clip(np.floor((tri[:, :, :2].max(axis=1) - origin_ab) / cell_mm).astype(np.int64), 0, limit)
+    na, nb = c1[:, 0] - c0[:, 0] + 1, c1[:, 1] - c0[:, 1] + 1
+    pair = np.repeat(np.arange(len(tri)), na * nb)
+    within = np.arange(pair.size) - np.repeat(np.cumsum(na * nb) - na * nb, na * nb)
+    cells = (c0[pair, 0] + within % na[pair], c0[pair, 1] + within // na[pair])
+    np.maximum.at(high, cells, tri[pair, :, 2].max(axis=1))
+    np.minimum.at(low, cells, tri[pair, :, 2].min(axis=1))
+    return high, low
+
+
+def cell_of(points_ab: np.ndarray, origin_ab: np.ndarray, cell_mm: float, shape: tuple[int, int]
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(cell index along a and b, whether inside the grid) of each point."""
+    index = np.floor((np.asarray(points_ab, dtype=np.float64).reshape(-1, 2) - origin_ab) / cell_mm).astype(np.int64)
+    inside = np.all((index >= 0) & (index < np.asarray(shape)), axis=1)
+    return np.where(inside[:, None], index, 0), inside

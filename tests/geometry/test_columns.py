@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from pipeline.geometry.columns import column_extremes
+from pipeline.geometry.columns import cell_bounds, cell_of, column_extremes
 
 
 def test_heights_over_an_octahedron_are_exact():
@@ -32,3 +32,24 @@ def test_columns_see_the_top_of_stacked_shells():
     assert high[:3] == pytest.approx([2.0, 8.0, 8.0])
     assert low[:3] == pytest.approx([0.0, 0.0, 5.0])
     assert np.isneginf(high[3])
+
+
+def test_cell_bounds_hold_every_column_height_in_their_cell():
+    """The coarse bound the lift-off check filters with: whatever covers a
+    point lies within its cell's highest and lowest triangle, never beyond."""
+    rng = np.random.default_rng(5)
+    centres = rng.uniform(0.0, 20.0, (400, 1, 3))
+    tri = centres + rng.normal(0.0, 1.5, (400, 3, 3))
+    points = rng.uniform(-1.0, 21.0, (5000, 2))
+    high, low = column_extremes(points, tri)
+    origin, cell = np.array([-2.0, -2.0]), 0.7
+    shape = (40, 40)
+    top, bottom = cell_bounds(tri, origin, cell, shape)
+    index, inside = cell_of(points, origin, cell, shape)
+    assert inside.all()
+    covered = np.isfinite(high)
+    assert covered.sum() > 1000
+    assert np.all(high[covered] <= top[index[covered, 0], index[covered, 1]])
+    assert np.all(low[covered] >= bottom[index[covered, 0], index[covered, 1]])
+    # Cells no triangle's box meets hold no bound.
+    assert np.isinf(top).any() and np.all(np.isinf(top) == np.isinf(bottom))
