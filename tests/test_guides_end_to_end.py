@@ -73,6 +73,7 @@ def check_guides(out, report):
         # over walls at least 10 mm long, that tilts a fitted plane by < 1e-4 degrees.
         assert g["slot"]["midplane_distance_mm"] <= 1e-6 and g["slot"]["midplane_angle_deg"] <= 1e-4
         assert g["slot"]["wall_flatness_mm"] <= 0.01
+        assert g["slot"]["depth_mm"] == pytest.approx(config["slot_depth_mm"], abs=1e-3)
         assert g["lift_off"]["removable"] and g["intersection_with_bone_mm3"] <= 1e-3
         assert g["blade_reach"]["reached_fraction"] == 1.0
         # Independently of the column heights: rays up the approach from the

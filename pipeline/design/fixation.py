@@ -252,9 +252,9 @@ def _accessible(bone: str, centre: np.ndarray, midline_x: float) -> np.ndarray:
 
 def _largest_with_implant(solid: manifold3d.Manifold, implant_id: int, warnings: list[str]):
     """Pieces of flange that ended up apart from the implant (a flange over a
-    separate bump) are dropped, with a warning. A piece is the implant's when
-    some of its surface comes from the implant (manifold3d keeps, per
-    triangle, the solid it came from: ``implant_id``)."""
+    separate bump) are dropped, with a warning; inner cavities are filled. A
+    piece is the implant's when some of its surface comes from the implant
+    (manifold3d keeps, per triangle, the solid it came from: ``implant_id``)."""
     pieces = solid.decompose()
     if len(pieces) > 1:
         keep = [_has_surface_of(p, implant_id) for p in pieces]
@@ -262,6 +262,9 @@ def _largest_with_implant(solid: manifold3d.Manifold, implant_id: int, warnings:
         if dropped:
             warnings.append(f"fixation: {len(dropped)} flange piece(s) apart from the implant dropped "
                             f"({sum(dropped):.0f} mm3)")
+        # The kept pieces united: an inner cavity (the booleans leave a few
+        # between flange and implant; alone, its inward shell is a solid of
+        # negative volume) is filled, as a printed part and the STL check want.
         solid = manifold3d.Manifold.batch_boolean([p for p, k in zip(pieces, keep) if k], manifold3d.OpType.Add)
     return solid_mesh(solid)
 

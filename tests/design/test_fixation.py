@@ -197,3 +197,23 @@ def test_real_ct_screws_inside_bone_with_their_margins(tmp_path):
         validate_solid(trimesh.load(out / "implant_fixed.stl"), "implant_fixed.stl as read")
     else:   # only with the warning that says why
         assert any("implant_fixed.stl is not written" in w for w in report["warnings"])
+
+
+def test_flange_pieces_apart_from_the_implant_are_dropped_and_cavities_filled():
+    """An implant with an inner cavity, one flange joined to it and one apart:
+    the piece apart goes, named in a warning; the cavity (decompose returns
+    it as a shell of negative volume, with the implant's surface) is not
+    counted as a piece apart, and is filled: an STL holds no inner shell."""
+    import manifold3d
+
+    from pipeline.design.fixation import _largest_with_implant
+
+    cube = manifold3d.Manifold.cube
+    implant = (cube((20.0, 20.0, 20.0)) - cube((4.0, 4.0, 4.0)).translate((8.0, 8.0, 8.0))).as_original()
+    joined = cube((10.0, 10.0, 2.0)).translate((15.0, 5.0, 20.0 - 1.0))
+    apart = cube((3.0, 3.0, 3.0)).translate((40.0, 0.0, 0.0))
+    warnings: list[str] = []
+    fixed = _largest_with_implant(implant + joined + apart, implant.original_id(), warnings)
+    validate_solid(fixed, "implant_fixed")
+    assert fixed.volume == pytest.approx(20.0 ** 3 + 10 * 10 * 2 - 5 * 10 * 1, abs=1e-6)
+    assert len(warnings) == 1 and "1 flange piece" in warnings[0] and "(27 mm3)" in warnings[0]

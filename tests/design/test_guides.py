@@ -44,8 +44,9 @@ def test_slot_mid_plane_is_the_cut_plane_for_an_oblique_plane():
     assert slot["midplane_angle_deg"] <= 1e-6
     assert slot["width_mm"] == pytest.approx(config.slot_width_mm, abs=1e-6)
     assert slot["wall_flatness_mm"] <= 1e-6
-    # The guiding length is at least the setting (the top is flat, the bone under it slopes).
-    assert slot["depth_mm"] >= config.slot_depth_mm - 1e-6
+    # The guiding length is the setting: the top is cut flat that far above
+    # the walls' highest rim (the report rounds to 1e-3 mm).
+    assert slot["depth_mm"] == pytest.approx(config.slot_depth_mm, abs=1e-3)
     # Independently: the guide has no material within the slot over the cut line.
     d = plane.signed_distance_mm(guide.mesh.vertices)
     local = guide.frame.local(guide.mesh.vertices)
@@ -158,3 +159,25 @@ def test_approach_tilted_out_of_the_plane_is_projected_onto_it():
     assert guide.report["approach_tilt_from_plane_deg"] == pytest.approx(20.0, abs=1e-9)
     assert guide.report["approach_lps"] == pytest.approx([0.0, 0.0, 1.0], abs=1e-9)
     assert guide.report["slot"]["midplane_distance_mm"] <= 1e-6
+
+
+def test_the_envelope_holds_bone_thinner_than_its_grid():
+    """A fin 0.1 mm thick standing along the approach, between two rows of
+    the 0.25 mm grid's nodes: every point of it lies under the envelope at
+    the node nearest to it (before the bone's edges were sampled, the fin
+    fell between the nodes and a guide could hook under it)."""
+    from pipeline.design.guides import TERRAIN_GRID_MM, bone_envelope
+
+    fin = trimesh.creation.box(bounds=[[-10.0, 0.07, -5.0], [10.0, 0.17, 8.0]])
+    base = trimesh.creation.box(bounds=[[-10.0, -10.0, -8.0], [10.0, 10.0, -5.0]])
+    tri = np.concatenate([fin.triangles, base.triangles])
+    region = np.array([[-12.0, -12.0], [12.0, 12.0]])
+    envelope = bone_envelope(tri, region)
+    # No node lies within the fin's 0.07..0.17 band across it.
+    assert not np.any((envelope.b > 0.07) & (envelope.b < 0.17))
+    rng = np.random.default_rng(3)
+    top = np.column_stack([rng.uniform(-10.0, 10.0, 2000), rng.uniform(0.07, 0.17, 2000), np.full(2000, 8.0)])
+    side = np.column_stack([rng.uniform(-10.0, 10.0, 2000), np.full(2000, 0.07), rng.uniform(-5.0, 8.0, 2000)])
+    points = np.vstack([top, side])
+    node = np.round((points[:, :2] - region[0]) / TERRAIN_GRID_MM).astype(int)
+    assert np.all(envelope.height[node[:, 0], node[:, 1]] >= points[:, 2] - 1e-9)
