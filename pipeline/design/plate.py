@@ -49,7 +49,7 @@ from skimage.measure import marching_cubes
 from ..config import Plane
 from ..errors import MeshError
 from ..geometry.distance import NearSurface
-from ..geometry.meshes import flip_needles, reader_defects
+from ..geometry.meshes import remove_needles, reader_defects
 from ..geometry.resect import to_manifold
 from ..segment.voxelise import inside_mesh
 
@@ -136,17 +136,19 @@ def solid_mesh(m: manifold3d.Manifold) -> trimesh.Trimesh:
     """The mesh of a boolean's result, without the slivers that booleans and
     plane trims leave where surfaces nearly meet: simplified within
     ``SLIVER_MM`` (then 10 and 100 times that, 0.01 mm at most) and its
-    remaining needles flipped away, until an STL reader would see a clean
-    solid (each pass moves the surface by at most its tolerance)."""
+    remaining needles removed (:func:`~pipeline.geometry.meshes.remove_needles`),
+    until an STL reader would see a clean solid (each pass moves the surface
+    by at most its tolerance)."""
     mesh = manifold_mesh(m)
     for tolerance in (0.0, SLIVER_MM, 10 * SLIVER_MM, 100 * SLIVER_MM):
         if not any(reader_defects(mesh).values()):
             return mesh
-        mesh = manifold_mesh(m.simplify(tolerance) if tolerance else m)
-        for _ in range(3):   # a flip or a fin's removal can uncover the next
+        if tolerance:
+            mesh = manifold_mesh(m.simplify(tolerance))
+        for _ in range(3):   # a repair or a fin's removal can uncover the next
             if not any(reader_defects(mesh).values()):
                 return mesh
-            mesh = flip_needles(mesh)
+            mesh = remove_needles(mesh)
     return mesh
 
 

@@ -219,16 +219,16 @@ def concatenate_solids(parts: list[trimesh.Trimesh]) -> trimesh.Trimesh:
     return mesh
 
 
-def flip_needles(mesh: trimesh.Trimesh, min_altitude_mm: float = 10 * MIN_ALTITUDE_MM,
+def remove_needles(mesh: trimesh.Trimesh, min_altitude_mm: float = 10 * MIN_ALTITUDE_MM,
                  passes: int = 10) -> trimesh.Trimesh:
     """``mesh`` as an STL reader will read it (float32, welded; triangles
     collapsed there and fins, two triangles on the same corners back to
     back, removed), with its needle triangles (smallest altitude under
     ``min_altitude_mm``) taken out.
 
-    Booleans of surfaces that meet at grazing angles leave them: a corner ``k`` a hair off the opposite, longest edge ``i-j`` (two
-    corners a hair apart are a case of it). Taken out by, whichever first
-    works:
+    Booleans of surfaces that meet at grazing angles leave them: a corner
+    ``k`` a hair off the opposite, longest edge ``i-j`` (two corners a hair
+    apart are a case of it). Each is taken out by whichever works first:
 
     - collapsing ``k`` into ``i`` or ``j`` (the nearer first): the two
       triangles on that edge go, the others around ``k`` take the new
@@ -266,7 +266,7 @@ COLLAPSE_MM = 1e-2
 
 
 class _Needles:
-    """One pass of :func:`flip_needles` over ``f`` (changed in place): each
+    """One pass of :func:`remove_needles` over ``f`` (changed in place): each
     triangle is changed at most once a pass, so the adjacency built at the
     start stays true for every triangle not yet touched."""
 

@@ -137,3 +137,26 @@ def test_concatenated_solids_carry_the_facts_of_their_parts():
     assert np.allclose(sorted(assembled["shell_volumes_mm3"]), sorted(recomputed["shell_volumes_mm3"]))
     assert assembled["area_mm2"] == pytest.approx(recomputed["area_mm2"])
     assert np.allclose(assembled["bounds_lps_mm"], recomputed["bounds_lps_mm"])
+
+
+def test_needles_of_a_grazing_boolean_are_taken_out_without_moving_the_surface():
+    """Two faceted spheres cut at a grazing angle leave needle triangles (a
+    corner a hair off the opposite edge). The repair collapses or flips
+    them: no new vertex (every corner is one of the boolean's, as float32),
+    the surface within COLLAPSE_MM of where it was, a closed solid as read back."""
+    import manifold3d
+
+    from pipeline.design.plate import manifold_mesh
+    from pipeline.geometry.distance import point_mesh_distance
+    from pipeline.geometry.meshes import COLLAPSE_MM, remove_needles
+
+    a = manifold3d.Manifold.sphere(20.0, 96)
+    b = manifold3d.Manifold.sphere(20.0, 96).rotate((1e-4, 2e-4, 0.0)).translate((30.0, 1e-4, 0.0))
+    raw = manifold_mesh(a - b)
+    assert reader_defects(raw)["needle_triangles"] > 0
+    clean = remove_needles(raw)
+    assert not any(reader_defects(clean).values())
+    corners = {tuple(v) for v in np.asarray(raw.vertices, dtype=np.float32)}
+    assert all(tuple(v) in corners for v in np.asarray(clean.vertices, dtype=np.float32))
+    moved, _ = point_mesh_distance(clean.triangles_center, raw.vertices, raw.faces)
+    assert moved.max() <= COLLAPSE_MM
