@@ -46,8 +46,9 @@ from scipy import ndimage
 from ..bones import LABEL_IDS, LABEL_NAMES
 from ..config import FixationConfig, Plane
 from ..geometry.distance import NearSurface
-from ..geometry.meshes import concatenate_solids, reader_defects
+from ..geometry.meshes import reader_defects
 from ..geometry.resect import Resection, to_manifold
+from ..segment.distance_map import distance_to_false
 from ..segment.voxelise import inside_mesh
 from ..parallel import parallel
 from ..volume import apply_affine
@@ -211,7 +212,7 @@ def _flange(cut: Resection, plane: Plane, bone: str, centre: np.ndarray, side: n
     others = [b for n, b in scene.bones.items() if n != bone]
     flange = bone_plate(scene.bones[bone], footprint, c, t, spacing_mm=config.flange_grid_mm,
                         fill_beyond=cut.implant_planes,
-                        keep_off=concatenate_solids(others) if others else None)
+                        keep_off=tuple(others))
     contact = plate_contact(flange, cut.host, c, t, behind=(plane,))
     report = {"plane": plane.name, "bone": bone, "accessible_side_lps": [round(float(v), 3) for v in side],
               **contact.as_dict(), "thickness_mm": t, "clearance_mm": c,
@@ -296,7 +297,7 @@ class _Fields:
         inside = inside_mesh(host.vertices, host.faces, affine, tuple(slice(0, s) for s in shape))
         # Depth of a voxel centre: its distance to the nearest outside centre,
         # less half a step (the surface lies between them).
-        self.depth = (ndimage.distance_transform_edt(inside) - 0.5) * SEARCH_GRID_MM
+        self.depth = (distance_to_false(inside) - 0.5) * SEARCH_GRID_MM
         # The CT grid's box over the same region, for the forbidden zones.
         corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
         index = apply_affine(np.linalg.inv(scene.affine), corners)
@@ -337,7 +338,7 @@ def _forbidden_distance(scene: BoneScene, bone: str, box: tuple[slice, ...], hol
     spacing = np.linalg.norm(scene.affine[:3, :3], axis=0)
     if not forbidden.any():
         return np.full(labels.shape, 1e3, dtype=np.float32)
-    return ndimage.distance_transform_edt(~forbidden, sampling=spacing).astype(np.float32)
+    return distance_to_false(~forbidden, spacing)
 
 
 def _sacral_holes(scene: BoneScene, box: tuple[slice, ...]) -> np.ndarray:

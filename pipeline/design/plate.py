@@ -43,14 +43,14 @@ from dataclasses import dataclass
 import manifold3d
 import numpy as np
 import trimesh
-from scipy import ndimage
 from skimage.measure import marching_cubes
 
 from ..config import Plane
 from ..errors import MeshError
 from ..geometry.distance import NearSurface
-from ..geometry.meshes import remove_needles, reader_defects
+from ..geometry.meshes import edge_lengths, remove_needles, reader_defects
 from ..geometry.resect import to_manifold
+from ..segment.distance_map import distance_to_false
 from ..segment.voxelise import inside_mesh
 
 DEFAULT_SPACING_MM = 0.5
@@ -86,7 +86,7 @@ def facing(point_lps_mm, direction_lps) -> Plane:
 
 def bone_plate(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], clearance_mm: float,
                thickness_mm: float, *, spacing_mm: float = DEFAULT_SPACING_MM,
-               fill_beyond: tuple[Plane, ...] = (), keep_off: trimesh.Trimesh | None = None) -> trimesh.Trimesh:
+               fill_beyond: tuple[Plane, ...] = (), keep_off: tuple[trimesh.Trimesh, ...] = ()) -> trimesh.Trimesh:
     """The closed plate on ``bone`` over ``footprint`` (see the module
     docstring), as a trimesh in LPS mm; several shells where the footprint
     covers separate pieces of bone surface. Raises :class:`MeshError` when
@@ -96,7 +96,10 @@ def bone_plate(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], clearance_mm
     distance > 0; e.g. the resected region, whose bone the implant
     replaces), the plate has no clearance and fills the bone down to the
     bottom of the grid's band: a flange so overlaps the implant it is united
-    with."""
+    with.
+
+    ``keep_off``: other closed solids (the other bones) the plate keeps
+    ``clearance_mm`` away from and never enters."""
     if clearance_mm < 0 or thickness_mm <= 0 or spacing_mm <= 0:
         raise ValueError("bone_plate needs clearance_mm >= 0, thickness_mm > 0 and spacing_mm > 0")
     if not footprint:
@@ -113,16 +116,15 @@ def bone_plate(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], clearance_mm
     if fill_beyond:
         # Two grid steps beyond the planes (so marching cubes places the step
         # there, never on the near side), the plate reaches a thickness into the bone.
-        points = origin + np.moveaxis(np.indices(shape), 0, -1).reshape(-1, 3) * spacing_mm
-        beyond = np.all([p.signed_distance_mm(points) > 2 * spacing_mm for p in fill_beyond], axis=0)
-        lower[beyond.reshape(shape)] = -thickness_mm
+        beyond = np.all([_plane_on_grid(p, origin, shape, spacing_mm) > 2 * spacing_mm for p in fill_beyond], axis=0)
+        lower[beyond] = -thickness_mm
     field = np.maximum(lower - signed, signed - outer)
-    if keep_off is not None and len(keep_off.faces):
-        # Only where the plate could be: within its outer offset of the bone.
-        where = np.flatnonzero((field < spacing_mm).reshape(-1))
-        other = _signed_distance_at(keep_off, origin, shape, spacing_mm, where, clearance_mm + 2 * spacing_mm)
+    # Only where the plate could be: within its outer offset of the bone.
+    where = np.flatnonzero((field < spacing_mm).reshape(-1)) if keep_off else None
+    for other in keep_off:
+        d = _signed_distance_at(other, origin, shape, spacing_mm, where, clearance_mm + 2 * spacing_mm)
         flat = field.reshape(-1)
-        flat[where] = np.maximum(flat[where], clearance_mm - other)
+        flat[where] = np.maximum(flat[where], clearance_mm - d)
     plate = _trimmed(_level_zero(field, origin, spacing_mm), footprint)
     if plate is None or plate.is_empty():
         raise MeshError("plate: nothing left of the plate within its footprint")
@@ -141,14 +143,12 @@ def solid_mesh(m: manifold3d.Manifold) -> trimesh.Trimesh:
     by at most its tolerance)."""
     mesh = manifold_mesh(m)
     for tolerance in (0.0, SLIVER_MM, 10 * SLIVER_MM, 100 * SLIVER_MM):
-        if not any(reader_defects(mesh).values()):
-            return mesh
         if tolerance:
             mesh = manifold_mesh(m.simplify(tolerance))
         for _ in range(3):   # a repair or a fin's removal can uncover the next
+            mesh = remove_needles(mesh)
             if not any(reader_defects(mesh).values()):
                 return mesh
-            mesh = remove_needles(mesh)
     return mesh
 
 
@@ -199,6 +199,40 @@ def _grid_box(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], reach: float,
     return lo, shape
 
 
+def _plane_on_grid(plane: Plane, origin: np.ndarray, shape: tuple[int, int, int], spacing: float) -> np.ndarray:
+    """The plane's signed distance at every grid point (a sum of one term per axis)."""
+    n = np.asarray(plane.normal_lps, dtype=np.float64)
+    terms = [(origin[k] + np.arange(shape[k]) * spacing) * n[k] for k in range(3)]
+    return terms[0][:, None, None] + terms[1][None, :, None] + terms[2][None, None, :] - plane.offset_mm
+
+
+def _inside(solid: trimesh.Trimesh, origin: np.ndarray, shape: tuple[int, int, int], spacing: float,
+            at: np.ndarray | None = None) -> np.ndarray:
+    """Which grid points (all, or the flat indices ``at``) lie inside the
+    closed ``solid``. Only the part of the grid within the solid's bounds is
+    cast; rays run along the grid's first axis (L), so only triangles over
+    that part's P-S extent cross them."""
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = origin
+    start = np.clip(np.floor((solid.bounds[0] - origin) / spacing).astype(int), 0, shape)
+    stop = np.clip(np.ceil((solid.bounds[1] - origin) / spacing).astype(int) + 1, 0, shape)
+    index = np.stack(np.unravel_index(at, shape), axis=1) if at is not None else None
+    out = np.zeros(shape if at is None else at.size, dtype=bool)
+    if np.any(stop <= start):
+        return out
+    lo, hi = origin + start * spacing, origin + (stop - 1) * spacing
+    faces = np.asarray(solid.faces)
+    tri = np.asarray(solid.vertices)[faces]
+    over = np.all((tri[:, :, 1:].max(axis=1) >= lo[1:]) & (tri[:, :, 1:].min(axis=1) <= hi[1:]), axis=1)
+    part = inside_mesh(solid.vertices, faces[over], affine, tuple(slice(a, b) for a, b in zip(start, stop)))
+    if at is None:
+        out[tuple(slice(a, b) for a, b in zip(start, stop))] = part
+        return out
+    within = np.all((index >= start) & (index < stop), axis=1)
+    out[within] = part[tuple((index[within] - start).T)]
+    return out
+
+
 def _signed_distance_at(solid: trimesh.Trimesh, origin: np.ndarray, shape: tuple[int, int, int], spacing: float,
                         at: np.ndarray, limit: float) -> np.ndarray:
     """Signed distance (mm, negative inside) from the grid points ``at``
@@ -208,11 +242,9 @@ def _signed_distance_at(solid: trimesh.Trimesh, origin: np.ndarray, shape: tuple
     lo, hi = points.min(axis=0) - limit, points.max(axis=0) + limit
     if at.size == 0 or np.any(solid.bounds[0] > hi) or np.any(solid.bounds[1] < lo):
         return out
-    affine = np.diag([spacing, spacing, spacing, 1.0])
-    affine[:3, 3] = origin
-    inside = inside_mesh(solid.vertices, solid.faces, affine, tuple(slice(0, s) for s in shape)).reshape(-1)[at]
-    d, _ = NearSurface(solid, lo, hi).distance(points)
-    return np.where(inside, -d, np.minimum(d, limit + spacing))
+    inside = _inside(solid, origin, shape, spacing, at)
+    d, _ = NearSurface(solid, lo, hi).distance(points, limit)
+    return np.where(inside, -d, np.where(d > limit, limit + spacing, d))
 
 
 def _signed_distance(bone: trimesh.Trimesh, origin: np.ndarray, shape: tuple[int, int, int],
@@ -222,15 +254,8 @@ def _signed_distance(bone: trimesh.Trimesh, origin: np.ndarray, shape: tuple[int
     where it lies in (-spacing, reach - spacing) within two grid steps of the
     footprint, ±``reach`` elsewhere (what marching cubes needs there is the
     side only)."""
-    affine = np.diag([spacing, spacing, spacing, 1.0])
-    affine[:3, 3] = origin
-    box = tuple(slice(0, s) for s in shape)
-    # Rays run along the grid's first axis (L): only triangles over the box's
-    # P-S extent cross them.
     hi = origin + (np.asarray(shape) - 1) * spacing
-    tri = np.asarray(bone.vertices)[np.asarray(bone.faces)]
-    over = np.all((tri[:, :, 1:].max(axis=1) >= origin[1:]) & (tri[:, :, 1:].min(axis=1) <= hi[1:]), axis=1)
-    inside = inside_mesh(bone.vertices, np.asarray(bone.faces)[over], affine, box)
+    inside = _inside(bone, origin, shape, spacing)
     surface = NearSurface(bone, origin - reach, hi + reach)
     # Candidate band: grid points near a sample of the surface (every point
     # of it lies within ``within`` of one); inside the bone only next to the
@@ -240,7 +265,7 @@ def _signed_distance(bone: trimesh.Trimesh, origin: np.ndarray, shape: tuple[int
     ok = np.all((index >= 0) & (index < shape), axis=1)
     seeds = np.ones(shape, dtype=bool)
     seeds[tuple(index[ok].T)] = False
-    gap = ndimage.distance_transform_edt(seeds) * spacing - within - spacing
+    gap = distance_to_false(seeds, spacing) - within - spacing
     near = np.where(inside, gap <= 2 * spacing, gap <= reach)
     signed = np.where(inside, -reach, reach)
     at = np.flatnonzero(near)
@@ -257,13 +282,13 @@ def _signed_distance(bone: trimesh.Trimesh, origin: np.ndarray, shape: tuple[int
 
 def _surface_samples(tri: np.ndarray, spacing: float) -> tuple[np.ndarray, float]:
     """Points on the surface of the triangles ``tri`` (their centres, the
-    triangles longer than four grid steps split first) and the largest distance
+    triangles longer than two grid steps split first) and the largest distance
     from a point of the surface to the nearest of them."""
-    edges = np.linalg.norm(tri - np.roll(tri, 1, axis=1), axis=2).max(axis=1)
-    large = edges > 4 * spacing
+    edges = edge_lengths(tri).max(axis=1)
+    large = edges > 2 * spacing
     if large.any():
         v, f = trimesh.remesh.subdivide_to_size(tri[large].reshape(-1, 3),
-                                                np.arange(3 * int(large.sum())).reshape(-1, 3), 4 * spacing)
+                                                np.arange(3 * int(large.sum())).reshape(-1, 3), 2 * spacing)
         tri = np.concatenate([tri[~large], v[f]])
     centres = tri.mean(axis=1)
     return centres, float(np.linalg.norm(tri - centres[:, None], axis=2).max(initial=0.0))

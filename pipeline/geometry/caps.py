@@ -39,7 +39,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from ..config import Plane
-from .meshes import MIN_ALTITUDE_MM
+from .meshes import MIN_ALTITUDE_MM, edge_lengths
 
 # Faces that are not on a cut plane carry this in place of a plane index.
 NO_CAP = -1
@@ -748,7 +748,7 @@ def _shortest_edge_of_a_needle(v: np.ndarray, f: np.ndarray, edges: np.ndarray) 
     if not len(thin):
         return np.zeros(len(edges), dtype=bool)
     t = v[thin]
-    shortest = np.argmin(np.linalg.norm(t - np.roll(t, -1, axis=1), axis=2), axis=1)
+    shortest = np.argmin(edge_lengths(t), axis=1)
     a = thin[np.arange(len(thin)), shortest]
     b = thin[np.arange(len(thin)), (shortest + 1) % 3]
     keys = np.concatenate([a * n + b, b * n + a])
@@ -766,7 +766,7 @@ def _altitudes(v: np.ndarray, f: np.ndarray) -> np.ndarray:
 
 
 def _triangle_altitudes(t: np.ndarray) -> np.ndarray:
-    longest = np.linalg.norm(t - np.roll(t, -1, axis=1), axis=2).max(axis=1)
+    longest = edge_lengths(t).max(axis=1)
     return np.linalg.norm(_triangle_normals(t), axis=1) / np.maximum(longest, 1e-300)
 
 

@@ -4,12 +4,24 @@ point-cloud-utils (MIT; libigl's axis-aligned bounding-box tree inside)
 answers each point with the nearest triangle, its distance and the closest
 point on it, exactly in double precision, about twenty times faster than a
 k-d tree of triangle centres refined in numpy, which this module held before.
+
+It builds its tree on every call (about 1 s per million triangles), so a
+query first narrows the triangles it hands over, exactly: the nearest corner
+of the mesh bounds each point's distance from above (a corner lies on the
+surface), and from below once the longest distance from a point of a
+triangle to its nearest corner is taken off. A few points (a screw's axis)
+then meet only the triangles within their upper bound's reach, and points
+whose lower bound exceeds a ``limit`` are not measured at all.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import point_cloud_utils as pcu
+from scipy.spatial import cKDTree
+
+# Queries of at most this many points meet only the triangles within their reach.
+FEW_POINTS = 20_000
 
 
 class NearSurface:
@@ -32,22 +44,68 @@ class NearSurface:
                 f = f[keep]
         self.vertices = np.ascontiguousarray(v)
         self.faces = np.ascontiguousarray(f)
+        self._corner_tree = self._reach = self._tri_boxes = None
 
-    def query(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def query(self, points: np.ndarray, limit: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(distance, index of the nearest triangle in ``self.faces``,
-        closest point) of each point."""
+        closest point) of each point. With ``limit``, exact for points within
+        it; points that are certainly farther get distance inf, triangle -1
+        and closest point nan (a point may be measured though farther)."""
         points = np.ascontiguousarray(np.asarray(points, dtype=np.float64).reshape(-1, 3))
-        if len(points) == 0:
-            return np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros((0, 3))
-        distance, face, barycentric = pcu.closest_points_on_mesh(points, self.vertices, self.faces)
-        face = np.asarray(face, dtype=np.int64)
-        closest = np.einsum("ij,ijk->ik", barycentric, self.vertices[self.faces[face]])
-        return np.asarray(distance, dtype=np.float64), face, closest
+        n = len(points)
+        distance, face = np.zeros(n), np.zeros(n, dtype=np.int64)
+        closest = np.zeros((n, 3))
+        if n == 0 or len(self.faces) == 0:
+            return distance, face, closest
+        measure = np.arange(n)
+        faces = np.arange(len(self.faces))   # the triangles handed over
+        if limit is not None or n <= FEW_POINTS:
+            # A corner farther than this can not hold a point within the limit.
+            bound = np.inf if limit is None else limit + self._corner_reach()
+            upper = self._corners().query(points, distance_upper_bound=bound)[0]
+            if limit is not None:
+                far = upper - self._corner_reach() > limit   # inf: no corner within the bound
+                distance[far], face[far], closest[far] = np.inf, -1, np.nan
+                measure = np.flatnonzero(~far)
+            if 0 < measure.size <= FEW_POINTS:
+                reach = upper[measure][:, None]
+                lo = (points[measure] - reach).min(axis=0)
+                hi = (points[measure] + reach).max(axis=0)
+                tri_lo, tri_hi = self._boxes()
+                faces = np.flatnonzero(np.all(tri_hi >= lo, axis=1) & np.all(tri_lo <= hi, axis=1))
+        if measure.size:
+            d, f, barycentric = pcu.closest_points_on_mesh(np.ascontiguousarray(points[measure]), self.vertices,
+                                                           np.ascontiguousarray(self.faces[faces]))
+            f = faces[np.asarray(f, dtype=np.int64)]
+            distance[measure], face[measure] = d, f
+            closest[measure] = np.einsum("ij,ijk->ik", barycentric, self.vertices[self.faces[f]])
+        return distance, face, closest
 
-    def distance(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(distance, closest point) of each point."""
-        d, _, closest = self.query(points)
+    def distance(self, points: np.ndarray, limit: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(distance, closest point) of each point (``limit``: see :meth:`query`)."""
+        d, _, closest = self.query(points, limit)
         return d, closest
+
+    def _corners(self) -> cKDTree:
+        """A k-d tree of the corners of the kept triangles."""
+        if self._corner_tree is None:
+            self._corner_tree = cKDTree(self.vertices[np.unique(self.faces)])
+        return self._corner_tree
+
+    def _corner_reach(self) -> float:
+        """Longest distance from a point of a triangle to the triangle's
+        nearest corner: at most its longest edge."""
+        if self._reach is None:
+            tri = self.vertices[self.faces]
+            d = tri[:, [1, 2, 0]] - tri
+            self._reach = float(np.sqrt(np.einsum("ijk,ijk->ij", d, d).max()))
+        return self._reach
+
+    def _boxes(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._tri_boxes is None:
+            tri = self.vertices[self.faces]
+            self._tri_boxes = (tri.min(axis=1), tri.max(axis=1))
+        return self._tri_boxes
 
 
 def point_mesh_distance(points: np.ndarray, vertices: np.ndarray,

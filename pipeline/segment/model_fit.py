@@ -34,6 +34,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from ..volume import Volume, apply_affine
+from .distance_map import distance_to_false
 from .mask import FACE_CONNECTIVITY, BoneMask
 from .shape_model import MODEL_BONES, ShapeModel
 
@@ -164,7 +165,7 @@ def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float)
     shape = np.ceil((points.max(axis=0) + 2 * INIT_CLIP_MM - lo) / INIT_CELL_MM).astype(np.int64) + 1
     occupied = np.zeros(shape, dtype=bool)
     occupied[tuple(np.floor((points - lo) / INIT_CELL_MM).astype(np.int64).T)] = True
-    distance = np.minimum(ndi.distance_transform_edt(~occupied) * INIT_CELL_MM, INIT_CLIP_MM).astype(np.float32)
+    distance = np.minimum(distance_to_false(~occupied, INIT_CELL_MM), INIT_CLIP_MM)
     sample = model.mean_mm[::INIT_VERTEX_STRIDE]
 
     def best_of(scales, offsets) -> tuple[float, float, np.ndarray]:

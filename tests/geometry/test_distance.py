@@ -46,3 +46,28 @@ def test_a_box_keeps_the_triangles_reaching_into_it():
     points = np.array([[29.0, 0.0, 0.0], [35.0, 1.0, -1.0]])
     truth = brute_force_distance_mm(np.asarray(mesh.vertices), np.asarray(mesh.faces), points)
     assert np.allclose(near.distance(points)[0], truth, atol=1e-9)
+
+
+def test_many_points_few_points_and_a_limit_agree_with_every_triangle():
+    """Few points meet only the triangles within reach of them, many meet
+    all: the same distances. With a limit, points within it are exact and
+    most others are not measured (inf)."""
+    from pipeline.geometry import distance
+
+    mesh = trimesh.creation.icosphere(subdivisions=4, radius=20.0)
+    mesh.vertices[:, 0] *= 1.7
+    rng = np.random.default_rng(3)
+    points = rng.uniform(-45, 45, (distance.FEW_POINTS + 500, 3))
+    near = NearSurface(mesh)
+    many, _ = near.distance(points)
+    few = np.concatenate([near.distance(points[i:min(i + 37, 2000)])[0] for i in range(0, 2000, 37)])
+    truth = brute_force_distance_mm(np.asarray(mesh.vertices), np.asarray(mesh.faces), points[:2000])
+    assert np.allclose(many[:2000], truth, atol=1e-9) and np.allclose(few, truth, atol=1e-9)
+    limit = 3.0
+    bounded, face, _ = near.query(points[:2000], limit=limit)
+    within = truth <= limit
+    assert within.sum() > 50 and (~within).sum() > 50
+    assert np.allclose(bounded[within], truth[within], atol=1e-9)
+    skipped = face == -1
+    assert skipped.sum() > 0.5 * (~within).sum()
+    assert np.all(np.isinf(bounded[skipped])) and np.all(truth[skipped] > limit)
