@@ -127,7 +127,6 @@ def fix_implant(cut: Resection, planes: tuple[Plane, ...], scene: BoneScene,
     """Flanges and screws for the implant of ``cut`` (see the module docstring)."""
     warnings: list[str] = []
     flanges: dict[str, trimesh.Trimesh] = {}
-    flange_reports, screws, holes = [], [], []
     midline_x = _midline_x(scene)
     where = {}
     for i, plane in enumerate(planes):
@@ -143,31 +142,15 @@ def fix_implant(cut: Resection, planes: tuple[Plane, ...], scene: BoneScene,
                     *[(lambda i=i, w=w: _flange(cut, planes[i], *w, scene, config)) for i, w in where.items()])
     fields, made = made[0], dict(zip(where, made[1:]))
     for i, plane in enumerate(planes):
-        if i not in where:
-            continue
-        bone = where[i][0]
-        flange, report, footprint, contact = made[i]
-        flanges[plane.name] = flange
-        wanted = config.screws_per_flange
-        found = _flange_screws(flange, contact, footprint, plane, bone, fields, config, wanted) if wanted else []
-        if len(found) < wanted:
-            warnings.append(f"fixation: {len(found)} of {wanted} screws fit in the {plane.name} flange "
-                            f"({bone}; {config.screw_diameter_mm:g} mm, margin {config.min_bone_margin_mm:g} mm, "
-                            f"at least {config.min_length_in_bone_mm:g} mm in bone)")
-        report["screws"] = len(found)
-        flange_reports.append(report)
-        screws += found
-        if config.iliosacral and bone == "sacrum":
-            found = _iliosacral_screws(cut, i, plane, fields, scene, config, warnings, screws)
-            screws += found
-    for s in screws:
-        if s.min_margin_mm < config.min_bone_margin_mm:
-            warnings.append(f"fixation: a {s.kind} screw in the {s.plane} {s.bone} keeps {s.min_margin_mm:.2f} mm "
-                            f"of bone, under min_bone_margin_mm = {config.min_bone_margin_mm:g}")
+        if i in where:
+            flanges[plane.name] = made[i][0]
     implant_m = to_manifold(cut.implant, "implant").as_original()
     flange_m = manifold3d.Manifold.batch_boolean([to_manifold(f, "flange") for f in flanges.values()],
                                                  manifold3d.OpType.Add)
-    solid = implant_m + flange_m
+    # manifold3d releases the GIL: the booleans run while the screws are searched.
+    (solid, outside), (flange_reports, screws) = parallel(
+        lambda: (_evaluated(implant_m + flange_m), (flange_m - implant_m).volume()),
+        lambda: _screws(cut, planes, where, made, fields, scene, config, warnings))
     # Booleans where surfaces nearly meet can leave slivers no clean-up turns
     # into a valid STL; the holes turned by a fraction of a facet meet the
     # flanges elsewhere: the first clean result is kept.
@@ -195,12 +178,46 @@ def fix_implant(cut: Resection, planes: tuple[Plane, ...], scene: BoneScene,
         "implant_volume_mm3": round(float(cut.implant.volume), 1),
         "flanges_volume_mm3": round(float(sum(f.volume for f in flanges.values())), 1),
         # The flanges reach into the implant's bone to join it: what they add.
-        "flanges_outside_implant_mm3": round(float((flange_m - implant_m).volume()), 1),
+        "flanges_outside_implant_mm3": round(float(outside), 1),
         "holes_volume_mm3": round(float(sum(h.volume() for h in holes)), 1),
         "implant_fixed_volume_mm3": round(float(implant_fixed.volume), 1) if implant_fixed is not None else None,
     }
     return Fixation(implant_fixed=implant_fixed, screws_mesh=screws_mesh, flanges=flanges,
                     screws=tuple(screws), report=report, warnings=tuple(warnings))
+
+
+def _screws(cut: Resection, planes: tuple[Plane, ...], where: dict, made: dict, fields: "_Fields",
+            scene: BoneScene, config: FixationConfig, warnings: list[str]) -> tuple[list[dict], list[Screw]]:
+    """(flange reports, screws): each flange's screws, then the iliosacral
+    screws through a sacral contact face; warnings when fewer fit than asked."""
+    flange_reports, screws = [], []
+    for i, plane in enumerate(planes):
+        if i not in where:
+            continue
+        bone = where[i][0]
+        flange, report, footprint, contact = made[i]
+        wanted = config.screws_per_flange
+        found = _flange_screws(flange, contact, footprint, plane, bone, fields, config, wanted) if wanted else []
+        if len(found) < wanted:
+            warnings.append(f"fixation: {len(found)} of {wanted} screws fit in the {plane.name} flange "
+                            f"({bone}; {config.screw_diameter_mm:g} mm, margin {config.min_bone_margin_mm:g} mm, "
+                            f"at least {config.min_length_in_bone_mm:g} mm in bone)")
+        report["screws"] = len(found)
+        flange_reports.append(report)
+        screws += found
+        if config.iliosacral and bone == "sacrum":
+            screws += _iliosacral_screws(cut, i, plane, fields, scene, config, warnings, screws)
+    for s in screws:
+        if s.min_margin_mm < config.min_bone_margin_mm:
+            warnings.append(f"fixation: a {s.kind} screw in the {s.plane} {s.bone} keeps {s.min_margin_mm:.2f} mm "
+                            f"of bone, under min_bone_margin_mm = {config.min_bone_margin_mm:g}")
+    return flange_reports, screws
+
+
+def _evaluated(m: manifold3d.Manifold) -> manifold3d.Manifold:
+    """``m`` with its (lazy) booleans carried out."""
+    m.num_tri()
+    return m
 
 
 # --- flanges -------------------------------------------------------------------

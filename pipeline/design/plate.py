@@ -282,13 +282,13 @@ def _signed_distance(bone: trimesh.Trimesh, origin: np.ndarray, shape: tuple[int
 
 def _surface_samples(tri: np.ndarray, spacing: float) -> tuple[np.ndarray, float]:
     """Points on the surface of the triangles ``tri`` (their centres, the
-    triangles longer than two grid steps split first) and the largest distance
+    triangles longer than four grid steps split first) and the largest distance
     from a point of the surface to the nearest of them."""
     edges = edge_lengths(tri).max(axis=1)
-    large = edges > 2 * spacing
+    large = edges > 4 * spacing
     if large.any():
         v, f = trimesh.remesh.subdivide_to_size(tri[large].reshape(-1, 3),
-                                                np.arange(3 * int(large.sum())).reshape(-1, 3), 2 * spacing)
+                                                np.arange(3 * int(large.sum())).reshape(-1, 3), 4 * spacing)
         tri = np.concatenate([tri[~large], v[f]])
     centres = tri.mean(axis=1)
     return centres, float(np.linalg.norm(tri - centres[:, None], axis=2).max(initial=0.0))

@@ -72,15 +72,44 @@ def reader_defects(mesh: trimesh.Trimesh) -> dict[str, int]:
     return mesh_facts(mesh)["defects"]
 
 
+class _ReaderGeometry:
+    """The mesh as read back (:func:`reader_view`) with each triangle's
+    doubled area and longest edge: what the check and the needle repair
+    both start from, computed once per mesh."""
+
+    def __init__(self, mesh: trimesh.Trimesh) -> None:
+        self.v, self.f = reader_view(mesh)
+        self.collapsed = (self.f[:, 0] == self.f[:, 1]) | (self.f[:, 1] == self.f[:, 2]) | (self.f[:, 2] == self.f[:, 0])
+        self.doubled_area, self.longest = _doubled_area_and_longest(self.v[self.f])
+
+    def thinner_than(self, altitude_mm: float) -> np.ndarray:
+        """Mask of the triangles (collapsed ones too) whose smallest altitude is under ``altitude_mm``."""
+        return self.doubled_area < altitude_mm * self.longest
+
+
+def _doubled_area_and_longest(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    normal = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
+    return np.sqrt(np.einsum("ij,ij->i", normal, normal)), edge_lengths(t).max(axis=1)
+
+
+_GEOMETRY: "weakref.WeakKeyDictionary[trimesh.Trimesh, tuple[int, _ReaderGeometry]]" = weakref.WeakKeyDictionary()
+
+
+def _reader_geometry(mesh: trimesh.Trimesh) -> _ReaderGeometry:
+    key = hash(mesh)
+    cached = _GEOMETRY.get(mesh)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    geometry = _ReaderGeometry(mesh)
+    _GEOMETRY[mesh] = (key, geometry)
+    return geometry
+
+
 def _reader_facts(mesh: trimesh.Trimesh) -> tuple[dict[str, int], np.ndarray]:
     """(defect counts, shell volumes) of the mesh as read back."""
-    v, f = reader_view(mesh)
-    collapsed = (f[:, 0] == f[:, 1]) | (f[:, 1] == f[:, 2]) | (f[:, 2] == f[:, 0])
-    t = v[f]
-    normal = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
-    doubled_area = np.sqrt(np.einsum("ij,ij->i", normal, normal))
-    longest = edge_lengths(t).max(axis=1)
-    thin = ~collapsed & (doubled_area < MIN_ALTITUDE_MM * longest)
+    g = _reader_geometry(mesh)
+    v, f, collapsed = g.v, g.f, g.collapsed
+    thin = ~collapsed & g.thinner_than(MIN_ALTITUDE_MM)
     whole = f[~collapsed]
     edges, pinched = _edge_and_vertex_defects(whole, len(v))
     defects = {"collapsed_triangles": int(collapsed.sum()), "needle_triangles": int(thin.sum()),
@@ -252,14 +281,15 @@ def remove_needles(mesh: trimesh.Trimesh, min_altitude_mm: float = 10 * MIN_ALTI
     The work is local: only the faces within ``REPAIR_RINGS`` rings of the
     needles are handed to the repair, their outer rim held fixed.
     """
-    v, f = reader_view(mesh)
-    whole = (f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 2] != f[:, 0])
-    doubled = _doubled(f, len(v))
-    needles = _needle_faces(v, f, min_altitude_mm)
-    if whole.all() and not doubled.any() and needles.size == 0:
+    g = _reader_geometry(mesh)
+    v = g.v
+    doubled = _doubled(g.f, len(v))
+    thin = g.thinner_than(min_altitude_mm)
+    if not g.collapsed.any() and not doubled.any() and not thin.any():
         return mesh   # nothing to repair: the mesh itself, not its reader's view
-    f = f[whole & ~doubled].copy()
-    needles = _needle_faces(v, f, min_altitude_mm)
+    keep = ~g.collapsed & ~doubled
+    f = g.f[keep].copy()
+    needles = np.flatnonzero(thin[keep])
     if needles.size:
         region = _rings(f, needles, REPAIR_RINGS)
         # Vertices with a face outside the region: their fans are not all
@@ -285,10 +315,8 @@ REPAIR_RINGS = 4
 
 
 def _needle_faces(v: np.ndarray, f: np.ndarray, min_altitude_mm: float) -> np.ndarray:
-    t = v[f]
-    d = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
-    doubled = np.sqrt(np.einsum("ij,ij->i", d, d))
-    return np.flatnonzero(doubled < min_altitude_mm * edge_lengths(t).max(axis=1))
+    doubled, longest = _doubled_area_and_longest(v[f])
+    return np.flatnonzero(doubled < min_altitude_mm * longest)
 
 
 def _doubled(f: np.ndarray, n: int) -> np.ndarray:
