@@ -6,7 +6,7 @@ Per contact face (one per resection plane):
   ``flange_width_mm`` of the cut edge on the host side and on the accessible
   side (a hip bone's outer table: lateral; the sacrum's dorsal surface:
   posterior), offset by ``flange_clearance_mm`` and thickened by
-  ``flange_thickness_mm`` (:func:`pipeline.design.plate.bone_plate`); over
+  ``flange_thickness_mm`` (:func:`pipeline.design.plate.plate_solid`); over
   the resected region it reaches down into the bone the implant replaces,
   so it is united with the implant into one solid. Other bones are
   subtracted from it: it never enters them;
@@ -52,7 +52,7 @@ from ..segment.distance_map import distance_to_false
 from ..segment.voxelise import inside_mesh
 from ..parallel import parallel
 from ..volume import apply_affine
-from .plate import PlateContact, band, bone_plate, facing, plate_contact, solid_mesh
+from .plate import PlateContact, band, facing, manifold_mesh, plate_contact, plate_solid, solid_mesh
 
 SEARCH_GRID_MM = 1.0
 SAMPLE_MM = 1.0          # along a candidate axis in the search
@@ -145,8 +145,7 @@ def fix_implant(cut: Resection, planes: tuple[Plane, ...], scene: BoneScene,
         if i in where:
             flanges[plane.name] = made[i][0]
     implant_m = to_manifold(cut.implant, "implant").as_original()
-    flange_m = manifold3d.Manifold.batch_boolean([to_manifold(f, "flange") for f in flanges.values()],
-                                                 manifold3d.OpType.Add)
+    flange_m = manifold3d.Manifold.batch_boolean([made[i][4] for i in where], manifold3d.OpType.Add)
     # manifold3d releases the GIL: the booleans run while the screws are searched.
     (solid, outside), (flange_reports, screws) = parallel(
         lambda: (_evaluated(implant_m + flange_m), (flange_m - implant_m).volume()),
@@ -195,7 +194,7 @@ def _screws(cut: Resection, planes: tuple[Plane, ...], where: dict, made: dict, 
         if i not in where:
             continue
         bone = where[i][0]
-        flange, report, footprint, contact = made[i]
+        flange, report, footprint, contact, _ = made[i]
         wanted = config.screws_per_flange
         found = _flange_screws(flange, contact, footprint, plane, bone, fields, config, wanted) if wanted else []
         if len(found) < wanted:
@@ -227,14 +226,15 @@ def _flange(cut: Resection, plane: Plane, bone: str, centre: np.ndarray, side: n
     c, t = config.flange_clearance_mm, config.flange_thickness_mm
     footprint = band(plane, -config.flange_width_mm, c + t) + (facing(centre, side),)
     others = [b for n, b in scene.bones.items() if n != bone]
-    flange = bone_plate(scene.bones[bone], footprint, c, t, spacing_mm=config.flange_grid_mm,
-                        fill_beyond=cut.implant_planes,
-                        keep_off=tuple(others))
+    # Only the united implant is written: the flange stays the booleans' exact mesh.
+    solid = plate_solid(scene.bones[bone], footprint, c, t, spacing_mm=config.flange_grid_mm,
+                        fill_beyond=cut.implant_planes, keep_off=tuple(others))
+    flange = manifold_mesh(solid)
     contact = plate_contact(flange, cut.host, c, t, behind=(plane,))
     report = {"plane": plane.name, "bone": bone, "accessible_side_lps": [round(float(v), 3) for v in side],
               **contact.as_dict(), "thickness_mm": t, "clearance_mm": c,
               "volume_mm3": round(float(flange.volume), 1)}
-    return flange, report, footprint, contact
+    return flange, report, footprint, contact, solid
 
 
 def _cut_bone(host: trimesh.Trimesh, faces: np.ndarray, scene: BoneScene) -> str | None:

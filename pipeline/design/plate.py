@@ -85,12 +85,20 @@ def facing(point_lps_mm, direction_lps) -> Plane:
 
 
 def bone_plate(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], clearance_mm: float,
-               thickness_mm: float, *, spacing_mm: float = DEFAULT_SPACING_MM,
-               fill_beyond: tuple[Plane, ...] = (), keep_off: tuple[trimesh.Trimesh, ...] = ()) -> trimesh.Trimesh:
+               thickness_mm: float, **options) -> trimesh.Trimesh:
+    """:func:`plate_solid` as a trimesh in LPS mm that an STL reader reads as
+    a clean solid (:func:`solid_mesh`)."""
+    return solid_mesh(plate_solid(bone, footprint, clearance_mm, thickness_mm, **options))
+
+
+def plate_solid(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], clearance_mm: float,
+                thickness_mm: float, *, spacing_mm: float = DEFAULT_SPACING_MM,
+                fill_beyond: tuple[Plane, ...] = (),
+                keep_off: tuple[trimesh.Trimesh, ...] = ()) -> manifold3d.Manifold:
     """The closed plate on ``bone`` over ``footprint`` (see the module
-    docstring), as a trimesh in LPS mm; several shells where the footprint
-    covers separate pieces of bone surface. Raises :class:`MeshError` when
-    the footprint holds no bone surface.
+    docstring), as a manifold3d solid (for booleans that follow); several
+    shells where the footprint covers separate pieces of bone surface.
+    Raises :class:`MeshError` when the footprint holds no bone surface.
 
     ``fill_beyond``: where a point lies beyond all of these planes (signed
     distance > 0; e.g. the resected region, whose bone the implant
@@ -101,9 +109,9 @@ def bone_plate(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], clearance_mm
     ``keep_off``: other closed solids (the other bones) the plate keeps
     ``clearance_mm`` away from and never enters."""
     if clearance_mm < 0 or thickness_mm <= 0 or spacing_mm <= 0:
-        raise ValueError("bone_plate needs clearance_mm >= 0, thickness_mm > 0 and spacing_mm > 0")
+        raise ValueError("a plate needs clearance_mm >= 0, thickness_mm > 0 and spacing_mm > 0")
     if not footprint:
-        raise ValueError("bone_plate needs at least one footprint plane")
+        raise ValueError("a plate needs at least one footprint plane")
     outer = clearance_mm + thickness_mm
     reach = outer + 2 * spacing_mm
     box = _grid_box(bone, footprint, reach, spacing_mm)
@@ -131,7 +139,7 @@ def bone_plate(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], clearance_mm
     pieces = [p for p in plate.decompose() if p.volume() >= MIN_PIECE_MM3]
     if not pieces:
         raise MeshError("plate: nothing left of the plate within its footprint")
-    return solid_mesh(manifold3d.Manifold.batch_boolean(pieces, manifold3d.OpType.Add))
+    return manifold3d.Manifold.batch_boolean(pieces, manifold3d.OpType.Add)
 
 
 def solid_mesh(m: manifold3d.Manifold) -> trimesh.Trimesh:
