@@ -53,3 +53,23 @@ def test_cell_bounds_hold_every_column_height_in_their_cell():
     assert np.all(low[covered] >= bottom[index[covered, 0], index[covered, 1]])
     # Cells no triangle's box meets hold no bound.
     assert np.isinf(top).any() and np.all(np.isinf(top) == np.isinf(bottom))
+
+
+@pytest.mark.parametrize("layout", ["grid", "strip"])
+def test_the_cell_size_chosen_changes_no_height(layout):
+    """The bins only decide which pairs are tested: on a sphere's fine
+    triangles plus a few large ones, a dense grid of points and a thin strip
+    of points (where the chosen cells are small and the large triangles would
+    cover millions of them) get the same heights as with coarse cells."""
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=20.0)
+    big = trimesh.creation.box(bounds=[[-60, -60, 30], [60, 60, 31]])
+    tri = np.vstack([sphere.triangles, big.triangles])
+    if layout == "grid":
+        a = np.arange(-25.0, 25.0, 0.25)
+        points = np.stack(np.meshgrid(a, a, indexing="ij"), axis=-1).reshape(-1, 2)
+    else:
+        points = np.column_stack([np.linspace(-50, 50, 20000), np.full(20000, 3.0)])
+    chosen = column_extremes(points, tri)
+    coarse = column_extremes(points, tri, cell_mm=8.0)
+    assert np.array_equal(chosen[0], coarse[0]) and np.array_equal(chosen[1], coarse[1])
+    assert np.isfinite(chosen[0]).mean() > 0.3
