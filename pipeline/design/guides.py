@@ -597,8 +597,8 @@ def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
                                               max_edge=UNDER_EDGE_MM)
     fine = trimesh.Trimesh(uv, uf, process=False)
     fine_normals = np.asarray(fine.face_normals) if len(uf) else np.zeros((0, 3))
-    gap_c, facing_c = _facing_gap(fine.triangles_center, fine_normals, bones)
-    faces_bone = (gap_c <= s.contact_clearance_mm + s.wall_mm) & facing_c
+    gap_c, facing_c = _facing_gap(fine.triangles_center, fine_normals, bones, limit=reach)
+    faces_bone = (gap_c <= reach) & facing_c
     faces = np.flatnonzero(faces_bone)
     if not len(faces):
         return {"seat_area_on_bone_mm2": 0.0, "contact_gap_mm": None, "closest_to_bone_mm": closest}
@@ -616,16 +616,20 @@ def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
             "closest_to_bone_mm": closest}
 
 
-def _facing_gap(points, normals, bones: NearSurface) -> tuple[np.ndarray, np.ndarray]:
+def _facing_gap(points, normals, bones: NearSurface, limit: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(distance to the bone, whether the bone is met straight along its
-    face's normal and the guide face looks back at it)."""
-    gap, nearest, foot = bones.query(points)
-    t = bones.vertices[bones.faces[nearest]]
+    face's normal and the guide face looks back at it). With ``limit``,
+    points farther than it may get distance inf (and do not face it)."""
+    gap, nearest, foot = bones.query(points, limit)
+    near = np.flatnonzero(nearest >= 0)
+    t = bones.vertices[bones.faces[nearest[near]]]
     bone_normal = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
     bone_normal /= np.maximum(np.linalg.norm(bone_normal, axis=1, keepdims=True), 1e-300)
-    along = np.einsum("ij,ij->i", points - foot, bone_normal)
-    looks = np.einsum("ij,ij->i", normals, bone_normal) <= -UNDERSIDE_COS
-    return gap, (along >= (1.0 - 1e-6) * gap) & looks
+    along = np.einsum("ij,ij->i", points[near] - foot[near], bone_normal)
+    looks = np.einsum("ij,ij->i", np.asarray(normals)[near], bone_normal) <= -UNDERSIDE_COS
+    facing = np.zeros(len(gap), dtype=bool)
+    facing[near] = (along >= (1.0 - 1e-6) * gap[near]) & looks
+    return gap, facing
 
 
 def _intersection_mm3(mesh: trimesh.Trimesh, bones_solid: manifold3d.Manifold) -> float:
