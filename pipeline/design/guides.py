@@ -37,6 +37,7 @@ and whether the blade reaches the whole cut face through the slot.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import manifold3d
@@ -271,11 +272,33 @@ def _box(lo, hi) -> manifold3d.Manifold:
 
 def _local_triangles(mesh: trimesh.Trimesh, frame: GuideFrame, region: np.ndarray) -> np.ndarray:
     """The triangles of ``mesh`` whose (a, b) extent meets ``region``, in the local frame."""
-    v = frame.local(mesh.vertices)
-    tri = v[np.asarray(mesh.faces)]
+    centre, half = _face_boxes(mesh)
+    # A first, wider choice from each face's LPS box (its centre and half
+    # sizes projected on a and b), without moving every vertex.
+    ab = frame.local(centre)[:, :2]
+    spread = half @ np.abs(frame.axes[:, :2])
+    near = np.flatnonzero(np.all(ab + spread >= region[0], axis=1) & np.all(ab - spread <= region[1], axis=1))
+    tri = frame.local(np.asarray(mesh.vertices)[np.asarray(mesh.faces)[near]].reshape(-1, 3)).reshape(-1, 3, 3)
     lo, hi = tri[:, :, :2].min(axis=1), tri[:, :, :2].max(axis=1)
     keep = np.all(hi >= region[0], axis=1) & np.all(lo <= region[1], axis=1)
     return tri[keep]
+
+
+_BOXES: "weakref.WeakKeyDictionary[trimesh.Trimesh, tuple[int, tuple[np.ndarray, np.ndarray]]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def _face_boxes(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
+    """(centre, half size) of each face's LPS bounding box, once per mesh (the guides of every plane ask)."""
+    key = hash(mesh)
+    cached = _BOXES.get(mesh)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    tri = np.asarray(mesh.vertices)[np.asarray(mesh.faces)]
+    lo, hi = tri.min(axis=1), tri.max(axis=1)
+    boxes = ((lo + hi) / 2, (hi - lo) / 2)
+    _BOXES[mesh] = (key, boxes)
+    return boxes
 
 
 def _largest_piece(solid: manifold3d.Manifold) -> tuple[manifold3d.Manifold, float]:
@@ -322,16 +345,21 @@ class Terrain:
         na, nb = top.shape
         aa, bb = np.meshgrid(self.a, self.b, indexing="ij")
         upper = np.column_stack([aa.ravel(), bb.ravel(), top.ravel()])
-        lower = np.column_stack([aa.ravel(), bb.ravel(), np.full(aa.size, floor_z)])
         idx = np.arange(na * nb).reshape(na, nb)
         q0, q1, q2, q3 = idx[:-1, :-1].ravel(), idx[1:, :-1].ravel(), idx[1:, 1:].ravel(), idx[:-1, 1:].ravel()
         top_f = np.concatenate([np.column_stack([q0, q1, q2]), np.column_stack([q0, q2, q3])])
-        bottom_f = top_f[:, ::-1] + na * nb
         ring = np.concatenate([idx[:, 0], idx[-1, 1:], idx[-2::-1, -1], idx[0, -2:0:-1]])
-        nxt = np.roll(ring, -1)
+        # The bottom is flat: the ring's nodes at the floor, fanned from the
+        # rectangle's centre (a grid of triangles there doubled the solid).
+        lower = np.vstack([upper[ring, :2], [upper[:, :2].mean(axis=0)]])
+        lower = np.column_stack([lower, np.full(len(lower), floor_z)])
+        below = na * nb + np.arange(len(ring))
+        centre = na * nb + len(ring)
         # The ring runs counter-clockwise seen from +z; each side quad faces outward.
-        sides = np.concatenate([np.column_stack([ring, ring + na * nb, nxt + na * nb]),
-                                np.column_stack([ring, nxt + na * nb, nxt])])
+        nxt, below_nxt = np.roll(ring, -1), np.roll(below, -1)
+        sides = np.concatenate([np.column_stack([ring, below, below_nxt]),
+                                np.column_stack([ring, below_nxt, nxt])])
+        bottom_f = np.column_stack([np.full(len(ring), centre), below_nxt, below])
         mesh = manifold3d.Mesh64(vert_properties=np.ascontiguousarray(np.vstack([upper, lower])),
                                  tri_verts=np.ascontiguousarray(np.vstack([top_f, bottom_f, sides]), dtype=np.uint64))
         solid = manifold3d.Manifold(mesh)
@@ -579,8 +607,8 @@ def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
     reach = s.contact_clearance_mm + s.wall_mm
     lo, hi = np.asarray(mesh.bounds) + [[-reach - 1.0], [reach + 1.0]]
     v = np.asarray(bones.vertices)
-    corners = v[np.asarray(bones.faces)]
-    overlaps = np.all(corners.max(axis=1) >= lo, axis=1) & np.all(corners.min(axis=1) <= hi, axis=1)
+    centre, half = _face_boxes(bones)
+    overlaps = np.all(centre + half >= lo, axis=1) & np.all(centre - half <= hi, axis=1)
     near_faces = np.asarray(bones.faces)[overlaps]
     if not len(near_faces):
         return {"seat_area_on_bone_mm2": 0.0, "contact_gap_mm": None, "closest_to_bone_mm": None}
@@ -589,7 +617,9 @@ def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
     # the block and of the seat look away from the bone).
     low = np.asarray(normals)[:, 2] < UNDERSIDE_COS
     probe = np.vstack([mesh.vertices[np.unique(np.asarray(mesh.faces)[low])], mesh.triangles_center[low]])
-    closest = round(float(bones.distance(probe)[0].min()), 4)
+    # Nearer than the seat's reach where the seat lies on bone; else measured in full.
+    nearest = bones.distance(probe, reach)[0].min()
+    closest = round(float(nearest if np.isfinite(nearest) else bones.distance(probe)[0].min()), 4)
     # The underside, cut into triangles no longer than UNDER_EDGE_MM so
     # that a large flat face is judged piece by piece.
     under = np.flatnonzero(normals[:, 2] <= -UNDERSIDE_COS)
@@ -602,8 +632,10 @@ def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
     faces = np.flatnonzero(faces_bone)
     if not len(faces):
         return {"seat_area_on_bone_mm2": 0.0, "contact_gap_mm": None, "closest_to_bone_mm": closest}
-    gap_v, facing_v = _facing_gap(fine.vertices[uf[faces].ravel()], np.repeat(fine_normals[faces], 3, axis=0),
-                                  bones)
+    # Each corner measured once, judged with each of its faces' normals.
+    corner, pair = np.unique(uf[faces].ravel(), return_inverse=True)
+    gap_v, facing_v = _facing_gap(fine.vertices[corner], np.repeat(fine_normals[faces], 3, axis=0), bones,
+                                  pair=pair.reshape(-1))
     area = fine.area_faces[faces]
     gaps = np.concatenate([gap_c[faces], gap_v[facing_v]])
     on_bone = gap_c[faces] <= s.contact_clearance_mm + CONTACT_BAND_MM
@@ -616,11 +648,15 @@ def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
             "closest_to_bone_mm": closest}
 
 
-def _facing_gap(points, normals, bones: NearSurface, limit: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _facing_gap(points, normals, bones: NearSurface, limit: float | None = None,
+                pair: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(distance to the bone, whether the bone is met straight along its
-    face's normal and the guide face looks back at it). With ``limit``,
-    points farther than it may get distance inf (and do not face it)."""
+    face's normal and the guide face looks back at it), per point, or with
+    ``pair`` per (point ``pair[k]``, normal ``k``). With ``limit``, points
+    farther than it may get distance inf (and do not face it)."""
     gap, nearest, foot = bones.query(points, limit)
+    if pair is not None:
+        points, gap, nearest, foot = points[pair], gap[pair], nearest[pair], foot[pair]
     near = np.flatnonzero(nearest >= 0)
     t = bones.vertices[bones.faces[nearest[near]]]
     bone_normal = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
