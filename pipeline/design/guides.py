@@ -531,7 +531,7 @@ def guide_measures(mesh: trimesh.Trimesh, plane: Plane, frame: GuideFrame, s: Gu
     return {"slot": _slot_measures(mesh, plane, local, normals, s, z_top),
             **_contact_measures(mesh, normals, bones, s, plane.signed_distance_mm),
             "intersection_with_bone_mm3": round(_intersection_mm3(mesh, bones_solid), 6),
-            "lift_off": _lift_off(tri, local, frame, bones),
+            "lift_off": _lift_off(tri, local, np.asarray(mesh.faces), frame, bones),
             "blade_reach": _blade_reach(tri, frame, host, cut_faces, window),
             "volume_mm3": round(float(mesh.volume), 3), "triangles": int(len(mesh.faces))}
 
@@ -673,7 +673,7 @@ def _intersection_mm3(mesh: trimesh.Trimesh, bones_solid: manifold3d.Manifold) -
     return 0.0 if both.is_empty() else float(both.volume())
 
 
-def _lift_off(tri, local, frame, bones) -> dict:
+def _lift_off(tri, local, faces, frame, bones) -> dict:
     """Lifted along the approach, does the guide meet bone? It does exactly
     when some column holds bone above guide. The lowest guide point of a
     column lies on a face looking down, the highest bone point on one looking
@@ -682,11 +682,13 @@ def _lift_off(tri, local, frame, bones) -> dict:
     a corner of the bone's upward faces."""
     def facing(t: np.ndarray, sign: float) -> np.ndarray:
         normal_z = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])[:, 2]
-        return t[sign * normal_z > 0]
+        return sign * normal_z > 0
 
-    down = facing(tri, -1.0)
+    looks_down = facing(tri, -1.0)
+    down = tri[looks_down]
     lo, hi = tri[:, :, :2].min(axis=(0, 1)) - 0.5, tri[:, :, :2].max(axis=(0, 1)) + 0.5
-    up = facing(_local_triangles(bones, frame, np.array([lo, hi])), 1.0)
+    up = _local_triangles(bones, frame, np.array([lo, hi]))
+    up = up[facing(up, 1.0)]
     # Only points that some triangle of the other side could pass are
     # measured: on a grid of LIFT_CELL_MM, a guide point lower than the
     # highest bone whose box meets its cell, a bone point higher than the
@@ -694,7 +696,7 @@ def _lift_off(tri, local, frame, bones) -> dict:
     shape = tuple(int(n) for n in np.floor((hi - lo) / LIFT_CELL_MM).astype(np.int64) + 1)
     bone_top, _ = cell_bounds(up, lo, LIFT_CELL_MM, shape)
     _, guide_bottom = cell_bounds(down, lo, LIFT_CELL_MM, shape)
-    points = np.vstack([np.unique(down.reshape(-1, 3), axis=0), down.mean(axis=1)])
+    points = np.vstack([local[np.unique(faces[looks_down])], down.mean(axis=1)])
     cell, _ = cell_of(points[:, :2], lo, LIFT_CELL_MM, shape)
     points = points[points[:, 2] < bone_top[cell[:, 0], cell[:, 1]]]
     bone_high, _ = column_extremes(points[:, :2], up)

@@ -139,7 +139,7 @@ def test_a_guide_over_an_overhang_does_not_hook_under_it():
     frame, _ = guide_frame(plane, (0, 0, 1), (0, 0, 0))
     local = frame.local(hooked.vertices)
     # The check can fail: a seat hooked under the overhang does not lift off.
-    assert not _lift_off(local[hooked.faces], local, frame, bone)["removable"]
+    assert not _lift_off(local[hooked.faces], local, np.asarray(hooked.faces), frame, bone)["removable"]
     guide, _, config = make_guide(bone, plane, (0.0, 0.0, 1.0))
     assert guide.report["lift_off"]["removable"]
     assert guide.report["intersection_with_bone_mm3"] <= 1e-3
