@@ -37,7 +37,6 @@ and whether the blade reaches the whole cut face through the slot.
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
 
 import manifold3d
@@ -48,7 +47,7 @@ from ..config import GuidesConfig, Plane
 from ..errors import PlanError
 from ..geometry.columns import cell_bounds, cell_of, column_extremes
 from ..parallel import parallel
-from ..geometry.distance import NearSurface
+from ..geometry.distance import NearSurface, face_boxes
 from ..geometry.resect import to_manifold as _to_manifold
 from .plate import manifold_mesh, solid_mesh
 
@@ -272,33 +271,17 @@ def _box(lo, hi) -> manifold3d.Manifold:
 
 def _local_triangles(mesh: trimesh.Trimesh, frame: GuideFrame, region: np.ndarray) -> np.ndarray:
     """The triangles of ``mesh`` whose (a, b) extent meets ``region``, in the local frame."""
-    centre, half = _face_boxes(mesh)
+    lo, hi = face_boxes(mesh)
     # A first, wider choice from each face's LPS box (its centre and half
     # sizes projected on a and b), without moving every vertex.
-    ab = frame.local(centre)[:, :2]
-    spread = half @ np.abs(frame.axes[:, :2])
+    ab = frame.local((lo + hi) / 2)[:, :2]
+    spread = (hi - lo) / 2 @ np.abs(frame.axes[:, :2])
+    spread += 1e-9 * (1.0 + np.abs(ab))   # the halving's rounding
     near = np.flatnonzero(np.all(ab + spread >= region[0], axis=1) & np.all(ab - spread <= region[1], axis=1))
     tri = frame.local(np.asarray(mesh.vertices)[np.asarray(mesh.faces)[near]].reshape(-1, 3)).reshape(-1, 3, 3)
     lo, hi = tri[:, :, :2].min(axis=1), tri[:, :, :2].max(axis=1)
     keep = np.all(hi >= region[0], axis=1) & np.all(lo <= region[1], axis=1)
     return tri[keep]
-
-
-_BOXES: "weakref.WeakKeyDictionary[trimesh.Trimesh, tuple[int, tuple[np.ndarray, np.ndarray]]]" = \
-    weakref.WeakKeyDictionary()
-
-
-def _face_boxes(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
-    """(centre, half size) of each face's LPS bounding box, once per mesh (the guides of every plane ask)."""
-    key = hash(mesh)
-    cached = _BOXES.get(mesh)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    tri = np.asarray(mesh.vertices)[np.asarray(mesh.faces)]
-    lo, hi = tri.min(axis=1), tri.max(axis=1)
-    boxes = ((lo + hi) / 2, (hi - lo) / 2)
-    _BOXES[mesh] = (key, boxes)
-    return boxes
 
 
 def _largest_piece(solid: manifold3d.Manifold) -> tuple[manifold3d.Manifold, float]:
@@ -607,8 +590,8 @@ def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
     reach = s.contact_clearance_mm + s.wall_mm
     lo, hi = np.asarray(mesh.bounds) + [[-reach - 1.0], [reach + 1.0]]
     v = np.asarray(bones.vertices)
-    centre, half = _face_boxes(bones)
-    overlaps = np.all(centre + half >= lo, axis=1) & np.all(centre - half <= hi, axis=1)
+    face_lo, face_hi = face_boxes(bones)
+    overlaps = np.all(face_hi >= lo, axis=1) & np.all(face_lo <= hi, axis=1)
     near_faces = np.asarray(bones.faces)[overlaps]
     if not len(near_faces):
         return {"seat_area_on_bone_mm2": 0.0, "contact_gap_mm": None, "closest_to_bone_mm": None}

@@ -47,7 +47,7 @@ from skimage.measure import marching_cubes
 
 from ..config import Plane
 from ..errors import MeshError
-from ..geometry.distance import NearSurface
+from ..geometry.distance import NearSurface, face_boxes
 from ..geometry.meshes import edge_lengths, remove_needles, reader_defects
 from ..geometry.resect import to_manifold
 from ..segment.distance_map import distance_to_false
@@ -230,8 +230,8 @@ def _inside(solid: trimesh.Trimesh, origin: np.ndarray, shape: tuple[int, int, i
         return out
     lo, hi = origin + start * spacing, origin + (stop - 1) * spacing
     faces = np.asarray(solid.faces)
-    tri = np.asarray(solid.vertices)[faces]
-    over = np.all((tri[:, :, 1:].max(axis=1) >= lo[1:]) & (tri[:, :, 1:].min(axis=1) <= hi[1:]), axis=1)
+    face_lo, face_hi = face_boxes(solid)
+    over = np.all((face_hi[:, 1:] >= lo[1:]) & (face_lo[:, 1:] <= hi[1:]), axis=1)
     part = inside_mesh(solid.vertices, faces[over], affine, tuple(slice(a, b) for a, b in zip(start, stop)))
     if at is None:
         out[tuple(slice(a, b) for a, b in zip(start, stop))] = part

@@ -16,8 +16,11 @@ whose lower bound exceeds a ``limit`` are not measured at all.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import point_cloud_utils as pcu
+import trimesh
 from scipy.spatial import cKDTree
 
 # Queries of at most this many points meet only the triangles within their reach.
@@ -38,8 +41,8 @@ class NearSurface:
         v = np.asarray(mesh.vertices if mesh is not None else vertices, dtype=np.float64)
         f = np.asarray(mesh.faces if mesh is not None else faces, dtype=np.int64)
         if lo_lps_mm is not None and len(f):
-            tri = v[f]
-            keep = np.all(tri.max(axis=1) >= lo_lps_mm, axis=1) & np.all(tri.min(axis=1) <= hi_lps_mm, axis=1)
+            lo, hi = face_boxes(mesh) if mesh is not None else _boxes_of(v[f])
+            keep = np.all(hi >= lo_lps_mm, axis=1) & np.all(lo <= hi_lps_mm, axis=1)
             if keep.any():
                 f = f[keep]
         self.vertices = np.ascontiguousarray(v)
@@ -106,6 +109,27 @@ class NearSurface:
             tri = self.vertices[self.faces]
             self._tri_boxes = (tri.min(axis=1), tri.max(axis=1))
         return self._tri_boxes
+
+
+_BOXES: "weakref.WeakKeyDictionary[trimesh.Trimesh, tuple[int, tuple[np.ndarray, np.ndarray]]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def face_boxes(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
+    """(lowest, highest) corner of each face's bounding box, computed once per mesh
+    while its data is unchanged (the same bones and host are cropped many
+    times: every plate, every guide, every keep-off test)."""
+    key = hash(mesh)
+    cached = _BOXES.get(mesh)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    boxes = _boxes_of(np.asarray(mesh.vertices, dtype=np.float64)[np.asarray(mesh.faces)])
+    _BOXES[mesh] = (key, boxes)
+    return boxes
+
+
+def _boxes_of(tri: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return tri.min(axis=1), tri.max(axis=1)
 
 
 def point_mesh_distance(points: np.ndarray, vertices: np.ndarray,
