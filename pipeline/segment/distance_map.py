@@ -6,6 +6,9 @@ voxels, inf everywhere when there is none. It equals scipy's
 ``ndimage.distance_transform_edt(mask, sampling=spacing)``; SimpleITK's
 Maurer transform (Apache-2.0, multi-threaded, releases the GIL) computes it
 10-15 times faster on the grids of the fixation search and the plates.
+SimpleITK is imported only for grids of ``LARGE_VOXELS`` or more: its
+import costs ~0.15 s and ~80 MB, more than scipy spends on a small grid
+(the shape model's first pose), and a run without fixation needs no other.
 
 Why Maurer's signed map gives it: the False voxels are the object; the
 nearest object voxel to a voxel outside it always has a face neighbour
@@ -16,7 +19,9 @@ it lies on the object's contour, the set Maurer measures to.
 from __future__ import annotations
 
 import numpy as np
-import SimpleITK as sitk
+from scipy import ndimage
+
+LARGE_VOXELS = 1_000_000
 
 
 def distance_to_false(mask: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
@@ -27,6 +32,10 @@ def distance_to_false(mask: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
         return np.full(mask.shape, np.inf, dtype=np.float32)
     if not mask.any():
         return np.zeros(mask.shape, dtype=np.float32)
+    if mask.size < LARGE_VOXELS:
+        return ndimage.distance_transform_edt(mask, sampling=spacing).astype(np.float32)
+    import SimpleITK as sitk   # noqa: PLC0415 (see the module docstring)
+
     # SimpleITK's axes run opposite to numpy's.
     image = sitk.GetImageFromArray((~mask).view(np.uint8))
     image.SetSpacing(tuple(float(s) for s in np.broadcast_to(spacing, (mask.ndim,))[::-1]))
