@@ -18,6 +18,7 @@ and remembered while the mesh's data is unchanged (trimesh's content hash).
 
 from __future__ import annotations
 
+import threading
 import weakref
 
 import numpy as np
@@ -92,16 +93,23 @@ def _doubled_area_and_longest(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.sqrt(np.einsum("ij,ij->i", normal, normal)), edge_lengths(t).max(axis=1)
 
 
-_GEOMETRY: "weakref.WeakKeyDictionary[trimesh.Trimesh, tuple[int, _ReaderGeometry]]" = weakref.WeakKeyDictionary()
+# The read-back geometry of the last few meshes (tens of MB each for a
+# pelvis: kept only while a repair and its check follow each other).
+_GEOMETRY: list[tuple["weakref.ref[trimesh.Trimesh]", int, _ReaderGeometry]] = []
+_GEOMETRY_KEPT = 2
+_GEOMETRY_LOCK = threading.Lock()
 
 
 def _reader_geometry(mesh: trimesh.Trimesh) -> _ReaderGeometry:
     key = hash(mesh)
-    cached = _GEOMETRY.get(mesh)
-    if cached is not None and cached[0] == key:
-        return cached[1]
+    with _GEOMETRY_LOCK:
+        for ref, k, geometry in _GEOMETRY:
+            if ref() is mesh and k == key:
+                return geometry
     geometry = _ReaderGeometry(mesh)
-    _GEOMETRY[mesh] = (key, geometry)
+    with _GEOMETRY_LOCK:
+        _GEOMETRY.insert(0, (weakref.ref(mesh), key, geometry))
+        del _GEOMETRY[_GEOMETRY_KEPT:]
     return geometry
 
 
