@@ -80,7 +80,8 @@ class _ReaderGeometry:
 
     def __init__(self, mesh: trimesh.Trimesh) -> None:
         self.v, self.f = reader_view(mesh)
-        self.collapsed = (self.f[:, 0] == self.f[:, 1]) | (self.f[:, 1] == self.f[:, 2]) | (self.f[:, 2] == self.f[:, 0])
+        f = self.f
+        self.collapsed = (f[:, 0] == f[:, 1]) | (f[:, 1] == f[:, 2]) | (f[:, 2] == f[:, 0])
         self.doubled_area, self.longest = _doubled_area_and_longest(self.v[self.f])
 
     def thinner_than(self, altitude_mm: float) -> np.ndarray:
