@@ -326,14 +326,18 @@ def plate_contact(plate: trimesh.Trimesh, bone: trimesh.Trimesh, clearance_mm: f
     surface = NearSurface(bone, plate.bounds[0] - clearance_mm - thickness_mm,
                           plate.bounds[1] + clearance_mm + thickness_mm)
     near = clearance_mm + 0.5 * thickness_mm
-    d_centre, closest = surface.distance(centres)
+    # Only faces behind the planes are measured (the others are not asked for).
+    candidates = np.ones(len(centres), dtype=bool)
+    for plane in behind:
+        candidates &= plane.signed_distance_mm(centres) < -ON_PLANE_MM
+    candidates = np.flatnonzero(candidates)
+    d_centre = np.full(len(centres), np.inf)
+    closest = np.zeros((len(centres), 3))
+    d_centre[candidates], closest[candidates] = surface.distance(centres[candidates])
     to_bone = closest - centres
     cosine = np.einsum("ij,ij->i", plate.face_normals, to_bone) / np.maximum(d_centre, 1e-12)
     towards = cosine > FACING_COSINE
-    keep = (d_centre < near) & towards
-    for plane in behind:
-        keep &= plane.signed_distance_mm(centres) < -ON_PLANE_MM
-    faces = np.flatnonzero(keep)
+    faces = np.flatnonzero((d_centre < near) & towards)
     if faces.size == 0:
         return PlateContact(faces, 0.0, float("nan"), float("nan"), float("nan"))
     corners = np.unique(plate.faces[faces])
