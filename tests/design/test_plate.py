@@ -168,3 +168,24 @@ def test_near_surface_distance_is_exact():
     truth_point, truth, _ = trimesh.proximity.closest_point(bone, points)
     np.testing.assert_allclose(d, truth, atol=1e-9)
     np.testing.assert_allclose(closest, truth_point, atol=1e-6)
+
+
+def test_plate_keeps_the_clearance_from_other_bones_and_ignores_bones_out_of_reach(box_plate):
+    """Another bone standing in the footprint (a block 1 mm above the box's
+    top, across the band) is kept off by the clearance and never entered; a
+    bone far away changes nothing."""
+    bone, alone = box_plate
+    block = trimesh.creation.box(bounds=[[88.0, -70.0, 211.0], [92.0, -30.0, 220.0]]).subdivide_to_size(2.0)
+    far = trimesh.creation.box(bounds=[[300.0, 100.0, 0.0], [320.0, 120.0, 20.0]])
+    plate = bone_plate(bone, box_footprint(), CLEARANCE_MM, THICKNESS_MM, keep_off=(block, far))
+    validate_solid(plate, "plate")
+    gap = exact_distance(block, plate.vertices)
+    assert gap.min() >= CLEARANCE_MM - GAP_TOLERANCE_MM
+    assert not block.contains(plate.triangles_center).any()
+    # The block dilated by the clearance starts at z = 210.5, the slab's
+    # underside: it takes the slab's whole thickness across its width (4 mm
+    # + a clearance each side) over the band's 20 mm, and no more.
+    cut_out = (4.0 + 2 * CLEARANCE_MM) * 20.0 * THICKNESS_MM
+    assert alone.volume - plate.volume == pytest.approx(cut_out, rel=0.05)
+    only_far = bone_plate(bone, box_footprint(), CLEARANCE_MM, THICKNESS_MM, keep_off=(far,))
+    assert only_far.volume == pytest.approx(alone.volume, abs=1e-9)

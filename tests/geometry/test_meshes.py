@@ -9,7 +9,7 @@ import trimesh
 
 from pipeline.errors import MeshError
 from pipeline.geometry.meshes import (MIN_ALTITUDE_MM, WELD_MM, concatenate_solids, mesh_facts, reader_defects,
-                                      reader_view, validate_solid, _FACTS)
+                                      reader_view, remove_needles, validate_solid, _FACTS)
 
 # At 256-512 mm from the origin float32 coordinates are 2**-15 mm apart.
 FLOAT32_STEP_AT_300_MM = 2.0**-15
@@ -148,7 +148,7 @@ def test_needles_of_a_grazing_boolean_are_taken_out_without_moving_the_surface()
 
     from pipeline.design.plate import manifold_mesh
     from pipeline.geometry.distance import point_mesh_distance
-    from pipeline.geometry.meshes import COLLAPSE_MM, remove_needles
+    from pipeline.geometry.meshes import COLLAPSE_MM
 
     a = manifold3d.Manifold.sphere(20.0, 96)
     b = manifold3d.Manifold.sphere(20.0, 96).rotate((1e-4, 2e-4, 0.0)).translate((30.0, 1e-4, 0.0))
@@ -160,3 +160,9 @@ def test_needles_of_a_grazing_boolean_are_taken_out_without_moving_the_surface()
     assert all(tuple(v) in corners for v in np.asarray(clean.vertices, dtype=np.float32))
     moved, _ = point_mesh_distance(clean.triangles_center, raw.vertices, raw.faces)
     assert moved.max() <= COLLAPSE_MM
+
+
+def test_a_mesh_without_needles_comes_back_untouched():
+    """Nothing to repair: the same mesh, not its float32 reader's view."""
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=123.456789)
+    assert remove_needles(sphere) is sphere
