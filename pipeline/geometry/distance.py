@@ -108,15 +108,12 @@ class NearSurface:
         """Longest distance from a point of a triangle to the triangle's
         nearest corner: at most its longest edge."""
         if self._reach is None:
-            tri = self.vertices[self.faces]
-            d = tri[:, [1, 2, 0]] - tri
-            self._reach = float(np.sqrt(np.einsum("ijk,ijk->ij", d, d).max()))
+            self._reach = float(edge_lengths(self.vertices[self.faces]).max())
         return self._reach
 
     def _boxes(self) -> tuple[np.ndarray, np.ndarray]:
         if self._tri_boxes is None:
-            tri = self.vertices[self.faces]
-            self._tri_boxes = (tri.min(axis=1), tri.max(axis=1))
+            self._tri_boxes = _boxes_of(self.vertices[self.faces])
         return self._tri_boxes
 
 
