@@ -46,7 +46,7 @@ from scipy import ndimage
 from ..bones import LABEL_IDS, LABEL_NAMES
 from ..config import FixationConfig, Plane
 from ..geometry.distance import NearSurface
-from ..geometry.meshes import reader_defects
+from ..geometry.meshes import mesh_facts, reader_defects
 from ..geometry.resect import Resection, to_manifold
 from ..segment.distance_map import distance_to_false
 from ..segment.voxelise import inside_mesh
@@ -174,12 +174,14 @@ def fix_implant(cut: Resection, planes: tuple[Plane, ...], scene: BoneScene,
         "settings": {k: getattr(config, k) for k in config.__dataclass_fields__},
         "flanges": flange_reports,
         "screws": [s.as_dict() for s in screws],
-        "implant_volume_mm3": round(float(cut.implant.volume), 1),
-        "flanges_volume_mm3": round(float(sum(f.volume for f in flanges.values())), 1),
+        "implant_volume_mm3": round(implant_m.volume(), 1),
+        "flanges_volume_mm3": round(float(sum(made[i][4].volume() for i in where)), 1),
         # The flanges reach into the implant's bone to join it: what they add.
         "flanges_outside_implant_mm3": round(float(outside), 1),
         "holes_volume_mm3": round(float(sum(h.volume() for h in holes)), 1),
-        "implant_fixed_volume_mm3": round(float(implant_fixed.volume), 1) if implant_fixed is not None else None,
+        # As read back: the sum of the shells' volumes its check measured.
+        "implant_fixed_volume_mm3": (round(float(mesh_facts(implant_fixed)["shell_volumes_mm3"].sum()), 1)
+                                     if implant_fixed is not None else None),
     }
     return Fixation(implant_fixed=implant_fixed, screws_mesh=screws_mesh, flanges=flanges,
                     screws=tuple(screws), report=report, warnings=tuple(warnings))
@@ -233,7 +235,7 @@ def _flange(cut: Resection, plane: Plane, bone: str, centre: np.ndarray, side: n
     contact = plate_contact(flange, cut.host, c, t, behind=(plane,))
     report = {"plane": plane.name, "bone": bone, "accessible_side_lps": [round(float(v), 3) for v in side],
               **contact.as_dict(), "thickness_mm": t, "clearance_mm": c,
-              "volume_mm3": round(float(flange.volume), 1)}
+              "volume_mm3": round(float(solid.volume()), 1)}
     return flange, report, footprint, contact, solid
 
 
@@ -272,18 +274,20 @@ def _largest_with_implant(solid: manifold3d.Manifold, implant_id: int, warnings:
     """Pieces of flange that ended up apart from the implant (a flange over a
     separate bump) are dropped, with a warning; inner cavities are filled. A
     piece is the implant's when some of its surface comes from the implant
-    (manifold3d keeps, per triangle, the solid it came from: ``implant_id``)."""
+    (manifold3d keeps, per triangle, the solid it came from: ``implant_id``).
+    The booleans leave a few cavities between flange and implant: alone, a
+    cavity's inward shell is a piece of negative volume; left out, the
+    cavity is filled, as a printed part and the STL check want."""
     pieces = solid.decompose()
     if len(pieces) > 1:
+        pieces = [p for p in pieces if p.volume() > 0]
         keep = [_has_surface_of(p, implant_id) for p in pieces]
         dropped = [p.volume() for p, k in zip(pieces, keep) if not k]
         if dropped:
             warnings.append(f"fixation: {len(dropped)} flange piece(s) apart from the implant dropped "
                             f"({sum(dropped):.0f} mm3)")
-        # The kept pieces united: an inner cavity (the booleans leave a few
-        # between flange and implant; alone, its inward shell is a solid of
-        # negative volume) is filled, as a printed part and the STL check want.
-        solid = manifold3d.Manifold.batch_boolean([p for p, k in zip(pieces, keep) if k], manifold3d.OpType.Add)
+        # Disjoint pieces: put together as they are, no boolean needed.
+        solid = manifold3d.Manifold.compose([p for p, k in zip(pieces, keep) if k])
     return solid_mesh(solid)
 
 

@@ -169,9 +169,13 @@ def _level_zero(field: np.ndarray, origin: np.ndarray, spacing: float) -> manifo
     field = np.pad(field, 1, constant_values=spacing)
     verts, faces, _, _ = marching_cubes(field, level=0.0, spacing=(spacing,) * 3,
                                         gradient_direction="ascent", allow_degenerate=True)
-    shell = trimesh.Trimesh(vertices=verts.astype(np.float64) + origin - spacing, faces=faces, process=False)
-    if shell.volume < 0:
-        shell.invert()
+    verts = verts.astype(np.float64) + origin - spacing
+    faces = np.asarray(faces, dtype=np.int64)
+    # Outward when its signed volume (divergence theorem, face by face) is positive.
+    t = verts[faces]
+    if np.einsum("ij,ij->", t[:, 0], np.cross(t[:, 1], t[:, 2])) < 0:
+        faces = faces[:, ::-1]
+    shell = trimesh.Trimesh(vertices=verts, faces=faces, process=False)
     return to_manifold(shell, "plate shell")
 
 

@@ -50,7 +50,13 @@ def reader_view(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
     label = np.empty(len(v), dtype=np.int64)
     label[order] = np.cumsum(first) - 1
     points = v[order[first]]
-    pairs = cKDTree(points, balanced_tree=False, compact_nodes=False).query_pairs(WELD_MM, output_type="ndarray")
+    # Distinct float32 values of magnitude 16 or more differ by at least
+    # 1.9e-6 > WELD_MM: only points with a smaller coordinate can have a
+    # distinct neighbour within WELD_MM (margin: 32).
+    small = np.flatnonzero(np.abs(points).min(axis=1) < 32.0)
+    pairs = cKDTree(points[small], balanced_tree=False,
+                    compact_nodes=False).query_pairs(WELD_MM, output_type="ndarray")
+    pairs = small[pairs]
     if len(pairs):
         graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(points),) * 2)
         _, group = connected_components(graph, directed=False)
@@ -63,7 +69,9 @@ def reader_view(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
 def edge_lengths(triangles: np.ndarray) -> np.ndarray:
     """(n, 3) lengths of the edges of (n, 3, 3) triangles: edge s runs from
     corner s to corner s + 1 (an einsum: norm along an axis is ten times slower)."""
-    d = triangles[:, [1, 2, 0]] - triangles
+    d = np.empty(np.shape(triangles), dtype=np.result_type(triangles, np.float32))
+    np.subtract(triangles[:, 1:], triangles[:, :-1], out=d[:, :-1])
+    np.subtract(triangles[:, 0], triangles[:, -1], out=d[:, -1])
     return np.sqrt(np.einsum("ijk,ijk->ij", d, d))
 
 
