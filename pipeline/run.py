@@ -234,8 +234,9 @@ def build_report(volume: Volume, config: Config, bone: trimesh.Trimesh, cut: Res
 def face_centre(mesh: trimesh.Trimesh, faces: np.ndarray) -> tuple[np.ndarray, float]:
     """Area-weighted centre of ``faces`` of ``mesh`` (a cut face) and the
     largest distance from it to their vertices (mm)."""
-    triangles = mesh.triangles[faces]
-    area = mesh.area_faces[faces]
+    # Only these faces' corners (mesh.triangles would cache every face's).
+    triangles = np.asarray(mesh.vertices)[mesh.faces[faces]]
+    area = np.linalg.norm(np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0]), axis=1) / 2
     centre = (triangles.mean(axis=1) * area[:, None]).sum(axis=0) / max(float(area.sum()), 1e-12)
     return centre, float(np.linalg.norm(triangles.reshape(-1, 3) - centre, axis=1).max(initial=0.0))
 

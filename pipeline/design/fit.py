@@ -32,6 +32,7 @@ import manifold3d
 
 from ..config import Plane
 from ..geometry.caps import min_angles_deg, outline_loops
+from ..geometry.meshes import mesh_facts
 
 # Ti-6Al-4V, the usual alloy of printed pelvic implants.
 TI6AL4V_G_PER_CM3 = 4.43
@@ -99,7 +100,9 @@ def _farthest(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 def triangle_quality(mesh: trimesh.Trimesh, faces: np.ndarray) -> dict:
     """How well shaped a cut face's triangles are (smallest angle of each)."""
     angles = min_angles_deg(mesh.vertices, mesh.faces[faces])
-    doubled_area = 2.0 * mesh.area_faces[faces]
+    t = np.asarray(mesh.vertices)[mesh.faces[faces]]
+    # Only these faces (trimesh's area_faces would measure and cache every face of the mesh).
+    doubled_area = np.linalg.norm(np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]), axis=1)
     if angles.size == 0:
         return {"triangles": 0}
     return {"triangles": int(angles.size),
@@ -142,7 +145,7 @@ def contact_fit(implant: trimesh.Trimesh, implant_faces: np.ndarray, host: trime
 def implant_fit(implant: trimesh.Trimesh, *, density_g_per_cm3: float = TI6AL4V_G_PER_CM3,
                 seed: int = 0) -> dict:
     """Size, mass and minimum wall thickness of the implant."""
-    volume = float(implant.volume)
+    volume = float(mesh_facts(implant)["shell_volumes_mm3"].sum())
     extents = implant.bounds[1] - implant.bounds[0]
     thickness = wall_thickness_mm(implant, seed=seed)
     return {

@@ -122,8 +122,8 @@ def _reader_geometry(mesh: trimesh.Trimesh) -> _ReaderGeometry:
     return geometry
 
 
-def _reader_facts(mesh: trimesh.Trimesh) -> tuple[dict[str, int], np.ndarray]:
-    """(defect counts, shell volumes) of the mesh as read back."""
+def _reader_facts(mesh: trimesh.Trimesh) -> tuple[dict[str, int], np.ndarray, float]:
+    """(defect counts, shell volumes, area) of the mesh as read back."""
     g = _reader_geometry(mesh)
     v, f, collapsed = g.v, g.f, g.collapsed
     thin = ~collapsed & g.thinner_than(MIN_ALTITUDE_MM)
@@ -131,7 +131,7 @@ def _reader_facts(mesh: trimesh.Trimesh) -> tuple[dict[str, int], np.ndarray]:
     edges, pinched = _edge_and_vertex_defects(whole, len(v))
     defects = {"collapsed_triangles": int(collapsed.sum()), "needle_triangles": int(thin.sum()),
                "bad_edges": edges, "pinched_vertices": pinched}
-    return defects, _shells(v, whole)[1]
+    return defects, _shells(v, whole)[1], float(g.doubled_area.sum()) / 2
 
 
 def _edge_and_vertex_defects(f: np.ndarray, n: int) -> tuple[int, int]:
@@ -197,12 +197,14 @@ def mesh_facts(mesh: trimesh.Trimesh) -> dict:
     if cached is not None and cached[0] == key:
         return cached[1]
     empty = len(mesh.faces) == 0
-    defects, volumes = ({}, np.zeros(0)) if empty else _reader_facts(mesh)
+    # The area as read back too: trimesh's own would keep a copy of every
+    # triangle's corners in its cache (~70 MB for a whole pelvis).
+    defects, volumes, area = ({}, np.zeros(0), 0.0) if empty else _reader_facts(mesh)
     facts = {
         "manifold": not empty and not any(defects.values()),
         "defects": defects,
         "shell_volumes_mm3": volumes,
-        "area_mm2": float(mesh.area),
+        "area_mm2": area,
         "bounds_lps_mm": np.zeros((2, 3)) if empty else np.asarray(mesh.bounds, dtype=float),
     }
     _FACTS[mesh] = (key, facts)

@@ -50,12 +50,33 @@ OUTPUT_PATTERNS = ("guide_*.stl", f"{QA_FOLDER}/guide_*.png")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
+# Binary STL: an 80-byte header, the triangle count, then per triangle its
+# unit normal, its three corners (float32) and an unused 16-bit attribute.
+_STL_TRIANGLE = np.dtype([("normal", "<f4", (3,)), ("corners", "<f4", (3, 3)), ("attribute", "<u2")])
+# Triangles encoded per step (bounds the float64 temporaries to ~30 MB).
+_STL_CHUNK = 200_000
+
+
 def stl_bytes(mesh: trimesh.Trimesh, name: str) -> bytes:
-    """Binary STL whose 80-byte header states the frame and units."""
+    """Binary STL whose 80-byte header states the frame and units.
+
+    Encoded into one buffer, a chunk of triangles at a time: nothing of the
+    mesh is cached on it (trimesh's exporter keeps every triangle's corners
+    and normal on a mesh the QA views still hold: ~90 MB for a pelvis)."""
     validate_solid(mesh, name)
-    body = trimesh.exchange.stl.export_stl(mesh)
-    header = f"SPACE=LPS UNITS=mm {name}".encode("ascii")[:80].ljust(80, b" ")
-    return header + body[80:]
+    v = np.asarray(mesh.vertices, dtype=np.float64)
+    f = np.asarray(mesh.faces, dtype=np.int64)
+    out = bytearray(84 + _STL_TRIANGLE.itemsize * len(f))
+    out[:80] = f"SPACE=LPS UNITS=mm {name}".encode("ascii")[:80].ljust(80, b" ")
+    out[80:84] = np.uint32(len(f)).tobytes()
+    records = np.frombuffer(out, dtype=_STL_TRIANGLE, offset=84)
+    for start in range(0, len(f), _STL_CHUNK):
+        t = v[f[start:start + _STL_CHUNK]]
+        normal = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
+        length = np.sqrt(np.einsum("ij,ij->i", normal, normal))
+        records["normal"][start:start + len(t)] = normal / np.where(length > 0, length, 1.0)[:, None]
+        records["corners"][start:start + len(t)] = t
+    return bytes(out)
 
 
 def nifti_bytes(mask: np.ndarray, affine_lps: np.ndarray, label_names: dict[int, str] | None = None) -> bytes:
@@ -82,7 +103,11 @@ def nifti_bytes(mask: np.ndarray, affine_lps: np.ndarray, label_names: dict[int,
         img.header.extensions.append(nib.nifti1.Nifti1Extension(0, _label_table_xml(label_names)))
     # Level 1: masks are mostly zeros, so it compresses nearly as well as 9 in a fraction of the time.
     # mtime=0: the same labels give the same bytes (no write time in the gzip header).
-    return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
+    # Compressed as it is written: the uncompressed file is never held whole.
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=1, mtime=0) as stream:
+        img.to_stream(stream)
+    return out.getvalue()
 
 
 def _label_table_xml(label_names: dict[int, str]) -> bytes:
@@ -130,7 +155,8 @@ def seg_nrrd_bytes(labels: np.ndarray, affine_lps: np.ndarray) -> bytes:
             ("Extent", " ".join(f"{b.start} {b.stop - 1}" for b in box[::-1])), ("Tags", tags))]
     header = "NRRD0004\n" + "".join(f"{k}: {v}\n" for k, v in fields) + "".join(f"{k}:={v}\n" for k, v in custom)
     # Level 1, as for the NIfTI label map: mostly zeros. mtime=0: no write time in the gzip header.
-    data = gzip.compress(np.ascontiguousarray(labels, dtype=np.uint8).tobytes(), compresslevel=1, mtime=0)
+    # The array itself is compressed (a buffer): no copy of it as bytes.
+    data = gzip.compress(np.ascontiguousarray(labels, dtype=np.uint8), compresslevel=1, mtime=0)
     return header.encode("ascii") + b"\n" + data
 
 
