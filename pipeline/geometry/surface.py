@@ -146,17 +146,36 @@ def halfmax_level(hu: np.ndarray, solid: np.ndarray, grown: np.ndarray, spacing_
     lowest = np.float32(np.finfo(np.float32).min)
     # The layer right outside the mask is partial-volume: leave it out of "surroundings".
     around = ~grown
+    # Each filter runs in place on its own array (scipy's separable filters
+    # pass line by line through a buffer: the same values), so the three
+    # need one box-sized array each, not three.
+
+    def peak() -> np.ndarray:
+        out = ndi.gaussian_filter(hu, PEAK_SMOOTHING_MM / np.asarray(spacing_mm))
+        np.copyto(out, lowest, where=~solid)
+        return _in_place(ndi.maximum_filter, out, size)
+
     peak, weight, total = parallel(
-        lambda: ndi.maximum_filter(
-            np.where(solid, ndi.gaussian_filter(hu, PEAK_SMOOTHING_MM / np.asarray(spacing_mm)), lowest),
-            size=size),
-        lambda: ndi.uniform_filter(around.astype(np.float32), size=size),
-        lambda: ndi.uniform_filter(np.where(around, hu, np.float32(0)), size=size))
+        peak,
+        lambda: _in_place(ndi.uniform_filter, around.astype(np.float32), size),
+        lambda: _in_place(ndi.uniform_filter, np.where(around, hu, np.float32(0)), size))
     valid = (weight > 1e-3) & (peak > lowest)
-    level = np.where(valid, 0.5 * (peak + total / np.maximum(weight, 1e-3)), np.float32(0))
+    # level = 0.5 * (peak + total / max(weight, 1e-3)), computed in place (float32).
+    np.maximum(weight, np.float32(1e-3), out=weight)
+    level = np.divide(total, weight, out=total)
+    del weight
+    level += peak
+    del peak
+    level *= np.float32(0.5)
     # Far from any bone/tissue interface the level is irrelevant (the field is
     # clamped by the mask there); fall back to the mask's own decision.
-    return level.astype(np.float32, copy=False)
+    level[~valid] = 0
+    return level
+
+
+def _in_place(separable_filter, array: np.ndarray, size) -> np.ndarray:
+    separable_filter(array, size=size, output=array)
+    return array
 
 
 def snap_to_level(solid: np.ndarray, grown: np.ndarray, field: np.ndarray, *,

@@ -171,10 +171,10 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
         seeds = seed_labels(raw, grid, fit, masks, heads, bone.midline_x_lps_mm)
         rough = watershed_by_piece(hu, seeds, raw)
     else:
-        masks, heads, rough = {}, [], np.zeros(raw.shape, dtype=np.int32)
+        masks, heads, rough = {}, [], np.zeros(raw.shape, dtype=np.uint8)
     core_hu = core_level_hu(hu[raw], cfg.core_hu)
     rough = label_other_bone(rough, raw, hu, core_hu, cfg.min_core_mm3 / volume.voxel_volume_mm3)
-    labels = solid_per_label(rough.astype(np.uint8), raw, hu, volume, bone, cfg)
+    labels = solid_per_label(rough, raw, hu, volume, bone, cfg)
     own = raw & (labels == rough)
     for b, (inside, near, deep) in masks.items():
         label = LABEL_IDS[b]
@@ -289,8 +289,8 @@ def lowest_z(fit: PelvisFit, bone: str) -> float:
 def seed_labels(raw: np.ndarray, grid: Grid, fit: PelvisFit,
                 masks: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], heads: list[Head],
                 midline_x_lps_mm: float) -> np.ndarray:
-    """int32 seeds on the threshold bone (0 = decided by the flood)."""
-    seeds = np.zeros(raw.shape, dtype=np.int32)
+    """uint8 seeds (label values) on the threshold bone (0 = decided by the flood)."""
+    seeds = np.zeros(raw.shape, dtype=np.uint8)
     near_any = np.zeros(raw.shape, dtype=bool)
     for _, near, _ in masks.values():
         near_any |= near
@@ -338,13 +338,14 @@ def watershed_by_piece(hu: np.ndarray, seeds: np.ndarray, solid: np.ndarray) -> 
     seeded = np.zeros(n + 1, dtype=bool)
     seeded[pieces[seeds > 0]] = True
     seeded[0] = False
-    regions = np.zeros(seeds.shape, dtype=np.int32)
+    # Label values fit a byte: only the flooded boxes hold the int32 markers skimage takes.
+    regions = np.zeros(seeds.shape, dtype=np.uint8)
     boxes = [(piece, box) for piece, box in enumerate(ndi.find_objects(pieces), start=1)
              if box is not None and seeded[piece]]
 
     def flood(piece: int, box: tuple[slice, ...]) -> np.ndarray:
         inside = pieces[box] == piece
-        return watershed(-hu[box], np.where(inside, seeds[box], 0), mask=inside)
+        return watershed(-hu[box], np.where(inside, seeds[box], 0).astype(np.int32), mask=inside)
 
     for (piece, box), flooded in zip(boxes, parallel(*[lambda p=p, b=b: flood(p, b) for p, b in boxes])):
         inside = pieces[box] == piece
