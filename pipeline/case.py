@@ -11,8 +11,6 @@ run wrote with their sizes (``outputs``), and the peak memory of the case
 
 from __future__ import annotations
 
-import resource
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,6 +19,7 @@ from .config import Config, guide_stem
 from .bones import LABEL_NAMES
 from .io import (QA_FOLDER, json_bytes, load_ct, markups_bytes, nifti_bytes, png_bytes, read_label_map,
                  remove_staging, seg_nrrd_bytes, stl_bytes, run_fingerprint, write_outputs)
+from .memory import PeakMemory
 from .parallel import parallel
 from .run import Log, MeshResult, Timer, package_versions, run_mesh
 from .volume import Volume
@@ -132,35 +131,3 @@ def qa_files(volume, result, config, *, images: bool, timer) -> dict[str, bytes]
     files["report.html"] = report_html(result.report, shown, missing=missing,
                                        cut_density=density, view3d=view).encode("utf-8")
     return files
-
-
-class PeakMemory:
-    """Peak resident memory of this process from construction on.
-
-    On Linux the kernel's high-water mark (VmHWM) is reset at the start, so
-    a worker that runs case after case reports each case's own peak; where
-    that is not possible the process's lifetime peak is reported, and said so.
-    """
-
-    def __init__(self) -> None:
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")   # 5: reset the peak resident set size
-            self.scope = "case"
-        except OSError:
-            self.scope = "process"
-
-    def peak_mib(self) -> float:
-        if self.scope == "case":
-            try:
-                with open("/proc/self/status") as f:
-                    for line in f:
-                        if line.startswith("VmHWM:"):
-                            return int(line.split()[1]) / 1024.0
-            except OSError:
-                pass
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux, bytes on macOS
-        return peak / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
-
-    def report(self) -> dict:
-        return {"peak_rss_mib": round(self.peak_mib(), 1), "peak_rss_since": f"start of the {self.scope}"}

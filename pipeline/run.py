@@ -22,6 +22,7 @@ from .design.guides import Guide, cutting_guides
 from .errors import PlanError
 from .geometry import (Resection, bone_surfaces, check_plane_structures, concatenate_solids, mesh_facts, mesh_stats,
                        resect, validate_solid)
+from .memory import release_freed_memory
 from .parallel import parallel
 from .segment import PelvisFit, label_bones, segment_bone
 from .segment.external import LabelMap, labels_from_map
@@ -71,6 +72,7 @@ class Timer:
     def stage(self, name: str) -> Iterator[None]:
         if self.begin:
             self.begin(name)
+        release_freed_memory()   # so this stage's peak does not stack on what the last one freed
         start = time.perf_counter()
         yield
         self.seconds[name] = round(time.perf_counter() - start, 3)
