@@ -48,6 +48,7 @@ from ..errors import PlanError
 from ..geometry.columns import cell_bounds, cell_of, column_extremes
 from ..parallel import parallel
 from ..geometry.distance import NearSurface, face_boxes
+from ..geometry.meshes import edge_lengths
 from ..geometry.resect import to_manifold as _to_manifold
 from .plate import manifold_mesh, solid_mesh
 
@@ -585,8 +586,10 @@ def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
     face's normal (not on an edge or a corner of the bone: beside an edge the
     gap is larger by design). Gap: exact distances from their corners and
     centres; seat area: those within ``CONTACT_BAND_MM`` of the clearance.
-    Also the closest approach of the whole guide to the bone. ``removed``:
-    points -> signed distance to the cut plane (positive on the removed side)."""
+    Also the closest approach of the whole guide to the bone, at the corners
+    and centres of its faces that do not look up (the underside's cut into
+    the pieces it is judged in). ``removed``: points -> signed distance to
+    the cut plane (positive on the removed side)."""
     reach = s.contact_clearance_mm + s.wall_mm
     lo, hi = np.asarray(mesh.bounds) + [[-reach - 1.0], [reach + 1.0]]
     v = np.asarray(bones.vertices)
@@ -596,34 +599,47 @@ def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
     if not len(near_faces):
         return {"seat_area_on_bone_mm2": 0.0, "contact_gap_mm": None, "closest_to_bone_mm": None}
     bones = NearSurface(vertices=v, faces=near_faces)
-    # The closest approach lies on a face that does not look up (the top of
-    # the block and of the seat look away from the bone).
-    low = np.asarray(normals)[:, 2] < UNDERSIDE_COS
-    probe = np.vstack([mesh.vertices[np.unique(np.asarray(mesh.faces)[low])], mesh.triangles_center[low]])
-    # Nearer than the seat's reach where the seat lies on bone; else measured in full.
-    nearest = bones.distance(probe, reach)[0].min()
-    closest = round(float(nearest if np.isfinite(nearest) else bones.distance(probe)[0].min()), 4)
+    faces_all, vertices = np.asarray(mesh.faces), np.asarray(mesh.vertices)
     # The underside, cut into triangles no longer than UNDER_EDGE_MM so
-    # that a large flat face is judged piece by piece.
-    under = np.flatnonzero(normals[:, 2] <= -UNDERSIDE_COS)
-    uv, uf = trimesh.remesh.subdivide_to_size(np.asarray(mesh.vertices), np.asarray(mesh.faces)[under],
-                                              max_edge=UNDER_EDGE_MM)
+    # that a large flat face is judged piece by piece. Only faces with a
+    # longer edge are cut (a long edge has long faces on both sides, so they
+    # share its midpoints); the others stay as they are.
+    is_under = normals[:, 2] <= -UNDERSIDE_COS
+    used, index = np.unique(faces_all[is_under], return_inverse=True)
+    under = index.reshape(-1, 3)
+    long = edge_lengths(vertices[used][under]).max(axis=1, initial=0.0) > UNDER_EDGE_MM
+    uv, cut = trimesh.remesh.subdivide_to_size(vertices[used], under[long], max_edge=UNDER_EDGE_MM)
+    uf = np.vstack([under[~long], cut]).astype(np.int64)
     fine = trimesh.Trimesh(uv, uf, process=False)
     fine_normals = np.asarray(fine.face_normals) if len(uf) else np.zeros((0, 3))
-    gap_c, facing_c = _facing_gap(fine.triangles_center, fine_normals, bones, limit=reach)
-    faces_bone = (gap_c <= reach) & facing_c
-    faces = np.flatnonzero(faces_bone)
+    centres = fine.triangles_center
+    # Every piece's centre and every corner measured once; a corner of a
+    # piece within reach lies within reach + its longest edge.
+    at_centre = bones.query(centres, reach)
+    at_corner = bones.query(uv, reach + UNDER_EDGE_MM)
+    # The closest approach lies on a face that does not look up (the top of
+    # the block and of the seat look away from the bone): the underside's
+    # pieces, and the other such faces (side walls) at their corners and centres.
+    side = (normals[:, 2] < UNDERSIDE_COS) & ~is_under
+    probe = np.vstack([vertices[np.unique(faces_all[side])], mesh.triangles_center[side]])
+    nearest = min(bones.distance(probe, reach)[0].min(initial=np.inf), at_centre[0].min(initial=np.inf),
+                  at_corner[0].min(initial=np.inf))
+    if not np.isfinite(nearest):   # nothing within reach: measured in full
+        nearest = bones.distance(np.vstack([probe, uv, centres]))[0].min()
+    closest = round(float(nearest), 4)
+    gap_c, facing_c = _facing_gap(centres, fine_normals, bones, at_centre)
+    faces = np.flatnonzero((gap_c <= reach) & facing_c)
     if not len(faces):
         return {"seat_area_on_bone_mm2": 0.0, "contact_gap_mm": None, "closest_to_bone_mm": closest}
-    # Each corner measured once, judged with each of its faces' normals.
-    corner, pair = np.unique(uf[faces].ravel(), return_inverse=True)
-    gap_v, facing_v = _facing_gap(fine.vertices[corner], np.repeat(fine_normals[faces], 3, axis=0), bones,
-                                  pair=pair.reshape(-1))
+    # Each corner judged with each of its faces' normals.
+    corner = uf[faces].ravel()
+    gap_v, facing_v = _facing_gap(uv[corner], np.repeat(fine_normals[faces], 3, axis=0), bones,
+                                  tuple(m[corner] for m in at_corner))
     area = fine.area_faces[faces]
     gaps = np.concatenate([gap_c[faces], gap_v[facing_v]])
     on_bone = gap_c[faces] <= s.contact_clearance_mm + CONTACT_BAND_MM
     return {"seat_area_on_bone_mm2": round(float(area[on_bone].sum()), 3),
-            "seat_area_on_removed_side_mm2": round(float(area[on_bone & (removed(fine.triangles_center[faces]) > 0)]
+            "seat_area_on_removed_side_mm2": round(float(area[on_bone & (removed(centres[faces]) > 0)]
                                                          .sum()), 3),
             "contact_gap_mm": {"min": round(float(gaps.min()), 4),
                                "mean": round(float((gap_c[faces] * area).sum() / area.sum()), 4),
@@ -631,15 +647,12 @@ def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
             "closest_to_bone_mm": closest}
 
 
-def _facing_gap(points, normals, bones: NearSurface, limit: float | None = None,
-                pair: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _facing_gap(points, normals, bones: NearSurface, measured) -> tuple[np.ndarray, np.ndarray]:
     """(distance to the bone, whether the bone is met straight along its
-    face's normal and the guide face looks back at it), per point, or with
-    ``pair`` per (point ``pair[k]``, normal ``k``). With ``limit``, points
-    farther than it may get distance inf (and do not face it)."""
-    gap, nearest, foot = bones.query(points, limit)
-    if pair is not None:
-        points, gap, nearest, foot = points[pair], gap[pair], nearest[pair], foot[pair]
+    face's normal and the guide face looks back at it), per point;
+    ``measured``: the points' :meth:`NearSurface.query` (points it left
+    unmeasured, beyond its limit, do not face the bone)."""
+    gap, nearest, foot = measured
     near = np.flatnonzero(nearest >= 0)
     t = bones.vertices[bones.faces[nearest[near]]]
     bone_normal = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
