@@ -55,18 +55,32 @@ def column_extremes(points_ab: np.ndarray, triangles_abz: np.ndarray, *, cell_mm
     pair_tri = np.repeat(np.arange(len(tri)), na * nb)
     within = np.arange(pair_tri.size) - np.repeat(np.cumsum(na * nb) - na * nb, na * nb)
     cell_key = (c0[pair_tri, 0] + within % na[pair_tri]) + width * (c0[pair_tri, 1] + within // na[pair_tri])
-    start = np.searchsorted(sorted_key, cell_key, side="left")
-    count = np.searchsorted(sorted_key, cell_key, side="right") - start
+    start, count = _runs(sorted_key, cell_key)
     keep = count > 0
     pair_tri, start, count = pair_tri[keep], start[keep], count[keep]
+    table = _edges(tri)
     step = max(1, CHUNK // 16)   # (triangle, cell) pairs at a time
     for s in range(0, len(pair_tri), step):
         tc, st, ct = pair_tri[s:s + step], start[s:s + step], count[s:s + step]
         t_ids = np.repeat(tc, ct)
         offsets = np.arange(t_ids.size) - np.repeat(np.cumsum(ct) - ct, ct)
         p_ids = order[np.repeat(st, ct) + offsets]
-        _scatter(points, tri, p_ids, t_ids, high, low)
+        _scatter(points, table, p_ids, t_ids, high, low)
     return high, low
+
+
+def _runs(sorted_key: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start, length) of the run of each of ``key`` in ``sorted_key``
+    (length 0 where absent): from a table over all cell keys when it is no
+    larger than the keys looked up (counting beats binary search there),
+    else by binary search."""
+    size = int(max(sorted_key[-1], key.max(initial=0))) + 1
+    if size <= 2 * (key.size + sorted_key.size):
+        length = np.bincount(sorted_key, minlength=size)
+        first = np.cumsum(length) - length
+        return first[key], length[key]
+    start = np.searchsorted(sorted_key, key, side="left")
+    return start, np.searchsorted(sorted_key, key, side="right") - start
 
 
 def _cell_size(points: np.ndarray, extents: np.ndarray) -> float:
@@ -87,23 +101,31 @@ def _cell_size(points: np.ndarray, extents: np.ndarray) -> float:
 
 def _scatter(points, tri, p_ids, t_ids, high, low) -> None:
     """Test each (point, triangle) pair; where the triangle covers the point,
-    fold its height there into ``high`` and ``low``."""
+    fold its height there into ``high`` and ``low``. ``tri``: the triangles'
+    :func:`_edges` table."""
     for s in range(0, len(p_ids), CHUNK):
         p, t = points[p_ids[s:s + CHUNK]], tri[t_ids[s:s + CHUNK]]
-        a, b, c = t[:, 0], t[:, 1], t[:, 2]
-        v0, v1, v2 = b[:, :2] - a[:, :2], c[:, :2] - a[:, :2], p - a[:, :2]
-        det = v0[:, 0] * v1[:, 1] - v0[:, 1] * v1[:, 0]
-        scale = np.abs(det)
-        ok = scale > 1e-12 * np.maximum(1.0, (v0 ** 2).sum(1) + (v1 ** 2).sum(1))
-        det = np.where(ok, det, 1.0)
-        u = (v2[:, 0] * v1[:, 1] - v2[:, 1] * v1[:, 0]) / det
-        v = (v0[:, 0] * v2[:, 1] - v0[:, 1] * v2[:, 0]) / det
+        v2 = p - t[:, 0:2]
+        det = t[:, 7]
+        u = (v2[:, 0] * t[:, 6] - v2[:, 1] * t[:, 5]) / det
+        v = (t[:, 3] * v2[:, 1] - t[:, 4] * v2[:, 0]) / det
         eps = 1e-12
-        inside = ok & (u >= -eps) & (v >= -eps) & (u + v <= 1 + eps)
-        z = a[:, 2] + u * (b[:, 2] - a[:, 2]) + v * (c[:, 2] - a[:, 2])
+        inside = (u >= -eps) & (v >= -eps) & (u + v <= 1 + eps)   # NaN (edge-on) compares false
+        z = t[:, 2] + u * t[:, 8] + v * t[:, 9]
         ids = p_ids[s:s + CHUNK][inside]
         np.maximum.at(high, ids, z[inside])
         np.minimum.at(low, ids, z[inside])
+
+
+def _edges(tri: np.ndarray) -> np.ndarray:
+    """Per triangle (a, b, c): a, b - a and c - a in (a, b), the projected
+    determinant (NaN for a triangle seen edge-on), and the rise of z along
+    both edges, computed once for all the pairs the triangle is in."""
+    a = tri[:, 0]
+    e0, e1 = tri[:, 1, :2] - a[:, :2], tri[:, 2, :2] - a[:, :2]
+    det = e0[:, 0] * e1[:, 1] - e0[:, 1] * e1[:, 0]
+    ok = np.abs(det) > 1e-12 * np.maximum(1.0, (e0 ** 2).sum(1) + (e1 ** 2).sum(1))
+    return np.column_stack([a, e0, e1, np.where(ok, det, np.nan), tri[:, 1, 2] - a[:, 2], tri[:, 2, 2] - a[:, 2]])
 
 
 def cell_bounds(triangles_abz: np.ndarray, origin_ab: np.ndarray, cell_mm: float, shape: tuple[int, int]
