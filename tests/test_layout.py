@@ -19,7 +19,7 @@ from .helpers import REPO
 PACKAGE = REPO / "pipeline"
 LAYERS = (
     ("errors",),
-    ("volume", "bones", "parallel"),
+    ("volume", "bones", "parallel", "memory"),
     ("plan",),
     ("config",),
     ("segment",),
