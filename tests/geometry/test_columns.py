@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from pipeline.geometry.columns import cell_bounds, cell_of, column_extremes
+from pipeline.geometry.columns import _runs, cell_bounds, cell_of, column_extremes
 
 
 def test_heights_over_an_octahedron_are_exact():
@@ -73,3 +73,20 @@ def test_the_cell_size_chosen_changes_no_height(layout):
     coarse = column_extremes(points, tri, cell_mm=8.0)
     assert np.array_equal(chosen[0], coarse[0]) and np.array_equal(chosen[1], coarse[1])
     assert np.isfinite(chosen[0]).mean() > 0.3
+
+
+@pytest.mark.parametrize("span", [50, 10**7])
+def test_runs_of_cell_keys_match_a_binary_search(span):
+    """Each looked-up key's run in the sorted keys, from the count table
+    (keys within a small span) or by binary search (a sparse span): the
+    same starts and lengths, zero length for keys not present."""
+    rng = np.random.default_rng(5)
+    sorted_key = np.sort(rng.integers(0, span, 400))
+    key = rng.integers(0, span + 20, 300)
+    start, length = _runs(sorted_key, key)
+    expected_start = np.searchsorted(sorted_key, key, side="left")
+    expected_length = np.searchsorted(sorted_key, key, side="right") - expected_start
+    assert np.array_equal(length, expected_length)
+    present = length > 0
+    assert np.array_equal(start[present], expected_start[present])
+    assert np.all(sorted_key[start[present]] == key[present])

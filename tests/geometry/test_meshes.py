@@ -6,6 +6,9 @@ only appears once the corners are rounded and welded."""
 import numpy as np
 import pytest
 import trimesh
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
 from pipeline.errors import MeshError
 from pipeline.geometry.meshes import (MIN_ALTITUDE_MM, WELD_MM, concatenate_solids, mesh_facts, reader_defects,
@@ -73,6 +76,23 @@ def test_corners_within_the_weld_tolerance_are_one_vertex():
     assert len(np.unique(np.asarray(split.vertices, dtype=np.float32), axis=0)) == len(split.vertices)
     assert len(vertices) == len(split.vertices) - 1
     assert reader_defects(split)["collapsed_triangles"] == 2
+
+
+def test_the_weld_finds_every_pair_within_its_tolerance_wherever_it_lies():
+    """The weld searches only points with a coordinate under 32 mm: distinct
+    float32 values of larger magnitude lie farther apart than WELD_MM. On
+    points near the origin, near 20 mm and far out, each given a neighbour
+    WELD_MM / 2 away, it welds exactly the pairs a search over all points finds."""
+    rng = np.random.default_rng(3)
+    points = np.concatenate([rng.uniform(-1, 1, (200, 3)), rng.uniform(15, 25, (200, 3)),
+                             rng.uniform(100, 300, (200, 3)) * rng.choice([-1, 1], (200, 3))])
+    points = np.concatenate([points, points + rng.normal(size=points.shape) * WELD_MM / 4])
+    mesh = trimesh.Trimesh(points, np.arange(len(points) - len(points) % 3).reshape(-1, 3), process=False)
+    welded, _ = reader_view(mesh)
+    rounded = np.unique(np.asarray(points, dtype=np.float32).astype(np.float64), axis=0)
+    pairs = cKDTree(rounded).query_pairs(WELD_MM, output_type="ndarray")
+    graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(rounded),) * 2)
+    assert len(welded) == connected_components(graph, directed=False)[0]
 
 
 def test_solids_touching_at_a_point_are_refused():
