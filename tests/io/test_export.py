@@ -27,6 +27,20 @@ def test_stl_round_trip_keeps_lps_coordinates_and_says_so():
     assert (np.einsum("ij,ij->i", normals, centres - [-100, 50, 1200]) > 0).all()
 
 
+def test_stl_encoded_in_chunks_holds_every_triangle_as_given(monkeypatch):
+    """Triangles are packed a chunk at a time: with chunks of 7 a sphere's
+    320 triangles come back in order, corners as float32, unit normals."""
+    import pipeline.io.export as export
+    monkeypatch.setattr(export, "_STL_CHUNK", 7)
+    sphere = trimesh.creation.icosphere(subdivisions=2, radius=30.0).apply_translation((12.5, -40.0, 800.0))
+    data = stl_bytes(sphere, "bone")
+    assert len(data) == 84 + 50 * len(sphere.faces)
+    _, normals, tris = read_binary_stl(data)
+    assert np.array_equal(tris, sphere.triangles.astype(np.float32))
+    assert np.allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-6)
+    assert np.allclose(normals, sphere.face_normals, atol=1e-6)
+
+
 def test_stl_refuses_an_open_or_inverted_mesh():
     box = trimesh.creation.box()
     open_box = trimesh.Trimesh(box.vertices, box.faces[:-1], process=False)
