@@ -22,6 +22,7 @@ from .design.guides import Guide, cutting_guides
 from .errors import PlanError
 from .geometry import (Resection, bone_surfaces, check_plane_structures, concatenate_solids, mesh_facts, mesh_stats,
                        resect, validate_solid)
+from .geometry.meshes import doubled_areas
 from .memory import release_freed_memory
 from .parallel import parallel
 from .segment import PelvisFit, label_bones, segment_bone
@@ -238,7 +239,7 @@ def face_centre(mesh: trimesh.Trimesh, faces: np.ndarray) -> tuple[np.ndarray, f
     largest distance from it to their vertices (mm)."""
     # Only these faces' corners (mesh.triangles would cache every face's).
     triangles = np.asarray(mesh.vertices)[mesh.faces[faces]]
-    area = np.linalg.norm(np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0]), axis=1) / 2
+    area = doubled_areas(triangles) / 2
     centre = (triangles.mean(axis=1) * area[:, None]).sum(axis=0) / max(float(area.sum()), 1e-12)
     return centre, float(np.linalg.norm(triangles.reshape(-1, 3) - centre, axis=1).max(initial=0.0))
 

@@ -32,7 +32,7 @@ import manifold3d
 
 from ..config import Plane
 from ..geometry.caps import min_angles_deg, outline_loops
-from ..geometry.meshes import mesh_facts
+from ..geometry.meshes import doubled_areas, mesh_facts
 
 # Ti-6Al-4V, the usual alloy of printed pelvic implants.
 TI6AL4V_G_PER_CM3 = 4.43
@@ -100,9 +100,7 @@ def _farthest(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 def triangle_quality(mesh: trimesh.Trimesh, faces: np.ndarray) -> dict:
     """How well shaped a cut face's triangles are (smallest angle of each)."""
     angles = min_angles_deg(mesh.vertices, mesh.faces[faces])
-    t = np.asarray(mesh.vertices)[mesh.faces[faces]]
-    # Only these faces (trimesh's area_faces would measure and cache every face of the mesh).
-    doubled_area = np.linalg.norm(np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]), axis=1)
+    doubled_area = doubled_areas(np.asarray(mesh.vertices)[mesh.faces[faces]])
     if angles.size == 0:
         return {"triangles": 0}
     return {"triangles": int(angles.size),
