@@ -19,8 +19,11 @@ $(VENV)/.installed: pyproject.toml
 mesh: venv
 	$(PY) -m pipeline mesh $(CT) --config $(CONFIG) --out $(OUT)
 
+# Test files are shared among up to TEST_WORKERS processes (a file's tests stay together:
+# their module fixtures are made once).
+TEST_WORKERS ?= 2
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: venv
 	$(PY) -m pipeline.bench
