@@ -33,7 +33,9 @@ of :mod:`pipeline.geometry.surface`, which follows these labels).
    sacrum's fat-density marrow), the sacrum's fills stay within
    ``SEED_MARGIN_MM`` of its fitted surface and out of the holes of its
    fitted sections (its canal and foramina stay open) down to S3, the
-   model's end, beyond which the bone decides alone, the femoral heads are filled inside their spheres, and the spinal
+   model's end, beyond which the bone decides alone (its tip, thinner than
+   a 3 mm voxel, taken at its half maximum: :func:`sacral_tip`), the
+   femoral heads are filled inside their spheres, and the spinal
    canal, which fills close where neighbouring arches overlap, is opened
    again as the dark tube that runs up the spine (:func:`open_canal`).
 6. **Gap**: no two labels touch, even diagonally (:func:`separate_labels`),
@@ -91,6 +93,16 @@ SPINE_BODY_MM = 16.0
 # and epidural fat, 0-60 HU with partial volume), connected and running at
 # least CANAL_MIN_LENGTH_MM along the body (a dark pocket of marrow is short).
 CANAL_HU, CANAL_MIN_LENGTH_MM = 60.0, 40.0
+# The sacral tip (see sacral_tip): beyond the fitted S3 end, within
+# TIP_REACH_MM of it and TIP_HALF_WIDTH_MM of the midline, voxels joined to the
+# sacrum whose HU (smoothed as the spine's) reaches half the highest within
+# TIP_PEAK_MM (half way from the soft tissue, about 0 HU for fat and muscle
+# together, to the bone's peak: its half-maximum surface) and at least TIP_HU
+# (the soft tissue around the sacrum stays under 40 HU; the tip's thin bone
+# averages 100-180 HU on 3 mm voxels) are sacrum. A grown region over
+# TIP_MAX_MM3 has run into something else (bowel contents) and is not taken.
+TIP_PEAK_MM = 4.0
+TIP_HU, TIP_REACH_MM, TIP_HALF_WIDTH_MM, TIP_MAX_MM3 = 100.0, 80.0, 40.0, 40_000.0
 # A model fit is trusted when at least this share of the model's vertices in
 # view lie within 3 mm of bone (a pelvis is there).
 MIN_FITTED_FRACTION = 0.35
@@ -183,6 +195,7 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
             beyond = beyond[~past_s3(fit, grid.lps(beyond))]  # S4, S5 and the coccyx lie beyond the model
             labels[tuple(beyond.T)] = 0
         labels[deep & ((labels == 0) | ((labels != label) & ~own))] = label
+    tip = sacral_tip(labels, hu, grid, fit, bone.midline_x_lps_mm) if found else 0
     heads_inside = fill_femoral_heads(labels, heads, grid)
     certain = own.copy()
     for _, _, deep in masks.values():
@@ -190,7 +203,8 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
     open_canal(labels, certain, hu, volume)
     labels = separate_labels(labels, own | heads_inside, hu)
     return BoneLabels(labels=labels, box=bone.box, smallest_piece_voxels=_smallest(labels),
-                      stats=label_stats(labels, volume, fit, found, heads, core_hu), fit=fit if found else None)
+                      stats=label_stats(labels, volume, fit, found, heads, core_hu, tip),
+                      fit=fit if found else None)
 
 
 @dataclass(frozen=True, eq=False)
@@ -279,6 +293,47 @@ def past_s3(fit: PelvisFit, points_lps_mm: np.ndarray) -> np.ndarray:
     if normal @ caudal < 0:
         normal = -normal
     return (points_lps_mm - centre) @ normal > -S3_END_MARGIN_MM
+
+
+def sacral_tip(labels: np.ndarray, hu: np.ndarray, grid: Grid, fit: PelvisFit, midline_x_lps_mm: float) -> int:
+    """S4, S5 and the coccyx, in place: the sacrum goes on beyond the
+    model's S3 end as bone thinner than a 3 mm voxel, which the scan
+    averages below the bone threshold. There the unlabelled voxels whose
+    smoothed HU reaches half the local peak (and ``TIP_HU``; see
+    :data:`TIP_PEAK_MM`: the half-maximum surface the labels follow), within
+    the tip's reach (:data:`TIP_REACH_MM`, :data:`TIP_HALF_WIDTH_MM`) and
+    joined to the sacrum through such voxels, become sacrum, unless they
+    add more than ``TIP_MAX_MM3`` (then the growth has run into something
+    else). Returns the voxels added."""
+    end = fit.vertices_lps_mm[fit.landmarks["s3_end"]]
+    sub = grid.sub_box(end, TIP_REACH_MM)
+    if sub is None:
+        return 0
+    local = tuple(slice(s.start - o, s.stop - o) for s, o in zip(sub, grid.offset.astype(int)))
+    view = labels[local]
+    sacrum = view == SACRUM
+    if not sacrum.any():
+        return 0
+    spacing = np.asarray(grid.volume.spacing_mm, dtype=float)
+    smooth = smooth_hu(hu[local], spacing)
+    peak = ndi.maximum_filter(smooth, size=2 * np.maximum(np.round(TIP_PEAK_MM / spacing), 1).astype(int) + 1)
+    # The voxel's own HU against the half maximum: smoothing carries a bright
+    # neighbour's HU into the partial-volume layer outside it.
+    candidate = (view == 0) & (smooth >= TIP_HU) & (hu[local] >= 0.5 * peak)
+    at = np.argwhere(candidate)
+    lps = grid.lps(at + [s.start for s in local])
+    keep = past_s3(fit, lps) & (np.abs(lps[:, 0] - midline_x_lps_mm) < TIP_HALF_WIDTH_MM)
+    candidate[tuple(at[~keep].T)] = False
+    pieces, n = ndi.label(candidate | sacrum, structure=FACE_CONNECTIVITY)
+    joined = np.zeros(n + 1, dtype=bool)
+    joined[pieces[sacrum]] = True
+    joined[0] = False
+    grown = candidate & lookup(joined, pieces)
+    added = int(np.count_nonzero(grown))
+    if added * grid.volume.voxel_volume_mm3 > TIP_MAX_MM3:
+        return 0
+    view[grown] = SACRUM
+    return added
 
 
 def lowest_z(fit: PelvisFit, bone: str) -> float:
@@ -736,7 +791,7 @@ def _smallest(labels: np.ndarray) -> int:
 
 
 def label_stats(labels: np.ndarray, volume: Volume, fit: PelvisFit, found: bool, heads: list[Head],
-                core_hu: float) -> dict:
+                core_hu: float, tip_voxels: int = 0) -> dict:
     counts = label_counts(labels, OTHER + 1)
     voxel_mm3 = volume.voxel_volume_mm3
     model = fit.report()
@@ -744,6 +799,8 @@ def label_stats(labels: np.ndarray, volume: Volume, fit: PelvisFit, found: bool,
     return {
         "core_hu": round(float(core_hu), 1),
         "shape_model": model,
+        # The sacrum beyond the model's S3 end taken below the bone threshold (sacral_tip).
+        "sacral_tip_mm3": round(tip_voxels * voxel_mm3, 1),
         "femoral_heads": {LABEL_NAMES[h.femur]: {
             "centre_lps_mm": [round(float(c), 1) for c in h.centre_lps_mm],
             "radius_mm": round(h.radius_mm, 1), "joint_valley_hu": round(h.valley_hu, 1), "from": h.source}

@@ -438,7 +438,7 @@ REAL_FLOORS = {
     # Measured with this code less 0.03: regression guards on real CT (the
     # issue's targets, and the figures, are in the README).
     "totalseg_example": {"femur_left": 0.82, "femur_right": 0.82, "hip_left": 0.87, "hip_right": 0.86,
-                         "sacrum": 0.61, "lumbar": 0.73},
+                         "sacrum": 0.65, "lumbar": 0.73},
     "pelvic_ref_003": {"femur_left": 0.87, "femur_right": 0.86},
 }
 
@@ -477,13 +477,15 @@ def test_real_ct_labels_do_not_regress(case):
             assert figures[name]["misses_in_outer_layer_vs_dl"] >= 0.6, figures[name]
     if case == "totalseg_example":
         # Surface Dice at one voxel's tolerance (measured 0.979 / 0.966 hips,
-        # 0.934 / 0.901 femurs, 0.904 sacrum with S1, less 0.03): where Dice is
+        # 0.934 / 0.901 femurs, 0.945 sacrum with S1, less 0.03): where Dice is
         # lost, it is mostly the outline's layer, not bone missed or misnamed.
         floors = {"hip_left": 0.94, "hip_right": 0.93, "femur_left": 0.90, "femur_right": 0.87}
         for name, floor in floors.items():
             assert figures[name]["surface_dice_1vox"] >= floor, figures[name]
-        assert figures["sacrum"]["dice_with_s1"] >= 0.76
-        assert figures["sacrum"]["surface_dice_1vox_with_s1"] >= 0.87
+        # The sacrum down to its tip (measured 0.822 / 0.945; 0.798 / 0.907 before
+        # S4-S5 and the coccyx were taken below the bone threshold).
+        assert figures["sacrum"]["dice_with_s1"] >= 0.79
+        assert figures["sacrum"]["surface_dice_1vox_with_s1"] >= 0.91
 
 
 def test_labels_do_not_depend_on_how_the_slices_are_stored():
@@ -707,3 +709,80 @@ def test_watershed_by_piece_is_one_watershed_over_the_whole_box():
     solid = rng.random(hu.shape) < 0.6
     seeds = np.where(solid & (rng.random(hu.shape) < 0.05), rng.integers(1, 5, hu.shape), 0).astype(np.int32)
     assert np.array_equal(watershed_by_piece(hu, seeds, solid), watershed(-hu, seeds, mask=solid))
+
+
+def _tip_scene(bowel_mm3: float = 0.0):
+    """(labels, hu, grid, fit) of the sacral tip tests: 3 mm voxels, LPS
+    axes, the model's S3 end at z = 63 mm, the midline at x = 60 mm."""
+    from types import SimpleNamespace
+
+    from pipeline.segment.labels import SACRUM, Grid
+    from pipeline.volume import Volume
+
+    shape = (40, 40, 60)   # x, y, z (mm = 3 * index)
+    hu = 30.0 + np.random.default_rng(3).normal(0.0, 8.0, shape).astype(np.float32)
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[12:29, 10:30, 21:45] = SACRUM          # z 63-132 mm
+    hu[12:29, 10:30, 21:45] = 1200.0
+    hu[12:26, 10:30, 21:31] = 300.0               # its faint lower part
+    volume = Volume(hu, np.diag([3.0, 3.0, 3.0, 1.0]))
+    end = np.array([[x, y, 63.0] for x in (40.0, 80.0) for y in (30.0, 90.0)] + [[60.0, 60.0, 63.0]])
+    fit = SimpleNamespace(vertices_lps_mm=np.vstack([end, end + [0.0, 0.0, 69.0]]),
+                          landmarks={"s3_end": np.arange(5), "s1_endplate": np.arange(5, 10)})
+    return labels, hu, Grid(volume, tuple(slice(0, n) for n in shape)), fit
+
+
+def test_sacral_tip_follows_thin_bone_past_s3_but_not_a_dense_bone_s_halo_nor_bowel():
+    """A sacrum ending at the model's S3 plane in faint bone (300 HU) but
+    dense (1200 HU) at one side, a plate of faint bone (160 HU, as S4-S5
+    average on 3 mm slices) running on below it in the midline and out to
+    the side, the dense part's partial-volume halo (400 HU: under half its
+    peak), a bright patch (bowel contents) touching nothing, and faint bone
+    on the sacrum above S3's end: only the plate becomes sacrum, as far as
+    the tip's width."""
+    from pipeline.segment.labels import SACRUM, TIP_HALF_WIDTH_MM, sacral_tip
+
+    labels, hu, grid, fit = _tip_scene()
+    mid_x = 20
+    hu[29, 10:30, 21:23] = 400.0                  # the halo beside the dense side
+    hu[mid_x - 3:mid_x + 4, 18:20, 8:21] = 160.0  # the plate, z 24-60 mm
+    hu[mid_x - 2:mid_x + 3, 30:34, 5:9] = 160.0   # bowel contents, apart from everything
+    hu[mid_x:, 18:20, 16:21] = 160.0              # the plate out to the side, past the tip's width
+    hu[14:24, 8:10, 26:30] = 160.0                # faint bone on the sacrum, z 78-90 mm
+    added = sacral_tip(labels, hu, grid, fit, 60.0)
+    taken = (labels == SACRUM) & (hu < 1000) & (hu != 300.0)
+    assert added == int(taken.sum())
+    # The plate, less its far end that the smoothing averages with soft tissue.
+    assert taken[mid_x - 2:mid_x + 3, 18:20, 10:21].all()
+    assert not taken[29, 10:30, 21:23].any()     # the halo stays out
+    assert not taken[:, 30:34, 5:9].any()        # the bowel stays out
+    width = int(TIP_HALF_WIDTH_MM / 3.0)         # voxels either side of the midline
+    assert taken[mid_x:mid_x + width - 1, 18:20, 17:20].all()
+    assert not taken[mid_x + width + 1:].any()   # beyond the width stays out
+    assert not taken[:, :, 21:].any()            # nothing above S3's end (it is the model's)
+
+
+def test_sacral_tip_not_taken_when_the_growth_runs_into_a_large_bright_region():
+    """Faint-bone HU joined to the sacrum's end over more than a sacral tip's
+    volume (bowel contents against the bone): nothing is added."""
+    from pipeline.segment.labels import SACRUM, TIP_MAX_MM3, sacral_tip
+
+    labels, hu, grid, fit = _tip_scene()
+    hu[14:24, 10:30, 21 - 12:21] = 160.0          # 10 x 20 x 12 voxels of 27 mm3 under the sacrum
+    assert 2400 * 27.0 > TIP_MAX_MM3
+    before = labels.copy()
+    assert sacral_tip(labels, hu, grid, fit, 60.0) == 0
+    assert np.array_equal(labels, before)
+    hu[14:24, 10:30, 21 - 12:21 - 6] = 30.0       # half of it: within the cap, taken
+    assert sacral_tip(labels, hu, grid, fit, 60.0) > 0
+    assert (labels == SACRUM).sum() > (before == SACRUM).sum()
+
+
+def test_sacral_tip_takes_nothing_around_the_phantom_s_tail():
+    """The phantom's S4-S5 and coccyx are dense enough to be threshold bone:
+    the tip has nothing to add, and must not take the partial-volume layer
+    around them, which smoothing brightens past half their peak (with the
+    smoothed HU tested instead of the voxel's own: 477 voxels, all outside
+    the true sacrum, and a piece of coccyx in the seed case's implant)."""
+    _, result = phantom_run()
+    assert result.report["segmentation"]["sacral_tip_mm3"] == 0.0
