@@ -94,6 +94,29 @@ def test_decoding_in_worker_processes_gives_the_same_volume(tmp_path, make_phant
     assert calls[-1] == (10, 10)
 
 
+@pytest.mark.skipif(load_pixels.WORKERS < 2, reason="one core: every series decodes in one process")
+@pytest.mark.parametrize("syntax, in_processes", [(RLELossless, True), (JPEG2000Lossless, False)])
+def test_long_series_are_split_over_processes_unless_the_decoder_uses_the_cores_itself(
+        tmp_path, make_phantom, monkeypatch, syntax, in_processes):
+    """RLE decodes on one core: a long series goes to worker processes; the
+    JPEG 2000 decoder (OpenJPEG) spreads each frame over the cores itself
+    (two processes: no faster, 295 MiB more memory for 300 slices), so it
+    decodes in the loading process."""
+    volume = make_phantom(shape=(2 * load_pixels.MIN_SLICES_PER_WORKER, 64, 48))
+    write_series(volume, tmp_path, transfer_syntax=syntax)
+    split = []
+    real = load_pixels._read_in_processes
+
+    def spy(slices, shape, workers, progress):
+        split.append(workers)
+        return real(slices, shape, workers, progress)
+
+    monkeypatch.setattr(load_pixels, "_read_in_processes", spy)
+    loaded = load_ct(tmp_path)
+    np.testing.assert_array_equal(loaded.hu, volume.hu)
+    assert bool(split) == in_processes, split
+
+
 def test_missing_decoder_is_refused_naming_syntax_and_package(tmp_path, make_phantom,
                                                               monkeypatch):
     write_series(make_phantom(shape=SHAPE), tmp_path, transfer_syntax=JPEG2000Lossless)
