@@ -95,12 +95,13 @@ SPINE_BODY_MM = 16.0
 CANAL_HU, CANAL_MIN_LENGTH_MM = 60.0, 40.0
 # The sacral tip (see sacral_tip): beyond the fitted S3 end, within
 # TIP_REACH_MM of it and TIP_HALF_WIDTH_MM of the midline, voxels joined to the
-# sacrum whose HU (smoothed as the spine's) reaches half the highest within
-# TIP_PEAK_MM (half way from the soft tissue, about 0 HU for fat and muscle
-# together, to the bone's peak: its half-maximum surface) and at least TIP_HU
-# (the soft tissue around the sacrum stays under 40 HU; the tip's thin bone
-# averages 100-180 HU on 3 mm voxels) are sacrum. A grown region over
-# TIP_MAX_MM3 has run into something else (bowel contents) and is not taken.
+# sacrum whose own HU reaches half the highest smoothed HU within TIP_PEAK_MM
+# (half way from the soft tissue, about 0 HU for fat and muscle together, to
+# the bone's peak: its half-maximum surface) and whose smoothed HU (as the
+# spine's) reaches TIP_HU (the soft tissue around the sacrum stays under
+# 40 HU; the tip's thin bone averages 100-180 HU on 3 mm voxels) are sacrum.
+# A grown region over TIP_MAX_MM3 has run into something else (bowel
+# contents) and is not taken.
 TIP_PEAK_MM = 4.0
 TIP_HU, TIP_REACH_MM, TIP_HALF_WIDTH_MM, TIP_MAX_MM3 = 100.0, 80.0, 40.0, 40_000.0
 # A model fit is trusted when at least this share of the model's vertices in
@@ -299,8 +300,9 @@ def sacral_tip(labels: np.ndarray, hu: np.ndarray, grid: Grid, fit: PelvisFit, m
     """S4, S5 and the coccyx, in place: the sacrum goes on beyond the
     model's S3 end as bone thinner than a 3 mm voxel, which the scan
     averages below the bone threshold. There the unlabelled voxels whose
-    smoothed HU reaches half the local peak (and ``TIP_HU``; see
-    :data:`TIP_PEAK_MM`: the half-maximum surface the labels follow), within
+    own HU reaches half the local smoothed peak and whose smoothed HU
+    reaches ``TIP_HU`` (see :data:`TIP_PEAK_MM`: the half-maximum surface
+    the labels follow), within
     the tip's reach (:data:`TIP_REACH_MM`, :data:`TIP_HALF_WIDTH_MM`) and
     joined to the sacrum through such voxels, become sacrum, unless they
     add more than ``TIP_MAX_MM3`` (then the growth has run into something
@@ -791,7 +793,7 @@ def _smallest(labels: np.ndarray) -> int:
 
 
 def label_stats(labels: np.ndarray, volume: Volume, fit: PelvisFit, found: bool, heads: list[Head],
-                core_hu: float, tip_voxels: int = 0) -> dict:
+                core_hu: float, tip_voxels: int) -> dict:
     counts = label_counts(labels, OTHER + 1)
     voxel_mm3 = volume.voxel_volume_mm3
     model = fit.report()
