@@ -56,7 +56,7 @@ from ..bones import LABEL_IDS, LABEL_NAMES
 from ..config import SegmentConfig
 from ..parallel import parallel
 from ..volume import Volume, apply_affine
-from .lookup import label_counts, lookup
+from .lookup import label_counts, lookup, touching
 from .mask import (ENCLOSED_DIRECTIONS, FACE_CONNECTIVITY, IN_SLICE_CONNECTIVITY, BoneMask, close_and_fill,
                    closing_radius_voxels, enclosed_directions, fill_bridged_plane_holes, fill_cavities)
 from .model_fit import PelvisFit, fit_pelvis, mask_surface, vertex_normals
@@ -327,10 +327,7 @@ def sacral_tip(labels: np.ndarray, hu: np.ndarray, grid: Grid, fit: PelvisFit, m
     keep = past_s3(fit, lps) & (np.abs(lps[:, 0] - midline_x_lps_mm) < TIP_HALF_WIDTH_MM)
     candidate[tuple(at[~keep].T)] = False
     pieces, n = ndi.label(candidate | sacrum, structure=FACE_CONNECTIVITY)
-    joined = np.zeros(n + 1, dtype=bool)
-    joined[pieces[sacrum]] = True
-    joined[0] = False
-    grown = candidate & lookup(joined, pieces)
+    grown = candidate & lookup(touching(pieces, n, sacrum), pieces)
     added = int(np.count_nonzero(grown))
     if added * grid.volume.voxel_volume_mm3 > TIP_MAX_MM3:
         return 0
@@ -392,9 +389,7 @@ def watershed_by_piece(hu: np.ndarray, seeds: np.ndarray, solid: np.ndarray) -> 
     open_voxels = solid & (seeds == 0)
     solid = solid & (open_voxels | max3(open_voxels))
     pieces, n = ndi.label(solid, structure=FACE_CONNECTIVITY)
-    seeded = np.zeros(n + 1, dtype=bool)
-    seeded[pieces[seeds > 0]] = True
-    seeded[0] = False
+    seeded = touching(pieces, n, seeds > 0)
     # Label values fit a byte: only the flooded boxes hold the int32 markers skimage takes.
     regions = np.zeros(seeds.shape, dtype=np.uint8)
     boxes = [(piece, box) for piece, box in enumerate(ndi.find_objects(pieces), start=1)

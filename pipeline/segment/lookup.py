@@ -36,3 +36,12 @@ def lookup(table: np.ndarray, labels: np.ndarray) -> np.ndarray:
     for start in range(0, flat.size, SLAB_VOXELS):
         out[start:start + SLAB_VOXELS] = table[flat[start:start + SLAB_VOXELS]]
     return out.reshape(labels.shape)
+
+
+def touching(pieces: np.ndarray, n: int, where: np.ndarray) -> np.ndarray:
+    """Per piece of ``pieces`` (``ndi.label``'s output with ``n`` pieces):
+    whether any of its voxels lies in ``where``; background (0) never does."""
+    table = np.zeros(n + 1, dtype=bool)
+    table[pieces[where]] = True
+    table[0] = False
+    return table
