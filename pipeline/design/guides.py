@@ -12,14 +12,16 @@ cut line. Its parts, combined by exact manifold3d booleans:
   offset by the contact clearance and thickened by the wall: the slab
   between the bone's upper envelope along ``z`` dilated by the clearance
   and by clearance + wall (:class:`Terrain`), a height field that cannot
-  hook under bone;
+  hook under bone. Its underside, the contact, follows the envelope's
+  fine grid; its top, which touches nothing, a coarser one;
 - the **slot block**: a box standing on the seat around the plane, as long
   as the cut line plus a wall at each end, reaching ``slot_depth_mm`` above
   the highest bone under the slot;
   less the **clearance terrain**: everything below the bone's upper
   envelope along ``z`` (all bones, the uncut ones too), dilated by the
-  clearance and half a wall, so the block's underside follows the bone
-  inside the seat and cannot hook under it;
+  clearance and half a wall (on the coarser grid, under the block only),
+  so the block's underside follows the bone inside the seat and cannot
+  hook under it;
 - minus the **slot**: a slab of the printed slot width whose mid-plane is
   the cut plane, through block and seat and open to the bone, over the cut
   line's length plus ``SLOT_END_MM`` at each end, closed by the end walls;
@@ -58,6 +60,13 @@ SLOT_END_MM = 1.0
 # Spacing of the clearance terrain's grid (mm). The terrain follows the
 # bone's envelope at its nodes exactly; between them it is linear.
 TERRAIN_GRID_MM = 0.25
+# Spacing of the surfaces that touch nothing (mm): the seat's top and the
+# slot block's underside beside the seat take every fourth node. Between
+# nodes a linear terrain drops below the dilated envelope by at most its
+# sagitta, diagonal² / (8 R) with R at least the dilation's radius (the
+# block's c + wall/2: 0.12 mm at 1 mm for a 2 mm radius), far less than the
+# half wall that keeps the block clear of the bone.
+COARSE_GRID_MM = 1.0
 # The terrain reaches this far beyond the guide on every side (mm).
 TERRAIN_MARGIN_MM = 2.0
 # A bone face is seen from the approach when no bone lies above it by more than this (mm).
@@ -192,7 +201,9 @@ def cutting_guide(plane: Plane, approach_lps, settings: GuidesConfig, *, bones: 
     z_top = float(np.max(bottom[np.isfinite(bottom)])) + s.slot_depth_mm + s.wall_mm
     block = _box((block_a[0], -block_half, z_low), (block_a[1], block_half, z_top))
     slot = _box((window[0], -half_slot, z_low - 2.0), (window[1], half_slot, z_top + 2.0))
-    solid = ((block - terrain.manifold(z_low - 3.0)) + seat) - slot
+    # Only the part under the block cuts it.
+    below_block = terrain.coarse(COARSE_GRID_MM, (block_a[0], -block_half), (block_a[1], block_half))
+    solid = ((block - below_block.manifold(z_low - 3.0)) + seat) - slot
     solid, dropped_mm3 = _largest_piece(solid)
     built = manifold_mesh(solid)
     local = np.asarray(built.vertices)
@@ -240,7 +251,7 @@ def _seat(envelope: Terrain, block_a: tuple[float, float], s: GuidesConfig
     every bone it passes over (widened sideways by half a grid diagonal, as
     the terrain: where the bone slopes, the gap grows by up to that times
     the slope's sine). It ends where the underside's ball no longer meets
-    bone, and is nowhere thicker than two walls. Also the underside's
+    bone, and is nowhere thicker than about two walls. Also the underside's
     height at each node of the grid (+inf where there is no seat)."""
     c, w = s.contact_clearance_mm, s.wall_mm
     top = envelope.dilated(c + w, widen=True).height
@@ -258,10 +269,11 @@ def _seat(envelope: Terrain, block_a: tuple[float, float], s: GuidesConfig
     # nothing is left there, and never lower than inside: no sheet hangs
     # from the seat's edge into the bone. Where no bone is within reach
     # both drop to the floor.
-    top = np.where(seen, top, floor + 1.0)
-    under = np.where(inside, under, np.where(seen, top + 1.0, floor + 2.0))
-    solid = (Terrain(envelope.a, envelope.b, top).manifold(floor)
-             - Terrain(envelope.a, envelope.b, under).manifold(floor - 1.0))
+    # The top touches nothing: it is meshed coarse, and the underside outside
+    # the seat lies a millimetre above that coarse top.
+    top = Terrain(envelope.a, envelope.b, np.where(seen, top, floor + 1.0)).coarse(COARSE_GRID_MM)
+    under = np.where(inside, under, np.where(seen, top.heights_at(envelope.a, envelope.b) + 1.0, floor + 2.0))
+    solid = top.manifold(floor) - Terrain(envelope.a, envelope.b, under).manifold(floor - 1.0)
     return solid, np.where(inside, under, np.inf)
 
 
@@ -321,6 +333,27 @@ class Terrain:
                     out = np.maximum(out, _shifted(self.height, i, j) + math.sqrt(radius_mm ** 2 - dist ** 2))
         return Terrain(self.a, self.b, out)
 
+    def coarse(self, step_mm: float, lo=(-np.inf, -np.inf), hi=(np.inf, np.inf)) -> "Terrain":
+        """The terrain on every k-th node (k = ``step_mm`` / grid; the last
+        node kept too), over the nodes within [``lo``, ``hi``] in (a, b) and
+        one coarse node beyond on each side (:func:`_coarse_nodes`)."""
+        k = max(1, int(round(step_mm / TERRAIN_GRID_MM)))
+        a, b = (_coarse_nodes(x, k, l, h) for x, l, h in zip((self.a, self.b), lo, hi))
+        return Terrain(self.a[a], self.b[b], self.height[np.ix_(a, b)])
+
+    def heights_at(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """The height of the terrain as :meth:`manifold` meshes it (each grid
+        cell split along its (i, j)-(i+1, j+1) diagonal, linear on each half)
+        at the nodes ``a`` x ``b`` (within the terrain's extent)."""
+        i = np.clip(np.searchsorted(self.a, a, side="right") - 1, 0, len(self.a) - 2)
+        j = np.clip(np.searchsorted(self.b, b, side="right") - 1, 0, len(self.b) - 2)
+        u = ((a - self.a[i]) / (self.a[i + 1] - self.a[i]))[:, None]
+        v = ((b - self.b[j]) / (self.b[j + 1] - self.b[j]))[None, :]
+        h = self.height
+        h0, h1 = h[np.ix_(i, j)], h[np.ix_(i + 1, j)]
+        h2, h3 = h[np.ix_(i + 1, j + 1)], h[np.ix_(i, j + 1)]
+        return np.where(u >= v, h0 + u * (h1 - h0) + v * (h2 - h1), h0 + v * (h3 - h0) + u * (h2 - h3))
+
     def manifold(self, floor_z: float) -> manifold3d.Manifold:
         """The solid below the envelope down to ``floor_z`` (columns without
         bone 1 mm above the floor), closed: a height-field top, flat bottom."""
@@ -379,6 +412,16 @@ def _edge_samples(tri: np.ndarray, step_mm: float) -> np.ndarray:
     which = np.repeat(np.arange(len(start)), count)
     t = (np.arange(which.size) - np.repeat(np.cumsum(count) - count, count)) / count[which]
     return start[which] + edge[which] * t[:, None]
+
+
+def _coarse_nodes(x: np.ndarray, k: int, lo: float, hi: float) -> np.ndarray:
+    """Indices of every k-th of the nodes ``x`` (and the last), from the last
+    one below ``lo`` to the first one above ``hi`` (strictly: the solid's side
+    walls never lie in the faces of a box cropped to)."""
+    nodes = np.unique(np.r_[np.arange(0, len(x), k), len(x) - 1])
+    first = max(int(np.searchsorted(x[nodes], lo, side="left")) - 1, 0)
+    last = min(int(np.searchsorted(x[nodes], hi, side="right")), len(nodes) - 1)
+    return nodes[first:max(last, first + 1) + 1]
 
 
 def _shifted(grid: np.ndarray, i: int, j: int) -> np.ndarray:
