@@ -157,16 +157,20 @@ class Guide:
 
 def cutting_guide(plane: Plane, approach_lps, settings: GuidesConfig, *, bones: trimesh.Trimesh,
                   cut_bone: trimesh.Trimesh, host: trimesh.Trimesh, cut_faces: np.ndarray,
-                  bones_solid: manifold3d.Manifold | None = None) -> Guide:
+                  bones_solid: manifold3d.Manifold | None = None,
+                  host_solid: manifold3d.Manifold | None = None) -> Guide:
     """The guide for ``plane`` (the cut plane, margins applied).
 
     ``bones``: every bone, intact (the guide touches none of them);
     ``cut_bone``: the bones the plan cuts, intact (the footprint's area on them is reported);
     ``host``: the remainder after the cut and ``cut_faces`` its faces on this
-    plane (the cut face the blade must reach, the bone the K-wires go into).
+    plane (the cut face the blade must reach, the bone the K-wires go into);
+    ``bones_solid``, ``host_solid``: ``bones`` and ``host`` as manifold3d
+    solids, when the caller has them (made here otherwise).
     """
     name = plane.name
     bones_solid = bones_solid if bones_solid is not None else to_manifold(bones, "bone")
+    host_solid = host_solid if host_solid is not None else to_manifold(host, "host")
     section = host.vertices[np.unique(host.faces[cut_faces])]
     if len(section) == 0:
         raise PlanError(f"guides: plane {name!r} leaves no cut face on the host to guide")
@@ -212,7 +216,7 @@ def cutting_guide(plane: Plane, approach_lps, settings: GuidesConfig, *, bones: 
     solid = solid.trim_by_plane((0.0, 0.0, -1.0), -z_top)
     faces = footprint_faces(cut_bone, frame, block_a, s.footprint_mm)
 
-    wires, wire_report, wire_warnings = kwire_holes(solid, frame, host, s, block_a, block_half, z_top)
+    wires, wire_report, wire_warnings = kwire_holes(solid, frame, host_solid, s, block_a, block_half, z_top)
     hole_r = s.kwire_diameter_mm / 2.0 + s.slot_tolerance_mm
     for entry, _ in wires:   # from just under the bone surface to above the block
         hole = manifold3d.Manifold.cylinder(z_top + 3.0 - entry[2], hole_r, hole_r, KWIRE_HOLE_SEGMENTS)
@@ -269,11 +273,20 @@ def _seat(envelope: Terrain, block_a: tuple[float, float], s: GuidesConfig
     # nothing is left there, and never lower than inside: no sheet hangs
     # from the seat's edge into the bone. Where no bone is within reach
     # both drop to the floor.
-    # The top touches nothing: it is meshed coarse, and the underside outside
-    # the seat lies a millimetre above that coarse top.
-    top = Terrain(envelope.a, envelope.b, np.where(seen, top, floor + 1.0)).coarse(COARSE_GRID_MM)
-    under = np.where(inside, under, np.where(seen, top.heights_at(envelope.a, envelope.b) + 1.0, floor + 2.0))
-    solid = top.manifold(floor) - Terrain(envelope.a, envelope.b, under).manifold(floor - 1.0)
+    # Both are meshed over the seat's nodes and one beyond (the top, which
+    # touches nothing, coarse, and the underside outside the seat a
+    # millimetre above that coarse top), over the same extent.
+    ia, ib = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    last = np.array(inside.shape) - 1
+    lo = envelope.a[max(ia[0] - 1, 0)], envelope.b[max(ib[0] - 1, 0)]
+    hi = envelope.a[min(ia[-1] + 1, last[0])], envelope.b[min(ib[-1] + 1, last[1])]
+    top = Terrain(envelope.a, envelope.b, np.where(seen, top, floor + 1.0)).coarse(COARSE_GRID_MM, lo, hi)
+    ka = (envelope.a >= top.a[0]) & (envelope.a <= top.a[-1])
+    kb = (envelope.b >= top.b[0]) & (envelope.b <= top.b[-1])
+    box = np.ix_(ka, kb)
+    outside = np.where(seen[box], top.heights_at(envelope.a[ka], envelope.b[kb]) + 1.0, floor + 2.0)
+    under_mesh = Terrain(envelope.a[ka], envelope.b[kb], np.where(inside[box], under[box], outside))
+    solid = top.manifold(floor) - under_mesh.manifold(floor - 1.0)
     return solid, np.where(inside, under, np.inf)
 
 
@@ -454,7 +467,7 @@ def footprint_faces(bone: trimesh.Trimesh, frame: GuideFrame, block_a: tuple[flo
     return out
 
 
-def kwire_holes(solid: manifold3d.Manifold, frame: GuideFrame, host: trimesh.Trimesh, s: GuidesConfig,
+def kwire_holes(solid: manifold3d.Manifold, frame: GuideFrame, host: manifold3d.Manifold, s: GuidesConfig,
                 block_a: tuple[float, float], block_half: float, z_top: float):
     """Where the K-wires go: along ``-z`` through the seat on the host side
     (anywhere from ``KWIRE_BLOCK_GAP_MM`` beside the slot block to the
@@ -466,7 +479,7 @@ def kwire_holes(solid: manifold3d.Manifold, frame: GuideFrame, host: trimesh.Tri
     Returns ((entry, tip) per wire in the local frame, report rows, warnings)."""
     hole_r = s.kwire_diameter_mm / 2.0 + s.slot_tolerance_mm
     nearest_b = s.slot_width_mm / 2.0 + s.wall_mm + hole_r + KWIRE_BLOCK_GAP_MM
-    host_local = to_manifold(host, "host").transform(frame.to_local_matrix())
+    host_local = host.transform(frame.to_local_matrix())
     lowest = float(host_local.bounding_box()[2]) - 1.0
     need = s.kwire_depth_mm + KWIRE_TIP_MARGIN_MM
     m = s.kwire_diameter_mm / 2.0 + KWIRE_BONE_MARGIN_MM
@@ -656,16 +669,17 @@ def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
     fine = trimesh.Trimesh(uv, uf, process=False)
     fine_normals = np.asarray(fine.face_normals) if len(uf) else np.zeros((0, 3))
     centres = fine.triangles_center
-    # Every piece's centre and every corner measured once; a corner of a
-    # piece within reach lies within reach + its longest edge.
-    at_centre = bones.query(centres, reach)
-    at_corner = bones.query(uv, reach + UNDER_EDGE_MM)
     # The closest approach lies on a face that does not look up (the top of
     # the block and of the seat look away from the bone): the underside's
     # pieces, and the other such faces (side walls) at their corners and centres.
     side = (normals[:, 2] < UNDERSIDE_COS) & ~is_under
     probe = np.vstack([vertices[np.unique(faces_all[side])], mesh.triangles_center[side]])
-    nearest = min(bones.distance(probe, reach)[0].min(initial=np.inf), at_centre[0].min(initial=np.inf),
+    # Every piece's centre and corner, and the probes, measured in one query
+    # (a corner of a piece within reach lies within reach + its longest edge).
+    measured = bones.query(np.vstack([centres, uv, probe]), reach + UNDER_EDGE_MM)
+    split = np.cumsum([len(centres), len(uv)])
+    at_centre, at_corner, at_probe = zip(*(np.split(m, split) for m in measured))
+    nearest = min(at_probe[0].min(initial=np.inf), at_centre[0].min(initial=np.inf),
                   at_corner[0].min(initial=np.inf))
     if not np.isfinite(nearest):   # nothing within reach: measured in full
         nearest = bones.distance(np.vstack([probe, uv, centres]))[0].min()
@@ -788,11 +802,11 @@ def cutting_guides(planes: tuple[Plane, ...], settings: GuidesConfig, *, bones: 
                    ) -> tuple[Guide, ...]:
     """One guide per plane (``planes``: the cut planes, margins applied;
     ``cut_faces``: the host's faces on each); see :func:`cutting_guide`."""
-    bones_solid = to_manifold(bones, "bone")
+    bones_solid, host_solid = parallel(lambda: to_manifold(bones, "bone"), lambda: to_manifold(host, "host"))
     # Two planes on two threads: the work is numpy and manifold3d, which release the GIL.
     return tuple(parallel(*[(lambda p=p, faces=faces: cutting_guide(
         p, settings.approach_for(p.name), settings, bones=bones, cut_bone=cut_bone, host=host, cut_faces=faces,
-        bones_solid=bones_solid)) for p, faces in zip(planes, cut_faces)]))
+        bones_solid=bones_solid, host_solid=host_solid)) for p, faces in zip(planes, cut_faces)]))
 
 
 def kwire_mesh(guide: Guide, diameter_mm: float, above_mm: float = 25.0) -> trimesh.Trimesh | None:
