@@ -37,6 +37,7 @@ chosen screws are then measured exactly (point-to-triangle distances every
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import manifold3d
 import numpy as np
@@ -326,7 +327,13 @@ class _Fields:
         self.ct_hi = np.minimum(np.ceil(index.max(axis=0)).astype(int) + 2, scene.labels.shape)
         self._forbidden: dict[str, np.ndarray] = {}
         self._holes: np.ndarray | None = None
-        self.surface = NearSurface(host, lo, hi)
+        self._box = (lo, hi)
+
+    @cached_property
+    def surface(self) -> NearSurface:
+        """The host's surface over the search's box, for exact distances
+        (made when the screws are searched, not beside the flanges)."""
+        return NearSurface(self.host, *self._box)
 
     def host_depth(self, points: np.ndarray) -> np.ndarray:
         index = (points.reshape(-1, 3) - self.origin) / SEARCH_GRID_MM
