@@ -47,7 +47,7 @@ from scipy import ndimage
 from ..bones import LABEL_IDS, LABEL_NAMES
 from ..config import FixationConfig, Plane
 from ..geometry.distance import NearSurface
-from ..geometry.meshes import mesh_facts, reader_defects
+from ..geometry.meshes import corner_max, mesh_facts, reader_defects
 from ..geometry.resect import Resection, to_manifold
 from ..segment.distance_map import distance_to_false
 from ..segment.voxelise import inside_mesh
@@ -601,7 +601,7 @@ def _exit_point(mesh: trimesh.Trimesh, origin: np.ndarray, direction: np.ndarray
 
 def _ray_triangles(tri: np.ndarray, origin, direction, reach_mm: float) -> np.ndarray:
     centres = tri.mean(axis=1)
-    r = np.linalg.norm(tri - centres[:, None], axis=2).max(axis=1)
+    r = corner_max(np.linalg.norm(tri - centres[:, None], axis=2))
     rel = centres - origin
     along = rel @ direction
     off = np.linalg.norm(rel - along[:, None] * direction, axis=1)

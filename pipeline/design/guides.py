@@ -50,7 +50,7 @@ from ..errors import PlanError
 from ..geometry.columns import cell_bounds, cell_of, column_extremes
 from ..parallel import parallel
 from ..geometry.distance import NearSurface, face_boxes
-from ..geometry.meshes import edge_lengths
+from ..geometry.meshes import corner_max, corner_min, edge_lengths
 from ..geometry.resect import to_manifold as _to_manifold
 from .plate import manifold_mesh, solid_mesh
 
@@ -305,7 +305,7 @@ def _local_triangles(mesh: trimesh.Trimesh, frame: GuideFrame, region: np.ndarra
     spread += 1e-9 * (1.0 + np.abs(ab))   # the halving's rounding
     near = np.flatnonzero(np.all(ab + spread >= region[0], axis=1) & np.all(ab - spread <= region[1], axis=1))
     tri = frame.local(np.asarray(mesh.vertices)[np.asarray(mesh.faces)[near]].reshape(-1, 3)).reshape(-1, 3, 3)
-    lo, hi = tri[:, :, :2].min(axis=1), tri[:, :, :2].max(axis=1)
+    lo, hi = corner_min(tri[:, :, :2]), corner_max(tri[:, :, :2])
     keep = np.all(hi >= region[0], axis=1) & np.all(lo <= region[1], axis=1)
     return tri[keep]
 
@@ -663,7 +663,7 @@ def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
     is_under = normals[:, 2] <= -UNDERSIDE_COS
     used, index = np.unique(faces_all[is_under], return_inverse=True)
     under = index.reshape(-1, 3)
-    long = edge_lengths(vertices[used][under]).max(axis=1, initial=0.0) > UNDER_EDGE_MM
+    long = corner_max(edge_lengths(vertices[used][under])) > UNDER_EDGE_MM
     uv, cut = trimesh.remesh.subdivide_to_size(vertices[used], under[long], max_edge=UNDER_EDGE_MM)
     uf = np.vstack([under[~long], cut]).astype(np.int64)
     fine = trimesh.Trimesh(uv, uf, process=False)
@@ -739,7 +739,7 @@ def _lift_off(tri, local, faces, frame, bones) -> dict:
 
     looks_down = facing(tri, -1.0)
     down = tri[looks_down]
-    lo, hi = tri[:, :, :2].min(axis=(0, 1)) - 0.5, tri[:, :, :2].max(axis=(0, 1)) + 0.5
+    lo, hi = corner_min(tri[:, :, :2]).min(axis=0) - 0.5, corner_max(tri[:, :, :2]).max(axis=0) + 0.5
     up = _local_triangles(bones, frame, np.array([lo, hi]))
     up = up[facing(up, 1.0)]
     # Only points that some triangle of the other side could pass are

@@ -48,7 +48,7 @@ from skimage.measure import marching_cubes
 from ..config import Plane
 from ..errors import MeshError
 from ..geometry.distance import NearSurface, face_boxes
-from ..geometry.meshes import edge_lengths, remove_needles, reader_defects
+from ..geometry.meshes import corner_max, corner_min, edge_lengths, remove_needles, reader_defects
 from ..geometry.resect import to_manifold
 from ..segment.distance_map import distance_to_false
 from ..segment.voxelise import inside_mesh
@@ -202,7 +202,7 @@ def _grid_box(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], reach: float,
     tri = np.asarray(bone.vertices, dtype=np.float64)[np.asarray(bone.faces)]
     near = np.ones(len(tri), dtype=bool)
     for plane in footprint:
-        near &= plane.signed_distance_mm(tri.reshape(-1, 3)).reshape(-1, 3).min(axis=1) <= reach
+        near &= corner_min(plane.signed_distance_mm(tri.reshape(-1, 3)).reshape(-1, 3)) <= reach
     if not near.any():
         return None
     lo = tri[near].reshape(-1, 3).min(axis=0) - reach - spacing
@@ -296,7 +296,7 @@ def _surface_samples(tri: np.ndarray, spacing: float) -> tuple[np.ndarray, float
     """Points on the surface of the triangles ``tri`` (their centres, the
     triangles longer than four grid steps split first) and the largest distance
     from a point of the surface to the nearest of them."""
-    edges = edge_lengths(tri).max(axis=1)
+    edges = corner_max(edge_lengths(tri))
     large = edges > 4 * spacing
     if large.any():
         v, f = trimesh.remesh.subdivide_to_size(tri[large].reshape(-1, 3),

@@ -39,7 +39,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from ..config import Plane
-from .meshes import MIN_ALTITUDE_MM, edge_lengths
+from .meshes import MIN_ALTITUDE_MM, corner_max, edge_lengths
 
 # Faces that are not on a cut plane carry this in place of a plane index.
 NO_CAP = -1
@@ -766,7 +766,7 @@ def _altitudes(v: np.ndarray, f: np.ndarray) -> np.ndarray:
 
 
 def _triangle_altitudes(t: np.ndarray) -> np.ndarray:
-    longest = edge_lengths(t).max(axis=1)
+    longest = corner_max(edge_lengths(t))
     return np.linalg.norm(_triangle_normals(t), axis=1) / np.maximum(longest, 1e-300)
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .meshes import corner_max, corner_min
+
 # Pairs at a time: bounds the temporaries of the barycentric tests.
 CHUNK = 1 << 20
 # At most this many (triangle, cell) pairs per triangle and point.
@@ -39,7 +41,7 @@ def column_extremes(points_ab: np.ndarray, triangles_abz: np.ndarray, *, cell_mm
     low = np.full(len(points), np.inf)
     if len(points) == 0 or len(tri) == 0:
         return high, low
-    lo_t, hi_t = tri[:, :, :2].min(axis=1), tri[:, :, :2].max(axis=1)
+    lo_t, hi_t = corner_min(tri[:, :, :2]), corner_max(tri[:, :, :2])
     if cell_mm is None:
         cell_mm = _cell_size(points, hi_t - lo_t)
     origin = np.minimum(points.min(axis=0), lo_t.min(axis=0))
@@ -140,14 +142,14 @@ def cell_bounds(triangles_abz: np.ndarray, origin_ab: np.ndarray, cell_mm: float
     if len(tri) == 0:
         return high, low
     limit = np.asarray(shape) - 1
-    c0 = np.clip(np.floor((tri[:, :, :2].min(axis=1) - origin_ab) / cell_mm).astype(np.int64), 0, limit)
-    c1 = np.clip(np.floor((tri[:, :, :2].max(axis=1) - origin_ab) / cell_mm).astype(np.int64), 0, limit)
+    c0 = np.clip(np.floor((corner_min(tri[:, :, :2]) - origin_ab) / cell_mm).astype(np.int64), 0, limit)
+    c1 = np.clip(np.floor((corner_max(tri[:, :, :2]) - origin_ab) / cell_mm).astype(np.int64), 0, limit)
     na, nb = c1[:, 0] - c0[:, 0] + 1, c1[:, 1] - c0[:, 1] + 1
     pair = np.repeat(np.arange(len(tri)), na * nb)
     within = np.arange(pair.size) - np.repeat(np.cumsum(na * nb) - na * nb, na * nb)
     cells = (c0[pair, 0] + within % na[pair], c0[pair, 1] + within // na[pair])
-    np.maximum.at(high, cells, tri[pair, :, 2].max(axis=1))
-    np.minimum.at(low, cells, tri[pair, :, 2].min(axis=1))
+    np.maximum.at(high, cells, corner_max(tri[:, :, 2])[pair])
+    np.minimum.at(low, cells, corner_min(tri[:, :, 2])[pair])
     return high, low
 
 

@@ -23,7 +23,7 @@ import point_cloud_utils as pcu
 import trimesh
 from scipy.spatial import cKDTree
 
-from .meshes import edge_lengths
+from .meshes import corner_max, corner_min, edge_lengths
 
 # Queries of at most this many points meet only the triangles within their reach.
 FEW_POINTS = 20_000
@@ -135,7 +135,7 @@ def face_boxes(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _boxes_of(tri: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return tri.min(axis=1), tri.max(axis=1)
+    return corner_min(tri), corner_max(tri)
 
 
 def point_mesh_distance(points: np.ndarray, vertices: np.ndarray,
@@ -157,7 +157,7 @@ def _split_long(v: np.ndarray, f: np.ndarray, longest_mm: float) -> tuple[np.nda
     f = f.copy()
     for _ in range(64):
         length = edge_lengths(v[f])
-        long = np.flatnonzero(length.max(axis=1) > longest_mm)
+        long = np.flatnonzero(corner_max(length) > longest_mm)
         if long.size == 0:
             break
         s = length[long].argmax(axis=1)

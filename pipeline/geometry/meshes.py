@@ -75,6 +75,18 @@ def edge_lengths(triangles: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("ijk,ijk->ij", d, d))
 
 
+def corner_min(values: np.ndarray) -> np.ndarray:
+    """``values.min(axis=1)`` for per-triangle values of shape (n, 3, ...)
+    (corners, edges): two elementwise minima, 3-5x faster than numpy's
+    reduction along an axis of length 3, and the same numbers."""
+    return np.minimum(np.minimum(values[:, 0], values[:, 1]), values[:, 2])
+
+
+def corner_max(values: np.ndarray) -> np.ndarray:
+    """``values.max(axis=1)`` for per-triangle values of shape (n, 3, ...) (see :func:`corner_min`)."""
+    return np.maximum(np.maximum(values[:, 0], values[:, 1]), values[:, 2])
+
+
 def reader_defects(mesh: trimesh.Trimesh) -> dict[str, int]:
     """Counts of what keeps the read-back mesh from being a closed solid (all
     zero for a valid one); see the module docstring."""
@@ -107,7 +119,7 @@ def doubled_areas(triangles: np.ndarray) -> np.ndarray:
 
 
 def _doubled_area_and_longest(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return doubled_areas(t), edge_lengths(t).max(axis=1)
+    return doubled_areas(t), corner_max(edge_lengths(t))
 
 
 # The read-back geometry of the last few meshes (tens of MB each for a
