@@ -186,8 +186,7 @@ def _trimmed(m: manifold3d.Manifold | None, planes: tuple[Plane, ...]) -> manifo
     the same volume to 1e-11 mm3."""
     if m is None:
         return None
-    behind = tuple(Plane(point_lps_mm=p.point_lps_mm, normal_lps=tuple(-np.asarray(p.normal_lps, dtype=float)))
-                   for p in planes)
+    behind = tuple(facing(p.point_lps_mm, p.normal_lps) for p in planes)
     m = m ^ cutter_for(behind, np.asarray(m.bounding_box(), dtype=float).reshape(2, 3))
     return None if m.is_empty() else m
 
