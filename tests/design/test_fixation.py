@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import manifold3d
 import numpy as np
 import pytest
 import trimesh
@@ -18,7 +19,7 @@ from pipeline.bones import LABEL_IDS
 from pipeline.config import Config, FixationConfig, Plane, load_config
 from pipeline.design.fixation import BoneScene, fix_implant
 from pipeline.geometry.meshes import validate_solid
-from pipeline.geometry.resect import resect
+from pipeline.geometry.resect import resect, to_manifold
 from pipeline.phantom import pelvis_phantom
 from pipeline.run import run_mesh
 from pipeline.volume import apply_affine
@@ -113,6 +114,10 @@ def test_fixed_implant_is_one_closed_solid_with_flange_and_holes(thick):
     # (the flanges reach into the implant's bone to join it: what they add is their part outside it)
     added = r["flanges_outside_implant_mm3"]
     assert 0 < added < r["flanges_volume_mm3"]
+    # Measured independently: the flanges less the implant, a boolean of their meshes (report rounds to 0.1 mm3).
+    flanges = manifold3d.Manifold.batch_boolean([to_manifold(f, "flange") for f in fix.flanges.values()],
+                                                manifold3d.OpType.Add)
+    assert added == pytest.approx((flanges - to_manifold(cut.implant, "implant")).volume(), abs=0.051)
     assert r["implant_fixed_volume_mm3"] <= r["implant_volume_mm3"] + added + 1.0
     assert r["implant_fixed_volume_mm3"] >= r["implant_volume_mm3"] + added - r["holes_volume_mm3"] - 1.0
     # A hole per screw through the flange: the screw's axis inside the flange finds no material.

@@ -186,3 +186,17 @@ def test_a_mesh_without_needles_comes_back_untouched():
     """Nothing to repair: the same mesh, not its float32 reader's view."""
     sphere = trimesh.creation.icosphere(subdivisions=3, radius=123.456789)
     assert remove_needles(sphere) is sphere
+
+
+def test_corner_min_and_max_are_numpy_reductions_over_the_three_corners():
+    """The same numbers as ``min``/``max`` along axis 1, for corners (n, 3, 3),
+    their projections (n, 3, 2) and per-edge values (n, 3); NaN propagates."""
+    from pipeline.geometry.meshes import corner_max, corner_min
+
+    rng = np.random.default_rng(11)
+    for shape in ((500, 3, 3), (500, 3, 2), (500, 3), (0, 3)):
+        values = rng.normal(size=shape)
+        assert np.array_equal(corner_min(values), values.min(axis=1))
+        assert np.array_equal(corner_max(values), values.max(axis=1))
+    with_nan = np.array([[1.0, np.nan, 0.0]])
+    assert np.isnan(corner_min(with_nan)[0]) and np.isnan(corner_max(with_nan)[0])
