@@ -674,16 +674,14 @@ def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
     # pieces, and the other such faces (side walls) at their corners and centres.
     side = (normals[:, 2] < UNDERSIDE_COS) & ~is_under
     probe = np.vstack([vertices[np.unique(faces_all[side])], mesh.triangles_center[side]])
-    # Every piece's centre and corner, and the probes, measured in one query
-    # (a corner of a piece within reach lies within reach + its longest edge).
-    measured = bones.query(np.vstack([centres, uv, probe]), reach + UNDER_EDGE_MM)
+    # Every piece's centre and corner, and the probes, measured in one query,
+    # all of them: nearly all lie within reach of the bone (the seat), and
+    # bounding each point's distance first to skip the few that do not cost
+    # more than it saved (0.42 s against 0.28 s for 200k points).
+    measured = bones.query(np.vstack([centres, uv, probe]))
     split = np.cumsum([len(centres), len(uv)])
     at_centre, at_corner, at_probe = zip(*(np.split(m, split) for m in measured))
-    nearest = min(at_probe[0].min(initial=np.inf), at_centre[0].min(initial=np.inf),
-                  at_corner[0].min(initial=np.inf))
-    if not np.isfinite(nearest):   # nothing within reach: measured in full
-        nearest = bones.distance(np.vstack([probe, uv, centres]))[0].min()
-    closest = round(float(nearest), 4)
+    closest = round(float(measured[0].min()), 4)
     gap_c, facing_c = _facing_gap(centres, fine_normals, bones, at_centre)
     faces = np.flatnonzero((gap_c <= reach) & facing_c)
     if not len(faces):
