@@ -35,8 +35,8 @@ BONE_TERMINOLOGY = {"hip_left": ("29836001", SNOMED_LEFT), "hip_right": ("298360
 
 # TotalSegmentator (v2, task "total") class ids of the bones we name; its
 # multi-label files usually carry these names themselves, the table is for
-# files that do not. Every vertebra above the sacrum is our "lumbar" (L5 and
-# above), S1 belongs to the sacrum.
+# files that do not. L1-L5 are our "lumbar", S1 belongs to the sacrum, the
+# vertebrae above L1 are "other" bone.
 TOTALSEGMENTATOR_IDS = {25: "sacrum", 26: "vertebrae_S1",
                         **{27 + i: f"vertebrae_L{5 - i}" for i in range(5)},
                         **{32 + i: f"vertebrae_T{12 - i}" for i in range(12)},
@@ -53,8 +53,9 @@ _SIDED = {**dict.fromkeys(("hip", "hip bone", "hipbone", "os coxae", "coxae", "c
           **dict.fromkeys(("femur", "femur bone", "femoral bone", "thigh bone", "proximal femur"), "femur")}
 _UNSIDED = {**dict.fromkeys(("sacrum", "os sacrum", "sacral bone", "sacrum and coccyx", "sacrococcyx",
                              "coccyx", "sacral vertebrae"), "sacrum"),
-            **dict.fromkeys((f"{region} {kind}".strip() for region in ("lumbar", "thoracic", "cervical")
-                             for kind in ("", "spine", "vertebra", "vertebrae", "vertebral column")), "lumbar"),
+            **{f"{region} {kind}".strip(): "lumbar" if region == "lumbar" else "other"
+               for region in ("lumbar", "thoracic", "cervical")
+               for kind in ("", "spine", "vertebra", "vertebrae", "vertebral column")},
             **dict.fromkeys(("spine", "vertebrae", "vertebral column"), "lumbar"),
             **dict.fromkeys(("other", "other bone"), "other")}
 # One vertebra: "vertebrae_L5", "L5", "L5 vertebra"; S1 is the sacrum's.
@@ -78,7 +79,7 @@ def bone_for_segment(name: str, terminology: str = "") -> str | None:
     rest = " ".join(w for w in words if w not in _SIDE_WORDS)
     vertebra = _VERTEBRA.match(rest)
     if vertebra and not sides:
-        return "sacrum" if vertebra.group(1) == "s" else "lumbar"
+        return {"s": "sacrum", "l": "lumbar"}.get(vertebra.group(1), "other")
     if rest in _UNSIDED and not sides:
         return _UNSIDED[rest]
     if rest in _SIDED and len(sides) == 1:

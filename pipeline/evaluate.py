@@ -163,19 +163,17 @@ def totalseg_figures() -> tuple[dict, MeshResult, Volume] | None:
     with_s1 = np.isin(reference, (TOTALSEG_IDS["sacrum"], TOTALSEG_S1))
     mine = result.labels == LABEL_IDS["sacrum"]
     figures["sacrum"].update(dice_with_s1=dice(mine, with_s1), surface_dice_1vox_with_s1=surface_dice(mine, with_s1))
-    # Our "lumbar" is every vertebra above the sacrum; the reference's L1-L5 together,
-    # and (beside it) its every vertebra above S1 in view.
+    # Our "lumbar" is L1-L5 (the vertebrae above L1 are "other"): against the reference's L1-L5 together.
     mine = result.labels == LABEL_IDS["lumbar"]
     lumbar = np.isin(reference, TOTALSEG_LUMBAR)
-    above_s1 = np.isin(reference, [k for k, n in TOTALSEGMENTATOR_IDS.items() if n.startswith("vertebrae_")
-                                   and n != "vertebrae_S1"])
     figures["lumbar"] = {"dice": dice(mine, lumbar), "surface_dice_1vox": surface_dice(mine, lumbar),
-                         "dice_all_vertebrae": dice(mine, above_s1),
-                         "surface_dice_1vox_all_vertebrae": surface_dice(mine, above_s1),
                          **outer_layer_misses(mine, lumbar, volume.hu)}
-    # All the bones both label: hips, sacrum with S1, femurs and the vertebrae above it.
-    theirs = np.isin(reference, [*TOTALSEG_IDS.values(), TOTALSEG_S1]) | above_s1
-    mine = np.isin(result.labels, [LABEL_IDS[n] for n in (*TOTALSEG_IDS, "lumbar")])
+    # All bone: every bone we label (other bone too: the vertebrae above L1,
+    # and ribs, which the reference does not label) against every bone the
+    # reference labels here (hips, sacrum with S1, femurs, the vertebrae).
+    vertebrae = [k for k, n in TOTALSEGMENTATOR_IDS.items() if n.startswith("vertebrae_")]
+    theirs = np.isin(reference, [*TOTALSEG_IDS.values(), *vertebrae])
+    mine = result.labels > 0
     figures["all_bone"] = {"dice": dice(mine, theirs), "surface_dice_1vox": surface_dice(mine, theirs)}
     return figures, result, volume
 

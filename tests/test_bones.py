@@ -12,13 +12,13 @@ SLICER_GENERAL_ANATOMY = "Segmentation category and type - 3D Slicer General Ana
     *[(name, name) for name in LABEL_NAMES.values()],
     # TotalSegmentator's
     ("hip_left", "hip_left"), ("femur_right", "femur_right"), ("vertebrae_L5", "lumbar"),
-    ("vertebrae_T12", "lumbar"), ("vertebrae_S1", "sacrum"),
+    ("vertebrae_T12", "other"), ("vertebrae_C7", "other"), ("vertebrae_S1", "sacrum"),
     # common synonyms, either order, any case and separators
     ("Left hip bone", "hip_left"), ("hip bone, right", "hip_right"), ("os coxae dextra", "hip_right"),
     ("R innominate", "hip_right"), ("Left hemipelvis", "hip_left"), ("Femur-Left", "femur_left"),
     ("left_femur", "femur_left"), ("Right femur", "femur_right"), ("Sacrum", "sacrum"), ("coccyx", "sacrum"),
     ("L5", "lumbar"), ("L4 vertebra", "lumbar"), ("lumbar spine", "lumbar"),
-    ("lumbar vertebral column", "lumbar"),
+    ("lumbar vertebral column", "lumbar"), ("thoracic spine", "other"), ("T12", "other"),
 ])
 def test_names_of_our_bones_are_recognised(name, bone):
     assert bone_for_segment(name) == bone
@@ -46,4 +46,4 @@ def test_totalsegmentator_ids_of_the_bones_we_name():
     assert {k: TOTALSEGMENTATOR_IDS[k] for k in (25, 26, 27, 31, 32, 75, 76, 77, 78)} == {
         25: "sacrum", 26: "vertebrae_S1", 27: "vertebrae_L5", 31: "vertebrae_L1", 32: "vertebrae_T12",
         75: "femur_left", 76: "femur_right", 77: "hip_left", 78: "hip_right"}
-    assert {bone_for_segment(name) for name in TOTALSEGMENTATOR_IDS.values()} == set(LABEL_NAMES.values()) - {"other"}
+    assert {bone_for_segment(name) for name in TOTALSEGMENTATOR_IDS.values()} == set(LABEL_NAMES.values())

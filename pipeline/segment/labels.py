@@ -93,6 +93,21 @@ SPINE_MARROW_HU, SPINE_SMOOTHING_MM, SPINE_ENCLOSED = 80.0, 1.5, 4
 SPINE_MARROW_CORE_MM = 2 * SPINE_SMOOTHING_MM
 # A vertebral body's endplates lie at least this far apart (a disc's 5-14 mm).
 SPINE_BODY_MM = 16.0
+# Lumbar levels, counted up from the sacrum disc by disc (see
+# vertebrae_above_l1): LUMBAR_LEVELS discs above the lowest lumbar body; a
+# body's cross-section is the spine in each axial slice opened by a disc of
+# BODY_OPEN_MM (arches, processes and ribs are thinner); the first two
+# discs lie within LEVEL_MM of the level below, the next within LEVEL_SPREAD
+# of the last spacing of it; a disc's slice holds at most DISC_DEPTH of the
+# bodies' largest cross-section within BODY_REACH_MM on both sides; the
+# bodies seeding the split keep DISC_CLEAR_MM from the disc. Before the
+# opening, each slice is closed by BODY_CLOSE_MM (specks of marrow the fills
+# left).
+LUMBAR_LEVELS = 5
+BODY_OPEN_MM, BODY_CLOSE_MM = 6.0, 3.0
+LEVEL_MM = (20.0, 50.0)
+LEVEL_SPREAD = 0.3
+DISC_DEPTH, BODY_REACH_MM, DISC_CLEAR_MM = 0.75, 15.0, 4.5
 # The spinal canal: spine fill darker than CANAL_HU (smoothed as above; CSF
 # and epidural fat, 0-60 HU with partial volume), connected and running at
 # least CANAL_MIN_LENGTH_MM along the body (a dark pocket of marrow is short).
@@ -206,9 +221,10 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
     for _, _, deep in masks.values():
         certain |= deep
     open_canal(labels, certain, hu, volume)
+    above_l1 = vertebrae_above_l1(labels, hu, grid)
     labels = separate_labels(labels, own | heads_inside, hu)
     return BoneLabels(labels=labels, box=bone.box, smallest_piece_voxels=_smallest(labels),
-                      stats=label_stats(labels, volume, fit, found, heads, core_hu, tip),
+                      stats=label_stats(labels, volume, fit, found, heads, core_hu, tip, above_l1),
                       fit=fit if found else None)
 
 
@@ -709,6 +725,98 @@ def vertebral_marrow(filled: np.ndarray, met: np.ndarray, hu: np.ndarray, spacin
     return enclosed | lookup(np.isin(np.arange(pieces.max() + 1), joined[joined > 0]), pieces)
 
 
+@dataclass(frozen=True)
+class Levels:
+    """The lumbar discs found (LPS z of each, mm, from L4/L5 up) and the voxels
+    of the spine above L1 made ``other``."""
+
+    discs_mm: tuple[float, ...] = ()
+    voxels: int = 0
+
+
+def vertebrae_above_l1(labels: np.ndarray, hu: np.ndarray, grid: Grid) -> Levels:
+    """Relabel, in place, the spine above L1 (T12 and up, with the ribs
+    joined to it) as ``other``: "lumbar" is L1-L5. The levels are counted
+    up from the sacrum: the vertebral bodies' cross-section along the spine
+    (each axial slice of the spine closed by ``BODY_CLOSE_MM`` and opened by
+    ``BODY_OPEN_MM``) falls at every
+    disc, the first two within ``LEVEL_MM`` of the level below, the next
+    within ``LEVEL_SPREAD`` of the spacing before; the fifth disc above the
+    lowest body is L1's upper one. The spine is then split there by a
+    watershed on -HU from the bodies above and below it (``DISC_CLEAR_MM``
+    away), so T12's arch, which hangs below the disc, goes with T12 across
+    the facet joints' HU valley. Nothing changes unless the sacrum is in
+    view up to the spine's lowest body (within ``LEVEL_MM[0]``) and every
+    disc is found with a body above it (most pelvic scans end below L1)."""
+    boxes = ndi.find_objects(labels, max_label=OTHER)
+    spine_box, sacrum_box = boxes[LUMBAR - 1], boxes[SACRUM - 1]
+    if spine_box is None or sacrum_box is None:
+        return Levels()
+    volume = grid.volume
+    axial = axial_axis(volume)
+    flip = volume.affine[2, axial] < 0            # slices counted from the feet up
+
+    def upward(a: np.ndarray) -> np.ndarray:      # axial axis first, from the feet up (a view)
+        a = np.moveaxis(a, axial, 0)
+        return a[::-1] if flip else a
+
+    spacing = np.asarray(volume.spacing_mm, dtype=float)
+    step = float(spacing[axial])
+    if (spine_box[axial].stop - spine_box[axial].start) * step < LUMBAR_LEVELS * LEVEL_MM[0]:
+        return Levels()                           # too short to hold L1's upper disc
+    spine = labels[spine_box] == LUMBAR
+    in_plane = spacing.copy()
+    in_plane[axial] = 1e3 * float(np.max(np.asarray(spine.shape) * spacing))   # no reach across slices
+    # Closed in each slice (the marrow's unfilled specks), then opened.
+    closed = distance_to_false(distance_to_false(~spine, in_plane) <= BODY_CLOSE_MM, in_plane) > BODY_CLOSE_MM
+    core = distance_to_false(closed, in_plane) > BODY_OPEN_MM
+    bodies = closed & (distance_to_false(~core, in_plane) <= BODY_OPEN_MM)
+    area = np.count_nonzero(upward(bodies), axis=(1, 2)).astype(float)
+    held = np.flatnonzero(area)
+    start = np.array([s.start for s in spine_box], dtype=float)
+    centre = start + (np.asarray(spine.shape) - 1) / 2.0
+
+    def height(k: float) -> float:                # LPS z (mm) of the spine box's slice k from the feet
+        at = centre.copy()
+        at[axial] = start[axial] + ((len(area) - 1 - k) if flip else k)
+        return float(grid.lps(at[None])[0, 2])
+
+    corners = np.array(np.meshgrid(*[(b.start, b.stop - 1) for b in sacrum_box], indexing="ij")).reshape(3, -1).T
+    sacrum_top = float(grid.lps(corners)[:, 2].max())
+    if len(held) == 0 or sacrum_top < height(held[0]) - LEVEL_MM[0]:   # no more than a disc below
+        return Levels()
+    reach = max(int(round(BODY_REACH_MM / step)), 1)
+    discs: list[float] = []
+    where = float(held[0])
+    for _ in range(LUMBAR_LEVELS):
+        if len(discs) < 2:
+            lo, hi = LEVEL_MM
+        else:
+            last = (discs[-1] - discs[-2]) * step
+            lo, hi = (1.0 - LEVEL_SPREAD) * last, (1.0 + LEVEL_SPREAD) * last
+        a, b = int(np.ceil(where + lo / step)), int(np.floor(where + hi / step))
+        if b < a or b + reach >= len(area):
+            return Levels(tuple(height(d) for d in discs))
+        window = area[a:b + 1]
+        disc = a + float(np.flatnonzero(window == window.min()).mean())
+        k = int(round(disc))
+        around = min(area[max(k - reach, 0):k].max(initial=0.0), area[k + 1:k + reach + 1].max(initial=0.0))
+        if around == 0.0 or area[k] > DISC_DEPTH * around:
+            return Levels(tuple(height(d) for d in discs))
+        discs.append(disc)
+        where = disc
+    clear = max(DISC_CLEAR_MM / step, 1.0)
+    along = np.arange(len(area), dtype=float).reshape(-1, 1, 1)
+    markers = np.zeros(spine.shape, dtype=np.int32)
+    up_markers, up_bodies = upward(markers), upward(bodies)
+    up_markers[up_bodies & (along >= discs[-1] + clear)] = 1
+    up_markers[up_bodies & (along <= discs[-1] - clear)] = 2
+    split = watershed(-smooth_hu(hu[spine_box], spacing), markers, mask=spine)
+    above = split == 1
+    labels[spine_box][above] = OTHER
+    return Levels(tuple(height(d) for d in discs), int(np.count_nonzero(above)))
+
+
 def smooth_hu(hu: np.ndarray, spacing_mm: np.ndarray) -> np.ndarray:
     return ndi.gaussian_filter(hu.astype(np.float32, copy=False), SPINE_SMOOTHING_MM / np.asarray(spacing_mm))
 
@@ -808,7 +916,7 @@ def _smallest(labels: np.ndarray) -> int:
 
 
 def label_stats(labels: np.ndarray, volume: Volume, fit: PelvisFit, found: bool, heads: list[Head],
-                core_hu: float, tip_voxels: int) -> dict:
+                core_hu: float, tip_voxels: int, above_l1: "Levels") -> dict:
     counts = label_counts(labels, OTHER + 1)
     voxel_mm3 = volume.voxel_volume_mm3
     model = fit.report()
@@ -818,6 +926,10 @@ def label_stats(labels: np.ndarray, volume: Volume, fit: PelvisFit, found: bool,
         "shape_model": model,
         # The sacrum beyond the model's S3 end taken below the bone threshold (sacral_tip).
         "sacral_tip_mm3": round(tip_voxels * voxel_mm3, 1),
+        # The lumbar discs counted up from the sacrum (vertebrae_above_l1).
+        "lumbar_levels": {"discs_found": len(above_l1.discs_mm),
+                          "discs_lps_z_mm": [round(z, 1) for z in above_l1.discs_mm],
+                          "above_l1_to_other_mm3": round(above_l1.voxels * voxel_mm3, 1)},
         "femoral_heads": {LABEL_NAMES[h.femur]: {
             "centre_lps_mm": [round(float(c), 1) for c in h.centre_lps_mm],
             "radius_mm": round(h.radius_mm, 1), "joint_valley_hu": round(h.valley_hu, 1), "from": h.source}
