@@ -102,9 +102,10 @@ SPINE_BODY_MM = 16.0
 # bodies' largest cross-section within BODY_REACH_MM on both sides; the
 # bodies seeding the split keep DISC_CLEAR_MM from the disc. Before the
 # opening, each slice is closed by BODY_CLOSE_MM (specks of marrow the fills
-# left).
+# left); the cross-sections are counted on an in-plane grid of about
+# BODY_GRID_MM (every k-th voxel).
 LUMBAR_LEVELS = 5
-BODY_OPEN_MM, BODY_CLOSE_MM = 6.0, 3.0
+BODY_OPEN_MM, BODY_CLOSE_MM, BODY_GRID_MM = 6.0, 3.0, 3.0
 LEVEL_MM = (20.0, 50.0)
 LEVEL_SPREAD = 0.3
 DISC_DEPTH, BODY_REACH_MM, DISC_CLEAR_MM = 0.75, 15.0, 4.5
@@ -522,15 +523,21 @@ def head_from_surface(grid: Grid, raw: np.ndarray, near_lps_mm: np.ndarray) -> t
     votes = points[None] - radii[:, None, None] * normals[None]        # (R, P, 3)
     near = np.linalg.norm(votes - near_lps_mm, axis=2) <= HEAD_SEARCH_MM
     cells = np.floor((votes - near_lps_mm) / HEAD_VOTE_CELL_MM).astype(np.int64)
-    keys = np.c_[np.broadcast_to(np.arange(len(radii))[:, None], near.shape)[near], cells[near]]
-    if len(keys) < 50:
+    if np.count_nonzero(near) < 50:
         return None
-    unique, counts = np.unique(keys, axis=0, return_counts=True)
-    best = unique[np.argmax(counts)]
-    if counts.max() < HEAD_MIN_VOTES:
+    # Votes counted per (radius, cell): one integer key each, in that order
+    # (the first of equal peaks, as a lexicographic count would give).
+    side = int(np.ceil(HEAD_SEARCH_MM / HEAD_VOTE_CELL_MM)) + 1     # cells lie in [-side, side)
+    shifted = cells + side
+    keys = ((np.arange(len(radii))[:, None] * (2 * side) + shifted[..., 0]) * (2 * side)
+            + shifted[..., 1]) * (2 * side) + shifted[..., 2]
+    counts = np.bincount(keys[near], minlength=len(radii) * (2 * side) ** 3)
+    peak = int(np.argmax(counts))
+    if counts[peak] < HEAD_MIN_VOTES:
         return None
-    r_index = best[0]
-    chosen = near[r_index] & np.all(np.abs(cells[r_index] - best[1:]) <= 1, axis=1)
+    r_index, rest = divmod(peak, (2 * side) ** 3)
+    best = np.array([rest // (2 * side) ** 2, rest // (2 * side) % (2 * side), rest % (2 * side)]) - side
+    chosen = near[r_index] & np.all(np.abs(cells[r_index] - best) <= 1, axis=1)
     centre, radius = votes[r_index][chosen].mean(axis=0), float(radii[r_index])
     # Refined by a least-squares sphere through the head's surface points (facing out from it).
     arm = points - centre
@@ -765,13 +772,11 @@ def vertebrae_above_l1(labels: np.ndarray, hu: np.ndarray, grid: Grid) -> Levels
     if (spine_box[axial].stop - spine_box[axial].start) * step < LUMBAR_LEVELS * LEVEL_MM[0]:
         return Levels()                           # too short to hold L1's upper disc
     spine = labels[spine_box] == LUMBAR
-    in_plane = spacing.copy()
-    in_plane[axial] = 1e3 * float(np.max(np.asarray(spine.shape) * spacing))   # no reach across slices
-    # Closed in each slice (the marrow's unfilled specks), then opened.
-    closed = distance_to_false(distance_to_false(~spine, in_plane) <= BODY_CLOSE_MM, in_plane) > BODY_CLOSE_MM
-    core = distance_to_false(closed, in_plane) > BODY_OPEN_MM
-    bodies = closed & (distance_to_false(~core, in_plane) <= BODY_OPEN_MM)
-    area = np.count_nonzero(upward(bodies), axis=(1, 2)).astype(float)
+    # The cross-sections are measured on a grid of about BODY_GRID_MM in-plane.
+    stride = np.maximum(np.floor(BODY_GRID_MM / spacing), 1).astype(int)
+    stride[axial] = 1
+    coarse = spine[tuple(slice(None, None, int(k)) for k in stride)]
+    area = np.count_nonzero(upward(vertebral_bodies(coarse, spacing * stride, axial)), axis=(1, 2)).astype(float)
     held = np.flatnonzero(area)
     start = np.array([s.start for s in spine_box], dtype=float)
     centre = start + (np.asarray(spine.shape) - 1) / 2.0
@@ -808,13 +813,24 @@ def vertebrae_above_l1(labels: np.ndarray, hu: np.ndarray, grid: Grid) -> Levels
     clear = max(DISC_CLEAR_MM / step, 1.0)
     along = np.arange(len(area), dtype=float).reshape(-1, 1, 1)
     markers = np.zeros(spine.shape, dtype=np.int32)
-    up_markers, up_bodies = upward(markers), upward(bodies)
+    up_markers, up_bodies = upward(markers), upward(vertebral_bodies(spine, spacing, axial))
     up_markers[up_bodies & (along >= discs[-1] + clear)] = 1
     up_markers[up_bodies & (along <= discs[-1] - clear)] = 2
     split = watershed(-smooth_hu(hu[spine_box], spacing), markers, mask=spine)
     above = split == 1
     labels[spine_box][above] = OTHER
     return Levels(tuple(height(d) for d in discs), int(np.count_nonzero(above)))
+
+
+def vertebral_bodies(spine: np.ndarray, spacing_mm: np.ndarray, axial: int) -> np.ndarray:
+    """The spine's parts wider than arches, processes and ribs: each slice
+    across ``axial`` closed by ``BODY_CLOSE_MM`` (the marrow's unfilled
+    specks), then opened by ``BODY_OPEN_MM``."""
+    in_plane = np.asarray(spacing_mm, dtype=float).copy()
+    in_plane[axial] = 1e3 * float(np.max(np.asarray(spine.shape) * in_plane))   # no reach across slices
+    closed = distance_to_false(distance_to_false(~spine, in_plane) <= BODY_CLOSE_MM, in_plane) > BODY_CLOSE_MM
+    core = distance_to_false(closed, in_plane) > BODY_OPEN_MM
+    return closed & (distance_to_false(~core, in_plane) <= BODY_OPEN_MM)
 
 
 def smooth_hu(hu: np.ndarray, spacing_mm: np.ndarray) -> np.ndarray:
