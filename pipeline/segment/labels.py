@@ -199,8 +199,10 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
     found = pelvis_found(fit)
     grid = Grid(volume, bone.box)
     if found:
-        masks = model_masks(fit, grid)
-        heads = [h for h in (femoral_head(fit, hu, grid, raw, *side) for side in SIDES) if h is not None]
+        # The model's masks and both femoral heads at once (scipy and numpy release the GIL).
+        masks, *found_heads = parallel(lambda: model_masks(fit, grid),
+                                       *[lambda side=side: femoral_head(fit, hu, grid, raw, *side) for side in SIDES])
+        heads = [h for h in found_heads if h is not None]
         seeds = seed_labels(raw, grid, fit, masks, heads, bone.midline_x_lps_mm)
         rough = watershed_by_piece(hu, seeds, raw)
     else:

@@ -33,6 +33,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
+from ..parallel import parallel
 from ..volume import Volume, apply_affine
 from .distance_map import distance_to_false
 from .mask import FACE_CONNECTIVITY, BoneMask
@@ -168,14 +169,17 @@ def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float)
     distance = np.minimum(distance_to_false(~occupied, INIT_CELL_MM), INIT_CLIP_MM)
     sample = model.mean_mm[::INIT_VERTEX_STRIDE]
 
+    def scores(scale: float, offsets: np.ndarray) -> np.ndarray:
+        cells = np.floor((scale * sample[None] + offsets[:, None] - lo) / INIT_CELL_MM).astype(np.int64)
+        inside = np.all((cells >= 0) & (cells < shape), axis=2)
+        d = np.full(cells.shape[:2], INIT_CLIP_MM, dtype=np.float32)
+        d[inside] = distance[tuple(cells[inside].T)]
+        return d.mean(axis=1)
+
     def best_of(scales, offsets) -> tuple[float, float, np.ndarray]:
+        # The scales on both cores (numpy's array work releases the GIL).
         best = (np.inf, 1.0, offsets[0])
-        for scale in scales:
-            cells = np.floor((scale * sample[None] + offsets[:, None] - lo) / INIT_CELL_MM).astype(np.int64)
-            inside = np.all((cells >= 0) & (cells < shape), axis=2)
-            d = np.full(cells.shape[:2], INIT_CLIP_MM, dtype=np.float32)
-            d[inside] = distance[tuple(cells[inside].T)]
-            score = d.mean(axis=1)
+        for scale, score in zip(scales, parallel(*[lambda s=s: scores(s, offsets) for s in scales])):
             i = int(np.argmin(score))
             if score[i] < best[0]:
                 best = (float(score[i]), scale, offsets[i])
@@ -195,7 +199,7 @@ def _matches(tree: cKDTree, points: np.ndarray, normals: np.ndarray, x: np.ndarr
              n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(matched?, signed point-to-plane offset along the data normal) per vertex,
     and the data normal, for vertices ``x`` with normals ``n``."""
-    d, j = tree.query(x, k=NEIGHBOURS, distance_upper_bound=MATCH_MM)
+    d, j = tree.query(x, k=NEIGHBOURS, distance_upper_bound=MATCH_MM, workers=2)   # both cores: 20 -> 14 ms
     valid = np.isfinite(d)
     j = np.where(valid, j, 0)
     agree = valid & (np.einsum("ikj,ij->ik", normals[j], n) > MIN_COS)
