@@ -101,7 +101,8 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
         meshes = {LABEL_NAMES[k]: m for k, m in surfaces.meshes.items()}
         parallel(*[(lambda n=n, m=m: validate_solid(m, f"bone_{n}")) for n, m in meshes.items()])
         bone = concatenate_solids(list(meshes.values()))
-    structures = config.resection.structures
+    # Without planes nothing is cut: every bone is written on its own.
+    structures = config.resection.structures if config.resection.planes else ()
     context = {n: m for n, m in meshes.items() if n not in structures}
     # Margins move each planned plane into the kept side; everything is cut there.
     planes = tuple(p.cut_plane() for p in config.resection.planes)

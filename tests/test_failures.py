@@ -98,10 +98,11 @@ def test_a_failed_run_leaves_an_earlier_run_untouched(tmp_path, capsys):
     out = tmp_path / "out"
     assert cli_main(["mesh", str(SAMPLE), "--out", str(out), "--quiet"]) == 0
     before = outputs(out)
-    # Defaults: no planes; femurs and spine are not resectable, so written for context.
+    # Defaults: no planes, so nothing is cut and every bone is written on its own.
     assert sorted(p for p in before if not p.startswith("qa/")) == [
-        "bone.stl", "bone_femur_left.stl", "bone_femur_right.stl", "bone_lumbar.stl",
-        "bone_mask.nii.gz", "labels.nii.gz", "report.html", "report.json", "segmentation.seg.nrrd"]
+        "bone.stl", "bone_femur_left.stl", "bone_femur_right.stl", "bone_hip_left.stl", "bone_hip_right.stl",
+        "bone_lumbar.stl", "bone_mask.nii.gz", "bone_sacrum.stl", "labels.nii.gz", "report.html", "report.json",
+        "segmentation.seg.nrrd"]
     assert any(p.startswith("qa/") for p in before)
     cfg = tmp_path / "bad.toml"
     cfg.write_text("[[resection.planes]]\npoint_lps_mm = [0, 0, 400]\nnormal_lps = [0, 0, 1]\n")
