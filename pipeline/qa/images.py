@@ -43,7 +43,9 @@ QA_IMAGES = ("slice_axial", "slice_coronal", "slice_sagittal", "view_anterior", 
 # Fixation views: the fixed implant and the screws solid, the host translucent over them.
 FIXED_RGB = (236, 150, 60)
 SCREW_RGB = (40, 70, 160)
-HOST_OVERLAY_OPACITY = 0.45
+HOST_OVERLAY_OPACITY = 0.4
+IMPLANT_OVERLAY_OPACITY = 0.4
+SCREW_OPACITY = 0.85
 # Slices along an iliosacral screw reach this far beyond it (mm).
 SCREW_SLICE_MARGIN_MM = 30.0
 SCREW_SLICE_PIXEL_MM = 0.5
@@ -109,26 +111,30 @@ def qa_images(volume: Volume, result: MeshResult, config: Config) -> list[QAImag
 
 
 def fixation_view(result: MeshResult, view: str) -> QAImage:
-    """The implant with its flanges and the screws, solid, under the host
-    bone drawn translucent: the screws show where they run in the bone."""
+    """The host bone, the implant with its flanges and the screws, each
+    drawn shaded and translucent, in that order (the screws nearly opaque,
+    over both): the screws show where they run through the flanges and in
+    the bone. Framed on the host and the implant."""
     side = affected_side(result)
     camera_view = {"oblique": f"oblique_{side}"}.get(view, view)
     fixation = result.fixation
     fixed = fixation.implant_fixed
-    parts = [(fixed, FIXED_RGB)] if fixed is not None else [(result.implant, IMPLANT_RGB)]
-    legend = [("implant with flanges", FIXED_RGB)] if fixed is not None else [("implant", IMPLANT_RGB)]
-    if fixation.screws_mesh is not None:
-        parts.append((fixation.screws_mesh, SCREW_RGB))
+    implant = (fixed, FIXED_RGB, "implant with flanges") if fixed is not None else (result.implant, IMPLANT_RGB,
+                                                                                     "implant")
+    see_through = [(result.host, HOST_RGB, HOST_OVERLAY_OPACITY), (implant[0], implant[1], IMPLANT_OVERLAY_OPACITY)]
+    legend = []
+    if fixation.screws_mesh is not None:   # last, nearly opaque: over the bone and the flange they run in
+        see_through.append((fixation.screws_mesh, SCREW_RGB, SCREW_OPACITY))
         legend.append(("screws", SCREW_RGB))
-    legend.append(("host (translucent)", HOST_RGB))
-    bounds = np.asarray(result.bone.bounds)
-    camera = camera_for(camera_view, bounds, (VIEW_PX, VIEW_PX))
-    overlays = [(result.host.triangles, HOST_RGB, HOST_OVERLAY_OPACITY)]
-    rgb = render(parts, camera, overlays)
+    legend += [(f"{implant[2]} (translucent)", implant[1]), ("host (translucent)", HOST_RGB)]
+    bounds = np.vstack([np.asarray(result.host.bounds), np.asarray(implant[0].bounds)])
+    camera = camera_for(camera_view, np.array([bounds.min(axis=0), bounds.max(axis=0)]), (VIEW_PX, VIEW_PX))
+    rgb = render([], camera, see_through=see_through)
     rgb = annotate(rgb, right_lps=camera.right, up_lps=camera.up, mm_per_pixel=camera.mm_per_pixel,
                    caption=f"3D {view} ({side}): fixation", legend=legend)
     name = "view_fixation" if view == "oblique" else f"view_fixation_{view}"
-    return QAImage(name, f"3D {view} view: implant with flanges and screws, host translucent", rgb)
+    return QAImage(name, f"3D {view} view: screws through the implant with flanges and the host, both translucent",
+                   rgb)
 
 
 def screw_slice(volume: Volume, labels: np.ndarray, screw, number: int) -> QAImage:

@@ -107,26 +107,21 @@ def camera_along(toward_viewer_lps, up_lps, bounds_lps_mm: np.ndarray, size_px: 
 
 
 def render(parts: list[tuple[trimesh.Trimesh, tuple[int, int, int]]], camera: Camera,
-           overlays: list[tuple[np.ndarray, tuple[int, int, int], float]] = ()) -> np.ndarray:
+           overlays: list[tuple[np.ndarray, tuple[int, int, int], float]] = (),
+           see_through: list[tuple[trimesh.Trimesh, tuple[int, int, int], float]] = ()) -> np.ndarray:
     """RGB image (height, width, 3) uint8 of the ``parts`` (closed mesh, colour).
 
+    ``see_through``: (closed mesh, colour, opacity), each drawn shaded but
+    translucent over whatever lies behind its nearest surface, in order
+    (what it hides still shows: screws inside a bone and an implant).
     ``overlays``: (triangles (n, 3, 3) in LPS, colour, opacity) drawn
-    translucent over whatever lies behind them (the cut planes)."""
+    translucent and flat over whatever lies behind them (the cut planes)."""
     h, w = camera.size_px
     depth = np.full(h * w, -np.inf)
     shade = np.zeros(h * w)
     colour = np.zeros((h * w, 3))
     for mesh, rgb in parts:
-        normals = np.asarray(mesh.face_normals)
-        # A closed mesh's faces turned away from the viewer are always hidden.
-        front = normals @ camera.toward_viewer > 0
-        faces, light = np.asarray(mesh.faces)[front], _lambert(normals[front], camera)
-        screen = _screen(np.asarray(mesh.vertices), camera)
-        # A vertex is shared by ~6 triangles: sample each once, and the triangles without corners.
-        corner = _vertex_samples(screen, faces, light, camera)
-        inner = _samples(screen[faces], light, camera, corners=False)
-        for index, z, value in (corner, inner):
-            _z_test(index, z, value, np.asarray(rgb, dtype=np.float64), depth, shade, colour)
+        _draw(mesh, rgb, camera, depth, shade, colour)
     image = np.empty((h * w, 3))
     hit = np.isfinite(depth)
     image[~hit] = BACKGROUND
@@ -134,12 +129,33 @@ def render(parts: list[tuple[trimesh.Trimesh, tuple[int, int, int]]], camera: Ca
         near, far = depth[hit].max(), depth[hit].min()
         cue = 1.0 - 0.35 * (near - depth[hit]) / max(near - far, 1e-9)
         image[hit] = colour[hit] * (shade[hit] * cue)[:, None]
+    for mesh, rgb, opacity in see_through:
+        layer_depth, layer_shade = np.full(h * w, -np.inf), np.zeros(h * w)
+        _draw(mesh, rgb, camera, layer_depth, layer_shade, np.zeros((h * w, 3)))
+        front = np.isfinite(layer_depth) & (layer_depth >= depth - 1e-6)
+        lit = layer_shade[front, None] * np.asarray(rgb, dtype=np.float64)
+        image[front] = (1 - opacity) * image[front] + opacity * lit
     for triangles, rgb, opacity in overlays:
         screen = _screen(np.asarray(triangles, dtype=np.float64).reshape(-1, 3), camera).reshape(-1, 3, 3)
         index, z, _ = _samples(screen, np.zeros(len(screen)), camera)
         covered = np.unique(index[z >= depth[index] - 1e-6])
         image[covered] = (1 - opacity) * image[covered] + opacity * np.asarray(rgb, dtype=np.float64)
     return np.clip(image, 0, 255).astype(np.uint8).reshape(h, w, 3)
+
+
+def _draw(mesh: trimesh.Trimesh, rgb, camera: Camera, depth: np.ndarray, shade: np.ndarray,
+          colour: np.ndarray) -> None:
+    """Z-buffer one closed mesh into ``depth``, ``shade`` and ``colour`` (flat pixel arrays)."""
+    normals = np.asarray(mesh.face_normals)
+    # A closed mesh's faces turned away from the viewer are always hidden.
+    front = normals @ camera.toward_viewer > 0
+    faces, light = np.asarray(mesh.faces)[front], _lambert(normals[front], camera)
+    screen = _screen(np.asarray(mesh.vertices), camera)
+    # A vertex is shared by ~6 triangles: sample each once, and the triangles without corners.
+    corner = _vertex_samples(screen, faces, light, camera)
+    inner = _samples(screen[faces], light, camera, corners=False)
+    for index, z, value in (corner, inner):
+        _z_test(index, z, value, np.asarray(rgb, dtype=np.float64), depth, shade, colour)
 
 
 def _screen(points_lps_mm: np.ndarray, camera: Camera) -> np.ndarray:

@@ -69,3 +69,22 @@ def test_every_view_covers_a_ball_without_holes(view):
     yy, xx = np.mgrid[:160, :160]
     disc = (yy - inner[0]) ** 2 + (xx - inner[1]) ** 2 < (diameter / 2 - 2) ** 2
     assert drawn[disc].all()
+
+
+def test_see_through_layers_are_shaded_and_show_what_they_hide():
+    """A red ball behind a blue ball drawn see-through (anterior view): where
+    they overlap, both colours show (red through blue); the see-through ball
+    keeps its shading (its rim darker than its centre, unlike a flat
+    overlay); and a see-through layer does not cover a solid part in front
+    of it."""
+    camera = camera_for("anterior", np.array([[-20, -60, -20], [20, 60, 20.0]]), (150, 150))
+    back, front = ball((0, 40, 0), 15), ball((0, -40, 0), 15)
+    image = render([(back, RED)], camera, see_through=[(front, BLUE, 0.5)]).astype(int)
+    centre = image[75, 75]
+    assert centre[0] > 60 and centre[2] > 60, "red shows through the blue layer"
+    alone = render([], camera, see_through=[(front, BLUE, 1.0)]).astype(int)
+    rows = np.flatnonzero((alone != 255).any(axis=(1, 2)))
+    rim = alone[rows[0] + 3, 75]
+    assert rim[2] < alone[75, 75][2] - 20, "shaded: the rim is darker than the centre"
+    hidden = render([(front, RED)], camera, see_through=[(back, BLUE, 0.5)])
+    assert np.array_equal(hidden, render([(front, RED)], camera)), "behind a solid part: not drawn"
