@@ -10,3 +10,13 @@ import os
 # 38.5-41.6 s against 36.4-37.0 s. NumPy reads this when it is first
 # imported; a value the user set is kept.
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+
+# NumPy's OpenBLAS runs a matrix product on every core by default. Ours are
+# skinny (points x 3 @ 3 x 3, a shape model's modes) and often run on two
+# threads of our own already (two cutting guides at once), so its threads
+# only contend with ours: on Pelvic-Ref-003 the two guides took 4.2-5.0 s
+# (median of three, four alternating rounds) with one BLAS thread against
+# 5.0-6.0 s with one per core, 7.1-8.5 against 8.6-10.6 CPU-seconds; the
+# labels and the fixation did not move. OpenBLAS reads this when NumPy is
+# first imported; a value the user set is kept.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

@@ -23,3 +23,22 @@ def test_numpy_huge_page_requests_are_off_unless_the_user_says_otherwise():
     assert run_probe() == ["0", "False"]
     # Set by the user: kept as it is.
     assert run_probe(NUMPY_MADVISE_HUGEPAGE="1")[0] == "1"
+
+
+BLAS_PROBE = ("import os, pipeline, numpy, threadpoolctl; "
+              "print(os.environ['OPENBLAS_NUM_THREADS'], *[i['num_threads'] for i in threadpoolctl.threadpool_info() "
+              "if i['internal_api'] == 'openblas'])")
+
+
+def test_numpy_blas_runs_on_one_thread_unless_the_user_says_otherwise():
+    clean = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+
+    def probe(**env: str) -> list[str]:
+        out = subprocess.run([sys.executable, "-c", BLAS_PROBE], cwd=REPO, env={**clean, **env},
+                             capture_output=True, text=True, check=True)
+        return out.stdout.split()
+    # Unset: the package asks NumPy's OpenBLAS for one thread before NumPy is imported
+    # (a NumPy built on another BLAS lists none here: only the variable is checked).
+    assert probe()[0] == "1" and set(probe()[1:]) <= {"1"}
+    # Set by the user: kept as it is.
+    assert probe(OPENBLAS_NUM_THREADS="2")[0] == "2" and set(probe(OPENBLAS_NUM_THREADS="2")[1:]) <= {"2"}
