@@ -98,7 +98,7 @@ BATCH_FAILED_STATUS = 3
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from .batch import FAILED, connect, counts, read_manifest, run_batch, write_summary
+    from .batch import FAILED, NOT_RUN, connect, counts, read_manifest, run_batch, write_summary
 
     console = Console(args.quiet)
     cases = read_manifest(args.manifest)   # every row checked before a worker starts
@@ -109,6 +109,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
                      + ("" if args.scheduler else " (local cluster)"))
         result = run_batch(cases, args.out, client, resume=args.resume, retries=args.retries, qa=not args.no_qa,
                            on_update=lambda p: _batch_progress(console, p))
+    if result.interrupted and not args.scheduler:
+        # The local cluster is closed: a worker stopped in the middle of
+        # writing a case left its staging folder; none stays behind.
+        from .io import remove_staging
+        for record in result.records:
+            if record["status"] == NOT_RUN:
+                remove_staging(Path(args.out) / record["case_id"])
     about = {"manifest": str(args.manifest), "cases": len(cases), "workers": len(workers),
              "scheduler": args.scheduler or "local cluster", "resume": args.resume, "retries": args.retries,
              "qa_images": not args.no_qa}

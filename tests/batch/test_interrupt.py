@@ -1,0 +1,47 @@
+"""An interrupted batch on its local cluster: what the CLI leaves behind
+(no cluster is started: the batch's run is replaced by its outcome)."""
+
+from __future__ import annotations
+
+import contextlib
+from types import SimpleNamespace
+
+import pipeline.batch as batch
+from pipeline.batch.engine import BatchResult
+from pipeline.cli import main as cli_main
+
+from ..helpers import REPO
+
+
+def test_an_interrupted_local_batch_leaves_no_staging_folder(tmp_path, monkeypatch):
+    """Ctrl-C stops the local cluster's workers wherever they are: one that
+    was writing a case leaves that case's staging folder. Once the cluster is
+    closed, the CLI removes the staging folders of the cases not run, and
+    touches nothing of a case that was done."""
+    for case_id in ("done", "cut"):
+        (tmp_path / "ct" / case_id).mkdir(parents=True)
+    (tmp_path / "cases.csv").write_text("case_id,ct,config\n" + "".join(
+        f"{c},ct/{c},{REPO / 'configs' / 'default.toml'}\n" for c in ("done", "cut")))
+    out = tmp_path / "out"
+    kept = out / "done" / "report.json"
+
+    @contextlib.contextmanager
+    def fake_cluster(*args, **kwargs):
+        yield SimpleNamespace(scheduler_info=lambda **_: {"workers": {"w0": {}}},
+                              scheduler=SimpleNamespace(address="inproc://fake"))
+
+    def interrupted_run(cases, out_dir, client, **kwargs):
+        kept.parent.mkdir(parents=True)
+        kept.write_text("{}")
+        (out / "cut" / ".staging-x1y2z3").mkdir(parents=True)     # the killed worker's half-written outputs
+        (out / "cut" / ".staging-x1y2z3" / "bone.stl").write_bytes(b"half")
+        return BatchResult(records=[{"case_id": "done", "status": batch.DONE},
+                                    {"case_id": "cut", "status": batch.NOT_RUN, "attempts": 1,
+                                     "error": "the batch was interrupted before this case finished"}],
+                           interrupted=True, seconds=1.0)
+
+    monkeypatch.setattr(batch, "connect", fake_cluster)
+    monkeypatch.setattr(batch, "run_batch", interrupted_run)
+    assert cli_main(["batch", str(tmp_path / "cases.csv"), "--out", str(out), "--quiet"]) == 130
+    assert not list(out.rglob(".staging-*"))
+    assert kept.read_text() == "{}"
