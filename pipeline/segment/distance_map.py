@@ -43,3 +43,16 @@ def distance_to_false(mask: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
                                           useImageSpacing=True, backgroundValue=0)
     out = sitk.GetArrayViewFromImage(signed)
     return np.maximum(out, 0.0, dtype=np.float32)
+
+
+def opened(mask: np.ndarray, radius_mm: float, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """``mask`` opened by a ball of ``radius_mm`` (any spacing): its voxels
+    within that distance of a voxel deeper than it in the mask."""
+    core = distance_to_false(mask, spacing) > radius_mm
+    return np.asarray(mask, dtype=bool) & (distance_to_false(~core, spacing) <= radius_mm)
+
+
+def closed(mask: np.ndarray, radius_mm: float, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """``mask`` closed by a ball of ``radius_mm`` (any spacing): grown by it, then shrunk by it."""
+    grown = distance_to_false(~np.asarray(mask, dtype=bool), spacing) <= radius_mm
+    return distance_to_false(grown, spacing) > radius_mm

@@ -56,7 +56,7 @@ from ..bones import LABEL_IDS, LABEL_NAMES
 from ..config import SegmentConfig
 from ..parallel import parallel
 from ..volume import Volume, apply_affine
-from .distance_map import distance_to_false
+from .distance_map import closed, opened
 from .lookup import label_counts, lookup, touching
 from .mask import (ENCLOSED_DIRECTIONS, FACE_CONNECTIVITY, IN_SLICE_CONNECTIVITY, BoneMask, close_and_fill,
                    closing_radius_voxels, enclosed_directions, fill_bridged_plane_holes, fill_cavities)
@@ -728,8 +728,7 @@ def vertebral_marrow(filled: np.ndarray, met: np.ndarray, hu: np.ndarray, spacin
     between = candidate & both & (gap_mm >= SPINE_BODY_MM)
     enclosed = between & (met >= SPINE_ENCLOSED)
     # Opened by a ball of SPINE_MARROW_CORE_MM (from distances: any spacing).
-    core = distance_to_false(between, spacing_mm) > SPINE_MARROW_CORE_MM
-    thick = between & (distance_to_false(~core, spacing_mm) <= SPINE_MARROW_CORE_MM)
+    thick = opened(between, SPINE_MARROW_CORE_MM, spacing_mm)
     pieces, _ = ndi.label(thick, structure=FACE_CONNECTIVITY)
     joined = np.unique(pieces[thick & ndi.binary_dilation(filled, structure=FACE_CONNECTIVITY)])
     return enclosed | lookup(np.isin(np.arange(pieces.max() + 1), joined[joined > 0]), pieces)
@@ -831,9 +830,7 @@ def vertebral_bodies(spine: np.ndarray, spacing_mm: np.ndarray, axial: int) -> n
     specks), then opened by ``BODY_OPEN_MM``."""
     in_plane = np.asarray(spacing_mm, dtype=float).copy()
     in_plane[axial] = 1e3 * float(np.max(np.asarray(spine.shape) * in_plane))   # no reach across slices
-    closed = distance_to_false(distance_to_false(~spine, in_plane) <= BODY_CLOSE_MM, in_plane) > BODY_CLOSE_MM
-    core = distance_to_false(closed, in_plane) > BODY_OPEN_MM
-    return closed & (distance_to_false(~core, in_plane) <= BODY_OPEN_MM)
+    return opened(closed(spine, BODY_CLOSE_MM, in_plane), BODY_OPEN_MM, in_plane)
 
 
 def smooth_hu(hu: np.ndarray, spacing_mm: np.ndarray) -> np.ndarray:
