@@ -748,9 +748,9 @@ def vertebrae_above_l1(labels: np.ndarray, hu: np.ndarray, grid: Grid) -> Levels
     joined to it) as ``other``: "lumbar" is L1-L5. The levels are counted
     up from the sacrum: the vertebral bodies' cross-section along the spine
     (each axial slice of the spine closed by ``BODY_CLOSE_MM`` and opened by
-    ``BODY_OPEN_MM``) falls at every
-    disc, the first two within ``LEVEL_MM`` of the level below, the next
-    within ``LEVEL_SPREAD`` of the spacing before; the fifth disc above the
+    ``BODY_OPEN_MM``) falls at every disc, the first two within ``LEVEL_MM``
+    of the level below, the next within ``LEVEL_SPREAD`` of the spacing
+    before; the fifth disc above the
     lowest body is L1's upper one. The spine is then split there by a
     watershed on -HU from the bodies above and below it (``DISC_CLEAR_MM``
     away), so T12's arch, which hangs below the disc, goes with T12 across
