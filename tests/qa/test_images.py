@@ -245,3 +245,28 @@ def test_metal_in_the_bone_is_measured():
     hu = np.where(screw, np.float32(3000.0), volume.hu)
     metal = segment_bone(Volume(hu, volume.affine), SegmentConfig()).stats["metal_mm3"]
     assert metal == pytest.approx(np.count_nonzero(screw) * volume.voxel_volume_mm3, abs=0.1)
+
+
+def test_the_fixation_view_shows_screws_buried_in_the_implant_and_the_host():
+    """A screw wholly inside a block of host bone and through the implant
+    block beside it (posterior view: the viewer looks at the host and
+    implant, never at the screw's surface): the view still shows it, in the
+    screws' colour (blue over the warm implant and host), where the screw
+    projects."""
+    from pipeline.qa.images import SCREW_RGB, fixation_view
+
+    def fine(mesh):   # triangles of a bone mesh's size (~1 mm), as the views draw
+        return trimesh.Trimesh(*trimesh.remesh.subdivide_to_size(mesh.vertices, mesh.faces, max_edge=1.0))
+
+    host = fine(trimesh.creation.box(bounds=[[0.0, 0.0, 0.0], [40.0, 40.0, 40.0]]))
+    implant = fine(trimesh.creation.box(bounds=[[40.0, 0.0, 0.0], [80.0, 40.0, 40.0]]))
+    screw = fine(trimesh.creation.cylinder(radius=3.0, segment=[[20.0, 20.0, 20.0], [60.0, 20.0, 20.0]]))
+    result = SimpleNamespace(host=host, implant=implant, bone=trimesh.util.concatenate([host, implant]),
+                             fixation=SimpleNamespace(implant_fixed=implant, screws_mesh=screw))
+    rgb = fixation_view(result, "posterior").rgb.astype(int)[:300]   # above the legend
+    assert SCREW_RGB[2] > SCREW_RGB[0] + 40
+    blue = (rgb[..., 2] > rgb[..., 0] + 40) & (rgb[..., 2] > rgb[..., 1] + 20)
+    rows, cols = np.nonzero(blue)
+    assert len(rows) > 500, "the buried screw shows"
+    # 40 mm long, 6 mm wide: so on the image.
+    assert np.ptp(cols) > 5 * np.ptp(rows)
