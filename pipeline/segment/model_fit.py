@@ -33,7 +33,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
-from ..parallel import parallel
+from ..parallel import WORKERS, parallel
 from ..volume import Volume, apply_affine
 from .distance_map import distance_to_false
 from .mask import FACE_CONNECTIVITY, BoneMask
@@ -199,7 +199,7 @@ def _matches(tree: cKDTree, points: np.ndarray, normals: np.ndarray, x: np.ndarr
              n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(matched?, signed point-to-plane offset along the data normal) per vertex,
     and the data normal, for vertices ``x`` with normals ``n``."""
-    d, j = tree.query(x, k=NEIGHBOURS, distance_upper_bound=MATCH_MM, workers=2)   # both cores: 20 -> 14 ms
+    d, j = tree.query(x, k=NEIGHBOURS, distance_upper_bound=MATCH_MM, workers=WORKERS)   # 20 -> 14 ms on 2 cores
     valid = np.isfinite(d)
     j = np.where(valid, j, 0)
     agree = valid & (np.einsum("ikj,ij->ik", normals[j], n) > MIN_COS)
