@@ -184,8 +184,13 @@ def cutting_guide(plane: Plane, approach_lps, settings: GuidesConfig, *, bones: 
     reach = s.contact_clearance_mm + s.wall_mm + TERRAIN_MARGIN_MM
     region = np.array([[block_a[0] - reach, -s.footprint_mm - reach], [block_a[1] + reach, s.footprint_mm + reach]])
 
+    # The guide works from the approach side down to the cut face's far end:
+    # bone deeper than that (a reach beyond it) is across the body, seen past
+    # the cut bone's edge, and to the guide it is no bone (before, the slot
+    # block reached down to it, through the pelvis to the other hip).
+    deepest = float(sec[:, 2].min()) - reach
     bone_tri = _local_triangles(bones, frame, region)
-    envelope = bone_envelope(bone_tri, region)
+    envelope = bone_envelope(bone_tri[corner_max(bone_tri[:, :, 2]) >= deepest], region, deepest)
     # The block stands on the bone half a wall above the seat's underside, so
     # where the seat is, the block's bottom lies inside it (no two nearly
     # coincident surfaces to unite); beside the bone it keeps that much clear.
@@ -196,7 +201,7 @@ def cutting_guide(plane: Plane, approach_lps, settings: GuidesConfig, *, bones: 
     if not np.isfinite(under_block).any():
         raise PlanError(f"guides: plane {name!r}: no bone under the slot seen from guides.approach_lps")
     in_block = terrain.height[np.ix_((terrain.a >= block_a[0]) & (terrain.a <= block_a[1]), wall_cols)]
-    z_low = float(np.min(in_block[np.isfinite(in_block)])) - s.wall_mm
+    z_low = max(float(np.min(in_block[np.isfinite(in_block)])) - s.wall_mm, deepest + s.contact_clearance_mm)
     seat, seat_under = _seat(envelope, block_a, s)
     # The slot's walls reach down to the guide's underside: the seat's where
     # there is seat, else the block's. The block is built taller than needed,
@@ -398,14 +403,15 @@ class Terrain:
         return solid
 
 
-def bone_envelope(bone_tri: np.ndarray, region: np.ndarray) -> Terrain:
+def bone_envelope(bone_tri: np.ndarray, region: np.ndarray, deepest: float = -np.inf) -> Terrain:
     """The upper envelope of ``bone_tri`` (local frame) over ``region``
     ([[a0, b0], [a1, b1]]) on a grid: exact at the nodes, and at least as
     high as any point of the surface (its corners, and its edges sampled a
     grid step apart) at the node nearest to it. Bone seen edge-on (a thin
     wall along the approach) can fall between nodes; it is kept, half a grid
     diagonal off at most, which the sideways widening of
-    :meth:`Terrain.dilated` covers."""
+    :meth:`Terrain.dilated` covers. Nodes whose envelope lies below
+    ``deepest`` have no bone (-inf)."""
     a = np.arange(region[0, 0], region[1, 0] + TERRAIN_GRID_MM, TERRAIN_GRID_MM)
     b = np.arange(region[0, 1], region[1, 1] + TERRAIN_GRID_MM, TERRAIN_GRID_MM)
     aa, bb = np.meshgrid(a, b, indexing="ij")
@@ -414,6 +420,7 @@ def bone_envelope(bone_tri: np.ndarray, region: np.ndarray) -> Terrain:
     node = np.round((samples[:, :2] - region[0]) / TERRAIN_GRID_MM).astype(np.int64)
     ok = np.all((node >= 0) & (node < aa.shape), axis=1)
     np.maximum.at(high, node[ok, 0] * aa.shape[1] + node[ok, 1], samples[ok, 2])
+    high[high < deepest] = -np.inf
     return Terrain(a, b, high.reshape(aa.shape))
 
 

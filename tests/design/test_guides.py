@@ -12,7 +12,7 @@ import pytest
 import trimesh
 
 from pipeline.config import GuidesConfig, Plane
-from pipeline.design.guides import UNDER_EDGE_MM, _lift_off, cutting_guide, guide_frame
+from pipeline.design.guides import TERRAIN_MARGIN_MM, UNDER_EDGE_MM, _lift_off, cutting_guide, guide_frame
 from pipeline.geometry import validate_solid
 from pipeline.design.plate import manifold_mesh as from_manifold
 from pipeline.geometry.resect import resect
@@ -150,6 +150,29 @@ def test_a_guide_over_an_overhang_does_not_hook_under_it():
     rays = trimesh.ray.ray_triangle.RayMeshIntersector(bone)
     hit = rays.intersects_any(v + [0, 0, 1e-6], np.tile([0.0, 0.0, 1.0], (len(v), 1)))
     assert not hit.any()
+
+
+def test_the_guide_stays_on_the_approach_side_of_the_cut_bone():
+    """Past the cut bone's ends the slot block's columns meet another bone
+    far below (across the body); the guide reaches down no further than the
+    cut face's far end less the terrain's reach, and meets neither bone."""
+    near = box_bone()   # cut by x = 0; its cut face runs down to z = -10
+    far = trimesh.creation.box(bounds=[(-30, -60, -110), (30, 60, -100)])
+    bones = trimesh.util.concatenate([near, far])
+    plane = Plane(point_lps_mm=(0.0, 0.0, 0.0), normal_lps=(1.0, 0.0, 0.0), name="x0")
+    cut = resect(near, (plane,))
+    config = GuidesConfig(enabled=True, approach_lps=(0.0, 0.0, 1.0), contact_clearance_mm=CLEARANCE_MM,
+                          kwire_depth_mm=8.0)
+    guide = cutting_guide(plane, (0.0, 0.0, 1.0), config, bones=bones, cut_bone=near, host=cut.host,
+                          cut_faces=cut.host_cut_faces[0])
+    validate_solid(guide.mesh, "guide")
+    reach = CLEARANCE_MM + config.wall_mm + TERRAIN_MARGIN_MM
+    assert guide.mesh.bounds[0][2] >= -10.0 - reach
+    # The block still covers the cut line past both ends of the cut face.
+    assert guide.mesh.bounds[0][1] <= -20.0 - config.wall_mm and guide.mesh.bounds[1][1] >= 20.0 + config.wall_mm
+    assert guide.report["intersection_with_bone_mm3"] <= 1e-3
+    assert guide.report["lift_off"]["removable"]
+    assert guide.report["slot"]["midplane_distance_mm"] <= 1e-6
 
 
 def test_approach_tilted_out_of_the_plane_is_projected_onto_it():
