@@ -65,6 +65,8 @@ GUIDE_RGB, KWIRE_RGB = (70, 120, 215), (120, 120, 130)
 # from the approach tilted this way along the cut line and to the host side.
 GUIDE_VIEW_REACH_MM = 30.0
 GUIDE_VIEW_TILT = (0.55, -0.35)
+# In the view along the cut line the bone is drawn this opaque over the guide.
+GUIDE_SIDE_BONE_OPACITY = 0.45
 PLANE_RGB = ((255, 230, 0), (0, 220, 255), (255, 60, 200), (120, 255, 80))
 PLANE_OPACITY = 0.35
 # A plane patch in the 3D views reaches this far beyond the implant's contact face (mm).
@@ -260,30 +262,40 @@ def view_image(result: MeshResult, planes: tuple[Plane, ...], view: str,
 
 def guide_image(result: MeshResult, guide, kwire_diameter_mm: float) -> QAImage:
     """A cutting guide seated on the intact bone (host and implant), its
-    K-wires in place, seen from its approach tilted along the cut line and
-    towards the host side, so the slot and the seat's edge both show."""
+    K-wires in place, in two views side by side: from its approach tilted
+    along the cut line and towards the host side, so the slot and the seat's
+    edge both show; and along the cut line, the approach up and the bone
+    see-through, so how deep the guide reaches along the approach and where
+    it stands on the bone show too."""
     from ..config import guide_stem
     from ..design.guides import kwire_mesh
 
     a, n, z = (guide.frame.axes[:, i] for i in range(3))
+    lo, hi = np.asarray(guide.mesh.bounds) + [[-GUIDE_VIEW_REACH_MM], [GUIDE_VIEW_REACH_MM]]
+    near = [(_crop(m, lo, hi), rgb) for m, rgb in [(result.host, HOST_RGB), (result.implant, IMPLANT_RGB)]
+            + [(m, CONTEXT_RGB) for m in result.context.values()]]
+    bone = [(m, rgb) for m, rgb in near if m is not None]
+    own = [(guide.mesh, GUIDE_RGB)]
+    wires = kwire_mesh(guide, kwire_diameter_mm)
+    if wires is not None:
+        own.append((wires, KWIRE_RGB))
+    legend = [("host", HOST_RGB), ("implant", IMPLANT_RGB), ("guide", GUIDE_RGB), ("K-wires", KWIRE_RGB)]
+    name = guide.plane_name
     toward = z + GUIDE_VIEW_TILT[0] * a + GUIDE_VIEW_TILT[1] * n
     superior = np.array([0.0, 0.0, 1.0])
     up = superior if abs(float(superior @ toward) / np.linalg.norm(toward)) < 0.9 else np.array([0.0, -1.0, 0.0])
-    lo, hi = np.asarray(guide.mesh.bounds) + [[-GUIDE_VIEW_REACH_MM], [GUIDE_VIEW_REACH_MM]]
-    camera = camera_along(toward, up, np.array([lo, hi]), (VIEW_PX, VIEW_PX))
-    near = [(_crop(m, lo, hi), rgb) for m, rgb in [(result.host, HOST_RGB), (result.implant, IMPLANT_RGB)]
-            + [(m, CONTEXT_RGB) for m in result.context.values()]]
-    parts = [(m, rgb) for m, rgb in near if m is not None] + [(guide.mesh, GUIDE_RGB)]
-    wires = kwire_mesh(guide, kwire_diameter_mm)
-    if wires is not None:
-        parts.append((wires, KWIRE_RGB))
-    rgb = render(parts, camera)
-    name = guide.plane_name
-    rgb = annotate(rgb, right_lps=camera.right, up_lps=camera.up, mm_per_pixel=camera.mm_per_pixel,
-                   caption=f"guide {name}", legend=[("host", HOST_RGB), ("implant", IMPLANT_RGB),
-                                                    ("guide", GUIDE_RGB), ("K-wires", KWIRE_RGB)])
-    return QAImage(f"guide_{guide_stem(name)}", f"Cutting guide {name} seated on the bone, seen from its approach "
-                   "(tilted along the cut line, towards the host side), with its K-wires", rgb)
+    box = np.array([lo, hi])
+    front = camera_along(toward, up, box, (VIEW_PX, VIEW_PX))
+    along = camera_along(a, z, box, (VIEW_PX, VIEW_PX))
+    seated, side = parallel(lambda: render(bone + own, front),
+                            lambda: render(own, along,
+                                           see_through=[(m, rgb, GUIDE_SIDE_BONE_OPACITY) for m, rgb in bone]))
+    panels = [annotate(rgb, right_lps=camera.right, up_lps=camera.up, mm_per_pixel=camera.mm_per_pixel,
+                       caption=caption, legend=legend)
+              for rgb, camera, caption in ((seated, front, f"guide {name}"), (side, along, "along the cut line"))]
+    return QAImage(f"guide_{guide_stem(name)}", f"Cutting guide {name} seated on the bone with its K-wires: seen "
+                   "from its approach (tilted along the cut line, towards the host side) and along the cut line "
+                   "(the approach up, the bone see-through)", np.concatenate(panels, axis=1))
 
 
 def _crop(mesh: trimesh.Trimesh, lo: np.ndarray, hi: np.ndarray) -> trimesh.Trimesh | None:

@@ -44,6 +44,8 @@ VIEWS = {
 BACKGROUND = (255, 255, 255)
 # Samples per pixel edge on each triangle: 1.5 leaves no holes between samples.
 SAMPLES_PER_PIXEL = 1.5
+# At most this many samples along a triangle's edge (larger triangles are cut first).
+MAX_STEPS = 64
 
 
 @dataclass(frozen=True)
@@ -186,10 +188,19 @@ def _samples(screen: np.ndarray, values: np.ndarray, camera: Camera, corners: bo
     to cover the pixels it projects to: (pixel index, depth, the triangle's
     value) of each sample inside the image. ``corners=False`` leaves out the
     triangles' corners (sampled once per vertex by the caller)."""
-    xy = screen[:, :, :2]
-    edge_px = np.sqrt(np.max([((xy[:, a] - xy[:, b]) ** 2).sum(axis=1) for a, b in ((0, 1), (1, 2), (2, 0))],
-                             axis=0))
-    steps = np.clip(np.ceil(edge_px * SAMPLES_PER_PIXEL).astype(int), 1, 64)
+    steps = _steps(screen)
+    # A triangle larger on screen than MAX_STEPS samples per edge cover is
+    # cut into four at its edges' midpoints (the projection is linear) until
+    # none is: before, it was sampled MAX_STEPS per edge and drawn dotted.
+    while (steps > MAX_STEPS).any():
+        big = steps > MAX_STEPS
+        t = screen[big]
+        m01, m12, m20 = (t[:, 0] + t[:, 1]) / 2, (t[:, 1] + t[:, 2]) / 2, (t[:, 2] + t[:, 0]) / 2
+        four = np.concatenate([np.stack(q, axis=1) for q in ((t[:, 0], m01, m20), (m01, t[:, 1], m12),
+                                                              (m20, m12, t[:, 2]), (m01, m12, m20))])
+        screen = np.concatenate([screen[~big], four])
+        values = np.concatenate([values[~big], np.tile(values[big], 4)])
+        steps = _steps(screen)
     index, depth, value = [], [], []
     for n in np.unique(steps):
         # Barycentric grid with n steps per edge: (n + 1)(n + 2) / 2 points.
@@ -209,6 +220,14 @@ def _samples(screen: np.ndarray, values: np.ndarray, camera: Camera, corners: bo
     if not index:
         return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
     return np.concatenate(index), np.concatenate(depth), np.concatenate(value)
+
+
+def _steps(screen: np.ndarray) -> np.ndarray:
+    """Samples per edge that cover each triangle (screen coordinates, (n, 3, 3))."""
+    xy = screen[:, :, :2]
+    edge_px = np.sqrt(np.max([((xy[:, a] - xy[:, b]) ** 2).sum(axis=1) for a, b in ((0, 1), (1, 2), (2, 0))],
+                             axis=0))
+    return np.maximum(np.ceil(edge_px * SAMPLES_PER_PIXEL).astype(int), 1)
 
 
 def _lambert(normals: np.ndarray, camera: Camera) -> np.ndarray:

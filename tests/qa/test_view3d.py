@@ -71,6 +71,18 @@ def test_every_view_covers_a_ball_without_holes(view):
     assert drawn[disc].all()
 
 
+def test_a_face_larger_than_the_sampling_is_drawn_whole():
+    """A box of two triangles per face, 500 px across: every pixel of its
+    front face is drawn (a triangle was sampled at most 64 times per edge,
+    so one this large came out dotted)."""
+    box = trimesh.creation.box(bounds=[(-50.0, -50.0, -50.0), (50.0, 50.0, 50.0)])
+    image = render([(box, RED)], camera_for("anterior", box.bounds, (560, 560)))
+    drawn = (image != 255).any(axis=-1)
+    rows, cols = np.flatnonzero(drawn.any(axis=1)), np.flatnonzero(drawn.any(axis=0))
+    assert rows[-1] - rows[0] > 480 and cols[-1] - cols[0] > 480
+    assert drawn[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()
+
+
 def test_see_through_layers_are_shaded_and_show_what_they_hide():
     """A red ball behind a blue ball drawn see-through (anterior view): where
     they overlap, both colours show (red through blue); the see-through ball
