@@ -15,8 +15,8 @@ cut line. Its parts, combined by exact manifold3d booleans:
   hook under bone. Its underside, the contact, follows the envelope's
   fine grid; its top, which touches nothing, a coarser one;
 - the **slot block**: a box standing on the seat around the plane, as long
-  as the cut line plus a wall at each end, reaching ``slot_depth_mm`` above
-  the highest bone under the slot;
+  as the cut line plus a wall at each end, its top ``slot_depth_mm`` above
+  the slot walls' lower rim, following it along the cut line (:func:`_roof`);
   less the **clearance terrain**: everything below the bone's upper
   envelope along ``z`` (all bones, the uncut ones too), dilated by the
   clearance and half a wall (on the coarser grid, under the block only),
@@ -60,6 +60,9 @@ SLOT_END_MM = 1.0
 # Spacing of the clearance terrain's grid (mm). The terrain follows the
 # bone's envelope at its nodes exactly; between them it is linear.
 TERRAIN_GRID_MM = 0.25
+# The slot block's top follows the walls' rim along the cut line: at each
+# node it is the slot depth above the highest rim within this distance (mm).
+TOP_SPAN_MM = 5.0
 # Spacing of the surfaces that touch nothing (mm): the seat's top and the
 # slot block's underside beside the seat take every fourth node. Between
 # nodes a linear terrain drops below the dilated envelope by at most its
@@ -205,7 +208,7 @@ def cutting_guide(plane: Plane, approach_lps, settings: GuidesConfig, *, bones: 
     seat, seat_under = _seat(envelope, block_a, s)
     # The slot's walls reach down to the guide's underside: the seat's where
     # there is seat, else the block's. The block is built taller than needed,
-    # then its top is cut flat the slot depth above the walls' highest rim.
+    # then its top is lowered to the slot depth above the walls' rim nearby.
     bottom = np.fmin(seat_under, terrain.height)[np.ix_(band, np.abs(terrain.b) <= block_half)]
     z_top = float(np.max(bottom[np.isfinite(bottom)])) + s.slot_depth_mm + s.wall_mm
     block = _box((block_a[0], -block_half, z_low), (block_a[1], block_half, z_top))
@@ -216,9 +219,10 @@ def cutting_guide(plane: Plane, approach_lps, settings: GuidesConfig, *, bones: 
     solid, dropped_mm3 = _largest_piece(solid)
     built = manifold_mesh(solid)
     local = np.asarray(built.vertices)
-    walls = _slot_walls(local[:, 1], np.asarray(built.faces), np.asarray(built.face_normals), half_slot)
-    z_top = min(z_top, _rim_top(local, np.asarray(built.faces), walls, z_top) + s.slot_depth_mm)
-    solid = solid.trim_by_plane((0.0, 0.0, -1.0), -z_top)
+    faces_built = np.asarray(built.faces)
+    walls = _slot_walls(local[:, 1], faces_built, np.asarray(built.face_normals), half_slot)
+    solid = solid - _roof([local[faces_built[w]] for w in walls.values()], block_a, block_half,
+                          s.slot_depth_mm, z_top)
     faces = footprint_faces(cut_bone, frame, block_a, s.footprint_mm)
 
     wires, wire_report, wire_warnings = kwire_holes(solid, frame, host_solid, s, block_a, block_half, z_top)
@@ -232,7 +236,7 @@ def cutting_guide(plane: Plane, approach_lps, settings: GuidesConfig, *, bones: 
     report = {"plane": name, "approach_lps": [round(float(v), 6) for v in frame.axes[:, 2]],
               "approach_tilt_from_plane_deg": round(tilt_deg, 3),
               **guide_measures(mesh, plane, frame, settings, bones=bones, bones_solid=bones_solid, host=host,
-                               cut_faces=cut_faces, window=window, z_top=z_top),
+                               cut_faces=cut_faces, window=window),
               "kwires": wire_report,
               "footprint": {"width_each_side_mm": s.footprint_mm, "length_mm": round(block_a[1] - block_a[0], 3),
                             "bone_area_seen_from_approach_mm2": round(float(cut_bone.area_faces[faces].sum()), 3),
@@ -570,12 +574,12 @@ def _fmt(point) -> list[float]:
 
 def guide_measures(mesh: trimesh.Trimesh, plane: Plane, frame: GuideFrame, s: GuidesConfig, *,
                    bones: trimesh.Trimesh, bones_solid: manifold3d.Manifold, host: trimesh.Trimesh,
-                   cut_faces: np.ndarray, window: tuple[float, float], z_top: float) -> dict:
+                   cut_faces: np.ndarray, window: tuple[float, float]) -> dict:
     """What the finished guide measures (see the module docstring)."""
     local = frame.local(mesh.vertices)
     tri = local[np.asarray(mesh.faces)]
     normals = np.asarray(mesh.face_normals) @ frame.axes
-    return {"slot": _slot_measures(mesh, plane, local, normals, s, z_top),
+    return {"slot": _slot_measures(mesh, plane, local, normals, s),
             **_contact_measures(mesh, normals, bones, s, plane.signed_distance_mm),
             "intersection_with_bone_mm3": round(_intersection_mm3(mesh, bones_solid), 6),
             "lift_off": _lift_off(tri, local, np.asarray(mesh.faces), frame, bones),
@@ -583,7 +587,7 @@ def guide_measures(mesh: trimesh.Trimesh, plane: Plane, frame: GuideFrame, s: Gu
             "volume_mm3": round(float(mesh.volume), 3), "triangles": int(len(mesh.faces))}
 
 
-def _slot_measures(mesh, plane, local, normals, s: GuidesConfig, z_top: float) -> dict:
+def _slot_measures(mesh, plane, local, normals, s: GuidesConfig) -> dict:
     """The slot's walls as built: the faces facing the plane from
     ``slot_width/2`` either side. Their mid-plane's distance and angle to the
     cut plane are the design error; the flatness is how far any corner of a
@@ -603,9 +607,8 @@ def _slot_measures(mesh, plane, local, normals, s: GuidesConfig, z_top: float) -
     centred = np.vstack([v[plus] - v[plus].mean(axis=0), v[minus] - v[minus].mean(axis=0)])
     fitted = np.linalg.svd(centred, full_matrices=False)[2][-1]
     sine = np.linalg.norm(np.cross(fitted, n))
-    rim = _rim_top(local, faces, walls, z_top)
     return {"found": True, "width_mm": round(float(d[plus].mean() - d[minus].mean()), 9),
-            "depth_mm": round(float(z_top - rim), 3),
+            "depth_mm": round(_slot_depth(local, faces, walls), 3),
             "midplane_distance_mm": float(abs(mid)),
             "midplane_angle_deg": float(math.degrees(math.asin(min(1.0, float(sine))))),
             "wall_flatness_mm": float(max(np.ptp(d[plus]), np.ptp(d[minus]))),
@@ -623,24 +626,75 @@ def _slot_walls(b: np.ndarray, faces: np.ndarray, normals_local: np.ndarray, hal
     return walls
 
 
-def _rim_top(local: np.ndarray, faces: np.ndarray, walls: dict[float, np.ndarray], z_top: float) -> float:
-    """The highest point of the slot walls' lower rim: their outline less its
-    edges along the top and along the end walls (the guiding length is
-    measured from the top down to it); ``z_top`` if the walls have no rim."""
-    wall_corners = local[np.unique(faces[np.concatenate(list(walls.values()))])]
-    ends = wall_corners[:, 0].min(), wall_corners[:, 0].max()
-    highest = -np.inf
+def _slot_depth(local: np.ndarray, faces: np.ndarray, walls: dict[float, np.ndarray]) -> float:
+    """The slot's guiding length: the least height of its walls, from their
+    lower rim to the top, across the cut line every ``TERRAIN_GRID_MM``
+    between the end walls (a hair inside them)."""
+    depth = np.inf
     for side in walls.values():
-        wf = faces[side]
-        edges = np.sort(np.stack([wf, np.roll(wf, -1, axis=1)], axis=2).reshape(-1, 2), axis=1)
-        unique, count = np.unique(edges, axis=0, return_counts=True)
-        outline = local[unique[count == 1]]                     # (E, 2, 3)
-        top = np.all(outline[:, :, 2] >= z_top - WALL_SELECT_MM, axis=1)
-        at_end = np.any([np.all(np.abs(outline[:, :, 0] - e) <= WALL_SELECT_MM, axis=1) for e in ends], axis=0)
-        rim = outline[~top & ~at_end]
-        if len(rim):
-            highest = max(highest, float(rim[:, :, 2].max()))
-    return highest if np.isfinite(highest) else z_top
+        tri = local[faces[side]]
+        ends = tri[:, :, 0].min() + WALL_SELECT_MM, tri[:, :, 0].max() - WALL_SELECT_MM
+        low, high = _wall_span(tri, np.linspace(*ends, max(2, int(np.ceil((ends[1] - ends[0]) / TERRAIN_GRID_MM)) + 1)))
+        depth = min(depth, float(np.nanmin(high - low)))
+    return depth
+
+
+def _wall_span(tri: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lowest, highest) z of the triangles ``tri`` (local frame) on the line
+    across the cut line at each of ``a`` (sorted): where the line crosses
+    their edges. NaN where no triangle reaches."""
+    low, high = np.full(len(a), np.inf), np.full(len(a), -np.inf)
+    for i, j in ((0, 1), (1, 2), (2, 0)):
+        p, q = tri[:, i], tri[:, j]
+        first = np.searchsorted(a, np.minimum(p[:, 0], q[:, 0]), side="left")
+        count = np.searchsorted(a, np.maximum(p[:, 0], q[:, 0]), side="right") - first
+        edge = np.repeat(np.arange(len(tri)), count)
+        at = np.arange(edge.size) - np.repeat(np.cumsum(count) - count, count) + np.repeat(first, count)
+        run = q[edge, 0] - p[edge, 0]
+        t = np.divide(a[at] - p[edge, 0], run, out=np.zeros(edge.size), where=run != 0)
+        z = p[edge, 2] + t * (q[edge, 2] - p[edge, 2])
+        # An edge across the line at one a (along z) holds both its ends.
+        for value in (z, np.where(run == 0, q[edge, 2], z)):
+            np.minimum.at(low, at, value)
+            np.maximum.at(high, at, value)
+    missing = ~np.isfinite(low)
+    low[missing], high[missing] = np.nan, np.nan
+    return low, high
+
+
+def _roof(walls: list[np.ndarray], block_a: tuple[float, float], block_half: float, depth_mm: float,
+          z_top: float) -> manifold3d.Manifold:
+    """What is cut off the block's top so that it stands ``depth_mm`` above
+    the slot walls' lower rim (``walls``: each wall's triangles as built,
+    local frame; the higher of the two rims), following it along the cut line: at each node
+    (``COARSE_GRID_MM`` apart) the depth above the highest rim within
+    ``TOP_SPAN_MM``, straight between nodes (so at least the depth above
+    every point of the rim), and beyond the walls' ends level with their
+    last node. The block's top was flat, the depth above the highest rim:
+    where the bone under the slot falls away along the cut line, the block
+    stood tens of millimetres taller than the slot needs."""
+    # The rim is straight between the walls' corners: its highest points
+    # within any stretch lie at a corner or at the stretch's ends.
+    nodes = np.append(np.arange(block_a[0], block_a[1], COARSE_GRID_MM), block_a[1])
+    fine = np.unique(np.concatenate([nodes - TOP_SPAN_MM, nodes + TOP_SPAN_MM]
+                                    + [tri[:, :, 0].ravel() for tri in walls]))
+    rim = np.fmax(*[_wall_span(tri, fine)[0] for tri in walls])
+    near = np.abs(fine[None, :] - nodes[:, None]) <= TOP_SPAN_MM
+    top = np.max(np.where(near, np.nan_to_num(rim, nan=-np.inf)[None, :], -np.inf), axis=1) + depth_mm
+    seen = np.isfinite(top)
+    if not seen.any():
+        return manifold3d.Manifold()
+    top = np.interp(nodes, nodes[seen], top[seen])   # level beyond the walls' ends
+    top = np.minimum(top, z_top)
+    ceiling = z_top + 1.0
+    # A millimetre past the block's ends, level.
+    outline = np.vstack([[[nodes[0] - 1.0, top[0]]], np.column_stack([nodes, top]),
+                         [[nodes[-1] + 1.0, top[-1]], [nodes[-1] + 1.0, ceiling], [nodes[0] - 1.0, ceiling]]])
+    width = 2.0 * block_half + 2.0
+    prism = manifold3d.Manifold.extrude(manifold3d.CrossSection([outline]), width)
+    # (x, y, Z) of the extrusion -> (a, b, z): a = x, z = y, b = width / 2 - Z (a rotation).
+    return prism.transform(np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, width / 2.0],
+                                     [0.0, 1.0, 0.0, 0.0]]))
 
 
 def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:

@@ -44,8 +44,8 @@ def test_slot_mid_plane_is_the_cut_plane_for_an_oblique_plane():
     assert slot["midplane_angle_deg"] <= 1e-6
     assert slot["width_mm"] == pytest.approx(config.slot_width_mm, abs=1e-6)
     assert slot["wall_flatness_mm"] <= 1e-6
-    # The guiding length is the setting: the top is cut flat that far above
-    # the walls' highest rim (the report rounds to 1e-3 mm).
+    # The guiding length is the setting: the top stands that far above the
+    # walls' highest rim nearby (the report rounds to 1e-3 mm).
     assert slot["depth_mm"] == pytest.approx(config.slot_depth_mm, abs=1e-3)
     # Independently: the guide has no material within the slot over the cut line.
     d = plane.signed_distance_mm(guide.mesh.vertices)
@@ -173,6 +173,31 @@ def test_the_guide_stays_on_the_approach_side_of_the_cut_bone():
     assert guide.report["intersection_with_bone_mm3"] <= 1e-3
     assert guide.report["lift_off"]["removable"]
     assert guide.report["slot"]["midplane_distance_mm"] <= 1e-6
+
+
+def test_the_block_top_follows_the_bone_along_the_cut_line():
+    """A bone with a 20 mm step down halfway along the cut line: the slot
+    keeps its depth over both levels, and over the low one the block stands
+    only that depth above it (a flat top stood 20 mm higher there)."""
+    high = manifold3d.Manifold.cube((60.0, 20.0, 30.0)).translate((-30.0, -20.0, -30.0))
+    low = manifold3d.Manifold.cube((60.0, 20.0, 10.0)).translate((-30.0, 0.0, -30.0))
+    bone = from_manifold(high + low)   # top at z = 0 for y < 0, z = -20 for y > 0
+    plane = Plane(point_lps_mm=(0.0, 0.0, 0.0), normal_lps=(1.0, 0.0, 0.0), name="x0")
+    guide, _, config = make_guide(bone, plane, (0.0, 0.0, 1.0))
+    assert guide.report["slot"]["depth_mm"] == pytest.approx(config.slot_depth_mm, abs=1e-3)
+    # The top at the middle of each level, through the block's wall beside
+    # the slot: the walls' rim there lies the clearance above the bone
+    # within TOP_SPAN_MM (it rises near the step and the bone's ends, where
+    # the underside rounds their edges).
+    rays = trimesh.ray.ray_triangle.RayMeshIntersector(guide.mesh)
+    wall_b = config.slot_width_mm / 2 + config.wall_mm / 2
+    origins = np.array([[wall_b, -10.0, 100.0], [wall_b, 10.0, 100.0]])
+    hits, index, _ = rays.intersects_location(origins, np.tile([0.0, 0.0, -1.0], (2, 1)))
+    top = [hits[index == i, 2].max() for i in range(2)]
+    assert top == pytest.approx([CLEARANCE_MM + config.slot_depth_mm, -20.0 + CLEARANCE_MM + config.slot_depth_mm],
+                                abs=1e-3)
+    assert guide.report["lift_off"]["removable"]
+    assert guide.report["intersection_with_bone_mm3"] <= 1e-3
 
 
 def test_approach_tilted_out_of_the_plane_is_projected_onto_it():
