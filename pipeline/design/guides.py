@@ -203,6 +203,10 @@ def cutting_guide(plane: Plane, approach_lps, settings: GuidesConfig, *, bones: 
     under_block = terrain.height[np.ix_(band, wall_cols)]
     if not np.isfinite(under_block).any():
         raise PlanError(f"guides: plane {name!r}: no bone under the slot seen from guides.approach_lps")
+    # Where no bone lies under the block (a notch, past the bone's ends) it
+    # bridges at the height of the bone on either side along the cut line
+    # rather than hanging down to the cut face's far end.
+    terrain = Terrain(terrain.a, terrain.b, _bridged(terrain.height, terrain.a))
     in_block = terrain.height[np.ix_((terrain.a >= block_a[0]) & (terrain.a <= block_a[1]), wall_cols)]
     z_low = max(float(np.min(in_block[np.isfinite(in_block)])) - s.wall_mm, deepest + s.contact_clearance_mm)
     seat, seat_under = _seat(envelope, block_a, s)
@@ -436,6 +440,17 @@ def _edge_samples(tri: np.ndarray, step_mm: float) -> np.ndarray:
     which = np.repeat(np.arange(len(start)), count)
     t = (np.arange(which.size) - np.repeat(np.cumsum(count) - count, count)) / count[which]
     return start[which] + edge[which] * t[:, None]
+
+
+def _bridged(height: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """``height`` (nodes along ``a`` x b) with each column's nodes without
+    bone (-inf) given the height straight between its nearest nodes with
+    bone along ``a`` (level beyond the last); columns without any bone stay so."""
+    out = height.copy()
+    for j in np.flatnonzero(np.isfinite(height).any(axis=0) & ~np.isfinite(height).all(axis=0)):
+        seen = np.isfinite(height[:, j])
+        out[~seen, j] = np.interp(a[~seen], a[seen], height[seen, j])
+    return out
 
 
 def _coarse_nodes(x: np.ndarray, k: int, lo: float, hi: float) -> np.ndarray:

@@ -155,7 +155,8 @@ def test_a_guide_over_an_overhang_does_not_hook_under_it():
 def test_the_guide_stays_on_the_approach_side_of_the_cut_bone():
     """Past the cut bone's ends the slot block's columns meet another bone
     far below (across the body); the guide reaches down no further than the
-    cut face's far end less the terrain's reach, and meets neither bone."""
+    cut face's far end less the terrain's reach, bridges past the ends, and
+    meets neither bone."""
     near = box_bone()   # cut by x = 0; its cut face runs down to z = -10
     far = trimesh.creation.box(bounds=[(-30, -60, -110), (30, 60, -100)])
     bones = trimesh.util.concatenate([near, far])
@@ -168,8 +169,11 @@ def test_the_guide_stays_on_the_approach_side_of_the_cut_bone():
     validate_solid(guide.mesh, "guide")
     reach = CLEARANCE_MM + config.wall_mm + TERRAIN_MARGIN_MM
     assert guide.mesh.bounds[0][2] >= -10.0 - reach
-    # The block still covers the cut line past both ends of the cut face.
-    assert guide.mesh.bounds[0][1] <= -20.0 - config.wall_mm and guide.mesh.bounds[1][1] >= 20.0 + config.wall_mm
+    # The block still covers the cut line past both ends of the cut face,
+    # where it bridges level with the bone's top instead of hanging down.
+    v = guide.mesh.vertices
+    assert v[:, 1].min() <= -20.0 - config.wall_mm and v[:, 1].max() >= 20.0 + config.wall_mm
+    assert v[np.abs(v[:, 1]) > 20.0 + CLEARANCE_MM + config.wall_mm, 2].min() >= 0.0
     assert guide.report["intersection_with_bone_mm3"] <= 1e-3
     assert guide.report["lift_off"]["removable"]
     assert guide.report["slot"]["midplane_distance_mm"] <= 1e-6
