@@ -188,6 +188,8 @@ class Head:
     radius_mm: float
     valley_hu: float
     source: str  # "valley" (the HU valley), "head surface" or "acetabulum" (the fitted cup)
+    # The sphere about the centre that is certainly head (filled whatever its HU).
+    fill_radius_mm: float = 0.0
 
 
 def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
@@ -502,9 +504,15 @@ def femoral_head(fit: PelvisFit, hu: np.ndarray, grid: Grid, raw: np.ndarray, hi
         radius -= HEAD_JOINT_MM / 2  # the cup's surface is the acetabulum's; the joint lies inside it
     neck = NECK_DIRECTION_LPS * [side, 1.0, 1.0]
     found = head_sphere(hu, grid, centre, radius, neck / np.linalg.norm(neck))
-    if found is not None:
-        return Head(femur, found[0], found[1], found[2], "valley")
-    return Head(femur, centre, radius, 0.0, source)
+    head = Head(femur, found[0], found[1], found[2], "valley") if found is not None \
+        else Head(femur, centre, radius, 0.0, source)
+    # Filled: half a joint space inside the joint's sphere, and inside the
+    # head's own surface where that was found (a joint wider than
+    # HEAD_JOINT_MM, 6 mm above the phantom's heads, took 1.8 mm of it).
+    fill = head.radius_mm - HEAD_JOINT_MM / 2
+    if surface is not None:
+        fill = min(fill, surface[1] - float(np.linalg.norm(head.centre_lps_mm - surface[0])))
+    return dataclasses.replace(head, fill_radius_mm=fill)
 
 
 def head_from_surface(grid: Grid, raw: np.ndarray, near_lps_mm: np.ndarray) -> tuple[np.ndarray, float] | None:
@@ -601,17 +609,17 @@ def sphere_directions(n: int) -> np.ndarray:
 
 
 def fill_femoral_heads(labels: np.ndarray, heads: list[Head], grid: Grid) -> np.ndarray:
-    """Fill each femoral head, in place: all voxels more than half a joint
-    space (``HEAD_JOINT_MM``) inside its joint sphere are femur, whatever their HU
-    (the head's subchondral shell, facing the acetabulum on thick slices,
-    averages below the threshold over much of its surface). Returns where:
-    there the femur is as certain as its own threshold bone."""
+    """Fill each femoral head, in place: all voxels within its fill sphere
+    (:attr:`Head.fill_radius_mm`) are femur, whatever their HU (the head's
+    subchondral shell, facing the acetabulum on thick slices, averages below
+    the threshold over much of its surface). Returns where: there the femur
+    is as certain as its own threshold bone."""
     inside = np.zeros(labels.shape, dtype=bool)
     for head in heads:
         box, dist = _ball(head.centre_lps_mm, head.radius_mm, grid)
         if box is None:
             continue
-        inner = dist <= head.radius_mm - HEAD_JOINT_MM / 2
+        inner = dist <= head.fill_radius_mm
         labels[box][inner] = head.femur
         inside[box] |= inner
     return inside

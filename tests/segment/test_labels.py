@@ -374,9 +374,9 @@ def test_marrow_behind_a_slit_in_thin_cortex_is_filled_on_thick_slices():
 def test_femoral_head_is_femur_on_3mm_slices():
     """The phantom on 3 mm slices (1.5 mm pixels): partial volume across the
     joint space at the dome joins the head's shell to the acetabulum. The
-    head (more than 3 mm inside its surface) must be femur, never hip, and
-    the acetabulum (hip bone within 8 mm outside the head's surface) hip,
-    never femur."""
+    head (more than 3 mm inside its surface) must be femur, never hip, the
+    acetabulum (hip bone within 8 mm outside the head's surface) hip, never
+    femur, and the joint space above the head no femur."""
     phantom, result = phantom_run(**THREE_MM)
     volume = phantom.volume
     labels = result.labels
@@ -392,6 +392,11 @@ def test_femoral_head_is_femur_on_3mm_slices():
         cup = (phantom.labels == names[f"hip_{side}"]) & (d < radius + 8.0)
         assert np.count_nonzero(labels[cup] == hip) >= 0.8 * np.count_nonzero(cup), side
         assert not (labels[cup] == femur).any(), side
+        # Nor is the joint space above the head femur: the head's fill stops
+        # at its surface (within half the finest voxel), though the joint is
+        # wider there than the fill's allowance (6 mm above the left head).
+        above = (lps[..., 2] > centre[2]) & (d > radius + 0.75) & (d < radius + 5.0)
+        assert not (labels[above] == femur).any(), side
     # Every bone as a whole: a sub-voxel boundary error only; a bone glued
     # to a neighbour or split loses 0.05 or more.
     assert_bones_match(phantom, labels, 0.975)
