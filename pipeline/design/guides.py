@@ -681,13 +681,13 @@ def _roof(walls: list[np.ndarray], block_a: tuple[float, float], block_half: flo
           z_top: float) -> manifold3d.Manifold:
     """What is cut off the block's top so that it stands ``depth_mm`` above
     the slot walls' lower rim (``walls``: each wall's triangles as built,
-    local frame; the higher of the two rims), following it along the cut line: at each node
-    (``COARSE_GRID_MM`` apart) the depth above the highest rim within
-    ``TOP_SPAN_MM``, straight between nodes (so at least the depth above
-    every point of the rim), and beyond the walls' ends level with their
-    last node. The block's top was flat, the depth above the highest rim:
-    where the bone under the slot falls away along the cut line, the block
-    stood tens of millimetres taller than the slot needs."""
+    local frame; the higher of the two rims), following it along the cut
+    line: at each node (``COARSE_GRID_MM`` apart) the depth above the
+    highest rim within ``TOP_SPAN_MM``, straight between nodes (so at least
+    the depth above every point of the rim), and beyond the walls' ends
+    level with their last node. The block's top was flat, the depth above
+    the highest rim: where the bone under the slot falls away along the cut
+    line, the block stood tens of millimetres taller than the slot needs."""
     # The rim is straight between the walls' corners: its highest points
     # within any stretch lie at a corner or at the stretch's ends.
     nodes = np.append(np.arange(block_a[0], block_a[1], COARSE_GRID_MM), block_a[1])
