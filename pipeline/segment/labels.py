@@ -734,7 +734,12 @@ def vertebral_marrow(filled: np.ndarray, met: np.ndarray, hu: np.ndarray, spacin
     both = np.moveaxis(both, 0, axial)
     gap_mm = np.moveaxis(above - below, 0, axial) * float(spacing_mm[axial])
     between = candidate & both & (gap_mm >= SPINE_BODY_MM)
-    enclosed = between & (met >= SPINE_ENCLOSED)
+    # Where the scan's edge stands for the bone met up or down, that
+    # direction is unknown: the other five must all meet bone (with four,
+    # the blurred layer beside the arches of a vertebra cut by the edge
+    # passed as marrow).
+    at_edge = np.moveaxis((above >= n) | (below < 0), 0, axial)
+    enclosed = between & (met >= SPINE_ENCLOSED + at_edge)
     # Opened by a ball of SPINE_MARROW_CORE_MM (from distances: any spacing).
     thick = opened(between, SPINE_MARROW_CORE_MM, spacing_mm)
     pieces, _ = ndi.label(thick, structure=FACE_CONNECTIVITY)
