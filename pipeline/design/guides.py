@@ -193,7 +193,7 @@ def cutting_guide(plane: Plane, approach_lps, settings: GuidesConfig, *, bones: 
     # block reached down to it, through the pelvis to the other hip).
     deepest = float(sec[:, 2].min()) - reach
     bone_tri = _local_triangles(bones, frame, region)
-    envelope = bone_envelope(bone_tri[corner_max(bone_tri[:, :, 2]) >= deepest], region, deepest)
+    envelope = bone_envelope(bone_tri, region, deepest)
     # The block stands on the bone half a wall above the seat's underside, so
     # where the seat is, the block's bottom lies inside it (no two nearly
     # coincident surfaces to unite); beside the bone it keeps that much clear.
@@ -420,6 +420,7 @@ def bone_envelope(bone_tri: np.ndarray, region: np.ndarray, deepest: float = -np
     diagonal off at most, which the sideways widening of
     :meth:`Terrain.dilated` covers. Nodes whose envelope lies below
     ``deepest`` have no bone (-inf)."""
+    bone_tri = bone_tri[corner_max(bone_tri[:, :, 2]) >= deepest]   # none of them could reach a node
     a = np.arange(region[0, 0], region[1, 0] + TERRAIN_GRID_MM, TERRAIN_GRID_MM)
     b = np.arange(region[0, 1], region[1, 1] + TERRAIN_GRID_MM, TERRAIN_GRID_MM)
     aa, bb = np.meshgrid(a, b, indexing="ij")
@@ -649,7 +650,8 @@ def _slot_depth(local: np.ndarray, faces: np.ndarray, walls: dict[float, np.ndar
     for side in walls.values():
         tri = local[faces[side]]
         ends = tri[:, :, 0].min() + WALL_SELECT_MM, tri[:, :, 0].max() - WALL_SELECT_MM
-        low, high = _wall_span(tri, np.linspace(*ends, max(2, int(np.ceil((ends[1] - ends[0]) / TERRAIN_GRID_MM)) + 1)))
+        samples = max(2, int(np.ceil((ends[1] - ends[0]) / TERRAIN_GRID_MM)) + 1)
+        low, high = _wall_span(tri, np.linspace(*ends, samples))
         depth = min(depth, float(np.nanmin(high - low)))
     return depth
 

@@ -188,8 +188,7 @@ class Head:
     radius_mm: float
     valley_hu: float
     source: str  # "valley" (the HU valley), "head surface" or "acetabulum" (the fitted cup)
-    # The sphere about the centre that is certainly head (filled whatever its HU).
-    fill_radius_mm: float = 0.0
+    fill_radius_mm: float  # the sphere about the centre that is certainly head (filled whatever its HU)
 
 
 def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
@@ -504,15 +503,16 @@ def femoral_head(fit: PelvisFit, hu: np.ndarray, grid: Grid, raw: np.ndarray, hi
         radius -= HEAD_JOINT_MM / 2  # the cup's surface is the acetabulum's; the joint lies inside it
     neck = NECK_DIRECTION_LPS * [side, 1.0, 1.0]
     found = head_sphere(hu, grid, centre, radius, neck / np.linalg.norm(neck))
-    head = Head(femur, found[0], found[1], found[2], "valley") if found is not None \
-        else Head(femur, centre, radius, 0.0, source)
+    valley_hu = 0.0
+    if found is not None:
+        centre, radius, valley_hu, source = *found, "valley"
     # Filled: half a joint space inside the joint's sphere, and inside the
     # head's own surface where that was found (a joint wider than
     # HEAD_JOINT_MM, 6 mm above the phantom's heads, took 1.8 mm of it).
-    fill = head.radius_mm - HEAD_JOINT_MM / 2
+    fill = radius - HEAD_JOINT_MM / 2
     if surface is not None:
-        fill = min(fill, surface[1] - float(np.linalg.norm(head.centre_lps_mm - surface[0])))
-    return dataclasses.replace(head, fill_radius_mm=fill)
+        fill = min(fill, surface[1] - float(np.linalg.norm(centre - surface[0])))
+    return Head(femur, centre, radius, valley_hu, source, fill)
 
 
 def head_from_surface(grid: Grid, raw: np.ndarray, near_lps_mm: np.ndarray) -> tuple[np.ndarray, float] | None:
