@@ -11,9 +11,11 @@ import re
 import numpy as np
 import pytest
 import trimesh
+from PIL import Image
 
 from pipeline.cli import main as cli_main
 from pipeline.config import load_config
+from pipeline.qa.images import GUIDE_VIEW_REACH_MM, VIEW_PX
 
 from .helpers import REAL_CT, REPO
 
@@ -95,6 +97,7 @@ def test_one_closed_guide_per_plane_on_the_sample(tmp_path_factory):
     out, report = run(tmp_path_factory, REPO / "sample_ct", "default.toml")
     assert [g["plane"] for g in report["guides"]] == ["sacral_ala", "supra_acetabular"]
     check_guides(out, report)
+    config = report["config"]["guides"]
     for g in report["guides"]:
         assert len(g["kwires"]) == 2
         # The seat never comes nearer the bone than the clearance (less the
@@ -104,7 +107,20 @@ def test_one_closed_guide_per_plane_on_the_sample(tmp_path_factory):
         gap = g["contact_gap_mm"]
         assert gap["min"] >= 0.3 - 0.05 and 0.3 <= gap["mean"] <= 0.3 + 0.3
         assert g["seat_area_on_bone_mm2"] >= 1000.0
-        assert (out / "qa" / f"{g['file'][:-4]}.png").exists()
+        # Its QA image: two views side by side (from the approach, and along
+        # the cut line with the bone see-through), the guide's blue in both
+        # over at least the slot block's cross-section (its width by the slot
+        # depth) at the views' scale, which fits the guide's box and
+        # GUIDE_VIEW_REACH_MM around it (its diagonal at most, plus 10 %).
+        image = np.asarray(Image.open(out / "qa" / f"{g['file'][:-4]}.png").convert("RGB")).astype(int)
+        assert image.shape == (VIEW_PX, 2 * VIEW_PX, 3)
+        blue = (image[..., 2] > image[..., 0] + 40) & (image[..., 2] > image[..., 1] + 20)
+        lo, hi = trimesh.load(out / g["file"]).bounds
+        mm_per_px = 1.1 * np.linalg.norm(hi - lo + 2 * GUIDE_VIEW_REACH_MM) / VIEW_PX
+        block_mm2 = (config["blade_thickness_mm"] + 2 * config["slot_tolerance_mm"] + 2 * config["wall_mm"]) \
+            * config["slot_depth_mm"]
+        for panel in (blue[:, :VIEW_PX], blue[:, VIEW_PX:]):
+            assert panel.sum() >= block_mm2 / mm_per_px ** 2, g["plane"]
     page = (out / "report.html").read_text()
     assert "Cutting guides" in page and "guide_sacral_ala.stl" in page
 
