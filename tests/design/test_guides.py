@@ -236,25 +236,28 @@ def test_the_envelope_holds_bone_thinner_than_its_grid():
 
 
 def test_a_coarse_terrain_is_the_surface_its_manifold_meshes():
-    """``Terrain.coarse`` keeps every fourth node (and the last), cropped to
+    """``Terrain.coarse`` keeps every k-th node (and the last), cropped to
     a box with one node beyond it; ``heights_at`` gives the height of the
     mesh :meth:`Terrain.manifold` builds, checked against that mesh's own
     triangles (exact column heights), and is exact for a plane."""
-    from pipeline.design.guides import COARSE_GRID_MM, TERRAIN_GRID_MM, Terrain
+    from pipeline.design.guides import TERRAIN_GRID_MM, Terrain
     from pipeline.geometry.columns import column_extremes
 
-    a = np.arange(0.0, 10.01, TERRAIN_GRID_MM)   # 41 nodes: 0, 4, .., 40
-    b = np.arange(0.0, 5.51, TERRAIN_GRID_MM)    # 23 nodes: 0, 4, .., 20 and 22
+    g = TERRAIN_GRID_MM
+    step = 4 * g   # every fourth node
+    a = np.arange(41) * g   # 41 nodes: 0, 4, .., 40
+    b = np.arange(23) * g   # 23 nodes: 0, 4, .., 20 and 22
     rng = np.random.default_rng(5)
     fine = Terrain(a, b, rng.uniform(0.0, 2.0, (a.size, b.size)))
-    coarse = fine.coarse(COARSE_GRID_MM)
-    assert np.allclose(coarse.a, np.arange(0.0, 10.01, 1.0))
-    assert np.allclose(coarse.b, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 5.5])
+    coarse = fine.coarse(step)
+    assert np.allclose(coarse.a, np.arange(0, 41, 4) * g)
+    assert np.allclose(coarse.b, np.array([0, 4, 8, 12, 16, 20, 22]) * g)
     assert np.array_equal(coarse.height, fine.height[::4][:, [0, 4, 8, 12, 16, 20, 22]])
-    cropped = fine.coarse(COARSE_GRID_MM, (2.5, 1.2), (4.1, 1.9))
-    assert np.allclose(cropped.a, [2.0, 3.0, 4.0, 5.0]) and np.allclose(cropped.b, [1.0, 2.0])
-    on_nodes = fine.coarse(COARSE_GRID_MM, (2.0, 1.0), (4.0, 2.0))   # a node beyond, never on the box
-    assert np.allclose(on_nodes.a, [1.0, 2.0, 3.0, 4.0, 5.0]) and np.allclose(on_nodes.b, [0.0, 1.0, 2.0, 3.0])
+    cropped = fine.coarse(step, (10 * g, 4.8 * g), (16.4 * g, 7.6 * g))
+    assert np.allclose(cropped.a, np.array([8, 12, 16, 20]) * g) and np.allclose(cropped.b, np.array([4, 8]) * g)
+    on_nodes = fine.coarse(step, (8 * g, 4 * g), (16 * g, 8 * g))   # a node beyond, never on the box
+    assert np.allclose(on_nodes.a, np.array([4, 8, 12, 16, 20]) * g)
+    assert np.allclose(on_nodes.b, np.array([0, 4, 8, 12]) * g)
     # At the fine nodes, against the coarse manifold's top faces.
     mesh = from_manifold(coarse.manifold(-5.0))
     tri = mesh.triangles[mesh.face_normals[:, 2] > 1e-6]   # the top (walls stand at 0, the floor at -1)
