@@ -266,3 +266,17 @@ def test_a_coarse_terrain_is_the_surface_its_manifold_meshes():
     assert np.allclose(coarse.heights_at(a, b).ravel(), high, atol=1e-9)
     plane = Terrain(coarse.a, coarse.b, 0.3 * coarse.a[:, None] - 0.7 * coarse.b[None, :] + 1.0)
     assert np.allclose(plane.heights_at(a, b), 0.3 * aa - 0.7 * bb + 1.0, atol=1e-12)
+
+
+def test_the_slot_depth_is_the_walls_least_height_wherever_it_lies():
+    """A wall (local frame: a along the cut line, z up) whose lower rim
+    peaks at a = 1.37, between any regular sampling of it: the depth is the
+    least height there, 10 - 2.5 = 7.5, not the height at nearby samples."""
+    from pipeline.design.guides import _slot_depth
+
+    # The wall at b = 0.5: top at z = 10, rim rising from z = 0 at a = 0 and 4 to z = 2.5 at a = 1.37.
+    corners = np.array([[0.0, 0.5, 0.0], [1.37, 0.5, 2.5], [4.0, 0.5, 0.0],
+                        [0.0, 0.5, 10.0], [1.37, 0.5, 10.0], [4.0, 0.5, 10.0]])
+    faces = np.array([[0, 1, 4], [0, 4, 3], [1, 2, 5], [1, 5, 4]])
+    depth = _slot_depth(corners, faces, {1.0: np.arange(len(faces))})
+    assert depth == pytest.approx(7.5, abs=1e-9)
