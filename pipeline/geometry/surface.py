@@ -8,8 +8,8 @@ Topology comes from the mask, position from the HU values:
    the true surface, whatever the bone's density (an isosurface at the fixed
    bone threshold lies ~0.3-0.7 mm outside it).
 2. The outer layer of the mask is snapped to that level: boundary voxels below
-   it leave the mask (only where the bone is thick enough that this cannot
-   perforate it), neighbours above it join.
+   it leave the mask (only where this cannot perforate the bone: where a
+   voxel stays behind them), neighbours above it join.
 3. Marching cubes runs on ``HU - level`` clamped so its sign equals mask
    membership. The mesh is then exactly as closed and as separated as the
    mask, while every vertex sits at the linearly interpolated half-maximum
@@ -183,16 +183,42 @@ def snap_to_level(solid: np.ndarray, grown: np.ndarray, field: np.ndarray, *,
     """Move the mask's outer layer one voxel to agree with ``field > 0``
     (``grown``: ``solid`` dilated by one voxel).
 
-    Boundary voxels below the level leave only when they back onto a core
-    voxel (bone at least three voxels thick there), so thin plates are never
-    perforated; outer neighbours above the level join.
+    Boundary voxels below the level leave only when a voxel that stays lies
+    behind them: a core voxel (bone at least three voxels thick there), or,
+    along an axis on which they face out of the bone, a neighbour above the
+    level (a plate two voxels thick, :func:`_edge_of_staying`). So plates are
+    thinned to the level but never perforated; outer neighbours above the
+    level join. (Until 2026-12-04 only core-backed voxels left: the outer
+    voxel of a two-voxel plate stayed below the level, outside the
+    half-maximum surface the labels follow; on the phantom that was most of
+    the lumbar spine's excess, whose arches and processes are such plates.)
     """
     core = ndi.binary_erosion(solid, structure=FACE_CONNECTIVITY)
     shell = solid & ~core
-    backed = ndi.binary_dilation(core, structure=FACE_CONNECTIVITY)
+    backed = ndi.binary_dilation(core, structure=FACE_CONNECTIVITY) | _edge_of_staying(solid, field)
     leave = shell & backed & (field <= 0)
     join = grown & ~solid & (field > 0)
     return keep_mask_topology((solid & ~leave) | join, min_piece_voxels)
+
+
+def _edge_of_staying(solid: np.ndarray, field: np.ndarray) -> np.ndarray:
+    """Bone voxels with, along some axis, no bone on one side (or the box's
+    edge) and, on the other, a bone voxel above the level, which stays: the
+    outer voxel of a plate at least two voxels thick along that axis. It
+    can leave without perforating the plate: the neighbour stays."""
+    above = solid & (field > 0)
+    out = np.zeros(solid.shape, dtype=bool)
+    for axis in range(solid.ndim):
+        if solid.shape[axis] < 2:
+            continue
+        a, o, s_ = (np.moveaxis(x, axis, 0) for x in (above, out, solid))
+        # Inner neighbour after the voxel, outer before it (none before the first) ...
+        o[0] |= a[1]
+        o[1:-1] |= a[2:] & ~s_[:-2]
+        # ... and the mirror.
+        o[-1] |= a[-2]
+        o[1:-1] |= a[:-2] & ~s_[2:]
+    return out & solid
 
 
 def keep_mask_topology(snapped: np.ndarray, min_piece_voxels: int) -> np.ndarray:

@@ -61,3 +61,27 @@ def test_surface_sits_at_half_maximum_not_at_the_threshold(tmp_path):
     mesh = mesh_through_dicom(ph.volume, tmp_path).bone
     signed = np.linalg.norm(mesh.vertices - ph.landmarks_lps_mm["centre"], axis=1) - 15.0
     assert abs(signed.mean()) <= 0.05 * spacing.min()
+
+
+def test_snapping_thins_a_plate_to_the_level_but_never_perforates_it():
+    """Three plates (along axis 0) in one mask, the level given: a two-voxel
+    plate whose outer voxel is below the level loses that voxel (the inner
+    one stays behind it); a one-voxel plate below the level and a two-voxel
+    plate wholly below it stay whole, as nothing would stay behind them."""
+    from pipeline.geometry.surface import snap_to_level
+    from pipeline.segment.mask import FACE_CONNECTIVITY
+    from scipy import ndimage
+
+    solid = np.zeros((30, 12, 12), dtype=bool)
+    field = np.full(solid.shape, -100.0, dtype=np.float32)
+    solid[4:6, 2:10, 2:10] = True          # plate A: outer voxel 4 below the level, 5 above
+    field[4, 2:10, 2:10], field[5, 2:10, 2:10] = -10.0, 50.0
+    solid[12, 2:10, 2:10] = True           # plate B: one voxel, below the level
+    field[12, 2:10, 2:10] = -10.0
+    solid[20:22, 2:10, 2:10] = True        # plate C: two voxels, both below the level
+    field[20:22, 2:10, 2:10] = -10.0
+    grown = ndimage.binary_dilation(solid, structure=FACE_CONNECTIVITY)
+    snapped = snap_to_level(solid, grown, field, min_piece_voxels=1)
+    assert not snapped[4, 3:9, 3:9].any() and snapped[5, 2:10, 2:10].all()
+    assert snapped[12, 2:10, 2:10].all()
+    assert snapped[20:22, 2:10, 2:10].all()
