@@ -187,7 +187,9 @@ def snap_to_level(solid: np.ndarray, grown: np.ndarray, field: np.ndarray, *,
     behind them: a core voxel (bone at least three voxels thick there), or,
     along an axis on which they face out of the bone, a neighbour above the
     level (a plate two voxels thick, :func:`_edge_of_staying`). So plates are
-    thinned to the level but never perforated; outer neighbours above the
+    thinned to the level but never holed through (a strand only two voxels
+    wide can still part where its two sides fall below the level by turns:
+    the half-maximum surface parts there too); outer neighbours above the
     level join. (Until 2026-12-04 only core-backed voxels left: the outer
     voxel of a two-voxel plate stayed below the level, outside the
     half-maximum surface the labels follow; on the phantom that was most of
