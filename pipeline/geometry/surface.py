@@ -8,8 +8,8 @@ Topology comes from the mask, position from the HU values:
    the true surface, whatever the bone's density (an isosurface at the fixed
    bone threshold lies ~0.3-0.7 mm outside it).
 2. The outer layer of the mask is snapped to that level: boundary voxels below
-   it leave the mask (only where this cannot perforate the bone: where a
-   voxel stays behind them), neighbours above it join.
+   it leave the mask (only where a voxel stays behind them, so a plate is
+   thinned, not holed through), neighbours above it join.
 3. Marching cubes runs on ``HU - level`` clamped so its sign equals mask
    membership. The mesh is then exactly as closed and as separated as the
    mask, while every vertex sits at the linearly interpolated half-maximum
@@ -207,7 +207,7 @@ def _edge_of_staying(solid: np.ndarray, field: np.ndarray) -> np.ndarray:
     """Bone voxels with, along some axis, no bone on one side (or the box's
     edge) and, on the other, a bone voxel above the level, which stays: the
     outer voxel of a plate at least two voxels thick along that axis. It
-    can leave without perforating the plate: the neighbour stays."""
+    can leave without holing the plate: the neighbour stays."""
     above = solid & (field > 0)
     out = np.zeros(solid.shape, dtype=bool)
     for axis in range(solid.ndim):
