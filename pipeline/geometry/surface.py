@@ -40,6 +40,8 @@ from ..volume import Volume, apply_affine
 # Field value forced where HU and mask disagree (HU units): small against any
 # bone/tissue contrast, so the surface sits at the voxel centre there.
 CLAMP_HU = 1.0
+# A bone's pieces of at most this many voxels are specks (:func:`drop_specks`).
+SPECK_VOXELS = 2
 # Value outside the scan: far below any HU so a bone cut by the field of view
 # is capped flat at the centre of the last voxel, not half a voxel beyond.
 OUTSIDE_SCAN = -1.0e6
@@ -80,7 +82,7 @@ def bone_surfaces(volume: Volume, bone: BoneLabels, cfg: SurfaceConfig) -> BoneS
     field = hu - halfmax_level(hu, solid, grown, volume.spacing_mm, cfg.halfmax_radius_mm)
     del hu
     inside = snap_to_level(solid, grown, field, min_piece_voxels=bone.smallest_piece_voxels // 10)
-    labels = fill_label_cavities(carry_labels(inside, bone.labels))
+    labels = fill_label_cavities(drop_specks(carry_labels(inside, bone.labels)))
     offset = np.array([s.start for s in bone.box], dtype=float)
     present = [int(k) for k in np.unique(labels) if k > 0]
     subs = ndi.find_objects(labels)
@@ -102,6 +104,26 @@ def carry_labels(inside: np.ndarray, labels: np.ndarray) -> np.ndarray:
     high = max3(out)
     low = min3(np.where(out > 0, out, np.uint8(255)))
     out[joined & (high != low)] = 0
+    return out
+
+
+def drop_specks(labels: np.ndarray, max_voxels: int = SPECK_VOXELS) -> np.ndarray:
+    """``labels`` without the pieces of a bone (face-connected voxels of
+    one label) of at most ``max_voxels``: where a voxel or two of one bone
+    touch it only by an edge or corner, or lie against another bone, the
+    bone's mesh got a speck of its own, a shell smaller than a voxel
+    floating beside it."""
+    out = labels.copy()
+    found = [(label, sub) for label, sub in enumerate(ndi.find_objects(labels), start=1) if sub is not None]
+
+    def specks(label: int, sub: tuple[slice, ...]) -> np.ndarray:
+        pieces, n = ndi.label(labels[sub] == label, structure=FACE_CONNECTIVITY)
+        small = label_counts(pieces, n + 1) <= max_voxels
+        small[0] = False
+        return lookup(small, pieces)
+
+    for (label, sub), mask in zip(found, parallel(*[(lambda l=l, s=s: specks(l, s)) for l, s in found])):
+        out[sub][mask] = 0
     return out
 
 

@@ -85,3 +85,24 @@ def test_snapping_thins_a_plate_to_the_level_but_never_perforates_it():
     assert not snapped[4, 3:9, 3:9].any() and snapped[5, 2:10, 2:10].all()
     assert snapped[12, 2:10, 2:10].all()
     assert snapped[20:22, 2:10, 2:10].all()
+
+
+def test_specks_of_a_bone_are_dropped_but_its_small_pieces_kept():
+    """A bone's piece of one or two voxels (touching the bone only at an edge,
+    or lying against another bone) would be a shell of its own in the bone's
+    mesh, smaller than a voxel: it goes. A piece of three voxels stays, and
+    so does everything else."""
+    from pipeline.geometry.surface import SPECK_VOXELS, drop_specks
+
+    assert SPECK_VOXELS == 2
+    labels = np.zeros((12, 12, 12), dtype=np.uint8)
+    labels[2:6, 2:6, 2:6] = 1
+    labels[6, 6, 5] = 1                     # touches bone 1 at an edge only
+    labels[8:10, 2:6, 2:6] = 2              # another bone
+    labels[10, 3, 3:5] = 1                  # two voxels of bone 1 against bone 2
+    labels[2, 9, 8:11] = 1                  # three voxels of bone 1 on their own
+    out = drop_specks(labels)
+    assert out[6, 6, 5] == 0 and (out[10, 3, 3:5] == 0).all()
+    assert (out[2, 9, 8:11] == 1).all()
+    assert (out[2:6, 2:6, 2:6] == 1).all() and (out[8:10, 2:6, 2:6] == 2).all()
+    assert int((out != labels).sum()) == 3
