@@ -30,7 +30,7 @@ from scipy import ndimage as ndi
 from skimage.measure import marching_cubes
 
 from ..config import SurfaceConfig
-from ..segment.labels import BoneLabels
+from ..segment.labels import BoneLabels, grow_box
 from ..segment.lookup import label_counts, lookup
 from ..segment.neighbours import max3, min3
 from ..parallel import parallel
@@ -79,8 +79,19 @@ def bone_surfaces(volume: Volume, bone: BoneLabels, cfg: SurfaceConfig) -> BoneS
         ndi.gaussian_filter(hu, sigma=cfg.smoothing_mm / volume.spacing_mm, output=hu)
     solid = bone.labels > 0
     grown = ndi.binary_dilation(solid, structure=FACE_CONNECTIVITY)
-    field = hu - halfmax_level(hu, solid, grown, volume.spacing_mm, cfg.halfmax_radius_mm)
-    del hu
+    field = halfmax_level(hu, solid, grown, volume.spacing_mm, cfg.halfmax_radius_mm)
+    # No level (no tissue within reach: deep in the bone, or in a gap narrower
+    # than the reach) counts as 0 HU: bone stays, and a gap joins unless it
+    # is darker than water (so small holes in faint marrow are filled), but
+    # not a gap the labelling keeps open (the sacrum's canal and foramina:
+    # on 3 mm slices the canal, narrower than the reach, was closed here).
+    no_level = np.isnan(field)
+    open_gap = None if bone.kept_open is None else no_level & bone.kept_open & ~solid
+    field[no_level] = 0.0
+    np.subtract(hu, field, out=field)
+    if open_gap is not None and open_gap.any():
+        keep_gaps_open(field, hu, solid, open_gap)
+    del hu, no_level, open_gap
     inside = snap_to_level(solid, grown, field, min_piece_voxels=bone.smallest_piece_voxels // 10)
     labels = fill_label_cavities(drop_specks(carry_labels(inside, bone.labels)))
     offset = np.array([s.start for s in bone.box], dtype=float)
@@ -89,6 +100,19 @@ def bone_surfaces(volume: Volume, bone: BoneLabels, cfg: SurfaceConfig) -> BoneS
     meshes = parallel(*[(lambda k=k: label_mesh(field, labels, k, subs[k - 1], volume.affine, offset))
                         for k in present])
     return BoneSurfaces(meshes=dict(zip(present, meshes)), labels=labels, box=bone.box)
+
+
+def keep_gaps_open(field: np.ndarray, hu: np.ndarray, solid: np.ndarray, gap: np.ndarray) -> None:
+    """Give the ``gap`` voxels (no level of their own) the level half-way
+    between their own HU, the only tissue in reach, and the brightest bone
+    next to them, in ``field`` (HU - level), in place: below it, they stay
+    out of the mask, and the surface crosses half-way between them and that
+    bone rather than at their centres (a slit)."""
+    box = grow_box(ndi.find_objects(gap.view(np.uint8))[0], gap.shape)
+    peak = max3(np.where(solid[box], hu[box], np.float32(-np.inf)))
+    here = gap[box]
+    level = 0.5 * (peak[here] + hu[box][here])
+    field[box][here] = np.minimum(hu[box][here] - level, -CLAMP_HU)
 
 
 def carry_labels(inside: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -161,7 +185,8 @@ def label_mesh(field: np.ndarray, labels: np.ndarray, label: int, sub: tuple[sli
 
 def halfmax_level(hu: np.ndarray, solid: np.ndarray, grown: np.ndarray, spacing_mm: np.ndarray,
                   radius_mm: float) -> np.ndarray:
-    """Per-voxel level half-way between local bone peak and local surroundings.
+    """Per-voxel level half-way between local bone peak and local
+    surroundings; NaN where no surroundings lie within reach.
 
     ``grown`` is ``solid`` dilated by one voxel."""
     size = 2 * np.maximum(np.round(radius_mm / np.asarray(spacing_mm)), 1).astype(int) + 1
@@ -189,9 +214,8 @@ def halfmax_level(hu: np.ndarray, solid: np.ndarray, grown: np.ndarray, spacing_
     level += peak
     del peak
     level *= np.float32(0.5)
-    # Far from any bone/tissue interface the level is irrelevant (the field is
-    # clamped by the mask there); fall back to the mask's own decision.
-    level[~valid] = 0
+    # Far from any bone/tissue interface there is no level (NaN): the caller decides.
+    level[~valid] = np.nan
     return level
 
 

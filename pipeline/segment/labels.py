@@ -165,6 +165,10 @@ class BoneLabels:
     ``smallest_piece_voxels``: as in :class:`~pipeline.segment.mask.BoneMask`.
     ``fit``: the fitted pelvis model (None when no pelvis was found).
     ``stats``: per-label volumes, the model fit and the femoral heads, for the report.
+    ``kept_open``: bool on ``box`` or None: voxels the labelling holds are
+    not bone however narrow the gap (the fitted sacrum's canal and foramina,
+    :func:`model_holes`); the surface's snap does not close them where it
+    has no level to go by.
     """
 
     labels: np.ndarray
@@ -172,6 +176,7 @@ class BoneLabels:
     smallest_piece_voxels: int
     stats: dict
     fit: PelvisFit | None = None
+    kept_open: np.ndarray | None = None
 
     def full(self, shape: tuple[int, int, int]) -> np.ndarray:
         out = np.zeros(shape, dtype=np.uint8)
@@ -213,10 +218,12 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
     rough = label_other_bone(rough, raw, hu, core_hu, cfg.min_core_mm3 / volume.voxel_volume_mm3)
     labels = solid_per_label(rough, raw, hu, volume, bone, cfg)
     own = raw & (labels == rough)
+    kept_open = None
     for b, (inside, near, deep) in masks.items():
         label = LABEL_IDS[b]
         if b == "sacrum":
-            beyond = np.argwhere((labels == label) & ~own & (~near | model_holes(inside, axial_axis(volume))))
+            kept_open = model_holes(inside, axial_axis(volume))
+            beyond = np.argwhere((labels == label) & ~own & (~near | kept_open))
             beyond = beyond[~past_s3(fit, grid.lps(beyond))]  # S4, S5 and the coccyx lie beyond the model
             labels[tuple(beyond.T)] = 0
         labels[deep & ((labels == 0) | ((labels != label) & ~own))] = label
@@ -230,7 +237,7 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
     labels = separate_labels(labels, own | heads_inside, hu)
     return BoneLabels(labels=labels, box=bone.box, smallest_piece_voxels=_smallest(labels),
                       stats=label_stats(labels, volume, fit, found, heads, core_hu, tip, above_l1),
-                      fit=fit if found else None)
+                      fit=fit if found else None, kept_open=kept_open)
 
 
 @dataclass(frozen=True, eq=False)

@@ -106,3 +106,37 @@ def test_specks_of_a_bone_are_dropped_but_its_small_pieces_kept():
     assert (out[2, 9, 8:11] == 1).all()
     assert (out[2:6, 2:6, 2:6] == 1).all() and (out[8:10, 2:6, 2:6] == 2).all()
     assert int((out != labels).sum()) == 3
+
+
+def test_a_gap_the_labelling_keeps_open_is_not_closed_where_there_is_no_level():
+    """A bone with a tunnel one voxel wide (3 mm voxels, 50 HU, as a sacral
+    canal on thick slices): no tissue lies within the level's reach there,
+    and the snap closed it (50 HU above a level of 0); kept open by the
+    labelling (``BoneLabels.kept_open``), it stays open, label and mesh."""
+    from pipeline.config import SurfaceConfig
+    from pipeline.geometry import validate_solid
+    from pipeline.geometry.surface import bone_surfaces
+    from pipeline.segment.labels import BoneLabels
+    from pipeline.volume import Volume
+
+    hu = np.full((14, 14, 14), -50.0, dtype=np.float32)
+    hu[3:11, 3:11, 3:11] = 1000.0
+    tunnel = np.zeros(hu.shape, dtype=bool)
+    tunnel[3:11, 7, 7] = True
+    hu[tunnel] = 50.0
+    labels = np.where((hu > 500), 3, 0).astype(np.uint8)
+    box = (slice(0, 14),) * 3
+    volume = Volume(hu, np.diag([3.0, 3.0, 3.0, 1.0]))
+    closed = bone_surfaces(volume, BoneLabels(labels, box, int(labels.astype(bool).sum()), {}), SurfaceConfig())
+    inner = tunnel.copy()
+    inner[[3, 10], 7, 7] = False   # the tunnel's ends see the tissue outside: they have a level
+    assert (closed.labels[inner] == 3).all()      # without kept_open the snap closes the rest
+    kept = bone_surfaces(volume, BoneLabels(labels, box, int(labels.astype(bool).sum()), {}, kept_open=tunnel),
+                         SurfaceConfig())
+    assert (kept.labels[tunnel] == 0).all()
+    # The mesh keeps it too: a block with a tunnel through it (Euler number
+    # 0), where the closed one is a block (2); a bore, its wall half-way to
+    # the bone next to it (~1.8 mm² across, 24 mm long), not a slit.
+    validate_solid(kept.meshes[3], "kept open")
+    assert closed.meshes[3].euler_number == 2 and kept.meshes[3].euler_number == 0
+    assert closed.meshes[3].volume - kept.meshes[3].volume == pytest.approx(40.0, abs=15.0)
