@@ -88,10 +88,11 @@ def bone_surfaces(volume: Volume, bone: BoneLabels, cfg: SurfaceConfig) -> BoneS
     no_level = np.isnan(field)
     open_gap = None if bone.kept_open is None else no_level & bone.kept_open & ~solid
     field[no_level] = 0.0
+    del no_level
     np.subtract(hu, field, out=field)
     if open_gap is not None and open_gap.any():
         keep_gaps_open(field, hu, solid, open_gap)
-    del hu, no_level, open_gap
+    del hu, open_gap
     inside = snap_to_level(solid, grown, field, min_piece_voxels=bone.smallest_piece_voxels // 10)
     labels = fill_label_cavities(drop_specks(carry_labels(inside, bone.labels)))
     offset = np.array([s.start for s in bone.box], dtype=float)
@@ -138,16 +139,15 @@ def drop_specks(labels: np.ndarray, max_voxels: int = SPECK_VOXELS) -> np.ndarra
     bone's mesh got a speck of its own, a shell smaller than a voxel
     floating beside it."""
     out = labels.copy()
-    found = [(label, sub) for label, sub in enumerate(ndi.find_objects(labels), start=1) if sub is not None]
-
-    def specks(label: int, sub: tuple[slice, ...]) -> np.ndarray:
+    # One bone after the other (0.18 s on the bench's 21 M voxels, 0.15 s on
+    # threads, whose label arrays would all be held at once).
+    for label, sub in enumerate(ndi.find_objects(labels), start=1):
+        if sub is None:
+            continue
         pieces, n = ndi.label(labels[sub] == label, structure=FACE_CONNECTIVITY)
         small = label_counts(pieces, n + 1) <= max_voxels
         small[0] = False
-        return lookup(small, pieces)
-
-    for (label, sub), mask in zip(found, parallel(*[(lambda l=l, s=s: specks(l, s)) for l, s in found])):
-        out[sub][mask] = 0
+        out[sub][lookup(small, pieces)] = 0
     return out
 
 
@@ -241,12 +241,18 @@ def snap_to_level(solid: np.ndarray, grown: np.ndarray, field: np.ndarray, *,
     half-maximum surface the labels follow; on the phantom that was most of
     the lumbar spine's excess, whose arches and processes are such plates.)
     """
+    # In place, a box-sized mask at a time (each is ~35 MB on a 512 x 512 x 300 CT).
     core = ndi.binary_erosion(solid, structure=FACE_CONNECTIVITY)
-    shell = solid & ~core
-    backed = ndi.binary_dilation(core, structure=FACE_CONNECTIVITY) | _edge_of_staying(solid, field)
-    leave = shell & backed & (field <= 0)
-    join = grown & ~solid & (field > 0)
-    return keep_mask_topology((solid & ~leave) | join, min_piece_voxels)
+    leave = _edge_of_staying(solid, field)
+    leave |= ndi.binary_dilation(core, structure=FACE_CONNECTIVITY)   # backed
+    leave &= ~core                                                     # the shell ...
+    del core
+    leave &= solid
+    leave &= field <= 0                                                # ... below the level
+    snapped = solid & ~leave
+    del leave
+    snapped |= grown & ~solid & (field > 0)                            # joined
+    return keep_mask_topology(snapped, min_piece_voxels)
 
 
 def _edge_of_staying(solid: np.ndarray, field: np.ndarray) -> np.ndarray:
@@ -262,11 +268,17 @@ def _edge_of_staying(solid: np.ndarray, field: np.ndarray) -> np.ndarray:
         a, o, s_ = (np.moveaxis(x, axis, 0) for x in (above, out, solid))
         # Inner neighbour after the voxel, outer before it (none before the first) ...
         o[0] |= a[1]
-        o[1:-1] |= a[2:] & ~s_[:-2]
+        step = np.logical_not(s_[:-2])
+        step &= a[2:]
+        o[1:-1] |= step
         # ... and the mirror.
         o[-1] |= a[-2]
-        o[1:-1] |= a[:-2] & ~s_[2:]
-    return out & solid
+        np.logical_not(s_[2:], out=step)
+        step &= a[:-2]
+        o[1:-1] |= step
+        del step
+    out &= solid
+    return out
 
 
 def keep_mask_topology(snapped: np.ndarray, min_piece_voxels: int) -> np.ndarray:
