@@ -47,7 +47,7 @@ import trimesh
 
 from ..config import GuidesConfig, Plane
 from ..errors import PlanError
-from ..geometry.columns import cell_bounds, cell_of, column_extremes
+from ..geometry.columns import cell_bounds, cell_of, column_extremes, facing_up
 from ..parallel import parallel
 from ..geometry.distance import NearSurface, face_boxes
 from ..geometry.meshes import corner_max, corner_min, edge_lengths
@@ -432,23 +432,13 @@ def bone_envelope(bone_tri: np.ndarray, region: np.ndarray, deepest: float = -np
     a = np.arange(region[0, 0], region[1, 0] + TERRAIN_GRID_MM, TERRAIN_GRID_MM)
     b = np.arange(region[0, 1], region[1, 1] + TERRAIN_GRID_MM, TERRAIN_GRID_MM)
     aa, bb = np.meshgrid(a, b, indexing="ij")
-    high, _ = column_extremes(np.column_stack([aa.ravel(), bb.ravel()]), bone_tri[_facing_up(bone_tri)])
+    high, _ = column_extremes(np.column_stack([aa.ravel(), bb.ravel()]), bone_tri[facing_up(bone_tri)])
     samples = _edge_samples(bone_tri, TERRAIN_GRID_MM)
     node = np.round((samples[:, :2] - region[0]) / TERRAIN_GRID_MM).astype(np.int64)
     ok = np.all((node >= 0) & (node < aa.shape), axis=1)
     np.maximum.at(high, node[ok, 0] * aa.shape[1] + node[ok, 1], samples[ok, 2])
     high[high < deepest] = -np.inf
     return Terrain(a, b, high.reshape(aa.shape))
-
-
-def _facing_up(tri: np.ndarray, sign: float = 1.0) -> np.ndarray:
-    """Whether each triangle (local frame) looks up along z (down with
-    ``sign`` -1). On a closed surface the highest point over any (a, b) lies
-    on a triangle looking up, the lowest on one looking down (those seen
-    edge-on cover no area), so the others can be left out of
-    :func:`column_extremes`: half the triangles."""
-    e0, e1 = tri[:, 1, :2] - tri[:, 0, :2], tri[:, 2, :2] - tri[:, 0, :2]
-    return sign * (e0[:, 0] * e1[:, 1] - e0[:, 1] * e1[:, 0]) > 0
 
 
 def _edge_samples(tri: np.ndarray, step_mm: float) -> np.ndarray:
@@ -506,7 +496,7 @@ def footprint_faces(bone: trimesh.Trimesh, frame: GuideFrame, block_a: tuple[flo
     region = np.array([centres[which, :2].min(axis=0) - 1.0, centres[which, :2].max(axis=0) + 1.0]) \
         if len(which) else np.zeros((2, 2))
     over = _local_triangles(bone, frame, region)
-    high, _ = column_extremes(centres[which, :2], over[_facing_up(over)])
+    high, _ = column_extremes(centres[which, :2], over[facing_up(over)])
     seen = high <= centres[which, 2] + VISIBLE_MM
     out = np.zeros(len(bone.faces), dtype=bool)
     out[which[seen]] = True
@@ -829,11 +819,11 @@ def _lift_off(tri, local, faces, frame, bones) -> dict:
     up, so those are compared both ways with exact column heights: bone
     above a corner or face centre of the guide's downward faces, guide below
     a corner of the bone's upward faces."""
-    looks_down = _facing_up(tri, -1.0)
+    looks_down = facing_up(tri, -1.0)
     down = tri[looks_down]
     lo, hi = corner_min(tri[:, :, :2]).min(axis=0) - 0.5, corner_max(tri[:, :, :2]).max(axis=0) + 0.5
     up_faces, up = _local_faces(bones, frame, np.array([lo, hi]))
-    looks_up = _facing_up(up)
+    looks_up = facing_up(up)
     up, up_faces = up[looks_up], up_faces[looks_up]
     # Only points that some triangle of the other side could pass are
     # measured: on a grid of LIFT_CELL_MM, a guide point lower than the

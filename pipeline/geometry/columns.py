@@ -119,12 +119,26 @@ def _scatter(points, tri, p_ids, t_ids, high, low) -> None:
         np.minimum.at(low, ids, z[inside])
 
 
+def facing_up(triangles_abz: np.ndarray, sign: float = 1.0) -> np.ndarray:
+    """Whether each triangle looks up along z (down with ``sign`` -1). On a
+    closed surface the highest point over any (a, b) lies on a triangle
+    looking up, the lowest on one looking down (those seen edge-on cover
+    nothing), so :func:`column_extremes` needs only those: half the triangles."""
+    e0, e1 = _projected_edges(np.asarray(triangles_abz, dtype=np.float64).reshape(-1, 3, 3))
+    return sign * (e0[:, 0] * e1[:, 1] - e0[:, 1] * e1[:, 0]) > 0
+
+
+def _projected_edges(tri: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """b - a and c - a of each triangle (a, b, c), in (a, b)."""
+    return tri[:, 1, :2] - tri[:, 0, :2], tri[:, 2, :2] - tri[:, 0, :2]
+
+
 def _edges(tri: np.ndarray) -> np.ndarray:
     """Per triangle (a, b, c): a, b - a and c - a in (a, b), the projected
     determinant (NaN for a triangle seen edge-on), and the rise of z along
     both edges, computed once for all the pairs the triangle is in."""
     a = tri[:, 0]
-    e0, e1 = tri[:, 1, :2] - a[:, :2], tri[:, 2, :2] - a[:, :2]
+    e0, e1 = _projected_edges(tri)
     det = e0[:, 0] * e1[:, 1] - e0[:, 1] * e1[:, 0]
     ok = np.abs(det) > 1e-12 * np.maximum(1.0, (e0 ** 2).sum(1) + (e1 ** 2).sum(1))
     return np.column_stack([a, e0, e1, np.where(ok, det, np.nan), tri[:, 1, 2] - a[:, 2], tri[:, 2, 2] - a[:, 2]])

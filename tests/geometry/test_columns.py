@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from pipeline.geometry.columns import _runs, cell_bounds, cell_of, column_extremes
+from pipeline.geometry.columns import _runs, cell_bounds, cell_of, column_extremes, facing_up
 
 
 def test_heights_over_an_octahedron_are_exact():
@@ -20,6 +20,22 @@ def test_heights_over_an_octahedron_are_exact():
     assert np.allclose(high[inside], expected[inside], atol=1e-9)
     assert np.allclose(low[inside], -expected[inside], atol=1e-9)
     assert np.all(np.isneginf(high[~inside])) and np.all(np.isposinf(low[~inside]))
+
+
+def test_the_top_of_a_closed_surface_is_on_its_upward_faces():
+    """A turned sphere (closed, every face seen at some slant): the highest
+    point of every column lies on a face looking up, the lowest on one
+    looking down, exactly, so those halves give the same heights."""
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=10.0)
+    sphere.apply_transform(trimesh.transformations.random_rotation_matrix(np.random.default_rng(2).random(3)))
+    tri = sphere.triangles
+    up, down = facing_up(tri), facing_up(tri, -1.0)
+    assert 0.4 < up.mean() < 0.6 and not (up & down).any()
+    points = np.random.default_rng(3).uniform(-9.5, 9.5, (4000, 2))
+    high, low = column_extremes(points, tri)
+    assert np.array_equal(column_extremes(points, tri[up])[0], high)
+    assert np.array_equal(column_extremes(points, tri[down])[1], low)
+    assert not np.array_equal(column_extremes(points, tri[down])[0], high)   # the other half would not do
 
 
 def test_columns_see_the_top_of_stacked_shells():
