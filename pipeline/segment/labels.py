@@ -84,8 +84,9 @@ SPINE_HALF_WIDTH_MM = 35.0
 # Femur seeds below the hip bone lie at least this far to their side of the midline.
 FEMUR_MIN_OFFSET_MM = 30.0
 # A vertebral body's marrow (see vertebral_marrow): at least SPINE_MARROW_HU
-# on HU smoothed by SPINE_SMOOTHING_MM (fat -100, CSF 0-30, psoas 40-60 HU;
-# faint lumbar marrow on 3 mm slices 90-200 HU), met by the spine's bone in
+# on the soft tissue's HU smoothed by SPINE_SMOOTHING_MM (tissue_hu: the dense
+# core left out; fat -100, CSF 0-30, psoas 40-60 HU; faint lumbar marrow on
+# 3 mm slices 90-200 HU), met by the spine's bone in
 # at least SPINE_ENCLOSED of the six axis directions, or joined to it within
 # marrow thicker than twice SPINE_MARROW_CORE_MM (the bone's own blurred edge,
 # smoothed, is thinner).
@@ -216,7 +217,7 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
         masks, heads, rough = {}, [], np.zeros(raw.shape, dtype=np.uint8)
     core_hu = core_level_hu(hu[raw], cfg.core_hu)
     rough = label_other_bone(rough, raw, hu, core_hu, cfg.min_core_mm3 / volume.voxel_volume_mm3)
-    labels = solid_per_label(rough, raw, hu, volume, bone, cfg)
+    labels = solid_per_label(rough, raw, hu, volume, bone, cfg, core_hu)
     own = raw & (labels == rough)
     kept_open = None
     for b, (inside, near, deep) in masks.items():
@@ -668,8 +669,10 @@ def grow_box(box: tuple[slice, ...], shape: tuple[int, ...], by: int = 1) -> tup
 
 
 def solid_per_label(rough: np.ndarray, raw: np.ndarray, hu: np.ndarray, volume: Volume, bone: BoneMask,
-                    cfg: SegmentConfig) -> np.ndarray:
+                    cfg: SegmentConfig, core_hu: float) -> np.ndarray:
     """Close and fill each label's raw threshold on its own (marrow per bone).
+    ``core_hu``: the dense core's level (the spine's marrow is told by the
+    soft tissue's HU: :func:`tissue_hu`).
 
     The spine and the sacrum are filled in the planes across the body's
     long axis (coronal and sagittal) but not in axial planes: their canal
@@ -695,7 +698,7 @@ def solid_per_label(rough: np.ndarray, raw: np.ndarray, hu: np.ndarray, volume: 
         jobs.append((label, sub, lambda label=label, sub=sub, border=sub_border, planes=planes:
                      solid_bone(pieces[sub], label, 0 if model_bone else radius_vox, volume.spacing_mm,
                                 dataclasses.replace(cfg, enclosure_mm=0.0) if model_bone else cfg, border, planes,
-                                smooth_hu(hu[sub], volume.spacing_mm) if label == LUMBAR else None, axial)))
+                                tissue_hu(hu[sub], volume.spacing_mm, core_hu) if label == LUMBAR else None, axial)))
     # Bones are filled independently (scipy releases the GIL: both cores work).
     for (label, sub, _), filled in zip(jobs, parallel(*[job for _, _, job in jobs])):
         view = out[sub]
@@ -855,6 +858,22 @@ def vertebral_bodies(spine: np.ndarray, spacing_mm: np.ndarray, axial: int) -> n
 
 def smooth_hu(hu: np.ndarray, spacing_mm: np.ndarray) -> np.ndarray:
     return ndi.gaussian_filter(hu.astype(np.float32, copy=False), SPINE_SMOOTHING_MM / np.asarray(spacing_mm))
+
+
+def tissue_hu(hu: np.ndarray, spacing_mm: np.ndarray, core_hu: float) -> np.ndarray:
+    """HU smoothed as :func:`smooth_hu` over the voxels below ``core_hu``
+    only (normalised convolution); a voxel at or above it keeps its own HU.
+    Smoothing over a cortex lends its brightness to the canal and the soft
+    tissue beside it: on the phantom's lumbar spine, blurred 20-90 HU voxels
+    by the vertebral bodies' back and in the arches' corners rose past
+    ``SPINE_MARROW_HU`` and were taken as marrow (Dice 0.976 -> 0.983)."""
+    hu = hu.astype(np.float32, copy=False)
+    sigma = SPINE_SMOOTHING_MM / np.asarray(spacing_mm)
+    tissue = (hu < core_hu).astype(np.float32)
+    weight = ndi.gaussian_filter(tissue, sigma)
+    smoothed = ndi.gaussian_filter(hu * tissue, sigma)
+    np.divide(smoothed, weight, out=smoothed, where=weight > 1e-3)
+    return np.where(tissue > 0, smoothed, hu)
 
 
 def axial_axis(volume: Volume) -> int:
