@@ -662,7 +662,7 @@ def test_vertebral_marrow_open_in_front_is_filled_but_not_a_bone_edge_a_disc_or_
     bone's own blurred edge, thinner than the marrow's core), marrow-bright
     voxels between endplates 10 mm apart (a disc), and a bright blob between
     the endplates that no marrow joins to the bone."""
-    from pipeline.segment.labels import vertebral_marrow
+    from pipeline.segment.spine import vertebral_marrow
 
     shape = (60, 60, 80)
     filled = np.zeros(shape, dtype=bool)
@@ -692,7 +692,7 @@ def test_tissue_hu_leaves_the_cortex_out_of_the_smoothing():
     voxel off the plate reads its own tissue's HU within 1 HU (what reaches
     it is the other tissue's, three voxels away across the plate, through
     the kernel's tail), and the plate keeps its own."""
-    from pipeline.segment.labels import SPINE_MARROW_HU, smooth_hu, tissue_hu
+    from pipeline.segment.spine import SPINE_MARROW_HU, smooth_hu, tissue_hu
 
     hu = np.full((12, 12, 20), 40.0, dtype=np.float32)
     hu[:, :, 10:12] = 1200.0
@@ -711,7 +711,7 @@ def test_at_the_scan_edge_marrow_needs_bone_in_all_five_other_directions():
     thin for the joined-marrow rule) is taken as enclosed where the bone
     meets it in the five other directions, not where it meets it in four
     (the blurred layer beside an arch); away from the edge four do."""
-    from pipeline.segment.labels import SPINE_ENCLOSED, vertebral_marrow
+    from pipeline.segment.spine import SPINE_ENCLOSED, vertebral_marrow
 
     shape = (12, 12, 20)
     filled = np.zeros(shape, dtype=bool)
@@ -750,7 +750,8 @@ def test_femoral_head_found_from_its_surface_near_the_cup():
     """A head (a bright ball, radius 23 mm) in a socket 3 mm away on a 1.5 mm
     grid: the vote of its surface normals finds its centre within 0.5 mm
     and its radius within a voxel, from a start 10 mm off."""
-    from pipeline.segment.labels import Grid, head_from_surface
+    from pipeline.segment.femoral_head import head_from_surface
+    from pipeline.segment.grid import Grid
     from pipeline.segment.mask import segment_bone
     from pipeline.volume import Volume
 
@@ -787,7 +788,8 @@ def _tip_scene(bowel_mm3: float = 0.0):
     axes, the model's S3 end at z = 63 mm, the midline at x = 60 mm."""
     from types import SimpleNamespace
 
-    from pipeline.segment.labels import SACRUM, Grid
+    from pipeline.segment.grid import Grid
+    from pipeline.segment.labels import SACRUM
     from pipeline.volume import Volume
 
     shape = (40, 40, 60)   # x, y, z (mm = 3 * index)
@@ -899,7 +901,8 @@ def _stacked_spine(levels: int, sacrum: bool = True):
 
 
 def _levels(labels, hu, feet_first=False):
-    from pipeline.segment.labels import Grid, vertebrae_above_l1
+    from pipeline.segment.grid import Grid
+    from pipeline.segment.spine import vertebrae_above_l1
     from pipeline.volume import Volume
 
     affine = np.array([[0.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])

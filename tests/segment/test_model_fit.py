@@ -8,7 +8,7 @@ import trimesh
 from scipy import ndimage as ndi
 
 from pipeline.config import SegmentConfig
-from pipeline.segment.labels import fit_sphere
+from pipeline.segment.femoral_head import fit_sphere
 from pipeline.segment.mask import segment_bone
 from pipeline.segment.model_fit import fit_pelvis
 from pipeline.segment.shape_model import MODEL_BONES, load_model

@@ -1,0 +1,206 @@
+"""Femoral heads: the joint space's sphere about each head, found from the fitted acetabulum.
+
+The fitted acetabulum says where to look; the head's own surface says where
+it is (:func:`head_from_surface`), and the HU valley of the joint space
+where its sphere lies (:func:`head_sphere`). Inside the sphere the bone is
+femur, and half a joint space inside it everything is
+(:func:`fill_femoral_heads`): on thick slices the head's subchondral shell
+averages below the bone threshold where it faces the acetabulum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy.optimize import minimize
+
+from ..bones import LABEL_IDS
+from ..volume import apply_affine
+from .grid import Grid, ball
+from .model_fit import PelvisFit, mask_surface
+
+HIP_LEFT, HIP_RIGHT = LABEL_IDS["hip_left"], LABEL_IDS["hip_right"]
+FEMUR_LEFT, FEMUR_RIGHT = LABEL_IDS["femur_left"], LABEL_IDS["femur_right"]
+SIDES = ((HIP_LEFT, FEMUR_LEFT, "acetabulum_left", 1.0), (HIP_RIGHT, FEMUR_RIGHT, "acetabulum_right", -1.0))
+
+# Femoral head sphere (the joint space around the head): radius range of a
+# plausible one, the half-width of the valley looked for, the rays (evenly
+# spread directions, less those within HEAD_NECK_DEG of the neck) and the
+# least mean valley depth (HU) that replaces the acetabulum's own sphere.
+# The search may move the centre at most HEAD_SHIFT_MM from the acetabulum's.
+# Bone inside the sphere seeds the femur, no other bone within HEAD_BAND_MM
+# outside it seeds its bone, and everything more than half a joint space
+# (HEAD_JOINT_MM wide) inside it is femur.
+HEAD_RADIUS_MM = (15.0, 35.0)
+HEAD_VALLEY_MM = 2.0
+HEAD_RAYS, HEAD_NECK_DEG = 400, 70.0
+HEAD_MIN_VALLEY_HU = 10.0
+HEAD_SHIFT_MM = 8.0
+HEAD_BAND_MM = 3.0
+HEAD_JOINT_MM = 3.0
+# The head's surface is looked for within HEAD_SEARCH_MM of the fitted
+# acetabulum's centre: votes in HEAD_VOTE_CELL_MM cells, a peak of at least
+# HEAD_MIN_VOTES.
+HEAD_SEARCH_MM, HEAD_VOTE_CELL_MM, HEAD_MIN_VOTES = 15.0, 2.0, 20
+# The femoral neck points lateral, inferior and a little anterior (LPS, per
+# side sign on x); rays along it see no joint space.
+NECK_DIRECTION_LPS = np.array([0.7, -0.2, -0.7])
+
+
+@dataclass(frozen=True)
+class Head:
+    """A femoral head's joint-space sphere in LPS mm, and how it was found."""
+
+    femur: int
+    centre_lps_mm: np.ndarray
+    radius_mm: float
+    valley_hu: float
+    source: str  # "valley" (the HU valley), "head surface" or "acetabulum" (the fitted cup)
+    fill_radius_mm: float  # the sphere about the centre that is certainly head (filled whatever its HU)
+
+
+def femoral_head(fit: PelvisFit, hu: np.ndarray, grid: Grid, raw: np.ndarray, hip: int, femur: int,
+                 landmark: str, side: float) -> Head | None:
+    """The joint-space sphere of one femoral head, or None when the
+    acetabulum is out of view. The fitted acetabulum says where to look
+    (the model can be several mm off there: the joint space blurs the
+    cup's surface in the mask); the head's own surface says where it is
+    (:func:`head_from_surface`), and the HU valley of the joint space
+    where its sphere lies (:func:`head_sphere`). Without a valley deep
+    enough the head's surface sphere, grown by half a joint space, stands;
+    without that, the acetabulum's."""
+    cup = fit.vertices_lps_mm[fit.landmarks[landmark]]
+    index = grid.index(cup)
+    if np.mean(np.all((index >= 0) & (index <= np.array(grid.shape) - 1), axis=1)) < 0.5:
+        return None
+    centre, radius = fit_sphere(cup)
+    source = "acetabulum"
+    surface = head_from_surface(grid, raw, centre)
+    if surface is not None:
+        centre, radius, source = surface[0], surface[1] + HEAD_JOINT_MM / 2, "head surface"
+    else:
+        radius -= HEAD_JOINT_MM / 2  # the cup's surface is the acetabulum's; the joint lies inside it
+    neck = NECK_DIRECTION_LPS * [side, 1.0, 1.0]
+    found = head_sphere(hu, grid, centre, radius, neck / np.linalg.norm(neck))
+    valley_hu = 0.0
+    if found is not None:
+        centre, radius, valley_hu, source = *found, "valley"
+    # Filled: half a joint space inside the joint's sphere, and inside the
+    # head's own surface where that was found (a joint wider than
+    # HEAD_JOINT_MM, 6 mm above the phantom's heads, took 1.8 mm of it).
+    fill = radius - HEAD_JOINT_MM / 2
+    if surface is not None:
+        fill = min(fill, surface[1] - float(np.linalg.norm(centre - surface[0])))
+    return Head(femur, centre, radius, valley_hu, source, fill)
+
+
+def head_from_surface(grid: Grid, raw: np.ndarray, near_lps_mm: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """(centre LPS mm, radius mm) of the femoral head near ``near_lps_mm``,
+    by a Hough vote: every outer voxel of the bone mask within
+    ``HEAD_SEARCH_MM`` votes for the points one radius behind it along its
+    outward normal, for each head radius; the head's convex surface
+    concentrates its votes at its centre, and a least-squares sphere through
+    the surface points on it refines centre and radius. None without a
+    clear peak."""
+    box, dist = ball(near_lps_mm, HEAD_SEARCH_MM + HEAD_RADIUS_MM[1], grid)
+    if box is None:
+        return None
+    full_box = tuple(slice(s.start + o, s.stop + o) for s, o in zip(box, grid.offset.astype(int)))
+    points, normals = mask_surface(grid.volume, raw[box] & (dist <= HEAD_SEARCH_MM + HEAD_RADIUS_MM[1]), full_box)
+    if len(points) < 50:
+        return None
+    radii = np.arange(HEAD_RADIUS_MM[0], HEAD_RADIUS_MM[1] + 0.1, 1.0)
+    votes = points[None] - radii[:, None, None] * normals[None]        # (R, P, 3)
+    near = np.linalg.norm(votes - near_lps_mm, axis=2) <= HEAD_SEARCH_MM
+    cells = np.floor((votes - near_lps_mm) / HEAD_VOTE_CELL_MM).astype(np.int64)
+    if np.count_nonzero(near) < 50:
+        return None
+    # Votes counted per (radius, cell): one integer key each, in that order
+    # (the first of equal peaks, as a lexicographic count would give).
+    side = int(np.ceil(HEAD_SEARCH_MM / HEAD_VOTE_CELL_MM)) + 1     # cells lie in [-side, side)
+    shifted = cells[near] + side
+    keys = ((np.nonzero(near)[0] * (2 * side) + shifted[:, 0]) * (2 * side) + shifted[:, 1]) * (2 * side) \
+        + shifted[:, 2]
+    counts = np.bincount(keys, minlength=len(radii) * (2 * side) ** 3)
+    peak = int(np.argmax(counts))
+    if counts[peak] < HEAD_MIN_VOTES:
+        return None
+    r_index, rest = divmod(peak, (2 * side) ** 3)
+    best = np.array([rest // (2 * side) ** 2, rest // (2 * side) % (2 * side), rest % (2 * side)]) - side
+    chosen = near[r_index] & np.all(np.abs(cells[r_index] - best) <= 1, axis=1)
+    centre, radius = votes[r_index][chosen].mean(axis=0), float(radii[r_index])
+    # Refined by a least-squares sphere through the head's surface points (facing out from it).
+    arm = points - centre
+    dist = np.linalg.norm(arm, axis=1)
+    on_head = (np.abs(dist - radius) < HEAD_VOTE_CELL_MM) & (np.einsum("ij,ij->i", arm, normals) > 0.7 * dist)
+    if on_head.sum() >= HEAD_MIN_VOTES:
+        centre, radius = fit_sphere(points[on_head])
+    return centre, radius
+
+
+def head_sphere(hu: np.ndarray, grid: Grid, centre_lps_mm: np.ndarray, radius_mm: float,
+                neck_lps: np.ndarray) -> tuple[np.ndarray, float, float] | None:
+    """(centre LPS mm, radius mm, mean valley depth HU) of the joint space's
+    HU valley around a femoral head, searched from the acetabulum's sphere:
+    centre and radius maximise the mean depth of the valley (the darker of
+    HU at radius -/+ ``HEAD_VALLEY_MM`` less HU at radius, floored at 0)
+    along rays from the centre, leaving out those within ``HEAD_NECK_DEG``
+    of the neck. None when no valley reaches ``HEAD_MIN_VALLEY_HU`` within
+    ``HEAD_SHIFT_MM`` of the start. Rays are laid out in LPS, so the search
+    does not depend on how the slices are stored."""
+    rays = sphere_directions(HEAD_RAYS)
+    rays = rays[rays @ neck_lps < np.cos(np.radians(HEAD_NECK_DEG))]
+    h = hu if hu.dtype == np.float32 else hu.astype(np.float32)
+    to_index = np.linalg.inv(grid.volume.affine)
+
+    def depth(c: np.ndarray, r: float) -> float:
+        at = c + np.multiply.outer(np.array([r - HEAD_VALLEY_MM, r, r + HEAD_VALLEY_MM]), rays)
+        idx = apply_affine(to_index, at.reshape(-1, 3)) - grid.offset
+        v = ndi.map_coordinates(h, idx.T, order=1, mode="nearest").reshape(3, -1)
+        return float(np.mean(np.maximum(np.minimum(v[0], v[2]) - v[1], 0.0)))
+
+    radii = np.arange(max(HEAD_RADIUS_MM[0], radius_mm - 8.0), min(HEAD_RADIUS_MM[1], radius_mm + 2.0), 0.5)
+    if radii.size == 0:
+        return None
+    r0 = radii[np.argmax([depth(centre_lps_mm, r) for r in radii])]
+    start = np.r_[centre_lps_mm, r0]
+    best = minimize(lambda p: -depth(p[:3], p[3]), start, method="Nelder-Mead",
+                    options={"xatol": 0.2, "fatol": 0.5, "initial_simplex": np.r_[[start], start + 3.0 * np.eye(4)]})
+    c, r, valley = best.x[:3], float(best.x[3]), -float(best.fun)
+    if (valley < HEAD_MIN_VALLEY_HU or np.linalg.norm(c - centre_lps_mm) > HEAD_SHIFT_MM
+            or not HEAD_RADIUS_MM[0] <= r <= HEAD_RADIUS_MM[1]):
+        return None
+    return c, r, valley
+
+
+def fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """Least-squares sphere through points (algebraic fit)."""
+    a = np.c_[2.0 * points, np.ones(len(points))]
+    x = np.linalg.lstsq(a, (points ** 2).sum(axis=1), rcond=None)[0]
+    return x[:3], float(np.sqrt(max(x[3] + x[:3] @ x[:3], 0.0)))
+
+
+def sphere_directions(n: int) -> np.ndarray:
+    """``n`` unit vectors spread evenly over the sphere (Fibonacci lattice)."""
+    i = np.arange(n) + 0.5
+    polar, azimuth = np.arccos(1.0 - 2.0 * i / n), np.pi * (1.0 + 5.0 ** 0.5) * i
+    return np.c_[np.cos(polar), np.sin(polar) * np.cos(azimuth), np.sin(polar) * np.sin(azimuth)]
+
+
+def fill_femoral_heads(labels: np.ndarray, heads: list[Head], grid: Grid) -> np.ndarray:
+    """Fill each femoral head, in place: all voxels within its fill sphere
+    (:attr:`Head.fill_radius_mm`) are femur, whatever their HU (the head's
+    subchondral shell, facing the acetabulum on thick slices, averages below
+    the threshold over much of its surface). Returns where: there the femur
+    is as certain as its own threshold bone."""
+    inside = np.zeros(labels.shape, dtype=bool)
+    for head in heads:
+        box, dist = ball(head.centre_lps_mm, head.radius_mm, grid)
+        if box is None:
+            continue
+        inner = dist <= head.fill_radius_mm
+        labels[box][inner] = head.femur
+        inside[box] |= inner
+    return inside
