@@ -28,6 +28,7 @@ from scipy.spatial import cKDTree
 
 from ..config import ImplantConfig, Plane
 from ..errors import PlanError
+from ..parallel import WORKERS
 from .fit import GOOD_ANGLE_DEG, contact_fit, implant_fit
 from ..geometry.meshes import mesh_facts
 from ..geometry.resect import Resection
@@ -138,7 +139,7 @@ def icp_point_to_plane(source: np.ndarray, target: np.ndarray, target_normals: n
     moved = source.copy()
     rms = np.inf
     for iteration in range(1, ICP_MAX_ITERATIONS + 1):
-        _, index = tree.query(moved)
+        _, index = tree.query(moved, workers=WORKERS)
         n = target_normals[index]
         residual = np.einsum("ij,ij->i", moved - target[index], n)
         keep = np.abs(residual) <= np.quantile(np.abs(residual), 1.0 - ICP_TRIM_FRACTION)
