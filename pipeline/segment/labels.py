@@ -37,7 +37,8 @@ of :mod:`pipeline.geometry.surface`, which follows these labels).
    a 3 mm voxel, taken at its half maximum: :func:`sacral_tip`), the
    femoral heads are filled inside their spheres, and the spinal
    canal, which fills close where neighbouring arches overlap, is opened
-   again as the dark tube that runs up the spine.
+   again as the dark tube that runs up the spine; the vertebrae above L1,
+   counted up from the sacrum disc by disc, become ``other``.
 6. **Gap**: no two labels touch, even diagonally (:func:`separate_labels`),
    so their meshes never intersect.
 """
