@@ -14,6 +14,8 @@ import re
 LABEL_NAMES = {1: "hip_left", 2: "hip_right", 3: "sacrum", 4: "femur_left", 5: "femur_right",
                6: "lumbar", 7: "other"}
 LABEL_IDS = {name: label for label, name in LABEL_NAMES.items()}
+HIP_LEFT, HIP_RIGHT, SACRUM, FEMUR_LEFT, FEMUR_RIGHT, LUMBAR, OTHER = (LABEL_IDS[name] for name in (
+    "hip_left", "hip_right", "sacrum", "femur_left", "femur_right", "lumbar", "other"))
 
 # Display colour per bone (RGB 0-255): the QA overlays and the 3D Slicer segments use the same.
 LABEL_COLOURS_RGB = {"hip_left": (230, 60, 60), "hip_right": (60, 120, 230), "sacrum": (240, 200, 40),

@@ -16,13 +16,11 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.optimize import minimize
 
-from ..bones import LABEL_IDS
+from ..bones import FEMUR_LEFT, FEMUR_RIGHT, HIP_LEFT, HIP_RIGHT
 from ..volume import apply_affine
 from .grid import Grid, ball
 from .model_fit import PelvisFit, mask_surface
 
-HIP_LEFT, HIP_RIGHT = LABEL_IDS["hip_left"], LABEL_IDS["hip_right"]
-FEMUR_LEFT, FEMUR_RIGHT = LABEL_IDS["femur_left"], LABEL_IDS["femur_right"]
 SIDES = ((HIP_LEFT, FEMUR_LEFT, "acetabulum_left", 1.0), (HIP_RIGHT, FEMUR_RIGHT, "acetabulum_right", -1.0))
 
 # Femoral head sphere (the joint space around the head): radius range of a

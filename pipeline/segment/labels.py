@@ -52,7 +52,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from ..bones import LABEL_IDS, LABEL_NAMES
+from ..bones import HIP_LEFT, HIP_RIGHT, LABEL_IDS, LABEL_NAMES, LUMBAR, OTHER, SACRUM
 from ..config import SegmentConfig
 from ..parallel import parallel
 from ..volume import Volume
@@ -67,9 +67,6 @@ from .shape_model import MODEL_BONES, ShapeModel, load_model
 from .spine import Levels, open_canal, smooth_hu, tissue_hu, vertebrae_above_l1, vertebral_marrow
 from .voxelise import inside_mesh
 
-HIP_LEFT, HIP_RIGHT, SACRUM = LABEL_IDS["hip_left"], LABEL_IDS["hip_right"], LABEL_IDS["sacrum"]
-FEMUR_LEFT, FEMUR_RIGHT = LABEL_IDS["femur_left"], LABEL_IDS["femur_right"]
-LUMBAR, OTHER = LABEL_IDS["lumbar"], LABEL_IDS["other"]
 
 # Seeds of a model bone stay this far from every other model bone's fitted
 # surface: the model is 1.5-2 mm off the bone, a joint space 2-4 mm wide.

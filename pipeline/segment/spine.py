@@ -16,14 +16,12 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from ..bones import LABEL_IDS
+from ..bones import LUMBAR, OTHER, SACRUM
 from ..volume import Volume, apply_affine
 from .distance_map import closed, opened
 from .grid import Grid, axial_axis
 from .lookup import lookup
 from .mask import FACE_CONNECTIVITY
-
-SACRUM, LUMBAR, OTHER = LABEL_IDS["sacrum"], LABEL_IDS["lumbar"], LABEL_IDS["other"]
 
 # A vertebral body's marrow (see vertebral_marrow): at least SPINE_MARROW_HU
 # on the soft tissue's HU smoothed by SPINE_SMOOTHING_MM (tissue_hu: the dense
@@ -250,9 +248,8 @@ def tissue_hu(hu: np.ndarray, spacing_mm: np.ndarray, core_hu: float) -> np.ndar
     by the vertebral bodies' back and in the arches' corners rose past
     ``SPINE_MARROW_HU`` and were taken as marrow (Dice 0.976 -> 0.983)."""
     hu = hu.astype(np.float32, copy=False)
-    sigma = SPINE_SMOOTHING_MM / np.asarray(spacing_mm)
     tissue = (hu < core_hu).astype(np.float32)
-    weight = ndi.gaussian_filter(tissue, sigma)
-    smoothed = ndi.gaussian_filter(hu * tissue, sigma)
+    weight = smooth_hu(tissue, spacing_mm)
+    smoothed = smooth_hu(hu * tissue, spacing_mm)
     np.divide(smoothed, weight, out=smoothed, where=weight > 1e-3)
     return np.where(tissue > 0, smoothed, hu)
