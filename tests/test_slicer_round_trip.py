@@ -180,7 +180,11 @@ def test_labels_on_a_coarser_oblique_grid_are_resampled_and_the_surface_still_fo
 
 def test_plan_markups_read_back_as_the_plan_give_the_same_cuts(auto, config, fed_back, tmp_path):
     """plan.mrk.json holds the planes where the bone is cut; a plan whose
-    planes are its markups (by name) cuts the same bone to within 1e-9 mm."""
+    planes are its markups (by name) cuts the same bone to within 1e-9 mm:
+    the same vertices off the cut faces, and cut faces of the same area.
+    (Inside a cut face the refinement's Steiner points may differ: its
+    Delaunay choices between nearly cocircular points turn on the last
+    bits of the outline, which the markups' decimal planes move by ~1e-10.)"""
     lines = []
     for plane in config.resection.planes:
         lines += ["[[resection.planes]]", f'name = "{plane.name}"', f'markups = "{auto / "plan.mrk.json"}"']
@@ -195,8 +199,11 @@ def test_plan_markups_read_back_as_the_plan_give_the_same_cuts(auto, config, fed
     again = resect(bones, tuple(from_markups), min_fragment_mm3=config.resection.min_fragment_mm3)
     for name in ("host", "implant"):
         before, after = getattr(fed_back, name), getattr(again, name)
-        assert len(before.vertices) == len(after.vertices), name
-        assert cKDTree(before.vertices).query(after.vertices)[0].max() < 1e-9, name
+        kept, again_kept = off_planes(before.vertices, cuts), off_planes(after.vertices, cuts)
+        assert len(kept) == len(again_kept), name
+        assert cKDTree(kept).query(again_kept)[0].max() < 1e-9, name
+        assert after.volume == pytest.approx(before.volume, abs=1e-6), name
+        assert after.area == pytest.approx(before.area, abs=1e-6), name
 
 
 def write_changed(auto, tmp_path, change) -> str:

@@ -15,6 +15,13 @@ Topology comes from the mask, position from the HU values:
    mask, while every vertex sits at the linearly interpolated half-maximum
    crossing wherever HU and mask agree. It runs once per bone label, on the
    label's own box, with every other label outside.
+4. Between slices the crossing may say nothing: where both samples are far
+   from the level (bone on one slice, tissue on the next), interpolation
+   puts the vertex half-way whatever the surface does in between, and a
+   gently tilted endplate becomes a staircase of flat treads. Those vertices
+   are moved along their edge (never off it, so the labels' voxel centres
+   stay on their side) to where the surface through their neighbours
+   passes: :func:`settle_slice_crossings`.
 
 Marching cubes runs in index space; the affine moves the vertices to LPS, and
 a mirroring affine (negative determinant) flips the winding back outward.
@@ -27,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import trimesh
 from scipy import ndimage as ndi
+from scipy.sparse import coo_matrix
 from skimage.measure import marching_cubes
 
 from ..config import SurfaceConfig
@@ -51,6 +59,17 @@ OUTSIDE_SCAN = -1.0e6
 # taken on HU smoothed by this Gaussian sigma (mm): bias -0.3 %, and no loss
 # on noise-free data.
 PEAK_SMOOTHING_MM = 0.6
+# A crossing between two slices within this share of the edge from its middle
+# has both samples about as far from the level (both saturated: bone on one
+# slice, tissue on the next): its place within the edge is not measured.
+SLICE_CROSSING_BAND = 0.2
+# Averaging steps that move such crossings towards their neighbours' surface,
+# and the share of the edge they keep from either slice. Measured on the
+# phantom with 3 mm slices (mean vertex distance to the truth, lumbar spine):
+# 0.359 mm without, 0.298 with 3 steps, 0.299 with 5, 0.305 with 8 (band 0.2);
+# a band of 0.15 gave 0.331, of 0.3 0.293 but moved the 2 mm hips outward.
+SLICE_CROSSING_STEPS = 3
+SLICE_CROSSING_MARGIN = 0.1
 
 
 @dataclass(frozen=True, eq=False)
@@ -299,9 +318,42 @@ def mesh_from_field(field: np.ndarray, affine: np.ndarray, offset_index: np.ndar
     """
     padded = np.pad(field, 1, mode="constant", constant_values=OUTSIDE_SCAN)
     verts, faces, _, _ = marching_cubes(padded, level=0.0, allow_degenerate=False)
+    verts = settle_slice_crossings(verts, faces)
     verts = apply_affine(affine, verts - 1.0 + offset_index)
     # skimage orients faces outward for a field that is higher inside when the
     # grid is right-handed in index space; a mirroring affine reverses that.
     faces = faces[:, ::-1] if np.linalg.det(affine[:3, :3]) > 0 else faces
     mesh = trimesh.Trimesh(vertices=verts, faces=faces, process=False)
     return mesh
+
+
+def settle_slice_crossings(index: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Marching-cubes vertices (index space, slices on axis 0) with the
+    crossings between slices that carry no position (within
+    ``SLICE_CROSSING_BAND`` of their edge's middle) moved along their edge
+    towards the mean slice coordinate of their mesh neighbours, a few steps
+    (``SLICE_CROSSING_STEPS``), and kept ``SLICE_CROSSING_MARGIN`` of the
+    edge from either slice. A crossing within a slice, or one the samples
+    place (nearer one end), does not move; it holds the others.
+
+    Each such vertex stays on its edge, between the voxel inside and the one
+    outside: the mesh separates the same voxel centres as before, its
+    triangles stay in their cells, and its topology is unchanged."""
+    whole = np.rint(index)
+    below = np.floor(index[:, 0])
+    free = np.flatnonzero((index[:, 1] == whole[:, 1]) & (index[:, 2] == whole[:, 2])
+                          & (np.abs(index[:, 0] - below - 0.5) <= SLICE_CROSSING_BAND))
+    if free.size == 0 or len(faces) == 0:
+        return index
+    n = len(index)
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    edges = np.concatenate([edges, edges[:, ::-1]])
+    neighbours = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n)).tocsr()[free]
+    neighbours.data[:] = 1.0
+    count = np.asarray(neighbours.sum(axis=1)).ravel()
+    lo, hi = below[free] + SLICE_CROSSING_MARGIN, below[free] + 1.0 - SLICE_CROSSING_MARGIN
+    out = index.copy()
+    z = out[:, 0]
+    for _ in range(SLICE_CROSSING_STEPS):
+        z[free] = np.clip((neighbours @ z) / count, lo, hi)
+    return out

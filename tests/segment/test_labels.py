@@ -76,6 +76,19 @@ def test_every_bone_mesh_lies_on_its_truth_surface(figures):
         assert values["msd_mm"] <= 0.3, (name, values)
 
 
+def test_every_bone_mesh_lies_on_its_truth_surface_on_3mm_slices():
+    """The same 0.3 mm on 3 mm slices, twice the slice step: here most of
+    the error is between slices, where two saturated samples leave the
+    crossing half-way unless it is settled towards its neighbours (the
+    lumbar spine's endplates: 0.359 mm without, 0.298 mm with)."""
+    from pipeline.evaluate import away_from_scan_edge
+
+    phantom, result = phantom_run(**THREE_MM)
+    for label, name in phantom.label_names.items():
+        vertices = away_from_scan_edge(result.label_meshes[name].vertices, phantom.volume)
+        assert np.abs(phantom.label_sdf_mm(label, vertices)).mean() <= 0.3, name
+
+
 def socket_distance_mm(phantom, hip: int, centre: np.ndarray) -> float:
     """Median distance from a head's centre to its socket (the hip bone's
     surface) along the rays that meet the socket."""
