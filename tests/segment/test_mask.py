@@ -28,10 +28,9 @@ def test_bounding_box_holds_every_true_voxel_and_no_more():
     assert bounding_box(mask) == (slice(1, 5), slice(2, 6), slice(2, 7))
 
 
-def test_body_midline_is_the_bodys_centre_of_mass():
-    """A lopsided body (an ellipsoid with an arm beside it) and a couch
-    below it, apart: the body is the largest region, and its mean x is
-    ndimage's centre of mass of that region, on the coarse grid."""
+def test_the_body_is_the_largest_region_and_the_couch_is_not_part_of_it():
+    """A body (an ellipsoid), an arm beside it and a couch below it, all
+    apart: the body is the largest region, and neither of the others."""
     shape, spacing = (30, 60, 80), 1.0
     k, j, i = np.indices(shape)
     hu = np.full(shape, -1000.0, dtype=np.float32)
@@ -39,8 +38,33 @@ def test_body_midline_is_the_bodys_centre_of_mass():
     hu[(np.abs(j - 25) < 5) & (np.abs(i - 70) < 4)] = 40.0  # the arm
     hu[j >= 52] = 0.0  # the couch
     affine = np.diag([spacing, spacing, spacing, 1.0])[[2, 1, 0, 3]]  # (k, j, i) -> (x, y, z) = (i, j, k)
-    volume = Volume(hu, affine)
-    body, stride, midline = body_region(volume, -500.0)
+    body, stride = body_region(Volume(hu, affine), -500.0)
     assert not body[:, 52 // stride[1]:].any()  # the couch is not the body
-    expected = volume.index_to_lps((np.array(ndi.center_of_mass(body)) * stride)[None])[0, 0]
-    assert midline == pytest.approx(expected, abs=1e-9)
+    assert body[:, 25 // stride[1], 35 // stride[2]].all() and not body[:, 25 // stride[1], 70 // stride[2]].any()
+
+
+def test_the_midline_is_the_bones_centre_without_metal_however_stored():
+    """Two bones of unequal size and a block of metal beside one: the
+    midline is ndimage's centre of mass of the bone voxels under METAL_HU,
+    in LPS x, and exactly the same with the columns, rows or slices stored
+    the other way round (the affine to match)."""
+    from pipeline.segment.mask import METAL_HU, bone_midline_x
+
+    shape = (9, 21, 31)
+    hu = np.zeros(shape, dtype=np.float32)
+    hu[2:7, 5:15, 3:9] = 1000.0
+    hu[2:7, 5:12, 20:29] = 1000.0
+    hu[3:6, 6:9, 10:13] = METAL_HU + 500.0
+    solid = hu > 500.0
+    affine = np.array([[0.0, 0.0, 0.7, -30.0], [0.0, 0.8, 0.0, 12.0], [2.5, 0.0, 0.0, 80.0], [0, 0, 0, 1.0]])
+    volume = Volume(hu, affine)
+    box = (slice(0, 9), slice(0, 21), slice(0, 31))
+    midline = bone_midline_x(volume, solid, box)
+    bone = solid & (hu < METAL_HU)
+    assert midline == pytest.approx(volume.index_to_lps(np.array(ndi.center_of_mass(bone))[None])[0, 0], abs=1e-9)
+    for axes in ((2,), (1,), (0,), (0, 1, 2)):
+        flip, index = np.eye(4), [slice(None)] * 3
+        for axis in axes:
+            flip[axis, axis], flip[axis, 3], index[axis] = -1.0, shape[axis] - 1, slice(None, None, -1)
+        stored = Volume(np.ascontiguousarray(hu[tuple(index)]), affine @ flip)
+        assert bone_midline_x(stored, solid[tuple(index)], box) == pytest.approx(midline, abs=1e-12), axes
