@@ -147,31 +147,38 @@ def test_a_gap_the_labelling_keeps_open_is_not_closed_where_there_is_no_level():
     assert section * 18.0 <= closed.meshes[3].volume - kept.meshes[3].volume <= section * 24.0
 
 
-def test_crossings_between_saturated_slices_settle_towards_a_tilted_plane():
+@pytest.mark.parametrize("spacing_mm", [(3.0, 1.0, 1.0), (3.0, 3.0, 3.0)], ids=["thick-slices", "coarse"])
+def test_crossings_between_saturated_samples_settle_towards_a_tilted_plane(spacing_mm):
     """A tilted plane sampled without partial volume (bone 100 on one
-    slice, tissue -100 on the next): interpolation puts every crossing
-    between slices half-way, a staircase of flat treads. Settling moves
-    those crossings along their edges only (in-slice crossings stay put,
-    each moved vertex keeps the edge's margin from both slices, the faces
-    are unchanged) and brings them nearer the plane: mean distance along
-    the slice axis 0.238 -> 0.181 slices here, the largest not beyond
-    the staircase's (half a slice). An exactly flat surface half-way
-    between slices stays where it is."""
+    side, tissue -100 on the next): interpolation puts every crossing
+    half-way, a staircase of flat treads. Settling moves the crossings on
+    coarse edges (>= 2 mm: the slice axis of 3 x 1 x 1 mm voxels, every
+    axis of 3 mm ones) along their edges only: crossings on fine edges stay
+    put, each moved vertex keeps the edge's margin from both ends, the
+    faces are unchanged. It brings them nearer the plane (mean distance
+    along the slice axis 0.238 -> 0.181 slices on thick slices), the largest
+    not beyond the staircase's (half a slice). An exactly flat surface
+    half-way between slices stays where it is."""
     from skimage.measure import marching_cubes
 
-    from pipeline.geometry.surface import SLICE_CROSSING_MARGIN, settle_slice_crossings
+    from pipeline.geometry.surface import CROSSING_MARGIN, settle_coarse_crossings
 
     z, y, x = np.meshgrid(np.arange(10), np.arange(24), np.arange(40), indexing="ij")
     plane = 3.3 + 0.07 * x + 0.03 * y
-    vertices, faces, _, _ = marching_cubes(np.where(z < plane, 100.0, -100.0), 0.0, allow_degenerate=False)
-    settled = settle_slice_crossings(vertices, faces)
+    field = np.where(z < plane, 100.0, -100.0)
+    vertices, faces, _, _ = marching_cubes(field, 0.0, allow_degenerate=False)
+    settled = settle_coarse_crossings(vertices, faces, spacing_mm, field > 0)
     moved = np.any(settled != vertices, axis=1)
     assert moved.sum() > len(vertices) // 3
-    assert np.array_equal(settled[:, 1:], vertices[:, 1:])
-    between = vertices[moved, 0]
-    assert np.all(np.floor(between) == np.floor(settled[moved, 0]))
-    within = settled[moved, 0] - np.floor(between)
-    assert within.min() >= SLICE_CROSSING_MARGIN - 1e-6 and within.max() <= 1 - SLICE_CROSSING_MARGIN + 1e-6
+    # A moved vertex moved along one axis only, a coarse one, and stays on its edge.
+    axis = np.argmax(settled != vertices, axis=1)
+    assert np.all((settled != vertices).sum(axis=1)[moved] == 1)
+    assert all(spacing_mm[a] >= 2.0 for a in np.unique(axis[moved]))
+    rows = np.flatnonzero(moved)
+    before, after = vertices[rows, axis[moved]], settled[rows, axis[moved]]
+    assert np.all(np.floor(before) == np.floor(after))
+    within = after - np.floor(before)
+    assert within.min() >= CROSSING_MARGIN - 1e-6 and within.max() <= 1 - CROSSING_MARGIN + 1e-6
     inner = (vertices[:, 1] > 2) & (vertices[:, 1] < 21) & (vertices[:, 2] > 2) & (vertices[:, 2] < 37)
 
     def off(points):
@@ -180,5 +187,6 @@ def test_crossings_between_saturated_slices_settle_towards_a_tilted_plane():
     assert off(settled[inner]).mean() <= 0.8 * off(vertices[inner]).mean()
     assert off(settled[inner]).max() <= 0.5
 
-    vertices, faces, _, _ = marching_cubes(np.where(z < 3.5, 100.0, -100.0), 0.0, allow_degenerate=False)
-    assert np.array_equal(settle_slice_crossings(vertices, faces), vertices)
+    field = np.where(z < 3.5, 100.0, -100.0)
+    vertices, faces, _, _ = marching_cubes(field, 0.0, allow_degenerate=False)
+    assert np.array_equal(settle_coarse_crossings(vertices, faces, spacing_mm, field > 0), vertices)
