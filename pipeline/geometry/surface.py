@@ -357,7 +357,7 @@ def settle_coarse_crossings(index: np.ndarray, faces: np.ndarray, spacing_mm, in
         return index
     whole = np.rint(index)
     on_grid = index == whole
-    free, axis_of = [], []
+    free = []   # per coarse axis: (axis, the vertices on its edges that move)
     for a in coarse:
         others = [b for b in range(3) if b != a]
         middle = np.abs(index[:, a] - np.floor(index[:, a]) - 0.5) <= CROSSING_BAND
@@ -373,23 +373,25 @@ def settle_coarse_crossings(index: np.ndarray, faces: np.ndarray, spacing_mm, in
             valid = (beyond[:, a] >= 0) & (beyond[:, a] < inside.shape[a])
             side = inside[tuple(ends.T)]
             step &= valid & (inside[tuple(np.where(valid[:, None], beyond, 0).T)] == side)
-        mine = mine[step]
-        free.append(mine)
-        axis_of.append(np.full(mine.size, a))
-    free, axis_of = np.concatenate(free), np.concatenate(axis_of)
-    if free.size == 0:
+        free.append((a, mine[step]))
+    if not any(len(mine) for _, mine in free):
         return index
     n = len(index)
     edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
     edges = np.concatenate([edges, edges[:, ::-1]])
-    neighbours = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n)).tocsr()[free]
-    neighbours.data[:] = 1.0
-    count = np.asarray(neighbours.sum(axis=1)).ravel()
-    below = np.floor(index[free, axis_of])
-    lo, hi = below + CROSSING_MARGIN, below + 1.0 - CROSSING_MARGIN
+    adjacency = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n)).tocsr()
+    adjacency.data[:] = 1.0
+    moves = []   # per coarse axis: (axis, free vertices, their neighbours, neighbour count, lowest, highest)
+    for a, mine in free:
+        if len(mine):
+            rows = adjacency[mine]
+            below = np.floor(index[mine, a])
+            moves.append((a, mine, rows, np.asarray(rows.sum(axis=1)).ravel(),
+                          below + CROSSING_MARGIN, below + 1.0 - CROSSING_MARGIN))
     out = index.copy()
     for _ in range(CROSSING_STEPS):
-        # Each free vertex averages its neighbours' coordinate along its own axis.
-        mean = np.stack([neighbours @ out[:, a] for a in range(3)], axis=1)[np.arange(free.size), axis_of] / count
-        out[free, axis_of] = np.clip(mean, lo, hi)
+        # Each free vertex averages its neighbours' coordinate along its own axis (all from the last step).
+        means = [(rows @ out[:, a]) / count for a, _, rows, count, _, _ in moves]
+        for (a, mine, _, _, lo, hi), mean in zip(moves, means):
+            out[mine, a] = np.clip(mean, lo, hi)
     return out
