@@ -77,7 +77,7 @@ S3_END_MARGIN_MM = 6.0
 # A model bone's fitted interior deeper than this is that bone whatever its
 # HU (the sacrum's fatty marrow); nearer the surface the image decides.
 INSET_MM = 1.0
-# Spine seeds: within this of the body midline (vertebral bodies, pedicles).
+# Spine seeds: within this of the midline (vertebral bodies, pedicles).
 SPINE_HALF_WIDTH_MM = 35.0
 # Femur seeds below the hip bone lie at least this far to their side of the midline.
 FEMUR_MIN_OFFSET_MM = 30.0

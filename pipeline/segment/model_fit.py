@@ -6,8 +6,9 @@ gradient, subsampled. The fit never looks at array axes: everything is in
 patient LPS millimetres, so feet-first, prone or tilted scans fit alike.
 
 1. **Start** (:func:`initial_pose`): the mean shape at three sizes is slid
-   over a coarse distance map of the surface points, centred on the body
-   midline, at every antero-posterior and cranio-caudal offset within the
+   over a coarse distance map of the surface points, centred on the
+   midline (the bone's left-right centre), at every antero-posterior and
+   cranio-caudal offset within the
    bone's extent; the place where the model's points lie closest to bone
    wins.
 2. **Refine** (:func:`refine`), an active-shape-model style iteration: every
