@@ -19,16 +19,17 @@ dropped from the implant) shows in the outline distance at full length and
 in the ratio by its area only; the report gives that area beside the ratio.
 Areas come from manifold3d's exact 2D booleans
 (CrossSection). Wall thickness is sampled: from surface points, along the
-inward normal, to where the ray leaves the solid (manifold3d ray casts).
+inward normal, to where the ray leaves the solid (point-cloud-utils' ray
+casts, Embree inside).
 """
 
 from __future__ import annotations
 
+import manifold3d
 import numpy as np
+import point_cloud_utils as pcu
 import trimesh
 from scipy.spatial import cKDTree
-
-import manifold3d
 
 from ..config import Plane
 from ..geometry.caps import min_angles_deg, outline_loops
@@ -36,10 +37,9 @@ from ..geometry.meshes import doubled_areas, mesh_facts
 
 # Ti-6Al-4V, the usual alloy of printed pelvic implants.
 TI6AL4V_G_PER_CM3 = 4.43
-# Surface samples for the wall thickness (area-weighted; one manifold3d ray
-# cast each, ~1 ms: 400 keep the fit stage near 0.4 s), and hits closer than
-# this (mm) to the ray's start are the start's own neighbourhood, not the
-# opposite wall.
+# Surface samples for the wall thickness (area-weighted; all cast at once, 0.03 s
+# for 400 on Pelvic-Ref-003's implant), and hits closer than this (mm) to the
+# ray's start are the start's own neighbourhood, not the opposite wall.
 THICKNESS_SAMPLES = 400
 THICKNESS_SELF_HIT_MM = 0.05
 # Outline points for the outline distance, this far apart along each edge
@@ -159,20 +159,19 @@ def implant_fit(implant: trimesh.Trimesh, *, density_g_per_cm3: float = TI6AL4V_
 
 def wall_thickness_mm(mesh: trimesh.Trimesh, *, samples: int = THICKNESS_SAMPLES, seed: int = 0) -> np.ndarray:
     """Thickness at sampled surface points: distance along the inward normal
-    to where the ray leaves the solid. Samples are area-weighted."""
-    solid = manifold3d.Manifold(manifold3d.Mesh64(
-        vert_properties=np.ascontiguousarray(mesh.vertices, dtype=np.float64),
-        tri_verts=np.ascontiguousarray(mesh.faces, dtype=np.uint64)))
+    to where the ray leaves the solid. Samples are area-weighted.
+
+    The rays are cast together in single precision (Embree), about the
+    mesh's centre so that coordinates stay small: within 4e-5 mm of
+    manifold3d's double-precision ray casts on Pelvic-Ref-003's and the
+    sample's implants, ten times faster (0.33 -> 0.03 s)."""
     rng = np.random.default_rng(seed)
     area = mesh.area_faces
     faces = rng.choice(len(area), size=min(samples, len(area)), replace=False, p=area / area.sum())
-    origins = mesh.triangles_center[faces]
-    inward = -mesh.face_normals[faces]
-    reach = float(np.linalg.norm(mesh.bounds[1] - mesh.bounds[0]))
-    out = []
-    for origin, direction in zip(origins, inward):
-        hits = solid.ray_cast(tuple(origin), tuple(origin + reach * direction))
-        distances = [h.distance * reach for h in hits if h.distance * reach > THICKNESS_SELF_HIT_MM]
-        if distances:
-            out.append(min(distances))
-    return np.asarray(out)
+    centre = np.asarray(mesh.bounds, dtype=np.float64).mean(axis=0)
+    origins = np.asarray(mesh.triangles_center[faces] - centre, dtype=np.float32)
+    inward = np.asarray(-mesh.face_normals[faces], dtype=np.float32)
+    vertices = np.asarray(mesh.vertices - centre, dtype=np.float32)
+    hit, _, distance = pcu.ray_mesh_intersection(vertices, np.asarray(mesh.faces, dtype=np.int32), origins, inward,
+                                                 ray_near=THICKNESS_SELF_HIT_MM)
+    return np.asarray(distance, dtype=np.float64)[np.asarray(hit) >= 0]
