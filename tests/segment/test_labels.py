@@ -844,6 +844,27 @@ def test_watershed_by_piece_is_one_watershed_over_the_whole_box():
                               watershed(-hu, seeds, mask=solid, compactness=WATERSHED_TIE_BREAK))
 
 
+def test_the_flood_gives_a_plateau_to_the_nearer_seed_however_stored():
+    """One HU everywhere (whole-number HU make such ties on real scans) and
+    two one-voxel seeds: every voxel goes to the nearer seed (no voxel is
+    equally near both: the seeds' squared distance, 4^2 + 6^2 + 9^2, is
+    odd), and the array stored the other way round along every axis gives
+    the same. The queue order alone leaves 200 voxels to the farther seed."""
+    from pipeline.segment.labels import watershed_by_piece
+
+    shape = (12, 14, 16)
+    hu = np.full(shape, 300.0, dtype=np.float32)
+    solid = np.ones(shape, dtype=bool)
+    first, second = np.array([2, 2, 2]), np.array([6, 8, 11])
+    seeds = np.zeros(shape, dtype=np.int32)
+    seeds[tuple(first)], seeds[tuple(second)] = 1, 2
+    index = np.indices(shape).reshape(3, -1).T
+    nearer = np.where(((index - first) ** 2).sum(axis=1) < ((index - second) ** 2).sum(axis=1), 1, 2).reshape(shape)
+    assert np.array_equal(watershed_by_piece(hu, seeds, solid), nearer)
+    flip = (slice(None, None, -1),) * 3
+    assert np.array_equal(watershed_by_piece(hu[flip].copy(), seeds[flip].copy(), solid)[flip], nearer)
+
+
 def _tip_scene(bowel_mm3: float = 0.0):
     """(labels, hu, grid, fit) of the sacral tip tests: 3 mm voxels, LPS
     axes, the model's S3 end at z = 63 mm, the midline at x = 60 mm."""
