@@ -58,11 +58,13 @@ class NearSurface:
         self.source = given[split]
         self._corner_tree = self._reach = self._tri_boxes = None
 
-    def query(self, points: np.ndarray, limit: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def query(self, points: np.ndarray, limit: float | None = None,
+              closest_points: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(distance, index of the nearest triangle in ``self.faces``,
         closest point) of each point. With ``limit``, exact for points within
         it; points that are certainly farther get distance inf, triangle -1
-        and closest point nan (a point may be measured though farther)."""
+        and closest point nan (a point may be measured though farther).
+        ``closest_points=False``: the closest points are not computed (None)."""
         points = np.ascontiguousarray(np.asarray(points, dtype=np.float64).reshape(-1, 3))
         n = len(points)
         distance, face = np.zeros(n), np.zeros(n, dtype=np.int64)
@@ -90,8 +92,9 @@ class NearSurface:
                                                            np.ascontiguousarray(self.faces[faces]))
             f = faces[np.asarray(f, dtype=np.int64)]
             distance[measure], face[measure] = d, f
-            closest[measure] = np.einsum("ij,ijk->ik", barycentric, self.vertices[self.faces[f]])
-        return distance, face, closest
+            if closest_points:
+                closest[measure] = np.einsum("ij,ijk->ik", barycentric, self.vertices[self.faces[f]])
+        return distance, face, closest if closest_points else None
 
     def distance(self, points: np.ndarray, limit: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(distance, closest point) of each point (``limit``: see :meth:`query`)."""
@@ -142,7 +145,7 @@ def point_mesh_distance(points: np.ndarray, vertices: np.ndarray,
                         faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(distance of each point to the mesh, index in ``faces`` of the triangle it is measured to), exact."""
     near = NearSurface(vertices=vertices, faces=faces)
-    d, face, _ = near.query(points)
+    d, face, _ = near.query(points, closest_points=False)
     return d, near.source[face]
 
 
@@ -150,21 +153,32 @@ def _split_long(v: np.ndarray, f: np.ndarray, longest_mm: float) -> tuple[np.nda
     """(vertices, faces, source face of each): triangles with an edge longer
     than ``longest_mm`` cut in two at its middle until none is, the same
     surface in pieces of the same plane (a soup: the pieces need not share
-    corners with their neighbours)."""
+    corners with their neighbours). After the first pass only the triangles
+    the last one cut or made are looked at (one within the length never grows)."""
     source = np.arange(len(f))
-    if len(f) == 0 or edge_lengths(v[f]).max() <= longest_mm:
-        return v, f, source
-    f = f.copy()
+    look = np.arange(len(f))
     for _ in range(64):
-        length = edge_lengths(v[f])
-        long = np.flatnonzero(corner_max(length) > longest_mm)
-        if long.size == 0:
+        if look.size == 0:
             break
-        s = length[long].argmax(axis=1)
+        tri = v[f[look]]
+        length = _squared_edges(tri)
+        at = corner_max(length) > longest_mm ** 2
+        if not at.any():
+            break
+        long, tri, length = look[at], tri[at], length[at]
+        s, rows = length.argmax(axis=1), np.arange(long.size)
         a, b, c = (f[long, (s + k) % 3] for k in range(3))
-        m = len(v) + np.arange(long.size)
-        v = np.vstack([v, (v[a] + v[b]) / 2])
+        m = len(v) + rows
+        v = np.vstack([v, (tri[rows, s] + tri[rows, (s + 1) % 3]) / 2])
+        first = len(f)
+        f = np.vstack([f, np.column_stack([m, b, c])])   # a new array: the caller's faces stay
         f[long] = np.column_stack([a, m, c])
-        f = np.vstack([f, np.column_stack([m, b, c])])
         source = np.concatenate([source, source[long]])
+        look = np.concatenate([long, np.arange(first, len(f))])
     return v, f, source
+
+
+def _squared_edges(triangles: np.ndarray) -> np.ndarray:
+    """(n, 3) squared edge lengths of (n, 3, 3) triangles, edge s from corner s to corner s + 1."""
+    d = triangles[:, [1, 2, 0]] - triangles
+    return np.einsum("ijk,ijk->ij", d, d)

@@ -96,19 +96,18 @@ def _decimate_around(vertices: np.ndarray, faces: np.ndarray, keep: np.ndarray,
     import fast_simplification  # imported when a view is made, not with the package
 
     free = faces[~keep]
-    used, local = np.unique(free, return_inverse=True)
+    used, local = _compact(free, len(vertices))
     with _DECIMATION_LOCK:
         new_vertices, new_faces = fast_simplification.simplify(
-            vertices[used], local.reshape(-1, 3).astype(np.int32), target_count=max(4, target),
-            preserve_border=bool(keep.any()))
+            vertices[used], local, target_count=max(4, target), preserve_border=bool(keep.any()))
     if not keep.any():
         return new_vertices, np.asarray(new_faces, dtype=np.int64)
     # Border vertices come back bit for bit: join the two parts on exact coordinates.
-    kept_used, kept_local = np.unique(faces[keep], return_inverse=True)
+    kept_used, kept_local = _compact(faces[keep], len(vertices))
     joined, index = np.unique(np.concatenate([new_vertices, vertices[kept_used]]), axis=0, return_inverse=True)
     index = index.ravel()
     joined_faces = np.concatenate([index[np.asarray(new_faces, dtype=np.int64)],
-                                   index[len(new_vertices) + kept_local.reshape(-1, 3)]])
+                                   index[len(new_vertices) + kept_local]])
     return joined, joined_faces
 
 
@@ -123,7 +122,7 @@ def _compare(vertices, faces, view_vertices, view_faces, tolerance_mm: float) ->
     stray = (out > tolerance_mm)[faces].any(axis=1)
     if stray.any():
         return float(out.max()), stray
-    centres, _ = point_mesh_distance(vertices[faces].mean(axis=1), view_vertices, view_faces)
+    centres, _ = point_mesh_distance(_centres(vertices, faces), view_vertices, view_faces)
     stray = centres > tolerance_mm
     if stray.any():
         return float(centres.max()), stray
@@ -132,9 +131,23 @@ def _compare(vertices, faces, view_vertices, view_faces, tolerance_mm: float) ->
     return max(float(out.max()), float(centres.max()), float(back.max())), stray
 
 
+def _compact(faces: np.ndarray, n_vertices: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the vertices ``faces`` use, in order; the faces indexing them, int32):
+    ``np.unique(faces, return_inverse=True)`` by a lookup table, without the sort."""
+    used = np.zeros(n_vertices, dtype=bool)
+    used[faces.ravel()] = True
+    new_index = np.cumsum(used, dtype=np.int32) - 1
+    return np.flatnonzero(used), new_index[faces]
+
+
 def _samples(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Vertices and triangle centres."""
-    return np.concatenate([vertices, vertices[faces].mean(axis=1)])
+    return np.concatenate([vertices, _centres(vertices, faces)])
+
+
+def _centres(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Triangle centres (three additions: numpy's mean along an axis of length 3 is 3x slower)."""
+    return (vertices[faces[:, 0]] + vertices[faces[:, 1]] + vertices[faces[:, 2]]) / 3.0
 
 
 def _grow(selected: np.ndarray, faces: np.ndarray, n_vertices: int, rings: int) -> np.ndarray:

@@ -39,6 +39,28 @@ def test_long_sliver_triangles_are_measured_exactly_too():
     assert face[-1] == len(faces) - 1
 
 
+def test_long_triangles_are_cut_into_pieces_of_the_same_surface():
+    """The cut before the tree: no edge longer than asked, each triangle's
+    pieces cover exactly its area in its plane, the caller's faces untouched."""
+    from pipeline.geometry.distance import _split_long
+
+    mesh = trimesh.creation.icosphere(subdivisions=1, radius=40.0)   # edges ~25 mm
+    vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.faces)
+    before = faces.copy()
+    v, f, source = _split_long(vertices, faces, 4.0)
+    assert np.array_equal(faces, before) and np.array_equal(v[:len(vertices)], vertices)
+    tri = v[f]
+    longest = np.linalg.norm(tri - np.roll(tri, -1, axis=1), axis=2).max()
+    assert longest <= 4.0 and len(f) > 20 * len(faces)
+    area = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1) / 2
+    assert np.allclose(np.bincount(source, area), mesh.area_faces, rtol=1e-12)
+    normal = mesh.face_normals[source]
+    assert np.abs(np.einsum("ijk,ik->ij", tri - vertices[faces[source, 0]][:, None], normal)).max() < 1e-9
+    # Within the length, nothing is cut and nothing copied.
+    v2, f2, source2 = _split_long(vertices, faces, 30.0)
+    assert v2 is vertices and f2 is faces and np.array_equal(source2, np.arange(len(faces)))
+
+
 def test_a_box_keeps_the_triangles_reaching_into_it():
     mesh = trimesh.creation.icosphere(subdivisions=4, radius=30.0)
     near = NearSurface(mesh, np.array([20.0, -10.0, -10.0]), np.array([40.0, 10.0, 10.0]))
