@@ -69,8 +69,14 @@ class Console:
 
 
 def cmd_mesh(args: argparse.Namespace) -> None:
+    import gc
+
     from .case import run_case
     from .config import load_config
+
+    # The ~100k objects of the imported libraries live as long as the process:
+    # frozen, the collector's full passes (41 ms each, three in a run) skip them.
+    gc.freeze()
 
     console = Console(args.quiet)
     config = load_config(args.config)  # before the CT: a typo fails in milliseconds
