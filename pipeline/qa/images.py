@@ -53,6 +53,10 @@ SCREW_SLICE_PIXEL_MM = 0.5
 # MeshResult attribute, so the QA shows it as soon as the run provides it.
 TEMPLATE_ATTRIBUTE = "mirrored_template"
 SLICE_LONGEST_PX = 512
+# The shorter side of a slice image is at least this many pixels (widened
+# with black beyond the scan): a 40 mm slab of slices seen from the side
+# made a 512 x 40 image whose caption, letters and scale bar overlapped.
+SLICE_SHORTEST_PX = 200
 # 3D views are square; their cost grows with the triangles, not the pixels
 # (CT meshes have sub-pixel triangles): ~0.3 s per view on a 760k-triangle bone.
 VIEW_PX = 400
@@ -193,7 +197,7 @@ def slice_image(volume: Volume, labels: np.ndarray, orientation: str, centre_lps
                                                        indexing="ij")).reshape(3, -1).T)
     right, up = (np.asarray(v) for v in SLICE_AXES[orientation])
     pixel_mm = max(np.ptp(corners @ right), np.ptp(corners @ up)) / (SLICE_LONGEST_PX - 1)
-    points = slice_points(volume, orientation, centre_lps_mm, pixel_mm)
+    points = slice_points(volume, orientation, centre_lps_mm, pixel_mm, SLICE_SHORTEST_PX)
     hu, lab = sample_slice(volume, labels, points)
     rgb = overlay(hu, lab)
     if fit is not None:  # the shape model's outline: the prior that decided membership

@@ -46,11 +46,13 @@ SLICE_AXES = {
 
 
 def slice_points(volume: Volume, orientation: str, through_lps_mm: np.ndarray,
-                 pixel_mm: float) -> np.ndarray:
+                 pixel_mm: float, min_px: int = 0) -> np.ndarray:
     """LPS points (H, W, 3) of the display pixels of an ``orientation`` slice
     (see :data:`SLICE_AXES`) through the point ``through_lps_mm``, covering the
     volume's extent: columns step ``pixel_mm`` along image right, rows step
-    ``pixel_mm`` along image down."""
+    ``pixel_mm`` along image down. ``min_px``: an extent shorter than that
+    many pixels (a thin slab of slices seen from the side) is widened
+    equally on both sides, beyond the volume."""
     if orientation not in SLICE_AXES:
         raise ValueError(f"orientation must be one of {', '.join(SLICE_AXES)}, got {orientation!r}")
     right, up = (np.asarray(v) for v in SLICE_AXES[orientation])
@@ -59,9 +61,18 @@ def slice_points(volume: Volume, orientation: str, through_lps_mm: np.ndarray,
     along_right, along_up = corners @ right, corners @ up
     cols = np.arange(along_right.min(), along_right.max() + pixel_mm, pixel_mm)
     rows = np.arange(along_up.max(), along_up.min() - pixel_mm, -pixel_mm)
+    cols, rows = _widened(cols, min_px, pixel_mm), _widened(rows, min_px, -pixel_mm)
     through = np.asarray(through_lps_mm, dtype=np.float64)
     base = through - (through @ right) * right - (through @ up) * up
     return base + rows[:, None, None] * up + cols[None, :, None] * right
+
+
+def _widened(steps: np.ndarray, n: int, step: float) -> np.ndarray:
+    """``steps`` (evenly spaced by ``step``) with as many more on either side as make ``n``."""
+    missing = n - len(steps)
+    if missing <= 0:
+        return steps
+    return steps[0] + step * np.arange(-(missing // 2), len(steps) + missing - missing // 2)
 
 
 def sample_slice(volume: Volume, labels: np.ndarray, points_lps_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,8 @@ from pipeline.qa.annotate import edge_letters
 from pipeline.config import Plane
 from pipeline.io.export import write_outputs
 from pipeline.phantom import pelvis_phantom, preset
-from pipeline.qa.images import IMPLANT_RGB, PLANE_RGB, TEMPLATE_RGB, slice_image, view_image
+from pipeline.qa.images import (IMPLANT_RGB, PLANE_RGB, SLICE_LONGEST_PX, SLICE_SHORTEST_PX, TEMPLATE_RGB,
+                                slice_image, view_image)
 from pipeline.qa.render import COLOURS, SLICE_AXES, slice_points
 from pipeline.qa.report_html import report_html, report_warnings
 
@@ -31,13 +32,12 @@ def pixel_of(volume, orientation, through, point):
     """(row, column) of the display pixel nearest ``point`` in the slice through ``through``."""
     image = slice_image(volume, np.zeros(volume.shape, np.uint8), orientation, through, (), [])
     pixel_mm = _pixel_mm(image.rgb.shape, volume, orientation)
-    points = slice_points(volume, orientation, through, pixel_mm)
+    points = slice_points(volume, orientation, through, pixel_mm, SLICE_SHORTEST_PX)
     distance = np.linalg.norm(points - np.asarray(point), axis=-1)
     return np.unravel_index(np.argmin(distance), distance.shape), pixel_mm
 
 
 def _pixel_mm(shape, volume, orientation):
-    from pipeline.qa.images import SLICE_LONGEST_PX
     corners = volume.index_to_lps(np.array(np.meshgrid(*[(0, n - 1) for n in volume.shape],
                                                        indexing="ij")).reshape(3, -1).T)
     right, up = (np.asarray(v) for v in SLICE_AXES[orientation])
@@ -78,6 +78,30 @@ def test_coronal_shows_patient_left_on_the_image_right(phantom):
         assert (edge.min(axis=-1) > 240).sum() > 5
     assert edge_letters(*SLICE_AXES["axial"])["top"] == "A"
     assert edge_letters(*SLICE_AXES["sagittal"])["left"] == "A"
+
+
+def test_a_thin_slab_seen_from_the_side_is_widened_with_black():
+    """20 slices of 2 mm seen coronally: 40 mm of scan (about 77 pixels) in a
+    200-pixel-high image, the scan's rows in the middle at their own
+    positions, black beyond."""
+    from pipeline.volume import Volume
+
+    hu = np.full((20, 64, 128), 40.0, dtype=np.float32)
+    hu[:, 20:40, 50:70] = 1000.0
+    affine = np.array([[0, 0, 2.0, -100.0], [0, 2.0, 0, -60.0], [2.0, 0, 0, 10.0], [0, 0, 0, 1.0]])
+    volume = Volume(hu, affine)
+    through = volume.index_to_lps(np.array([[10, 30, 60]]))[0]
+    image = slice_image(volume, np.zeros(volume.shape, np.uint8), "coronal", through, (), []).rgb
+    pixel_mm = _pixel_mm(image.shape, volume, "coronal")
+    assert image.shape[:2] == (SLICE_SHORTEST_PX, SLICE_LONGEST_PX)
+    points = slice_points(volume, "coronal", through, pixel_mm, SLICE_SHORTEST_PX)
+    # The unwidened image's rows, at their own positions, in the middle.
+    plain = slice_points(volume, "coronal", through, pixel_mm)
+    first = int(np.argmin(np.linalg.norm(points[:, 0] - plain[0, 0], axis=1)))
+    assert np.allclose(points[first:first + len(plain)], plain, atol=1e-9) and len(plain) < SLICE_SHORTEST_PX / 2
+    assert abs(first + (len(plain) - 1) / 2 - (SLICE_SHORTEST_PX - 1) / 2) <= 0.5
+    # Beyond the scan: black (away from the caption, letters and scale bar).
+    assert image[5:20, -80:-40].max() == 0 and image[-20:-8, -80:-40].max() == 0
 
 
 def test_plane_trace_and_removed_bone_are_drawn(phantom):
