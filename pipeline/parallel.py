@@ -19,7 +19,7 @@ def parallel(*calls: Callable[[], Any]) -> list[Any]:
 
     An exception in any call is raised here, after all calls have finished.
     """
-    if len(calls) == 1 or WORKERS == 1:
+    if len(calls) <= 1 or WORKERS == 1:
         return [call() for call in calls]
     with ThreadPoolExecutor(max_workers=min(WORKERS, len(calls))) as pool:
         futures = [pool.submit(call) for call in calls]

@@ -10,16 +10,18 @@ patient LPS millimetres, so feet-first, prone or tilted scans fit alike.
    midline (the bone's left-right centre), at every antero-posterior and
    cranio-caudal offset within the
    bone's extent; the place where the model's points lie closest to bone
-   wins.
+   wins. Model points beyond the scan's edge are unknown, neither near nor
+   far, so a scan that stops short of the iliac crests does not draw the
+   model into its view.
 2. **Refine** (:func:`refine`), an active-shape-model style iteration: every
    model vertex takes the nearest data point whose normal agrees with its
    own (so the model does not snap onto the inner cortex, a femoral head or
    the other side of a joint), the pairs farther than the trimmed quantile
    are dropped (tumour, metal, parts out of view, bone the model lacks),
    and the vertex's target is the data point's tangent plane. A similarity
-   transform is fitted to the targets, then the shape modes with Tikhonov
-   regularisation, clipped at +-``MAX_SD``; first the pose alone, then
-   5, 10 and 20 modes.
+   transform is fitted to the targets (its size kept within
+   ``SCALE_RANGE``), then the shape modes with Tikhonov regularisation,
+   clipped at +-``MAX_SD``; first the pose alone, then 5, 10 and 20 modes.
 
 The result says how well each bone fits (median and 90th-percentile residual
 of its matched vertices), how much of each bone the scan shows, and how many
@@ -44,8 +46,11 @@ from .shape_model import MODEL_BONES, ShapeModel
 DATA_POINTS = 20000
 # Initial search: a distance map on this grid (mm), steps of the coarse offsets
 # (mm; a finer search follows), sizes tried, every n-th model vertex scored,
-# distances clipped at CLIP_MM.
+# distances clipped at CLIP_MM. A model point beyond the scan's edge scores
+# INIT_UNSEEN_MM, about what a point of a good start scores (3.3 mm on
+# Pelvic-Ref-003): unknown, neither bone nor its absence.
 INIT_CELL_MM, INIT_STEP_MM, INIT_SCALES, INIT_VERTEX_STRIDE, INIT_CLIP_MM = 5.0, 10.0, (0.85, 1.0, 1.15), 30, 30.0
+INIT_UNSEEN_MM = 5.0
 # Surface points are moved to the half-maximum along a profile of +-PROFILE_MM.
 PROFILE_MM, PROFILE_STEP_MM = 3.0, 0.5
 # Refinement: (modes, iterations, each bone on its own) per phase; every n-th vertex is fitted.
@@ -57,6 +62,10 @@ FIT_VERTEX_STRIDE = 3
 MATCH_MM, NEIGHBOURS, MIN_COS, TRIM = 15.0, 6, 0.3, 0.8
 # Shape regularisation (per matched vertex) and the clip of every mode (SD).
 TIKHONOV, MAX_SD = 0.01, 3.0
+# The size of a pelvis relative to the atlas's mean (adults): from a child's
+# to a large adult's. Unbounded, a fit to a small piece of bone shrank the
+# model to a point lying on it (a 15 mm sphere passed for a pelvis).
+SCALE_RANGE = (0.6, 1.5)
 # Per-bone motions are held back by this damping (per matched vertex).
 LOCAL_DAMPING = 100.0
 # A model vertex within this of a matched data point counts as fitted (mm).
@@ -158,23 +167,33 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
 
 
-def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float) -> tuple[float, np.ndarray, float]:
+def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float,
+                 volume: Volume) -> tuple[float, np.ndarray, float]:
     """(scale, translation LPS mm, mean distance mm) of the best start.
 
     The model frame is LPS-like, so only size and position are searched:
-    a coarse grid of offsets, then a finer one around the best."""
+    a coarse grid of offsets, then a finer one around the best. Model points
+    beyond the scan's edge score ``INIT_UNSEEN_MM``: a scan that stops below
+    the iliac crests drew the model down and shrank it to fit the bone in
+    view (cut 125 mm above the femoral heads, Pelvic-Ref-003's fit ended
+    27 mm from the whole scan's)."""
     lo = points.min(axis=0) - 2 * INIT_CLIP_MM
     shape = np.ceil((points.max(axis=0) + 2 * INIT_CLIP_MM - lo) / INIT_CELL_MM).astype(np.int64) + 1
     occupied = np.zeros(shape, dtype=bool)
     occupied[tuple(np.floor((points - lo) / INIT_CELL_MM).astype(np.int64).T)] = True
     distance = np.minimum(distance_to_false(~occupied, INIT_CELL_MM), INIT_CLIP_MM)
     sample = model.mean_mm[::INIT_VERTEX_STRIDE]
+    to_index = np.linalg.inv(volume.affine)
+    last = np.array(volume.shape) - 0.5
 
     def scores(scale: float, offsets: np.ndarray) -> np.ndarray:
-        cells = np.floor((scale * sample[None] + offsets[:, None] - lo) / INIT_CELL_MM).astype(np.int64)
+        at = scale * sample[None] + offsets[:, None]
+        cells = np.floor((at - lo) / INIT_CELL_MM).astype(np.int64)
         inside = np.all((cells >= 0) & (cells < shape), axis=2)
         d = np.full(cells.shape[:2], INIT_CLIP_MM, dtype=np.float32)
         d[inside] = distance[tuple(cells[inside].T)]
+        index = at @ to_index[:3, :3].T + to_index[:3, 3]
+        d[~np.all((index > -0.5) & (index < last), axis=2)] = INIT_UNSEEN_MM
         return d.mean(axis=1)
 
     def best_of(scales, offsets) -> tuple[float, float, np.ndarray]:
@@ -287,7 +306,7 @@ def refine(model: ShapeModel, points: np.ndarray, normals: np.ndarray, scale: fl
             step = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
             translation = translation + step[:3]
             rotation = _rotation(step[3:6]) @ rotation
-            scale *= np.exp(step[6])
+            scale = float(np.clip(scale * np.exp(step[6]), *SCALE_RANGE))
             if n_modes:
                 b = np.clip(b + step[shape_cols], -MAX_SD, MAX_SD)
             if per_bone:
@@ -301,7 +320,7 @@ def refine(model: ShapeModel, points: np.ndarray, normals: np.ndarray, scale: fl
 def fit_pelvis(volume: Volume, bone: BoneMask, model: ShapeModel) -> PelvisFit:
     """The shape model fitted to the bone of ``volume`` (see the module docstring)."""
     points, normals = surface_points(volume, bone)
-    scale, translation, _ = initial_pose(model, points, bone.midline_x_lps_mm)
+    scale, translation, _ = initial_pose(model, points, bone.midline_x_lps_mm, volume)
     x, b = refine(model, points, normals, scale, translation)
     faces = np.concatenate([model.faces[name] for name in MODEL_BONES])
     matched, offset, _ = _matches(cKDTree(points), points, normals, x, vertex_normals(x, faces))

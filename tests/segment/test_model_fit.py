@@ -82,6 +82,42 @@ def test_the_fit_does_not_depend_on_how_the_slices_are_stored(fits):
     assert np.median(np.linalg.norm(a - b, axis=1)) < 0.5
 
 
+def test_a_scan_that_stops_below_the_iliac_crests_is_fitted_in_place():
+    """The scan keeps its lowest 45 % of slices: the crests, the SI joints and
+    the whole sacrum are beyond its edge. The model must not shrink or slide
+    down to fit the bone in view: every vertex, in view or not, near its
+    true place (the start used to put the model 85 mm off)."""
+    from scipy.spatial import cKDTree
+
+    full, truth, model = pelvis_ct(), truth_vertices(), load_model()
+    n = int(full.shape[0] * 0.45)
+    volume = Volume(np.ascontiguousarray(full.hu[:n]), full.affine.copy())
+    assert truth[:, 2].max() - volume.index_to_lps(np.array([[n - 1, 0, 0]]))[0, 2] > 120.0   # mm out of view
+    fit = fit_pelvis(volume, segment_bone(volume, SegmentConfig(min_island_mm3=100.0)), model)
+    assert fit.bones["sacrum"]["in_view_fraction"] == 0.0 and fit.bones["hip_left"]["in_view_fraction"] < 0.5
+    assert np.median(np.linalg.norm(fit.vertices_lps_mm - truth, axis=1)) < 1.5 * SPACING_MM
+    dense = np.concatenate([trimesh.Trimesh(truth, model.faces[b], process=False).sample(150000, seed=0)
+                            for b in MODEL_BONES])
+    index = volume.lps_to_index(fit.vertices_lps_mm)
+    in_view = np.all((index > -0.5) & (index < np.array(volume.shape) - 0.5), axis=1)
+    assert np.median(cKDTree(dense).query(fit.vertices_lps_mm[in_view])[0]) < 0.5 * SPACING_MM
+
+
+def test_a_lone_ball_of_bone_is_no_pelvis():
+    """A 15 mm ball in a 45 mm scan: the model must not shrink onto it (it
+    used to, to a point with no residual) and no pelvis is found."""
+    from pipeline.phantom.analytic import sphere_phantom
+    from pipeline.segment.labels import pelvis_found
+
+    ph = sphere_phantom(radius_mm=15.0, shape=(45, 55, 55), spacing_mm=np.array([1.0, 0.8, 0.8]),
+                        hu_inside=1500.0, hu_outside=-100.0, blur_mm=0.8, noise_hu=0.0)
+    model = load_model()
+    fit = fit_pelvis(ph.volume, segment_bone(ph.volume, SegmentConfig()), model)
+    size = np.ptp(fit.vertices_lps_mm, axis=0) / np.ptp(model.mean_mm, axis=0)
+    assert size.min() > 0.4   # its size bounded (shape modes may narrow one direction further)
+    assert not pelvis_found(fit)
+
+
 @pytest.mark.parametrize("mirror", [False, True])
 def test_voxelised_sphere_matches_its_analytic_inside(mirror):
     sphere = trimesh.creation.icosphere(subdivisions=5, radius=20.0).apply_translation([3.0, -4.0, 5.0])
