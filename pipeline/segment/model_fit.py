@@ -48,9 +48,12 @@ DATA_POINTS = 20000
 # (mm; a finer search follows), sizes tried, every n-th model vertex scored,
 # distances clipped at CLIP_MM. A model point beyond the scan's edge scores
 # INIT_UNSEEN_MM, about what a point of a good start scores (3.3 mm on
-# Pelvic-Ref-003): unknown, neither bone nor its absence.
+# Pelvic-Ref-003): unknown, neither bone nor its absence; but never less
+# than the mean of the points in view, and at least INIT_MIN_SEEN of the
+# points must be in view. Else a start that fits badly (a patient turned
+# 15 degrees in the scanner) escaped beyond the scan's edge altogether.
 INIT_CELL_MM, INIT_STEP_MM, INIT_SCALES, INIT_VERTEX_STRIDE, INIT_CLIP_MM = 5.0, 10.0, (0.85, 1.0, 1.15), 30, 30.0
-INIT_UNSEEN_MM = 5.0
+INIT_UNSEEN_MM, INIT_MIN_SEEN = 5.0, 0.2
 # Surface points are moved to the half-maximum along a profile of +-PROFILE_MM.
 PROFILE_MM, PROFILE_STEP_MM = 3.0, 0.5
 # Refinement: (modes, iterations, each bone on its own) per phase; every n-th vertex is fitted.
@@ -173,7 +176,8 @@ def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float,
 
     The model frame is LPS-like, so only size and position are searched:
     a coarse grid of offsets, then a finer one around the best. Model points
-    beyond the scan's edge score ``INIT_UNSEEN_MM``: a scan that stops below
+    beyond the scan's edge score ``INIT_UNSEEN_MM`` (or the mean of those in
+    view, if higher; see there): a scan that stops below
     the iliac crests drew the model down and shrank it to fit the bone in
     view (cut 125 mm above the femoral heads, Pelvic-Ref-003's fit ended
     27 mm from the whole scan's)."""
@@ -193,8 +197,12 @@ def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float,
         d = np.full(cells.shape[:2], INIT_CLIP_MM, dtype=np.float32)
         d[inside] = distance[tuple(cells[inside].T)]
         index = at @ to_index[:3, :3].T + to_index[:3, 3]
-        d[~np.all((index > -0.5) & (index < last), axis=2)] = INIT_UNSEEN_MM
-        return d.mean(axis=1)
+        seen = np.all((index > -0.5) & (index < last), axis=2)
+        n_seen = seen.sum(axis=1)
+        seen_mean = np.where(seen, d, 0.0).sum(axis=1) / np.maximum(n_seen, 1)
+        unseen = np.maximum(INIT_UNSEEN_MM, seen_mean)
+        score = (seen_mean * n_seen + unseen * (len(sample) - n_seen)) / len(sample)
+        return np.where(n_seen >= INIT_MIN_SEEN * len(sample), score, np.inf)
 
     def best_of(scales, offsets) -> tuple[float, float, np.ndarray]:
         # The scales on both cores (numpy's array work releases the GIL).

@@ -103,6 +103,25 @@ def test_a_scan_that_stops_below_the_iliac_crests_is_fitted_in_place():
     assert np.median(cKDTree(dense).query(fit.vertices_lps_mm[in_view])[0]) < 0.5 * SPACING_MM
 
 
+def test_a_start_that_fits_badly_does_not_escape_beyond_the_scan():
+    """The known pelvis turned 25 degrees about the vertical in the scanner
+    (the start searches position and size, not turns: the fit ends about
+    20 mm off, a known limit). Model points beyond the scan's edge are
+    unknown, but a start fitting the bone in view badly must not gain by
+    leaving the scan: it did, and the fit ended 137 mm off."""
+    from ..helpers import rotation as turn
+
+    full, truth = pelvis_ct(), truth_vertices()
+    centre = truth.mean(axis=0)
+    r = turn([0.0, 0.0, 1.0], np.radians(25.0))
+    moved = np.eye(4)
+    moved[:3, :3], moved[:3, 3] = r, centre - r @ centre
+    volume = Volume(full.hu, moved @ full.affine)
+    fit = fit_pelvis(volume, segment_bone(volume, SegmentConfig(min_island_mm3=100.0)), load_model())
+    moved_truth = truth @ r.T + (centre - r @ centre)
+    assert np.median(np.linalg.norm(fit.vertices_lps_mm - moved_truth, axis=1)) < 30.0
+
+
 def test_a_lone_ball_of_bone_is_no_pelvis():
     """A 15 mm ball in a 45 mm scan: the model must not shrink onto it (it
     used to, to a point with no residual) and no pelvis is found."""
