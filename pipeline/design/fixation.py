@@ -495,10 +495,10 @@ def _iliosacral_screws(cut: Resection, i: int, plane: Plane, fields: _Fields, sc
         warnings.append("fixation: no fitted sacrum model, so no S1 level: no iliosacral screw")
         return []
     radius = config.iliosacral_diameter_mm / 2
-    need = radius + config.min_bone_margin_mm
     faces = cut.host_cut_faces[i]
     tri = cut.host.triangles[faces]
-    # Points on the cut face, about every 2 mm, at least the screw radius + margin inside its rim.
+    # Points on the cut face, about every 2 mm, that lie on the host (a hair
+    # inside it); the margin to the bone's rim is measured along each screw.
     samples = _face_samples(tri, 2.0)
     samples = samples[fields.exact_depth(samples + np.asarray(plane.normal_lps) * -1e-3) >= 0]
     into_host = -np.asarray(plane.normal_lps)
