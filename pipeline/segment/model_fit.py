@@ -46,15 +46,15 @@ from .shape_model import MODEL_BONES, ShapeModel
 DATA_POINTS = 20000
 # Initial search: a distance map on this grid (mm), steps of the coarse offsets
 # (mm; a finer search follows, at 0.95-1.05 of INIT_SCALE), the size tried,
-# every n-th model vertex scored, distances clipped at CLIP_MM. One size: with
-# 0.85 and 1.15 tried too, a patient turned 10-15 degrees in the scanner
-# (which the start does not search) was met by a model shrunk to 0.85 that
-# the refinement did not bring back (see SCHEDULE). A model point beyond the scan's edge scores
-# INIT_UNSEEN_MM, about what a point of a good start scores (3.3 mm on
-# Pelvic-Ref-003): unknown, neither bone nor its absence; but never less
-# than the mean of the points in view, and at least INIT_MIN_SEEN of the
-# points must be in view. Else a start that fits badly (a patient turned
-# 15 degrees in the scanner) escaped beyond the scan's edge altogether.
+# every n-th model vertex scored, distances clipped at CLIP_MM.
+# One size: with 0.85 and 1.15 tried too, a patient turned 10-15 degrees in
+# the scanner (which the start does not search) was met by a model shrunk to
+# 0.85 that the refinement did not bring back (see SCHEDULE).
+# A model point beyond the scan's edge scores INIT_UNSEEN_MM, about what a
+# point of a good start scores (3.3 mm on Pelvic-Ref-003): unknown, neither
+# bone nor its absence; but never less than the mean of the points in view,
+# and at least INIT_MIN_SEEN of the points must be in view. Else a start that
+# fits badly (a patient turned 15 degrees) escaped beyond the scan's edge.
 INIT_CELL_MM, INIT_STEP_MM, INIT_SCALE, INIT_VERTEX_STRIDE, INIT_CLIP_MM = 5.0, 10.0, 1.0, 30, 30.0
 INIT_UNSEEN_MM, INIT_MIN_SEEN = 5.0, 0.2
 # Surface points are moved to the half-maximum along a profile of +-PROFILE_MM.
@@ -180,8 +180,9 @@ def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float,
                  volume: Volume) -> tuple[float, np.ndarray, float]:
     """(scale, translation LPS mm, mean distance mm) of the best start.
 
-    The model frame is LPS-like, so only size and position are searched:
-    a coarse grid of offsets, then a finer one around the best. Model points
+    The model frame is LPS-like, so only position and size are searched:
+    a coarse grid of offsets at the mean size, then a finer one around the
+    best at 0.95-1.05 of it. Model points
     beyond the scan's edge score ``INIT_UNSEEN_MM`` (or the mean of those in
     view, if higher; see there): a scan that stops below
     the iliac crests drew the model down and shrank it to fit the bone in
