@@ -161,8 +161,8 @@ def _split_long(v: np.ndarray, f: np.ndarray, longest_mm: float) -> tuple[np.nda
         if look.size == 0:
             break
         tri = v[f[look]]
-        length = _squared_edges(tri)
-        at = corner_max(length) > longest_mm ** 2
+        length = edge_lengths(tri)
+        at = corner_max(length) > longest_mm
         if not at.any():
             break
         long, tri, length = look[at], tri[at], length[at]
@@ -177,8 +177,3 @@ def _split_long(v: np.ndarray, f: np.ndarray, longest_mm: float) -> tuple[np.nda
         look = np.concatenate([long, np.arange(first, len(f))])
     return v, f, source
 
-
-def _squared_edges(triangles: np.ndarray) -> np.ndarray:
-    """(n, 3) squared edge lengths of (n, 3, 3) triangles, edge s from corner s to corner s + 1."""
-    d = triangles[:, [1, 2, 0]] - triangles
-    return np.einsum("ijk,ijk->ij", d, d)

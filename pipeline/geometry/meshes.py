@@ -204,11 +204,18 @@ def _shells(v: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     graph = sparse.csr_matrix((np.ones(rows.size, dtype=np.int8), (rows, f[:, 1:].T.ravel())), shape=(n, n))
     count, vertex_label = connected_components(graph, directed=False)
     per_face = np.einsum("ij,ij->i", v[f[:, 0]], np.cross(v[f[:, 1]], v[f[:, 2]])) / 6.0
-    # The pieces holding faces (not lone vertices), numbered in order (np.unique's inverse, without its sort).
-    face_piece = vertex_label[f[:, 0]]
-    used = np.bincount(face_piece, minlength=count) > 0
-    labels = (np.cumsum(used) - 1)[face_piece]
+    # The pieces holding faces (not lone vertices), numbered in order.
+    _, labels = compact_indices(vertex_label[f[:, 0]], count)
     return labels, np.bincount(labels, weights=per_face)
+
+
+def compact_indices(indices: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the values in ``indices`` (each in 0..n-1), ascending; ``indices``
+    renumbered 0..k-1 in that order, int32): ``np.unique(indices,
+    return_inverse=True)`` by a lookup table, without its sort."""
+    used = np.zeros(n, dtype=bool)
+    used[indices.ravel()] = True
+    return np.flatnonzero(used), (np.cumsum(used, dtype=np.int32) - 1)[indices]
 
 
 _FACTS: "weakref.WeakKeyDictionary[trimesh.Trimesh, tuple[int, dict]]" = weakref.WeakKeyDictionary()

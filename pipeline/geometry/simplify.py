@@ -26,6 +26,7 @@ import numpy as np
 import trimesh
 
 from .distance import point_mesh_distance
+from .meshes import compact_indices
 
 # fast-simplification keeps the mesh being simplified in module-level state
 # between its load, simplify and return calls: one simplification at a time.
@@ -96,14 +97,14 @@ def _decimate_around(vertices: np.ndarray, faces: np.ndarray, keep: np.ndarray,
     import fast_simplification  # imported when a view is made, not with the package
 
     free = faces[~keep]
-    used, local = _compact(free, len(vertices))
+    used, local = compact_indices(free, len(vertices))
     with _DECIMATION_LOCK:
         new_vertices, new_faces = fast_simplification.simplify(
             vertices[used], local, target_count=max(4, target), preserve_border=bool(keep.any()))
     if not keep.any():
         return new_vertices, np.asarray(new_faces, dtype=np.int64)
     # Border vertices come back bit for bit: join the two parts on exact coordinates.
-    kept_used, kept_local = _compact(faces[keep], len(vertices))
+    kept_used, kept_local = compact_indices(faces[keep], len(vertices))
     joined, index = np.unique(np.concatenate([new_vertices, vertices[kept_used]]), axis=0, return_inverse=True)
     index = index.ravel()
     joined_faces = np.concatenate([index[np.asarray(new_faces, dtype=np.int64)],
@@ -129,15 +130,6 @@ def _compare(vertices, faces, view_vertices, view_faces, tolerance_mm: float) ->
     back, nearest = point_mesh_distance(_samples(view_vertices, view_faces), vertices, faces)
     stray[nearest[back > tolerance_mm]] = True
     return max(float(out.max()), float(centres.max()), float(back.max())), stray
-
-
-def _compact(faces: np.ndarray, n_vertices: int) -> tuple[np.ndarray, np.ndarray]:
-    """(the vertices ``faces`` use, in order; the faces indexing them, int32):
-    ``np.unique(faces, return_inverse=True)`` by a lookup table, without the sort."""
-    used = np.zeros(n_vertices, dtype=bool)
-    used[faces.ravel()] = True
-    new_index = np.cumsum(used, dtype=np.int32) - 1
-    return np.flatnonzero(used), new_index[faces]
 
 
 def _samples(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:

@@ -11,8 +11,8 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from pipeline.errors import MeshError
-from pipeline.geometry.meshes import (MIN_ALTITUDE_MM, WELD_MM, concatenate_solids, mesh_facts, reader_defects,
-                                      reader_view, remove_needles, validate_solid, _FACTS)
+from pipeline.geometry.meshes import (MIN_ALTITUDE_MM, WELD_MM, compact_indices, concatenate_solids, mesh_facts,
+                                      reader_defects, reader_view, remove_needles, validate_solid, _FACTS)
 
 # At 256-512 mm from the origin float32 coordinates are 2**-15 mm apart.
 FLOAT32_STEP_AT_300_MM = 2.0**-15
@@ -200,3 +200,11 @@ def test_corner_min_and_max_are_numpy_reductions_over_the_three_corners():
         assert np.array_equal(corner_max(values), values.max(axis=1))
     with_nan = np.array([[1.0, np.nan, 0.0]])
     assert np.isnan(corner_min(with_nan)[0]) and np.isnan(corner_max(with_nan)[0])
+
+
+def test_compacting_faces_matches_numpy_unique():
+    faces = np.random.default_rng(3).integers(0, 500, (300, 3)) * 2   # only even vertices used
+    used, local = compact_indices(faces, 1000)
+    expected_used, inverse = np.unique(faces, return_inverse=True)
+    assert np.array_equal(used, expected_used) and np.array_equal(local, inverse.reshape(faces.shape))
+    assert local.dtype == np.int32

@@ -12,7 +12,7 @@ import pytest
 import trimesh
 
 from pipeline.geometry.meshes import reader_defects
-from pipeline.geometry.simplify import _compact, _decimate_around, hausdorff_mm, simplify_within
+from pipeline.geometry.simplify import _decimate_around, hausdorff_mm, simplify_within
 
 
 def sphere(radius_mm: float, subdivisions: int = 4, centre=(0.0, 0.0, 0.0)) -> trimesh.Trimesh:
@@ -76,14 +76,6 @@ def test_kept_triangles_come_back_unchanged_and_fit_the_decimated_rest():
     assert cap <= now
     # The target is the decimated part's; the decimation stops within a few triangles of it.
     assert len(joined_faces) <= 800 + keep.sum() + 16
-
-
-def test_compacting_faces_matches_numpy_unique():
-    faces = np.random.default_rng(3).integers(0, 500, (300, 3)) * 2   # only even vertices used
-    used, local = _compact(faces, 1000)
-    expected_used, inverse = np.unique(faces, return_inverse=True)
-    assert np.array_equal(used, expected_used) and np.array_equal(local, inverse.reshape(faces.shape))
-    assert local.dtype == np.int32
 
 
 def test_impossible_requests_are_refused():
