@@ -119,6 +119,8 @@ def bone_surfaces(volume: Volume, bone: BoneLabels, cfg: SurfaceConfig) -> BoneS
     if open_gap is not None and open_gap.any():
         keep_gaps_open(field, hu, solid, open_gap)
     del hu, open_gap
+    if bone.kept_in is not None:
+        np.maximum(field, CLAMP_HU, out=field, where=bone.kept_in)
     inside = snap_to_level(solid, grown, field, min_piece_voxels=bone.smallest_piece_voxels // 10)
     labels = fill_label_cavities(drop_specks(carry_labels(inside, bone.labels)))
     offset = np.array([s.start for s in bone.box], dtype=float)

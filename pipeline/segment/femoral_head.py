@@ -187,13 +187,21 @@ def sphere_directions(n: int) -> np.ndarray:
     return np.c_[np.cos(polar), np.sin(polar) * np.cos(azimuth), np.sin(polar) * np.sin(azimuth)]
 
 
-def fill_femoral_heads(labels: np.ndarray, heads: list[Head], grid: Grid) -> np.ndarray:
+def fill_femoral_heads(labels: np.ndarray, heads: list[Head], grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     """Fill each femoral head, in place: all voxels within its fill sphere
     (:attr:`Head.fill_radius_mm`) are femur, whatever their HU (the head's
     subchondral shell, facing the acetabulum on thick slices, averages below
-    the threshold over much of its surface). Returns where: there the femur
-    is as certain as its own threshold bone."""
+    the threshold over much of its surface). Returns where (there the femur
+    is as certain as its own threshold bone), and where of that the sphere
+    came from the fitted acetabulum alone (:attr:`Head.source`): neither a
+    joint-space valley nor the head's own surface showed in the image (3 mm
+    voxels), the HU cannot tell where the head ends, and the sphere stands
+    against the half-maximum level too. (The TotalSegmentator example's
+    heads, 120-180 HU at their dome: the level peeled a voxel layer off
+    them, 2-3 voxels short of its reference's heads; femurs Dice 0.859 /
+    0.864 -> 0.882 / 0.887, surface Dice 0.929 / 0.915 -> 0.967 / 0.944.)"""
     inside = np.zeros(labels.shape, dtype=bool)
+    unresolved = np.zeros(labels.shape, dtype=bool)
     for head in heads:
         box, dist = ball(head.centre_lps_mm, head.radius_mm, grid)
         if box is None:
@@ -201,4 +209,6 @@ def fill_femoral_heads(labels: np.ndarray, heads: list[Head], grid: Grid) -> np.
         inner = dist <= head.fill_radius_mm
         labels[box][inner] = head.femur
         inside[box] |= inner
-    return inside
+        if head.source == "acetabulum":
+            unresolved[box] |= inner
+    return inside, unresolved

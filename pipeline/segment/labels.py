@@ -119,6 +119,10 @@ class BoneLabels:
     not bone however narrow the gap (the fitted sacrum's canal and foramina,
     :func:`model_holes`); the surface's snap does not close them where it
     has no level to go by.
+    ``kept_in``: bool on ``box`` or None: voxels the labelling holds are
+    bone whatever their HU (the interiors of femoral heads placed from the
+    fitted acetabulum alone, :func:`fill_femoral_heads`); the surface's
+    snap does not peel them.
     """
 
     labels: np.ndarray
@@ -127,6 +131,7 @@ class BoneLabels:
     stats: dict
     fit: PelvisFit | None = None
     kept_open: np.ndarray | None = None
+    kept_in: np.ndarray | None = None
 
     def full(self, shape: tuple[int, int, int]) -> np.ndarray:
         out = np.zeros(shape, dtype=np.uint8)
@@ -166,7 +171,7 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
             labels[tuple(beyond.T)] = 0
         labels[deep & ((labels == 0) | ((labels != label) & ~own))] = label
     tip = sacral_tip(labels, hu, grid, fit, bone.midline_x_lps_mm) if found else 0
-    heads_inside = fill_femoral_heads(labels, heads, grid)
+    heads_inside, heads_unresolved = fill_femoral_heads(labels, heads, grid)
     certain = own.copy()
     for _, _, deep in masks.values():
         certain |= deep
@@ -175,7 +180,8 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
     labels = separate_labels(labels, own | heads_inside, hu)
     return BoneLabels(labels=labels, box=bone.box, smallest_piece_voxels=_smallest(labels),
                       stats=label_stats(labels, volume, fit, found, heads, core_hu, tip, above_l1),
-                      fit=fit if found else None, kept_open=kept_open)
+                      fit=fit if found else None, kept_open=kept_open,
+                      kept_in=heads_unresolved & (labels > 0) if heads else None)
 
 
 def pelvis_found(fit: PelvisFit) -> bool:

@@ -7,6 +7,7 @@ analytic surface within 0.15 x the smallest voxel spacing.
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from pipeline.phantom.analytic import ellipsoid_distance_mm, ellipsoid_phantom, sphere_phantom
 
@@ -145,6 +146,48 @@ def test_a_gap_the_labelling_keeps_open_is_not_closed_where_there_is_no_level():
     assert closed.meshes[3].euler_number == 2 and kept.meshes[3].euler_number == 0
     section = 2.0 * (3.0 * 475.0 / 1475.0) ** 2
     assert section * 18.0 <= closed.meshes[3].volume - kept.meshes[3].volume <= section * 24.0
+
+
+def test_bone_the_labelling_keeps_in_is_not_peeled_below_the_level():
+    """A block of 600 HU in a one-voxel shell of 150 HU, in tissue of 0 HU
+    (a femoral head whose dome, against its socket, averages with the joint
+    space): the level there is half-way between peak and tissue, 300 HU, so
+    the snap peels the shell. Kept in by the labelling
+    (``BoneLabels.kept_in``: a head placed from the acetabulum alone), the
+    shell stays, label and mesh, and the mesh closes around it."""
+    from pipeline.config import SurfaceConfig
+    from pipeline.geometry import validate_solid
+    from pipeline.geometry.surface import bone_surfaces
+    from pipeline.segment.labels import BoneLabels
+    from pipeline.volume import Volume
+
+    hu = np.zeros((18, 18, 18), dtype=np.float32)
+    hu[4:14, 4:14, 4:14] = 150.0
+    hu[5:13, 5:13, 5:13] = 600.0
+    labels = np.where(hu > 0, 4, 0).astype(np.uint8)
+    shell = (labels > 0) & (hu < 600)
+    box = (slice(0, 18),) * 3
+    volume = Volume(hu, np.eye(4))
+    n = int(labels.astype(bool).sum())
+    peeled = bone_surfaces(volume, BoneLabels(labels, box, n, {}), SurfaceConfig())
+    faces = shell & ndi.binary_dilation(hu == 600)   # the shell's faces, not its edges and corners
+    assert (peeled.labels[faces] == 0).all() and (peeled.labels[hu == 600] == 4).all()
+    kept = bone_surfaces(volume, BoneLabels(labels, box, n, {}, kept_in=labels > 0), SurfaceConfig())
+    assert np.array_equal(kept.labels, labels)
+    validate_solid(kept.meshes[4], "kept in")
+    # Across the middle of the faces: the block's outer voxels see no tissue
+    # within the level's reach (2.5 mm; the layer just outside the mask does
+    # not count), so no level: field +600. The shell's level is about 300
+    # (half its peak, tissue 0): field about -150. Peeled, the surface crosses
+    # about 600/750 of a voxel beyond the block's outer centres (7 + 1.6 mm
+    # across). Kept, the shell's field is held at +CLAMP_HU against the
+    # tissue's -260: within 1/100 of a voxel beyond the shell's centres (9 mm).
+    for mesh, across in ((peeled.meshes[4], 7.0 + 2 * 0.8), (kept.meshes[4], 9.0)):
+        v = mesh.vertices
+        for axis in range(3):
+            others = np.delete(np.arange(3), axis)
+            middle = v[np.all(np.abs(v[:, others] - 8.5) < 2.0, axis=1), axis]
+            assert middle.max() - middle.min() == pytest.approx(across, abs=2 * 0.01)
 
 
 @pytest.mark.parametrize("spacing_mm", [(3.0, 1.0, 1.0), (3.0, 3.0, 3.0)], ids=["thick-slices", "coarse"])
