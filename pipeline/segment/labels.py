@@ -171,7 +171,7 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
             labels[tuple(beyond.T)] = 0
         labels[deep & ((labels == 0) | ((labels != label) & ~own))] = label
     tip = sacral_tip(labels, hu, grid, fit, bone.midline_x_lps_mm) if found else 0
-    heads_inside, heads_unresolved = fill_femoral_heads(labels, heads, grid)
+    heads_inside, heads_unresolved = fill_femoral_heads(labels, heads, grid, hu)
     certain = own.copy()
     for _, _, deep in masks.values():
         certain |= deep
