@@ -181,7 +181,7 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
     return BoneLabels(labels=labels, box=bone.box, smallest_piece_voxels=_smallest(labels),
                       stats=label_stats(labels, volume, fit, found, heads, core_hu, tip, above_l1),
                       fit=fit if found else None, kept_open=kept_open,
-                      kept_in=heads_unresolved & (labels > 0) if heads else None)
+                      kept_in=heads_unresolved & (labels > 0) if heads_unresolved.any() else None)
 
 
 def pelvis_found(fit: PelvisFit) -> bool:
