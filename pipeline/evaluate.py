@@ -15,7 +15,7 @@
   (on the slices both contour); the in-plane shift of the manual contours
   that agrees best with ours and with each tool's (how far the outlines
   sit off the bone); and whether any bone lies in the couch (behind the
-  patient's back).
+  patient's back) or anywhere outside the RTSTRUCT's body contour.
 
 Real data live beside the project (``../shared/real_ct``) and are skipped
 when absent. Overlays of the labels are written as PNGs when ``--png DIR``
@@ -47,6 +47,9 @@ TOTALSEG_IDS = {name: k for k, name in TOTALSEGMENTATOR_IDS.items()
 TOTALSEG_S1 = next(k for k, name in TOTALSEGMENTATOR_IDS.items() if name == "vertebrae_S1")
 TOTALSEG_LUMBAR = [k for k, name in TOTALSEGMENTATOR_IDS.items() if name.startswith("vertebrae_L")]
 RTSTRUCT_FEMURS = {"femur_left": "femoreSin", "femur_right": "femoreDes"}
+# The planner's contour of the patient's body: the couch and anything else
+# outside it is never bone.
+RTSTRUCT_BODY = "External"
 # Pelvic-Ref-003's RTSTRUCT also holds two commercial tools' automatic
 # contours of each femoral head (model-based, deep learning): how well they
 # agree with the manual contours says how far the manual ones can be matched.
@@ -205,7 +208,11 @@ def pelvic_ref_figures() -> tuple[dict, MeshResult, Volume] | None:
             figures[name][f"{tool}_vs_manual"] = dice(auto[both], truth[both])
             figures[name][f"manual_best_shift_px_vs_{tool}"] = best_shift(truth[both], auto[both])[0]
     y_mm = volume.index_to_lps(np.argwhere(result.labels > 0))[:, 1]
-    figures["couch"] = {"bone_voxels_behind_back": int((y_mm > PELVIC_REF_COUCH_Y_MM).sum())}
+    body, body_slices = rasterise_roi(rtstruct, RTSTRUCT_BODY, volume)
+    outside = (result.labels > 0) & ~body
+    figures["couch"] = {"bone_voxels_behind_back": int((y_mm > PELVIC_REF_COUCH_Y_MM).sum()),
+                        "bone_voxels_outside_body_contour": int(np.count_nonzero(outside[body_slices])),
+                        "body_contoured_slices": int(body_slices.sum())}
     return figures, result, volume
 
 

@@ -471,6 +471,9 @@ def test_real_ct_labels_do_not_regress(case):
         assert figures[name]["dice"] >= floor, (case, name, figures[name])
     if case == "pelvic_ref_003":
         assert figures["couch"]["bone_voxels_behind_back"] == 0
+        # Nor anywhere outside the planner's body contour (on every slice).
+        assert figures["couch"]["body_contoured_slices"] == 145
+        assert figures["couch"]["bone_voxels_outside_body_contour"] == 0
         # Against the two commercial tools' automatic head contours in the
         # same RTSTRUCT (measured 0.930-0.939 less 0.03; the tools agree
         # with the manual contours to 0.89-0.91).
