@@ -36,7 +36,8 @@ from .config import Config
 from .bones import LABEL_IDS, TOTALSEGMENTATOR_IDS
 from .segment.labels import grow_box
 from .run import MeshResult, run_mesh
-from .segment.mask import FACE_CONNECTIVITY, bounding_box
+from .segment.mask import bounding_box
+from .segment.neighbours import face_dilate, face_erode
 from .volume import Volume
 
 REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "real_ct"
@@ -78,7 +79,7 @@ def surface_dice(ours: np.ndarray, reference: np.ndarray) -> float:
     if box is None:
         return 1.0
     box = grow_box(box, ours.shape)
-    edge_a, edge_b = (m & ~ndi.binary_erosion(m, structure=FACE_CONNECTIVITY) for m in (ours[box], reference[box]))
+    edge_a, edge_b = (m & ~face_erode(m) for m in (ours[box], reference[box]))
     cube = np.ones((3, 3, 3), dtype=bool)
     met = (np.count_nonzero(edge_a & ndi.binary_dilation(edge_b, structure=cube))
            + np.count_nonzero(edge_b & ndi.binary_dilation(edge_a, structure=cube)))
@@ -92,7 +93,7 @@ def outer_layer_misses(ours: np.ndarray, reference: np.ndarray, hu: np.ndarray) 
     median HU: a reference that takes in the partial-volume layer outside
     the half-maximum surface misses there, at HU between bone and tissue."""
     missed = reference & ~ours
-    layer = missed & ndi.binary_dilation(ours, structure=FACE_CONNECTIVITY)
+    layer = missed & face_dilate(ours)
     n = np.count_nonzero(missed)
     return {"misses_in_outer_layer": np.count_nonzero(layer) / n if n else 0.0,
             "outer_layer_median_hu": int(round(float(np.median(hu[layer])))) if layer.any() else None}
