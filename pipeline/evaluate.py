@@ -30,14 +30,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from .config import Config
 from .bones import LABEL_IDS, TOTALSEGMENTATOR_IDS
 from .segment.labels import grow_box
 from .run import MeshResult, run_mesh
-from .segment.mask import bounding_box
-from .segment.neighbours import face_dilate, face_erode
+from .segment.mask import FACE_CONNECTIVITY, bounding_box
+from .segment.neighbours import dilate, erode
 from .volume import Volume
 
 REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "real_ct"
@@ -79,10 +78,10 @@ def surface_dice(ours: np.ndarray, reference: np.ndarray) -> float:
     if box is None:
         return 1.0
     box = grow_box(box, ours.shape)
-    edge_a, edge_b = (m & ~face_erode(m) for m in (ours[box], reference[box]))
+    edge_a, edge_b = (m & ~erode(m, FACE_CONNECTIVITY) for m in (ours[box], reference[box]))
     cube = np.ones((3, 3, 3), dtype=bool)
-    met = (np.count_nonzero(edge_a & ndi.binary_dilation(edge_b, structure=cube))
-           + np.count_nonzero(edge_b & ndi.binary_dilation(edge_a, structure=cube)))
+    met = (np.count_nonzero(edge_a & dilate(edge_b, cube))
+           + np.count_nonzero(edge_b & dilate(edge_a, cube)))
     total = np.count_nonzero(edge_a) + np.count_nonzero(edge_b)
     return met / total if total else 1.0
 
@@ -93,7 +92,7 @@ def outer_layer_misses(ours: np.ndarray, reference: np.ndarray, hu: np.ndarray) 
     median HU: a reference that takes in the partial-volume layer outside
     the half-maximum surface misses there, at HU between bone and tissue."""
     missed = reference & ~ours
-    layer = missed & face_dilate(ours)
+    layer = missed & dilate(ours, FACE_CONNECTIVITY)
     n = np.count_nonzero(missed)
     return {"misses_in_outer_layer": np.count_nonzero(layer) / n if n else 0.0,
             "outer_layer_median_hu": int(round(float(np.median(hu[layer])))) if layer.any() else None}

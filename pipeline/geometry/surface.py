@@ -40,7 +40,7 @@ from skimage.measure import marching_cubes
 from ..config import SurfaceConfig
 from ..segment.labels import BoneLabels, grow_box
 from ..segment.lookup import label_counts, lookup
-from ..segment.neighbours import face_dilate, face_erode, max3, min3
+from ..segment.neighbours import dilate, erode, max3, min3
 from ..parallel import parallel
 from ..segment.mask import FACE_CONNECTIVITY, fill_cavities
 from ..volume import Volume, apply_affine
@@ -104,7 +104,7 @@ def bone_surfaces(volume: Volume, bone: BoneLabels, cfg: SurfaceConfig) -> BoneS
     if cfg.smoothing_mm > 0:
         ndi.gaussian_filter(hu, sigma=cfg.smoothing_mm / volume.spacing_mm, output=hu)
     solid = bone.labels > 0
-    grown = face_dilate(solid)
+    grown = dilate(solid, FACE_CONNECTIVITY)
     field = halfmax_level(hu, solid, grown, volume.spacing_mm, cfg.halfmax_radius_mm)
     # No level (no tissue within reach: deep in the bone, or in a gap narrower
     # than the reach) counts as 0 HU: bone stays, and a gap joins unless it
@@ -270,9 +270,9 @@ def snap_to_level(solid: np.ndarray, grown: np.ndarray, field: np.ndarray, *,
     the lumbar spine's excess, whose arches and processes are such plates.)
     """
     # In place, a box-sized mask at a time (each is ~35 MB on a 512 x 512 x 300 CT).
-    core = face_erode(solid)
+    core = erode(solid, FACE_CONNECTIVITY)
     leave = _edge_of_staying(solid, field)
-    leave |= face_dilate(core)                                         # backed
+    leave |= dilate(core, FACE_CONNECTIVITY)                           # backed
     leave &= ~core                                                     # the shell ...
     del core
     leave &= solid

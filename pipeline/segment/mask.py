@@ -21,6 +21,7 @@ from scipy import ndimage as ndi
 from ..config import SegmentConfig
 from ..errors import InputError
 from .lookup import label_counts, lookup
+from .neighbours import close
 from ..volume import Volume
 
 # Face connectivity: two bone voxels touching only at an edge or corner are not
@@ -213,7 +214,7 @@ def close_and_fill(piece: np.ndarray, radius_vox: int, spacing_mm: np.ndarray,
     free_pad = [(0 if lo else pad, 0 if hi else pad) for lo, hi in at_border]
     work = np.pad(np.pad(piece, edge_pad, mode="edge"), free_pad, mode="constant")
     if radius_vox > 0:
-        work = ndi.binary_closing(work, structure=ball(spacing_mm, closing_mm))
+        work = close(work, ball(spacing_mm, closing_mm))
     inner = tuple(slice(e[0] + f[0], work.shape[a] - e[1] - f[1])
                   for a, (e, f) in enumerate(zip(edge_pad, free_pad)))
     work = fill_cavities(work, FACE_CONNECTIVITY, [not b for pair in at_border for b in pair])

@@ -39,8 +39,8 @@ from scipy.spatial import cKDTree
 from ..parallel import WORKERS, parallel
 from ..volume import Volume, apply_affine
 from .distance_map import distance_to_false
-from .mask import BoneMask
-from .neighbours import face_erode
+from .mask import FACE_CONNECTIVITY, BoneMask
+from .neighbours import erode
 from .shape_model import MODEL_BONES, ShapeModel
 
 # Surface points taken from the bone mask (a random subset, seeded).
@@ -124,7 +124,7 @@ def mask_surface(volume: Volume, mask: np.ndarray, box: tuple[slice, ...], n_max
     Normals are minus the HU gradient (a 3x3x3 Sobel operator at each
     point, mapped from index to LPS space by the inverse-transpose of the
     affine's linear part)."""
-    outer = mask & ~face_erode(mask, border=True)
+    outer = mask & ~erode(mask, FACE_CONNECTIVITY, border=True)
     idx = np.argwhere(outer) + np.array([s.start for s in box])
     if n_max is not None and len(idx) > n_max:
         # Drawn in the order of their LPS positions, not the array's: the same

@@ -5,9 +5,11 @@ than scipy.ndimage's rank filters on the uint8 label arrays of a pelvis
 (0.26 s vs 1.17 s on 35 M voxels). Voxels beyond the array edge do not
 count (as scipy's "nearest"/"reflect" modes for a size-3 window).
 
-Dilation and erosion of a mask by its six face neighbours: the same as
-scipy.ndimage's binary_dilation / binary_erosion with the face structure,
-13x faster (0.009 s vs 0.12-0.13 s on an 11 M voxel box)."""
+Dilation, erosion and closing of a mask by a small symmetric structure (a
+voxel's face neighbours, a ball of a few voxels): the same as
+scipy.ndimage's binary morphology with that structure, the array's edge
+included, by one shifted OR or AND per offset: with the face structure 13x
+faster (0.009 s vs 0.12-0.13 s on an 11 M voxel box)."""
 
 from __future__ import annotations
 
@@ -37,32 +39,43 @@ def min3(a: np.ndarray) -> np.ndarray:
     return _extreme3(a, np.minimum)
 
 
-def _face_shifts(ndim: int):
-    """(towards, from) slice pairs: each voxel and its neighbour one step
-    along an axis, both ways."""
-    for axis in range(ndim):
-        lo = [slice(None)] * ndim
-        hi = [slice(None)] * ndim
-        lo[axis], hi[axis] = slice(1, None), slice(None, -1)
-        yield tuple(hi), tuple(lo)
-        yield tuple(lo), tuple(hi)
+
+def _pairs(shape: tuple[int, ...], structure: np.ndarray):
+    """(here, there, offset) per offset of ``structure`` but its centre:
+    slices of the voxels whose neighbour at that offset lies in the array,
+    and of those neighbours."""
+    centre = np.array(structure.shape) // 2
+    for offset in np.argwhere(structure) - centre:
+        if not offset.any():
+            continue
+        here = tuple(slice(max(-o, 0), n - max(o, 0)) for o, n in zip(offset, shape))
+        there = tuple(slice(max(o, 0), n - max(-o, 0)) for o, n in zip(offset, shape))
+        yield here, there, offset
 
 
-def face_dilate(mask: np.ndarray) -> np.ndarray:
-    """``mask`` or a face neighbour in it (nothing beyond the array edge)."""
+def dilate(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """``mask`` dilated by the symmetric ``structure`` (nothing beyond the array edge)."""
     out = np.array(mask, dtype=bool, copy=True)
-    for here, there in _face_shifts(mask.ndim):
+    for here, there, _ in _pairs(mask.shape, structure):
         out[here] |= mask[there]
     return out
 
 
-def face_erode(mask: np.ndarray, border: bool = False) -> np.ndarray:
-    """``mask`` with every face neighbour in it; beyond the array edge
+def erode(mask: np.ndarray, structure: np.ndarray, border: bool = False) -> np.ndarray:
+    """``mask`` eroded by the symmetric ``structure``; beyond the array edge
     counts as ``border`` (scipy's ``border_value``)."""
     out = np.array(mask, dtype=bool, copy=True)
-    for here, there in _face_shifts(mask.ndim):
+    for here, there, offset in _pairs(mask.shape, structure):
         out[here] &= mask[there]
-    if not border:
-        for axis in range(mask.ndim):
-            np.moveaxis(out, axis, 0)[[0, -1]] = False
+        if not border:
+            for axis, o in enumerate(offset):
+                if o:
+                    edge = [slice(None)] * mask.ndim
+                    edge[axis] = slice(mask.shape[axis] - o, None) if o > 0 else slice(None, -o)
+                    out[tuple(edge)] = False
     return out
+
+
+def close(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """Closing: dilated, then eroded (the outside beyond the edge is empty)."""
+    return erode(dilate(mask, structure), structure)

@@ -22,7 +22,7 @@ from .distance_map import closed, opened
 from .grid import Grid, axial_axis
 from .lookup import lookup
 from .mask import FACE_CONNECTIVITY
-from .neighbours import face_dilate
+from .neighbours import dilate
 
 # A vertebral body's marrow (see vertebral_marrow): at least SPINE_MARROW_HU
 # on the soft tissue's HU smoothed by SPINE_SMOOTHING_MM (tissue_hu: the dense
@@ -134,7 +134,7 @@ def vertebral_marrow(filled: np.ndarray, met: np.ndarray, hu: np.ndarray, spacin
     # Opened by a ball of SPINE_MARROW_CORE_MM (from distances: any spacing).
     thick = opened(between, SPINE_MARROW_CORE_MM, spacing_mm)
     pieces, _ = ndi.label(thick, structure=FACE_CONNECTIVITY)
-    joined = np.unique(pieces[thick & face_dilate(filled)])
+    joined = np.unique(pieces[thick & dilate(filled, FACE_CONNECTIVITY)])
     return enclosed | lookup(np.isin(np.arange(pieces.max() + 1), joined[joined > 0]), pieces)
 
 

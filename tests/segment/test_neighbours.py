@@ -1,11 +1,12 @@
 """Neighbourhood operations by shifted slices equal scipy's: 3x3x3 max/min
-and the rank filters, face dilation and erosion and binary morphology."""
+equal its rank filters; dilation, erosion and closing its binary morphology."""
 
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from pipeline.segment.neighbours import face_dilate, face_erode, max3, min3
+from pipeline.segment.mask import FACE_CONNECTIVITY, IN_SLICE_CONNECTIVITY, ball
+from pipeline.segment.neighbours import close, dilate, erode, max3, min3
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32, bool])
@@ -16,14 +17,22 @@ def test_same_as_scipy(dtype):
     assert max3(a).dtype == a.dtype
 
 
-@pytest.mark.parametrize("shape", [(1, 5, 5), (2, 3, 4), (9, 8, 7), (30, 20, 25)])
-@pytest.mark.parametrize("fill", [0.3, 0.7, 0.95])
-def test_face_dilation_and_erosion_same_as_scipy(shape, fill):
-    """Including the array's edge: beyond it is outside for dilation and
-    for erosion by default, inside with ``border=True``."""
-    face = ndi.generate_binary_structure(3, 1)
-    mask = np.random.default_rng(2).random(shape) < fill
-    assert np.array_equal(face_dilate(mask), ndi.binary_dilation(mask, face))
-    assert np.array_equal(face_erode(mask), ndi.binary_erosion(mask, face))
-    assert np.array_equal(face_erode(mask, border=True), ndi.binary_erosion(mask, face, border_value=1))
-    assert face_dilate(mask).dtype == bool and face_erode(mask).dtype == bool
+STRUCTURES = {"face": FACE_CONNECTIVITY, "in-slice": IN_SLICE_CONNECTIVITY, "cube": np.ones((3, 3, 3), dtype=bool),
+              "ball 3x1x1 mm, 1.5 mm": ball(np.array([3.0, 1.0, 1.0]), 1.5),
+              "ball 1x0.8x0.8 mm, 1.5 mm": ball(np.array([1.0, 0.8, 0.8]), 1.5),
+              "ball 1 mm, 2.5 mm": ball(np.array([1.0, 1.0, 1.0]), 2.5)}
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURES))
+@pytest.mark.parametrize("shape", [(1, 5, 5), (2, 3, 4), (9, 8, 7), (20, 25, 30)])
+def test_binary_morphology_same_as_scipy(name, shape):
+    """Dilation, erosion (beyond the array's edge outside, or inside with
+    ``border=True``) and closing, on odd shapes and fills."""
+    structure = STRUCTURES[name]
+    for fill in (0.3, 0.7, 0.95):
+        mask = np.random.default_rng(2).random(shape) < fill
+        assert np.array_equal(dilate(mask, structure), ndi.binary_dilation(mask, structure))
+        assert np.array_equal(erode(mask, structure), ndi.binary_erosion(mask, structure))
+        assert np.array_equal(erode(mask, structure, border=True),
+                              ndi.binary_erosion(mask, structure, border_value=1))
+        assert np.array_equal(close(mask, structure), ndi.binary_closing(mask, structure))
