@@ -21,7 +21,7 @@ from scipy import ndimage as ndi
 from ..config import SegmentConfig
 from ..errors import InputError
 from .lookup import label_counts, lookup
-from .neighbours import close
+from .neighbours import close, dilate
 from ..volume import Volume
 
 # Face connectivity: two bone voxels touching only at an edge or corner are not
@@ -319,13 +319,13 @@ def fill_bridged_plane_holes(filled: np.ndarray, spacing_mm: np.ndarray, radius_
         # Grow back by radius_mm through the background (fewer steps along a
         # coarser in-plane axis).
         both, more = int(half.min()), int(half.max() - half.min())
-        if both > 0:
-            outside = ndi.binary_dilation(outside, structure=IN_SLICE_CONNECTIVITY, iterations=both,
-                                          mask=background)
+        for _ in range(both):
+            outside = dilate(outside, IN_SLICE_CONNECTIVITY) & background
         if more > 0:
             line = np.zeros((3, 3, 3), dtype=bool)
             line[(1,) + tuple(slice(None) if h == half.max() else 1 for h in half)] = True
-            outside = ndi.binary_dilation(outside, structure=line, iterations=more, mask=background)
+            for _ in range(more):
+                outside = dilate(outside, line) & background
         holes, n = ndi.label(background & ~outside, structure=IN_SLICE_CONNECTIVITY)
         if n == 0:
             continue
