@@ -39,7 +39,6 @@ def min3(a: np.ndarray) -> np.ndarray:
     return _extreme3(a, np.minimum)
 
 
-
 def _pairs(shape: tuple[int, ...], structure: np.ndarray):
     """(here, there, offset) per offset of ``structure`` but its centre:
     slices of the voxels whose neighbour at that offset lies in the array,
@@ -54,7 +53,8 @@ def _pairs(shape: tuple[int, ...], structure: np.ndarray):
 
 
 def dilate(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
-    """``mask`` dilated by the symmetric ``structure`` (nothing beyond the array edge)."""
+    """``mask`` dilated by ``structure`` (symmetric, holding its centre;
+    nothing beyond the array edge)."""
     out = np.array(mask, dtype=bool, copy=True)
     for here, there, _ in _pairs(mask.shape, structure):
         out[here] |= mask[there]
@@ -62,8 +62,8 @@ def dilate(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
 
 
 def erode(mask: np.ndarray, structure: np.ndarray, border: bool = False) -> np.ndarray:
-    """``mask`` eroded by the symmetric ``structure``; beyond the array edge
-    counts as ``border`` (scipy's ``border_value``)."""
+    """``mask`` eroded by ``structure`` (symmetric, holding its centre);
+    beyond the array edge counts as ``border`` (scipy's ``border_value``)."""
     out = np.array(mask, dtype=bool, copy=True)
     for here, there, offset in _pairs(mask.shape, structure):
         out[here] &= mask[there]
