@@ -150,7 +150,9 @@ def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
         for femur, head in sorted(heads.items()):
             if isinstance(head, dict) and head.get("from") != "valley":
                 found.append(f"{femur}: no joint-space valley found around its head (faint joint); the head "
-                             f"is the sphere of the {head.get('from')} ({head.get('radius_mm')} mm)")
+                             f"is the sphere of the {head.get('from')} ({head.get('radius_mm')} mm)"
+                             + ("; its dome follows that sphere, not the image: check the head over the CT"
+                                if head.get("from") == "acetabulum" else ""))
     metal = segmentation.get("metal_mm3")
     if isinstance(metal, (int, float)) and metal >= METAL_WARN_MM3:
         found.append(f"metal in the bone ({metal / 1000:.1f} cm3 above {METAL_HU:g} HU, e.g. an implant or "

@@ -229,7 +229,11 @@ def test_labels_that_deserve_a_look_are_flagged():
                                 "femur_right": {"radius_mm": 23.0, "from": "acetabulum"}}, "core_hu": 500.0}
     found = " | ".join(report_warnings({"segmentation": pelvis, "config": config}))
     assert "femur_right: no joint-space valley found" in found and "the acetabulum (23.0 mm)" in found
+    assert "its dome follows that sphere, not the image" in found     # held against the level (kept_in)
     assert "femur_left" not in found and "no femur" not in found and "weak bone" not in found
+    surface = {**pelvis, "femoral_heads": {"femur_right": {"radius_mm": 23.0, "from": "head surface"}}}
+    found = " | ".join(report_warnings({"segmentation": surface, "config": config}))
+    assert "the head surface (23.0 mm)" in found and "dome follows" not in found
     abdomen = {"labels": {"hip_left": {}, "sacrum": {}}, "femoral_heads": {}, "core_hu": 289.1}
     found = " | ".join(report_warnings({"segmentation": abdomen, "config": config}))
     assert "no femur found" in found and "lowered to 289.1 HU" in found
