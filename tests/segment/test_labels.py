@@ -922,6 +922,32 @@ def test_femoral_head_found_from_its_surface_near_the_cup():
     assert abs(found[1] - 23.0) <= spacing
 
 
+def test_a_joint_space_counts_only_on_a_sphere_congruent_with_the_socket():
+    """A bright ball in a dark shell (a joint space's valley, 3 mm wide) in
+    bright bone, on a 1.5 mm grid: searched from its own radius plus half a
+    joint space, the valley is found; searched from a socket's radius 7 mm
+    larger (a sphere 7 mm smaller than the socket is no joint space: noise
+    made such a valley on a faint 3 mm scan) it is not, while a start 4 mm
+    larger still finds it."""
+    from pipeline.segment.femoral_head import HEAD_RADIUS_BELOW_MM, head_sphere
+    from pipeline.segment.grid import Grid
+    from pipeline.volume import Volume
+
+    shape, spacing, radius = (50, 50, 50), 1.5, 20.0
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    centre = np.array([37.0, 38.0, 36.0])
+    d = np.linalg.norm(np.indices(shape).transpose(1, 2, 3, 0) * spacing - centre, axis=-1)
+    hu = np.where((d > radius) & (d <= radius + 3.0), 60.0, 500.0).astype(np.float32)
+    volume = Volume(hu, affine)
+    grid = Grid(volume, tuple(slice(0, n) for n in shape))
+    neck = np.array([0.7, -0.2, -0.7]) / np.linalg.norm([0.7, -0.2, -0.7])
+    found = head_sphere(hu, grid, centre, radius + 1.5, neck)
+    assert found is not None and abs(found[1] - (radius + 1.5)) <= spacing
+    assert head_sphere(hu, grid, centre, radius + 1.5 + 4.0, neck) is not None
+    assert HEAD_RADIUS_BELOW_MM < 7.0
+    assert head_sphere(hu, grid, centre, radius + 1.5 + 7.0, neck) is None
+
+
 def test_only_a_head_placed_from_the_acetabulum_alone_is_kept_against_the_level():
     """Each head is filled (femur, whatever the HU) within its fill sphere;
     of those, only a head whose sphere came from the fitted acetabulum
