@@ -656,6 +656,30 @@ def test_pelvic_ref_cut_below_the_iliac_crests_keeps_its_labels():
 
 @pytest.mark.real_data
 @pytest.mark.slow
+def test_pelvic_ref_starting_inside_the_femoral_heads_keeps_its_labels():
+    """Pelvic-Ref-003 without its slices below 165 mm: the scan begins 15-18 mm
+    below the heads' centres, through their lower halves, with no neck or shaft
+    below. Every bone keeps its labels of the whole scan (measured 0.978-0.998)
+    and both heads are still placed from their joint spaces."""
+    from pipeline.volume import Volume
+
+    _, whole, volume = real_case("pelvic_ref_003")
+    z = volume.index_to_lps(np.c_[np.arange(volume.shape[0]), np.zeros((volume.shape[0], 2))])[:, 2]
+    k = int((z < 165.0).sum())
+    assert z[0] < z[-1] and 0 < k
+    affine = volume.affine.copy()
+    affine[:3, 3] = volume.index_to_lps(np.array([[k, 0, 0]]))[0]
+    result = run_mesh(Volume(np.ascontiguousarray(volume.hu[k:]), affine), Config())
+    for name in LABEL_IDS:
+        truth = whole.labels[k:] == LABEL_IDS[name]
+        if truth.any():
+            assert dice(result.labels == LABEL_IDS[name], truth) >= 0.96, name
+    heads = result.report["segmentation"]["femoral_heads"]
+    assert {h["from"] for h in heads.values()} == {"valley"} and len(heads) == 2, heads
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
 def test_pelvic_ref_with_its_patient_turned_10_degrees_keeps_its_labels():
     """The same voxels with the patient frame turned 10 degrees about the
     vertical (a patient lying askew): the labels match the scan as stored
