@@ -43,6 +43,34 @@ def test_the_body_is_the_largest_region_and_the_couch_is_not_part_of_it():
     assert body[:, 25 // stride[1], 35 // stride[2]].all() and not body[:, 25 // stride[1], 70 // stride[2]].any()
 
 
+def test_a_noisy_foam_mattress_keeps_the_couch_apart_from_the_body():
+    """The body lies on a couch with 2 mm of foam (-750 HU) between them and
+    120 HU of noise everywhere (a sharp kernel on a large patient): the foam's
+    noisy voxels over the threshold do not join the couch to the body (a grid
+    that took one voxel per cell joined them)."""
+    shape = (24, 64, 80)
+    hu = np.full(shape, -1000.0, dtype=np.float32)
+    hu[:, 8:40, 6:74] = 40.0     # the body
+    hu[:, 40:42, 6:74] = -750.0  # the foam
+    hu[:, 42:52, 2:78] = 0.0     # the couch
+    hu += np.random.default_rng(0).normal(0.0, 120.0, shape).astype(np.float32)
+    body, stride = body_region(Volume(hu, np.diag([1.0, 1.0, 1.0, 1.0])[[2, 1, 0, 3]]), -500.0)
+    assert body[:, 8 // stride[1]:40 // stride[1], 6 // stride[2]:74 // stride[2]].all()
+    assert not body[:, 42 // stride[1]:].any()
+
+
+@pytest.mark.parametrize("shape, stride", [((5, 7, 9), (1, 2, 2)), ((6, 9, 8), (3, 2, 3)), ((4, 4, 4), (1, 1, 1))])
+def test_cells_take_their_voxels_mean(shape, stride):
+    from pipeline.segment.mask import _cell_means
+
+    values = np.random.default_rng(2).normal(0.0, 100.0, shape).astype(np.float32)
+    means = _cell_means(values, np.array(stride))
+    assert means.shape == tuple(-(-n // s) for n, s in zip(shape, stride))
+    for cell in np.ndindex(means.shape):
+        block = values[tuple(slice(c * s, (c + 1) * s) for c, s in zip(cell, stride))]
+        assert means[cell] == pytest.approx(float(block.mean()), abs=1e-3)
+
+
 def test_the_midline_is_the_bones_centre_without_metal_however_stored():
     """Two bones of unequal size and a block of metal beside one: the
     midline is ndimage's centre of mass of the bone voxels under METAL_HU,
