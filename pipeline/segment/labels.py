@@ -59,8 +59,9 @@ from ..volume import Volume
 from .femoral_head import HEAD_BAND_MM, SIDES, Head, femoral_head, fill_femoral_heads
 from .grid import Grid, axial_axis, ball
 from .lookup import label_counts, lookup, touching
-from .mask import (ENCLOSED_DIRECTIONS, FACE_CONNECTIVITY, IN_SLICE_CONNECTIVITY, BoneMask, close_and_fill,
-                   closing_radius_voxels, enclosed_directions, fill_bridged_plane_holes, fill_cavities)
+from .mask import (ENCLOSED_DIRECTIONS, FACE_CONNECTIVITY, IN_SLICE_CONNECTIVITY, BoneMask, bounding_box,
+                   close_and_fill, closing_radius_voxels, enclosed_directions, fill_bridged_plane_holes,
+                   fill_cavities)
 from .model_fit import PelvisFit, fit_pelvis, vertex_normals
 from .neighbours import max3, min3
 from .shape_model import MODEL_BONES, ShapeModel, load_model
@@ -379,14 +380,16 @@ def label_other_bone(rough: np.ndarray, raw: np.ndarray, hu: np.ndarray, core_hu
     where its connected piece holds a dense core (ribs, a vertebra of a scan
     without pelvis); pieces without one (contrast, calcifications) stay 0."""
     left = raw & (rough == 0)
-    if not left.any():
+    box = bounding_box(left)
+    if box is None:
         return rough
-    pieces, n = ndi.label(left, structure=FACE_CONNECTIVITY)
-    cores = label_counts(np.where(hu > core_hu, pieces, 0), n + 1)
+    # In the box of what is left only (after the flood, a few pieces: 0.09 s -> 0.002 s).
+    pieces, n = ndi.label(left[box], structure=FACE_CONNECTIVITY)
+    cores = label_counts(np.where(hu[box] > core_hu, pieces, 0), n + 1)
     has_core = cores >= min_core_voxels
     has_core[0] = False
     out = rough.copy()
-    out[lookup(has_core, pieces)] = OTHER
+    out[box][lookup(has_core, pieces)] = OTHER
     return out
 
 

@@ -166,7 +166,8 @@ def _cell_means(values: np.ndarray, stride: np.ndarray) -> np.ndarray:
     cells = [-(-n // st) for n, st in zip(values.shape, stride)]
     out = np.empty(cells, dtype=np.float32)
     for c in range(cells[0]):
-        slab = values[c * stride[0]:(c + 1) * stride[0]].mean(axis=0, dtype=np.float32)
+        block = values[c * stride[0]:(c + 1) * stride[0]]
+        slab = block[0] if len(block) == 1 else block.mean(axis=0, dtype=np.float32)
         for axis in (0, 1):
             slab = _run_means(slab, axis, int(stride[axis + 1]))
         out[c] = slab
@@ -188,7 +189,8 @@ def _run_means(values: np.ndarray, axis: int, stride: int) -> np.ndarray:
         k = part.shape[axis]
         total[(slice(None),) * axis + (slice(0, k),)] += part
         count[:k] += 1
-    return total / (count[:, None] if axis == 0 else count)
+    total /= count[:, None] if axis == 0 else count
+    return total
 
 
 def fine_cells(coarse: np.ndarray, stride: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
