@@ -17,9 +17,9 @@ of :mod:`pipeline.geometry.surface`, which follows these labels).
 3. **Seeds**, on the threshold bone only: a model bone's voxels inside its
    fitted surface and at least ``SEED_MARGIN_MM`` outside every other model
    bone, and none within ``HEAD_BAND_MM`` outside a head's joint sphere; a
-   femur's inside its head sphere and its bone below the fitted hip bone on
-   its side; the spine's above the fitted S1 endplate, near the midline,
-   outside every model bone.
+   femur's inside its head sphere (where no head was found, its bone below
+   the fitted hip bone on its side); the spine's above the fitted S1
+   endplate, near the midline, outside every model bone.
 4. **Flood**: a watershed on -HU from the seeds through the threshold bone,
    so every border falls in a joint space's HU valley (sacroiliac joints,
    symphysis, hip joints, the L5/S1 disc) near where the model puts it.
@@ -303,8 +303,17 @@ def seed_labels(raw: np.ndarray, grid: Grid, fit: PelvisFit,
     centre, normal = _plane(endplate)
     above = (lps - centre) @ normal > SEED_MARGIN_MM
     free[above & (np.abs(lps[:, 0] - midline_x_lps_mm) < SPINE_HALF_WIDTH_MM)] = LUMBAR
+    placed = {head.femur for head in heads}
     for hip, femur, _, side in SIDES:
-        # Below the hip bone there is only the femur on each side.
+        # Where no head was found, the femur is the bone below the hip bone on
+        # its side. Where one was, its seeds flood the femur, and bone below the
+        # hip bone seeds nothing: it took the ischial tuberosity's lowest slices
+        # (the fitted hip's lowest point lies above the real one) and a forearm
+        # resting against the thigh (Pelvic-Ref-003 with one made up: the right
+        # femur 0.88 against the scan's own labels, 0.997 now; the forearm is
+        # other bone).
+        if femur in placed:
+            continue
         lowest = lowest_z(fit, LABEL_NAMES[hip])
         on_side = side * (lps[:, 0] - midline_x_lps_mm) > FEMUR_MIN_OFFSET_MM
         free[on_side & (lps[:, 2] < lowest - SEED_MARGIN_MM)] = femur

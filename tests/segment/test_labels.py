@@ -600,6 +600,44 @@ def test_noise_makes_no_joint_space_around_a_faint_head():
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
+def test_a_forearm_resting_against_the_thigh_is_not_femur():
+    """Pelvic-Ref-003 with a forearm made up against the right thigh (arms
+    down, as a trauma or a large patient's scan has them): soft tissue
+    touching the thigh's skin from the scan's lowest slice to 70 mm above the
+    femoral heads' centres, and two long bones in it (1100 HU cortex, 150 HU
+    marrow, 14 mm across). The bone below the hip bone used to seed the femur on its
+    side, and the forearm became right femur (29 000 voxels); it is other
+    bone, and the femurs are as in the scan as stored."""
+    from pipeline.volume import Volume
+
+    _, whole, volume = real_case("pelvic_ref_003")
+    # Stored axial: slices along z, rows along y, columns along x.
+    linear = volume.affine[:3, :3]
+    assert np.allclose(linear, np.diag(np.diag(linear[::-1]))[::-1])
+    z = volume.index_to_lps(np.c_[np.arange(volume.shape[0]), np.zeros((volume.shape[0], 2))])[:, 2][:, None, None]
+    y = volume.index_to_lps(np.c_[np.zeros(volume.shape[1]), np.arange(volume.shape[1]), np.zeros(volume.shape[1])])
+    y = y[:, 1][None, :, None]
+    x = volume.index_to_lps(np.c_[np.zeros((volume.shape[2], 2)), np.arange(volume.shape[2])])[:, 0][None, None, :]
+    hu = volume.hu.copy()
+    along = z < 250.0   # from the scan's lowest slice (-38.5 mm) to 70 mm above the heads' centres
+    k, row = int(np.argmin(np.abs(z[:, 0, 0] - 60.0))), int(np.argmin(np.abs(y[0, :, 0] - 98.0)))
+    skin_x = x[0, 0][volume.hu[k, row] > -300].min()   # the right thigh's lateral skin
+    x0 = skin_x - 30.0
+    hu[along & (np.hypot((x - x0) / 1.6, y - 98.0) < 22.0) & (hu < -200)] = 40.0
+    forearm = np.zeros(volume.shape, dtype=bool)
+    for dx in (-14.0, 14.0):
+        r = np.hypot(x - (x0 + dx), y - 98.0)
+        hu[along & (r < 7.0)] = 1100.0
+        hu[along & (r < 4.5)] = 150.0
+        forearm |= along & (r < 7.0)
+    result = run_mesh(Volume(hu, volume.affine), Config())
+    assert set(np.unique(result.labels[forearm]).tolist()) <= {0, LABEL_IDS["other"]}
+    for name in ("femur_left", "femur_right"):
+        assert dice(result.labels == LABEL_IDS[name], whole.labels == LABEL_IDS[name]) >= 0.99, name
+
+
+@pytest.mark.real_data
 def test_a_sharp_noisy_scan_keeps_the_couch_outside_the_body():
     """Pelvic-Ref-003 as a sharp kernel on a large patient would show it: edges
     enhanced (1.5 times the difference to a 1 mm in-plane blur) and 90 HU of
