@@ -219,10 +219,16 @@ def _rasterise(vertices: np.ndarray, faces: np.ndarray, grid: Grid) -> np.ndarra
 
 def model_holes(inside: np.ndarray, axial: int) -> np.ndarray:
     """The holes of a fitted bone's axial sections: for the sacrum, its canal
-    and foramina, which its fills must leave open however narrow they are."""
-    section = np.moveaxis(inside, axial, 0)
-    holes = fill_cavities(section, IN_SLICE_CONNECTIVITY, [False, False, True, True, True, True]) & ~section
-    return np.moveaxis(holes, 0, axial)
+    and foramina, which its fills must leave open however narrow they are.
+    Looked for in the bone's own box: outside it every section is empty."""
+    holes = np.zeros(inside.shape, dtype=bool)
+    box = bounding_box(inside)
+    if box is None:
+        return holes
+    section = np.moveaxis(inside[box], axial, 0)
+    found = fill_cavities(section, IN_SLICE_CONNECTIVITY, [False, False, True, True, True, True]) & ~section
+    holes[box] = np.moveaxis(found, 0, axial)
+    return holes
 
 
 def past_s3(fit: PelvisFit, points_lps_mm: np.ndarray) -> np.ndarray:
