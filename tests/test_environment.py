@@ -9,20 +9,26 @@ REPO = Path(__file__).resolve().parents[1]
 
 PROBE = ("import os, pipeline, numpy; "
          "print(os.environ['NUMPY_MADVISE_HUGEPAGE'], numpy._core.multiarray._get_madvise_hugepage())")
+# NumPy imported first (a script, a test module): it read no variable and asked for huge pages.
+NUMPY_FIRST_PROBE = ("import numpy, os, pipeline; "
+                     "print(os.environ['NUMPY_MADVISE_HUGEPAGE'], numpy._core.multiarray._get_madvise_hugepage())")
 
 
-def run_probe(**env: str) -> list[str]:
+def run_probe(probe: str = PROBE, **env: str) -> list[str]:
     clean = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
-    out = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env={**clean, **env},
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env={**clean, **env},
                          capture_output=True, text=True, check=True)
     return out.stdout.split()
 
 
 def test_numpy_huge_page_requests_are_off_unless_the_user_says_otherwise():
-    # Unset: the package turns NumPy's madvise(MADV_HUGEPAGE) off before NumPy is imported.
+    # Unset: the package turns NumPy's madvise(MADV_HUGEPAGE) off before NumPy is imported,
+    # or, where NumPy came first, with NumPy's own switch.
     assert run_probe() == ["0", "False"]
+    assert run_probe(NUMPY_FIRST_PROBE) == ["0", "False"]
     # Set by the user: kept as it is.
-    assert run_probe(NUMPY_MADVISE_HUGEPAGE="1")[0] == "1"
+    assert run_probe(NUMPY_MADVISE_HUGEPAGE="1") == ["1", "True"]
+    assert run_probe(NUMPY_FIRST_PROBE, NUMPY_MADVISE_HUGEPAGE="1") == ["1", "True"]
 
 
 BLAS_PROBE = ("import os, pipeline, numpy, threadpoolctl; "
