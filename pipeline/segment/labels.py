@@ -113,7 +113,9 @@ class BoneLabels:
     ``labels``: uint8, shape of ``volume.hu[box]``, values of
     :data:`pipeline.bones.LABEL_NAMES` (0 = not bone); no two different
     labels are 26-neighbours.
-    ``smallest_piece_voxels``: as in :class:`~pipeline.segment.mask.BoneMask`.
+    ``smallest_piece_voxels``: the voxels of the smallest labelled bone, all
+    its pieces together (the surface's snap drops pieces it cut loose under a
+    tenth of it; labels read from a file give their smallest piece instead).
     ``fit``: the fitted pelvis model (None when no pelvis was found).
     ``stats``: per-label volumes, the model fit and the femoral heads, for the report.
     ``kept_open``: bool on ``box`` or None: voxels the labelling holds are
