@@ -538,9 +538,19 @@ def separate_labels(labels: np.ndarray, own: np.ndarray | None = None,
         still &= hu[tuple(at.T)] <= brightest
     out[tuple(at[still].T)] = 0
     # Whatever still touches (the darker voxel's partner kept another neighbour): both go.
-    high = max3(out)
-    low = min3(np.where(out > 0, out, np.uint8(255)))
-    return np.where((out > 0) & (high != low), np.uint8(0), out)
+    # Dropping voxels makes no new pair, so only the first clash's box is looked at,
+    # its neighbours one voxel round it.
+    box = bounding_box(clash)
+    if box is None:
+        return out
+    around = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in box)
+    inner = tuple(slice(b.start - a.start, b.stop - a.start) for b, a in zip(box, around))
+    near = out[around]
+    high = max3(near)[inner]
+    low = min3(np.where(near > 0, near, np.uint8(255)))[inner]
+    view = out[box]
+    view[(view > 0) & (high != low)] = 0
+    return out
 
 
 def _smallest(labels: np.ndarray) -> int:
