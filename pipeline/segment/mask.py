@@ -152,12 +152,16 @@ def body_region(volume: Volume, body_threshold_hu: float) -> tuple[np.ndarray, n
     or less.
     """
     stride = np.maximum(np.floor(BODY_GRID_MM / volume.spacing_mm), 1).astype(int)
-    labels, n = ndi.label(_cell_means(volume.hu, stride) > body_threshold_hu, structure=FACE_CONNECTIVITY)
-    if n == 0:
-        return labels > 0, stride
+    above = _cell_means(volume.hu, stride) > body_threshold_hu
+    body = np.zeros(above.shape, dtype=bool)
+    box = bounding_box(above)   # the air around the patient holds no region (half the grid)
+    if box is None:
+        return body, stride
+    labels, n = ndi.label(above[box], structure=FACE_CONNECTIVITY)
     sizes = label_counts(labels)
     sizes[0] = 0
-    return labels == int(np.argmax(sizes)), stride
+    body[box] = labels == int(np.argmax(sizes))
+    return body, stride
 
 
 def _cell_means(values: np.ndarray, stride: np.ndarray) -> np.ndarray:
