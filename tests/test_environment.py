@@ -48,3 +48,12 @@ def test_numpy_blas_runs_on_one_thread_unless_the_user_says_otherwise():
     assert probe()[0] == "1" and set(probe()[1:]) <= {"1"}
     # Set by the user: kept as it is.
     assert probe(OPENBLAS_NUM_THREADS="2")[0] == "2" and set(probe(OPENBLAS_NUM_THREADS="2")[1:]) <= {"2"}
+
+
+def test_trimesh_checks_its_caches_with_xxhash():
+    """trimesh hashes a mesh's arrays to check its caches on every query;
+    without xxhash installed it falls back to blake2b, 75x slower."""
+    import xxhash
+    from trimesh import caching
+
+    assert caching.hash_fast in (xxhash.xxh3_64_intdigest, xxhash.xxh64_intdigest)

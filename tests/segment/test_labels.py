@@ -1128,6 +1128,40 @@ def test_the_flood_gives_a_plateau_to_the_nearer_seed_however_stored():
     assert np.array_equal(watershed_by_piece(hu[flip].copy(), seeds[flip].copy(), solid)[flip], nearer)
 
 
+def test_bone_below_the_hip_bone_seeds_the_femur_only_on_a_side_without_a_head():
+    """Threshold bone below the fitted hip bones on both sides (3 mm voxels,
+    LPS axes, midline x = 60 mm, the hips' lowest point at z = 100 mm): with
+    no head found it seeds each side's femur; with the left head found, the
+    left femur is flooded from the head alone (below the hip bone lie a
+    forearm against the thigh, or the ischium below the fit's lowest point),
+    and the right side, without its head, is seeded as before."""
+    from types import SimpleNamespace
+
+    from pipeline.bones import FEMUR_LEFT, FEMUR_RIGHT
+    from pipeline.segment.femoral_head import Head
+    from pipeline.segment.grid import Grid
+    from pipeline.segment.labels import seed_labels
+    from pipeline.volume import Volume
+
+    shape = (40, 40, 60)   # x, y, z (mm = 3 * index)
+    volume = Volume(np.zeros(shape, dtype=np.float32), np.diag([3.0, 3.0, 3.0, 1.0]))
+    grid = Grid(volume, tuple(slice(0, n) for n in shape))
+    hip = np.array([[0.0, 0.0, 100.0], [0.0, 100.0, 130.0], [100.0, 0.0, 130.0]])
+    fit = SimpleNamespace(vertices_lps_mm=np.vstack([hip, hip + [20.0, 0.0, 0.0],
+                                                     [[40.0, 60.0, 150.0], [80.0, 60.0, 150.0], [60.0, 90.0, 150.0]]]),
+                          faces={"hip_left": np.array([[3, 4, 5]]), "hip_right": np.array([[0, 1, 2]])},
+                          landmarks={"s1_endplate": np.array([6, 7, 8])})
+    raw = np.zeros(shape, dtype=bool)
+    left, right = (slice(38, 40), slice(18, 22), slice(10, 20)), (slice(0, 2), slice(18, 22), slice(10, 20))
+    raw[left] = raw[right] = True   # x 114-117 and 0-3 mm, z 30-57 mm
+    head = Head(femur=FEMUR_LEFT, centre_lps_mm=np.array([110.0, 60.0, 150.0]), radius_mm=20.0, valley_hu=30.0,
+                source="valley", fill_radius_mm=18.5)
+    without = seed_labels(raw, grid, fit, {}, [], 60.0)
+    assert np.all(without[left] == FEMUR_LEFT) and np.all(without[right] == FEMUR_RIGHT)
+    found = seed_labels(raw, grid, fit, {}, [head], 60.0)
+    assert not found[left].any() and np.all(found[right] == FEMUR_RIGHT)
+
+
 def _tip_scene(bowel_mm3: float = 0.0):
     """(labels, hu, grid, fit) of the sacral tip tests: 3 mm voxels, LPS
     axes, the model's S3 end at z = 63 mm, the midline at x = 60 mm."""
