@@ -24,10 +24,12 @@ HU_PAD = -900.0           # foam mattress between patient and couch
 HU_COUCH_SHELL = 550.0    # carbon-fibre skin: above a 200 HU bone threshold on purpose
 HU_COUCH_FOAM = -850.0
 HU_RAIL = 2000.0          # metal rails at the couch's lateral edges
-# contrast=True: enhanced arteries and bladder and calcified specks, all above
+# contrast=True: enhanced aorta, arteries and bladder and calcified specks, all above
 # a 200 HU bone threshold and none of them bone.
 HU_ARTERY_CONTRAST = 350.0
-HU_BLADDER_CONTRAST = 400.0  # excreted contrast
+# Excreted contrast in a delayed phase: as dense as cortex, and dense
+# throughout (a pool, not a shell: see segment.mask.POOL_SHARE).
+HU_BLADDER_CONTRAST = 1200.0
 HU_CALCIFIED = 900.0         # plaques in the artery wall, phleboliths
 
 FAT_MM = 15.0                        # subcutaneous fat layer
@@ -46,23 +48,26 @@ class SoftLayout:
     """Where the soft tissues lie (LPS mm; the arteries and plaques are given
     for the left side and mirrored in x).
     ``bladder``: (centre, semi-axes). ``artery``: (start, end, radius).
+    ``aorta``: (start, end, radius), on the midline.
     ``plaques``, ``phleboliths``: ((centre, radius), ...)."""
 
     bladder: tuple
     artery: tuple
+    aorta: tuple
     plaques: tuple
     phleboliths: tuple
 
 
 def soft_tissues(fov_x_mm: tuple[float, float], couch: bool, contrast: bool,
                  layout: SoftLayout) -> list[_Tissue]:
-    """Body (fat over muscle), bladder, optionally contrast (enhanced iliac
-    arteries and bladder, calcifications) and the couch spanning the FOV's x range."""
+    """Body (fat over muscle), bladder, optionally contrast (enhanced aorta,
+    iliac arteries and bladder, calcifications) and the couch spanning the FOV's x range."""
     body = _elliptic_cylinder_z((0.0, 0.0), BODY_SEMI_AXES_MM)
     bladder_hu = HU_BLADDER_CONTRAST if contrast else HU_BLADDER
     out = [_Tissue(body, HU_AIR, (_Level(0.0, HU_FAT), _Level(FAT_MM, HU_MUSCLE))),
            _Tissue(_ellipsoid(*layout.bladder), HU_MUSCLE, (_Level(0.0, bladder_hu),))]
     if contrast:
+        out.append(_Tissue(_capsule(*layout.aorta), HU_MUSCLE, (_Level(0.0, HU_ARTERY_CONTRAST),)))
         for side in (1.0, -1.0):
             a, b, radius = layout.artery
             out.append(_Tissue(_capsule(_p(a, side), _p(b, side), radius), HU_MUSCLE,

@@ -743,9 +743,10 @@ def _hole_in_shadow(vertices: np.ndarray, faces: np.ndarray, centre: np.ndarray,
 
 
 def _soft_layout(landmarks: dict) -> SoftLayout:
-    """Bladder behind the symphysis; iliac arteries from beside L5 along the
-    pelvic brim to the groin in front of the femoral head; plaques on their
-    walls; phleboliths beside the bladder."""
+    """Bladder behind the symphysis; the aorta in front of the lumbar spine
+    (11 mm from L5's body) down to where the iliac arteries start, beside
+    L5, and run along the pelvic brim to the groin in front of the femoral
+    head; plaques on their walls; phleboliths beside the bladder."""
     sym, head = landmarks["symphysis"], landmarks["left_femoral_head_centre"]
     l5 = landmarks["l5_body_centre"]
     bladder = (tuple(sym + np.array([0.0, 38.0, 32.0])), (33.0, 25.0, 25.0))
@@ -759,7 +760,9 @@ def _soft_layout(landmarks: dict) -> SoftLayout:
     centre = np.asarray(bladder[0])
     phleboliths = ((tuple(centre + np.array([40.0, 18.0, -27.0])), 2.0),
                    (tuple(centre + np.array([-35.0, 13.0, -22.0])), 2.0))
-    return SoftLayout(bladder, (tuple(start), tuple(end), radius), plaques, phleboliths)
+    fork = np.array([0.0, start[1], start[2] + 5.0])
+    aorta = (tuple(fork), tuple(fork + np.array([0.0, 0.0, 80.0])), 9.0)
+    return SoftLayout(bladder, (tuple(start), tuple(end), radius), aorta, plaques, phleboliths)
 
 
 # ---------------------------------------------------------------------------

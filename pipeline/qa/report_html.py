@@ -33,6 +33,9 @@ THIN_WALL_WARN_MM = 2.0
 # Metal inside the bone mask above this volume is reported (a screw of 3 mm
 # radius and 10 mm length is ~280 mm3; single bright voxels are noise).
 METAL_WARN_MM3 = 50.0
+# Contrast left out of the bone above this volume is reported: a scan with
+# it may also have vessels or bowel full of contrast against a bone.
+CONTRAST_WARN_MM3 = 1000.0
 # A bone whose fitted shape model lies farther than this from its surface
 # (median, mm) is fitted poorly (a good fit: 1-2 mm), and one with less
 # than this share of its model in the scan is only partly in view.
@@ -158,6 +161,11 @@ def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
         found.append(f"metal in the bone ({metal / 1000:.1f} cm3 above {METAL_HU:g} HU, e.g. an implant or "
                      f"screws): it is labelled as the bone that holds it, and its streak artefacts can "
                      f"add false bone near it")
+    contrast = segmentation.get("contrast_mm3")
+    if isinstance(contrast, (int, float)) and contrast >= CONTRAST_WARN_MM3:
+        found.append(f"contrast: {contrast / 1000:.1f} cm3 dense throughout (a bladder, bowel or vessels full of "
+                     f"contrast) was left out of the bone; contrast that touches a bone is not told apart "
+                     f"from it: check the bones over the CT where vessels or bowel lie against them")
     core, configured = segmentation.get("core_hu"), segment_config.get("core_hu")
     if isinstance(core, (int, float)) and isinstance(configured, (int, float)) and core < configured:
         found.append(f"weak bone: the dense-core level that tells bone from contrast and calcifications was "

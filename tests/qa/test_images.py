@@ -249,6 +249,10 @@ def test_labels_that_deserve_a_look_are_flagged():
     assert "no pelvis found" in " ".join(report_warnings({"segmentation": lost, "config": config}))
     screws = {**both, "metal_mm3": 560.0}
     assert "metal in the bone (0.6 cm3" in " ".join(report_warnings({"segmentation": screws, "config": config}))
+    bladder = {**both, "contrast_mm3": 41200.0}
+    assert "contrast: 41.2 cm3 dense throughout" in " ".join(report_warnings({"segmentation": bladder,
+                                                                               "config": config}))
+    assert report_warnings({"segmentation": {**both, "contrast_mm3": 0.0}, "config": config}) == []
 
 
 def test_metal_in_the_bone_is_measured():

@@ -168,6 +168,38 @@ def test_contrast_and_calcifications_are_never_bone():
     assert_bones_match(phantom, result.labels, 0.98)
 
 
+
+@pytest.mark.parametrize("spacing_mm", [(1.0, 1.0, 1.0), (3.0, 1.0, 1.0), (3.0, 3.0, 3.0)])
+def test_pools_of_contrast_are_not_other_bone_but_bones_with_a_thick_cortex_are(spacing_mm):
+    """Bone no seed reached, in soft tissue blurred as a scanner does: a long
+    bone (a 3 mm cortex at 1400 HU over cancellous bone at 300 HU), a shaft
+    with a 6 mm cortex around fatty marrow, a rib (a 5 mm rod as dense as
+    cortex), and a bladder of contrast (a 20 mm ball at 1200 HU, dense
+    throughout). The bones are other bone; the bladder is not bone, and its
+    volume is counted, on thin and thick slices alike."""
+    from pipeline.segment.labels import OTHER, label_other_bone
+
+    extent = np.array([60.0, 150.0, 120.0])  # along the array's axes (mm)
+    shape = tuple(int(n) for n in np.round(extent / spacing_mm))
+    k, j, i = np.meshgrid(*(np.arange(n) * s for n, s in zip(shape, spacing_mm)), indexing="ij")
+    hu = np.full(shape, 40.0, dtype=np.float32)
+    long_bone, shaft = np.hypot(j - 30, i - 30) < 12, np.hypot(j - 30, i - 85) < 15
+    hu[long_bone] = 300.0
+    hu[long_bone & (np.hypot(j - 30, i - 30) >= 9)] = 1400.0
+    hu[shaft] = 1600.0
+    hu[np.hypot(j - 30, i - 85) < 9] = -50.0
+    rib = np.hypot(j - 70, i - 90) < 2.5
+    hu[rib] = 1100.0
+    bladder = np.sqrt((k - 30) ** 2 + (j - 110) ** 2 + (i - 45) ** 2) < 20
+    hu[bladder] = 1200.0
+    hu = ndimage.gaussian_filter(hu, 0.7 / np.asarray(spacing_mm)).astype(np.float32)
+    raw = hu >= 200.0
+    labels, pool_voxels = label_other_bone(np.zeros(shape, dtype=np.uint8), raw, hu, 500.0, 2, spacing_mm)
+    assert not labels[bladder].any()
+    for bone in (long_bone, shaft, rib):
+        assert np.count_nonzero(bone & raw) > 10 and np.all(labels[bone & raw] == OTHER)
+    assert pool_voxels * np.prod(spacing_mm) == pytest.approx(4 / 3 * np.pi * 20 ** 3, rel=0.15)
+
 def test_osteoporotic_bones_are_told_apart_and_filled():
     """Osteoporotic bone: a 600 HU cortex over cancellous bone at 100 HU,
     below the threshold. Blurred, the cortex barely reaches the default core
@@ -1156,9 +1188,10 @@ def test_bone_below_the_hip_bone_seeds_the_femur_only_on_a_side_without_a_head()
     raw[left] = raw[right] = True   # x 114-117 and 0-3 mm, z 30-57 mm
     head = Head(femur=FEMUR_LEFT, centre_lps_mm=np.array([110.0, 60.0, 150.0]), radius_mm=20.0, valley_hu=30.0,
                 source="valley", fill_radius_mm=18.5)
-    without = seed_labels(raw, grid, fit, {}, [], 60.0)
+    core = np.zeros(shape, dtype=bool)
+    without = seed_labels(raw, grid, fit, {}, [], 60.0, core, 2)
     assert np.all(without[left] == FEMUR_LEFT) and np.all(without[right] == FEMUR_RIGHT)
-    found = seed_labels(raw, grid, fit, {}, [head], 60.0)
+    found = seed_labels(raw, grid, fit, {}, [head], 60.0, core, 2)
     assert not found[left].any() and np.all(found[right] == FEMUR_RIGHT)
 
 
