@@ -46,17 +46,24 @@ from .shape_model import MODEL_BONES, ShapeModel
 # Surface points taken from the bone mask (a random subset, seeded).
 DATA_POINTS = 20000
 # Initial search: a distance map on this grid (mm), steps of the coarse offsets
-# (mm; a finer search follows, at 0.95-1.05 of INIT_SCALE), the size tried,
-# every n-th model vertex scored, distances clipped at CLIP_MM.
-# One size: with 0.85 and 1.15 tried too, a patient turned 10-15 degrees in
-# the scanner (which the start does not search) was met by a model shrunk to
-# 0.85 that the refinement did not bring back (see SCHEDULE).
+# (mm; a finer search follows, at 0.95-1.05 of the size found), the mean
+# size, every n-th model vertex scored, distances clipped at CLIP_MM.
+# The coarse search also tries INIT_OTHER_SCALES, which must score better
+# than the mean size by INIT_SCALE_MARGIN to be taken: a pelvis 20 % larger
+# than Pelvic-Ref-003 (itself of the mean size) was met by the model at
+# 1.05 of it, 18 mm too low, and its sacrum came out 0.11 against the
+# labels at its own size; one 30 % smaller was met at 0.95. A patient
+# turned 10-15 degrees in the scanner (which the start does not search)
+# scores about the same at 0.85 as at the mean size, and a model shrunk to
+# 0.85 there was not brought back by the refinement (see SCHEDULE): the
+# margin keeps the mean size.
 # A model point beyond the scan's edge scores INIT_UNSEEN_MM, about what a
 # point of a good start scores (3.3 mm on Pelvic-Ref-003): unknown, neither
 # bone nor its absence; but never less than the mean of the points in view,
 # and at least INIT_MIN_SEEN of the points must be in view. Else a start that
 # fits badly (a patient turned 15 degrees) escaped beyond the scan's edge.
 INIT_CELL_MM, INIT_STEP_MM, INIT_SCALE, INIT_VERTEX_STRIDE, INIT_CLIP_MM = 5.0, 10.0, 1.0, 30, 30.0
+INIT_OTHER_SCALES, INIT_SCALE_MARGIN = (0.8, 1.2), 0.9
 INIT_UNSEEN_MM, INIT_MIN_SEEN = 5.0, 0.2
 # Surface points are moved to the half-maximum along a profile of +-PROFILE_MM.
 PROFILE_MM, PROFILE_STEP_MM = 3.0, 0.5
@@ -182,8 +189,8 @@ def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float,
     """(scale, translation LPS mm, mean distance mm) of the best start.
 
     The model frame is LPS-like, so only position and size are searched:
-    a coarse grid of offsets at the mean size, then a finer one around the
-    best at 0.95-1.05 of it. Model points
+    a coarse grid of offsets at the mean size and at INIT_OTHER_SCALES of
+    it, then a finer one around the best at 0.95-1.05 of its size. Model points
     beyond the scan's edge score ``INIT_UNSEEN_MM`` (or the mean of those in
     view, if higher; see there): a scan that stops below
     the iliac crests drew the model down and shrank it to fit the bone in
@@ -212,19 +219,21 @@ def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float,
         score = (seen_mean * n_seen + unseen * (len(sample) - n_seen)) / len(sample)
         return np.where(n_seen >= INIT_MIN_SEEN * len(sample), score, np.inf)
 
-    def best_of(scales, offsets) -> tuple[float, float, np.ndarray]:
+    def best_of(scales, offsets, weights=None) -> tuple[float, float, np.ndarray]:
         # The scales on both cores (numpy's array work releases the GIL).
+        weights = np.ones(len(scales)) if weights is None else weights
         best = (np.inf, 1.0, offsets[0])
-        for scale, score in zip(scales, parallel(*[lambda s=s: scores(s, offsets) for s in scales])):
+        for scale, weight, score in zip(scales, weights, parallel(*[lambda s=s: scores(s, offsets) for s in scales])):
             i = int(np.argmin(score))
-            if score[i] < best[0]:
-                best = (float(score[i]), scale, offsets[i])
+            if weight * score[i] < best[0]:
+                best = (float(weight * score[i]), scale, offsets[i])
         return best
 
     ys = np.arange(points[:, 1].min(), points[:, 1].max() + INIT_STEP_MM, INIT_STEP_MM)
     zs = np.arange(points[:, 2].min() - INIT_CLIP_MM, points[:, 2].max() + INIT_CLIP_MM, INIT_STEP_MM)
     coarse = np.stack(np.meshgrid([midline_x_lps_mm], ys, zs, indexing="ij"), axis=-1).reshape(-1, 3)
-    _, scale, centre = best_of((INIT_SCALE,), coarse)
+    _, scale, centre = best_of(INIT_SCALE * np.array((1.0, *INIT_OTHER_SCALES)), coarse,
+                               np.array([1.0] + [1.0 / INIT_SCALE_MARGIN] * len(INIT_OTHER_SCALES)))
     steps = np.arange(-INIT_STEP_MM, INIT_STEP_MM + 0.1, INIT_STEP_MM / 4)
     fine = centre + np.stack(np.meshgrid(steps / 2, steps, steps, indexing="ij"), axis=-1).reshape(-1, 3)
     score, scale, centre = best_of(np.array([0.95, 1.0, 1.05]) * scale, fine)
