@@ -8,7 +8,8 @@ interiors; the image decides where each surface is (the half-maximum surface
 of :mod:`pipeline.geometry.surface`, which follows these labels).
 
 1. **Fit** the model (both hip bones and the sacrum S1-S3) to the bone's
-   outer surface, in LPS mm.
+   outer surface, in LPS mm (the pieces with a dense core:
+   :meth:`~pipeline.segment.mask.BoneMask.with_core`).
 2. **Femoral heads**: near each fitted acetabulum the head's own surface
    gives its sphere, which starts the search for the joint space's HU
    valley around the head (:mod:`pipeline.segment.femoral_head`);
@@ -97,17 +98,8 @@ TIP_HU, TIP_REACH_MM, TIP_HALF_WIDTH_MM, TIP_MAX_MM3 = 100.0, 80.0, 40.0, 40_000
 # A model fit is trusted when at least this share of the model's vertices in
 # view lie within 3 mm of bone (a pelvis is there).
 MIN_FITTED_FRACTION = 0.35
-# The dense core's level: segment.core_hu, or CORE_FRACTION of the bone's
-# 99th percentile on weak bone.
-CORE_FRACTION = 0.5
-# Other bone (not reached from a seed), and the piece a spine seed lies in,
-# need a dense core: at least segment.min_core_mm3 above the core level
-# (contrast below it and calcifications have none) making at least
-# CORE_SHARE of the piece (the cortex is 15 % of the TotalSegmentator
-# example's spine on 3 mm voxels, 39 % of Pelvic-Ref-003's; the calcified
-# plaques of an artery full of contrast are specks on it) ...
-CORE_SHARE = 0.05
-# ... and for other bone, that core is a shell: bone's dense part is its cortex, at its
+# Other bone (not reached from a seed) needs a dense core (BoneMask.coreless)
+# that is a shell: bone's dense part is its cortex, at its
 # surface, while a pool of contrast (a bladder of excreted contrast, a bowel
 # loop of oral contrast, an aorta in an angiogram) is dense throughout. A
 # piece with more than POOL_SHARE of its voxels above the core level and
@@ -162,26 +154,25 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
                 model: ShapeModel | None = None) -> BoneLabels:
     hu = volume.hu[bone.box]
     raw = bone.voxels
+    cored = bone.with_core()
+    core_hu = bone.core_hu
     model = load_model() if model is None else model
     fit = fit_pelvis(volume, bone, model)
     found = pelvis_found(fit)
     grid = Grid(volume, bone.box)
-    core_hu = core_level_hu(hu[raw], cfg.core_hu)
-    min_core_voxels = cfg.min_core_mm3 / volume.voxel_volume_mm3
     if found:
         # Both femoral heads at once (numpy and scipy release the GIL); the
         # model's masks after them (beside them, the peak memory grew by 0.1 GB).
         heads = [h for h in parallel(*[lambda side=side: femoral_head(fit, hu, grid, raw, *side) for side in SIDES])
                  if h is not None]
         masks = model_masks(fit, grid)
-        seeds = seed_labels(raw, grid, fit, masks, heads, bone.midline_x_lps_mm, hu > core_hu, min_core_voxels)
+        seeds = seed_labels(raw, grid, fit, masks, heads, bone.midline_x_lps_mm, cored)
         rough = watershed_by_piece(hu, seeds, raw)
     else:
         masks, heads, rough = {}, [], np.zeros(raw.shape, dtype=np.uint8)
     # Pools are told only where a pelvis was found: without one, nothing says
     # which piece is bone (a bone dense throughout; the analytic test objects).
-    rough, pool_voxels = label_other_bone(rough, raw, hu, core_hu, min_core_voxels,
-                                          volume.spacing_mm if found else None)
+    rough, pool_voxels = label_other_bone(rough, cored, hu > core_hu, volume.spacing_mm if found else None)
     labels = solid_per_label(rough, raw, hu, volume, bone, cfg, core_hu)
     own = raw & (labels == rough)
     kept_open = None
@@ -319,11 +310,11 @@ def lowest_z(fit: PelvisFit, bone: str) -> float:
 
 def seed_labels(raw: np.ndarray, grid: Grid, fit: PelvisFit,
                 masks: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], heads: list[Head],
-                midline_x_lps_mm: float, core: np.ndarray, min_core_voxels: float) -> np.ndarray:
+                midline_x_lps_mm: float, cored: np.ndarray) -> np.ndarray:
     """uint8 seeds (label values) on the threshold bone (0 = decided by the flood).
-    ``core``: the voxels above the core level; a spine seed lies in a piece
-    of threshold bone holding ``min_core_voxels`` of them (a vertebra's
-    cortex), not in an aorta or bowel full of contrast in front of the spine
+    ``cored``: the threshold bone in pieces with a dense core
+    (:meth:`BoneMask.with_core`); a spine seed lies there (a vertebra's
+    cortex), not in an aorta full of contrast in front of the spine
     (Pelvic-Ref-003 with an aorta at 350 HU made up 10 mm in front of L4-L5:
     7 600 voxels of it were lumbar, the lumbar spine 0.96 against the scan's
     own labels)."""
@@ -344,7 +335,7 @@ def seed_labels(raw: np.ndarray, grid: Grid, fit: PelvisFit,
     centre, normal = _plane(endplate)
     above = (lps - centre) @ normal > SEED_MARGIN_MM
     spine = above & (np.abs(lps[:, 0] - midline_x_lps_mm) < SPINE_HALF_WIDTH_MM)
-    free[spine] = LUMBAR * with_core(raw, at[spine], core, min_core_voxels)
+    free[spine & cored[tuple(at.T)]] = LUMBAR
     placed = {head.femur for head in heads}
     for hip, femur, _, side in SIDES:
         # Where no head was found, the femur is the bone below the hip bone on
@@ -368,20 +359,6 @@ def seed_labels(raw: np.ndarray, grid: Grid, fit: PelvisFit,
         view[(dist <= head.radius_mm + HEAD_BAND_MM) & (view != head.femur)] = 0
         view[raw[box] & (dist <= head.radius_mm)] = head.femur
     return seeds
-
-
-def with_core(raw: np.ndarray, at: np.ndarray, core: np.ndarray, min_core_voxels: float) -> np.ndarray:
-    """Per voxel index of ``at`` (of ``raw``): whether its face-connected piece
-    of ``raw``, within the box of ``at``, holds ``min_core_voxels`` of
-    ``core``, and at least ``CORE_SHARE`` of its voxels."""
-    if len(at) == 0:
-        return np.zeros(0, dtype=bool)
-    box = tuple(slice(lo, hi + 1) for lo, hi in zip(at.min(axis=0), at.max(axis=0)))
-    pieces, n = ndi.label(raw[box], structure=FACE_CONNECTIVITY)
-    cores = label_counts(np.where(core[box], pieces, 0), n + 1)
-    cored = (cores >= min_core_voxels) & (cores >= CORE_SHARE * label_counts(pieces, n + 1))
-    cored[0] = False
-    return cored[pieces[tuple((at - [b.start for b in box]).T)]]
 
 
 def watershed_by_piece(hu: np.ndarray, seeds: np.ndarray, solid: np.ndarray) -> np.ndarray:
@@ -429,46 +406,42 @@ def _plane(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return centre, normal if normal[2] > 0 else -normal
 
 
-def core_level_hu(bone_hu: np.ndarray, core_hu: float) -> float:
-    """The level above which bone counts as dense core: ``core_hu``, or
-    lower on weak bone: ``CORE_FRACTION`` of the bone's bright end (99th
-    percentile of the mask's HU)."""
-    if bone_hu.size == 0:
-        return core_hu
-    k = int(0.99 * (bone_hu.size - 1))
-    return min(core_hu, CORE_FRACTION * float(np.partition(bone_hu, k)[k]))
-
-
-def label_other_bone(rough: np.ndarray, raw: np.ndarray, hu: np.ndarray, core_hu: float,
-                     min_core_voxels: float, spacing_mm=None) -> tuple[np.ndarray, int]:
+def label_other_bone(rough: np.ndarray, cored: np.ndarray, core: np.ndarray,
+                     spacing_mm=None) -> tuple[np.ndarray, int]:
     """(``rough`` with the threshold bone no seed reached labelled ``other``
-    where its connected piece holds a dense core at its surface (ribs, a
-    vertebra of a scan without pelvis), the voxels of pools of contrast).
-    Pieces without a core (contrast below the core level, calcifications,
-    an artery with calcified plaques: :data:`CORE_SHARE`) or dense
-    throughout (pools of contrast, :data:`POOL_SHARE`; judged only when
-    ``spacing_mm`` is given) stay 0."""
-    left = raw & (rough == 0)
+    where its connected piece holds a dense core (``cored``,
+    :meth:`BoneMask.with_core`: ribs, a vertebra of a scan without pelvis)
+    that is a shell, the voxels of pools of contrast). Pieces without a core
+    (contrast below the core level, calcifications) or dense throughout
+    (pools of contrast, :data:`POOL_SHARE`; judged only when ``spacing_mm``
+    is given) stay 0. ``core``: the voxels above the core level."""
+    left = cored & (rough == 0)
     box = bounding_box(left)
     if box is None:
         return rough, 0
     # In the box of what is left only (after the flood, a few pieces: 0.09 s -> 0.005 s).
+    # A piece no seed reached is a whole piece of the mask: all of it is cored or none.
     pieces, n = ndi.label(left[box], structure=FACE_CONNECTIVITY)
-    core = hu[box] > core_hu
-    cores = label_counts(np.where(core, pieces, 0), n + 1)
-    sizes = label_counts(pieces, n + 1)
-    bone = (cores >= min_core_voxels) & (cores >= CORE_SHARE * sizes)
+    bone = np.ones(n + 1, dtype=bool)
     bone[0] = False
-    pool = np.zeros_like(bone)
-    # Fewer core voxels than POOL_SHARE of the piece: not a pool, whatever their depth.
-    suspects = np.flatnonzero(bone & (cores > POOL_SHARE * sizes) & (spacing_mm is not None))
-    boxes = ndi.find_objects(pieces) if suspects.size else []
-    for piece in suspects:
-        pool[piece] = deep_core_voxels(pieces[boxes[piece - 1]] == piece, core[boxes[piece - 1]],
-                                       spacing_mm) > POOL_SHARE * sizes[piece]
+    if spacing_mm is not None:
+        core = core[box]
+        cores = label_counts(np.where(core, pieces, 0), n + 1)
+        sizes = label_counts(pieces, n + 1)
+        # Fewer core voxels than POOL_SHARE of the piece: not a pool, whatever their depth.
+        suspects = np.flatnonzero(bone & (cores > POOL_SHARE * sizes))
+        boxes = ndi.find_objects(pieces) if suspects.size else []
+        pool = np.zeros_like(bone)
+        for piece in suspects:
+            pool[piece] = deep_core_voxels(pieces[boxes[piece - 1]] == piece, core[boxes[piece - 1]],
+                                           spacing_mm) > POOL_SHARE * sizes[piece]
+        bone &= ~pool
+        pool_voxels = int(sizes[pool].sum())
+    else:
+        pool_voxels = 0
     out = rough.copy()
-    out[box][lookup(bone & ~pool, pieces)] = OTHER
-    return out, int(sizes[pool].sum())
+    out[box][lookup(bone, pieces)] = OTHER
+    return out, pool_voxels
 
 
 def deep_core_voxels(piece: np.ndarray, core: np.ndarray, spacing_mm) -> int:

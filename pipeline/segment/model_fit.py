@@ -119,8 +119,9 @@ class PelvisFit:
 def surface_points(volume: Volume, bone: BoneMask, n_max: int = DATA_POINTS,
                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(points, outward unit normals), LPS mm, of the bone mask's outer voxels
-    (a random subset of ``n_max``)."""
-    return mask_surface(volume, bone.voxels, bone.box, n_max, seed)
+    (a random subset of ``n_max``), in pieces with a dense core (not the
+    surface of an artery full of contrast, which drew the sacrum's alae)."""
+    return mask_surface(volume, bone.with_core(), bone.box, n_max, seed)
 
 
 def mask_surface(volume: Volume, mask: np.ndarray, box: tuple[slice, ...], n_max: int | None = None,
