@@ -108,6 +108,10 @@ MIN_FITTED_FRACTION = 0.35
 # first layer). Only pieces no seed reached are judged so: a pelvis dense
 # throughout (diffuse sclerotic metastases) is still a pelvis.
 SHELL_DEPTH_MM, POOL_SHARE = 3.0, 0.3
+# A lumbar vertebra's canal, in an axial plane, is 150-300 mm2: a pool of
+# contrast in front of the spine seeds the spine only if it encloses a hole
+# of at least this (see vertebral_pieces).
+CANAL_MM2 = 80.0
 # The flood from the seeds adds this to -HU per voxel of distance from the
 # seed it started at: under 0.05 HU across a pelvis's box, it only breaks
 # ties (real scans' HU are whole numbers), see watershed_by_piece.
@@ -166,7 +170,7 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
         heads = [h for h in parallel(*[lambda side=side: femoral_head(fit, hu, grid, raw, *side) for side in SIDES])
                  if h is not None]
         masks = model_masks(fit, grid)
-        seeds = seed_labels(raw, grid, fit, masks, heads, bone.midline_x_lps_mm, cored)
+        seeds = seed_labels(raw, grid, fit, masks, heads, bone.midline_x_lps_mm, cored, hu > core_hu)
         rough = watershed_by_piece(hu, seeds, raw)
     else:
         masks, heads, rough = {}, [], np.zeros(raw.shape, dtype=np.uint8)
@@ -310,14 +314,15 @@ def lowest_z(fit: PelvisFit, bone: str) -> float:
 
 def seed_labels(raw: np.ndarray, grid: Grid, fit: PelvisFit,
                 masks: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], heads: list[Head],
-                midline_x_lps_mm: float, cored: np.ndarray) -> np.ndarray:
+                midline_x_lps_mm: float, cored: np.ndarray, core: np.ndarray) -> np.ndarray:
     """uint8 seeds (label values) on the threshold bone (0 = decided by the flood).
     ``cored``: the threshold bone in pieces with a dense core
     (:meth:`BoneMask.with_core`); a spine seed lies there (a vertebra's
     cortex), not in an aorta full of contrast in front of the spine
     (Pelvic-Ref-003 with an aorta at 350 HU made up 10 mm in front of L4-L5:
     7 600 voxels of it were lumbar, the lumbar spine 0.96 against the scan's
-    own labels)."""
+    own labels), and not in a pool of contrast (:func:`vertebral_pieces`;
+    ``core``: the voxels above the core level)."""
     seeds = np.zeros(raw.shape, dtype=np.uint8)
     near_any = np.zeros(raw.shape, dtype=bool)
     for _, near, _ in masks.values():
@@ -334,8 +339,9 @@ def seed_labels(raw: np.ndarray, grid: Grid, fit: PelvisFit,
     endplate = fit.vertices_lps_mm[fit.landmarks["s1_endplate"]]
     centre, normal = _plane(endplate)
     above = (lps - centre) @ normal > SEED_MARGIN_MM
-    spine = above & (np.abs(lps[:, 0] - midline_x_lps_mm) < SPINE_HALF_WIDTH_MM)
-    free[spine & cored[tuple(at.T)]] = LUMBAR
+    spine = above & (np.abs(lps[:, 0] - midline_x_lps_mm) < SPINE_HALF_WIDTH_MM) & cored[tuple(at.T)]
+    spine[spine] = vertebral_pieces(raw, at[spine], core, grid)
+    free[spine] = LUMBAR
     placed = {head.femur for head in heads}
     for hip, femur, _, side in SIDES:
         # Where no head was found, the femur is the bone below the hip bone on
@@ -359,6 +365,43 @@ def seed_labels(raw: np.ndarray, grid: Grid, fit: PelvisFit,
         view[(dist <= head.radius_mm + HEAD_BAND_MM) & (view != head.femur)] = 0
         view[raw[box] & (dist <= head.radius_mm)] = head.femur
     return seeds
+
+
+def vertebral_pieces(raw: np.ndarray, at: np.ndarray, core: np.ndarray, grid: Grid) -> np.ndarray:
+    """Per voxel index of ``at`` (of ``raw``): whether its piece of ``raw``
+    (within the box of ``at``) may be a vertebra. A piece dense throughout
+    (a pool: :data:`POOL_SHARE`) is one only if it encloses a canal (a hole
+    of at least CANAL_MM2 in an axial plane): an aorta in an angiogram or a
+    bowel loop of oral contrast lying in front of the spine does not, a
+    vertebra dense throughout (sclerotic metastases) does."""
+    if len(at) == 0:
+        return np.zeros(0, dtype=bool)
+    box = tuple(slice(lo, hi + 1) for lo, hi in zip(at.min(axis=0), at.max(axis=0)))
+    pieces, n = ndi.label(raw[box], structure=FACE_CONNECTIVITY)
+    sizes = label_counts(pieces, n + 1)
+    cores = label_counts(np.where(core[box], pieces, 0), n + 1)
+    allowed = np.ones(n + 1, dtype=bool)
+    boxes = ndi.find_objects(pieces)
+    spacing = np.asarray(grid.volume.spacing_mm, dtype=float)
+    axial = axial_axis(grid.volume)
+    plane_mm2 = float(np.prod(np.delete(spacing, axial)))
+    for piece in np.flatnonzero(cores > POOL_SHARE * sizes):
+        if piece == 0:
+            continue
+        mine = pieces[boxes[piece - 1]] == piece
+        if deep_core_voxels(mine, core[box][boxes[piece - 1]], spacing) > POOL_SHARE * sizes[piece]:
+            allowed[piece] = encloses_canal(mine, axial, CANAL_MM2 / plane_mm2)
+    return allowed[pieces[tuple((at - [b.start for b in box]).T)]]
+
+
+def encloses_canal(mask: np.ndarray, axial: int, min_voxels: float) -> bool:
+    """Whether ``mask`` encloses a hole of at least ``min_voxels`` in one of its axial planes."""
+    for plane in np.moveaxis(mask, axial, 0):
+        if plane.any():
+            holes, n = ndi.label(ndi.binary_fill_holes(plane) & ~plane)
+            if n and label_counts(holes, n + 1)[1:].max() >= min_voxels:
+                return True
+    return False
 
 
 def watershed_by_piece(hu: np.ndarray, seeds: np.ndarray, solid: np.ndarray) -> np.ndarray:

@@ -689,6 +689,46 @@ def _axial_lps_grids(volume):
     return z, y, x
 
 
+
+def test_a_pool_of_contrast_in_front_of_the_spine_seeds_no_vertebra_but_a_sclerotic_vertebra_does():
+    """On 1 x 1 x 3 mm voxels, axial: a vertebra dense throughout (sclerotic
+    metastases: body and arch at 900 HU around its canal), a normal one (a
+    1.5 mm cortex over cancellous bone at 250 HU) and an aorta of an
+    angiogram (20 mm across, 600 HU) in front of them. The spine may be
+    seeded in both vertebrae, not in the aorta, dense throughout without a
+    canal (it was: 7 600 voxels of lumbar on Pelvic-Ref-003)."""
+    from pipeline.segment.grid import Grid
+    from pipeline.segment.labels import vertebral_pieces
+    from pipeline.volume import Volume
+
+    spacing = np.array([3.0, 1.0, 1.0])
+    shape = (20, 120, 160)
+    k, j, i = np.meshgrid(*(np.arange(n) * s for n, s in zip(shape, spacing)), indexing="ij")
+    hu = np.full(shape, 40.0, dtype=np.float32)
+    pieces = {}
+    for name, x0, dense in (("sclerotic", 40.0, True), ("normal", 110.0, False)):
+        body = (np.hypot(j - 70.0, i - x0) < 20.0) & (k > 6) & (k < 51)
+        arch = (np.hypot((j - 100.0) / 1.3, i - x0) < 16.0) & ~(np.hypot((j - 100.0) / 1.3, i - x0) < 9.0) & (k > 6) & (k < 51)
+        whole = body | arch
+        if dense:
+            hu[whole] = 900.0
+        else:
+            hu[whole] = 250.0
+            hu[whole & ~ndimage.binary_erosion(whole, iterations=2)] = 1000.0
+        pieces[name] = whole
+    aorta = (np.hypot(j - 30.0, i - 75.0) < 10.0)
+    hu[aorta] = 600.0
+    pieces["aorta"] = aorta
+    affine = np.zeros((4, 4))
+    affine[0, 2], affine[1, 1], affine[2, 0], affine[3, 3] = 1.0, 1.0, 3.0, 1.0
+    grid = Grid(Volume(hu, affine), tuple(slice(0, n) for n in shape))
+    raw = hu >= 200.0
+    at = np.argwhere(raw)
+    allowed = np.zeros(shape, dtype=bool)
+    allowed[tuple(at.T)] = vertebral_pieces(raw, at, hu > 500.0, grid)
+    assert allowed[pieces["sclerotic"]].all() and allowed[pieces["normal"]].all()
+    assert not allowed[pieces["aorta"]].any()
+
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_contrast_in_the_bladder_and_aorta_is_never_bone():
@@ -1262,9 +1302,10 @@ def test_bone_below_the_hip_bone_seeds_the_femur_only_on_a_side_without_a_head()
     raw[left] = raw[right] = True   # x 114-117 and 0-3 mm, z 30-57 mm
     head = Head(femur=FEMUR_LEFT, centre_lps_mm=np.array([110.0, 60.0, 150.0]), radius_mm=20.0, valley_hu=30.0,
                 source="valley", fill_radius_mm=18.5)
-    without = seed_labels(raw, grid, fit, {}, [], 60.0, raw)
+    core = np.zeros(shape, dtype=bool)
+    without = seed_labels(raw, grid, fit, {}, [], 60.0, raw, core)
     assert np.all(without[left] == FEMUR_LEFT) and np.all(without[right] == FEMUR_RIGHT)
-    found = seed_labels(raw, grid, fit, {}, [head], 60.0, raw)
+    found = seed_labels(raw, grid, fit, {}, [head], 60.0, raw, core)
     assert not found[left].any() and np.all(found[right] == FEMUR_RIGHT)
 
 
