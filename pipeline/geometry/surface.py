@@ -50,9 +50,16 @@ from ..volume import Volume, apply_affine
 CLAMP_HU = 1.0
 # A bone's pieces of at most this many voxels are specks (:func:`drop_specks`).
 SPECK_VOXELS = 2
-# Value outside the scan: far below any HU so a bone cut by the field of view
-# is capped flat at the centre of the last voxel, not half a voxel beyond.
-OUTSIDE_SCAN = -1.0e6
+# Outside the scan, each voxel of the edge is mirrored below the level,
+# OUTSIDE_SCAN times as far: a bone cut by the field of view is capped flat
+# 1 / (1 + OUTSIDE_SCAN) of a voxel beyond the centre of its last voxel (not
+# half a voxel beyond, as a plain mirror would put it), whatever the voxel's
+# HU. A fixed value far below any HU (-1e6, before 2026-12-05) put the cap
+# within HU / 1e6 of the centre: where a bone met two faces of the scan (a
+# femur at the lowest slice and a small field of view's side), the two
+# caps' strips along the scan's edge were needles 1e-6 mm thin, and the mesh
+# was refused.
+OUTSIDE_SCAN = 999.0
 # The bone peak is the maximum over a neighbourhood, which noise biases upward
 # (~2.5 sigma for ~100 voxels: +18 HU on the level at 15 HU noise, ~0.03 mm
 # inward, -0.6 % volume on a 15 x 10 mm ellipsoid). The peak is therefore
@@ -325,7 +332,11 @@ def mesh_from_field(field: np.ndarray, affine: np.ndarray, offset_index: np.ndar
 
     ``offset_index`` is the index of ``field[0, 0, 0]`` in the affine's grid.
     """
-    padded = np.pad(field, 1, mode="constant", constant_values=OUTSIDE_SCAN)
+    padded = np.pad(field, 1, mode="edge")
+    for axis in range(3):
+        for end in (0, -1):
+            face = np.moveaxis(padded, axis, 0)[end]
+            face[...] = -OUTSIDE_SCAN * np.abs(face) - 1.0
     verts, faces, _, _ = marching_cubes(padded, level=0.0, allow_degenerate=False)
     verts = settle_coarse_crossings(verts, faces, np.linalg.norm(affine[:3, :3], axis=0), padded > 0)
     verts = apply_affine(affine, verts - 1.0 + offset_index)

@@ -208,3 +208,26 @@ def test_compacting_faces_matches_numpy_unique():
     expected_used, inverse = np.unique(faces, return_inverse=True)
     assert np.array_equal(used, expected_used) and np.array_equal(local, inverse.reshape(faces.shape))
     assert local.dtype == np.int32
+
+
+@pytest.mark.parametrize("spacing_mm", [(1.0, 1.0, 1.0), (3.0, 0.8, 0.8)])
+def test_a_bone_cut_by_two_faces_of_the_scan_is_capped_flat_and_reads_back_valid(spacing_mm):
+    """A bone filling a corner of the scan (cut by its first slice, first row
+    and first column: a femur at the lowest slice of a small field of view),
+    with HU from just over its level to 1500 over it: each cut is capped flat
+    within a thousandth of a voxel of the last voxels' centres, and the mesh
+    reads back a valid solid. The caps used to lie HU / 1e6 voxels out, and
+    where two met along the scan's edge their strips were needles 1e-6 mm
+    thin (a small field of view of Pelvic-Ref-003 was refused)."""
+    from pipeline.geometry.surface import CLAMP_HU, mesh_from_field
+
+    rng = np.random.default_rng(3)
+    field = np.full((12, 14, 16), -200.0, dtype=np.float32)
+    field[:6, :8, :9] = rng.uniform(0.0, 1500.0, (6, 8, 9))
+    field[:6, :8, :9][rng.random((6, 8, 9)) < 0.3] = CLAMP_HU    # just over the level
+    affine = np.array([[0.0, 0.0, spacing_mm[2], 250.0], [0.0, spacing_mm[1], 0.0, -300.0],
+                       [spacing_mm[0], 0.0, 0.0, 400.0], [0.0, 0.0, 0.0, 1.0]])
+    mesh = mesh_from_field(field, affine, np.zeros(3))
+    validate_solid(mesh, "corner")
+    index = (np.asarray(mesh.vertices) - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
+    assert index.min(axis=0) == pytest.approx([-1e-3, -1e-3, -1e-3], abs=2e-5)
