@@ -48,6 +48,14 @@ from ..volume import Volume, apply_affine
 # Field value forced where HU and mask disagree (HU units): small against any
 # bone/tissue contrast, so the surface sits at the voxel centre there.
 CLAMP_HU = 1.0
+# ... and outside a bone a little more: where four clamped voxels make a
+# saddle on a cell face (two of the bone diagonal to each other), the
+# marching cubes' face test would meet an exact tie, which the two cells
+# sharing the face could break differently: two sheets along one edge, a
+# mesh refused as not closed (Pelvic-Ref-003 with its left hip bone made
+# soft tissue, as after a hemipelvectomy). Unequal, the diagonal voxels of
+# the bone are kept apart, as their face connectivity says.
+OUTSIDE_CLAMP_HU = 1.001 * CLAMP_HU
 # A bone's pieces of at most this many voxels are specks (:func:`drop_specks`).
 SPECK_VOXELS = 2
 # Outside the scan, each voxel of the edge is mirrored below the level,
@@ -207,7 +215,7 @@ def label_mesh(field: np.ndarray, labels: np.ndarray, label: int, sub: tuple[sli
     f = field[sub].copy()
     member = labels[sub] == label
     np.maximum(f, CLAMP_HU, out=f, where=member)
-    np.minimum(f, -CLAMP_HU, out=f, where=~member)
+    np.minimum(f, -OUTSIDE_CLAMP_HU, out=f, where=~member)
     # In the gap next to another bone, the crossing stays within half a voxel
     # of this bone (the other bone's surface likewise), so neighbouring bones'
     # meshes keep about a voxel between them instead of meeting in the gap.

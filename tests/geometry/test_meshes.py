@@ -231,3 +231,22 @@ def test_a_bone_cut_by_two_faces_of_the_scan_is_capped_flat_and_reads_back_valid
     validate_solid(mesh, "corner")
     index = (np.asarray(mesh.vertices) - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
     assert index.min(axis=0) == pytest.approx([-1e-3, -1e-3, -1e-3], abs=2e-5)
+
+
+def test_a_bone_whose_voxels_meet_only_at_edges_reads_back_valid():
+    """Bone voxels scattered at random (half of a 14-voxel cube) where the
+    HU say nothing (a level of 0 everywhere: every voxel is clamped, +1 in the
+    bone, -1 out of it): on a cell face with two bone voxels diagonal to each
+    other, the marching cubes' face test met an exact tie that the two cells
+    sharing the face broke differently, and the mesh had edges used four
+    times (Pelvic-Ref-003 with its left hip bone made soft tissue was
+    refused). Unequal clamps keep diagonal bone voxels apart."""
+    from pipeline.geometry.surface import label_mesh
+
+    rng = np.random.default_rng(7)
+    labels = np.zeros((16, 16, 16), dtype=np.uint8)
+    labels[1:-1, 1:-1, 1:-1] = rng.random((14, 14, 14)) < 0.5
+    field = np.zeros(labels.shape, dtype=np.float32)
+    affine = np.array([[0.0, 0.0, 0.8, 120.0], [0.0, 0.8, 0.0, -90.0], [2.5, 0.0, 0.0, 300.0], [0.0, 0.0, 0.0, 1.0]])
+    mesh = label_mesh(field, labels, 1, tuple(slice(1, 15) for _ in range(3)), affine, np.zeros(3))
+    validate_solid(mesh, "scattered")
