@@ -245,6 +245,11 @@ def test_labels_that_deserve_a_look_are_flagged():
     found = " | ".join(report_warnings({"segmentation": model, "config": config}))
     assert "sacrum: the shape model fits it poorly (median residual 4.2 mm" in found
     assert "hip_left: only 40 % of it is in the field of view" in found
+    gone = {**both, "shape_model": {"found": True, "bones": {
+        "hip_left": {"residual_median_mm": 2.5, "fitted_fraction": 0.097, "in_view_fraction": 1.0},
+        "hip_right": {"residual_median_mm": 1.6, "fitted_fraction": 0.62, "in_view_fraction": 1.0}}}}
+    found = " | ".join(report_warnings({"segmentation": gone, "config": config}))
+    assert "hip_left: only 10 % of its shape model in view lies on bone" in found and "hip_right" not in found
     lost = {**both, "shape_model": {"found": False}}
     assert "no pelvis found" in " ".join(report_warnings({"segmentation": lost, "config": config}))
     screws = {**both, "metal_mm3": 560.0}
