@@ -18,6 +18,7 @@ import html
 import re
 from typing import TYPE_CHECKING, Any, Iterable
 
+from ..segment.labels import MISSING_FITTED_FRACTION
 from ..segment.mask import METAL_HU
 
 if TYPE_CHECKING:
@@ -41,10 +42,6 @@ CONTRAST_WARN_MM3 = 1000.0
 # than this share of its model in the scan is only partly in view.
 POOR_FIT_MM = 3.0
 PARTLY_IN_VIEW_FRACTION = 0.9
-# A bone with less than this share of its model in view lying on bone (0.63-1.0
-# on the real scans and phantoms; 0.10 for Pelvic-Ref-003 with its left hip
-# bone made soft tissue, as after a hemipelvectomy) may be missing.
-MISSING_FITTED_FRACTION = 0.3
 # Input facts shown (never names, IDs, dates or UIDs).
 INPUT_KEYS = ("modality", "description", "manufacturer", "model", "patient_position", "n_slices",
               "dimensions", "spacing_mm", "orientation", "gantry_tilt_deg", "resampled")
@@ -150,8 +147,8 @@ def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
             if (isinstance(fitted, (int, float)) and isinstance(in_view, (int, float)) and in_view >= 0.5
                     and fitted < MISSING_FITTED_FRACTION * in_view):
                 found.append(f"{bone}: only {100 * fitted / in_view:.0f} % of its shape model in view lies on "
-                             "bone: is it missing (resected, destroyed by a tumour)? Its label then follows the "
-                             "model, not the image, and the other bones' fit suffers: check the labels over the CT")
+                             "bone: is it missing (resected, destroyed by a tumour)? Its model interior is not "
+                             "made bone, and the other bones' fit suffers: check the labels over the CT")
             if isinstance(residual, (int, float)) and residual > POOR_FIT_MM:
                 found.append(f"{bone}: the shape model fits it poorly (median residual {residual:.1f} mm > "
                              f"{POOR_FIT_MM:g} mm: unusual anatomy, a large tumour or fracture); check its label")

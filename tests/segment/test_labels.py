@@ -806,6 +806,27 @@ def test_a_small_field_of_view_cutting_the_hips_and_femurs_gives_valid_meshes():
     for name in ("hip_left", "hip_right", "sacrum", "femur_left", "femur_right", "lumbar"):
         assert dice(result.labels == LABEL_IDS[name], kept == LABEL_IDS[name]) >= 0.97, name
 
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_a_missing_hip_bone_is_not_made_up_from_the_model():
+    """Pelvic-Ref-003 with its left hip bone made soft tissue (as after a
+    hemipelvectomy): its meshes used to be refused (edges used four times
+    where clamped voxels met the marching cubes' face test with a tie), and
+    the model's interior made 9 200 voxels of hip_left where there is no
+    bone. Now every mesh reads back valid (run_mesh checks each), nothing in
+    the removed bone is hip_left, and the report asks whether it is missing."""
+    from pipeline.qa import report_warnings
+    from pipeline.volume import Volume
+
+    _, whole, volume = real_case("pelvic_ref_003")
+    gone = ndimage.binary_dilation(whole.labels == LABEL_IDS["hip_left"], iterations=2)
+    result = run_mesh(Volume(np.where(gone, np.float32(40.0), volume.hu), volume.affine), Config())
+    assert not (result.labels[gone] == LABEL_IDS["hip_left"]).any()
+    warnings = " ".join(report_warnings({"segmentation": result.report["segmentation"],
+                                         "config": {"segment": {"core_hu": 500.0}}}))
+    assert "hip_left: only" in warnings and "is it missing" in warnings
+
 @pytest.mark.real_data
 def test_a_sharp_noisy_scan_keeps_the_couch_outside_the_body():
     """Pelvic-Ref-003 as a sharp kernel on a large patient would show it: edges
