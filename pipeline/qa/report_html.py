@@ -18,7 +18,7 @@ import html
 import re
 from typing import TYPE_CHECKING, Any, Iterable
 
-from ..segment.labels import MISSING_FITTED_FRACTION
+from ..segment.labels import bone_missing
 from ..segment.mask import METAL_HU
 
 if TYPE_CHECKING:
@@ -143,10 +143,8 @@ def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
             if isinstance(in_view, (int, float)) and in_view < PARTLY_IN_VIEW_FRACTION:
                 found.append(f"{bone}: only {100 * in_view:.0f} % of it is in the field of view; its label "
                              "and any cut near the edge of the scan deserve a look")
-            fitted = fit.get("fitted_fraction")
-            if (isinstance(fitted, (int, float)) and isinstance(in_view, (int, float)) and in_view >= 0.5
-                    and fitted < MISSING_FITTED_FRACTION * in_view):
-                found.append(f"{bone}: only {100 * fitted / in_view:.0f} % of its shape model in view lies on "
+            if bone_missing(fit):
+                found.append(f"{bone}: only {100 * fit['fitted_fraction'] / in_view:.0f} % of its shape model in view lies on "
                              "bone: is it missing (resected, destroyed by a tumour)? Its model interior is not "
                              "made bone, and the other bones' fit suffers: check the labels over the CT")
             if isinstance(residual, (int, float)) and residual > POOR_FIT_MM:

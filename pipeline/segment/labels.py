@@ -166,6 +166,7 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
     raw = bone.voxels
     cored = bone.with_core()
     core_hu = bone.core_hu
+    core = hu > core_hu
     model = load_model() if model is None else model
     fit = fit_pelvis(volume, bone, model)
     found = pelvis_found(fit)
@@ -179,13 +180,13 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
         for b in missing_bones(fit):
             inside, near, deep = masks[b]
             masks[b] = (inside, near, np.zeros_like(deep))
-        seeds = seed_labels(raw, grid, fit, masks, heads, bone.midline_x_lps_mm, cored, hu > core_hu)
+        seeds = seed_labels(raw, grid, fit, masks, heads, bone.midline_x_lps_mm, cored, core)
         rough = watershed_by_piece(hu, seeds, raw)
     else:
         masks, heads, rough = {}, [], np.zeros(raw.shape, dtype=np.uint8)
     # Pools are told only where a pelvis was found: without one, nothing says
     # which piece is bone (a bone dense throughout; the analytic test objects).
-    rough, pool_voxels = label_other_bone(rough, cored, hu > core_hu, volume.spacing_mm if found else None)
+    rough, pool_voxels = label_other_bone(rough, cored, core, volume.spacing_mm if found else None)
     labels = solid_per_label(rough, raw, hu, volume, bone, cfg, core_hu)
     own = raw & (labels == rough)
     kept_open = None
@@ -219,9 +220,17 @@ def pelvis_found(fit: PelvisFit) -> bool:
 
 
 def missing_bones(fit: PelvisFit) -> list[str]:
-    """The model bones mostly in view of which under MISSING_FITTED_FRACTION lies on bone."""
-    return [b for b, d in fit.bones.items()
-            if d["in_view_fraction"] >= 0.5 and d["fitted_fraction"] < MISSING_FITTED_FRACTION * d["in_view_fraction"]]
+    """The model bones that may be missing (:func:`bone_missing`)."""
+    return [b for b, d in fit.bones.items() if bone_missing(d)]
+
+
+def bone_missing(fit: dict) -> bool:
+    """Whether a model bone's fit (its ``fitted_fraction`` and
+    ``in_view_fraction``, as in the report) says it may be missing: mostly in
+    view, and under MISSING_FITTED_FRACTION of that on bone."""
+    fitted, in_view = fit.get("fitted_fraction"), fit.get("in_view_fraction")
+    return (isinstance(fitted, (int, float)) and isinstance(in_view, (int, float)) and in_view >= 0.5
+            and fitted < MISSING_FITTED_FRACTION * in_view)
 
 
 def model_masks(fit: PelvisFit, grid: Grid) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -393,19 +402,15 @@ def vertebral_pieces(raw: np.ndarray, at: np.ndarray, core: np.ndarray, grid: Gr
         return np.zeros(0, dtype=bool)
     box = tuple(slice(lo, hi + 1) for lo, hi in zip(at.min(axis=0), at.max(axis=0)))
     pieces, n = ndi.label(raw[box], structure=FACE_CONNECTIVITY)
-    sizes = label_counts(pieces, n + 1)
-    cores = label_counts(np.where(core[box], pieces, 0), n + 1)
-    allowed = np.ones(n + 1, dtype=bool)
-    boxes = ndi.find_objects(pieces)
     spacing = np.asarray(grid.volume.spacing_mm, dtype=float)
-    axial = axial_axis(grid.volume)
-    plane_mm2 = float(np.prod(np.delete(spacing, axial)))
-    for piece in np.flatnonzero(cores > POOL_SHARE * sizes):
-        if piece == 0:
-            continue
-        mine = pieces[boxes[piece - 1]] == piece
-        if deep_core_voxels(mine, core[box][boxes[piece - 1]], spacing) > POOL_SHARE * sizes[piece]:
-            allowed[piece] = encloses_canal(mine, axial, CANAL_MM2 / plane_mm2)
+    pool, _ = pool_pieces(pieces, n, core[box], spacing)
+    allowed = ~pool
+    if pool.any():
+        axial = axial_axis(grid.volume)
+        min_voxels = CANAL_MM2 / float(np.prod(np.delete(spacing, axial)))
+        boxes = ndi.find_objects(pieces)
+        for piece in np.flatnonzero(pool):
+            allowed[piece] = encloses_canal(pieces[boxes[piece - 1]] == piece, axial, min_voxels)
     return allowed[pieces[tuple((at - [b.start for b in box]).T)]]
 
 
@@ -482,31 +487,34 @@ def label_other_bone(rough: np.ndarray, cored: np.ndarray, core: np.ndarray,
     pieces, n = ndi.label(left[box], structure=FACE_CONNECTIVITY)
     bone = np.ones(n + 1, dtype=bool)
     bone[0] = False
+    pool_voxels = 0
     if spacing_mm is not None:
-        core = core[box]
-        cores = label_counts(np.where(core, pieces, 0), n + 1)
-        sizes = label_counts(pieces, n + 1)
-        # Fewer core voxels than POOL_SHARE of the piece: not a pool, whatever their depth.
-        suspects = np.flatnonzero(bone & (cores > POOL_SHARE * sizes))
-        boxes = ndi.find_objects(pieces) if suspects.size else []
-        pool = np.zeros_like(bone)
-        for piece in suspects:
-            pool[piece] = deep_core_voxels(pieces[boxes[piece - 1]] == piece, core[boxes[piece - 1]],
-                                           spacing_mm) > POOL_SHARE * sizes[piece]
+        pool, sizes = pool_pieces(pieces, n, core[box], spacing_mm)
         bone &= ~pool
         pool_voxels = int(sizes[pool].sum())
-    else:
-        pool_voxels = 0
     out = rough.copy()
     out[box][lookup(bone, pieces)] = OTHER
     return out, pool_voxels
 
 
-def deep_core_voxels(piece: np.ndarray, core: np.ndarray, spacing_mm) -> int:
-    """The core voxels of ``piece`` deeper than SHELL_DEPTH_MM inside it (the
-    edge of the arrays, the scan's or the piece's box, counts as outside)."""
-    depth = ndi.distance_transform_edt(np.pad(piece, 1), sampling=spacing_mm)[1:-1, 1:-1, 1:-1]
-    return int(np.count_nonzero((depth > SHELL_DEPTH_MM) & core & piece))
+def pool_pieces(pieces: np.ndarray, n: int, core: np.ndarray, spacing_mm) -> tuple[np.ndarray, np.ndarray]:
+    """(per piece of ``pieces``, ``ndi.label``'s output with ``n`` pieces:
+    whether it is dense throughout, a pool (:data:`POOL_SHARE`); the pieces'
+    sizes). ``core``: the voxels above the core level."""
+    sizes = label_counts(pieces, n + 1)
+    cores = label_counts(np.where(core, pieces, 0), n + 1)
+    pool = np.zeros(n + 1, dtype=bool)
+    # Fewer core voxels than POOL_SHARE of the piece: not a pool, whatever their depth.
+    suspects = np.flatnonzero(cores > POOL_SHARE * sizes)
+    suspects = suspects[suspects > 0]
+    boxes = ndi.find_objects(pieces) if suspects.size else []
+    for piece in suspects:
+        box = boxes[piece - 1]
+        mine = np.pad(pieces[box] == piece, 1)  # the edge of the box, or the scan's, counts as outside
+        depth = ndi.distance_transform_edt(mine, sampling=spacing_mm)[1:-1, 1:-1, 1:-1]
+        deep_core = np.count_nonzero((depth > SHELL_DEPTH_MM) & core[box] & mine[1:-1, 1:-1, 1:-1])
+        pool[piece] = deep_core > POOL_SHARE * sizes[piece]
+    return pool, sizes
 
 
 def grow_box(box: tuple[slice, ...], shape: tuple[int, ...], by: int = 1) -> tuple[slice, ...]:
