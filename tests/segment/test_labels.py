@@ -208,6 +208,28 @@ def test_pools_of_contrast_are_not_other_bone_but_bones_with_a_thick_cortex_are(
         assert np.count_nonzero(bone_ & raw) > 10 and np.all(labels[bone_ & raw] == OTHER)
     assert pool_voxels * np.prod(spacing_mm) == pytest.approx(4 / 3 * np.pi * 20 ** 3, rel=0.15)
 
+
+def test_a_missing_hip_bone_is_found_missing_and_not_made_up():
+    """The sample phantom with its left hip bone made soft tissue (as after a
+    hemipelvectomy): under MISSING_FITTED_FRACTION of that bone's model lies
+    on bone (0.17; the intact phantom's bones 0.95-1.0), so it is the one
+    bone found missing, none of the removed bone is labelled hip_left, and
+    the intact phantom has no missing bone."""
+    from pipeline.segment.labels import missing_bones
+    from pipeline.segment.mask import segment_bone
+    from pipeline.volume import Volume
+
+    phantom = sample_phantom()
+    left = next(k for k, n in phantom.label_names.items() if n == "hip_left")
+    gone = ndimage.binary_dilation(phantom.labels == left, iterations=2)
+    cfg = Config().segment
+    for volume, missing in ((phantom.volume, []),
+                            (Volume(np.where(gone, np.float32(40.0), phantom.volume.hu), phantom.volume.affine),
+                             ["hip_left"])):
+        labels = label_bones(volume, segment_bone(volume, cfg), cfg)
+        assert missing_bones(labels.fit) == missing
+    assert not (labels.full(volume.shape)[gone] == LABEL_IDS["hip_left"]).any()
+
 def test_osteoporotic_bones_are_told_apart_and_filled():
     """Osteoporotic bone: a 600 HU cortex over cancellous bone at 100 HU,
     below the threshold. Blurred, the cortex barely reaches the default core
