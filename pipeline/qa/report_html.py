@@ -18,7 +18,7 @@ import html
 import re
 from typing import TYPE_CHECKING, Any, Iterable
 
-from ..segment.labels import bone_missing
+from ..segment.model_fit import bone_missing
 from ..segment.mask import METAL_HU
 
 if TYPE_CHECKING:

@@ -63,7 +63,7 @@ from .lookup import label_counts, lookup, touching
 from .mask import (ENCLOSED_DIRECTIONS, FACE_CONNECTIVITY, IN_SLICE_CONNECTIVITY, BoneMask, bounding_box,
                    close_and_fill, closing_radius_voxels, enclosed_directions, fill_bridged_plane_holes,
                    fill_cavities)
-from .model_fit import PelvisFit, fit_pelvis, vertex_normals
+from .model_fit import PelvisFit, fit_pelvis, missing_bones, vertex_normals
 from .neighbours import max3, min3
 from .shape_model import MODEL_BONES, ShapeModel, load_model
 from .spine import (SPINE_SMOOTHING_MM, Levels, open_canal, smooth_hu, tissue_hu, vertebrae_above_l1,
@@ -98,12 +98,6 @@ TIP_HU, TIP_REACH_MM, TIP_HALF_WIDTH_MM, TIP_MAX_MM3 = 100.0, 80.0, 40.0, 40_000
 # A model fit is trusted when at least this share of the model's vertices in
 # view lie within 3 mm of bone (a pelvis is there).
 MIN_FITTED_FRACTION = 0.35
-# A model bone with less than this share of its model in view lying on bone
-# (0.63-1.0 on the real scans and phantoms; 0.10 for Pelvic-Ref-003 with its
-# left hip bone made soft tissue, as after a hemipelvectomy) may be missing:
-# its fitted interior is not made bone (it made 9 200 voxels of hip_left
-# where there was none), and the report warns.
-MISSING_FITTED_FRACTION = 0.3
 # Other bone (not reached from a seed) needs a dense core (BoneMask.coreless)
 # that is a shell: bone's dense part is its cortex, at its
 # surface, while a pool of contrast (a bladder of excreted contrast, a bowel
@@ -177,9 +171,8 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
         heads = [h for h in parallel(*[lambda side=side: femoral_head(fit, hu, grid, raw, *side) for side in SIDES])
                  if h is not None]
         masks = model_masks(fit, grid)
-        for b in missing_bones(fit):
-            inside, near, deep = masks[b]
-            masks[b] = (inside, near, np.zeros_like(deep))
+        for b in missing_bones(fit):   # its model, fitted to no bone, neither names nor fills any
+            del masks[b]
         seeds = seed_labels(raw, grid, fit, masks, heads, bone.midline_x_lps_mm, cored, core)
         rough = watershed_by_piece(hu, seeds, raw)
     else:
@@ -217,20 +210,6 @@ def pelvis_found(fit: PelvisFit) -> bool:
     fitted = [d["fitted_fraction"] / max(d["in_view_fraction"], 1e-6) for d in fit.bones.values()
               if d["in_view_fraction"] > 0.2]
     return bool(fitted) and float(np.median(fitted)) >= MIN_FITTED_FRACTION
-
-
-def missing_bones(fit: PelvisFit) -> list[str]:
-    """The model bones that may be missing (:func:`bone_missing`)."""
-    return [b for b, d in fit.bones.items() if bone_missing(d)]
-
-
-def bone_missing(fit: dict) -> bool:
-    """Whether a model bone's fit (its ``fitted_fraction`` and
-    ``in_view_fraction``, as in the report) says it may be missing: mostly in
-    view, and under MISSING_FITTED_FRACTION of that on bone."""
-    fitted, in_view = fit.get("fitted_fraction"), fit.get("in_view_fraction")
-    return (isinstance(fitted, (int, float)) and isinstance(in_view, (int, float)) and in_view >= 0.5
-            and fitted < MISSING_FITTED_FRACTION * in_view)
 
 
 def model_masks(fit: PelvisFit, grid: Grid) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
