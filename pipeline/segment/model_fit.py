@@ -128,6 +128,16 @@ class PelvisFit:
     bones: dict[str, dict]
     left_out: tuple[str, ...] = ()   # bones found missing, the model fitted without them
 
+    def lateral_mm(self, points_lps_mm: np.ndarray) -> np.ndarray:
+        """Signed distance (mm) of points from the fitted pelvis's midsagittal
+        plane, positive towards the patient's left: the plane through the S1
+        endplate's centre, normal to the line between the acetabula. In LPS x
+        only where the patient lies straight."""
+        v = self.vertices_lps_mm
+        left, right = (v[self.landmarks[f"acetabulum_{side}"]].mean(axis=0) for side in ("left", "right"))
+        axis = (left - right) / np.linalg.norm(left - right)
+        return (np.asarray(points_lps_mm, dtype=np.float64) - v[self.landmarks["s1_endplate"]].mean(axis=0)) @ axis
+
     def bone_mesh(self, bone: str) -> tuple[np.ndarray, np.ndarray]:
         """(vertices, triangles) of one fitted bone, triangles indexing the vertices given."""
         return self.vertices_lps_mm, self.faces[bone]
