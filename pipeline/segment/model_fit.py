@@ -245,14 +245,22 @@ def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float,
     to_index = np.linalg.inv(volume.affine)
     last = np.array(volume.shape) - 0.5
 
+    # The distance map flat, and INIT_CLIP_MM last for the cells beyond it.
+    flat_distance = np.append(distance.ravel(), INIT_CLIP_MM).astype(np.float32)
+    strides = np.array([shape[1] * shape[2], shape[2], 1])
+
     def scores(scale: float, rotation: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        # (Each test is taken one axis at a time: np.all along an axis of 3
+        # took a third of the search's time.)
         at = scale * (sample @ rotation.T)[None] + offsets[:, None]
         cells = np.floor((at - lo) / INIT_CELL_MM).astype(np.int64)
-        inside = np.all((cells >= 0) & (cells < shape), axis=2)
-        d = np.full(cells.shape[:2], INIT_CLIP_MM, dtype=np.float32)
-        d[inside] = distance[tuple(cells[inside].T)]
+        below = cells.view(np.uint64) < shape.astype(np.uint64)   # a negative index wraps above any size
+        inside = below[..., 0] & below[..., 1] & below[..., 2]
+        d = flat_distance[np.where(inside, cells @ strides, len(flat_distance) - 1)]
         index = at @ to_index[:3, :3].T + to_index[:3, 3]
-        seen = np.all((index > -0.5) & (index < last), axis=2)
+        seen = np.ones(inside.shape, dtype=bool)
+        for a in range(3):
+            seen &= (index[..., a] > -0.5) & (index[..., a] < last[a])
         n_seen = seen.sum(axis=1)
         seen_mean = np.where(seen, d, 0.0).sum(axis=1) / np.maximum(n_seen, 1)
         unseen = np.maximum(INIT_UNSEEN_MM, seen_mean)
