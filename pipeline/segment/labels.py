@@ -171,8 +171,15 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
         heads = [h for h in parallel(*[lambda side=side: femoral_head(fit, hu, grid, raw, *side) for side in SIDES])
                  if h is not None]
         masks = model_masks(fit, grid)
-        for b in missing_bones(fit):   # its model, fitted to no bone, neither names nor fills any
-            del masks[b]
+        for b in missing_bones(fit):
+            # Placed by the other bones, its model still names what is left
+            # of it (a tumour's remnant: without 75 % of Pelvic-Ref-003's
+            # left hip bone, the rest became femur and hip_right) from its
+            # bone deep inside the model (not a femoral head sitting in the
+            # empty cup), but fills nothing: no interior is made bone where
+            # the bone is gone.
+            _, near, deep = masks[b]
+            masks[b] = (deep, near, np.zeros_like(deep))
         seeds = seed_labels(raw, grid, fit, masks, heads, cored, core)
         rough = watershed_by_piece(hu, seeds, raw)
     else:

@@ -65,7 +65,12 @@ DATA_POINTS = 20000
 INIT_CELL_MM, INIT_STEP_MM, INIT_SCALE, INIT_VERTEX_STRIDE, INIT_CLIP_MM = 5.0, 10.0, 1.0, 30, 30.0
 INIT_OTHER_SCALES, INIT_SCALE_MARGIN = (0.8, 1.2), 0.9
 INIT_UNSEEN_MM, INIT_MIN_SEEN = 5.0, 0.2
-INIT_LEAVE_OUT_X_MM = 40.0
+# The midline is the bone's left-right centre, which bone missing on one
+# side moves: the coarse grid reaches INIT_X_MM to either side of it (the
+# upper 30 % of Pelvic-Ref-003's left hip bone made soft tissue moved it 10
+# mm, and a start on it lost the sacrum: 0.52), and INIT_LEAVE_OUT_X_MM when
+# a bone is left out (without its whole left hip bone: 21 mm).
+INIT_LEAVE_OUT_X_MM, INIT_X_MM = 40.0, 20.0
 # Turns the start tries about the place found (INIT_TURNS_DEG): every pair of turns about the
 # vertical and the antero-posterior axis (yaw and roll, degrees), and turns
 # about the left-right axis (pitch), each taken only if it scores better
@@ -223,7 +228,8 @@ def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float,
 
     The model frame is LPS-like, so the search is mostly of position and
     size: a coarse grid of offsets (on the midline, every antero-posterior
-    and cranio-caudal one) at the mean size, at INIT_OTHER_SCALES of it and
+    and cranio-caudal one) at the mean size, also INIT_X_MM to either side
+    of the midline, and on it at INIT_OTHER_SCALES of the mean size and
     turned INIT_COARSE_YAW_DEG either way about the vertical; a finer grid
     around the best at 0.95-1.05 of its size; then the turns of INIT_TURNS_DEG (see
     there) about the place found, and a finer grid again about the best of
@@ -267,13 +273,13 @@ def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float,
         score = (seen_mean * n_seen + unseen * (len(sample) - n_seen)) / len(sample)
         return np.where(n_seen >= INIT_MIN_SEEN * len(sample), score, np.inf)
 
-    def best_of(poses: list[tuple[float, np.ndarray, float]], offsets: np.ndarray):
+    def best_of(poses: list[tuple[float, np.ndarray, float, np.ndarray]]):
         """(weighted score, scale, rotation, offset) of the best of the poses
-        (scale, rotation, weight), each at every offset, on both cores
-        (numpy's array work releases the GIL)."""
-        best = (np.inf, 1.0, np.eye(3), offsets[0])
-        for (scale, rotation, weight), score in zip(poses, parallel(*[lambda p=p: scores(p[0], p[1], offsets)
-                                                                    for p in poses])):
+        (scale, rotation, weight, offsets), each at each of its offsets, on
+        both cores (numpy's array work releases the GIL)."""
+        best = (np.inf, 1.0, np.eye(3), poses[0][3][0])
+        for (scale, rotation, weight, offsets), score in zip(poses, parallel(*[lambda p=p: scores(*p[:2], p[3])
+                                                                              for p in poses])):
             i = int(np.argmin(score))
             if weight * score[i] < best[0]:
                 best = (float(weight * score[i]), scale, rotation, offsets[i])
@@ -281,26 +287,30 @@ def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float,
 
     ys = np.arange(points[:, 1].min(), points[:, 1].max() + INIT_STEP_MM, INIT_STEP_MM)
     zs = np.arange(points[:, 2].min() - INIT_CLIP_MM, points[:, 2].max() + INIT_CLIP_MM, INIT_STEP_MM)
-    reach = INIT_LEAVE_OUT_X_MM if leave_out else 0.0
-    xs = midline_x_lps_mm + np.arange(-reach, reach + 0.1, INIT_STEP_MM)
-    coarse = np.stack(np.meshgrid(xs, ys, zs, indexing="ij"), axis=-1).reshape(-1, 3)
+    def at(x_mm: float) -> np.ndarray:
+        return np.stack(np.meshgrid([midline_x_lps_mm + x_mm], ys, zs, indexing="ij"), axis=-1).reshape(-1, 3)
+
+    reach = INIT_LEAVE_OUT_X_MM if leave_out else INIT_X_MM
     other = 1.0 / INIT_SCALE_MARGIN
-    poses = [(INIT_SCALE, np.eye(3), 1.0), *[(INIT_SCALE * k, np.eye(3), other) for k in INIT_OTHER_SCALES],
-             *[(INIT_SCALE, _turn(yaw, 0.0, 0.0), other) for yaw in (-INIT_COARSE_YAW_DEG, INIT_COARSE_YAW_DEG)]]
-    _, scale, rotation, centre = best_of(poses, coarse)
+    # The mean size unturned, on the midline first (it wins ties), then to either side of it.
+    sides = [sign * x for x in np.arange(INIT_STEP_MM, reach + 0.1, INIT_STEP_MM) for sign in (-1.0, 1.0)]
+    _, scale, rotation, centre = best_of(
+        [(INIT_SCALE, np.eye(3), 1.0, at(x)) for x in (0.0, *sides)]
+        + [(INIT_SCALE * k, np.eye(3), other, at(0.0)) for k in INIT_OTHER_SCALES]
+        + [(INIT_SCALE, _turn(yaw, 0.0, 0.0), other, at(0.0)) for yaw in (-INIT_COARSE_YAW_DEG, INIT_COARSE_YAW_DEG)])
     steps = np.arange(-INIT_STEP_MM, INIT_STEP_MM + 0.1, INIT_STEP_MM / 4)
     fine = np.stack(np.meshgrid(steps / 2, steps, steps, indexing="ij"), axis=-1).reshape(-1, 3)
-    score, scale, rotation, centre = best_of([(k * scale, rotation, 1.0) for k in (0.95, 1.0, 1.05)], centre + fine)
+    score, scale, rotation, centre = best_of([(k * scale, rotation, 1.0, centre + fine) for k in (0.95, 1.0, 1.05)])
     steps = np.arange(-INIT_STEP_MM, INIT_STEP_MM + 0.1, INIT_STEP_MM / 2)
     near = centre + np.stack(np.meshgrid(steps, steps, steps, indexing="ij"), axis=-1).reshape(-1, 3)
     angles = (0.0, *INIT_TURNS_DEG)
     turns = [_turn(yaw, roll, 0.0) for yaw in angles for roll in angles if yaw or roll]
     turns += [_turn(0.0, 0.0, pitch) for pitch in INIT_TURNS_DEG]
-    turned = best_of([(scale, turn @ rotation, 1.0) for turn in turns], near)
+    turned = best_of([(scale, turn @ rotation, 1.0, near) for turn in turns])
     if turned[0] < INIT_TURN_MARGIN * score:
         rotation = turned[2]
-        score, scale, rotation, centre = best_of([(k * scale, rotation, 1.0) for k in (0.95, 1.0, 1.05)],
-                                                 turned[3] + fine)
+        score, scale, rotation, centre = best_of([(k * scale, rotation, 1.0, turned[3] + fine)
+                                                  for k in (0.95, 1.0, 1.05)])
     return scale, rotation, centre, score
 
 

@@ -232,11 +232,35 @@ def test_a_missing_hip_bone_is_found_missing_and_the_other_bones_keep_their_name
         labels = label_bones(volume, segment_bone(volume, cfg), cfg)
         assert missing_bones(labels.fit) == [side]
         full = labels.full(volume.shape)
-        assert not (full[gone] == LABEL_IDS[side]).any()
+        assert not (full[phantom.labels == phantom_label(phantom, side)] == LABEL_IDS[side]).any()
         for name in ("hip_left", "hip_right", "sacrum", "femur_left", "femur_right", "lumbar"):
             if name != side:
                 truth = (phantom.labels == phantom_label(phantom, name)) & ~gone
                 assert dice(full == LABEL_IDS[name], truth) >= 0.9, (side, name)
+
+
+def test_what_is_left_of_a_hip_bone_mostly_destroyed_keeps_its_name():
+    """The sample phantom with the upper 80 % of its left hip bone made soft
+    tissue (a tumour, or a resection): the bone is found missing and the
+    model fitted without it, and its model, placed by the other bones,
+    still names the remnant (acetabulum, pubis, ischium): hip_left 0.93 on
+    the remnant's voxels (0.00 when the missing bone's model named nothing)."""
+    from pipeline.segment.mask import segment_bone
+    from pipeline.volume import Volume
+
+    phantom = sample_phantom()
+    hip = phantom.labels == phantom_label(phantom, "hip_left")
+    at = np.argwhere(hip)
+    z = phantom.volume.index_to_lps(at.astype(float))[:, 2]
+    upper = np.zeros_like(hip)
+    upper[tuple(at[z >= np.quantile(z, 0.2)].T)] = True
+    gone = ndimage.binary_dilation(upper, iterations=2)
+    volume = Volume(np.where(gone, np.float32(40.0), phantom.volume.hu), phantom.volume.affine)
+    cfg = Config().segment
+    labels = label_bones(volume, segment_bone(volume, cfg), cfg)
+    assert labels.fit.left_out == ("hip_left",)
+    full = labels.full(volume.shape)
+    assert dice(full == LABEL_IDS["hip_left"], hip & ~gone) >= 0.9
 
 
 def phantom_label(phantom, name: str) -> int:
@@ -855,14 +879,18 @@ def test_a_missing_hip_bone_is_not_made_up_and_the_others_keep_their_labels(side
     The model, fitted again without it, leaves the other bones where they
     are: against the intact scan's labels (outside the removed bone) the
     sacrum was 0.61 / 0.55 (without the left / right hip bone), the other
-    hip bone 0.92 / 0.83, lumbar 0.89 / 0.90; now 0.94-1.00."""
+    hip bone 0.92 / 0.83, lumbar 0.89 / 0.90; now 0.95-1.00 (the femur on
+    that side 0.97 / 0.99: the model of the missing bone still names bone
+    deep inside it, as a tumour's remnant would be, and the left femoral
+    head, found 6 mm too small without its socket, loses its outer shell to
+    it)."""
     from pipeline.qa import report_warnings
     from pipeline.volume import Volume
 
     _, whole, volume = real_case("pelvic_ref_003")
     gone = ndimage.binary_dilation(whole.labels == LABEL_IDS[side], iterations=2)
     result = run_mesh(Volume(np.where(gone, np.float32(40.0), volume.hu), volume.affine), Config())
-    assert not (result.labels[gone] == LABEL_IDS[side]).any()
+    assert not (result.labels[whole.labels == LABEL_IDS[side]] == LABEL_IDS[side]).any()
     warnings = " ".join(report_warnings({"segmentation": result.report["segmentation"],
                                          "config": {"segment": {"core_hu": 500.0}}}))
     assert f"{side}: only" in warnings and "is it missing" in warnings
@@ -870,6 +898,33 @@ def test_a_missing_hip_bone_is_not_made_up_and_the_others_keep_their_labels(side
         if name != side:
             kept = (whole.labels == LABEL_IDS[name]) & ~gone
             assert dice(result.labels == LABEL_IDS[name], kept) >= 0.92, name
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+@pytest.mark.parametrize("share", [0.3, 0.6])
+def test_a_hip_bone_partly_destroyed_does_not_move_the_fit_off_the_others(share):
+    """Pelvic-Ref-003 with the upper 30 % / 60 % of its left hip bone made
+    soft tissue (a tumour of the iliac wing): the bone's left-right centre,
+    where the fit's start looked, moved 10-14 mm to the right, and the start
+    lost the sacrum (0.52 against the intact scan's labels, both). It now
+    also looks 10 and 20 mm to either side: the sacrum and the other bones
+    keep their labels, and what is left of the hip bone keeps its name."""
+    from pipeline.volume import Volume
+
+    _, whole, volume = real_case("pelvic_ref_003")
+    hip = whole.labels == LABEL_IDS["hip_left"]
+    at = np.argwhere(hip)
+    z = volume.index_to_lps(at.astype(float))[:, 2]
+    upper = np.zeros_like(hip)
+    upper[tuple(at[z >= np.quantile(z, 1.0 - share)].T)] = True
+    gone = ndimage.binary_dilation(upper, iterations=2)
+    result = run_mesh(Volume(np.where(gone, np.float32(40.0), volume.hu), volume.affine), Config())
+    for name in ("hip_right", "sacrum", "femur_left", "femur_right", "lumbar"):
+        kept = (whole.labels == LABEL_IDS[name]) & ~gone
+        assert dice(result.labels == LABEL_IDS[name], kept) >= 0.95, name
+    remnant = hip & ~gone
+    assert np.mean(result.labels[remnant] == LABEL_IDS["hip_left"]) >= 0.95
 
 
 @pytest.mark.real_data
