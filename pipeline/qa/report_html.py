@@ -146,8 +146,8 @@ def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
             if bone_missing(fit):
                 found.append(f"{bone}: only {100 * fit['fitted_fraction'] / in_view:.0f} % of its shape model in view lies on "
                              "bone: is it missing (resected, destroyed by a tumour)? The model was fitted to the "
-                             "other bones without it, and names and fills no voxel of it: check the labels over "
-                             "the CT")
+                             "other bones without it; its model fills nothing and names only bone deep inside it "
+                             "(what is left of it): check the labels over the CT")
             if isinstance(residual, (int, float)) and residual > POOR_FIT_MM:
                 found.append(f"{bone}: the shape model fits it poorly (median residual {residual:.1f} mm > "
                              f"{POOR_FIT_MM:g} mm: unusual anatomy, a large tumour or fracture); check its label")
