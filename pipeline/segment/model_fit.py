@@ -7,12 +7,13 @@ patient LPS millimetres, so feet-first, prone or tilted scans fit alike.
 
 1. **Start** (:func:`initial_pose`): the mean shape at its own size (and
    smaller, larger, turned about the vertical) is slid over a coarse
-   distance map of the surface points, centred on the midline (the bone's
-   left-right centre), at every antero-posterior and cranio-caudal offset
-   within the bone's extent; the place where the model's points lie
-   closest to bone wins, and turns about every axis are tried there. Model points beyond the scan's edge are unknown, neither near nor
-   far, so a scan that stops short of the iliac crests does not draw the
-   model into its view.
+   distance map of the surface points, on the midline (the bone's
+   left-right centre) and beside it, at every antero-posterior and
+   cranio-caudal offset within the bone's extent; the place where the
+   model's points lie closest to bone wins, and turns about every axis are
+   tried there. Model points beyond the scan's edge are unknown, neither
+   near nor far, so a scan that stops short of the iliac crests does not
+   draw the model into its view.
 2. **Refine** (:func:`refine`), an active-shape-model style iteration: every
    model vertex takes the nearest data point whose normal agrees with its
    own (so the model does not snap onto the inner cortex, a femoral head or
@@ -110,7 +111,8 @@ FITTED_MM = 3.0
 # left hip bone made soft tissue, as after a hemipelvectomy) may be missing:
 # the model is fitted again without it (:func:`fit_pelvis`), its fitted
 # interior is not made bone (it made 9 200 voxels of hip_left where there
-# was none), and the report warns.
+# was none; its model names only bone deep inside it, what is left), and
+# the report warns.
 MISSING_FITTED_FRACTION = 0.3
 
 
@@ -287,7 +289,9 @@ def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float,
 
     ys = np.arange(points[:, 1].min(), points[:, 1].max() + INIT_STEP_MM, INIT_STEP_MM)
     zs = np.arange(points[:, 2].min() - INIT_CLIP_MM, points[:, 2].max() + INIT_CLIP_MM, INIT_STEP_MM)
-    def at(x_mm: float) -> np.ndarray:
+
+    def plane(x_mm: float) -> np.ndarray:
+        """The coarse offsets in the sagittal plane ``x_mm`` beside the midline."""
         return np.stack(np.meshgrid([midline_x_lps_mm + x_mm], ys, zs, indexing="ij"), axis=-1).reshape(-1, 3)
 
     reach = INIT_LEAVE_OUT_X_MM if leave_out else INIT_X_MM
@@ -295,9 +299,10 @@ def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float,
     # The mean size unturned, on the midline first (it wins ties), then to either side of it.
     sides = [sign * x for x in np.arange(INIT_STEP_MM, reach + 0.1, INIT_STEP_MM) for sign in (-1.0, 1.0)]
     _, scale, rotation, centre = best_of(
-        [(INIT_SCALE, np.eye(3), 1.0, at(x)) for x in (0.0, *sides)]
-        + [(INIT_SCALE * k, np.eye(3), other, at(0.0)) for k in INIT_OTHER_SCALES]
-        + [(INIT_SCALE, _turn(yaw, 0.0, 0.0), other, at(0.0)) for yaw in (-INIT_COARSE_YAW_DEG, INIT_COARSE_YAW_DEG)])
+        [(INIT_SCALE, np.eye(3), 1.0, plane(x)) for x in (0.0, *sides)]
+        + [(INIT_SCALE * k, np.eye(3), other, plane(0.0)) for k in INIT_OTHER_SCALES]
+        + [(INIT_SCALE, _turn(yaw, 0.0, 0.0), other, plane(0.0))
+           for yaw in (-INIT_COARSE_YAW_DEG, INIT_COARSE_YAW_DEG)])
     steps = np.arange(-INIT_STEP_MM, INIT_STEP_MM + 0.1, INIT_STEP_MM / 4)
     fine = np.stack(np.meshgrid(steps / 2, steps, steps, indexing="ij"), axis=-1).reshape(-1, 3)
     score, scale, rotation, centre = best_of([(k * scale, rotation, 1.0, centre + fine) for k in (0.95, 1.0, 1.05)])
