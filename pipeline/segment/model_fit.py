@@ -314,9 +314,9 @@ def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float,
     turned = best_of([(scale, turn @ rotation, 1.0, near) for turn in turns])
     if turned[0] < INIT_TURN_MARGIN * score:
         # Turned, the best place moves: the coarse grid again (and beside the
-        # midline), then the fine one. From the unturned place alone, a pelvis
-        # lying diagonally by 20 degrees with the top of a hip bone gone
-        # started 15 mm off and lost its sacrum (0.23).
+        # midline), then the fine one. From the unturned place alone,
+        # Pelvic-Ref-003 lying diagonally by 15 degrees without its left hip
+        # bone started off and lost its sacrum (0.67).
         _, _, rotation, centre = best_of([(scale, turned[2], 1.0, plane(x)) for x in (0.0, *sides)])
         score, scale, rotation, centre = best_of([(k * scale, rotation, 1.0, centre + fine)
                                                   for k in (0.95, 1.0, 1.05)])
