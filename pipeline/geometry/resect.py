@@ -53,12 +53,15 @@ CUTTER_MARGIN_MM = 10.0
 # The cutter's corners closer than this (mm) are one corner where four or
 # more faces meet (qhull places each on its own, ~1e-7 mm apart).
 SAME_CORNER_MM = 1e-3
-# A resected region whose largest inscribed ball is smaller than this (mm) is
-# empty: a slab thinner than two micrometres holds no bone worth an implant.
-MIN_CUTTER_RADIUS_MM = 1e-3
 # Two planes facing the same way closer than this (mm) everywhere across the
 # bone are the same cut: the face between them would be a film.
 SAME_PLANE_MM = 0.01
+# A resected region whose largest inscribed ball is smaller than this (mm) is
+# empty: a slab thinner than SAME_PLANE_MM holds no bone worth an implant.
+# (At 1e-3 mm, two planes facing each other 6e-5 rad apart through one line
+# left a wedge 2.4e-3 mm thick at the box's end, and the host came out with
+# two edges used once.)
+MIN_CUTTER_RADIUS_MM = SAME_PLANE_MM / 2
 # Less than this on either side of the cut is no resection at all (planes
 # that coincide, or a region thinner than float precision).
 MIN_PART_MM3 = 1.0

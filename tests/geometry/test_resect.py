@@ -99,6 +99,9 @@ def test_random_plane_splits_sphere_exactly(normal, depth):
 @example(n1=(0.0, 0.0, 1.0), n2=(-5.474729156980711e-11, 1.0, 0.0), shift=0.0)
 # Four cutter faces meeting along a box edge: the cut faces stay in their planes.
 @example(n1=(0.5, 1.7942009957056999e-09, 0.0), n2=(-1.0, 0.0, 1.0), shift=0.0)
+# Two planes facing each other 6e-5 rad apart through one line: a wedge a few
+# micrometres thick is no resection (it made a host with two edges used once).
+@example(n1=(0.0, 1.0, 0.0), n2=(0.0, -1.0, 6.103515625e-05), shift=0.0)
 def test_two_random_planes_on_two_bodies(n1, n2, shift):
     n1 = np.asarray(n1) / np.linalg.norm(n1)
     n2 = np.asarray(n2) / np.linalg.norm(n2)
