@@ -394,9 +394,13 @@ def refine(model: ShapeModel, points: np.ndarray, normals: np.ndarray, scale: fl
         b = np.r_[b, np.zeros(max(n_modes - len(b), 0))][:n_modes]
         # The pose alone (7 parameters) is fitted on a third of the vertices.
         fitted = fit_vertices if n_modes else fit_vertices[::POSE_VERTEX_STRIDE]
+        if not n_modes and not per_bone:
+            # The pose alone turns the mean shape: its normals turn with it.
+            mean_normals = vertex_normals(model.mean_mm, faces)[fitted]
         for _ in range(iterations):
             x_all = place(model.shape_mm(b))
-            n = vertex_normals(x_all, faces)[fitted]
+            n = (mean_normals @ rotation.T if not n_modes and not per_bone
+                 else vertex_normals(x_all, faces)[fitted])
             x = x_all[fitted]
             matched, offset, data_normal = _matches(tree, points, normals, x, n)
             if matched.sum() < 3 * max(n_modes, 7):
