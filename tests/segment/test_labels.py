@@ -220,17 +220,16 @@ def test_a_missing_hip_bone_is_found_missing_and_the_other_bones_keep_their_name
     truth on the label's own voxels). The intact phantom has no missing bone."""
     from pipeline.segment.mask import segment_bone
     from pipeline.segment.model_fit import missing_bones
-    from pipeline.volume import Volume
 
     phantom = sample_phantom()
     cfg = Config().segment
     labels = label_bones(phantom.volume, segment_bone(phantom.volume, cfg), cfg)
     assert missing_bones(labels.fit) == []
     for side in ("hip_left", "hip_right"):
-        gone = ndimage.binary_dilation(phantom.labels == phantom_label(phantom, side), iterations=2)
-        volume = Volume(np.where(gone, np.float32(40.0), phantom.volume.hu), phantom.volume.affine)
+        volume, gone = soft_tissue_where(phantom.volume, phantom.labels == phantom_label(phantom, side))
         labels = label_bones(volume, segment_bone(volume, cfg), cfg)
         assert missing_bones(labels.fit) == [side]
+        assert labels.stats["shape_model"]["fitted_without"] == [side]   # report.json says so
         full = labels.full(volume.shape)
         assert not (full[phantom.labels == phantom_label(phantom, side)] == LABEL_IDS[side]).any()
         for name in ("hip_left", "hip_right", "sacrum", "femur_left", "femur_right", "lumbar"):
@@ -246,16 +245,10 @@ def test_what_is_left_of_a_hip_bone_mostly_destroyed_keeps_its_name():
     still names the remnant (acetabulum, pubis, ischium): hip_left 0.93 on
     the remnant's voxels (0.00 when the missing bone's model named nothing)."""
     from pipeline.segment.mask import segment_bone
-    from pipeline.volume import Volume
 
     phantom = sample_phantom()
     hip = phantom.labels == phantom_label(phantom, "hip_left")
-    at = np.argwhere(hip)
-    z = phantom.volume.index_to_lps(at.astype(float))[:, 2]
-    upper = np.zeros_like(hip)
-    upper[tuple(at[z >= np.quantile(z, 0.2)].T)] = True
-    gone = ndimage.binary_dilation(upper, iterations=2)
-    volume = Volume(np.where(gone, np.float32(40.0), phantom.volume.hu), phantom.volume.affine)
+    volume, gone = soft_tissue_where(phantom.volume, upper_part(hip, phantom.volume, 0.8))
     cfg = Config().segment
     labels = label_bones(volume, segment_bone(volume, cfg), cfg)
     assert labels.fit.left_out == ("hip_left",)
@@ -265,6 +258,38 @@ def test_what_is_left_of_a_hip_bone_mostly_destroyed_keeps_its_name():
 
 def phantom_label(phantom, name: str) -> int:
     return next(k for k, n in phantom.label_names.items() if n == name)
+
+
+def soft_tissue_where(volume, mask: np.ndarray):
+    """(``volume`` with ``mask`` and two voxels around it made soft tissue,
+    40 HU, as after its resection or destruction; the voxels made so)."""
+    from pipeline.volume import Volume
+
+    gone = ndimage.binary_dilation(mask, iterations=2)
+    return Volume(np.where(gone, np.float32(40.0), volume.hu), volume.affine), gone
+
+
+def upper_part(mask: np.ndarray, volume, share: float) -> np.ndarray:
+    """The cranial ``share`` of ``mask``'s voxels (by LPS z)."""
+    at = np.argwhere(mask)
+    z = volume.index_to_lps(at.astype(float))[:, 2]
+    upper = np.zeros_like(mask)
+    upper[tuple(at[z >= np.quantile(z, 1.0 - share)].T)] = True
+    return upper
+
+
+def turned_frame(volume, axis, degrees: float):
+    """The same voxels with the patient frame turned ``degrees`` about
+    ``axis`` (LPS) through the scan's centre: a patient lying askew."""
+    from pipeline.volume import Volume
+
+    from ..helpers import rotation
+
+    centre = volume.index_to_lps(np.array(volume.shape)[None] / 2.0)[0]
+    turn = np.eye(4)
+    turn[:3, :3] = rotation(list(axis), np.radians(degrees))
+    turn[:3, 3] = centre - turn[:3, :3] @ centre
+    return Volume(volume.hu, turn @ volume.affine)
 
 
 def test_osteoporotic_bones_are_told_apart_and_filled():
@@ -885,11 +910,10 @@ def test_a_missing_hip_bone_is_not_made_up_and_the_others_keep_their_labels(side
     head, found 6 mm too small without its socket, loses its outer shell to
     it)."""
     from pipeline.qa import report_warnings
-    from pipeline.volume import Volume
 
     _, whole, volume = real_case("pelvic_ref_003")
-    gone = ndimage.binary_dilation(whole.labels == LABEL_IDS[side], iterations=2)
-    result = run_mesh(Volume(np.where(gone, np.float32(40.0), volume.hu), volume.affine), Config())
+    without, gone = soft_tissue_where(volume, whole.labels == LABEL_IDS[side])
+    result = run_mesh(without, Config())
     assert not (result.labels[whole.labels == LABEL_IDS[side]] == LABEL_IDS[side]).any()
     warnings = " ".join(report_warnings({"segmentation": result.report["segmentation"],
                                          "config": {"segment": {"core_hu": 500.0}}}))
@@ -908,17 +932,10 @@ def test_a_missing_hip_bone_in_a_patient_lying_diagonally():
     the unturned place it found, and the fit without the hip bone lost the
     sacrum (0.67 against the intact scan's labels). Once turned, the start
     searches the place again: every other bone >= 0.92 (0.94-1.00)."""
-    from pipeline.volume import Volume
-
-    from ..helpers import rotation
 
     _, whole, volume = real_case("pelvic_ref_003")
-    gone = ndimage.binary_dilation(whole.labels == LABEL_IDS["hip_left"], iterations=2)
-    centre = volume.index_to_lps(np.array(volume.shape)[None] / 2.0)[0]
-    turn = np.eye(4)
-    turn[:3, :3] = rotation([0.0, 1.0, 0.0], np.radians(15.0))
-    turn[:3, 3] = centre - turn[:3, :3] @ centre
-    result = run_mesh(Volume(np.where(gone, np.float32(40.0), volume.hu), turn @ volume.affine), Config())
+    without, gone = soft_tissue_where(volume, whole.labels == LABEL_IDS["hip_left"])
+    result = run_mesh(turned_frame(without, (0.0, 1.0, 0.0), 15.0), Config())
     assert result.pelvis_fit.left_out == ("hip_left",)
     for name in ("hip_right", "sacrum", "femur_left", "femur_right", "lumbar"):
         kept = (whole.labels == LABEL_IDS[name]) & ~gone
@@ -935,16 +952,11 @@ def test_a_hip_bone_partly_destroyed_does_not_move_the_fit_off_the_others(share)
     lost the sacrum (0.52 against the intact scan's labels, both). It now
     also looks 10 and 20 mm to either side: the sacrum and the other bones
     keep their labels, and what is left of the hip bone keeps its name."""
-    from pipeline.volume import Volume
 
     _, whole, volume = real_case("pelvic_ref_003")
     hip = whole.labels == LABEL_IDS["hip_left"]
-    at = np.argwhere(hip)
-    z = volume.index_to_lps(at.astype(float))[:, 2]
-    upper = np.zeros_like(hip)
-    upper[tuple(at[z >= np.quantile(z, 1.0 - share)].T)] = True
-    gone = ndimage.binary_dilation(upper, iterations=2)
-    result = run_mesh(Volume(np.where(gone, np.float32(40.0), volume.hu), volume.affine), Config())
+    without, gone = soft_tissue_where(volume, upper_part(hip, volume, share))
+    result = run_mesh(without, Config())
     for name in ("hip_right", "sacrum", "femur_left", "femur_right", "lumbar"):
         kept = (whole.labels == LABEL_IDS[name]) & ~gone
         assert dice(result.labels == LABEL_IDS[name], kept) >= 0.95, name
@@ -1076,16 +1088,9 @@ def test_pelvic_ref_with_its_patient_turned_20_degrees_keeps_its_labels(axis):
     lying diagonally, the spine's seeds were looked for within 35 mm of the
     midline in LPS x, which the spine turned with the pelvis leaves (sacrum
     0.79, lumbar 0.65)."""
-    from pipeline.volume import Volume
-
-    from ..helpers import rotation
 
     _, whole, volume = real_case("pelvic_ref_003")
-    centre = volume.index_to_lps(np.array(volume.shape)[None] / 2.0)[0]
-    turn = np.eye(4)
-    turn[:3, :3] = rotation(list(axis), np.radians(20.0))
-    turn[:3, 3] = centre - turn[:3, :3] @ centre
-    result = run_mesh(Volume(volume.hu, turn @ volume.affine), Config())
+    result = run_mesh(turned_frame(volume, axis, 20.0), Config())
     for name in ("hip_left", "hip_right", "sacrum", "femur_left", "femur_right", "lumbar"):
         k = LABEL_IDS[name]
         assert dice(result.labels == k, whole.labels == k) >= 0.97, name
