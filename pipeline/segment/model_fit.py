@@ -305,7 +305,12 @@ def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float,
            for yaw in (-INIT_COARSE_YAW_DEG, INIT_COARSE_YAW_DEG)])
     steps = np.arange(-INIT_STEP_MM, INIT_STEP_MM + 0.1, INIT_STEP_MM / 4)
     fine = np.stack(np.meshgrid(steps / 2, steps, steps, indexing="ij"), axis=-1).reshape(-1, 3)
-    score, scale, rotation, centre = best_of([(k * scale, rotation, 1.0, centre + fine) for k in (0.95, 1.0, 1.05)])
+
+    def finer(scale: float, rotation: np.ndarray, centre: np.ndarray):
+        """The fine grid about ``centre``, at 0.95-1.05 of ``scale``."""
+        return best_of([(k * scale, rotation, 1.0, centre + fine) for k in (0.95, 1.0, 1.05)])
+
+    score, scale, rotation, centre = finer(scale, rotation, centre)
     steps = np.arange(-INIT_STEP_MM, INIT_STEP_MM + 0.1, INIT_STEP_MM / 2)
     near = centre + np.stack(np.meshgrid(steps, steps, steps, indexing="ij"), axis=-1).reshape(-1, 3)
     angles = (0.0, *INIT_TURNS_DEG)
@@ -318,8 +323,7 @@ def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float,
         # Pelvic-Ref-003 lying diagonally by 15 degrees without its left hip
         # bone started off and lost its sacrum (0.67).
         _, _, rotation, centre = best_of([(scale, turned[2], 1.0, plane(x)) for x in (0.0, *sides)])
-        score, scale, rotation, centre = best_of([(k * scale, rotation, 1.0, centre + fine)
-                                                  for k in (0.95, 1.0, 1.05)])
+        score, scale, rotation, centre = finer(scale, rotation, centre)
     return scale, rotation, centre, score
 
 
@@ -394,13 +398,12 @@ def refine(model: ShapeModel, points: np.ndarray, normals: np.ndarray, scale: fl
         b = np.r_[b, np.zeros(max(n_modes - len(b), 0))][:n_modes]
         # The pose alone (7 parameters) is fitted on a third of the vertices.
         fitted = fit_vertices if n_modes else fit_vertices[::POSE_VERTEX_STRIDE]
-        if not n_modes and not per_bone:
-            # The pose alone turns the mean shape: its normals turn with it.
-            mean_normals = vertex_normals(model.mean_mm, faces)[fitted]
+        # The pose alone turns the mean shape: its normals turn with it.
+        pose_only = not n_modes and not per_bone
+        mean_normals = vertex_normals(model.mean_mm, faces)[fitted] if pose_only else None
         for _ in range(iterations):
             x_all = place(model.shape_mm(b))
-            n = (mean_normals @ rotation.T if not n_modes and not per_bone
-                 else vertex_normals(x_all, faces)[fitted])
+            n = mean_normals @ rotation.T if pose_only else vertex_normals(x_all, faces)[fitted]
             x = x_all[fitted]
             matched, offset, data_normal = _matches(tree, points, normals, x, n)
             if matched.sum() < 3 * max(n_modes, 7):
