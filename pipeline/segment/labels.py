@@ -58,7 +58,7 @@ from ..config import SegmentConfig
 from ..parallel import parallel
 from ..volume import Volume
 from .femoral_head import HEAD_BAND_MM, SIDES, Head, femoral_head, fill_femoral_heads
-from .grid import Grid, axial_axis, ball
+from .grid import Grid, axial_axis, ball, voxel_indices
 from .lookup import label_counts, lookup, touching
 from .mask import (ENCLOSED_DIRECTIONS, FACE_CONNECTIVITY, IN_SLICE_CONNECTIVITY, BoneMask, bounding_box,
                    close_and_fill, closing_radius_voxels, enclosed_directions, fill_bridged_plane_holes,
@@ -194,7 +194,7 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
         label = LABEL_IDS[b]
         if b == "sacrum":
             kept_open = model_holes(inside, axial_axis(volume))
-            beyond = np.argwhere((labels == label) & ~own & (~near | kept_open))
+            beyond = voxel_indices((labels == label) & ~own & (~near | kept_open))
             beyond = beyond[~past_s3(fit, grid.lps(beyond))]  # S4, S5 and the coccyx lie beyond the model
             labels[tuple(beyond.T)] = 0
         labels[deep & ((labels == 0) | ((labels != label) & ~own))] = label
@@ -304,7 +304,7 @@ def sacral_tip(labels: np.ndarray, hu: np.ndarray, grid: Grid, fit: PelvisFit, m
     # The voxel's own HU against the half maximum: smoothing carries a bright
     # neighbour's HU into the partial-volume layer outside it.
     candidate = (view == 0) & (smooth >= TIP_HU) & (hu[local] >= 0.5 * peak)
-    at = np.argwhere(candidate)
+    at = voxel_indices(candidate)
     lps = grid.lps(at + [s.start for s in local])
     keep = past_s3(fit, lps) & (np.abs(lps[:, 0] - midline_x_lps_mm) < TIP_HALF_WIDTH_MM)
     candidate[tuple(at[~keep].T)] = False
@@ -347,7 +347,7 @@ def seed_labels(raw: np.ndarray, grid: Grid, fit: PelvisFit,
             if c != b:
                 others |= near
         seeds[raw & inside & ~others] = LABEL_IDS[b]
-    at = np.argwhere(raw & ~near_any)
+    at = voxel_indices(raw & ~near_any)
     lps = grid.lps(at)
     free = np.zeros(len(at), dtype=np.int32)
     endplate = fit.vertices_lps_mm[fit.landmarks["s1_endplate"]]
@@ -609,7 +609,7 @@ def separate_labels(labels: np.ndarray, own: np.ndarray | None = None,
     if own is None:
         return np.where(clash, np.uint8(0), labels)
     out = np.where(clash & ~own, np.uint8(0), labels)
-    at = np.argwhere(clash & own)
+    at = voxel_indices(clash & own)
     mine = out[tuple(at.T)]
     brightest = np.full(len(at), -np.inf)
     still = np.zeros(len(at), dtype=bool)

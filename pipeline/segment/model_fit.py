@@ -40,6 +40,7 @@ from scipy.spatial import cKDTree
 from ..parallel import WORKERS, parallel
 from ..volume import Volume, apply_affine
 from .distance_map import distance_to_false
+from .grid import voxel_indices
 from .mask import FACE_CONNECTIVITY, BoneMask
 from .neighbours import erode
 from .shape_model import MODEL_BONES, ShapeModel
@@ -171,7 +172,7 @@ def mask_surface(volume: Volume, mask: np.ndarray, box: tuple[slice, ...], n_max
     point, mapped from index to LPS space by the inverse-transpose of the
     affine's linear part)."""
     outer = mask & ~erode(mask, FACE_CONNECTIVITY, border=True)
-    idx = np.argwhere(outer) + np.array([s.start for s in box])
+    idx = voxel_indices(outer) + np.array([s.start for s in box])
     if n_max is not None and len(idx) > n_max:
         # Drawn in the order of their LPS positions, not the array's: the same
         # points however the slices are stored.

@@ -19,7 +19,7 @@ from skimage.segmentation import watershed
 from ..bones import LUMBAR, OTHER, SACRUM
 from ..volume import Volume, apply_affine
 from .distance_map import closed, opened
-from .grid import Grid, axial_axis
+from .grid import Grid, axial_axis, voxel_indices
 from .lookup import lookup
 from .mask import FACE_CONNECTIVITY
 from .neighbours import dilate
@@ -75,7 +75,7 @@ def open_canal(labels: np.ndarray, certain: np.ndarray, hu: np.ndarray, volume: 
                         structure=FACE_CONNECTIVITY)
     if n == 0:
         return 0
-    z = apply_affine(volume.affine, np.argwhere(dark > 0) + [s.start for s in box])[:, 2]
+    z = apply_affine(volume.affine, voxel_indices(dark > 0) + [s.start for s in box])[:, 2]
     ids = dark[dark > 0]
     z_min, z_max = np.full(n + 1, np.inf), np.full(n + 1, -np.inf)
     np.minimum.at(z_min, ids, z)
