@@ -194,7 +194,9 @@ def pelvic_ref_figures() -> tuple[dict, MeshResult, Volume] | None:
     for name, roi in RTSTRUCT_FEMURS.items():
         truth, slices = rasterise_roi(rtstruct, roi, volume)
         mine = result.labels == LABEL_IDS[name]
-        figures[name] = {"dice": dice(mine[slices], truth[slices]), "contoured_slices": int(slices.sum()),
+        figures[name] = {"dice": dice(mine[slices], truth[slices]),
+                         "surface_dice_1vox": surface_dice(mine[slices], truth[slices]),
+                         "contoured_slices": int(slices.sum()),
                          **outer_layer_misses(mine[slices], truth[slices], volume.hu[slices])}
         shift, shifted = best_shift(truth[slices], mine[slices])
         figures[name]["manual_best_shift_px"] = shift
@@ -203,9 +205,11 @@ def pelvic_ref_figures() -> tuple[dict, MeshResult, Volume] | None:
             auto, auto_slices = rasterise_roi(rtstruct, auto_roi, volume)
             both = auto_slices & slices
             figures[name][f"dice_vs_{tool}"] = dice(mine[auto_slices], auto[auto_slices])
+            figures[name][f"surface_dice_1vox_vs_{tool}"] = surface_dice(mine[auto_slices], auto[auto_slices])
             layer = outer_layer_misses(mine[auto_slices], auto[auto_slices], volume.hu[auto_slices])
             figures[name].update({f"{key}_vs_{tool}": value for key, value in layer.items()})
             figures[name][f"{tool}_vs_manual"] = dice(auto[both], truth[both])
+            figures[name][f"{tool}_vs_manual_surface_dice_1vox"] = surface_dice(auto[both], truth[both])
             figures[name][f"manual_best_shift_px_vs_{tool}"] = best_shift(truth[both], auto[both])[0]
     y_mm = volume.index_to_lps(np.argwhere(result.labels > 0))[:, 1]
     body, body_slices = rasterise_roi(rtstruct, RTSTRUCT_BODY, volume)

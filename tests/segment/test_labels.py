@@ -604,6 +604,11 @@ def test_real_ct_labels_do_not_regress(case):
         for name in ("femur_left", "femur_right"):
             assert figures[name]["dice_vs_mbs"] >= 0.90, figures[name]
             assert figures[name]["dice_vs_dl"] >= 0.90, figures[name]
+            # Their outlines lie within one voxel (1 mm in-plane) of ours
+            # (surface Dice measured 0.927-0.972, less 0.03; the tools agree
+            # with each other at 0.98-0.99, with the manual contours at 0.74-0.84).
+            assert figures[name]["surface_dice_1vox_vs_mbs"] >= 0.89, figures[name]
+            assert figures[name]["surface_dice_1vox_vs_dl"] >= 0.89, figures[name]
             # Most of what we miss of those contours lies in the one voxel
             # layer just outside our surface (measured 0.70-0.75): they take in
             # the partial-volume layer, as the TotalSegmentator labels do; a
