@@ -18,8 +18,9 @@ import html
 import re
 from typing import TYPE_CHECKING, Any, Iterable
 
-from ..segment.model_fit import bone_missing
+from ..segment.labels import SEED_MARGIN_MM
 from ..segment.mask import METAL_HU
+from ..segment.model_fit import bone_missing
 
 if TYPE_CHECKING:
     from .interactive import InteractiveView
@@ -42,6 +43,9 @@ CONTRAST_WARN_MM3 = 1000.0
 # than this share of its model in the scan is only partly in view.
 POOR_FIT_MM = 3.0
 PARTLY_IN_VIEW_FRACTION = 0.9
+# A bone with more of its label than this beyond its fitted shape is flagged
+# (0.00-0.05 on the real scans and the phantom).
+BEYOND_MODEL_SHARE = 0.15
 # Input facts shown (never names, IDs, dates or UIDs).
 INPUT_KEYS = ("modality", "description", "manufacturer", "model", "patient_position", "n_slices",
               "dimensions", "spacing_mm", "orientation", "gantry_tilt_deg", "resampled")
@@ -148,6 +152,12 @@ def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
                              "bone: is it missing (resected, destroyed by a tumour)? The model was fitted to the "
                              "other bones without it; its model fills nothing and names only bone deep inside it "
                              "(what is left of it): check the labels over the CT")
+            beyond = fit.get("beyond_model_share")
+            if isinstance(beyond, (int, float)) and beyond > BEYOND_MODEL_SHARE and not bone_missing(fit):
+                found.append(f"{bone}: {100 * beyond:.0f} % of its label lies more than {SEED_MARGIN_MM:g} mm outside "
+                             "its fitted shape model: bone the model does not explain (a tumour's mineralised "
+                             "mass, osteophytes, heterotopic bone) is named there from the image alone: check "
+                             "its label over the CT")
             if isinstance(residual, (int, float)) and residual > POOR_FIT_MM:
                 found.append(f"{bone}: the shape model fits it poorly (median residual {residual:.1f} mm > "
                              f"{POOR_FIT_MM:g} mm: unusual anatomy, a large tumour or fracture); check its label")

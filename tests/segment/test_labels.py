@@ -1342,6 +1342,56 @@ def test_a_lytic_lesion_does_not_throw_the_model_off():
     assert np.linalg.norm(phantom.volume.index_to_lps(np.argwhere(hole)) - centre, axis=1).max() < 19.0
 
 
+def mineralised_mass(volume, centre_lps_mm: np.ndarray, semi_axes_mm, hu: float = 900.0, share: float = 0.5):
+    """(``volume`` with an osteosarcoma's mineralised mass made up about
+    ``centre_lps_mm``: an ellipsoid (LPS semi-axes) of soft tissue, half of
+    it (``share``) blobs of ``hu`` some 6 mm across, the bone inside kept,
+    its edge blurred over 2 mm; the ellipsoid's voxels)."""
+    from pipeline.volume import Volume
+
+    spacing = np.asarray(volume.spacing_mm)
+    index = volume.lps_to_index(centre_lps_mm[None])[0]
+    reach = np.ceil(max(semi_axes_mm) / spacing).astype(int) + 3
+    box = tuple(slice(max(int(c) - r, 0), min(int(c) + r + 1, n)) for c, r, n in zip(index, reach, volume.shape))
+    at = np.argwhere(np.ones(tuple(b.stop - b.start for b in box), dtype=bool)) + [b.start for b in box]
+    e = (((volume.index_to_lps(at) - centre_lps_mm) / np.asarray(semi_axes_mm)) ** 2).sum(axis=1)
+    inside = np.zeros(volume.shape, dtype=bool)
+    inside[box] = (e <= 1.0).reshape(inside[box].shape)
+    rng = np.random.default_rng(5)
+    field = ndimage.gaussian_filter(rng.normal(size=inside[box].shape), sigma=3.0 / spacing)
+    blobs = np.where(field > np.quantile(field[inside[box]], 1.0 - share), hu, 40.0)
+    mass = np.maximum(np.where(volume.hu[box] > 150.0, volume.hu[box], 40.0), ndimage.gaussian_filter(blobs, 0.8 / spacing))
+    weight = ndimage.gaussian_filter(inside[box].astype(float), sigma=2.0 / spacing)
+    out = volume.hu.copy()
+    out[box] = (1.0 - weight) * volume.hu[box] + weight * mass
+    return Volume(out.astype(np.float32), volume.affine), inside
+
+
+def test_a_mineralised_tumour_mass_on_the_iliac_wing_is_flagged_and_moves_no_other_bone():
+    """An osteosarcoma's mineralised mass, 90 x 70 x 100 mm, across the left
+    iliac wing a third of the way from the sacroiliac joint to the
+    acetabulum: the model still fits (its median residual stays low), every
+    bone away from the mass keeps its label, and the report says how much
+    of the left hip bone's label lies beyond its fitted shape, which on the
+    intact phantom no bone comes near."""
+    from pipeline.qa.report_html import BEYOND_MODEL_SHARE, report_warnings
+
+    phantom, intact = phantom_run()
+    si, supra = phantom_landmark("left_si_joint"), phantom_landmark("left_supra_acetabular")
+    volume, mass = mineralised_mass(phantom.volume, si + (supra - si) / 3.0, (45.0, 35.0, 50.0))
+    result = run_mesh(volume, Config())
+    away = ndimage.distance_transform_edt(~mass, sampling=volume.spacing_mm) > 10.0
+    for label, name in phantom.label_names.items():
+        assert dice((result.labels == LABEL_IDS[name]) & away, (phantom.labels == label) & away) >= 0.97, name
+    bones = result.report["segmentation"]["shape_model"]["bones"]
+    assert bones["hip_left"]["beyond_model_share"] > BEYOND_MODEL_SHARE, bones
+    assert any(w.startswith("hip_left: ") and "outside its fitted shape model" in w
+               for w in report_warnings(result.report))
+    assert all(b["beyond_model_share"] < BEYOND_MODEL_SHARE / 3
+               for b in intact.report["segmentation"]["shape_model"]["bones"].values())
+    assert not any("outside its fitted shape model" in w for w in report_warnings(intact.report))
+
+
 def test_femoral_head_found_from_its_surface_near_the_cup():
     """A head (a bright ball, radius 23 mm) in a socket 3 mm away on a 1.5 mm
     grid: the vote of its surface normals finds its centre within 0.5 mm
