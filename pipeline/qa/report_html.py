@@ -156,7 +156,8 @@ def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
             if isinstance(beyond, (int, float)) and beyond > BEYOND_MODEL_SHARE and not bone_missing(fit):
                 found.append(f"{bone}: {100 * beyond:.0f} % of its label lies more than {SEED_MARGIN_MM:g} mm outside "
                              "its fitted shape model: bone the model does not explain (a tumour's mineralised "
-                             "mass, osteophytes, heterotopic bone) is named there from the image alone: check "
+                             "mass, osteophytes, heterotopic bone), or a model fitted off the bone (see its "
+                             "outline on the QA slices); there the bone is named from the image alone: check "
                              "its label over the CT")
             if isinstance(residual, (int, float)) and residual > POOR_FIT_MM:
                 found.append(f"{bone}: the shape model fits it poorly (median residual {residual:.1f} mm > "

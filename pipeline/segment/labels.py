@@ -63,7 +63,7 @@ from .lookup import label_counts, lookup, touching
 from .mask import (ENCLOSED_DIRECTIONS, FACE_CONNECTIVITY, IN_SLICE_CONNECTIVITY, BoneMask, bounding_box,
                    close_and_fill, closing_radius_voxels, enclosed_directions, fill_bridged_plane_holes,
                    fill_cavities)
-from .model_fit import PelvisFit, fit_pelvis, missing_bones, vertex_normals
+from .model_fit import PelvisFit, fit_pelvis, missing_bones, pelvis_found, vertex_normals
 from .neighbours import max3, min3
 from .shape_model import MODEL_BONES, ShapeModel, load_model
 from .spine import (SPINE_SMOOTHING_MM, Levels, open_canal, smooth_hu, tissue_hu, vertebrae_above_l1,
@@ -95,9 +95,6 @@ FEMUR_MIN_OFFSET_MM = 30.0
 # contents) and is not taken.
 TIP_PEAK_MM = 4.0
 TIP_HU, TIP_REACH_MM, TIP_HALF_WIDTH_MM, TIP_MAX_MM3 = 100.0, 80.0, 40.0, 40_000.0
-# A model fit is trusted when at least this share of the model's vertices in
-# view lie within 3 mm of bone (a pelvis is there).
-MIN_FITTED_FRACTION = 0.35
 # Other bone (not reached from a seed) needs a dense core (BoneMask.coreless)
 # that is a shell: bone's dense part is its cortex, at its
 # surface, while a pool of contrast (a bladder of excreted contrast, a bowel
@@ -211,13 +208,6 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
                                         beyond_model(labels, masks, fit, grid)),
                       fit=fit if found else None, kept_open=kept_open,
                       kept_in=heads_unresolved & (labels > 0) if heads_unresolved.any() else None)
-
-
-def pelvis_found(fit: PelvisFit) -> bool:
-    """Whether the fit found a pelvis: enough of the model in view lies on bone."""
-    fitted = [d["fitted_fraction"] / max(d["in_view_fraction"], 1e-6) for d in fit.bones.values()
-              if d["in_view_fraction"] > 0.2]
-    return bool(fitted) and float(np.median(fitted)) >= MIN_FITTED_FRACTION
 
 
 def model_masks(fit: PelvisFit, grid: Grid) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -189,7 +189,7 @@ def test_a_lone_ball_of_bone_is_no_pelvis():
     """A 15 mm ball in a 45 mm scan: the model must not shrink onto it (it
     used to, to a point with no residual) and no pelvis is found."""
     from pipeline.phantom.analytic import sphere_phantom
-    from pipeline.segment.labels import pelvis_found
+    from pipeline.segment.model_fit import pelvis_found
 
     ph = sphere_phantom(radius_mm=15.0, shape=(45, 55, 55), spacing_mm=np.array([1.0, 0.8, 0.8]),
                         hu_inside=1500.0, hu_outside=-100.0, blur_mm=0.8, noise_hu=0.0)
