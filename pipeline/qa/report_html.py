@@ -96,6 +96,7 @@ def report_html(report: dict, images: Iterable[tuple[str, bytes]] = (), *, missi
         parts += _section("Fixation: flanges", _records_html(list(fixation.get("flanges") or [])))
         screws = list(fixation.get("screws") or [])
         parts += _section("Fixation: screws", _records_html(screws) if screws else "<p>no screw fits</p>")
+    parts += _section("Bones (labels.nii.gz)", _bones_html(report.get("segmentation") or {}))
     parts += _section("Meshes", _meshes_html(report.get("meshes", {})))
     parts += _section("Labels from a file", _value_html((report.get("segmentation") or {}).get("labels_file")))
     parts += _section("Input", _input_html(report.get("input", {})))
@@ -283,6 +284,44 @@ def _view3d_html(view: InteractiveView) -> str:
     rows = [(m["name"], m["triangles"], m["view_triangles"], _num(float(m["hausdorff_mm"]))) for m in view.meshes]
     return (note + f'<div class="view3d">{view.html}</div>'
             + _table(["object", "triangles (mesh)", "triangles (view)", "within (mm) of its mesh"], rows))
+
+
+def _bones_html(segmentation: dict) -> str:
+    """Per labelled bone: its volume, the shape model's fit to it (median
+    residual, share of the model in view lying on bone, share in view,
+    share of the label beyond the fitted shape) and its femoral head's joint
+    sphere (found from, radius, centre): what the label warnings judge."""
+    labels = segmentation.get("labels") or {}
+    model = segmentation.get("shape_model") if isinstance(segmentation.get("shape_model"), dict) else {}
+    fits = model.get("bones") or {}
+    heads = segmentation.get("femoral_heads") or {}
+    if not labels and not fits:
+        return ""
+
+    def share(value: Any) -> str:
+        return f"{100 * value:.0f} %" if isinstance(value, (int, float)) else ""
+
+    rows = []
+    for name in dict.fromkeys([*labels, *fits]):
+        fit, head = fits.get(name) or {}, heads.get(name) or {}
+        volume = (labels.get(name) or {}).get("voxels_mm3")
+        on_bone = fit.get("fitted_fraction"), fit.get("in_view_fraction")
+        rows.append((name, f"{volume / 1000:.1f}" if isinstance(volume, (int, float)) else "",
+                     _num(fit["residual_median_mm"]) if "residual_median_mm" in fit else "",
+                     share(on_bone[0] / on_bone[1]) if all(isinstance(v, (int, float)) for v in on_bone)
+                     and on_bone[1] > 0 else "",
+                     share(on_bone[1]), share(fit.get("beyond_model_share")),
+                     f"{head.get('from')}, {_num(head.get('radius_mm'))} mm at {_plain(head.get('centre_lps_mm'))}"
+                     if head else ""))
+    note = ""
+    if model:
+        note = (f"<p>Shape model: {model.get('modes')} modes"
+                + (f", fitted without {', '.join(model['fitted_without'])} (found missing)"
+                   if model.get("fitted_without") else "")
+                + ("" if model.get("found", True) else "; no pelvis found: all bone is 'other'") + ".</p>")
+    return note + _table(["bone", "volume (cm3)", "model: median residual (mm)", "model in view on bone",
+                          "model in view", "label beyond the model", "femoral head's joint sphere (found from, "
+                          "radius, centre LPS mm)"], rows)
 
 
 def _meshes_html(meshes: dict) -> str:
