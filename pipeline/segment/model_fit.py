@@ -458,7 +458,9 @@ def fit_pelvis(volume: Volume, bone: BoneMask, model: ShapeModel) -> PelvisFit:
     (:func:`bone_missing`: resected, or destroyed by a tumour), the model is
     fitted again without it: pulled towards whatever bone lay near, it had
     pulled the others off theirs (Pelvic-Ref-003 without its left hip bone:
-    sacrum 0.61, right hip bone 0.92 against the intact scan's labels)."""
+    sacrum 0.61, right hip bone 0.92 against the intact scan's labels).
+    Where the first fit finds no pelvis (:func:`pelvis_found`), it is
+    fitted without either hip bone in turn."""
     points, normals = surface_points(volume, bone)
     fit = _fit(volume, bone, model, points, normals, ())
     missing = tuple(missing_bones(fit))
