@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from ..segment.labels import SEED_MARGIN_MM
 from ..segment.mask import METAL_HU
-from ..segment.model_fit import bone_missing
+from ..segment.model_fit import bone_missing, on_bone_share
 
 if TYPE_CHECKING:
     from .interactive import InteractiveView
@@ -149,7 +149,7 @@ def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
                 found.append(f"{bone}: only {100 * in_view:.0f} % of it is in the field of view; its label "
                              "and any cut near the edge of the scan deserve a look")
             if bone_missing(fit):
-                found.append(f"{bone}: only {100 * fit['fitted_fraction'] / in_view:.0f} % of its shape model in view lies on "
+                found.append(f"{bone}: only {100 * on_bone_share(fit):.0f} % of its shape model in view lies on "
                              "bone: is it missing (resected, destroyed by a tumour)? The model was fitted to the "
                              "other bones without it; its model fills nothing and names only bone deep inside it "
                              "(what is left of it): check the labels over the CT")
@@ -305,12 +305,10 @@ def _bones_html(segmentation: dict) -> str:
     for name in dict.fromkeys([*labels, *fits]):
         fit, head = fits.get(name) or {}, heads.get(name) or {}
         volume = (labels.get(name) or {}).get("voxels_mm3")
-        on_bone = fit.get("fitted_fraction"), fit.get("in_view_fraction")
         rows.append((name, f"{volume / 1000:.1f}" if isinstance(volume, (int, float)) else "",
                      _num(fit["residual_median_mm"]) if "residual_median_mm" in fit else "",
-                     share(on_bone[0] / on_bone[1]) if all(isinstance(v, (int, float)) for v in on_bone)
-                     and on_bone[1] > 0 else "",
-                     share(on_bone[1]), share(fit.get("beyond_model_share")),
+                     share(on_bone_share(fit)), share(fit.get("in_view_fraction")),
+                     share(fit.get("beyond_model_share")),
                      f"{head.get('from')}, {_num(head.get('radius_mm'))} mm at {_plain(head.get('centre_lps_mm'))}"
                      if head else ""))
     note = ""

@@ -476,7 +476,7 @@ def fit_pelvis(volume: Volume, bone: BoneMask, model: ShapeModel) -> PelvisFit:
     # vertebrae hold the sacrum's model (62 % on bone) but neither hip's.
     trials = [_fit(volume, bone, model, points, normals, (hip,)) for hip in ("hip_left", "hip_right")]
     trials = [t for t in trials if bone_missing(t.bones[t.left_out[0]]) and all(
-        d["in_view_fraction"] >= 0.5 and d["fitted_fraction"] / d["in_view_fraction"] >= MIN_FITTED_FRACTION
+        d["in_view_fraction"] >= 0.5 and on_bone_share(d) >= MIN_FITTED_FRACTION
         for b, d in t.bones.items() if b not in t.left_out)]
     return max(trials, key=_found_share) if trials else fit
 
@@ -490,9 +490,18 @@ def pelvis_found(fit: PelvisFit) -> bool:
 
 def _found_share(fit: PelvisFit) -> float | None:
     """The median share on bone of the model's bones in view that were fitted."""
-    fitted = [d["fitted_fraction"] / max(d["in_view_fraction"], 1e-6) for b, d in fit.bones.items()
-              if d["in_view_fraction"] > 0.2 and b not in fit.left_out]
+    fitted = [on_bone_share(d) for b, d in fit.bones.items() if d["in_view_fraction"] > 0.2 and b not in fit.left_out]
     return float(np.median(fitted)) if fitted else None
+
+
+def on_bone_share(fit: dict) -> float | None:
+    """The share of a model bone's vertices in view that lie on bone, from
+    its fit (``fitted_fraction`` and ``in_view_fraction``, as in the report);
+    None when none is in view."""
+    fitted, in_view = fit.get("fitted_fraction"), fit.get("in_view_fraction")
+    if not (isinstance(fitted, (int, float)) and isinstance(in_view, (int, float)) and in_view > 0):
+        return None
+    return fitted / in_view
 
 
 def _fit(volume: Volume, bone: BoneMask, model: ShapeModel, points: np.ndarray, normals: np.ndarray,
@@ -532,6 +541,5 @@ def bone_missing(fit: dict) -> bool:
     """Whether a model bone's fit (its ``fitted_fraction`` and
     ``in_view_fraction``, as in the report) says it may be missing: mostly in
     view, and under MISSING_FITTED_FRACTION of that on bone."""
-    fitted, in_view = fit.get("fitted_fraction"), fit.get("in_view_fraction")
-    return (isinstance(fitted, (int, float)) and isinstance(in_view, (int, float)) and in_view >= 0.5
-            and fitted < MISSING_FITTED_FRACTION * in_view)
+    share = on_bone_share(fit)
+    return share is not None and fit["in_view_fraction"] >= 0.5 and share < MISSING_FITTED_FRACTION

@@ -1,6 +1,5 @@
 """Neighbourhood operations by shifted slices equal scipy's: 3x3x3 max/min
-equal its rank filters; dilation, erosion and closing its binary morphology;
-voxel indices numpy's argwhere."""
+equal its rank filters; dilation, erosion and closing its binary morphology."""
 
 import numpy as np
 import pytest
@@ -37,12 +36,3 @@ def test_binary_morphology_same_as_scipy(name, shape):
         assert np.array_equal(erode(mask, structure, border=True),
                               ndi.binary_erosion(mask, structure, border_value=1))
         assert np.array_equal(close(mask, structure), ndi.binary_closing(mask, structure))
-
-
-@pytest.mark.parametrize("shape", [(0, 3, 4), (1, 1, 1), (7, 9, 11), (13,), (4, 5)])
-@pytest.mark.parametrize("fill", [0.0, 0.3, 1.0])
-def test_voxel_indices_are_numpys_argwhere(shape, fill):
-    from pipeline.segment.grid import voxel_indices
-    mask = np.random.default_rng(2).random(shape) < fill
-    found = voxel_indices(mask)
-    assert found.shape == np.argwhere(mask).shape and np.array_equal(found, np.argwhere(mask))
