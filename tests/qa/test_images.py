@@ -185,7 +185,7 @@ def test_report_page_shows_each_bone_s_label_and_model_fit():
         "shape_model": {"modes": 20, "fitted_without": ["hip_left"], "found": True, "bones": {
             "hip_left": {"residual_median_mm": 9.5, "fitted_fraction": 0.008, "in_view_fraction": 0.998},
             "hip_right": {"residual_median_mm": 1.285, "fitted_fraction": 0.81, "in_view_fraction": 0.9,
-                          "beyond_model_share": 0.054}}},
+                          "beyond_model_share": 0.054, "model_filled_share": 0.107}}},
         "femoral_heads": {"femur_right": {"centre_lps_mm": [-77.5, 97.7, 182.7], "radius_mm": 27.0,
                                           "joint_valley_hu": 30.8, "from": "valley"}},
         "labels": {"hip_right": {"label": 2, "voxels_mm3": 429123.0}, "femur_right": {"label": 5, "voxels_mm3": 329586.0}},
@@ -195,7 +195,7 @@ def test_report_page_shows_each_bone_s_label_and_model_fit():
     table = _bones_html(segmentation)
     rows = {row.split("</td>")[0]: row for row in table.split("<tr><td>")[1:]}
     assert set(rows) == {"hip_right", "femur_right", "hip_left"}
-    assert all(f"<td>{v}</td>" in rows["hip_right"] for v in ("429.1", "1.285", "90 %", "5 %"))
+    assert all(f"<td>{v}</td>" in rows["hip_right"] for v in ("429.1", "1.285", "90 %", "5 %", "11 %"))
     assert "<td>1 %</td>" in rows["hip_left"]          # 0.008 of the 0.998 in view on bone
     assert "valley, 27 mm at [-77.5, 97.7, 182.7]" in rows["femur_right"]
     assert "fitted without hip_left" in table

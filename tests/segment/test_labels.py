@@ -1369,6 +1369,44 @@ def test_a_lytic_lesion_does_not_throw_the_model_off():
     assert np.linalg.norm(phantom.volume.index_to_lps(np.argwhere(hole)) - centre, axis=1).max() < 19.0
 
 
+def test_bone_a_lytic_tumour_destroyed_is_restored_by_the_model_and_flagged():
+    """The top 30 % of the left hip bone made soft tissue through both
+    cortices (a lytic osteosarcoma of the iliac wing): the fitted model
+    restores the bone's shape there (what an implant replacing it must
+    fill) as the intact phantom's labels have it but for the outer layer
+    where the image shows soft tissue, the other bones keep
+    their labels, and the report flags the left hip bone, whose label is
+    bone by its fitted model alone for a larger share than the right one's.
+    On the intact phantom no bone's label is (the cortex encloses every
+    marrow)."""
+    from pipeline.qa.report_html import MODEL_FILLED_EXCESS, label_warnings
+    from pipeline.segment.mask import segment_bone
+    from pipeline.volume import Volume
+
+    phantom, cfg = sample_phantom(), Config().segment
+    ids = {name: label for label, name in phantom.label_names.items()}
+    hip = phantom.labels == ids["hip_left"]
+    at = np.argwhere(hip)
+    z = phantom.volume.index_to_lps(at.astype(float))[:, 2]
+    top = np.zeros_like(hip)
+    top[tuple(at[z >= np.quantile(z, 0.7)].T)] = True
+    volume = Volume(np.where(ndimage.binary_dilation(top, iterations=2), np.float32(40.0), phantom.volume.hu),
+                    phantom.volume.affine)
+    intact = label_bones(phantom.volume, segment_bone(phantom.volume, cfg), cfg)
+    lytic = label_bones(volume, segment_bone(volume, cfg), cfg)
+    before, after = intact.full(volume.shape), lytic.full(volume.shape)
+    restored = np.count_nonzero(after[top] == LABEL_IDS["hip_left"])
+    # All but the outer layer, within INSET_MM of the fitted surface, which the image decides (0.84).
+    assert restored >= 0.75 * np.count_nonzero(before[top] == LABEL_IDS["hip_left"])
+    for name in ("hip_right", "sacrum", "femur_left", "femur_right", "lumbar"):
+        assert dice(after == LABEL_IDS[name], before == LABEL_IDS[name]) >= 0.99, name
+    bones = lytic.stats["shape_model"]["bones"]
+    assert bones["hip_left"]["model_filled_share"] - bones["hip_right"]["model_filled_share"] > MODEL_FILLED_EXCESS
+    assert [w for w in label_warnings(lytic.stats, {}) if "fitted shape model alone" in w][0].startswith("hip_left: ")
+    assert all(b["model_filled_share"] < 0.01 for b in intact.stats["shape_model"]["bones"].values())
+    assert not any("fitted shape model alone" in w for w in label_warnings(intact.stats, {}))
+
+
 def mineralised_mass(volume, centre_lps_mm: np.ndarray, semi_axes_mm, hu: float = 900.0, share: float = 0.5):
     """(``volume`` with an osteosarcoma's mineralised mass made up about
     ``centre_lps_mm``: an ellipsoid (LPS semi-axes) of soft tissue, half of
