@@ -54,14 +54,18 @@ CUTTER_MARGIN_MM = 10.0
 # more faces meet (qhull places each on its own, ~1e-7 mm apart).
 SAME_CORNER_MM = 1e-3
 # Two planes facing the same way closer than this (mm) everywhere across the
-# bone are the same cut: the face between them would be a film.
-SAME_PLANE_MM = 0.01
+# bone are the same cut (under a CT voxel apart: one saw cut): the face
+# between them would be a film, or, where they cross inside the bone, a
+# crease of 179.9 degrees or flatter. (At 0.01 mm, two planes through one
+# line of the phantom's hip bone 1e-4 rad apart made caps the triangulation
+# refused, needles, or lost 2 mm3; 3e-4 to 7e-4 rad apart up to 0.6 mm3.)
+SAME_PLANE_MM = 0.5
 # A resected region whose largest inscribed ball is smaller than this (mm) is
-# empty: a slab thinner than SAME_PLANE_MM holds no bone worth an implant.
+# empty: a slab this thin holds no bone worth an implant.
 # (At 1e-3 mm, two planes facing each other 6e-5 rad apart through one line
 # left a wedge 2.4e-3 mm thick at the box's end, and the host came out with
 # two edges used once.)
-MIN_CUTTER_RADIUS_MM = SAME_PLANE_MM / 2
+MIN_CUTTER_RADIUS_MM = 0.005
 # Less than this on either side of the cut is no resection at all (planes
 # that coincide, or a region thinner than float precision).
 MIN_PART_MM3 = 1.0
