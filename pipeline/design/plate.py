@@ -48,7 +48,7 @@ from skimage.measure import marching_cubes
 from ..config import Plane
 from ..errors import MeshError
 from ..geometry.distance import NearSurface, face_boxes
-from ..geometry.meshes import corner_max, corner_min, edge_lengths, remove_needles, reader_defects
+from ..geometry.meshes import corner_max, corner_min, edge_lengths, reader_defects, reader_view, remove_needles
 from ..geometry.resect import cutter_for, to_manifold
 from ..segment.distance_map import distance_to_false
 from ..segment.voxelise import inside_mesh
@@ -60,6 +60,10 @@ NUDGE = 1e-3
 # Plate pieces smaller than this are slivers of the trim, not plate (mm3).
 MIN_PIECE_MM3 = 1.0
 SLIVER_MM = 1e-4
+# Parts of a boolean's result touching along an edge (an STL reader welds
+# their corners into an edge of four triangles) are fused by a rod this thick
+# (mm) along it: a cutting guide's slot wall met another face so.
+FUSE_MM = 0.02
 # Faces within this of a plane lie on it (mm).
 ON_PLANE_MM = 1e-6
 # A plate face looks at the bone when its normal is within 60 degrees of the
@@ -148,7 +152,35 @@ def solid_mesh(m: manifold3d.Manifold) -> trimesh.Trimesh:
     ``SLIVER_MM`` (then 10 and 100 times that, 0.01 mm at most) and its
     remaining needles removed (:func:`~pipeline.geometry.meshes.remove_needles`),
     until an STL reader would see a clean solid (each pass moves the surface
-    by at most its tolerance)."""
+    by at most its tolerance). Where two parts of it still touch along an
+    edge as read back (closer than float32 tells apart), a rod ``FUSE_MM``
+    thick along that edge fuses them first."""
+    mesh = _without_slivers(m)
+    touching = _touching_edges(mesh) if any(reader_defects(mesh).values()) else []
+    if len(touching):
+        mesh = _without_slivers(m + _rods(touching, FUSE_MM))
+    return mesh
+
+
+def _touching_edges(mesh: trimesh.Trimesh) -> np.ndarray:
+    """(k, 2, 3): the ends of the edges an STL reader sees shared by other
+    than two triangles."""
+    v, f = reader_view(mesh)
+    edges = np.sort(f[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
+    edges = edges[edges[:, 0] != edges[:, 1]]
+    unique, count = np.unique(edges, axis=0, return_counts=True)
+    return v[unique[count != 2]]
+
+
+def _rods(segments: np.ndarray, width_mm: float) -> manifold3d.Manifold:
+    """Square rods ``width_mm`` thick along each of (k, 2, 3) segments."""
+    corners = (np.indices((2, 2, 2)).reshape(3, -1).T - 0.5) * width_mm
+    return manifold3d.Manifold.batch_boolean(
+        [manifold3d.Manifold.hull_points(np.concatenate([a + corners, b + corners])) for a, b in segments],
+        manifold3d.OpType.Add)
+
+
+def _without_slivers(m: manifold3d.Manifold) -> trimesh.Trimesh:
     mesh = manifold_mesh(m)
     for tolerance in (0.0, SLIVER_MM, 10 * SLIVER_MM, 100 * SLIVER_MM):
         if tolerance:

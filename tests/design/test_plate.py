@@ -189,3 +189,23 @@ def test_plate_keeps_the_clearance_from_other_bones_and_ignores_bones_out_of_rea
     assert alone.volume - plate.volume == pytest.approx(cut_out, rel=0.05)
     only_far = bone_plate(bone, box_footprint(), CLEARANCE_MM, THICKNESS_MM, keep_off=(far,))
     assert only_far.volume == pytest.approx(alone.volume, abs=1e-9)
+
+
+def test_parts_touching_along_an_edge_are_fused():
+    """Two cubes of 10 mm sharing one edge (as a cutting guide's slot wall
+    once met another face of the guide, found by a random plan): their union
+    is a valid manifold3d solid, but an STL reader welds the edge's corners
+    and sees an edge of four triangles. The mesh written fuses them with a
+    rod FUSE_MM thick along the edge: the two empty quarters of its
+    section, FUSE_MM squared over 2 per mm (and its ends)."""
+    import manifold3d
+
+    from pipeline.design.plate import FUSE_MM, manifold_mesh, solid_mesh
+
+    a = manifold3d.Manifold.cube((10, 10, 10)).translate((100.0, 200.0, 300.0))
+    b = manifold3d.Manifold.cube((10, 10, 10)).translate((110.0, 210.0, 300.0))
+    assert reader_defects(manifold_mesh(a + b))["bad_edges"] == 1
+    mesh = solid_mesh(a + b)
+    assert not any(reader_defects(mesh).values())
+    validate_solid(mesh, "fused")
+    assert mesh.volume == pytest.approx(2000.0 + 10.0 * FUSE_MM**2 / 2, abs=FUSE_MM**3)
