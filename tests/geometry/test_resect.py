@@ -168,6 +168,25 @@ def test_two_planes_crossing_inside_the_bone_at_a_hair_are_one_cut():
         assert result.host.is_watertight and result.implant.is_watertight
 
 
+def test_two_planes_facing_each_other_at_a_hair_resect_nothing():
+    """Found by hypothesis: two planes facing each other through one line of
+    the phantom's hip bone, 1e-4 rad apart, left a wedge up to 0.015 mm
+    thick whose caps failed to triangulate or lost 2 mm3. Less than half a
+    millimetre apart across the bone, they resect nothing; 2 degrees apart
+    they resect the wedge between them."""
+    a = Plane(point_lps_mm=(0, 0, 0), normal_lps=(0, 0, 1), name="a")
+    for tilt, cut in ((1e-4, False), (1e-2, False), (np.radians(2.0), True)):
+        b = Plane(point_lps_mm=(0, 0, 0), normal_lps=(0, np.sin(tilt), -np.cos(tilt)), name="b")
+        if not cut:
+            with pytest.raises(PlanError, match=r"\(a\) and resection.planes\[1\] \(b\) face each other and leave "
+                                                r"less than 0.5 mm between them"):
+                resect(SPHERE, (a, b))
+            continue
+        result = resect(SPHERE, (a, b))
+        assert result.host.volume + result.implant.volume == pytest.approx(SPHERE.volume, rel=1e-6)
+        assert result.implant.volume == pytest.approx(SPHERE.volume * tilt / (2 * np.pi), rel=0.02)
+
+
 def test_on_plane_tolerance_is_far_below_the_flatness_requirement():
     assert ON_PLANE_MM <= 1e-4 / 10
 
