@@ -62,7 +62,7 @@ from .grid import Grid, axial_axis, ball, voxel_indices
 from .lookup import label_counts, lookup, touching
 from .mask import (ENCLOSED_DIRECTIONS, FACE_CONNECTIVITY, IN_SLICE_CONNECTIVITY, BoneMask, bounding_box,
                    close_and_fill, closing_radius_voxels, enclosed_directions, fill_bridged_plane_holes,
-                   fill_cavities)
+                   fill_cavities, slice_axis)
 from .model_fit import PelvisFit, fit_pelvis, missing_bones, pelvis_found, vertex_normals
 from .neighbours import max3, min3
 from .shape_model import MODEL_BONES, ShapeModel, load_model
@@ -556,7 +556,7 @@ def solid_bone(pieces: np.ndarray, label: int, radius_vox: int, spacing_mm: np.n
     plane once gaps narrower than about two slice thicknesses are bridged
     are filled too (:func:`~pipeline.segment.mask.fill_bridged_plane_holes`),
     up to ``cfg.max_slice_hole_mm2`` per hole. ``planes``: the axes normal
-    to the planes in which holes are filled (0: the acquired slices).
+    to the planes in which holes are filled (:func:`~pipeline.segment.mask.slice_axis`: the acquired slices).
 
     ``marrow_hu`` (the spine's HU, smoothed; ``axial``: the axis along the
     spine): vertebral marrow behind a cortex with gaps in several
@@ -569,7 +569,7 @@ def solid_bone(pieces: np.ndarray, label: int, radius_vox: int, spacing_mm: np.n
         # outside (a femur's canal cut by the field of view is marrow, the
         # spine's is not).
         at_border = [(False, False)] * 3
-    slice_hole_mm2 = cfg.max_slice_hole_mm2 if 0 in planes else 0.0
+    slice_hole_mm2 = cfg.max_slice_hole_mm2 if slice_axis(spacing_mm) in planes else 0.0
     filled = close_and_fill(piece, radius_vox, spacing_mm, cfg.closing_mm, at_border, slice_hole_mm2)
     if cfg.enclosure_mm > 0:
         reach = np.maximum(np.round(cfg.enclosure_mm / np.asarray(spacing_mm, dtype=float)), 1)

@@ -278,7 +278,7 @@ def close_and_fill(piece: np.ndarray, radius_vox: int, spacing_mm: np.ndarray,
     """Close small cortical gaps and fill the marrow of one bone piece.
 
     Two fills: cavities enclosed in 3D, then holes enclosed within a single
-    slice up to ``max_slice_hole_mm2``. The second is needed on thick slices:
+    slice (across :func:`slice_axis`) up to ``max_slice_hole_mm2``. The second is needed on thick slices:
     where thin cortex runs obliquely, the bone's outline shifts by more than
     the cortex between slices, and the marrow of one slice touches the
     outside of the next, so no 3D cavity exists although every slice shows a
@@ -299,10 +299,19 @@ def close_and_fill(piece: np.ndarray, radius_vox: int, spacing_mm: np.ndarray,
     inner = tuple(slice(e[0] + f[0], work.shape[a] - e[1] - f[1])
                   for a, (e, f) in enumerate(zip(edge_pad, free_pad)))
     work = fill_cavities(work, FACE_CONNECTIVITY, [not b for pair in at_border for b in pair])
-    max_voxels = max_slice_hole_mm2 / float(spacing_mm[1] * spacing_mm[2])
-    in_slice = fill_cavities(work, IN_SLICE_CONNECTIVITY, [False, False, True, True, True, True],
-                             max_voxels=max_voxels)
+    across = slice_axis(spacing_mm)
+    in_plane = [a for a in range(3) if a != across]
+    max_voxels = max_slice_hole_mm2 / float(np.prod(np.asarray(spacing_mm, dtype=float)[in_plane]))
+    in_slice = fill_cavities(work, np.moveaxis(IN_SLICE_CONNECTIVITY, 0, across),
+                             [a != across for a in range(3) for _ in range(2)], max_voxels=max_voxels)
     return in_slice[inner]
+
+
+def slice_axis(spacing_mm) -> int:
+    """The axis across the acquired slices: the one with the largest
+    spacing (the first of equals). A DICOM series stacks its slices along
+    axis 0; a NIfTI or NRRD file may store them along another."""
+    return int(np.argmax(np.asarray(spacing_mm, dtype=float)))
 
 
 # A voxel is enclosed by a bone when all six axis directions meet it within

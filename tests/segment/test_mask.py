@@ -96,3 +96,25 @@ def test_the_midline_is_the_bones_centre_without_metal_however_stored():
             flip[axis, axis], flip[axis, 3], index[axis] = -1.0, shape[axis] - 1, slice(None, None, -1)
         stored = Volume(np.ascontiguousarray(hu[tuple(index)]), affine @ flip)
         assert bone_midline_x(stored, solid[tuple(index)], box) == pytest.approx(midline, abs=1e-12), axes
+
+
+@pytest.mark.parametrize("across", [0, 1, 2])
+def test_marrow_enclosed_only_slice_by_slice_is_filled_whichever_axis_the_slices_are_stored_along(across):
+    """Rings of cortex on 3 mm slices, each 4 mm off the one before, so the
+    marrow of one slice touches the outside of the next (no 3D cavity,
+    every slice a closed ring: the hollow femurs of 3 mm pelvic CT). The
+    slices are filled however the array stores them: along axis 0 (a DICOM
+    series), or along axis 1 or 2 (a NIfTI or NRRD file may), the thickest
+    axis being the slices'."""
+    from pipeline.segment.mask import close_and_fill, slice_axis
+
+    rows, cols = np.indices((40, 40))
+    rings, marrow = np.zeros((6, 40, 40), dtype=bool), np.zeros((6, 40, 40), dtype=bool)
+    for k in range(6):
+        r = np.hypot(rows - 20, cols - 8 - 4 * k)
+        rings[k], marrow[k] = (r >= 5) & (r <= 6.5), r < 5
+    axes = {0: (0, 1, 2), 1: (1, 0, 2), 2: (1, 2, 0)}[across]
+    spacing = np.array([3.0, 1.0, 1.0])[list(axes)]
+    assert slice_axis(spacing) == across
+    filled = close_and_fill(np.transpose(rings, axes), 0, spacing, 0.0, [(False, False)] * 3, 2500.0)
+    assert np.array_equal(np.transpose(filled, np.argsort(axes)), rings | marrow)
