@@ -88,9 +88,14 @@ class NearSurface:
                 tri_lo, tri_hi = self._boxes()
                 faces = np.flatnonzero(np.all(tri_hi >= lo, axis=1) & np.all(tri_lo <= hi, axis=1))
         if measure.size:
-            d, f, barycentric = pcu.closest_points_on_mesh(np.ascontiguousarray(points[measure]), self.vertices,
+            # pcu answers a single point wrongly (another triangle, a scalar
+            # distance; its own points are then read as something else): it is
+            # asked twice, as two points, and the first answer kept.
+            asked = points[measure] if measure.size > 1 else np.repeat(points[measure], 2, axis=0)
+            d, f, barycentric = pcu.closest_points_on_mesh(np.ascontiguousarray(asked), self.vertices,
                                                            np.ascontiguousarray(self.faces[faces]))
-            f = faces[np.asarray(f, dtype=np.int64)]
+            d, barycentric = d[:measure.size], barycentric[:measure.size]
+            f = faces[np.asarray(f[:measure.size], dtype=np.int64)]
             distance[measure], face[measure] = d, f
             if closest_points:
                 closest[measure] = np.einsum("ij,ijk->ik", barycentric, self.vertices[self.faces[f]])

@@ -93,3 +93,19 @@ def test_many_points_few_points_and_a_limit_agree_with_every_triangle():
     skipped = face == -1
     assert skipped.sum() > 0.5 * (~within).sum()
     assert np.all(np.isinf(bounded[skipped])) and np.all(truth[skipped] > limit)
+
+
+def test_a_single_point_is_measured_as_one_of_many():
+    """One point, or one point left within a limit (found by a random plan:
+    a flange's clearance from another bone met a single grid point there,
+    and the run stopped with a ValueError): distance and closest point as
+    for many points. point-cloud-utils, asked for one point, answers with
+    another triangle (5.16 mm here, not 5) and scalars. A sphere of radius
+    10 mm (its icosphere's faces lie up to 0.25 % inside it)."""
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=10.0)
+    surface = NearSurface(sphere)
+    d, face, closest = surface.query(np.array([[0.0, 0.0, 15.0]]))
+    assert d.shape == face.shape == (1,) and closest.shape == (1, 3)
+    assert abs(d[0] - 5.0) < 0.03 and abs(closest[0, 2] - 10.0) < 0.03 and face[0] >= 0
+    d, closest = surface.distance(np.array([[0.0, 0.0, 15.0], [0.0, 0.0, 100.0]]), limit=10.0)
+    assert abs(d[0] - 5.0) < 0.03 and d[1] == np.inf and np.isnan(closest[1]).all()
