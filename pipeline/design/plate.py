@@ -48,7 +48,7 @@ from skimage.measure import marching_cubes
 from ..config import Plane
 from ..errors import MeshError
 from ..geometry.distance import NearSurface, face_boxes
-from ..geometry.meshes import corner_max, corner_min, edge_lengths, reader_defects, reader_view, remove_needles
+from ..geometry.meshes import corner_max, corner_min, edge_lengths, reader_bad_edges, reader_defects, remove_needles
 from ..geometry.resect import cutter_for, to_manifold
 from ..segment.distance_map import distance_to_false
 from ..segment.voxelise import inside_mesh
@@ -156,20 +156,10 @@ def solid_mesh(m: manifold3d.Manifold) -> trimesh.Trimesh:
     edge as read back (closer than float32 tells apart), a rod ``FUSE_MM``
     thick along that edge fuses them first."""
     mesh = _without_slivers(m)
-    touching = _touching_edges(mesh) if any(reader_defects(mesh).values()) else []
+    touching = reader_bad_edges(mesh) if any(reader_defects(mesh).values()) else []
     if len(touching):
         mesh = _without_slivers(m + _rods(touching, FUSE_MM))
     return mesh
-
-
-def _touching_edges(mesh: trimesh.Trimesh) -> np.ndarray:
-    """(k, 2, 3): the ends of the edges an STL reader sees shared by other
-    than two triangles."""
-    v, f = reader_view(mesh)
-    edges = np.sort(f[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
-    edges = edges[edges[:, 0] != edges[:, 1]]
-    unique, count = np.unique(edges, axis=0, return_counts=True)
-    return v[unique[count != 2]]
 
 
 def _rods(segments: np.ndarray, width_mm: float) -> manifold3d.Manifold:

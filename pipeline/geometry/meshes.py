@@ -154,15 +154,11 @@ def _reader_facts(mesh: trimesh.Trimesh) -> tuple[dict[str, int], np.ndarray, fl
     return defects, _shells(v, whole)[1], float(g.doubled_area.sum()) / 2
 
 
-def _edge_and_vertex_defects(f: np.ndarray, n: int) -> tuple[int, int]:
-    """(undirected edges not used exactly twice, once in each direction;
-    vertices whose triangles form more than one fan: two sheets of surface
-    meeting at a point, counted only when every edge is right).
-
-    Half-edge h = 3 * face + slot runs from corner h to the next corner of
-    its face. Around a vertex, corner h is followed by the corner that starts
-    the half-edge opposite h's incoming one; a manifold vertex's corners form
-    a single cycle."""
+def _edge_runs(f: np.ndarray, n: int):
+    """(first corners of the half-edges, their order sorted by undirected
+    edge, each sorted half-edge's undirected edge id (lower vertex * n +
+    higher), where each edge's run starts, and per run whether the edge is
+    not used exactly twice, once in each direction)."""
     a, b = f.ravel(), np.roll(f, -1, axis=1).ravel()
     # Key = undirected edge * 2 + direction; sorted, each edge is one run.
     keys = (np.minimum(a, b) * np.int64(n) + np.maximum(a, b)) * 2 + (a < b)
@@ -172,7 +168,30 @@ def _edge_and_vertex_defects(f: np.ndarray, n: int) -> tuple[int, int]:
     starts = np.flatnonzero(np.r_[True, edge[1:] != edge[:-1]])
     uses = np.diff(np.r_[starts, keys.size])
     forward = np.add.reduceat(keys[order] & 1, starts)
-    bad = int(np.count_nonzero((uses != 2) | (forward != 1)))
+    return a, order, edge, starts, (uses != 2) | (forward != 1)
+
+
+def reader_bad_edges(mesh: trimesh.Trimesh) -> np.ndarray:
+    """(k, 2, 3): the ends of the edges an STL reader sees not shared by
+    exactly two triangles in opposite directions (collapsed triangles left
+    out, as the check does)."""
+    g = _reader_geometry(mesh)
+    _, _, edge, starts, wrong = _edge_runs(g.f[~g.collapsed], len(g.v))
+    ids = edge[starts[wrong]]
+    return g.v[np.stack([ids // len(g.v), ids % len(g.v)], axis=1)]
+
+
+def _edge_and_vertex_defects(f: np.ndarray, n: int) -> tuple[int, int]:
+    """(undirected edges not used exactly twice, once in each direction;
+    vertices whose triangles form more than one fan: two sheets of surface
+    meeting at a point, counted only when every edge is right).
+
+    Half-edge h = 3 * face + slot runs from corner h to the next corner of
+    its face. Around a vertex, corner h is followed by the corner that starts
+    the half-edge opposite h's incoming one; a manifold vertex's corners form
+    a single cycle."""
+    a, order, _, _, wrong = _edge_runs(f, n)
+    bad = int(np.count_nonzero(wrong))
     if bad:
         return bad, 0
     opposite = np.empty_like(order)

@@ -334,8 +334,8 @@ def _bones_html(segmentation: dict) -> str:
                    if model.get("fitted_without") else "")
                 + ("" if model.get("found", True) else "; no pelvis found: all bone is 'other'") + ".</p>")
     return note + _table(["bone", "volume (cm3)", "model: median residual (mm)", "model in view on bone",
-                          "model in view", "label beyond the model", "label bone by the model alone", "femoral head's joint sphere (found from, "
-                          "radius, centre LPS mm)"], rows)
+                          "model in view", "label beyond the model", "label bone by the model alone",
+                          "femoral head's joint sphere (found from, radius, centre LPS mm)"], rows)
 
 
 def _meshes_html(meshes: dict) -> str:
