@@ -48,7 +48,7 @@ from skimage.measure import marching_cubes
 from ..config import Plane
 from ..errors import MeshError
 from ..geometry.distance import NearSurface, face_boxes
-from ..geometry.meshes import corner_max, corner_min, edge_lengths, reader_bad_edges, reader_defects, remove_needles
+from ..geometry.meshes import corner_max, corner_min, edge_lengths, reader_defects, reader_touching_edges, remove_needles
 from ..geometry.resect import cutter_for, to_manifold
 from ..segment.distance_map import distance_to_false
 from ..segment.voxelise import inside_mesh
@@ -148,17 +148,48 @@ def plate_solid(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], clearance_m
 
 def solid_mesh(m: manifold3d.Manifold) -> trimesh.Trimesh:
     """The mesh of a boolean's result, without the slivers that booleans and
-    plane trims leave where surfaces nearly meet: simplified within
-    ``SLIVER_MM`` (then 10 and 100 times that, 0.01 mm at most) and its
-    remaining needles removed (:func:`~pipeline.geometry.meshes.remove_needles`),
-    until an STL reader would see a clean solid (each pass moves the surface
-    by at most its tolerance). Where two parts of it still touch along an
-    edge as read back (closer than float32 tells apart), a rod ``FUSE_MM``
-    thick along that edge fuses them first."""
-    mesh = _without_slivers(m)
-    touching = reader_bad_edges(mesh) if any(reader_defects(mesh).values()) else []
-    if len(touching):
-        mesh = _without_slivers(m + _rods(touching, FUSE_MM))
+    plane trims leave where surfaces nearly meet, as an STL reader would see
+    a clean solid: its needles removed
+    (:func:`~pipeline.geometry.meshes.remove_needles`), then, while defects
+    remain, the solid simplified within ``SLIVER_MM`` (10 and 100 times that
+    next, 0.01 mm at most; each pass moves the surface by at most its
+    tolerance) and repaired again. Where parts of it touch along an edge as
+    read back (closer than float32 tells apart: four triangles on one edge),
+    a rod ``FUSE_MM`` thick along each such edge fuses them, once, before the
+    tolerance grows: no simplification parts them. The last attempt is
+    returned when none is clean (the caller checks)."""
+    fused = False
+    tolerances = iter(SLIVER_TOLERANCES)
+    tolerance = next(tolerances)
+    while True:
+        mesh = _repaired(manifold_mesh(m.simplify(tolerance) if tolerance else m))
+        if not any(reader_defects(mesh).values()):
+            return mesh
+        touching = [] if fused else reader_touching_edges(mesh)
+        if len(touching):
+            m, fused = m + _rods(touching, FUSE_MM), True
+            continue
+        tolerance = next(tolerances, None)
+        if tolerance is None:
+            return mesh
+
+
+# The simplification tolerances tried in turn (mm).
+SLIVER_TOLERANCES = (0.0, SLIVER_MM, 10 * SLIVER_MM, 100 * SLIVER_MM)
+
+
+def _repaired(mesh: trimesh.Trimesh, rounds: int = 3) -> trimesh.Trimesh:
+    """``mesh`` with its needles removed, again while a round changes it and
+    its defects (a repair or a fin's removal can uncover the next; a round
+    that leaves the same counts flips edges to and fro), ``rounds`` at most."""
+    defects = None
+    for _ in range(rounds):
+        mesh, changed = remove_needles(mesh)
+        if not changed:
+            return mesh
+        defects, before = reader_defects(mesh), defects
+        if not any(defects.values()) or defects == before:
+            return mesh
     return mesh
 
 
@@ -168,18 +199,6 @@ def _rods(segments: np.ndarray, width_mm: float) -> manifold3d.Manifold:
     return manifold3d.Manifold.batch_boolean(
         [manifold3d.Manifold.hull_points(np.concatenate([a + corners, b + corners])) for a, b in segments],
         manifold3d.OpType.Add)
-
-
-def _without_slivers(m: manifold3d.Manifold) -> trimesh.Trimesh:
-    mesh = manifold_mesh(m)
-    for tolerance in (0.0, SLIVER_MM, 10 * SLIVER_MM, 100 * SLIVER_MM):
-        if tolerance:
-            mesh = manifold_mesh(m.simplify(tolerance))
-        for _ in range(3):   # a repair or a fin's removal can uncover the next
-            mesh = remove_needles(mesh)
-            if not any(reader_defects(mesh).values()):
-                return mesh
-    return mesh
 
 
 def _level_zero(field: np.ndarray, origin: np.ndarray, spacing: float) -> manifold3d.Manifold | None:

@@ -157,8 +157,8 @@ def _reader_facts(mesh: trimesh.Trimesh) -> tuple[dict[str, int], np.ndarray, fl
 def _edge_runs(f: np.ndarray, n: int):
     """(first corners of the half-edges, their order sorted by undirected
     edge, each sorted half-edge's undirected edge id (lower vertex * n +
-    higher), where each edge's run starts, and per run whether the edge is
-    not used exactly twice, once in each direction)."""
+    higher), where each edge's run starts, and per run its half-edges and
+    how many of them run from the lower vertex to the higher)."""
     a, b = f.ravel(), np.roll(f, -1, axis=1).ravel()
     # Key = undirected edge * 2 + direction; sorted, each edge is one run.
     keys = (np.minimum(a, b) * np.int64(n) + np.maximum(a, b)) * 2 + (a < b)
@@ -168,16 +168,16 @@ def _edge_runs(f: np.ndarray, n: int):
     starts = np.flatnonzero(np.r_[True, edge[1:] != edge[:-1]])
     uses = np.diff(np.r_[starts, keys.size])
     forward = np.add.reduceat(keys[order] & 1, starts)
-    return a, order, edge, starts, (uses != 2) | (forward != 1)
+    return a, order, edge, starts, uses, forward
 
 
-def reader_bad_edges(mesh: trimesh.Trimesh) -> np.ndarray:
-    """(k, 2, 3): the ends of the edges an STL reader sees not shared by
-    exactly two triangles in opposite directions (collapsed triangles left
-    out, as the check does)."""
+def reader_touching_edges(mesh: trimesh.Trimesh) -> np.ndarray:
+    """(k, 2, 3): the ends of the edges an STL reader sees shared by four
+    triangles, two in each direction (collapsed triangles left out, as the
+    check does): two parts of the solid touching along the edge."""
     g = _reader_geometry(mesh)
-    _, _, edge, starts, wrong = _edge_runs(g.f[~g.collapsed], len(g.v))
-    ids = edge[starts[wrong]]
+    _, _, edge, starts, uses, forward = _edge_runs(g.f[~g.collapsed], len(g.v))
+    ids = edge[starts[(uses == 4) & (forward == 2)]]
     return g.v[np.stack([ids // len(g.v), ids % len(g.v)], axis=1)]
 
 
@@ -190,8 +190,8 @@ def _edge_and_vertex_defects(f: np.ndarray, n: int) -> tuple[int, int]:
     its face. Around a vertex, corner h is followed by the corner that starts
     the half-edge opposite h's incoming one; a manifold vertex's corners form
     a single cycle."""
-    a, order, _, _, wrong = _edge_runs(f, n)
-    bad = int(np.count_nonzero(wrong))
+    a, order, _, _, uses, forward = _edge_runs(f, n)
+    bad = int(np.count_nonzero((uses != 2) | (forward != 1)))
     if bad:
         return bad, 0
     opposite = np.empty_like(order)
@@ -326,11 +326,14 @@ def concatenate_solids(parts: list[trimesh.Trimesh]) -> trimesh.Trimesh:
 
 
 def remove_needles(mesh: trimesh.Trimesh, min_altitude_mm: float = 10 * MIN_ALTITUDE_MM,
-                 passes: int = 10) -> trimesh.Trimesh:
-    """``mesh`` as an STL reader will read it (float32, welded; triangles
+                   passes: int = 10) -> tuple[trimesh.Trimesh, int]:
+    """(``mesh`` as an STL reader will read it (float32, welded; triangles
     collapsed there and fins, two triangles on the same corners back to
     back, removed), with its needle triangles (smallest altitude under
-    ``min_altitude_mm``) taken out; ``mesh`` itself when it has none of them.
+    ``min_altitude_mm``) taken out, and the number of triangles removed or
+    changed); ``mesh`` itself when it has none of them. With no change, the
+    needles left are ones the repair cannot take out: another call changes
+    nothing either.
 
     Booleans of surfaces that meet at grazing angles leave them: a corner
     ``k`` a hair off the opposite, longest edge ``i-j`` (two corners a hair
@@ -355,8 +358,9 @@ def remove_needles(mesh: trimesh.Trimesh, min_altitude_mm: float = 10 * MIN_ALTI
     doubled = _doubled(g.f, len(v))
     thin = g.thinner_than(min_altitude_mm)
     if not g.collapsed.any() and not doubled.any() and not thin.any():
-        return mesh   # nothing to repair: the mesh itself, not its reader's view
+        return mesh, 0   # nothing to repair: the mesh itself, not its reader's view
     keep = ~g.collapsed & ~doubled
+    count = len(keep) - int(keep.sum())
     f = g.f[keep].copy()
     needles = np.flatnonzero(thin[keep])
     if needles.size:
@@ -374,9 +378,10 @@ def remove_needles(mesh: trimesh.Trimesh, min_altitude_mm: float = 10 * MIN_ALTI
             local = local[~changed.removed]
             if not changed.count:
                 break
+            count += changed.count
         f = np.concatenate([f[~region], local])
     used, inverse = np.unique(f, return_inverse=True)
-    return trimesh.Trimesh(vertices=v[used], faces=inverse.reshape(-1, 3), process=False)
+    return trimesh.Trimesh(vertices=v[used], faces=inverse.reshape(-1, 3), process=False), count
 
 
 # Needles are repaired on the faces within this many rings of them.

@@ -174,7 +174,8 @@ def test_needles_of_a_grazing_boolean_are_taken_out_without_moving_the_surface()
     b = manifold3d.Manifold.sphere(20.0, 96).rotate((1e-4, 2e-4, 0.0)).translate((30.0, 1e-4, 0.0))
     raw = manifold_mesh(a - b)
     assert reader_defects(raw)["needle_triangles"] > 0
-    clean = remove_needles(raw)
+    clean, changed = remove_needles(raw)
+    assert changed > 0
     assert not any(reader_defects(clean).values())
     corners = {tuple(v) for v in np.asarray(raw.vertices, dtype=np.float32)}
     assert all(tuple(v) in corners for v in np.asarray(clean.vertices, dtype=np.float32))
@@ -185,7 +186,8 @@ def test_needles_of_a_grazing_boolean_are_taken_out_without_moving_the_surface()
 def test_a_mesh_without_needles_comes_back_untouched():
     """Nothing to repair: the same mesh, not its float32 reader's view."""
     sphere = trimesh.creation.icosphere(subdivisions=3, radius=123.456789)
-    assert remove_needles(sphere) is sphere
+    clean, changed = remove_needles(sphere)
+    assert clean is sphere and changed == 0
 
 
 def test_corner_min_and_max_are_numpy_reductions_over_the_three_corners():
