@@ -140,7 +140,7 @@ def fix_implant(cut: Resection, planes: tuple[Plane, ...], scene: BoneScene,
         where[i] = (bone, centre, _accessible(bone, centre, midline_x))
     # The flanges and the search's fields are independent: made side by side.
     made = parallel(lambda: _Fields(cut, scene, config),
-                    *[(lambda i=i, w=w: _flange(cut, planes[i], *w, scene, config)) for i, w in where.items()])
+                    *[(lambda i=i, w=w: _flange(cut, planes[i], cut.host_cut_faces[i], *w, scene, config)) for i, w in where.items()])
     fields, made = made[0], dict(zip(where, made[1:]))
     for i, plane in enumerate(planes):
         if i in where:
@@ -227,20 +227,34 @@ def _evaluated(m: manifold3d.Manifold) -> manifold3d.Manifold:
 
 # --- flanges -------------------------------------------------------------------
 
-def _flange(cut: Resection, plane: Plane, bone: str, centre: np.ndarray, side: np.ndarray,
+def _flange(cut: Resection, plane: Plane, faces: np.ndarray, bone: str, centre: np.ndarray, side: np.ndarray,
             scene: BoneScene, config: FixationConfig):
     c, t = config.flange_clearance_mm, config.flange_thickness_mm
     footprint = band(plane, -config.flange_width_mm, c + t) + (facing(centre, side),)
     others = [b for n, b in scene.bones.items() if n != bone]
+    # Within the width of the cut's edge, not only of its plane: where the
+    # bone's surface runs along the plane or on past the cut's end, a strip
+    # along the plane would follow it (its margin: a plate corner over a
+    # square edge lies c + t off the edge, W off the plane).
+    near = (_cut_edge(cut.host, faces), config.flange_width_mm + c + t)
     # Only the united implant is written: the flange stays the booleans' exact mesh.
     solid = plate_solid(scene.bones[bone], footprint, c, t, spacing_mm=config.flange_grid_mm,
-                        fill_beyond=cut.implant_planes, keep_off=tuple(others))
+                        fill_beyond=cut.implant_planes, keep_off=tuple(others), near=near)
     flange = manifold_mesh(solid)
     contact = plate_contact(flange, cut.host, c, t, behind=(plane,))
     report = {"plane": plane.name, "bone": bone, "accessible_side_lps": [round(float(v), 3) for v in side],
               **contact.as_dict(), "thickness_mm": t, "clearance_mm": c,
               "volume_mm3": round(float(solid.volume()), 1)}
     return flange, report, footprint, contact, solid
+
+
+def _cut_edge(host: trimesh.Trimesh, faces: np.ndarray) -> np.ndarray:
+    """(k, 2, 3): the edges bounding the host's cut face ``faces`` (its
+    outline on the bone's surface, and where it meets another cut face)."""
+    f = host.faces[faces]
+    edges = np.sort(f[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
+    unique, count = np.unique(edges, axis=0, return_counts=True)
+    return host.vertices[unique[count == 1]]
 
 
 def _cut_bone(host: trimesh.Trimesh, faces: np.ndarray, scene: BoneScene) -> str | None:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import manifold3d
 import numpy as np
 import trimesh
+from scipy.spatial import cKDTree
 from skimage.measure import marching_cubes
 
 from ..config import Plane
@@ -98,7 +99,8 @@ def bone_plate(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], clearance_mm
 def plate_solid(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], clearance_mm: float,
                 thickness_mm: float, *, spacing_mm: float = DEFAULT_SPACING_MM,
                 fill_beyond: tuple[Plane, ...] = (),
-                keep_off: tuple[trimesh.Trimesh, ...] = ()) -> manifold3d.Manifold:
+                keep_off: tuple[trimesh.Trimesh, ...] = (),
+                near: tuple[np.ndarray, float] | None = None) -> manifold3d.Manifold:
     """The closed plate on ``bone`` over ``footprint`` (see the module
     docstring), as a manifold3d solid (for booleans that follow); several
     shells where the footprint covers separate pieces of bone surface.
@@ -111,14 +113,21 @@ def plate_solid(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], clearance_m
     with.
 
     ``keep_off``: other closed solids (the other bones) the plate keeps
-    ``clearance_mm`` away from and never enters."""
+    ``clearance_mm`` away from and never enters.
+
+    ``near``: (segments (k, 2, 3), radius mm): the plate holds only points
+    within the radius of one of the segments (e.g. a cut's edge: a footprint
+    plane bounds a strip along a cut, and where the bone's surface runs
+    along the plane or on past the cut's end, so would the plate). Its
+    boundary there is the level set on the grid, not a plane."""
     if clearance_mm < 0 or thickness_mm <= 0 or spacing_mm <= 0:
         raise ValueError("a plate needs clearance_mm >= 0, thickness_mm > 0 and spacing_mm > 0")
     if not footprint:
         raise ValueError("a plate needs at least one footprint plane")
     outer = clearance_mm + thickness_mm
     reach = outer + 2 * spacing_mm
-    box = _grid_box(bone, footprint, reach, spacing_mm)
+    box = _grid_box(bone, footprint, reach, spacing_mm,
+                    None if near is None else (near[0].reshape(-1, 3), near[1]))
     if box is None:
         raise MeshError("plate: no bone surface within its footprint")
     origin, shape = box
@@ -132,7 +141,12 @@ def plate_solid(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], clearance_m
         lower[beyond] = -thickness_mm
     field = np.maximum(lower - signed, signed - outer)
     # Only where the plate could be: within its outer offset of the bone.
-    where = np.flatnonzero((field < spacing_mm).reshape(-1)) if keep_off else None
+    where = np.flatnonzero((field < spacing_mm).reshape(-1)) if keep_off or near is not None else None
+    if near is not None:
+        segments, radius = near
+        points = origin + np.stack(np.unravel_index(where, shape), axis=1) * spacing_mm
+        flat = field.reshape(-1)
+        flat[where] = np.maximum(flat[where], _segment_distance(points, segments, radius + spacing_mm, spacing_mm / 4) - radius)
     for other in keep_off:
         d = _signed_distance_at(other, origin, shape, spacing_mm, where, clearance_mm + 2 * spacing_mm)
         flat = field.reshape(-1)
@@ -240,19 +254,41 @@ def manifold_mesh(m: manifold3d.Manifold) -> trimesh.Trimesh:
                            faces=np.array(out.tri_verts, dtype=np.int64), process=False)
 
 
-def _grid_box(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], reach: float, spacing: float):
+def _grid_box(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], reach: float, spacing: float,
+              near: tuple[np.ndarray, float] | None = None):
     """(origin, shape) of the grid holding every point within ``reach`` of the
-    bone's surface inside the footprint; None without such surface."""
+    bone's surface inside the footprint (and within ``near``'s radius of its
+    points' box); None without such surface."""
     tri = np.asarray(bone.vertices, dtype=np.float64)[np.asarray(bone.faces)]
-    near = np.ones(len(tri), dtype=bool)
+    near_faces = np.ones(len(tri), dtype=bool)
     for plane in footprint:
-        near &= corner_min(plane.signed_distance_mm(tri.reshape(-1, 3)).reshape(-1, 3)) <= reach
-    if not near.any():
+        near_faces &= corner_min(plane.signed_distance_mm(tri.reshape(-1, 3)).reshape(-1, 3)) <= reach
+    if near is not None:
+        points, radius = near
+        lo, hi = points.min(axis=0) - radius - reach, points.max(axis=0) + radius + reach
+        near_faces &= np.all((corner_max(tri) >= lo) & (corner_min(tri) <= hi), axis=1)
+    if not near_faces.any():
         return None
-    lo = tri[near].reshape(-1, 3).min(axis=0) - reach - spacing
-    hi = tri[near].reshape(-1, 3).max(axis=0) + reach + spacing
+    lo = tri[near_faces].reshape(-1, 3).min(axis=0) - reach - spacing
+    hi = tri[near_faces].reshape(-1, 3).max(axis=0) + reach + spacing
+    if near is not None:
+        lo = np.maximum(lo, points.min(axis=0) - radius - spacing)
+        hi = np.minimum(hi, points.max(axis=0) + radius + spacing)
     shape = tuple(int(s) for s in np.ceil((hi - lo) / spacing).astype(int) + 1)
     return lo, shape
+
+
+def _segment_distance(points: np.ndarray, segments: np.ndarray, limit: float, step: float) -> np.ndarray:
+    """Distance from each point to the nearest of (k, 2, 3) segments, ``limit``
+    where farther: to samples along them ``step`` apart, which overstates a
+    distance d by at most step² / (8 d) (0.0003 mm at 15 mm, step 0.19 mm)."""
+    a, b = segments[:, 0], segments[:, 1]
+    count = np.maximum(np.ceil(np.linalg.norm(b - a, axis=1) / step).astype(np.int64), 1)
+    which = np.repeat(np.arange(len(segments)), count + 1)
+    t = np.arange(which.size) - np.repeat(np.cumsum(count + 1) - (count + 1), count + 1)
+    samples = a[which] + (b - a)[which] * (t / count[which])[:, None]
+    d, _ = cKDTree(samples).query(points, distance_upper_bound=limit)
+    return np.minimum(d, limit)
 
 
 def _plane_on_grid(plane: Plane, origin: np.ndarray, shape: tuple[int, int, int], spacing: float) -> np.ndarray:

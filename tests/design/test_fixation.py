@@ -126,6 +126,40 @@ def test_fixed_implant_is_one_closed_solid_with_flange_and_holes(thick):
         assert not fix.implant_fixed.contains([mid])[0]
 
 
+def test_flange_stays_within_its_width_of_the_cut_edge():
+    """The box of box_case with an arm on top (x in [-40, -2]: it ends 2 mm
+    short of the cut plane x = 0, up to z = 100): the arm's posterior face
+    lies within flange_width_mm of the plane up to z = 100, but the cut's edge
+    ends at z = 40 (the plane leaves the bone there). A strip along the plane
+    followed the arm 60 mm past the cut; the flange covers the posterior face
+    only within flange_width_mm (plus clearance and thickness: a plate corner
+    over a square edge) of the cut's edge, its level set on the 0.5 mm grid."""
+    half = 20.0
+    body = manifold3d.Manifold.cube((80.0, 2 * half, 80.0), center=True)
+    arm = manifold3d.Manifold.cube((38.0, 2 * half, 62.0)).translate((-40.0, -half, 38.0))
+    from pipeline.design.plate import manifold_mesh
+    bone = manifold_mesh(body + arm)
+    cut = resect(bone, (CUT,))
+    affine = np.eye(4)
+    affine[:3, 3] = [-45.0, -half - 5.0, -45.0]
+    shape = (91, int(2 * half) + 11, 151)
+    centres = apply_affine(affine, np.indices(shape).reshape(3, -1).T)
+    inside = np.all(np.abs(centres - [0, 0, 0]) < [40.0, half, 40.0], axis=1) | np.all(
+        (centres > [-40.0, -half, 38.0]) & (centres < [-2.0, half, 100.0]), axis=1)
+    labels = np.where(inside, LABEL_IDS["sacrum"], 0).astype(np.uint8).reshape(shape)
+    fix = fix_implant(cut, (CUT,), BoneScene(bones={"sacrum": bone}, labels=labels, affine=affine),
+                      dataclasses.replace(CONFIG, screws_per_flange=0))
+    v = fix.flanges["cut"].vertices
+    posterior = v[(v[:, 1] > half) & (v[:, 0] < -1.0)]
+    reach = CONFIG.flange_width_mm + CONFIG.flange_clearance_mm + CONFIG.flange_thickness_mm
+    # Within reach of the cut's top edge (x = 0, z = 40), to a grid step.
+    assert posterior[:, 2].max() <= 40.0 + reach + CONFIG.flange_grid_mm
+    # And still the whole width beside the cut: the posterior face up to the top edge and past it on the arm.
+    assert posterior[:, 2].max() >= 40.0 + np.sqrt(reach**2 - (half + 0.5 - half) ** 2) - 3.0
+    assert v[:, 0].min() == pytest.approx(-CONFIG.flange_width_mm, abs=1e-6)
+    validate_solid(fix.implant_fixed, "implant_fixed")
+
+
 def test_no_screw_where_the_bone_is_thinner_than_screw_and_margins():
     # 9 mm < 6.5 + 2 x 1.5 = 9.5 mm: no corridor.
     cut, scene = box_case(9.0)
