@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.uid import UID
 
 from ..config import LoadConfig
 from ..errors import InputError
@@ -45,6 +47,7 @@ from .headers import (
     SKIP_NOT_DICOM,
     SKIP_UNREADABLE,
     SliceHeader,
+    missing_geometry,
     read_header,
     slice_headers,
     sop_class_name,
@@ -75,6 +78,10 @@ PIXEL_SPACING_TOL_MM = 1e-4      # PixelSpacing differences between slices of on
 MIN_SLICES = 3                   # fewer cannot make a volume (nor a checkable spacing)
 DEFAULT_MAX_GAP_MM = LoadConfig.max_gap_mm
 NO_UID = "<no SeriesInstanceUID>"
+# A message lists at most this many series (a folder may hold hundreds).
+LISTED_SERIES = 5
+# Stored values without a rescale are HU only if some reach this (air is -1000 HU).
+AIR_HU_AT_MOST = -900.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,7 @@ class SeriesInfo:
     slices: tuple[SliceHeader, ...] = field(repr=False)
     notes: tuple[str, ...] = ()
     label: str = ""
+    sop_class_uid: str = ""
 
     @property
     def n_slices(self) -> int:
@@ -136,6 +144,25 @@ class Scan:
     n_files: int
     notes: tuple[str, ...] = ()
     unreadable: tuple[Path, ...] = ()
+    strays: tuple[Stray, ...] = ()
+
+
+@dataclass(frozen=True)
+class Stray:
+    """An image file skipped as unreadable or without patient geometry, with
+    what its header still tells: its SOP class and series ("" when unknown)."""
+
+    path: Path
+    reason: str
+    sop_class_uid: str
+    series_uid: str
+    detail: str = ""   # what made it unreadable, when known (a malformed value)
+
+    def of(self, info: SeriesInfo) -> bool:
+        """Whether it may be a slice of ``info``: the same kind of image, and
+        the same series or one it does not name."""
+        return (bool(self.sop_class_uid) and self.sop_class_uid == info.sop_class_uid
+                and self.series_uid in ("", info.series_uid))
 
 
 def _where(s: SliceHeader) -> str:
@@ -224,6 +251,7 @@ def _series_info(uid: str, label: str, slices: list[SliceHeader], ds: pydicom.Da
         slices=tuple(ordered),
         notes=tuple(notes),
         label=label,
+        sop_class_uid=str(ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID") or ""),
     )
 
 
@@ -281,16 +309,19 @@ def scan_folder(ct_dir: str | os.PathLike, *, progress: Progress | None = None) 
     skipped: Counter = Counter()
     non_image_classes: Counter = Counter()
     unreadable: list[Path] = []
+    strays: list[Stray] = []
     by_series: dict[tuple, list[SliceHeader]] = defaultdict(list)
     first_ds: dict[tuple, pydicom.Dataset] = {}
     for n, path in enumerate(paths, start=1):
-        ds, headers, reason = _classify(path)
+        ds, headers, reason, detail = _classify(path)
         if reason is not None:
             skipped[reason] += 1
             if reason == SKIP_NON_IMAGE:
                 non_image_classes[sop_class_name(ds)] += 1
             if reason == SKIP_UNREADABLE:
                 unreadable.append(path)
+            if reason in (SKIP_UNREADABLE, SKIP_NO_GEOMETRY):
+                strays.append(_stray(path, ds, reason, detail))
         else:
             key = _group_key(ds, headers[0])
             by_series[key].extend(headers)
@@ -308,7 +339,22 @@ def scan_folder(ct_dir: str | os.PathLike, *, progress: Progress | None = None) 
     series = _number_unlabelled(series)
     series.sort(key=lambda s: (s.modality != "CT", -s.n_slices, s.label))
     return Scan(folder=folder, series=tuple(series), skipped=dict(skipped), n_files=len(paths),
-                notes=tuple(notes), unreadable=tuple(unreadable))
+                notes=tuple(notes), unreadable=tuple(unreadable), strays=tuple(strays))
+
+
+def _stray(path: Path, ds: pydicom.Dataset | None, reason: str, detail: str) -> Stray:
+    """What a skipped image's header still says; an unreadable file's is read
+    again for its SOP class and series alone (a header cut short may hold them)."""
+    if ds is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path, stop_before_pixels=True, force=True,
+                                     specific_tags=["SOPClassUID", "SeriesInstanceUID"])
+        except Exception:   # noqa: BLE001 - whatever a damaged file raises, it tells nothing
+            return Stray(path, reason, "", "", detail)
+    sop = str(ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID") or "")
+    return Stray(path, reason, sop, str(ds.get("SeriesInstanceUID") or "").strip(), detail)
 
 
 def _number_unlabelled(series: list[SeriesInfo]) -> list[SeriesInfo]:
@@ -322,16 +368,17 @@ def _number_unlabelled(series: list[SeriesInfo]) -> list[SeriesInfo]:
             for s in series]
 
 
-def _classify(path: Path) -> tuple[pydicom.Dataset | None, list[SliceHeader], str | None]:
-    """(dataset, slice headers, None) for a usable image file, else a skip reason last."""
+def _classify(path: Path) -> tuple[pydicom.Dataset | None, list[SliceHeader], str | None, str]:
+    """(dataset, slice headers, None, "") for a usable image file, else a skip
+    reason and what was wrong (a malformed value) last."""
     ds, pixel_offset, reason = read_header(path)
     if reason is not None:
-        return ds, [], reason
+        return ds, [], reason, ""
     try:
         headers = slice_headers(path, ds, pixel_offset)
-    except (TypeError, ValueError, AttributeError, IndexError):   # a malformed header value
-        return ds, [], SKIP_UNREADABLE
-    return ds, headers, (None if headers else SKIP_NO_GEOMETRY)
+    except (TypeError, ValueError, AttributeError, IndexError) as exc:   # a malformed header value
+        return ds, [], SKIP_UNREADABLE, str(exc)
+    return ds, headers, (None if headers else SKIP_NO_GEOMETRY), ""
 
 
 def _scan_notes(skipped: Counter, non_image_classes: Counter,
@@ -367,8 +414,10 @@ def choose_series(scan: Scan, series_uid: str | None = None) -> tuple[SeriesInfo
     lists what was found and asks for ``--series``.
     """
     if not scan.series:
+        placeless = next((x for x in scan.strays if x.reason == SKIP_NO_GEOMETRY), None)
+        example = f"; e.g. {placeless.path}: {missing_geometry(placeless.path)}" if placeless else ""
         raise InputError(f"no image series found in {scan.folder} "
-                         f"(skipped: {_skipped_text(scan.skipped)})")
+                         f"(skipped: {_skipped_text(scan.skipped)}){example}")
     if series_uid is not None:
         for info in scan.series:
             if series_uid in (info.series_uid, info.label):
@@ -381,7 +430,10 @@ def choose_series(scan: Scan, series_uid: str | None = None) -> tuple[SeriesInfo
         others = len(scan.series) - 1
         return info, (f"only CT series with at least {MIN_SLICES} slices in the folder"
                       + (f" ({others} other series ignored)" if others else ""))
-    listing = "; ".join(s.summary_line() for s in (candidates or scan.series))
+    shown = candidates or scan.series
+    listing = "; ".join(s.summary_line() for s in shown[:LISTED_SERIES])
+    if len(shown) > LISTED_SERIES:
+        listing += f"; and {len(shown) - LISTED_SERIES} more (python -m pipeline series FOLDER lists them all)"
     if not candidates:
         raise InputError(f"no CT series with at least {MIN_SLICES} slices in {scan.folder}; "
                          f"found: {listing}")
@@ -422,6 +474,33 @@ def _check_loadable(info: SeriesInfo) -> None:
                          "two orthogonal unit vectors")
     if min(ref.pixel_spacing_mm) <= 0:
         raise InputError(f"{ref.path}: PixelSpacing {list(ref.pixel_spacing_mm)} is not positive")
+    for s in info.slices:
+        if s.modality_lut is None and not (np.isfinite(s.rescale_slope) and s.rescale_slope != 0
+                                           and np.isfinite(s.rescale_intercept)):
+            raise InputError(f"{_where(s)}: RescaleSlope {s.rescale_slope:g} and RescaleIntercept "
+                             f"{s.rescale_intercept:g} give no HU")
+    given = [s.rescale_given for s in info.slices]
+    if any(given) and not all(given):
+        s = info.slices[given.index(False)]
+        raise InputError(f"{_where(s)}: no RescaleSlope/RescaleIntercept, which the other slices of "
+                         f"series {info.label} have: its HU are unknown")
+
+
+def _check_hu(info: SeriesInfo, hu: np.ndarray) -> list[str]:
+    """Where no slice gives RescaleSlope and RescaleIntercept (required in a CT
+    image) the stored values stand for HU only if they look like HU: air,
+    around the body and in the bowel, near -1000. Notes to add; raises
+    :class:`InputError` otherwise."""
+    if any(s.rescale_given for s in info.slices):
+        return []
+    values = hu[hu != PADDING_HU]
+    low = float(values.min()) if values.size else 0.0
+    if low > AIR_HU_AT_MOST:
+        raise InputError(f"{info.slices[0].path}: no RescaleSlope/RescaleIntercept in series {info.label} "
+                         f"and its stored values ({low:g} to {float(values.max()):g}) are not HU "
+                         f"(no air: nothing at {AIR_HU_AT_MOST:g} or below)")
+    return [f"no RescaleSlope/RescaleIntercept in series {info.label}: its stored values are taken as HU "
+            f"(they reach {low:g}: air)"]
 
 
 def _duplicate_runs(slices: tuple[SliceHeader, ...], normal: np.ndarray) -> list[list[int]]:
@@ -533,7 +612,7 @@ def load_series(info: SeriesInfo, *, max_gap_mm: float = DEFAULT_MAX_GAP_MM,
     hu = read_series_pixels(info.slices, (info.n_slices, info.rows, info.columns),
                             progress=progress, workers=workers)
     keep = _drop_identical_duplicates(info.slices, hu, runs)
-    notes = list(info.notes)
+    notes = list(info.notes) + _check_hu(info, hu)
     meta: dict = {}
     if len(keep) < info.n_slices:
         hu = hu[keep]
@@ -583,6 +662,16 @@ def load_ct(ct_path: str | os.PathLike, *, series_uid: str | None = None,
     if scan.n_files == 0:
         raise InputError(f"CT folder is empty: {scan.folder}")
     info, reason = choose_series(scan, series_uid)
+    stray = next((x for x in scan.strays if x.of(info)), None)
+    if stray is not None:
+        # A slice that can not be read or placed: bridging or leaving out its place would hide it.
+        if stray.reason == SKIP_NO_GEOMETRY:
+            raise InputError(f"{stray.path}: {missing_geometry(stray.path)}: a slice of series {info.label} "
+                             "that can not be placed")
+        what = stray.detail or f"{stray.reason} ({UID(info.sop_class_uid).name or 'an image'}" \
+            f"{'' if stray.series_uid else ', its series unreadable'})"
+        raise InputError(f"{stray.path}: {what}: it may be a slice of series {info.label}, which can not be "
+                         "loaded without it; repair or remove it")
     try:
         volume = load_series(info, max_gap_mm=max_gap_mm, progress=progress, workers=workers)
     except InputError as exc:

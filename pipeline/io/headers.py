@@ -19,6 +19,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     MediaStorageDirectoryStorage,
@@ -63,6 +64,9 @@ class SliceHeader:
     # Modality LUT Sequence: (first stored value mapped, output value per entry); replaces
     # slope and intercept when present.
     modality_lut: tuple[int, np.ndarray] | None = field(default=None, repr=False)
+    # RescaleSlope and RescaleIntercept both present (or a Modality LUT): without them
+    # slope 1 and intercept 0 stand in, and the loader decides whether the stored values are HU.
+    rescale_given: bool = True
 
 
 def _locate_pixel_data(fp, ds: pydicom.Dataset) -> tuple[bool, int | None]:
@@ -78,7 +82,7 @@ def _locate_pixel_data(fp, ds: pydicom.Dataset) -> tuple[bool, int | None]:
     raw = fp.read(4)
     if len(raw) < 4:
         return False, None
-    little = syntax is None or UID(syntax).is_little_endian
+    little = ds.original_encoding[1]   # as the header was read: a private syntax's too
     group, element = struct.unpack("<HH" if little else ">HH", raw)
     found = group == 0x7FE0 and element in _PIXEL_DATA_ELEMENTS
     return found, (offset if found else None)
@@ -109,6 +113,19 @@ def read_header(path: Path) -> tuple[pydicom.Dataset | None, int | None, str | N
     return ds, offset, None
 
 
+def transfer_syntax(ds: pydicom.Dataset) -> str:
+    """The file's TransferSyntaxUID; for a file without one (no file meta
+    group, or one without the element), the encoding pydicom read its
+    dataset in: implicit or explicit VR, little or big endian."""
+    syntax = str(ds.file_meta.get("TransferSyntaxUID") or "").strip()
+    if syntax:
+        return syntax
+    implicit, little = ds.original_encoding
+    if not little:
+        return ExplicitVRBigEndian
+    return ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+
+
 def sop_class_name(ds: pydicom.Dataset) -> str:
     uid = ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID") or ""
     return UID(str(uid)).name if uid else "unknown SOP class"
@@ -120,6 +137,13 @@ def _floats(value, n: int) -> tuple[float, ...] | None:
     except (TypeError, ValueError):
         return None
     return out if len(out) == n and all(np.isfinite(out)) else None
+
+
+def _number(value, keyword: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{keyword} {str(value)!r} is not a number") from None
 
 
 def _stored_int(value, signed: bool) -> int:
@@ -183,7 +207,7 @@ def slice_headers(path: Path, ds: pydicom.Dataset, pixel_offset: int | None) -> 
         columns=int(ds.get("Columns", 0)),
         padding=_padding_range(ds, signed),
         n_frames=int(ds.get("NumberOfFrames") or 1),
-        transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
+        transfer_syntax=transfer_syntax(ds),
         bits_allocated=int(ds.get("BitsAllocated") or 0),
         bits_stored=int(ds.get("BitsStored") or 0),
         signed=signed,
@@ -204,12 +228,30 @@ def slice_headers(path: Path, ds: pydicom.Dataset, pixel_offset: int | None) -> 
         if geometry is None:
             return []
         position, orientation, spacing, slope, intercept = geometry
+        given = common["modality_lut"] is not None or (slope not in (None, "") and intercept not in (None, ""))
         headers.append(SliceHeader(
             position_lps_mm=position, orientation=orientation, pixel_spacing_mm=spacing,
-            rescale_slope=1.0 if slope in (None, "") else float(slope),
-            rescale_intercept=0.0 if intercept in (None, "") else float(intercept),
-            frame=frame, **common))
+            rescale_slope=1.0 if slope in (None, "") else _number(slope, "RescaleSlope"),
+            rescale_intercept=0.0 if intercept in (None, "") else _number(intercept, "RescaleIntercept"),
+            frame=frame, rescale_given=given, **common))
     return headers
+
+
+def missing_geometry(path: Path) -> str:
+    """Which of an image's geometry elements is missing or malformed (for a
+    file :func:`slice_headers` gives nothing for), as a phrase."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
+    groups = [per_frame[0] if per_frame else None, shared] if per_frame is not None else [ds]
+    wanted = (("ImagePositionPatient", "PlanePositionSequence", 3),
+              ("ImageOrientationPatient", "PlaneOrientationSequence", 6),
+              ("PixelSpacing", "PixelMeasuresSequence", 2))
+    bad = [(name, n) for name, sequence, n in wanted
+           if _floats(_functional(groups, sequence, name) if per_frame is not None else ds.get(name), n) is None]
+    return " and ".join(f"{name} missing or not {n} finite numbers" for name, n in bad) or "Rows missing"
 
 
 def _frame_geometry(ds: pydicom.Dataset, groups: list, enhanced: bool):

@@ -76,9 +76,12 @@ def check_decoders(slices: Sequence[SliceHeader]) -> None:
     """Refuse, before decoding anything, a transfer syntax nothing installed can decode."""
     for syntax in sorted({s.transfer_syntax for s in slices}):
         uid = UID(syntax)
+        example = next(s.path for s in slices if s.transfer_syntax == syntax)
+        if not uid.is_transfer_syntax:
+            raise InputError(f"{example}: transfer syntax {syntax} is not a standard DICOM one: its pixel "
+                             "data can not be decoded")
         if not uid.is_compressed:
             continue
-        example = next(s.path for s in slices if s.transfer_syntax == syntax)
         if uid == JPEGExtended12Bit and _gdcm_available():
             continue
         try:
@@ -165,6 +168,8 @@ def decode_file(s: SliceHeader) -> np.ndarray:
             if UID(s.transfer_syntax) == JPEGExtended12Bit and s.bits_stored > 8:
                 return _decode_with_gdcm(s)
             ds = pydicom.dcmread(s.path)   # inflates deflated files, unlike reading by path
+            if "TransferSyntaxUID" not in ds.file_meta:   # decoded as the header was read
+                ds.file_meta.TransferSyntaxUID = UID(s.transfer_syntax)
             stored = pydicom.pixels.pixel_array(ds, raw=True)
     except _DECODE_ERRORS as exc:
         reason = " ".join(str(exc).split())   # decoders report on several lines; we use one

@@ -390,10 +390,100 @@ def test_truncated_pixel_data_is_refused_naming_the_file(tmp_path, phantom):
 
 
 def test_unreadable_slice_header_is_reported_with_the_gap(tmp_path, phantom):
+    """A header cut before its SOP class: nothing says what it was, so the
+    gap its slice leaves is what is refused, naming the file skipped."""
     files = write_series(phantom, tmp_path)
-    files[6].write_bytes(files[6].read_bytes()[:300])   # cut inside the header
+    files[6].write_bytes(files[6].read_bytes()[:140])   # cut inside the file meta group
     with pytest.raises(InputError, match=r"gap of 4\.000 mm.*1 file\(s\) .* were skipped"):
         load_ct(tmp_path)
+
+
+@pytest.mark.parametrize("where", [0, 6])
+def test_an_unreadable_slice_of_the_series_is_refused_wherever_it_lies(tmp_path, phantom, where):
+    """A header cut after its SOP class (CT Image Storage, as the series'):
+    it may be one of the series' slices. At an end of the stack its loss
+    left no gap, and the volume came out a slice short with exit 0; now it
+    is refused naming the file, at the end as in the middle."""
+    files = write_series(phantom, tmp_path)
+    files[where].write_bytes(files[where].read_bytes()[:600])
+    with pytest.raises(InputError, match="may be a slice of series") as err:
+        load_ct(tmp_path)
+    assert str(err.value).startswith(f"{files[where]}: unreadable")
+
+
+@pytest.mark.parametrize("key, value", [("ImagePositionPatient", None), ("ImagePositionPatient", ["nan"] * 3),
+                                        ("PixelSpacing", None)])
+@pytest.mark.parametrize("where", [0, 6])
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")
+def test_a_slice_without_geometry_is_refused_not_bridged(tmp_path, phantom, key, value, where):
+    """One slice of the series whose position or pixel spacing is missing or
+    not numbers: it was skipped like a secondary capture, its place bridged
+    by interpolation (in the middle) or left out (at an end), exit 0."""
+    files = write_series(phantom, tmp_path)
+    ds = pydicom.dcmread(files[where])
+    if value is None:
+        delattr(ds, key)
+    else:
+        setattr(ds, key, value)
+    ds.save_as(files[where])
+    with pytest.raises(InputError, match=f"{key} missing or not .* finite numbers: a slice of series"):
+        load_ct(tmp_path)
+
+
+def test_rescale_missing_on_one_slice_or_giving_no_hu_is_refused(tmp_path, phantom):
+    """CT images must carry RescaleSlope and RescaleIntercept: where one
+    slice lacks them (or has an empty intercept) its HU are unknown; a zero
+    slope gives none. Each took slope 1 and intercept 0 silently: a slab of
+    'bone' 1024 HU too bright, or a slice of air."""
+    for edit, match in ((lambda ds: (delattr(ds, "RescaleSlope"), delattr(ds, "RescaleIntercept")),
+                         "no RescaleSlope/RescaleIntercept, which the other slices"),
+                        (lambda ds: setattr(ds, "RescaleIntercept", None), "which the other slices"),
+                        (lambda ds: setattr(ds, "RescaleSlope", "0"), "RescaleSlope 0 .* give no HU")):
+        shutil.rmtree(tmp_path, ignore_errors=True)
+        files = write_series(phantom, tmp_path)
+        ds = pydicom.dcmread(files[5])
+        edit(ds)
+        ds.save_as(files[5])
+        with pytest.raises(InputError, match=match) as err:
+            load_ct(tmp_path)
+        assert str(err.value).startswith(str(files[5]))
+
+
+@pytest.mark.parametrize("signed, intercept", [(True, 0.0), (False, -1024.0)])
+def test_rescale_missing_on_every_slice_is_hu_only_if_the_values_are(tmp_path, phantom, signed, intercept):
+    """Without any rescale the stored values are taken as HU where they reach
+    air (-1000, with a note); stored with an offset (unsigned, 0 for -1024 HU)
+    they do not, and the series is refused rather than read 1024 HU bright."""
+    files = write_series(phantom, tmp_path, signed=signed, rescale_intercept=intercept)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        del ds.RescaleSlope, ds.RescaleIntercept
+        ds.save_as(f)
+    assert phantom.hu.min() <= -1000
+    if signed:
+        loaded = load_ct(tmp_path)
+        np.testing.assert_array_equal(loaded.hu, phantom.hu)
+        assert any("taken as HU" in n for n in loaded.notes)
+    else:
+        with pytest.raises(InputError, match=r"are not HU \(no air"):
+            load_ct(tmp_path)
+
+
+def test_a_file_without_transfer_syntax_is_read_as_its_header_was(tmp_path, phantom):
+    """No TransferSyntaxUID in the file meta (or no file meta group at all):
+    pydicom reads the dataset's encoding itself; the pixels follow it (the
+    decoder stopped with a traceback, exit 1)."""
+    from pydicom.dataset import FileMetaDataset
+
+    files = write_series(phantom, tmp_path, transfer_syntax=ImplicitVRLittleEndian)
+    for n, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        if n % 2:
+            del ds.file_meta.TransferSyntaxUID
+        else:
+            ds.file_meta = FileMetaDataset()
+        ds.save_as(f, enforce_file_format=False, implicit_vr=True, little_endian=True)
+    np.testing.assert_array_equal(load_ct(tmp_path).hu, phantom.hu)
 
 
 def test_slightly_different_orientation_is_refused_naming_the_file(tmp_path, phantom):
@@ -510,3 +600,47 @@ def test_copied_series_is_found_by_content(tmp_path, phantom):
         shutil.copy(f, tmp_path / f"{i}.txt")
     shutil.rmtree(tmp_path / "src")
     np.testing.assert_array_equal(load_ct(tmp_path).hu, phantom.hu)
+
+
+def test_a_folder_of_many_series_is_refused_in_a_line_of_reasonable_length(tmp_path, phantom):
+    """An anonymiser that gave every file its own SeriesInstanceUID: twelve
+    one-slice series. The message lists five and counts the rest (116 such
+    series made a line of 24 804 characters)."""
+    files = write_series(phantom, tmp_path)
+    for n, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = f"1.2.3.{n + 1}"
+        ds.save_as(f)
+    with pytest.raises(InputError, match=r"and 7 more \(python -m pipeline series FOLDER lists them all\)") as err:
+        load_ct(tmp_path)
+    assert len(str(err.value)) < 2000 and "\n" not in str(err.value)
+
+
+def test_images_without_geometry_are_named_when_nothing_else_is_found(tmp_path, phantom):
+    files = write_series(phantom, tmp_path)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        del ds.PixelSpacing
+        ds.save_as(f)
+    with pytest.raises(InputError, match=r"no image series found .*; e\.g\. .*: PixelSpacing missing or not 2"):
+        load_ct(tmp_path)
+
+
+def test_a_private_transfer_syntax_and_a_malformed_rescale_are_named(tmp_path, phantom):
+    """A vendor's private transfer syntax (GE's implicit VR with big-endian
+    pixels) was reported as 116 unreadable files; a RescaleIntercept that is
+    no number as an unreadable file. Each is named now."""
+    files = write_series(phantom, tmp_path, transfer_syntax=ImplicitVRLittleEndian)
+    ds = pydicom.dcmread(files[4])
+    ds.file_meta.TransferSyntaxUID = "1.2.840.113619.5.2"
+    ds.save_as(files[4], enforce_file_format=True, implicit_vr=True, little_endian=True)
+    with pytest.raises(InputError, match=r"transfer syntax 1\.2\.840\.113619\.5\.2 is not a standard DICOM one") as err:
+        load_ct(tmp_path)
+    assert str(err.value).startswith(str(files[4]))
+    files = write_series(phantom, tmp_path)
+    data = files[4].read_bytes()   # (0028,1052) DS, explicit VR little endian: its value's 0 made an O
+    at = data.index(b"\x28\x00\x52\x10DS") + 8
+    end = at + int.from_bytes(data[at - 2:at], "little")
+    files[4].write_bytes(data[:at] + data[at:end].replace(b"0", b"O", 1) + data[end:])
+    with pytest.raises(InputError, match=r"RescaleIntercept '-1O24.*' is not a number: it may be a slice of series"):
+        load_ct(tmp_path)
