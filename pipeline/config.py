@@ -547,6 +547,11 @@ def _resection(table: Any, base_dir: Path) -> ResectionConfig:
     if not isinstance(raw_planes, list):
         raise ConfigError("resection.planes must be an array of tables ([[resection.planes]])")
     planes = tuple(_plane(p, f"resection.planes[{i}]", base_dir) for i, p in enumerate(raw_planes))
+    for i, plane in enumerate(planes):
+        first = next(j for j, other in enumerate(planes) if other.name == plane.name)
+        if first < i:   # the report, the fixation's flanges and the guides go by plane name
+            raise ConfigError(f"resection.planes[{i}].name {plane.name!r} is the name of resection.planes[{first}] "
+                              "too: give each plane its own name")
     kwargs = {}
     if "min_fragment_mm3" in table:
         kwargs["min_fragment_mm3"] = _number(table["min_fragment_mm3"], "resection.min_fragment_mm3")
@@ -622,8 +627,8 @@ def _plane(table: Any, key: str, base_dir: Path) -> Plane:
     if not 0 <= margin <= 50:
         raise ConfigError(f"{key}.margin_mm must be between 0 and 50 mm")
     name = table.get("name", key)
-    if not isinstance(name, str):
-        raise ConfigError(f"{key}.name must be a string")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{key}.name must be a non-empty string")
     structures = _structures(table["structures"], f"{key}.structures") if "structures" in table else ()
     return Plane(point_lps_mm=tuple(point), normal_lps=tuple(-normal if flip else normal), name=name,
                  margin_mm=margin, structures=structures)

@@ -44,6 +44,11 @@ def test_shipped_configs_load():
     ({"resection": {"planes": [{**PLANE, "origin": [0, 0, 0]}]}}, r"unknown key resection.planes\[0\].origin"),
     ({"resection": {"planes": [{**PLANE, "point_lps_mm": [0, "a", 0]}]}}, r"resection.planes\[0\].point_lps_mm\[1\] must be a number"),
     ({"resection": {"planes": {"point_lps_mm": [0, 0, 0]}}}, "resection.planes must be an array"),
+    # The report, the flanges and the guides go by plane name: one of two flanges named
+    # alike was lost from the fixation's flanges (2026-12-06).
+    ({"resection": {"planes": [{**PLANE, "name": "cut"}, {**PLANE, "name": "cut"}]}},
+     r"resection.planes\[1\].name 'cut' is the name of resection.planes\[0\] too"),
+    ({"resection": {"planes": [{**PLANE, "name": " "}]}}, r"resection.planes\[0\].name must be a non-empty string"),
 ])
 def test_mistakes_name_the_key(raw, key):
     with pytest.raises(ConfigError, match=key):
