@@ -41,7 +41,7 @@ from ..bones import LABEL_IDS, LABEL_NAMES, TOTALSEGMENTATOR_IDS, bone_for_segme
 from ..errors import InputError
 from ..segment.external import LabelMap
 from ..segment.lookup import label_counts, lookup
-from .volume_files import NIFTI_SUFFIXES, NRRD_SUFFIXES, nifti_affine_lps, nrrd_affine_lps
+from .volume_files import NIFTI_SUFFIXES, NRRD_SUFFIXES, nifti_affine_lps, nrrd_affine_lps, open_nifti
 
 SLICER_SEGMENT_FIELD = re.compile(r"^Segment(\d+)_(\w+)$")
 # Label values above this are not a label map's (an image's, or IDs): the
@@ -103,19 +103,30 @@ def _read_nrrd(path: Path, names: Mapping[str, str], shown: str) -> LabelMap:
         layers = layers[..., None]
     segments: dict[str, str | None] = {}
     wanted = []
-    for index in sorted(fields):
+    # 3D Slicer before 4.11 wrote one segment per layer, value 1, with neither
+    # field; Slicer reads a missing Layer as the segment's place in that order.
+    legacy = not any("Layer" in f or "LabelValue" in f for f in fields.values()) and layers.shape[-1] == len(fields)
+    where: dict[tuple[int, int], str] = {}
+    for place, index in enumerate(sorted(fields)):
         field = fields[index]
         name = field.get("Name") or field.get("ID") or f"Segment{index}"
         tags = dict(tag.split(":", 1) for tag in field.get("Tags", "").split("|") if ":" in tag)
         segments[name] = bone = _bone(name, names, terminology=tags.get("TerminologyEntry", ""))
-        if bone is None:
-            continue
-        layer, value = _int_field(field, "Layer", 0, shown, name), _int_field(field, "LabelValue", 1, shown, name)
+        if not legacy and "LabelValue" not in field:
+            # Taken as 1, it took the voxels of the segment that has 1 (hip_left became sacrum).
+            raise InputError(f"{shown}: segment {name!r} has no Segment{index}_LabelValue")
+        layer = place if legacy else _int_field(field, "Layer", 0, shown, name)
+        value = _int_field(field, "LabelValue", 1, shown, name)
         if not 0 <= layer < layers.shape[-1]:
             raise InputError(f"{shown}: segment {name!r} is in layer {layer}, the file has {layers.shape[-1]}")
         if not 0 < value <= MAX_LABEL_VALUE:
             raise InputError(f"{shown}: segment {name!r} has label value {value}, not 1 to {MAX_LABEL_VALUE}")
-        wanted.append((bone, layer, value))
+        if (layer, value) in where:
+            raise InputError(f"{shown}: segments {where[layer, value]!r} and {name!r} are both value {value} "
+                             f"in layer {layer}: which voxels are whose is unknown")
+        where[layer, value] = name
+        if bone is not None:
+            wanted.append((bone, layer, value))
     _require_bone(segments, shown)
     tables = np.zeros((layers.shape[-1], max([int(layers.max())] + [v for _, _, v in wanted]) + 1), dtype=np.uint8)
     for bone, layer, value in wanted:
@@ -132,18 +143,16 @@ def _read_nifti(path: Path, names: Mapping[str, str], shown: str) -> LabelMap:
 
 
 def _nifti_array(path: Path, shown: str):
-    import nibabel as nib
-
+    img = open_nifti(path, shown)
+    shape = img.shape
+    if len(shape) < 3 or any(n != 1 for n in shape[3:]):
+        raise InputError(f"{shown}: a 3-D label map is needed, the file holds shape {tuple(shape)}")
     try:
-        img = nib.load(str(path))
-        shape = img.shape
-        if len(shape) < 3 or any(n != 1 for n in shape[3:]):
-            raise InputError(f"{shown}: a 3-D label map is needed, the file holds shape {tuple(shape)}")
         data = np.asanyarray(img.dataobj)
-    except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise InputError(f"{shown}: cannot read NIfTI ({' '.join(str(exc).split())})") from None
     data = _integers(data.reshape(shape[:3]), shown, 3).transpose(2, 1, 0)   # (k, j, i): slowest axis first
-    return data, nifti_affine_lps(img), img
+    return data, nifti_affine_lps(img, shown), img
 
 
 def _from_values(data: np.ndarray, affine: np.ndarray, kind: str, path: Path, names: Mapping[str, str],
@@ -156,6 +165,10 @@ def _from_values(data: np.ndarray, affine: np.ndarray, kind: str, path: Path, na
         source, name_of = f"{kind}, names from its own label table", lambda v: table.get(v, f"label {v}")
     elif set(values) <= {1} and stem and _bone(stem, names) is not None:
         source, name_of = f"{kind} of one structure, named by its file name", lambda v: stem
+    elif set(values) == {1}:
+        # Read as our values, a bone mask (our bone_mask.nii.gz) made the whole skeleton hip_left.
+        raise InputError(f"{shown}: holds only 0 and 1 and no label table: a mask, whose file name "
+                         f"({stem or path.name}) names none of our bones ({', '.join(LABEL_IDS)})")
     elif max(values, default=0) <= max(LABEL_NAMES):
         source, name_of = f"{kind} with this pipeline's label values (labels.nii.gz)", LABEL_NAMES.get
     else:

@@ -22,6 +22,11 @@ from ..errors import InputError
 from ..volume import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# A CT volume: at least this many voxels along each axis, each this size (mm).
+MIN_SLICES = 3
+VOXEL_MM = (0.05, 20.0)
+# NIfTI xyzt_units (spatial) -> millimetres per unit.
+_NIFTI_UNITS_MM = {"mm": 1.0, "unknown": 1.0, "meter": 1000.0, "micron": 1e-3}
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # NRRD 'space' values -> sign flips that take its axes to LPS.
@@ -53,6 +58,12 @@ def load_volume_file(path: str | os.PathLike) -> Volume:
         data, affine_lps, fmt, note = _read_nrrd(path)
     if not np.all(np.isfinite(data)):
         raise InputError(f"{path}: voxel values are not all finite")
+    if min(data.shape) < MIN_SLICES:
+        raise InputError(f"{path}: {data.shape[::-1]} voxels; a volume needs at least {MIN_SLICES} along each axis")
+    size = np.linalg.norm(affine_lps[:3, :3], axis=0)
+    if not np.all((size >= VOXEL_MM[0]) & (size <= VOXEL_MM[1])):
+        raise InputError(f"{path}: voxel size {' x '.join(f'{v:.4g}' for v in size[::-1])} mm is not a CT's "
+                         f"({VOXEL_MM[0]:g} to {VOXEL_MM[1]:g} mm): check the file's units and spacing")
     try:
         volume = Volume(np.ascontiguousarray(data, dtype=np.float32), affine_lps,
                         {"source_format": fmt, "modality": "CT (assumed)",
@@ -71,23 +82,71 @@ def _three_d(shape: tuple[int, ...], path: Path) -> int:
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, str, str]:
-    import nibabel as nib
-
+    img = open_nifti(path, str(path))
+    _three_d(img.shape, path)
+    dtype = img.get_data_dtype()
+    if dtype.fields is not None or dtype.kind not in "iufb":
+        raise InputError(f"{path}: voxels of type {dtype} are not one real number each (a CT's HU)")
     try:
-        img = nib.load(str(path))
-        _three_d(img.shape, path)
         data = np.asarray(img.dataobj, dtype=np.float32)   # scl_slope / scl_inter applied
-    except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise InputError(f"{path}: cannot read NIfTI ({' '.join(str(exc).split())})") from None
     data = data.reshape(data.shape[:3]).transpose(2, 1, 0)   # (k, j, i): slowest axis first
     source = "sform" if img.header.get_sform(coded=True)[1] else "qform"
-    return data, nifti_affine_lps(img), "NIfTI", f"geometry from its {source} (RAS, converted to LPS)"
+    return data, nifti_affine_lps(img, str(path)), "NIfTI", f"geometry from its {source} (RAS, converted to LPS)"
 
 
-def nifti_affine_lps(img) -> np.ndarray:
+def open_nifti(path: Path, shown: str):
+    """The nibabel image of a NIfTI file. A gzipped one is decompressed whole
+    first: nibabel reads only the bytes it needs and never reaches the CRC at
+    the stream's end, so a corrupt file gave garbage voxels silently."""
+    import gzip
+    import warnings
+    import zlib
+
+    import nibabel as nib
+    from nibabel.imageglobals import logger
+
+    # nibabel reports (and mends) header oddities on stderr: they are checked here instead.
+    quiet, logger.disabled = logger.disabled, True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if path.name.lower().endswith(".gz"):
+                raw = gzip.decompress(path.read_bytes())
+            else:
+                with open(path, "rb") as f:
+                    raw = f.read(540)
+            image_type = nib.Nifti2Image if raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") else nib.Nifti1Image
+            header = image_type.header_class(raw[:image_type.header_class.sizeof_hdr], check=False)
+            img = image_type.from_bytes(raw) if path.name.lower().endswith(".gz") else nib.load(str(path))
+    except (OSError, ValueError, EOFError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
+        raise InputError(f"{shown}: cannot read NIfTI ({' '.join(str(exc).split())})") from None
+    finally:
+        logger.disabled = quiet
+    pixdim = [round(float(v), 6) for v in header["pixdim"][1:4]]
+    if int(header["sform_code"]) == 0 and int(header["qform_code"]) > 0 and 0.0 in pixdim:
+        # nibabel would take it as 1 mm: 3 mm slices read as 1 mm, bone -72 %.
+        raise InputError(f"{shown}: pixdim {pixdim} holds a 0: the qform's voxel size is unknown")
+    return img
+
+
+def nifti_affine_lps(img, shown: str) -> np.ndarray:
     """Index (k, j, i) -> LPS mm of a nibabel NIfTI image whose array is read
-    transposed to (slowest, ..., fastest) axis order."""
-    return _RAS_TO_LPS @ img.affine[:, [2, 1, 0, 3]]
+    transposed to (slowest, ..., fastest) axis order. Refused: neither sform
+    nor qform set (nibabel would make a frame up: 305 mm off, sides
+    swapped). Metres and microns (xyzt_units) become millimetres."""
+    header = img.header
+    sform_code, qform_code = int(header["sform_code"]), int(header["qform_code"])
+    if sform_code == 0 and qform_code == 0:
+        raise InputError(f"{shown}: neither sform nor qform is set (both codes 0): its voxels have no "
+                         "place in the patient")
+    unit = header.get_xyzt_units()[0]
+    if unit not in _NIFTI_UNITS_MM:
+        raise InputError(f"{shown}: spatial unit {unit!r} (xyzt_units) is not a length")
+    affine = img.affine.copy()
+    affine[:3] *= _NIFTI_UNITS_MM[unit]
+    return _RAS_TO_LPS @ affine[:, [2, 1, 0, 3]]
 
 
 def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray, str, str]:

@@ -194,3 +194,63 @@ def test_unusable_label_maps_are_refused_in_one_line_naming_the_file(tmp_path, m
     with pytest.raises(InputError, match=message) as error:
         read_label_map(path, what="segment.labels_file")
     assert str(error.value).startswith(f"segment.labels_file = {path}: ") and "\n" not in str(error.value)
+
+
+def _edited(path: Path, edit) -> Path:
+    import nrrd
+
+    data, header = nrrd.read(str(path), index_order="C")
+    data = edit(data, header)
+    nrrd.write(str(path), data, header, index_order="C")
+    return path
+
+
+def test_slicer_segments_without_a_label_value_or_sharing_one_are_refused(tmp_path):
+    """A missing Segment<N>_LabelValue was taken as 1 and took the voxels of
+    the segment that has 1 (hip_left became sacrum, exit 0); two segments
+    on one value in one layer made one of them vanish."""
+    def drop(data, header):
+        del header["Segment1_LabelValue"]
+        return data
+
+    path = _edited(write_slicer(tmp_path / "a.seg.nrrd", {"left hip": masks()["left hip"], "Sacrum": masks()["Sacrum"]}), drop)
+    with pytest.raises(InputError, match="segment 'Sacrum' has no Segment1_LabelValue"):
+        read_label_map(path)
+
+    def share(data, header):
+        header["Segment1_LabelValue"] = header["Segment0_LabelValue"]
+        header["Segment1_Layer"] = header["Segment0_Layer"]
+        return data
+
+    path = _edited(write_slicer(tmp_path / "b.seg.nrrd", {"left hip": masks()["left hip"], "Sacrum": masks()["Sacrum"]}), share)
+    with pytest.raises(InputError, match="segments 'left hip' and 'Sacrum' are both value 1 in layer 0"):
+        read_label_map(path)
+
+
+def test_a_legacy_slicer_segmentation_takes_one_layer_per_segment(tmp_path):
+    """3D Slicer before 4.11: a 4-D array, one segment per layer, value 1,
+    with neither Layer nor LabelValue fields. Every segment was read from
+    layer 0 (all "other" but the first)."""
+    import nrrd
+
+    m = masks()
+    path = write_slicer(tmp_path / "s.seg.nrrd", {"left hip": m["left hip"], "Sacrum": m["Sacrum"]})
+    _, header = nrrd.read(str(path), index_order="C")
+    layers = np.stack([m["left hip"], m["Sacrum"]], axis=-1).astype(np.uint8)   # C order: the layer axis fastest
+    for key in [k for k in header if k.endswith(("_Layer", "_LabelValue"))]:
+        del header[key]
+    header["kinds"] = ["list", "domain", "domain", "domain"]
+    header["space directions"] = [[np.nan] * 3] + [list(r) for r in np.asarray(header["space directions"])[-3:]]
+    header["dimension"] = 4
+    nrrd.write(str(path), layers, header, index_order="C")
+    label_map = read_label_map(path)
+    assert np.array_equal(label_map.labels == LABEL_IDS["hip_left"], m["left hip"])
+    assert np.array_equal(label_map.labels == LABEL_IDS["sacrum"], m["Sacrum"])
+
+
+def test_a_bone_mask_is_not_read_as_hip_left(tmp_path):
+    """Our own bone_mask.nii.gz (0/1, no label table) passed as labels made
+    the whole skeleton hip_left with exit 0."""
+    path = write_nifti(tmp_path / "bone_mask.nii.gz", (masks()["left hip"] | masks()["Sacrum"]).astype(np.uint8))
+    with pytest.raises(InputError, match=r"holds only 0 and 1 and no label table: a mask, whose file name \(bone_mask\)"):
+        read_label_map(path)

@@ -79,3 +79,70 @@ def test_real_nifti_example_in_lps():
     # RAS axis codes: i increases to the right, j anterior, k superior -> "SAR" in LPS letters.
     assert orientation_code(volume.affine) == "SAR"
     assert -1300 < volume.hu.min() and volume.hu.max() < 4000
+
+
+def _nifti(volume, path, **header):
+    """``volume`` as a NIfTI with its header fields set as given (sform_code, qform_code, pixdim, ...)."""
+    ras = LPS_TO_RAS @ volume.affine[:, [2, 1, 0, 3]]
+    img = nib.Nifti1Image(np.transpose(volume.hu, (2, 1, 0)).astype(np.int16), ras)
+    img.set_sform(ras, code=1)
+    img.set_qform(ras, code=1)
+    for key, value in header.items():
+        img.header[key] = value
+    nib.save(img, path)
+    if path.name.endswith(".gz"):   # nibabel rewrites codes on save: patch the stored header too
+        import gzip
+        raw = bytearray(gzip.decompress(path.read_bytes()))
+        hdr = nib.Nifti1Header(bytes(raw[:348]), check=False)
+        for key, value in header.items():
+            hdr[key] = value
+        raw[:348] = hdr.binaryblock
+        path.write_bytes(gzip.compress(bytes(raw)))
+    return path
+
+
+@pytest.mark.parametrize("header, message", [
+    # nibabel makes a frame up: every mesh 305 mm off, left and right swapped, exit 0.
+    ({"sform_code": 0, "qform_code": 0}, "neither sform nor qform is set"),
+    # nibabel takes a 0 as 1 mm: 3 mm slices read as 1 mm, bone -72 %, exit 0.
+    ({"sform_code": 0, "qform_code": 1, "pixdim": [1.0, 0.7, 0.8, 0.0, 1, 1, 1, 1]}, r"pixdim \[0\.7.*, 0\.0\] holds a 0"),
+    # 300 mm voxels: the fit asked for 141 GiB and stopped with a traceback.
+    ({"srow_x": [300.0, 0, 0, 0], "srow_y": [0, 300.0, 0, 0], "srow_z": [0, 0, 300.0, 0]}, "voxel size 300 x 300 x 300 mm"),
+])
+def test_nifti_without_a_usable_geometry_is_refused(tmp_path, phantom, header, message):
+    path = _nifti(phantom, tmp_path / "ct.nii.gz", **header)
+    with pytest.raises(InputError, match=message) as err:
+        load_ct(path)
+    assert str(err.value).startswith(str(path))
+
+
+def test_nifti_in_metres_is_read_in_millimetres(tmp_path, phantom):
+    volume = phantom
+    ras = LPS_TO_RAS @ volume.affine[:, [2, 1, 0, 3]]
+    metres = ras.copy()
+    metres[:3] /= 1000.0
+    img = nib.Nifti1Image(np.transpose(volume.hu, (2, 1, 0)).astype(np.int16), metres)
+    img.set_sform(metres, code=1)
+    img.header.set_xyzt_units("meter")
+    nib.save(img, tmp_path / "ct.nii")
+    assert_same_physical_volume(load_ct(tmp_path / "ct.nii"), volume)
+
+
+def test_corrupt_gzip_few_slices_and_colour_voxels_are_refused(tmp_path, phantom):
+    """A gzip stream with corrupted middle bytes: nibabel read garbage (it
+    never reaches the CRC); two slices: a near-empty result with exit 0; RGB
+    voxels: a numpy traceback."""
+    path = _nifti(phantom, tmp_path / "ct.nii.gz")
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 16] = bytes(b ^ 0xFF for b in data[middle:middle + 16])
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="cannot read NIfTI"):
+        load_ct(path)
+    thin = phantom.__class__(phantom.hu[:2], phantom.affine, phantom.meta, ())
+    with pytest.raises(InputError, match="a volume needs at least 3 along each axis"):
+        load_ct(_nifti(thin, tmp_path / "thin.nii.gz"))
+    rgb = np.zeros((4, 4, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), tmp_path / "rgb.nii.gz")
+    with pytest.raises(InputError, match="are not one real number each"):
+        load_ct(tmp_path / "rgb.nii.gz")
