@@ -120,7 +120,8 @@ def open_nifti(path: Path, shown: str):
             image_type = nib.Nifti2Image if raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") else nib.Nifti1Image
             header = image_type.header_class(raw[:image_type.header_class.sizeof_hdr], check=False)
             img = image_type.from_bytes(raw) if path.name.lower().endswith(".gz") else nib.load(str(path))
-    except (OSError, ValueError, EOFError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
+    except (OSError, ValueError, EOFError, zlib.error, nib.filebasedimages.ImageFileError,
+            nib.wrapstruct.WrapStructError) as exc:
         raise InputError(f"{shown}: cannot read NIfTI ({' '.join(str(exc).split())})") from None
     finally:
         logger.disabled = quiet

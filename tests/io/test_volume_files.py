@@ -146,3 +146,12 @@ def test_corrupt_gzip_few_slices_and_colour_voxels_are_refused(tmp_path, phantom
     nib.save(nib.Nifti1Image(rgb, np.eye(4)), tmp_path / "rgb.nii.gz")
     with pytest.raises(InputError, match="are not one real number each"):
         load_ct(tmp_path / "rgb.nii.gz")
+
+
+@pytest.mark.parametrize("name, content", [("ct.nii", b""), ("ct.nii.gz", b""), ("ct.nii", b"\x5c\x01\x00\x00")])
+def test_an_empty_or_headless_nifti_is_refused_naming_it(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content if not name.endswith(".gz") else __import__("gzip").compress(content))
+    with pytest.raises(InputError, match="cannot read NIfTI") as err:
+        load_ct(path)
+    assert str(err.value).startswith(str(path))
