@@ -147,3 +147,18 @@ def test_labels_partly_outside_the_ct_are_cut_to_it_and_the_report_says_how_much
     assert "lumbar" not in stats["volume_on_ct_mm3"] and np.isclose(outside, (labels == LABEL_IDS["lumbar"]).sum() / (labels > 0).sum())
     assert stats["notes"] == [f"{100 * outside:.0f} % of the labelled volume lies outside the CT and is left out"]
     assert np.array_equal(bone.full(SHAPE), truth(centres(SHAPE, CT_AFFINE)))
+
+
+def test_labels_a_few_millimetres_off_are_read_but_flagged(ct):
+    """The blocks 3 mm to the patient's left: more bone under the labels than
+    around them (read, as a few millimetres of misregistration are), but
+    less than four times as much: the report flags them. In place, they are
+    not flagged."""
+    from pipeline.qa.report_html import LOOSE_LABELS_CONTRAST, labels_file_lines
+
+    off = labels_from_map(ct, sampled(SHAPE, CT_AFFINE, shift_lps=(3.0, 0.0, 0.0)), CFG).stats["labels_file"]
+    inside, around = off["bone_fraction"], off["bone_fraction_around"]
+    assert 1.5 * around <= inside < LOOSE_LABELS_CONTRAST * around
+    assert any("loosely on the bone" in line for line in labels_file_lines(off))
+    right = labels_from_map(ct, sampled(SHAPE, CT_AFFINE), CFG).stats["labels_file"]
+    assert not any("loosely on the bone" in line for line in labels_file_lines(right))
