@@ -126,13 +126,22 @@ def _read_nrrd(path: Path, names: Mapping[str, str], shown: str) -> LabelMap:
                              f"in layer {layer}: which voxels are whose is unknown")
         where[layer, value] = name
         if bone is not None:
-            wanted.append((bone, layer, value))
+            wanted.append((bone, layer, value, name))
     _require_bone(segments, shown)
-    tables = np.zeros((layers.shape[-1], max([int(layers.max())] + [v for _, _, v in wanted]) + 1), dtype=np.uint8)
-    for bone, layer, value in wanted:
+    # A segment listed but holding no voxel is said, not reported as mapped.
+    counts = {layer: label_counts(layers[..., layer]) for layer in {w[1] for w in wanted}}
+    empty = [w for w in wanted if w[2] >= len(counts[w[1]]) or counts[w[1]][w[2]] == 0]
+    if len(empty) == len(wanted):
+        raise InputError(f"{shown}: its bone segments ({', '.join(w[3] for w in wanted)}) are empty")
+    for bone, _, _, name in empty:
+        del segments[name]
+    wanted = [w for w in wanted if w not in empty]
+    tables = np.zeros((layers.shape[-1], max([int(layers.max())] + [w[2] for w in wanted]) + 1), dtype=np.uint8)
+    for bone, layer, value, _ in wanted:
         tables[layer, value] = LABEL_IDS[bone]
     parts = ((tables[layer], layers[..., layer]) for layer in range(layers.shape[-1]) if tables[layer].any())
     labels, notes = _combine(parts, segments, shown)
+    notes = tuple(f"segment {name!r} ({bone}) holds no voxel: left out" for bone, _, _, name in empty) + notes
     return LabelMap(labels, affine, "3D Slicer segmentation (.seg.nrrd)", segments, shown, notes)
 
 

@@ -254,3 +254,16 @@ def test_a_bone_mask_is_not_read_as_hip_left(tmp_path):
     path = write_nifti(tmp_path / "bone_mask.nii.gz", (masks()["left hip"] | masks()["Sacrum"]).astype(np.uint8))
     with pytest.raises(InputError, match=r"holds only 0 and 1 and no label table: a mask, whose file name \(bone_mask\)"):
         read_label_map(path)
+
+
+def test_an_empty_slicer_segment_is_said_not_reported_as_mapped(tmp_path):
+    """A segment listed in the file but holding no voxel was reported as
+    mapped to its bone."""
+    empty = np.zeros(SHAPE, dtype=bool)
+    path = write_slicer(tmp_path / "s.seg.nrrd", {"left hip": masks()["left hip"], "Sacrum": empty})
+    label_map = read_label_map(path)
+    assert label_map.segments == {"left hip": "hip_left"}
+    assert "segment 'Sacrum' (sacrum) holds no voxel: left out" in label_map.notes
+    only_empty = write_slicer(tmp_path / "e.seg.nrrd", {"Sacrum": empty})
+    with pytest.raises(InputError, match=r"its bone segments \(Sacrum\) are empty"):
+        read_label_map(only_empty)
