@@ -25,6 +25,9 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # A CT volume: at least this many voxels along each axis, each this size (mm).
 MIN_SLICES = 3
 VOXEL_MM = (0.05, 20.0)
+# ... and lie within this of the scanner's origin (mm): at 100 m an STL's
+# float32 vertices are 8 um apart, and the meshes' thinnest triangles collapse.
+FARTHEST_MM = 10_000.0
 # NIfTI xyzt_units (spatial) -> millimetres per unit.
 _NIFTI_UNITS_MM = {"mm": 1.0, "unknown": 1.0, "meter": 1000.0, "micron": 1e-3}
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
@@ -60,6 +63,11 @@ def load_volume_file(path: str | os.PathLike) -> Volume:
         raise InputError(f"{path}: voxel values are not all finite")
     if min(data.shape) < MIN_SLICES:
         raise InputError(f"{path}: {data.shape[::-1]} voxels; a volume needs at least {MIN_SLICES} along each axis")
+    corners = np.array([[a, b, c, 1.0] for a in (0, data.shape[0] - 1) for b in (0, data.shape[1] - 1)
+                        for c in (0, data.shape[2] - 1)]) @ affine_lps.T
+    if np.abs(corners[:, :3]).max() > FARTHEST_MM:
+        raise InputError(f"{path}: its voxels lie up to {np.abs(corners[:, :3]).max() / 1000:.0f} m from the "
+                         f"origin, a CT's within {FARTHEST_MM / 1000:g} m: check the file's origin and units")
     size = np.linalg.norm(affine_lps[:3, :3], axis=0)
     if not np.all((size >= VOXEL_MM[0]) & (size <= VOXEL_MM[1])):
         raise InputError(f"{path}: voxel size {' x '.join(f'{v:.4g}' for v in size[::-1])} mm is not a CT's "
@@ -146,8 +154,18 @@ def nifti_affine_lps(img, shown: str) -> np.ndarray:
     if unit not in _NIFTI_UNITS_MM:
         raise InputError(f"{shown}: spatial unit {unit!r} (xyzt_units) is not a length")
     affine = img.affine.copy()
+    if sform_code and not _placeable(affine):
+        if not qform_code:
+            raise InputError(f"{shown}: its sform (srow_x, srow_y, srow_z) is singular or not finite, and "
+                             "no qform is set")
+        affine = header.get_qform()   # the standard's fallback; nibabel keeps the sform
     affine[:3] *= _NIFTI_UNITS_MM[unit]
     return _RAS_TO_LPS @ affine[:, [2, 1, 0, 3]]
+
+
+def _placeable(affine: np.ndarray) -> bool:
+    """A finite affine whose voxel axes span space."""
+    return bool(np.all(np.isfinite(affine)) and abs(np.linalg.det(affine[:3, :3])) > 1e-12)
 
 
 def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray, str, str]:
