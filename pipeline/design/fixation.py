@@ -46,6 +46,7 @@ from scipy import ndimage
 
 from ..bones import LABEL_IDS, LABEL_NAMES
 from ..config import FixationConfig, Plane
+from ..geometry.caps import outline_loops
 from ..geometry.distance import NearSurface
 from ..geometry.meshes import corner_max, mesh_facts, reader_defects
 from ..geometry.resect import Resection, to_manifold
@@ -53,6 +54,7 @@ from ..segment.distance_map import distance_to_false
 from ..segment.voxelise import inside_mesh
 from ..parallel import parallel
 from ..volume import apply_affine
+from .fit import outline_points
 from .plate import PlateContact, band, facing, manifold_mesh, plate_contact, plate_solid, solid_mesh
 
 SEARCH_GRID_MM = 1.0
@@ -236,7 +238,8 @@ def _flange(cut: Resection, plane: Plane, faces: np.ndarray, bone: str, centre: 
     # bone's surface runs along the plane or on past the cut's end, a strip
     # along the plane would follow it (its margin: a plate corner over a
     # square edge lies c + t off the edge, W off the plane).
-    near = (_cut_edge(cut.host, faces), config.flange_width_mm + c + t)
+    loops = [cut.host.vertices[loop] for loop in outline_loops(cut.host.faces[faces])]
+    near = (outline_points(loops, config.flange_grid_mm / 4)[0], config.flange_width_mm + c + t)
     # Only the united implant is written: the flange stays the booleans' exact mesh.
     solid = plate_solid(scene.bones[bone], footprint, c, t, spacing_mm=config.flange_grid_mm,
                         fill_beyond=cut.implant_planes, keep_off=tuple(others), near=near)
@@ -246,15 +249,6 @@ def _flange(cut: Resection, plane: Plane, faces: np.ndarray, bone: str, centre: 
               **contact.as_dict(), "thickness_mm": t, "clearance_mm": c,
               "volume_mm3": round(float(solid.volume()), 1)}
     return flange, report, footprint, contact, solid
-
-
-def _cut_edge(host: trimesh.Trimesh, faces: np.ndarray) -> np.ndarray:
-    """(k, 2, 3): the edges bounding the host's cut face ``faces`` (its
-    outline on the bone's surface, and where it meets another cut face)."""
-    f = host.faces[faces]
-    edges = np.sort(f[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
-    unique, count = np.unique(edges, axis=0, return_counts=True)
-    return host.vertices[unique[count == 1]]
 
 
 def _cut_bone(host: trimesh.Trimesh, faces: np.ndarray, scene: BoneScene) -> str | None:
