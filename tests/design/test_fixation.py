@@ -154,8 +154,10 @@ def test_flange_stays_within_its_width_of_the_cut_edge():
     reach = CONFIG.flange_width_mm + CONFIG.flange_clearance_mm + CONFIG.flange_thickness_mm
     # Within reach of the cut's top edge (x = 0, z = 40), to a grid step.
     assert posterior[:, 2].max() <= 40.0 + reach + CONFIG.flange_grid_mm
-    # And still the whole width beside the cut: the posterior face up to the top edge and past it on the arm.
-    assert posterior[:, 2].max() >= 40.0 + np.sqrt(reach**2 - (half + 0.5 - half) ** 2) - 3.0
+    # And still the whole width beside the cut: past the top edge on the arm, whose face nearest the
+    # plane (x = -2, the plate 0.5 mm off it) lies sqrt(reach^2 - 2^2 - 0.5^2) from the edge, to a grid step.
+    assert posterior[:, 2].max() >= 40.0 + np.sqrt(reach**2 - 2.0**2 - CONFIG.flange_clearance_mm**2) \
+        - CONFIG.flange_grid_mm
     assert v[:, 0].min() == pytest.approx(-CONFIG.flange_width_mm, abs=1e-6)
     validate_solid(fix.implant_fixed, "implant_fixed")
 
