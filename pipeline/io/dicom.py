@@ -53,7 +53,7 @@ from .headers import (
     sop_class_name,
 )
 from .pixels import PADDING_HU, check_decoders, read_series_pixels
-from .volume_files import is_volume_file, load_volume_file
+from .volume_files import MIN_SLICES, check_grid, is_volume_file, load_volume_file
 from .resample import (
     STEP_ABS_TOL_MM,
     TILT_REPORT_DEG,
@@ -75,7 +75,6 @@ ORIENTATION_GROUP_TOL = 0.05     # max |cosine difference|: beyond it, another o
 ORIENTATION_TOL = 1e-4           # max |cosine difference| between slices of one series
 DIRECTION_COSINE_TOL = 1e-3      # unit length / orthogonality of ImageOrientationPatient
 PIXEL_SPACING_TOL_MM = 1e-4      # PixelSpacing differences between slices of one series
-MIN_SLICES = 3                   # fewer cannot make a volume (nor a checkable spacing)
 DEFAULT_MAX_GAP_MM = LoadConfig.max_gap_mm
 NO_UID = "<no SeriesInstanceUID>"
 # A message lists at most this many series (a folder may hold hundreds).
@@ -676,6 +675,7 @@ def load_ct(ct_path: str | os.PathLike, *, series_uid: str | None = None,
         volume = load_series(info, max_gap_mm=max_gap_mm, progress=progress, workers=workers)
     except InputError as exc:
         raise _with_unreadable(exc, scan) from exc
+    check_grid(volume.affine, volume.shape, f"series {info.label}", "the series'")
     if "resampled" in volume.meta and scan.unreadable:
         # The uneven steps may be slices we could not read: bridging them would hide that.
         raise _with_unreadable(_largest_gap(info.label, volume.meta["resampled"]), scan)

@@ -22,7 +22,8 @@ from ..errors import InputError
 from ..volume import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-# A CT volume: at least this many voxels along each axis, each this size (mm).
+# A CT volume: at least this many voxels along each axis (fewer make no
+# volume, nor a checkable slice spacing), each this size (mm).
 MIN_SLICES = 3
 VOXEL_MM = (0.05, 20.0)
 # ... and lie within this of the scanner's origin (mm): at 100 m an STL's
@@ -63,15 +64,7 @@ def load_volume_file(path: str | os.PathLike) -> Volume:
         raise InputError(f"{path}: voxel values are not all finite")
     if min(data.shape) < MIN_SLICES:
         raise InputError(f"{path}: {data.shape[::-1]} voxels; a volume needs at least {MIN_SLICES} along each axis")
-    corners = np.array([[a, b, c, 1.0] for a in (0, data.shape[0] - 1) for b in (0, data.shape[1] - 1)
-                        for c in (0, data.shape[2] - 1)]) @ affine_lps.T
-    if np.abs(corners[:, :3]).max() > FARTHEST_MM:
-        raise InputError(f"{path}: its voxels lie up to {np.abs(corners[:, :3]).max() / 1000:.0f} m from the "
-                         f"origin, a CT's within {FARTHEST_MM / 1000:g} m: check the file's origin and units")
-    size = np.linalg.norm(affine_lps[:3, :3], axis=0)
-    if not np.all((size >= VOXEL_MM[0]) & (size <= VOXEL_MM[1])):
-        raise InputError(f"{path}: voxel size {' x '.join(f'{v:.4g}' for v in size[::-1])} mm is not a CT's "
-                         f"({VOXEL_MM[0]:g} to {VOXEL_MM[1]:g} mm): check the file's units and spacing")
+    check_grid(affine_lps, data.shape, str(path), "the file's")
     try:
         volume = Volume(np.ascontiguousarray(data, dtype=np.float32), affine_lps,
                         {"source_format": fmt, "modality": "CT (assumed)",
@@ -80,6 +73,21 @@ def load_volume_file(path: str | os.PathLike) -> Volume:
     except ValueError as exc:   # a singular or non-finite affine
         raise InputError(f"{path}: unusable geometry: {exc}") from None
     return volume
+
+
+def check_grid(affine_lps: np.ndarray, shape: tuple[int, ...], where: str, whose: str) -> None:
+    """Refuse a grid that can not be a CT's: voxels outside ``VOXEL_MM`` in
+    size, or farther than ``FARTHEST_MM`` from the origin. ``where`` names
+    the input, ``whose`` what to check ("the file's", "the series'")."""
+    corners = np.array([[a, b, c, 1.0] for a in (0, shape[0] - 1) for b in (0, shape[1] - 1)
+                        for c in (0, shape[2] - 1)]) @ np.asarray(affine_lps, dtype=float).T
+    if np.abs(corners[:, :3]).max() > FARTHEST_MM:
+        raise InputError(f"{where}: its voxels lie up to {np.abs(corners[:, :3]).max() / 1000:.0f} m from the "
+                         f"origin, a CT's within {FARTHEST_MM / 1000:g} m: check {whose} origin and units")
+    size = np.linalg.norm(np.asarray(affine_lps, dtype=float)[:3, :3], axis=0)
+    if not np.all((size >= VOXEL_MM[0]) & (size <= VOXEL_MM[1])):
+        raise InputError(f"{where}: voxel size {' x '.join(f'{v:.4g}' for v in size[::-1])} mm is not a CT's "
+                         f"({VOXEL_MM[0]:g} to {VOXEL_MM[1]:g} mm): check {whose} units and spacing")
 
 
 def _three_d(shape: tuple[int, ...], path: Path) -> int:
