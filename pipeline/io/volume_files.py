@@ -183,25 +183,39 @@ def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray, str, str]:
         data, header = nrrd.read(str(path), index_order="C")   # slowest axis first
     except (OSError, ValueError, EOFError, nrrd.NRRDError) as exc:
         raise InputError(f"{path}: cannot read NRRD ({' '.join(str(exc).split())})") from None
-    _three_d(data.shape[::-1], path)
     affine = nrrd_affine_lps(header, path)
-    data = data.reshape(data.shape[len(data.shape) - 3:]) if data.ndim > 3 else data
+    # Axes without a space direction (kind 'vector', 'RGB-color', 'list', a
+    # time axis) hold values, not places: one value per voxel is a CT's.
+    spatial = _nrrd_spatial_axes(header, data.ndim)[::-1]   # in C order
+    extra = [n for n, is_space in zip(data.shape, spatial) if not is_space]
+    if int(np.prod(extra)) != 1:
+        raise InputError(f"{path}: {int(np.prod(extra))} values per voxel (NRRD kinds "
+                         f"{' '.join(header.get('kinds', ['?']))}); a CT has one, its HU")
+    data = data.reshape([n for n, is_space in zip(data.shape, spatial) if is_space])
     return data, affine, "NRRD", f"geometry from its {header['space'].lower()} space directions"
+
+
+def _nrrd_spatial_axes(header: dict, ndim: int) -> list[bool]:
+    """Whether each NRRD axis (file order, fastest first) has a space direction."""
+    directions = np.asarray(header.get("space directions"), dtype=np.float64).reshape(-1, 3)
+    if len(directions) != ndim:
+        return [True] * ndim
+    return [bool(np.isfinite(d).any()) for d in directions]
 
 
 def nrrd_affine_lps(header: dict, path: Path | str) -> np.ndarray:
     """Index (k, j, i) -> LPS mm of a NRRD read in C order (slowest axis first).
 
-    The last three axes are the spatial ones; a leading non-spatial axis (a
-    3D Slicer segmentation's layers: kind 'list', space direction 'none')
-    has no direction and is left out."""
+    The axes with a space direction are the spatial ones; an axis without
+    (a 3D Slicer segmentation's layers: kind 'list', space direction 'none')
+    is left out."""
     space = str(header.get("space", "")).lower()
     if space not in _NRRD_SPACES:
         raise InputError(f"{path}: NRRD 'space' is {header.get('space')!r}; need one of "
                          f"{', '.join(sorted(_NRRD_SPACES))} to place it in the patient")
     directions = np.asarray(header.get("space directions"), dtype=np.float64)
-    if directions.ndim == 2 and directions.shape[0] == 4 and not np.isfinite(directions[0]).any():
-        directions = directions[1:]
+    if directions.ndim == 2 and directions.shape[0] > 3:
+        directions = directions[~np.isnan(directions).all(axis=1)]
     if directions.shape != (3, 3) or not np.all(np.isfinite(directions)):
         raise InputError(f"{path}: NRRD 'space directions' must be three 3-vectors")
     origin = np.asarray(header.get("space origin", np.zeros(3)), dtype=np.float64)

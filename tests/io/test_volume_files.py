@@ -3,6 +3,8 @@ geometry (conversions done by hand in the test), read back as the same physical 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import nrrd
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.errors import InputError
 from pipeline.io.dicom import load_ct
-from pipeline.volume import orientation_code
+from pipeline.volume import Volume, orientation_code
 
 from .test_dicom import assert_same_physical_volume, real_data, rotation
 
@@ -62,6 +64,33 @@ def test_nrrd_without_space_is_refused(tmp_path, phantom, capsys):
         load_ct(path)
     assert main(["mesh", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert "ct.nrrd" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def _nrrd_with_axis(volume: Volume, path: Path, values: int, first: bool) -> Path:
+    """``volume`` as a 4-D NRRD: a non-spatial axis of ``values`` (space
+    direction 'none') fastest (``first``, a vector's components) or slowest."""
+    directions = volume.affine[:3, [2, 1, 0]].T
+    none = np.full((1, 3), np.nan)
+    data = np.repeat(volume.hu.astype(np.int16)[..., None], values, axis=3) if first else \
+        np.repeat(volume.hu.astype(np.int16)[None], values, axis=0)
+    kind = "vector" if first else "list"
+    header = {"space": "left-posterior-superior", "space origin": volume.affine[:3, 3],
+              "space directions": np.vstack([none, directions] if first else [directions, none]),
+              "kinds": [kind, "domain", "domain", "domain"] if first else ["domain", "domain", "domain", kind]}
+    nrrd.write(str(path), data, header, index_order="C")
+    return path
+
+
+def test_a_nrrd_of_several_values_per_voxel_is_refused_and_one_of_one_is_read(tmp_path, phantom):
+    """An axis without a space direction holds values, not places. A
+    3-component vector NRRD of one slice was read as a 3-slice volume; a
+    4-D file of one volume whose extra axis was last was refused."""
+    with pytest.raises(InputError, match=r"vec\.nrrd: 3 values per voxel \(NRRD kinds vector domain domain "
+                                         r"domain\); a CT has one"):
+        load_ct(_nrrd_with_axis(phantom, tmp_path / "vec.nrrd", 3, first=True))
+    for first in (True, False):
+        loaded = load_ct(_nrrd_with_axis(phantom, tmp_path / f"one{first}.nrrd", 1, first=first))
+        assert_same_physical_volume(loaded, phantom)
 
 
 def test_two_dimensional_nifti_is_refused(tmp_path):
