@@ -79,10 +79,16 @@ def cmd_mesh(args: argparse.Namespace) -> None:
     gc.freeze()
 
     console = Console(args.quiet)
-    config = load_config(args.config)  # before the CT: a typo fails in milliseconds
-    case = run_case(args.ct_dir, Path(args.out), config, series_uid=args.series, qa=not args.no_qa,
-                    labels_path=args.labels, log=console.line, begin=console.begin,
-                    progress=console.progress("load"))
+    try:
+        config = load_config(args.config)  # before the CT: a typo fails in milliseconds
+        case = run_case(args.ct_dir, Path(args.out), config, series_uid=args.series, qa=not args.no_qa,
+                        labels_path=args.labels, log=console.line, begin=console.begin,
+                        progress=console.progress("load"))
+    except PipelineError as exc:
+        # Nothing is written by a refused run: what is there is not this run's.
+        if (Path(args.out) / "report.json").is_file():
+            raise type(exc)(f"{exc} ({args.out} holds an earlier run's outputs, left as they were)") from None
+        raise
     result = case.result
     if not args.quiet:
         for path in case.written:

@@ -108,7 +108,13 @@ def test_a_failed_run_leaves_an_earlier_run_untouched(tmp_path, capsys):
     cfg.write_text("[[resection.planes]]\npoint_lps_mm = [0, 0, 400]\nnormal_lps = [0, 0, 1]\n")
     assert cli_main(["mesh", str(SAMPLE), "--config", str(cfg), "--out", str(out)]) == 2
     assert outputs(out) == before
-    capsys.readouterr()
+    # Said, so that the outputs there are not taken for this run's.
+    assert f"({out} holds an earlier run's outputs, left as they were)" in capsys.readouterr().err
+    cfg.write_text("[segment]\nthreshhold_hu = 200\n")
+    assert cli_main(["mesh", str(SAMPLE), "--config", str(cfg), "--out", str(out)]) == 2
+    assert outputs(out) == before
+    err = capsys.readouterr().err
+    assert "unknown key segment.threshhold_hu" in err and "holds an earlier run's outputs" in err
 
 
 def outputs(out):
