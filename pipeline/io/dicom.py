@@ -671,6 +671,12 @@ def load_ct(ct_path: str | os.PathLike, *, series_uid: str | None = None,
             f"{'' if stray.series_uid else ', its series unreadable'})"
         raise InputError(f"{stray.path}: {what}: it may be a slice of series {info.label}, which can not be "
                          "loaded without it; repair or remove it")
+    lost = _lost_slice(info, scan)
+    if lost is not None:
+        # Grouped apart for want of its UID, its place would be bridged by interpolation (or lost at an end).
+        raise InputError(f"{_where(lost)}: no SeriesInstanceUID, yet it lies in a gap or at an end of series "
+                         f"{info.label} (same kind of image, grid and orientation): give it the series' UID or "
+                         "remove it")
     try:
         volume = load_series(info, max_gap_mm=max_gap_mm, progress=progress, workers=workers)
     except InputError as exc:
@@ -682,6 +688,32 @@ def load_ct(ct_path: str | os.PathLike, *, series_uid: str | None = None,
     meta = {**volume.meta, "n_files_scanned": scan.n_files, "chosen_reason": reason}
     notes = (f"loaded series {info.label}: {reason}", *scan.notes, *volume.notes)
     return dataclasses.replace(volume, meta=meta, notes=notes)
+
+
+def _lost_slice(info: SeriesInfo, scan: Scan) -> SliceHeader | None:
+    """A slice without a SeriesInstanceUID that fills a gap of ``info`` or
+    continues it by a step: the same SOP class, matrix, pixel spacing and
+    orientation, in the plane of none of the series' slices (farther than
+    half its step from each) but between its first and last, or within a
+    step and a half beyond either. None when there is none."""
+    if not info.series_uid or info.n_slices < 2:
+        return None
+    ref = info.slices[0]
+    normal = _cosines(ref.orientation)[2]
+    along = np.sort(info.positions_lps_mm @ normal)
+    step = float(np.median(np.diff(along)))
+    for other in scan.series:
+        if other.series_uid or other.sop_class_uid != info.sop_class_uid:
+            continue
+        for s in other.slices:
+            if ((s.rows, s.columns) != (ref.rows, ref.columns)
+                    or _max_difference(s.pixel_spacing_mm, ref.pixel_spacing_mm) > PIXEL_SPACING_TOL_MM
+                    or _max_difference(s.orientation, ref.orientation) > ORIENTATION_TOL):
+                continue
+            t = float(np.asarray(s.position_lps_mm) @ normal)
+            if along[0] - 1.5 * step < t < along[-1] + 1.5 * step and np.abs(along - t).min() > step / 2:
+                return s
+    return None
 
 
 def _largest_gap(label: str, resampled: dict) -> InputError:

@@ -443,6 +443,23 @@ def test_a_slice_without_geometry_is_refused_not_bridged(tmp_path, phantom, key,
         load_ct(tmp_path)
 
 
+def test_a_slice_that_lost_its_series_uid_is_refused_not_bridged(tmp_path, phantom):
+    """A slice without SeriesInstanceUID is grouped apart: its place in the
+    series it came from was bridged by interpolation (in the middle) or left
+    out (at an end), exit 0. Two slices off the end, it is another image."""
+    for where in (5, 0, 11):
+        files = write_series(phantom, tmp_path / str(where))
+        ds = pydicom.dcmread(files[where])
+        del ds.SeriesInstanceUID
+        ds.save_as(files[where])
+        with pytest.raises(InputError, match=f"^{files[where]}: no SeriesInstanceUID, yet it lies in a gap or "
+                                             "at an end of series [0-9.]+ "):
+            load_ct(tmp_path / str(where))
+    files[10].unlink()   # the lone slice is now two steps beyond the series' end
+    volume = load_ct(tmp_path / "11")
+    assert volume.shape[0] == phantom.shape[0] - 2 and "resampled" not in volume.meta
+
+
 def test_rescale_missing_on_one_slice_or_giving_no_hu_is_refused(tmp_path, phantom):
     """CT images must carry RescaleSlope and RescaleIntercept: where one
     slice lacks them (or has an empty intercept) its HU are unknown; a zero
