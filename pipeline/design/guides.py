@@ -99,6 +99,13 @@ KWIRE_BLOCK_GAP_MM = 1.0
 # Where no place along the cut line has the depth asked for, the wires go
 # where the bone is at least this share of its deepest there (and are reported).
 KWIRE_FALLBACK = 0.8
+# A K-wire enters the host bone within this of the seat's underside beyond
+# the contact clearance (mm): where the seat passes over a dip, another bone
+# or soft tissue, a wire there would run unguided through tens of mm of it
+# (a sacral guide's wires 16-24 mm through a dorsal foramen's fat; a supra-
+# acetabular one through the femur and 40 mm of fat) and is taken only when
+# no other place is left, with a warning.
+KWIRE_SEAT_GAP_MM = 2.0
 # Sides of a K-wire hole's polygon: at 24 its flats lie within 0.9 % of the
 # radius inside the circle (0.01 mm for a 2.5 mm hole).
 KWIRE_HOLE_SEGMENTS = 24
@@ -518,8 +525,11 @@ def kwire_holes(solid: manifold3d.Manifold, frame: GuideFrame, host: manifold3d.
     host_local = host.transform(frame.to_local_matrix())
     lowest = float(host_local.bounding_box()[2]) - 1.0
     need = s.kwire_depth_mm + KWIRE_TIP_MARGIN_MM
+    # A wire holds nothing with less than its own diameter in bone.
+    least = s.kwire_diameter_mm + KWIRE_TIP_MARGIN_MM
+    max_gap = s.contact_clearance_mm + KWIRE_SEAT_GAP_MM
     m = s.kwire_diameter_mm / 2.0 + KWIRE_BONE_MARGIN_MM
-    best: dict[float, tuple] = {}   # a -> the deepest candidate there
+    best: dict[float, tuple] = {}   # a -> the best candidate there: on the seat first, then the deepest
     for a in np.arange(block_a[0] + hole_r, block_a[1] - hole_r + 1e-9, KWIRE_STEP_MM):
         for b in -np.arange(nearest_b, s.footprint_mm - hole_r - KWIRE_BONE_MARGIN_MM + 1e-9, KWIRE_STEP_MM):
             a, b = float(a), float(b)
@@ -528,44 +538,52 @@ def kwire_holes(solid: manifold3d.Manifold, frame: GuideFrame, host: manifold3d.
                 continue   # no guide here: trimmed, or beyond the bone
             start_z = float(guide_hits[-1].position[2])
             centre = _chord(host_local, a, b, start_z, lowest)
-            if centre is None or (a in best and centre[1] <= best[a][2]):
+            if centre is None:
                 continue
             entry, chord = centre
+            seated = start_z - entry[2] <= max_gap
+            if a in best and (seated, chord) <= (best[a][5], best[a][2]):
+                continue
             # The bone around the wire too: rays a radius plus a margin off its axis.
             for da, db in ((m, 0.0), (-m, 0.0), (0.0, m), (0.0, -m)):
                 around = _chord(host_local, a + da, b + db, start_z, lowest)
                 chord = min(chord, 0.0 if around is None else around[1] - max(0.0, entry[2] - around[0][2]))
                 if chord <= 0.0:
                     break
-            if chord > 0.0 and (a not in best or chord > best[a][2]):
+            if chord >= least and (a not in best or (seated, chord) > (best[a][5], best[a][2])):
                 in_guide = sum(guide_hits[i].position[2] - guide_hits[i + 1].position[2]
                                for i in range(0, len(guide_hits) - 1, 2))
-                best[a] = (a, entry, chord, float(in_guide))
+                best[a] = (a, entry, chord, float(in_guide), float(start_z - entry[2]), seated)
     rows = [best[a] for a in sorted(best)]
     depth, k = s.kwire_depth_mm, s.kwires
-    good = [r for r in rows if r[2] >= need]
+    good = [r for r in rows if r[2] >= need and r[5]]
     warnings = []
-    if len(good) < k and rows:   # the deepest bone there is, and say so
-        deepest = max(r[2] for r in rows)
-        good = [r for r in rows if r[2] >= min(need, KWIRE_FALLBACK * deepest)]
+    if len(good) < k and rows:   # the best bone there is, and say so
+        pool = [r for r in rows if r[5]] if sum(r[5] for r in rows) >= k else rows
+        deepest = max(r[2] for r in pool)
+        good = [r for r in pool if r[2] >= min(need, KWIRE_FALLBACK * deepest)]
     chosen = _spread(good, k, 2 * hole_r + s.wall_mm)
     for r in chosen:
+        where = _fmt(frame.lps(r[1][None])[0])
         if r[2] < need:
-            warnings.append(f"K-wire at {_fmt(frame.lps(r[1][None])[0])} LPS mm runs only "
-                            f"{max(0.0, r[2] - KWIRE_TIP_MARGIN_MM):.1f} mm in host bone "
-                            f"(guides.kwire_depth_mm = {depth:g})")
+            warnings.append(f"K-wire at {where} LPS mm runs only {max(0.0, r[2] - KWIRE_TIP_MARGIN_MM):.1f} mm "
+                            f"in host bone (guides.kwire_depth_mm = {depth:g})")
+        if not r[5]:
+            warnings.append(f"K-wire at {where} LPS mm enters host bone {r[4]:.1f} mm below the guide's seat, "
+                            "unguided through what lies between")
     if len(chosen) < k:
         warnings.append(f"only {len(chosen)} of guides.kwires = {k} K-wires find host bone under the seat")
     chosen.sort(key=lambda r: r[0])
     wires, report = [], []
-    for a, entry, chord, in_guide in chosen:
+    for a, entry, chord, in_guide, gap, _ in chosen:
         length = min(depth, max(0.0, chord - KWIRE_TIP_MARGIN_MM))
         tip = entry - np.array([0.0, 0.0, length])
         wires.append((entry, tip))
         report.append({"entry_lps_mm": _fmt(frame.lps(entry[None])[0]), "tip_lps_mm": _fmt(frame.lps(tip[None])[0]),
                        "direction_lps": [round(float(v), 6) for v in -frame.axes[:, 2]],
                        "length_in_bone_mm": round(length, 3), "host_bone_along_wire_mm": round(chord, 3),
-                       "guided_length_mm": round(in_guide, 3), "hole_diameter_mm": round(2 * hole_r, 3)})
+                       "guided_length_mm": round(in_guide, 3), "below_seat_mm": round(gap, 3),
+                       "hole_diameter_mm": round(2 * hole_r, 3)})
     return wires, report, warnings
 
 

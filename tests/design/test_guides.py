@@ -12,7 +12,8 @@ import pytest
 import trimesh
 
 from pipeline.config import GuidesConfig, Plane
-from pipeline.design.guides import TERRAIN_MARGIN_MM, UNDER_EDGE_MM, _lift_off, cutting_guide, guide_frame
+from pipeline.design.guides import (TERRAIN_MARGIN_MM, UNDER_EDGE_MM, _lift_off, cutting_guide, guide_frame,
+                                    kwire_mesh)
 from pipeline.geometry import validate_solid
 from pipeline.design.plate import manifold_mesh as from_manifold
 from pipeline.geometry.resect import resect
@@ -104,6 +105,36 @@ def test_kwires_end_in_host_bone():
         assert not axis.ray_cast(tuple(entry + [0, 0, 40.0]), tuple(entry))
     along = sorted(guide.frame.local(np.array([e for e, _ in guide.kwires]))[:, 0])
     assert min(np.diff(along)) >= config.kwire_diameter_mm + config.wall_mm   # spread along the cut
+
+
+def test_kwires_go_where_the_seat_rests_on_the_host_bone():
+    """Over half the cut line another bone lies 8 mm above the host, and
+    the seat rests on it there: a wire there would run 8 mm unguided before
+    the host (on a real CT through the femur and 40 mm of fat). Both wires
+    go where the seat is on the host, entering it within the clearance."""
+    host_bone = box_bone()
+    other = trimesh.creation.box(bounds=[(-25.0, 0.0, 8.0), (-1.0, 20.0, 10.0)])
+    plane = Plane(point_lps_mm=(0.0, 0.0, 0.0), normal_lps=(1.0, 0.0, 0.0), name="x0")
+    cut = resect(host_bone, (plane,))
+    config = GuidesConfig(enabled=True, approach_lps=(0.0, 0.0, 1.0), contact_clearance_mm=CLEARANCE_MM,
+                          kwire_depth_mm=8.0)
+    guide = cutting_guide(plane, (0.0, 0.0, 1.0), config, bones=trimesh.util.concatenate([host_bone, other]),
+                          cut_bone=host_bone, host=cut.host, cut_faces=cut.host_cut_faces[0])
+    assert len(guide.kwires) == 2 and not guide.warnings
+    for (entry, _), row in zip(guide.kwires, guide.report["kwires"]):
+        assert entry[1] < -config.kwire_diameter_mm / 2 and entry[2] == pytest.approx(0.0, abs=1e-6)
+        assert row["below_seat_mm"] == pytest.approx(CLEARANCE_MM, abs=0.1)
+
+
+def test_no_kwire_without_its_diameter_in_bone():
+    """Host bone 0.8 mm thick under the seat: the fallback took the deepest
+    there was, a wire of no length whose view mesh ended the run in a
+    traceback (SVD did not converge). A wire needs its own diameter in bone."""
+    bone = box_bone(lo=(-30, -20, -0.8))
+    plane = Plane(point_lps_mm=(0.0, 0.0, 0.0), normal_lps=(1.0, 0.0, 0.0), name="x0")
+    guide, _, config = make_guide(bone, plane, (0.0, 0.0, 1.0))
+    assert len(guide.kwires) == 0 and kwire_mesh(guide, config.kwire_diameter_mm) is None
+    assert guide.warnings == ("only 0 of guides.kwires = 2 K-wires find host bone under the seat",)
 
 
 SLAB_MM = 2.0
