@@ -55,7 +55,7 @@ from ..segment.voxelise import inside_mesh
 from ..parallel import parallel
 from ..volume import apply_affine
 from .fit import outline_points
-from .plate import PlateContact, band, facing, manifold_mesh, plate_contact, plate_solid, solid_mesh
+from .plate import EmptyPlate, PlateContact, band, facing, manifold_mesh, plate_contact, plate_solid, solid_mesh
 
 SEARCH_GRID_MM = 1.0
 SAMPLE_MM = 1.0          # along a candidate axis in the search
@@ -134,25 +134,44 @@ def fix_implant(cut: Resection, planes: tuple[Plane, ...], scene: BoneScene,
     where = {}
     for i, plane in enumerate(planes):
         faces = cut.host_cut_faces[i]
-        bone = _cut_bone(cut.host, faces, scene)
+        bone = _cut_bone(cut.host, faces, scene, plane.structures)
         if bone is None:
             warnings.append(f"fixation: no labelled bone under the cut face of {plane.name}: no flange there")
             continue
         centre = cut.host.triangles_center[faces].mean(axis=0)
         where[i] = (bone, centre, _accessible(bone, centre, midline_x))
+    if config.iliosacral and "sacrum" not in {w[0] for w in where.values()}:
+        warnings.append("fixation: iliosacral = true, but no cut face lies on the sacrum: no iliosacral screw")
     # The flanges and the search's fields are independent: made side by side.
     made = parallel(lambda: _Fields(cut, scene, config),
                     *[(lambda i=i, w=w: _flange(cut, planes[i], cut.host_cut_faces[i], *w, scene, config)) for i, w in where.items()])
     fields, made = made[0], dict(zip(where, made[1:]))
-    for i, plane in enumerate(planes):
-        if i in where:
-            flanges[plane.name] = made[i][0]
+    for i in list(where):
+        if made[i] is None:
+            warnings.append(f"fixation: no surface of the {where[i][0]} faces the {planes[i].name} flange's side "
+                            "within its footprint: no flange there")
+            del where[i]
+        elif made[i][3].area_mm2 <= 0.0:
+            # Fused in, it would be a block of metal beside the bone, holding nothing.
+            warnings.append(f"fixation: the {planes[i].name} flange touches no bone ({where[i][0]}): left out")
+            del where[i]
     implant_m = to_manifold(cut.implant, "implant").as_original()
     flange_m = manifold3d.Manifold.batch_boolean([made[i][4] for i in where], manifold3d.OpType.Add)
     # manifold3d releases the GIL: the union is made while the screws are searched.
     solid, (flange_reports, screws) = parallel(
         lambda: _evaluated(implant_m + flange_m),
         lambda: _screws(cut, planes, where, made, fields, scene, config, warnings))
+    # A flange wholly apart from the implant holds nothing to it: left out with its screws.
+    solid, apart = _joined_flanges(solid, implant_m.original_id(), {i: made[i][4] for i in where})
+    for i in apart:
+        warnings.append(f"fixation: the {planes[i].name} flange ({where[i][0]}) does not reach the implant: "
+                        "left out, with its screws")
+        screws = [s for s in screws if not (s.kind == "flange" and s.plane == planes[i].name)]
+        flange_reports = [r for r in flange_reports if r["plane"] != planes[i].name]
+        del where[i]
+    for i, plane in enumerate(planes):
+        if i in where:
+            flanges[plane.name] = made[i][0]
     # What the flanges add to the implant: the union less the implant (a
     # second boolean, flanges less implant, gave the same to 1e-10 mm3).
     outside = solid.volume() - implant_m.volume()
@@ -241,8 +260,11 @@ def _flange(cut: Resection, plane: Plane, faces: np.ndarray, bone: str, centre: 
     loops = [cut.host.vertices[loop] for loop in outline_loops(cut.host.faces[faces])]
     near = (outline_points(loops, config.flange_grid_mm / 4)[0], config.flange_width_mm + c + t)
     # Only the united implant is written: the flange stays the booleans' exact mesh.
-    solid = plate_solid(scene.bones[bone], footprint, c, t, spacing_mm=config.flange_grid_mm,
-                        fill_beyond=cut.implant_planes, keep_off=tuple(others), near=near)
+    try:
+        solid = plate_solid(scene.bones[bone], footprint, c, t, spacing_mm=config.flange_grid_mm,
+                            fill_beyond=cut.implant_planes, keep_off=tuple(others), near=near)
+    except EmptyPlate:
+        return None
     flange = manifold_mesh(solid)
     contact = plate_contact(flange, cut.host, c, t, behind=(plane,))
     report = {"plane": plane.name, "bone": bone, "accessible_side_lps": [round(float(v), 3) for v in side],
@@ -251,18 +273,26 @@ def _flange(cut: Resection, plane: Plane, faces: np.ndarray, bone: str, centre: 
     return flange, report, footprint, contact, solid
 
 
-def _cut_bone(host: trimesh.Trimesh, faces: np.ndarray, scene: BoneScene) -> str | None:
-    """The labelled bone under a host cut face: the commonest label at its triangles' centres."""
+def _cut_bone(host: trimesh.Trimesh, faces: np.ndarray, scene: BoneScene,
+              structures: tuple[str, ...] = ()) -> str | None:
+    """The labelled bone under a host cut face: the label under most of its
+    area (at its triangles' centres), among the plane's ``structures`` when
+    it names them. (By triangle count, the sacral cut of a 3 mm CT, 1277 mm2
+    on the sacrum and 1519 mm2 on a loose fragment of ilium, put its flange
+    on the fragment.)"""
     if faces.size == 0:
         return None
     centres = host.triangles_center[faces]
     index = np.round(apply_affine(np.linalg.inv(scene.affine), centres)).astype(np.int64)
     ok = np.all((index >= 0) & (index < scene.labels.shape), axis=1)
-    values = scene.labels[tuple(index[ok].T)]
-    values = values[values > 0]
-    if values.size == 0:
+    values = scene.labels[tuple(index[ok].T)].astype(np.int64)
+    areas = host.area_faces[faces][ok]
+    wanted = values > 0
+    if structures:
+        wanted &= np.isin(values, [LABEL_IDS[n] for n in structures if n in LABEL_IDS])
+    if not wanted.any():
         return None
-    name = LABEL_NAMES[int(np.bincount(values).argmax())]
+    name = LABEL_NAMES[int(np.bincount(values[wanted], weights=areas[wanted]).argmax())]
     return name if name in scene.bones else None
 
 
@@ -301,6 +331,25 @@ def _largest_with_implant(solid: manifold3d.Manifold, implant_id: int, warnings:
         # Disjoint pieces: put together as they are, no boolean needed.
         solid = manifold3d.Manifold.compose([p for p, k in zip(pieces, keep) if k])
     return solid_mesh(solid)
+
+
+def _joined_flanges(solid: manifold3d.Manifold, implant_id: int,
+                    flanges: dict[int, manifold3d.Manifold]) -> tuple[manifold3d.Manifold, list[int]]:
+    """(``solid`` less the flanges that lie wholly in pieces apart from the
+    implant, those flanges). A piece is the implant's when some of its
+    surface comes from it (see :func:`_largest_with_implant`, which drops
+    what is left apart after the holes, flanges in part among it)."""
+    pieces = solid.decompose()
+    if len(pieces) < 2:
+        return solid, []
+    joined = manifold3d.Manifold.compose([p for p in pieces if _has_surface_of(p, implant_id)])
+    gone = [i for i, f in flanges.items() if (f ^ joined).volume() <= 0.0]
+    if not gone:
+        return solid, []
+    theirs = manifold3d.Manifold.batch_boolean([flanges[i] for i in gone], manifold3d.OpType.Add)
+    kept = [p for p in pieces if _has_surface_of(p, implant_id) or p.volume() <= 0.0
+            or (p ^ theirs).volume() <= 0.0]
+    return manifold3d.Manifold.compose(kept), gone
 
 
 def _has_surface_of(piece: manifold3d.Manifold, original_id: int) -> bool:

@@ -104,7 +104,7 @@ def plate_solid(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], clearance_m
     """The closed plate on ``bone`` over ``footprint`` (see the module
     docstring), as a manifold3d solid (for booleans that follow); several
     shells where the footprint covers separate pieces of bone surface.
-    Raises :class:`MeshError` when the footprint holds no bone surface.
+    Raises :class:`EmptyPlate` when the footprint holds no bone surface.
 
     ``fill_beyond``: where a point lies beyond all of these planes (signed
     distance > 0; e.g. the resected region, whose bone the implant
@@ -129,7 +129,7 @@ def plate_solid(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], clearance_m
     reach = outer + 2 * spacing_mm
     box = _grid_box(bone, footprint, reach, spacing_mm, near)
     if box is None:
-        raise MeshError("plate: no bone surface within its footprint")
+        raise EmptyPlate("plate: no bone surface within its footprint")
     origin, shape = box
     signed = _signed_distance(bone, origin, shape, spacing_mm, reach, footprint, clearance_mm)
     # Inside the plate where both are negative: beyond the clearance, within the outer offset.
@@ -154,10 +154,10 @@ def plate_solid(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], clearance_m
         flat[where] = np.maximum(flat[where], clearance_mm - d)
     plate = _trimmed(_level_zero(field, origin, spacing_mm), footprint)
     if plate is None or plate.is_empty():
-        raise MeshError("plate: nothing left of the plate within its footprint")
+        raise EmptyPlate("plate: nothing left of the plate within its footprint")
     pieces = [p for p in plate.decompose() if p.volume() >= MIN_PIECE_MM3]
     if not pieces:
-        raise MeshError("plate: nothing left of the plate within its footprint")
+        raise EmptyPlate("plate: nothing left of the plate within its footprint")
     return manifold3d.Manifold.batch_boolean(pieces, manifold3d.OpType.Add)
 
 
@@ -372,6 +372,11 @@ def _surface_samples(tri: np.ndarray, spacing: float) -> tuple[np.ndarray, float
         tri = np.concatenate([tri[~large], v[f]])
     centres = tri.mean(axis=1)
     return centres, float(np.linalg.norm(tri - centres[:, None], axis=2).max(initial=0.0))
+
+
+class EmptyPlate(MeshError):
+    """No plate: its footprint holds no bone surface (or nothing of the plate
+    is left within it)."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import fnmatch
 import gzip
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -210,7 +211,20 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 
 def json_bytes(obj: dict) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8")
+    """``obj`` as JSON; a value that is no finite number (a gap measured over
+    nothing) is written null: Python's NaN literal is not JSON, and strict
+    readers refused the report."""
+    return (json.dumps(_finite(obj), indent=2, sort_keys=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def write_outputs(out_dir: Path, files: dict[str, bytes]) -> list[Path]:

@@ -193,3 +193,14 @@ def test_plan_markups_hold_each_cut_plane_named_and_read_back_exactly(tmp_path):
         point, normal = read_markups_plane(path, "resection.planes[0].markups", name=plane.name)
         assert abs(plane.signed_distance_mm(point[None])[0]) < 1e-9
         assert np.allclose(normal, plane.normal_lps, atol=1e-15)
+
+
+def test_report_json_writes_no_number_as_null():
+    """A gap measured over nothing is NaN: Python wrote the literal NaN,
+    which is not JSON (strict readers refused report.json)."""
+    import math
+
+    text = json_bytes({"gap": float("nan"), "far": [math.inf, -math.inf, 1.5], "n": np.float64("nan"),
+                       "nested": {"ok": 2, "bad": (float("nan"),)}}).decode()
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON")) == {
+        "gap": None, "far": [None, None, 1.5], "n": None, "nested": {"ok": 2, "bad": [None]}}
