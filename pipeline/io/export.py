@@ -228,7 +228,12 @@ def _finite(obj):
 
 
 def write_outputs(out_dir: Path, files: dict[str, bytes]) -> list[Path]:
-    """Write ``files`` (name -> content) into ``out_dir`` all at once."""
+    """Write ``files`` (name -> content) into ``out_dir`` all at once: the
+    earlier run's outputs are moved aside (report.json first, so a folder
+    caught half-way never passes for a finished run), the new ones moved in
+    (report.json last), and only then the earlier ones deleted. A failure on
+    the way (a folder where a file goes, a full disk) puts the earlier run
+    back as it was."""
     unknown = {name for name in files if name not in OUTPUT_NAMES and not is_patterned_output(name)}
     if unknown:
         raise ValueError(f"not an output name: {sorted(unknown)}")
@@ -238,6 +243,10 @@ def write_outputs(out_dir: Path, files: dict[str, bytes]) -> list[Path]:
         staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
     except OSError as e:
         raise PipelineError(f"{out_dir}: cannot create output folder ({e.strerror})") from None
+    earlier = staging / ".earlier"
+    moved_aside: list[str] = []
+    moved_in: list[str] = []
+    order = sorted(files, key=lambda name: name == "report.json")   # report.json last
     try:
         for name, content in files.items():
             (staging / name).parent.mkdir(exist_ok=True)
@@ -245,24 +254,42 @@ def write_outputs(out_dir: Path, files: dict[str, bytes]) -> list[Path]:
                 f.write(content)
                 f.flush()
                 os.fsync(f.fileno())
-        for name in OUTPUT_NAMES:
-            if name not in files:
-                (out_dir / name).unlink(missing_ok=True)
-        for pattern in OUTPUT_PATTERNS:
-            for path in out_dir.glob(pattern):
-                if path.relative_to(out_dir).as_posix() not in files:
-                    path.unlink(missing_ok=True)
-        for name in files:
+        old = [name for name in OUTPUT_NAMES if (out_dir / name).is_file()]
+        old += [path.relative_to(out_dir).as_posix() for pattern in OUTPUT_PATTERNS for path in out_dir.glob(pattern)
+                if path.is_file()]
+        for name in sorted(dict.fromkeys(old), key=lambda name: name != "report.json"):   # report.json first
+            (earlier / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(out_dir / name, earlier / name)
+            moved_aside.append(name)
+        for name in order:
             (out_dir / name).parent.mkdir(exist_ok=True)
             os.replace(staging / name, out_dir / name)
+            moved_in.append(name)
         qa = out_dir / QA_FOLDER
         if qa.is_dir() and not any(qa.iterdir()):
             qa.rmdir()  # a run without QA images leaves no empty folder behind
     except OSError as e:
-        raise PipelineError(f"{out_dir}: cannot write outputs ({e.strerror})") from None
+        _put_back(out_dir, earlier, moved_in, moved_aside)
+        raise PipelineError(f"{out_dir}: cannot write outputs ({e.strerror}"
+                            f"{': ' + str(e.filename) if e.filename else ''})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [out_dir / name for name in files]
+
+
+def _put_back(out_dir: Path, earlier: Path, moved_in: list[str], moved_aside: list[str]) -> None:
+    """Undo a write that failed half-way: the new files out, the earlier ones back."""
+    for name in moved_in:
+        (out_dir / name).unlink(missing_ok=True)
+    for name in reversed(moved_aside):
+        try:
+            (out_dir / name).parent.mkdir(exist_ok=True)
+            os.replace(earlier / name, out_dir / name)
+        except OSError:
+            pass   # nothing more can be done: the error being raised says the folder is in question
+    qa = out_dir / QA_FOLDER
+    if qa.is_dir() and not any(qa.iterdir()):
+        qa.rmdir()
 
 
 def is_patterned_output(name: str) -> bool:
@@ -270,6 +297,25 @@ def is_patterned_output(name: str) -> bool:
     folder, _, base = name.rpartition("/")
     return "/" not in folder and any(fnmatch.fnmatchcase(name, p) and (folder == p.rpartition("/")[0])
                                      for p in OUTPUT_PATTERNS) and not base.startswith(".")
+
+
+def check_writable_folder(folder: Path) -> None:
+    """Refuse, in one line, a folder that can not be made or written to (a
+    file in its place, no permission), before any work is done for it."""
+    if folder.exists() and not folder.is_dir():
+        raise PipelineError(f"{folder}: is a file, not a folder")
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder)).rmdir()
+    except OSError as e:
+        raise PipelineError(f"{folder}: cannot write there ({e.strerror})") from None
+    finally:
+        for path in made:   # nothing left behind: the run makes what it writes into
+            try:
+                path.rmdir()
+            except OSError:
+                break
 
 
 def remove_staging(out_dir: Path) -> None:

@@ -117,6 +117,21 @@ def test_write_outputs_failure_leaves_nothing(tmp_path):
     assert set(OUTPUT_NAMES).isdisjoint(p.name for p in tmp_path.rglob("*"))
 
 
+def test_write_outputs_failing_half_way_puts_the_earlier_run_back(tmp_path):
+    """A folder where report.json goes: every other new file had been moved
+    in (and the earlier implant.stl deleted) before the error, leaving a
+    folder of two runs. Now the earlier run is back, byte for byte."""
+    write_outputs(tmp_path, {"bone.stl": b"old", "implant.stl": b"old", "qa/slice_axial.png": b"old"})
+    (tmp_path / "report.json").mkdir()
+    before = {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(PipelineError, match=r"cannot write outputs \(Is a directory"):
+        write_outputs(tmp_path, {"bone.stl": b"new", "host.stl": b"new", "qa/view_oblique.png": b"new",
+                                 "report.json": b"{}"})
+    after = {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bone.stl", "implant.stl", "qa", "report.json"]
+
+
 def oblique_mirrored_affine() -> np.ndarray:
     rot = trimesh.transformations.rotation_matrix(0.3, [1, 2, 3])[:3, :3]
     affine = np.eye(4)
