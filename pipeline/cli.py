@@ -112,8 +112,11 @@ BATCH_FAILED_STATUS = 3
 def cmd_batch(args: argparse.Namespace) -> int:
     from .batch import FAILED, NOT_RUN, connect, counts, read_manifest, run_batch, write_summary
 
+    from .io import check_writable_folder
+
     console = Console(args.quiet)
     cases = read_manifest(args.manifest)   # every row checked before a worker starts
+    check_writable_folder(Path(args.out))   # ... and the output folder: found after the cases, hours were lost
     console.line(f"{len(cases)} cases from {args.manifest}")
     with connect(args.scheduler, workers=args.workers, worker_memory_gb=args.worker_memory_gb) as client:
         workers = client.scheduler_info(n_workers=-1)["workers"]

@@ -92,6 +92,9 @@ def connect(scheduler: str | None = None, *, workers: int | None = None,
         with client:
             yield client
         return
+    if worker_memory_gb and worker_memory_gb * GB > MEMORY_LIMIT:
+        raise PipelineError(f"--worker-memory-gb {worker_memory_gb:g} is more than this machine's "
+                            f"{MEMORY_LIMIT / GB:.3g} GB")
     n = workers or default_workers(CPU_COUNT, MEMORY_LIMIT)
     memory = worker_memory_gb * GB if worker_memory_gb else MEMORY_LIMIT / n
     # A worker death reaches run_batch at once (it counts the retries), and

@@ -137,9 +137,12 @@ def _case(path: Path, where: str, row: dict[str, str]) -> Case:
             raise ManifestError(f"{path}: {where}: {key} is empty")
     case_id = row["case_id"].strip()
     where = f"{where} (case {case_id})"
-    if not CASE_ID.fullmatch(case_id) or case_id in RESERVED_IDS:
+    if not CASE_ID.fullmatch(case_id) or case_id.lower() in RESERVED_IDS:
         raise ManifestError(f"{path}: {where}: case_id must be 1-100 letters, digits, '.', '_' or '-', "
                             f"not starting with '.' and not {' or '.join(RESERVED_IDS)}")
+    for key in ("ct", "config", "series"):
+        if "\0" in (row.get(key) or ""):
+            raise ManifestError(f"{path}: {where}: {key} holds a NUL character")
     base = path.resolve().parent
     ct = (base / row["ct"].strip()).resolve()
     if not ct.exists():

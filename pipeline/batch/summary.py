@@ -80,7 +80,10 @@ def html_bytes(result: BatchResult, about: dict, out_dir: Path) -> bytes:
                  if thumb else "")
         case_id = html.escape(record["case_id"])
         has_report = (out_dir / record["case_id"] / "report.html").is_file()
-        name = f'<a href="{case_id}/report.html">{case_id}</a>' if has_report else case_id
+        if has_report and record["status"] == FAILED:   # the folder holds an earlier run's outputs
+            name = f'{case_id}<br><a href="{case_id}/report.html">(an earlier run)</a>'
+        else:
+            name = f'<a href="{case_id}/report.html">{case_id}</a>' if has_report else case_id
         cells = "".join(f"<td>{_cell(row.get(c))}</td>" for c in shown)
         colour = STATUS_RGB.get(record["status"], "#fff")
         body.append(f'<tr style="background:{colour}"><td>{image}</td><td>{name}</td>{cells}</tr>')

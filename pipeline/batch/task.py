@@ -38,6 +38,11 @@ def process_case(case: Case, out_dir: str, *, resume: bool, qa: bool) -> dict:
         config = load_config(case.config)
         fingerprint = case_fingerprint(case.ct, config, series_uid=case.series, qa=qa)
         report = current_report(folder, fingerprint["digest"]) if resume else None
+        if report is not None:
+            try:
+                headline(report)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                report = None   # a damaged report.json: the folder is not current, whatever its fingerprint
         if report is None:
             run = run_case(case.ct, folder, config, series_uid=case.series, qa=qa, fingerprint=fingerprint)
             report, status, seconds = run.report, DONE, run.seconds
@@ -46,7 +51,10 @@ def process_case(case: Case, out_dir: str, *, resume: bool, qa: bool) -> dict:
         record.update(seconds=seconds, peak_rss_mib=(report.get("resources") or {}).get("peak_rss_mib"),
                       headline=headline(report), thumbnail_jpeg=thumbnail(folder), status=status)
     except PipelineError as e:
-        record["error"] = str(e)
+        # The CT's path stays out of the tables (folder names can carry patient identity).
+        record["error"] = str(e).replace(str(case.ct), f"<ct of {case.case_id}>")
+        if (folder / "report.json").is_file():
+            record["error"] += f" ({case.case_id}/ holds an earlier run's outputs, left as they were)"
     except Exception as e:  # noqa: BLE001 -- a bug in one case must not end the batch: keep its traceback
         record["error"] = f"unexpected {type(e).__name__}: {' '.join(str(e).split())}"
         record["traceback"] = traceback.format_exc()

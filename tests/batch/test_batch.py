@@ -105,7 +105,10 @@ def test_each_case_is_a_mesh_run_and_a_broken_case_only_fails_itself(cases, clie
     assert {c: r["status"] for c, r in rows.items()} == {"p0": "done", "p1": "done", "bad": "failed", "p2": "done"}
     with pytest.raises(InputError) as refused:
         load_ct(cases / "ct" / "bad")
-    assert rows["bad"]["error"] == str(refused.value) and "\n" not in rows["bad"]["error"]
+    # The error line as mesh prints it, but for the CT's path (folder names can carry patient identity).
+    assert rows["bad"]["error"] == str(refused.value).replace(str(cases / "ct" / "bad"), "<ct of bad>")
+    assert "\n" not in rows["bad"]["error"] and str(cases / "ct" / "bad") in str(refused.value)
+    assert all(str(cases / "ct") not in (out / name).read_text() for name in ("batch.csv", "batch.json", "batch.html"))
     assert not (out / "bad").exists()
 
     for case_id in ("p0", "p1", "p2"):
@@ -180,17 +183,42 @@ def test_resume_after_ctrl_c_runs_only_what_is_missing_and_a_changed_config_only
 
     # The same plan with another implant density: only p1 runs, and its mass follows.
     mass_before = float(_rows(out)["p1"]["implant_mass_g"])
-    plan = cases / "plan_p1.toml"
-    plan.write_text(plan.read_text().replace("density_g_per_cm3 = 4.43", "density_g_per_cm3 = 8.86"))
-    assert "8.86" in plan.read_text()
-    try:
-        assert cli_main(resume) == 3
-    finally:
-        shutil.copy(REPO / "configs" / "default.toml", plan)
+    default = (REPO / "configs" / "default.toml").read_text()
+    assert "density_g_per_cm3 = 4.43" in default
+    assert _resumed_with_plan(resume, cases / "plan_p1.toml",
+                              default.replace("density_g_per_cm3 = 4.43", "density_g_per_cm3 = 8.86")) == 3
     rows = _rows(out)
     assert {c: r["status"] for c, r in rows.items()} == {"p0": "up to date", "p1": "done", "bad": "failed",
                                                         "p2": "up to date"}
     assert float(rows["p1"]["implant_mass_g"]) == pytest.approx(2 * mass_before, abs=0.02)
+
+    # A report.json damaged under its own fingerprint: the case is run again
+    # (it failed on every resume with "unexpected KeyError: 'mass_g'"). And a
+    # case whose plan now misses the bone fails, saying its folder holds the
+    # earlier run's outputs, and batch.html marks the link to them.
+    report_path = out / "p2" / "report.json"
+    damaged = json.loads(report_path.read_text())
+    del damaged["implant"]["fit"]["implant"]["mass_g"]
+    report_path.write_text(json.dumps(damaged))
+    assert _resumed_with_plan(resume, cases / "plan_p0.toml", default + "\n[[resection.planes]]\nname = 'far'\n"
+                              "point_lps_mm = [0.0, 0.0, 900.0]\nnormal_lps = [0.0, 0.0, 1.0]\n") == 3
+    rows = _rows(out)
+    # p1 runs too: its plan is the default again.
+    assert {c: r["status"] for c, r in rows.items()} == {"p0": "failed", "p1": "done", "bad": "failed",
+                                                        "p2": "done"}
+    assert rows["p0"]["error"].endswith("(p0/ holds an earlier run's outputs, left as they were)")
+    assert "mass_g" in json.loads(report_path.read_text())["implant"]["fit"]["implant"]
+    page = (out / "batch.html").read_text()
+    assert 'p0<br><a href="p0/report.html">(an earlier run)</a>' in page and '<a href="p2/report.html">p2</a>' in page
+
+
+def _resumed_with_plan(resume: list[str], plan, text: str) -> int:
+    """The batch resumed with ``plan`` reading ``text``; the plan is the default again afterwards."""
+    plan.write_text(text)
+    try:
+        return cli_main(resume)
+    finally:
+        shutil.copy(REPO / "configs" / "default.toml", plan)
 
 
 class KillWhileRunning(threading.Thread):

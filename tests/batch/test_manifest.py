@@ -50,6 +50,10 @@ REFUSALS = {
     "empty value": ("case_id,ct,config\na,,plan.toml\n", "row 2: ct is empty"),
     "bad case id": ("case_id,ct,config\n../up,ct/a,plan.toml\n", "row 2 (case ../up): case_id must be"),
     "reserved case id": ("case_id,ct,config\nbatch.csv,ct/a,plan.toml\n", "case_id must be"),
+    # On a case-insensitive file system it would be batch.html.
+    "reserved case id, other case": ("case_id,ct,config\nBATCH.HTML,ct/a,plan.toml\n", "case_id must be"),
+    # A path cannot hold NUL: it ended in a traceback.
+    "NUL in a path": ("case_id,ct,config\na,ct/a\x00x,plan.toml\n", "row 2 (case a): ct holds a NUL character"),
     "short row": ("case_id,ct,config\na,ct/a\n", "row 2: 2 values for 3 columns"),
     "no cases": ("case_id,ct,config\n", "lists no cases"),
     "empty file": ("", "the manifest is empty"),
@@ -120,3 +124,19 @@ def test_readme_manifest_examples_give_the_same_cases(tmp_path):
         (tmp_path / name).write_text(body)
         found.append([(c.case_id, c.ct, c.config, c.series) for c in read_manifest(tmp_path / name)])
     assert found[0] == found[1] and len(found[0]) == 2
+
+
+def test_an_output_folder_that_cannot_be_written_and_an_impossible_memory_are_refused_up_front(folder, capsys):
+    """Found only when the summary was written: every case had been computed
+    (hours, on a real archive), then a traceback (a file in OUT's place) or
+    exit 2 (no permission); a memory limit of 1e300 GB was an OverflowError."""
+    (folder / "m.csv").write_text("case_id,ct,config\na,ct/a,plan.toml\n")
+    (folder / "taken").write_text("x")
+    assert cli_main(["batch", str(folder / "m.csv"), "--out", str(folder / "taken")]) == 2
+    assert capsys.readouterr().err == f"error: {folder / 'taken'}: is a file, not a folder\n"
+    assert cli_main(["batch", str(folder / "m.csv"), "--out", str(folder / "taken" / "sub")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {folder / 'taken' / 'sub'}: cannot write there (")
+    assert cli_main(["batch", str(folder / "m.csv"), "--out", str(folder / "out"), "--worker-memory-gb", "1e300",
+                     "--quiet"]) == 2
+    assert "error: --worker-memory-gb 1e+300 is more than this machine's" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["ct", "m.csv", "plan.toml", "taken"]
