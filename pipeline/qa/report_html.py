@@ -138,6 +138,13 @@ def report_warnings(report: dict) -> list[str]:
                          f"(below {THIN_WALL_WARN_MM:g} mm; check where the cuts meet the bone obliquely)")
         if "low_density" in key and value:
             found.append(f"low bone density: {'.'.join(path)} = {value:g}")
+    for name in ("implant", "implant_fixed"):
+        shells = ((report.get("meshes") or {}).get(name) or {}).get("shells")
+        if isinstance(shells, int) and shells > 1:
+            # The removed bone's pieces (either side of a joint the cuts cross): one part only once bridged.
+            found.append(f"{name}.stl is {shells} separate solids, joined by nothing: as printed they are "
+                         f"{shells} parts (the removed bone's pieces, e.g. either side of a joint the cuts "
+                         "cross); bridge them in the design")
     found += [str(w) for g in report.get("guides") or [] if isinstance(g, dict) for w in g.get("warnings") or []]
     found += label_warnings(report.get("segmentation") or {}, (report.get("config") or {}).get("segment") or {})
     return found

@@ -249,6 +249,20 @@ def test_warnings_read_the_implant_report_as_run_mesh_writes_it():
     assert report_warnings(calm) == []
 
 
+def test_an_implant_in_separate_solids_is_flagged():
+    """The seed case's implant is the removed bone: the ilium's piece and
+    the sacrum's, either side of the sacroiliac joint, two solids that
+    nothing joins (implant_fixed.stl too: the flanges join each to its own
+    host bone only). It was said nowhere."""
+    from pipeline.qa.report_html import report_warnings
+    found = report_warnings({"meshes": {"implant": {"shells": 2}, "implant_fixed": {"shells": 2},
+                                        "host": {"shells": 4}}})
+    assert found == [f"{n}.stl is 2 separate solids, joined by nothing: as printed they are 2 parts (the removed "
+                     "bone's pieces, e.g. either side of a joint the cuts cross); bridge them in the design"
+                     for n in ("implant", "implant_fixed")]
+    assert report_warnings({"meshes": {"implant": {"shells": 1}, "host": {"shells": 4}}}) == []
+
+
 def test_labels_that_deserve_a_look_are_flagged():
     from pipeline.qa.report_html import report_warnings
     config = {"segment": {"core_hu": 500.0}}
