@@ -22,6 +22,7 @@ from .design.guides import Guide, cutting_guides
 from .errors import PlanError
 from .geometry import (Resection, bone_surfaces, check_plane_structures, concatenate_solids, mesh_facts, mesh_stats,
                        resect, validate_solid)
+from .geometry.bridge import joint_gap_mm
 from .geometry.meshes import doubled_areas
 from .memory import release_freed_memory
 from .parallel import parallel
@@ -124,10 +125,9 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
                 validate_solid(mirror.mesh, "mirrored source")
                 implant_report = mirror.report
         with timer.stage("resect"):
-            cut = resect(concatenate_solids(cut_bones), planes,
-                         min_fragment_mm3=config.resection.min_fragment_mm3,
-                         clearance_mm=config.implant.clearance_mm,
-                         implant_from=mirror.mesh if mirror else None)
+            cut = resect({n: meshes[n] for n in structures if n in meshes}, planes,
+                         min_fragment_mm3=config.resection.min_fragment_mm3, clearance_mm=config.implant.clearance_mm,
+                         implant_from=mirror.mesh if mirror else None, joint_gap_mm=joint_gap_mm(volume.spacing_mm))
             parallel(lambda: validate_solid(cut.host, "host"),
                      lambda: validate_solid(cut.implant, "implant"))
         with timer.stage("fit"):

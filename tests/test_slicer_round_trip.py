@@ -23,7 +23,8 @@ from scipy.spatial import cKDTree
 from pipeline.bones import LABEL_IDS
 from pipeline.cli import main as cli_main
 from pipeline.config import load_config
-from pipeline.geometry import concatenate_solids, resect
+from pipeline.geometry import resect
+from pipeline.geometry.bridge import joint_gap_mm
 from pipeline.geometry.surface import PEAK_SMOOTHING_MM
 from pipeline.io.dicom import load_ct
 from pipeline.io.export import nifti_bytes
@@ -178,7 +179,7 @@ def test_labels_on_a_coarser_oblique_grid_are_resampled_and_the_surface_still_fo
         assert np.percentile(error, 95) <= half_coarse_diagonal, name
 
 
-def test_plan_markups_read_back_as_the_plan_give_the_same_cuts(auto, config, fed_back, tmp_path):
+def test_plan_markups_read_back_as_the_plan_give_the_same_cuts(auto, ct, config, fed_back, tmp_path):
     """plan.mrk.json holds the planes where the bone is cut; a plan whose
     planes are its markups (by name) cuts the same bone to within 1e-9 mm:
     the same vertices off the cut faces, and cut faces of the same area.
@@ -195,8 +196,9 @@ def test_plan_markups_read_back_as_the_plan_give_the_same_cuts(auto, config, fed
         assert read.name == cut.name and read.margin_mm == 0.0
         assert np.allclose(read.normal_lps, cut.normal_lps, atol=1e-15)
         assert abs(read.offset_mm - cut.offset_mm) < 1e-9
-    bones = concatenate_solids([fed_back.label_meshes[n] for n in config.resection.structures])
-    again = resect(bones, tuple(from_markups), min_fragment_mm3=config.resection.min_fragment_mm3)
+    bones = {n: fed_back.label_meshes[n] for n in config.resection.structures}
+    again = resect(bones, tuple(from_markups), min_fragment_mm3=config.resection.min_fragment_mm3,
+                   joint_gap_mm=joint_gap_mm(ct.spacing_mm))
     for name in ("host", "implant"):
         before, after = getattr(fed_back, name), getattr(again, name)
         kept, again_kept = off_planes(before.vertices, cuts), off_planes(after.vertices, cuts)

@@ -44,20 +44,17 @@ import manifold3d
 import numpy as np
 import trimesh
 from scipy.spatial import cKDTree
-from skimage.measure import marching_cubes
 
 from ..config import Plane
 from ..errors import MeshError
 from ..geometry.distance import NearSurface, face_boxes
 from ..geometry.meshes import corner_max, corner_min, edge_lengths, reader_defects, reader_touching_edges, remove_needles
-from ..geometry.resect import cutter_for, to_manifold
+from ..geometry.level_set import field_solid
+from ..geometry.resect import cutter_for
 from ..segment.distance_map import distance_to_false
 from ..segment.voxelise import inside_mesh
 
 DEFAULT_SPACING_MM = 0.5
-# Grid values closer than this fraction of the spacing to the level are
-# moved off it: marching-cubes vertices then keep this far from grid points.
-NUDGE = 1e-3
 # Plate pieces smaller than this are slivers of the trim, not plate (mm3).
 MIN_PIECE_MM3 = 1.0
 SLIVER_MM = 1e-4
@@ -152,7 +149,7 @@ def plate_solid(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], clearance_m
         d = _signed_distance_at(other, origin, shape, spacing_mm, where, clearance_mm + 2 * spacing_mm)
         flat = field.reshape(-1)
         flat[where] = np.maximum(flat[where], clearance_mm - d)
-    plate = _trimmed(_level_zero(field, origin, spacing_mm), footprint)
+    plate = _trimmed(field_solid(field, origin, spacing_mm, "plate shell"), footprint)
     if plate is None or plate.is_empty():
         raise EmptyPlate("plate: nothing left of the plate within its footprint")
     pieces = [p for p in plate.decompose() if p.volume() >= MIN_PIECE_MM3]
@@ -214,25 +211,6 @@ def _rods(segments: np.ndarray, width_mm: float) -> manifold3d.Manifold:
     return manifold3d.Manifold.batch_boolean(
         [manifold3d.Manifold.hull_points(np.concatenate([a + corners, b + corners])) for a, b in segments],
         manifold3d.OpType.Add)
-
-
-def _level_zero(field: np.ndarray, origin: np.ndarray, spacing: float) -> manifold3d.Manifold | None:
-    """The closed solid where ``field`` < 0 on the grid (marching cubes), or None."""
-    field = field.copy()
-    field[np.abs(field) < NUDGE * spacing] = NUDGE * spacing
-    if not (field < 0).any():
-        return None
-    field = np.pad(field, 1, constant_values=spacing)
-    verts, faces, _, _ = marching_cubes(field, level=0.0, spacing=(spacing,) * 3,
-                                        gradient_direction="ascent", allow_degenerate=True)
-    verts = verts.astype(np.float64) + origin - spacing
-    faces = np.asarray(faces, dtype=np.int64)
-    # Outward when its signed volume (divergence theorem, face by face) is positive.
-    t = verts[faces]
-    if np.einsum("ij,ij->", t[:, 0], np.cross(t[:, 1], t[:, 2])) < 0:
-        faces = faces[:, ::-1]
-    shell = trimesh.Trimesh(vertices=verts, faces=faces, process=False)
-    return to_manifold(shell, "plate shell")
 
 
 def _trimmed(m: manifold3d.Manifold | None, planes: tuple[Plane, ...]) -> manifold3d.Manifold | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 import weakref
 
+import manifold3d
 import numpy as np
 import trimesh
 from scipy import sparse
@@ -509,3 +510,14 @@ class _Needles:
         self.made.add((min(k, l), max(k, l)))
         self.touched[[face, across]] = True
         self.count += 1
+
+
+def to_manifold(mesh: trimesh.Trimesh, what: str) -> manifold3d.Manifold:
+    """``mesh`` as a manifold3d solid, for booleans; a :class:`MeshError`
+    naming ``what`` when it is no oriented 2-manifold."""
+    m = manifold3d.Manifold(manifold3d.Mesh64(
+        vert_properties=np.ascontiguousarray(mesh.vertices, dtype=np.float64),
+        tri_verts=np.ascontiguousarray(mesh.faces, dtype=np.uint64)))
+    if m.status() != manifold3d.Error.NoError:
+        raise MeshError(f"{what} mesh is not an oriented 2-manifold ({m.status().name})")
+    return m

@@ -40,9 +40,10 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import HalfspaceIntersection, cKDTree
 
 from ..config import Plane
-from ..errors import MeshError, PlanError
+from ..errors import PlanError
+from .bridge import BRIDGE_INSET_MM, bridge_joints
 from .caps import NO_CAP, Side, retriangulate_caps
-from .meshes import face_shells
+from .meshes import concatenate_solids, face_shells, to_manifold
 from .near_plane import settle_near_planes
 
 # A vertex within this distance of a plane lies on it (mm). Cut vertices come
@@ -97,15 +98,6 @@ class Piece(NamedTuple):
 
     def faces_on(self, plane_index: int) -> np.ndarray:
         return np.flatnonzero(self.cap_of_face == plane_index)
-
-
-def to_manifold(mesh: trimesh.Trimesh, what: str) -> manifold3d.Manifold:
-    m = manifold3d.Manifold(manifold3d.Mesh64(
-        vert_properties=np.ascontiguousarray(mesh.vertices, dtype=np.float64),
-        tri_verts=np.ascontiguousarray(mesh.faces, dtype=np.uint64)))
-    if m.status() != manifold3d.Error.NoError:
-        raise MeshError(f"{what} mesh is not an oriented 2-manifold ({m.status().name})")
-    return m
 
 
 def cutter_for(planes: tuple[Plane, ...], bounds_lps_mm: np.ndarray) -> manifold3d.Manifold:
@@ -210,9 +202,11 @@ def check_plane_structures(planes: tuple[Plane, ...], bones: dict[str, trimesh.T
             raise PlanError(f"{', '.join(which)}: the resection removes nothing of {name}")
 
 
-def resect(bone: trimesh.Trimesh, planes: tuple[Plane, ...], *, min_fragment_mm3: float = 0.0,
-           clearance_mm: float = 0.0, implant_from: trimesh.Trimesh | None = None) -> Resection:
-    """Split ``bone`` into host and implant by the region behind all ``planes``.
+def resect(bone: trimesh.Trimesh | dict[str, trimesh.Trimesh], planes: tuple[Plane, ...], *,
+           min_fragment_mm3: float = 0.0, clearance_mm: float = 0.0, implant_from: trimesh.Trimesh | None = None,
+           joint_gap_mm: float | None = None) -> Resection:
+    """Split ``bone`` (one mesh, or the bones to cut by name) into host and
+    implant by the region behind all ``planes``.
 
     The implant is what fills the gap between the cut faces: pieces of bone
     inside the region that no plane touches (a rib tip, a separate bone) are
@@ -220,10 +214,19 @@ def resect(bone: trimesh.Trimesh, planes: tuple[Plane, ...], *, min_fragment_mm3
     ``min_fragment_mm3`` that a cut clips off a bump of the surface are
     dropped and counted. With ``clearance_mm`` the implant is cut by the
     planes shifted that far into the removed part; with ``implant_from`` it is
-    cut from that solid instead of ``bone``.
+    cut from that solid instead of ``bone``. With the bones by name and
+    ``joint_gap_mm``, the implant of the bones' own is one piece across the
+    joints it spans: they are bridged inside the region first
+    (:mod:`pipeline.geometry.bridge`), and the report's ``shells`` say how.
     """
     if not planes:
         raise ValueError("resect needs at least one plane")
+    bridged: dict = {}
+    if isinstance(bone, dict):
+        if joint_gap_mm is not None and implant_from is None:
+            bone, bridged = bridge_joints(bone, planes, gap_mm=joint_gap_mm, inset_mm=clearance_mm + BRIDGE_INSET_MM)
+        else:
+            bone = concatenate_solids(list(bone.values()))
     check_planes_cross(planes, bone)
     check_distinct_planes(planes, bone)
     implant_planes = tuple(p.shifted(clearance_mm) for p in planes)
@@ -232,6 +235,7 @@ def resect(bone: trimesh.Trimesh, planes: tuple[Plane, ...], *, min_fragment_mm3
     if host is None:
         raise PlanError("the resection removes the whole bone: nothing is left as host")
     implant, host, shells = _sorted_implant(implant, planes, min_fragment_mm3, host)
+    shells.update(bridged)
     if not own_implant:
         source = implant.mesh if implant_from is None else implant_from
         if implant_from is not None:

@@ -25,7 +25,7 @@ THICKNESS_MM = 3.0
 GAP_TOLERANCE_MM = 0.05
 ON_PLANE_MM = 1e-6
 # Grid values within 1e-3 spacing of a level are moved off it (see
-# pipeline.design.plate.NUDGE): an offset surface may move that far.
+# pipeline.geometry.level_set.NUDGE): an offset surface may move that far.
 NUDGED_MM = 1e-3 * 0.5
 
 
