@@ -29,7 +29,7 @@ from .parallel import parallel
 from .segment import PelvisFit, label_bones, segment_bone
 from .segment.external import LabelMap, labels_from_map
 from .segment.lookup import label_counts
-from .volume import Volume, orientation_code
+from .volume import Volume, apply_affine, orientation_code
 
 Log = Callable[[str], None]
 PACKAGES = ("pelvic-implant-pipeline", "numpy", "scipy", "scikit-image", "pydicom", "trimesh",
@@ -155,21 +155,32 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
         segment_stats["labels"] = label_table(surfaces.labels, meshes, volume.voxel_volume_mm3)
         report = build_report(volume, config, bone, cut, segment_stats, timer.seconds)
         report["implant"] = implant_report
+        designed = {}   # what is designed beyond the bone: it may reach past what the scan shows
         if guides:
             report["guides"] = [{**g.report, "file": f"guide_{guide_stem(g.plane_name)}.stl",
                                  "warnings": list(g.warnings)} for g in guides]
-            report["meshes"].update({f"guide_{guide_stem(g.plane_name)}": mesh_stats(g.mesh) for g in guides})
+            designed.update({f"guide_{guide_stem(g.plane_name)}": g.mesh for g in guides})
         if fixation is not None:
             report["warnings"] = list(fixation.warnings)
             if fixation.implant_fixed is not None:
-                report["meshes"]["implant_fixed"] = mesh_stats(fixation.implant_fixed)
+                designed["implant_fixed"] = fixation.implant_fixed
             if fixation.screws_mesh is not None:
-                report["meshes"]["screws"] = mesh_stats(fixation.screws_mesh)
+                designed["screws"] = fixation.screws_mesh
+        for name, mesh in designed.items():
+            report["meshes"][name] = {**mesh_stats(mesh), "beyond_scan_mm": beyond_scan_mm(mesh, volume)}
         report["meshes"].update({f"bone_{n}": mesh_stats(m) for n, m in context.items()})
     return MeshResult(bone=bone, host=cut.host if cut else None, implant=cut.implant if cut else None,
                       label_meshes=meshes, context=context, labels=labels, report=report,
                       mirrored_template=mirror.mesh if mirror else None, pelvis_fit=bone_labels.fit,
                       guides=guides, fixation=fixation)
+
+
+def beyond_scan_mm(mesh: trimesh.Trimesh, volume: Volume) -> float:
+    """How far (mm) the mesh reaches past the scanned volume's outer voxel
+    faces, along the grid's axes; 0 when it lies within."""
+    index = apply_affine(np.linalg.inv(volume.affine), np.asarray(mesh.vertices, dtype=np.float64))
+    past = np.maximum(-0.5 - index, index - (np.asarray(volume.shape) - 0.5))
+    return round(float(np.max(np.maximum(past, 0.0) * np.asarray(volume.spacing_mm))), 2)
 
 
 def bone_scene(meshes: dict[str, trimesh.Trimesh], labels: np.ndarray, affine: np.ndarray,

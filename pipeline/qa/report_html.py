@@ -138,6 +138,12 @@ def report_warnings(report: dict) -> list[str]:
                          f"(below {THIN_WALL_WARN_MM:g} mm; check where the cuts meet the bone obliquely)")
         if "low_density" in key and value:
             found.append(f"low bone density: {'.'.join(path)} = {value:g}")
+    for name, stats in (report.get("meshes") or {}).items():
+        beyond = (stats or {}).get("beyond_scan_mm") if isinstance(stats, dict) else None
+        if isinstance(beyond, (int, float)) and beyond > 0:
+            found.append(f"{name}.stl reaches {beyond:.1f} mm past the scanned volume: it is designed against "
+                         "bone the scan does not show there (the bone's cut at the scan's edge looks flat); "
+                         "check it on a scan that covers it")
     for name in ("implant", "implant_fixed"):
         shells = ((report.get("meshes") or {}).get(name) or {}).get("shells")
         if isinstance(shells, int) and shells > 1:

@@ -263,6 +263,29 @@ def test_an_implant_in_separate_solids_is_flagged():
     assert report_warnings({"meshes": {"implant": {"shells": 1}, "host": {"shells": 4}}}) == []
 
 
+def test_designed_parts_past_the_scanned_volume_are_flagged():
+    """On the 3 mm TotalSegmentator CT a tilted plan's sacral guide reached
+    13 mm below the scan's floor and periacetabular flanges wrapped the
+    host's flat cap there (the bone cut by the field of view), with only the
+    generic field-of-view warning. How far a designed part reaches past the
+    outer voxel faces is measured along the grid's axes."""
+    from pipeline.qa.report_html import report_warnings
+    from pipeline.run import beyond_scan_mm
+    from pipeline.volume import Volume
+
+    affine = np.diag([2.0, 1.0, 0.5, 1.0])
+    affine[:3, 3] = [10.0, -5.0, 3.0]
+    volume = Volume(np.zeros((10, 20, 40), np.float32), affine)
+    # Voxel faces: x from 9 to 29, y from -5.5 to 14.5, z from 2.75 to 22.75 (mm; index axes along x, y, z).
+    inside = trimesh.creation.box(bounds=[(9.5, -5.0, 3.0), (28.0, 14.0, 22.0)])
+    assert beyond_scan_mm(inside, volume) == 0.0
+    past = trimesh.creation.box(bounds=[(12.0, -8.5, 5.0), (20.0, 0.0, 23.75)])
+    assert beyond_scan_mm(past, volume) == pytest.approx(3.0)     # 3 mm in y; 1 mm in z
+    found = report_warnings({"meshes": {"guide_x": {"beyond_scan_mm": 11.8}, "screws": {"beyond_scan_mm": 0.0},
+                                        "bone": {"shells": 1}}})
+    assert len(found) == 1 and found[0].startswith("guide_x.stl reaches 11.8 mm past the scanned volume")
+
+
 def test_labels_that_deserve_a_look_are_flagged():
     from pipeline.qa.report_html import report_warnings
     config = {"segment": {"core_hu": 500.0}}
