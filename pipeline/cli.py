@@ -17,15 +17,16 @@ from .errors import PipelineError
 
 class Console:
     """Stage lines and a progress bar on stderr; a bar only on a terminal,
-    nothing at all under ``--quiet`` or when CI is set."""
+    nothing under ``--quiet`` but errors, no bar when CI is set."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.tty = sys.stderr.isatty() and not os.environ.get("CI")
         self._bar_open = False
 
-    def line(self, text: str) -> None:
-        if self.quiet:
+    def line(self, text: str, *, error: bool = False) -> None:
+        """``text`` on its own line; under ``--quiet`` only an ``error``."""
+        if self.quiet and not error:
             return
         self._end_bar()
         print(text, file=sys.stderr, flush=True)
@@ -153,7 +154,8 @@ def _batch_progress(console: Console, p) -> None:
     if p.finished:
         r = p.finished
         text = f"{r['case_id']}: {r['status']}" + (f" in {r['wall_s']:.1f} s" if r.get("wall_s") else "")
-        console.line(text + (f": {r['error']}" if r.get("error") else ""))
+        # A failed case is an error: said under --quiet too (which prints nothing but errors).
+        console.line(text + (f": {r['error']}" if r.get("error") else ""), error=bool(r.get("error")))
     finished = p.done + p.failed + p.current
     eta = "" if p.eta_s is None else f", ETA {int(p.eta_s) // 60}:{int(p.eta_s) % 60:02d}"
     console.status(f"batch  {finished}/{p.total}: {p.done} done, {p.failed} failed, {p.current} up to date, "
