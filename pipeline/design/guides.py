@@ -250,6 +250,7 @@ def cutting_guide(plane: Plane, approach_lps, settings: GuidesConfig, *, bones: 
     report = {"plane": name, "approach_lps": [round(float(v), 6) for v in frame.axes[:, 2]],
               "approach_tilt_from_plane_deg": round(tilt_deg, 3),
               **guide_measures(mesh, plane, frame, settings, bones=bones, bones_solid=bones_solid, host=host,
+                               cut_bone=cut_bone,
                                cut_faces=cut_faces, window=window),
               "kwires": wire_report,
               "footprint": {"width_each_side_mm": s.footprint_mm, "length_mm": round(block_a[1] - block_a[0], 3),
@@ -617,13 +618,13 @@ def _fmt(point) -> list[float]:
 
 def guide_measures(mesh: trimesh.Trimesh, plane: Plane, frame: GuideFrame, s: GuidesConfig, *,
                    bones: trimesh.Trimesh, bones_solid: manifold3d.Manifold, host: trimesh.Trimesh,
-                   cut_faces: np.ndarray, window: tuple[float, float]) -> dict:
+                   cut_faces: np.ndarray, window: tuple[float, float], cut_bone: trimesh.Trimesh | None = None) -> dict:
     """What the finished guide measures (see the module docstring)."""
     local = frame.local(mesh.vertices)
     tri = local[np.asarray(mesh.faces)]
     normals = np.asarray(mesh.face_normals) @ frame.axes
     return {"slot": _slot_measures(mesh, plane, local, normals, s),
-            **_contact_measures(mesh, normals, bones, s, plane.signed_distance_mm),
+            **_contact_measures(mesh, normals, bones, s, plane.signed_distance_mm, cut_bone),
             "intersection_with_bone_mm3": round(_intersection_mm3(mesh, bones_solid), 6),
             "lift_off": _lift_off(tri, local, np.asarray(mesh.faces), frame, bones),
             "blade_reach": _blade_reach(tri, frame, host, cut_faces, window),
@@ -742,7 +743,7 @@ def _roof(walls: list[np.ndarray], block_a: tuple[float, float], block_half: flo
                                      [0.0, 1.0, 0.0, 0.0]]))
 
 
-def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
+def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed, cut_bone=None) -> dict:
     """The seat's underside against the bone: the guide's faces looking down
     the approach whose nearest bone point lies straight along that bone
     face's normal (not on an edge or a corner of the bone: beside an edge the
@@ -751,7 +752,9 @@ def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
     Also the closest approach of the whole guide to the bone, at the corners
     and centres of its faces that do not look up (the underside's cut into
     the pieces it is judged in). ``removed``: points -> signed distance to
-    the cut plane (positive on the removed side)."""
+    the cut plane (positive on the removed side). With ``cut_bone`` (the
+    bones the plan cuts), also the seat area on them: the rest rests on
+    other bones (a femur, which moves)."""
     reach = s.contact_clearance_mm + s.wall_mm
     lo, hi = np.asarray(mesh.bounds) + [[-reach - 1.0], [reach + 1.0]]
     v = np.asarray(bones.vertices)
@@ -799,7 +802,14 @@ def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed) -> dict:
     area = fine.area_faces[faces]
     gaps = np.concatenate([gap_c[faces], gap_v[facing_v]])
     on_bone = gap_c[faces] <= s.contact_clearance_mm + CONTACT_BAND_MM
-    return {"seat_area_on_bone_mm2": round(float(area[on_bone].sum()), 3),
+    on_cut = {}
+    if cut_bone is not None:
+        seat = centres[faces][on_bone]
+        near_cut = NearSurface(cut_bone, seat.min(axis=0) - reach, seat.max(axis=0) + reach) if len(seat) else None
+        mine = near_cut.query(seat, limit=reach, closest_points=False)[0] <= s.contact_clearance_mm + CONTACT_BAND_MM \
+            if near_cut is not None else np.zeros(0, dtype=bool)
+        on_cut = {"seat_area_on_cut_bones_mm2": round(float(area[on_bone][mine].sum()), 3)}
+    return {"seat_area_on_bone_mm2": round(float(area[on_bone].sum()), 3), **on_cut,
             "seat_area_on_removed_side_mm2": round(float(area[on_bone & (removed(centres[faces]) > 0)]
                                                          .sum()), 3),
             "contact_gap_mm": {"min": round(float(gaps.min()), 4),
@@ -895,6 +905,10 @@ def guide_warnings(report: dict, s: GuidesConfig) -> list[str]:
         out.append(f"guide {name}: seat area on bone only {report['seat_area_on_bone_mm2']:.0f} mm2 "
                    f"(under {MIN_SEAT_AREA_MM2:g}): it may rock; widen guides.footprint_mm or change "
                    "guides.approach_lps")
+    elif report.get("seat_area_on_cut_bones_mm2", MIN_SEAT_AREA_MM2) < MIN_SEAT_AREA_MM2:
+        out.append(f"guide {name}: its seat rests on other bones: only {report['seat_area_on_cut_bones_mm2']:.0f} "
+                   f"of {report['seat_area_on_bone_mm2']:.0f} mm2 on the bones the plan cuts (a femur moves); "
+                   "change guides.approach_lps or guides.footprint_mm")
     return out
 
 

@@ -23,6 +23,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from ..config import Plane
+from ..errors import MeshError
 from ..segment.voxelise import inside_mesh
 from .level_set import field_solid
 from .meshes import concatenate_solids, face_shells, reader_defects, remove_needles, to_manifold
@@ -146,4 +147,7 @@ def _bridge(vertices: np.ndarray, a: tuple[np.ndarray, np.ndarray], b: tuple[np.
     if not joins.any():
         return None
     field[~joins[parts]] = np.maximum(field[~joins[parts]], np.float32(step))
-    return field_solid(field, lo, step, "joint bridge")
+    try:
+        return field_solid(field, lo, step, "joint bridge")
+    except MeshError:   # marching cubes made no clean solid of it: this joint stays open (and the run says so)
+        return None

@@ -107,23 +107,48 @@ def test_kwires_end_in_host_bone():
     assert min(np.diff(along)) >= config.kwire_diameter_mm + config.wall_mm   # spread along the cut
 
 
-def test_kwires_go_where_the_seat_rests_on_the_host_bone():
-    """Over half the cut line another bone lies 8 mm above the host, and
-    the seat rests on it there: a wire there would run 8 mm unguided before
-    the host (on a real CT through the femur and 40 mm of fat). Both wires
-    go where the seat is on the host, entering it within the clearance."""
+def guide_beside(other: trimesh.Trimesh):
+    """(guide, settings) of the box bone cut at x = 0, approached from +z,
+    with ``other``, a bone the plan does not cut, among the bones."""
     host_bone = box_bone()
-    other = trimesh.creation.box(bounds=[(-25.0, 0.0, 8.0), (-1.0, 20.0, 10.0)])
     plane = Plane(point_lps_mm=(0.0, 0.0, 0.0), normal_lps=(1.0, 0.0, 0.0), name="x0")
     cut = resect(host_bone, (plane,))
     config = GuidesConfig(enabled=True, approach_lps=(0.0, 0.0, 1.0), contact_clearance_mm=CLEARANCE_MM,
                           kwire_depth_mm=8.0)
     guide = cutting_guide(plane, (0.0, 0.0, 1.0), config, bones=trimesh.util.concatenate([host_bone, other]),
                           cut_bone=host_bone, host=cut.host, cut_faces=cut.host_cut_faces[0])
+    return guide, config
+
+
+def test_kwires_go_where_the_seat_rests_on_the_host_bone():
+    """Over half the cut line another bone lies 8 mm above the host, and
+    the seat rests on it there: a wire there would run 8 mm unguided before
+    the host (on a real CT through the femur and 40 mm of fat). Both wires
+    go where the seat is on the host, entering it within the clearance."""
+    guide, config = guide_beside(trimesh.creation.box(bounds=[(-25.0, 0.0, 8.0), (-1.0, 20.0, 10.0)]))
     assert len(guide.kwires) == 2 and not guide.warnings
     for (entry, _), row in zip(guide.kwires, guide.report["kwires"]):
         assert entry[1] < -config.kwire_diameter_mm / 2 and entry[2] == pytest.approx(0.0, abs=1e-6)
         assert row["below_seat_mm"] == pytest.approx(CLEARANCE_MM, abs=0.1)
+
+
+def test_a_seat_resting_on_other_bones_is_flagged():
+    """Plates of another bone lie 8 mm over the cut bone on both sides of the
+    cut (the femur under a periacetabular guide): the seat rests on them,
+    1099 mm2 on bone and none of it on the bones the plan cuts. A femur
+    moves: the guide would be placed by it. (On the 3 mm TotalSegmentator
+    CT an ischial guide sat 479 of its 594 mm2 on the femur, unflagged.)
+    The wires, 10 mm below the seat, are warned about too."""
+    guide, _ = guide_beside(trimesh.util.concatenate([
+        trimesh.creation.box(bounds=[(-25.0, -20.0, 8.0), (-1.0, 20.0, 10.0)]),
+        trimesh.creation.box(bounds=[(1.0, -20.0, 8.0), (25.0, 20.0, 10.0)])]))
+    assert guide.report["seat_area_on_bone_mm2"] > 1000 and guide.report["seat_area_on_cut_bones_mm2"] == 0.0
+    assert [w for w in guide.warnings if "seat" in w and "K-wire" not in w] == [
+        "guide x0: its seat rests on other bones: only 0 of 1099 mm2 on the bones the plan cuts (a femur moves); "
+        "change guides.approach_lps or guides.footprint_mm"]
+    alone, _, _ = make_guide(box_bone(), Plane(point_lps_mm=(0.0, 0.0, 0.0), normal_lps=(1.0, 0.0, 0.0), name="x0"),
+                             (0.0, 0.0, 1.0))
+    assert alone.report["seat_area_on_cut_bones_mm2"] == alone.report["seat_area_on_bone_mm2"]
 
 
 def test_no_kwire_without_its_diameter_in_bone():
