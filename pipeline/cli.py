@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .errors import PipelineError
@@ -111,6 +113,11 @@ BATCH_FAILED_STATUS = 3
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
+    with _StopOnce() as stop:   # from the cluster's start until the summary is written
+        return _batch(args, stop)
+
+
+def _batch(args: argparse.Namespace, stop: "_StopOnce") -> int:
     from .batch import FAILED, NOT_RUN, connect, counts, read_manifest, run_batch, write_summary
 
     from .io import check_writable_folder
@@ -144,8 +151,37 @@ def cmd_batch(args: argparse.Namespace) -> int:
             print(path)
     if result.interrupted:
         print(f"error: interrupted; {n['not run']} case(s) not run: run again with --resume", file=sys.stderr)
-        return 130
+        return TERMINATED_STATUS if stop.signal == signal.SIGTERM else 130
     return BATCH_FAILED_STATUS if n[FAILED] else 0
+
+
+# Exit status of a batch stopped by SIGTERM (a job scheduler's, or `timeout`'s): 128 + 15, as the shell reports it.
+TERMINATED_STATUS = 143
+
+
+class _StopOnce:
+    """Ctrl-C (SIGINT) and SIGTERM stop the batch the same way, once: the
+    first raises KeyboardInterrupt where the batch is (it then records the
+    cases not run, closes the cluster and writes its summary); one more while
+    it does so is ignored (it ended that in a traceback and no summary)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __call__(self, signum, frame) -> None:
+        if self.signal is None:
+            self.signal = signum
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> "_StopOnce":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def _batch_progress(console: Console, p) -> None:
@@ -253,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "cluster of worker processes or on the dask scheduler given; write "
                                        "OUT/batch.csv, batch.json and batch.html. Exit status 0 when every "
                                        f"case is done or up to date, {BATCH_FAILED_STATUS} when some failed, "
-                                       "2 when the manifest is refused, 130 when interrupted.")
+                                       "2 when the manifest is refused, 130 when interrupted (143 by SIGTERM).")
     batch.add_argument("manifest", type=Path, metavar="MANIFEST", help="the cases (.csv or .toml)")
     batch.add_argument("--out", type=Path, required=True, help="output folder: one folder per case")
     batch.add_argument("--workers", type=_at_least(1),

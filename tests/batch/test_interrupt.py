@@ -45,3 +45,40 @@ def test_an_interrupted_local_batch_leaves_no_staging_folder(tmp_path, monkeypat
     assert cli_main(["batch", str(tmp_path / "cases.csv"), "--out", str(out), "--quiet"]) == 130
     assert not list(out.rglob(".staging-*"))
     assert kept.read_text() == "{}"
+
+
+def test_sigterm_stops_the_batch_as_ctrl_c_does_and_a_second_signal_is_ignored(tmp_path, monkeypatch):
+    """A job scheduler (or `timeout`) sends SIGTERM: the batch ended at once
+    with exit 143 and no batch.csv. A second Ctrl-C while the batch was
+    stopping ended it in a traceback, without its summary. Now the first
+    signal stops it as Ctrl-C does (cases not run recorded, summary written),
+    and one more while it stops is ignored."""
+    import signal
+
+    (tmp_path / "ct" / "a").mkdir(parents=True)
+    (tmp_path / "cases.csv").write_text(f"case_id,ct,config\na,ct/a,{REPO / 'configs' / 'default.toml'}\n")
+    out = tmp_path / "out"
+    seen = []
+
+    @contextlib.contextmanager
+    def fake_cluster(*args, **kwargs):
+        yield SimpleNamespace(scheduler_info=lambda **_: {"workers": {"w0": {}}},
+                              scheduler=SimpleNamespace(address="inproc://fake"))
+        signal.raise_signal(signal.SIGINT)   # a second signal while the cluster closes
+        seen.append("closed")
+
+    def stopped_run(cases, out_dir, client, **kwargs):
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        except KeyboardInterrupt:
+            seen.append("stopped")
+        return BatchResult(records=[{"case_id": "a", "status": batch.NOT_RUN, "attempts": 1,
+                                     "error": "the batch was interrupted before this case finished"}],
+                           interrupted=True, seconds=1.0)
+
+    monkeypatch.setattr(batch, "connect", fake_cluster)
+    monkeypatch.setattr(batch, "run_batch", stopped_run)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli_main(["batch", str(tmp_path / "cases.csv"), "--out", str(out), "--quiet"]) == 143
+    assert seen == ["stopped", "closed"] and (out / "batch.csv").is_file()
+    assert signal.getsignal(signal.SIGTERM) is before
