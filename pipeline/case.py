@@ -17,8 +17,8 @@ from typing import Callable
 
 from .config import Config, guide_stem
 from .bones import LABEL_NAMES
-from .io import (QA_FOLDER, json_bytes, load_ct, markups_bytes, nifti_bytes, png_bytes, read_label_map,
-                 remove_staging, seg_nrrd_bytes, stl_bytes, run_fingerprint, write_outputs)
+from .io import (QA_FOLDER, json_bytes, load_ct, markups_bytes, nifti_bytes, output_lock, png_bytes,
+                 read_label_map, remove_staging, seg_nrrd_bytes, stl_bytes, run_fingerprint, write_outputs)
 from .memory import PeakMemory
 from .parallel import parallel
 from .run import Log, MeshResult, Timer, package_versions, run_mesh
@@ -56,52 +56,53 @@ def run_case(ct_path: str | Path, out_dir: str | Path, config: Config, *, series
     """
     memory = PeakMemory()
     timer = Timer(log, begin)
-    remove_staging(out_dir)   # a killed earlier run into this folder may have left one
-    label_map = None
-    if labels_path or config.segment.labels_file:   # before the CT: a wrong file fails fast
-        with timer.stage("labelmap"):
-            label_map = read_label_map(labels_path or config.segment.labels_file, dict(config.segment.label_names),
-                                       what="" if labels_path else "segment.labels_file")
-    if fingerprint is None:
-        fingerprint = case_fingerprint(ct_path, config, series_uid=series_uid, qa=qa, labels_path=labels_path)
-    with timer.stage("load"):
-        volume = load_ct(ct_path, series_uid=series_uid, max_gap_mm=config.load.max_gap_mm, progress=progress)
-    for note in volume.notes:
-        if log:
-            log(f"note: {note}")
-    result = run_mesh(volume, config, log=log, timer=timer, label_map=label_map)
-    with timer.stage("encode"):
-        encoders = {"bone.stl": lambda: stl_bytes(result.bone, "bone"),
-                    "bone_mask.nii.gz": lambda: nifti_bytes(result.bone_mask, volume.affine),
-                    "labels.nii.gz": lambda: nifti_bytes(result.labels, volume.affine, LABEL_NAMES),
-                    "segmentation.seg.nrrd": lambda: seg_nrrd_bytes(result.labels, volume.affine)}
-        for name, mesh in result.context.items():
-            encoders[f"bone_{name}.stl"] = lambda name=name, mesh=mesh: stl_bytes(mesh, f"bone_{name}")
-        if result.implant is not None:
-            encoders["host.stl"] = lambda: stl_bytes(result.host, "host")
-            encoders["implant.stl"] = lambda: stl_bytes(result.implant, "implant")
-            cuts = result.report["planes"]
-            for guide in result.guides:
-                stem = f"guide_{guide_stem(guide.plane_name)}"
-                encoders[f"{stem}.stl"] = lambda stem=stem, guide=guide: stl_bytes(guide.mesh, stem)
-            encoders["plan.mrk.json"] = lambda: markups_bytes(
-                [p.cut_plane() for p in config.resection.planes], [c["host_cut_centre_lps_mm"] for c in cuts],
-                [c["host_cut_radius_mm"] for c in cuts])
-        if result.fixation is not None:
-            if result.fixation.implant_fixed is not None:
-                encoders["implant_fixed.stl"] = lambda: stl_bytes(result.fixation.implant_fixed, "implant_fixed")
-            if result.fixation.screws_mesh is not None:
-                encoders["screws.stl"] = lambda: stl_bytes(result.fixation.screws_mesh, "screws")
-        files = dict(zip(encoders, parallel(*encoders.values())))
-    files.update(qa_files(volume, result, config, images=qa, timer=timer))
-    report = result.report
-    report["fingerprint"] = fingerprint
-    report["outputs"] = {name: len(content) for name, content in sorted(files.items())}
-    report["resources"] = memory.report()
-    files["report.json"] = json_bytes(report)
-    with timer.stage("write"):
-        written = write_outputs(Path(out_dir), files)
-    return CaseRun(volume=volume, result=result, report=report, written=written, seconds=dict(timer.seconds))
+    with output_lock(Path(out_dir)):   # one run at a time: another's staging folder is not this run's to remove
+        remove_staging(out_dir)   # a killed earlier run into this folder may have left one
+        label_map = None
+        if labels_path or config.segment.labels_file:   # before the CT: a wrong file fails fast
+            with timer.stage("labelmap"):
+                label_map = read_label_map(labels_path or config.segment.labels_file, dict(config.segment.label_names),
+                                           what="" if labels_path else "segment.labels_file")
+        if fingerprint is None:
+            fingerprint = case_fingerprint(ct_path, config, series_uid=series_uid, qa=qa, labels_path=labels_path)
+        with timer.stage("load"):
+            volume = load_ct(ct_path, series_uid=series_uid, max_gap_mm=config.load.max_gap_mm, progress=progress)
+        for note in volume.notes:
+            if log:
+                log(f"note: {note}")
+        result = run_mesh(volume, config, log=log, timer=timer, label_map=label_map)
+        with timer.stage("encode"):
+            encoders = {"bone.stl": lambda: stl_bytes(result.bone, "bone"),
+                        "bone_mask.nii.gz": lambda: nifti_bytes(result.bone_mask, volume.affine),
+                        "labels.nii.gz": lambda: nifti_bytes(result.labels, volume.affine, LABEL_NAMES),
+                        "segmentation.seg.nrrd": lambda: seg_nrrd_bytes(result.labels, volume.affine)}
+            for name, mesh in result.context.items():
+                encoders[f"bone_{name}.stl"] = lambda name=name, mesh=mesh: stl_bytes(mesh, f"bone_{name}")
+            if result.implant is not None:
+                encoders["host.stl"] = lambda: stl_bytes(result.host, "host")
+                encoders["implant.stl"] = lambda: stl_bytes(result.implant, "implant")
+                cuts = result.report["planes"]
+                for guide in result.guides:
+                    stem = f"guide_{guide_stem(guide.plane_name)}"
+                    encoders[f"{stem}.stl"] = lambda stem=stem, guide=guide: stl_bytes(guide.mesh, stem)
+                encoders["plan.mrk.json"] = lambda: markups_bytes(
+                    [p.cut_plane() for p in config.resection.planes], [c["host_cut_centre_lps_mm"] for c in cuts],
+                    [c["host_cut_radius_mm"] for c in cuts])
+            if result.fixation is not None:
+                if result.fixation.implant_fixed is not None:
+                    encoders["implant_fixed.stl"] = lambda: stl_bytes(result.fixation.implant_fixed, "implant_fixed")
+                if result.fixation.screws_mesh is not None:
+                    encoders["screws.stl"] = lambda: stl_bytes(result.fixation.screws_mesh, "screws")
+            files = dict(zip(encoders, parallel(*encoders.values())))
+        files.update(qa_files(volume, result, config, images=qa, timer=timer))
+        report = result.report
+        report["fingerprint"] = fingerprint
+        report["outputs"] = {name: len(content) for name, content in sorted(files.items())}
+        report["resources"] = memory.report()
+        files["report.json"] = json_bytes(report)
+        with timer.stage("write"):
+            written = write_outputs(Path(out_dir), files)
+        return CaseRun(volume=volume, result=result, report=report, written=written, seconds=dict(timer.seconds))
 
 
 def qa_files(volume, result, config, *, images: bool, timer) -> dict[str, bytes]:

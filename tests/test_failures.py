@@ -151,3 +151,28 @@ def test_plane_structure_must_be_cuttable(tmp_path, capsys):
             "normal_lps = [1, 0, 0]\nstructures = ['femur_left']\n")
     line = run_failing(tmp_path, capsys, config_text=text, ct=tmp_path / "no_ct")
     assert "resection.planes[0].structures names 'femur_left'" in line
+
+
+def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path, capsys):
+    """Two batches into one OUT (or a mesh run beside a batch's case): the
+    second run removed the first one's staging folder as a killed run's, and
+    the first was left with 9 of its 11 files and no report.json. The folder
+    is now held while a run writes into it; the second is refused, and a
+    refused run leaves no folder it made behind."""
+    import fcntl
+    import os
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / ".staging-other").mkdir()   # the first run's outputs, being written
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)   # as the first run holds it
+        line = run_failing(tmp_path, capsys, extra=["--out", str(out), "--quiet"])
+    finally:
+        os.close(fd)
+    assert line == f"error: {out}: another run is writing into this folder; wait for it, or give another --out"
+    assert (out / ".staging-other").is_dir()
+    assert cli_main(["mesh", str(tmp_path / "none"), "--out", str(tmp_path / "new" / "out"), "--quiet"]) == 2
+    capsys.readouterr()
+    assert not (tmp_path / "new").exists()

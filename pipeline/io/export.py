@@ -20,7 +20,9 @@ import os
 import shutil
 import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import nibabel as nib
 import numpy as np
@@ -318,9 +320,45 @@ def check_writable_folder(folder: Path) -> None:
                 break
 
 
+@contextmanager
+def output_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder`` for one run: a second run into it (two batches into
+    one OUT, or a mesh run beside a batch's case) is refused in one line
+    instead of removing this run's staging folder, which left this run's
+    outputs half-written. The lock is the folder's own (flock: released
+    however the process ends); a folder made for it and left empty is removed
+    again. Where the system has no flock, nothing is held."""
+    try:
+        import fcntl
+    except ImportError:   # not a POSIX system
+        yield
+        return
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as e:
+        raise PipelineError(f"{folder}: cannot create output folder ({e.strerror})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PipelineError(f"{folder}: another run is writing into this folder; wait for it, or give "
+                                "another --out") from None
+        yield
+    finally:
+        os.close(fd)   # releases the lock
+        for path in made:
+            try:
+                path.rmdir()   # only if the run left it empty
+            except OSError:
+                break
+
+
 def remove_staging(out_dir: Path) -> None:
     """Delete staging folders in ``out_dir`` (left by a process killed while
-    writing). Only one run may write into an output folder at a time."""
+    writing). Only one run may write into an output folder at a time
+    (:func:`output_lock`)."""
     for staging in Path(out_dir).glob(f"{STAGING_PREFIX}*"):
         shutil.rmtree(staging, ignore_errors=True)
 
