@@ -14,6 +14,7 @@ of other cases).
 from __future__ import annotations
 
 import csv
+import io
 import re
 import tomllib
 from dataclasses import dataclass
@@ -76,8 +77,7 @@ def read_manifest(path: str | Path) -> list[Case]:
 
 
 def _csv_rows(path: Path, text: str) -> list[tuple[str, dict[str, str]]]:
-    lines = text.splitlines()
-    reader = csv.reader(lines)
+    reader = csv.reader(io.StringIO(text, newline=""))   # line ends kept: a value running over one shows
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
@@ -89,6 +89,11 @@ def _csv_rows(path: Path, text: str) -> list[tuple[str, dict[str, str]]]:
     try:
         for values in reader:
             where = f"row {reader.line_num}"
+            if any("\n" in v or "\r" in v for v in values):
+                # A quote left open takes the lines after it into one value: name the row it opens on.
+                start = reader.line_num - sum(v.rstrip("\r\n").count("\n") for v in values)
+                raise ManifestError(f"{path}: row {start}: a quoted value runs past the end of its line "
+                                    "(a quote left open?)")
             if not any(v.strip() for v in values):
                 continue   # blank lines
             if len(values) != len(header):

@@ -55,6 +55,9 @@ REFUSALS = {
     # A path cannot hold NUL: it ended in a traceback.
     "NUL in a path": ("case_id,ct,config\na,ct/a\x00x,plan.toml\n", "row 2 (case a): ct holds a NUL character"),
     "short row": ("case_id,ct,config\na,ct/a\n", "row 2: 2 values for 3 columns"),
+    # It was "row 3: 1 values for 4 columns": the open quote took row 3 into row 2's value.
+    "open quote": ('case_id,ct,config\n"a,ct/a,plan.toml\nb,ct/b,plan.toml\n',
+                   "row 2: a quoted value runs past the end of its line (a quote left open?)"),
     "no cases": ("case_id,ct,config\n", "lists no cases"),
     "empty file": ("", "the manifest is empty"),
 }
