@@ -318,3 +318,18 @@ def test_the_flange_goes_on_the_bone_under_most_of_the_cut_face_among_the_planes
     assert _cut_bone(host, faces, scene) == "sacrum"
     assert _cut_bone(host, faces, scene, ("hip_left",)) == "hip_left"
     assert _cut_bone(host, faces, scene, ("femur_left",)) is None
+
+
+def test_iliosacral_screws_asked_for_with_no_sacral_cut_face_are_warned_about():
+    """The box bone labelled hip_left: no cut face lies on the sacrum, so no
+    iliosacral screw can be tried. It was skipped without a word (on a 3 mm
+    CT whose sacral cut's flange had gone onto a fragment of ilium)."""
+    cut, scene = box_case(40.0)
+    hip = np.where(scene.labels > 0, LABEL_IDS["hip_left"], 0).astype(np.uint8)
+    scene = dataclasses.replace(scene, bones={"hip_left": scene.bones["sacrum"]}, labels=hip)
+    fix = fix_implant(cut, (CUT,), scene, dataclasses.replace(CONFIG, iliosacral=True, screws_per_flange=0))
+    assert not any(s.kind == "iliosacral" for s in fix.screws)
+    assert "fixation: iliosacral = true, but no cut face lies on the sacrum: no iliosacral screw" in fix.warnings
+    fix = fix_implant(cut, (CUT,), box_case(40.0)[1], dataclasses.replace(CONFIG, iliosacral=True,
+                                                                          screws_per_flange=0))
+    assert not any("no cut face lies on the sacrum" in w for w in fix.warnings)

@@ -67,3 +67,18 @@ def test_the_joint_space_bridged_grows_with_the_voxels():
     surface may lie: on 3 mm voxels the sacroiliac joint's surfaces were
     5-7 mm apart over most of it and a 6 mm limit bridged nothing."""
     assert joint_gap_mm((1.0, 0.8, 0.8)) == 6.0 and joint_gap_mm((3.0, 0.7, 0.7)) == 10.0
+
+
+def test_a_bridge_whose_seams_stay_unclean_leaves_the_bones_apart(monkeypatch):
+    """Where the union leaves defects an STL reader would see on every grid
+    shift tried, the bones are returned as they were (the run then warns
+    that the implant is in pieces) rather than a bone the cut would refuse."""
+    import pipeline.geometry.bridge as bridge
+
+    tried = []
+    monkeypatch.setattr(bridge, "reader_defects", lambda mesh: tried.append(len(mesh.faces)) or {"needle_triangles": 1})
+    bones = two_bones()
+    bone, info = bridge_joints(bones, (CUT,), gap_mm=joint_gap_mm((1.0, 1.0, 1.0)))
+    assert len(tried) == len(bridge.GRID_SHIFTS)
+    assert info == {"joints_bridged": 0, "bridge_volume_mm3": 0.0, "joints_not_bridged": 1}
+    assert bone.volume == pytest.approx(sum(b.volume for b in bones.values()), rel=1e-12)
