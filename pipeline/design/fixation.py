@@ -48,8 +48,8 @@ from ..bones import LABEL_IDS, LABEL_NAMES
 from ..config import FixationConfig, Plane
 from ..geometry.caps import outline_loops
 from ..geometry.distance import NearSurface
-from ..geometry.meshes import corner_max, mesh_facts, reader_defects
-from ..geometry.resect import Resection, to_manifold
+from ..geometry.meshes import corner_max, mesh_facts, reader_defects, to_manifold
+from ..geometry.resect import Resection
 from ..segment.distance_map import distance_to_false
 from ..segment.voxelise import inside_mesh
 from ..parallel import parallel

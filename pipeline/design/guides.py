@@ -51,7 +51,7 @@ from ..geometry.columns import cell_bounds, cell_of, column_extremes, facing_up
 from ..parallel import parallel
 from ..geometry.distance import NearSurface, face_boxes
 from ..geometry.meshes import corner_max, corner_min, edge_lengths
-from ..geometry.resect import to_manifold as _to_manifold
+from ..geometry.meshes import to_manifold as _to_manifold
 from .plate import manifold_mesh, solid_mesh
 
 # The slot runs this far beyond each end of the cut line (mm), so the blade

@@ -306,18 +306,12 @@ def check_writable_folder(folder: Path) -> None:
     file in its place, no permission), before any work is done for it."""
     if folder.exists() and not folder.is_dir():
         raise PipelineError(f"{folder}: is a file, not a folder")
-    made = [p for p in (folder, *folder.parents) if not p.exists()]
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder)).rmdir()
-    except OSError as e:
-        raise PipelineError(f"{folder}: cannot write there ({e.strerror})") from None
-    finally:
-        for path in made:   # nothing left behind: the run makes what it writes into
-            try:
-                path.rmdir()
-            except OSError:
-                break
+    with _left_as_found(folder):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder)).rmdir()
+        except OSError as e:
+            raise PipelineError(f"{folder}: cannot write there ({e.strerror})") from None
 
 
 @contextmanager
@@ -333,24 +327,35 @@ def output_lock(folder: Path) -> Iterator[None]:
     except ImportError:   # not a POSIX system
         yield
         return
+    with _left_as_found(folder):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(folder, os.O_RDONLY)
+        except OSError as e:
+            raise PipelineError(f"{folder}: cannot create output folder ({e.strerror})") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise PipelineError(f"{folder}: another run is writing into this folder; wait for it, or give "
+                                    "another --out") from None
+            yield
+        finally:
+            os.close(fd)   # releases the lock
+
+
+@contextmanager
+def _left_as_found(folder: Path) -> Iterator[None]:
+    """The folders ``folder`` and its parents that do not exist yet are
+    removed again afterwards if they are left empty: nothing is left behind
+    where nothing was written."""
     made = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError as e:
-        raise PipelineError(f"{folder}: cannot create output folder ({e.strerror})") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PipelineError(f"{folder}: another run is writing into this folder; wait for it, or give "
-                                "another --out") from None
         yield
     finally:
-        os.close(fd)   # releases the lock
-        for path in made:
+        for path in made:   # innermost first
             try:
-                path.rmdir()   # only if the run left it empty
+                path.rmdir()
             except OSError:
                 break
 
