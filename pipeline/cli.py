@@ -1,8 +1,9 @@
 """Command line: ``python -m pipeline {mesh,batch,series,phantom} ...``.
 
 The only place that prints or exits. A :class:`PipelineError` becomes one
-line on stderr and exit status 2; anything else is a bug and keeps its
-traceback.
+line on stderr and exit status 2; Ctrl-C (SIGINT) or SIGTERM one line and
+130 / 143, wherever it lands (in a library's import too); anything else is
+a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def cmd_mesh(args: argparse.Namespace) -> None:
     try:
         config = load_config(args.config)  # before the CT: a typo fails in milliseconds
         case = run_case(args.ct_dir, Path(args.out), config, series_uid=args.series, qa=not args.no_qa,
-                        labels_path=args.labels, log=console.line, begin=console.begin,
+                        labels_path=args.labels, log=console.line,
+                        begin=lambda stage: (STOP.check(), console.begin(stage)),
                         progress=console.progress("load"))
     except PipelineError as exc:
         # Nothing is written by a refused run: what is there is not this run's.
@@ -113,11 +115,7 @@ BATCH_FAILED_STATUS = 3
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    with _StopOnce() as stop:   # from the cluster's start until the summary is written
-        return _batch(args, stop)
-
-
-def _batch(args: argparse.Namespace, stop: "_StopOnce") -> int:
+    STOP.once = True   # from here until the summary is written
     from .batch import FAILED, NOT_RUN, connect, counts, read_manifest, run_batch, write_summary
 
     from .io import check_writable_folder
@@ -127,11 +125,12 @@ def _batch(args: argparse.Namespace, stop: "_StopOnce") -> int:
     check_writable_folder(Path(args.out))   # ... and the output folder: found after the cases, hours were lost
     console.line(f"{len(cases)} cases from {args.manifest}")
     with connect(args.scheduler, workers=args.workers, worker_memory_gb=args.worker_memory_gb) as client:
+        STOP.check()
         workers = client.scheduler_info(n_workers=-1)["workers"]
         console.line(f"{len(workers)} workers at {client.scheduler.address}"
                      + ("" if args.scheduler else " (local cluster)"))
         result = run_batch(cases, args.out, client, resume=args.resume, retries=args.retries, qa=not args.no_qa,
-                           on_update=lambda p: _batch_progress(console, p))
+                           on_update=lambda p: (STOP.check(), _batch_progress(console, p)))
     if result.interrupted and not args.scheduler:
         # The local cluster is closed: a worker stopped in the middle of
         # writing a case left its staging folder; none stays behind.
@@ -151,30 +150,42 @@ def _batch(args: argparse.Namespace, stop: "_StopOnce") -> int:
             print(path)
     if result.interrupted:
         print(f"error: interrupted; {n['not run']} case(s) not run: run again with --resume", file=sys.stderr)
-        return TERMINATED_STATUS if stop.signal == signal.SIGTERM else 130
+        return TERMINATED_STATUS if STOP.signal == signal.SIGTERM else INTERRUPTED_STATUS
     return BATCH_FAILED_STATUS if n[FAILED] else 0
 
 
-# Exit status of a batch stopped by SIGTERM (a job scheduler's, or `timeout`'s): 128 + 15, as the shell reports it.
+# Exit status of a run stopped by Ctrl-C, or by SIGTERM (a job scheduler's, or `timeout`'s): 128 + the signal,
+# as the shell reports it.
+INTERRUPTED_STATUS = 130
 TERMINATED_STATUS = 143
 
 
-class _StopOnce:
-    """Ctrl-C (SIGINT) and SIGTERM stop the batch the same way, once: the
-    first raises KeyboardInterrupt where the batch is (it then records the
-    cases not run, closes the cluster and writes its summary); one more while
-    it does so is ignored (it ended that in a traceback and no summary)."""
+class _Stop:
+    """Ctrl-C (SIGINT) and SIGTERM stop a run the same way: each raises
+    KeyboardInterrupt where the run is (a mesh run's outputs are then
+    written whole or not at all). With ``once`` (a batch), only the first
+    does: the batch then records the cases not run, closes the cluster and
+    writes its summary, and one more signal while it does so is ignored (it
+    ended that in a traceback and no summary)."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self.once = False
         self._previous: dict[int, object] = {}
 
     def __call__(self, signum, frame) -> None:
-        if self.signal is None:
+        if self.signal is None or not self.once:
             self.signal = signum
             raise KeyboardInterrupt
 
-    def __enter__(self) -> "_StopOnce":
+    def check(self) -> None:
+        """Stop now if a signal came and the run went on: a library's import
+        caught it (trimesh's optional imports catch everything)."""
+        if self.signal is not None:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> "_Stop":
+        self.signal, self.once = None, False
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
@@ -182,6 +193,9 @@ class _StopOnce:
     def __exit__(self, *exc) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+
+STOP = _Stop()
 
 
 def _batch_progress(console: Console, p) -> None:
@@ -329,9 +343,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        status = args.func(args)
-    except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    with STOP:
+        try:
+            status = args.func(args)
+        except PipelineError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except Exception:
+            # An interrupt that lands in a library's import can surface as another
+            # error (a NameError in scipy's): after a signal, it is the signal.
+            if STOP.signal is None:
+                raise
+            return _stopped()
+        except KeyboardInterrupt:
+            return _stopped()
     return status or 0
+
+
+def _stopped() -> int:
+    terminated = STOP.signal == signal.SIGTERM
+    print(f"error: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+    return TERMINATED_STATUS if terminated else INTERRUPTED_STATUS

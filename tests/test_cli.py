@@ -59,3 +59,59 @@ def test_no_qa_leaves_out_the_images_and_the_3d_view():
     page = files["report.html"].decode("utf-8")
     assert "<script" not in page and "Plotly" not in page
     assert "QA images and 3D view switched off (--no-qa)" in page
+
+
+def test_ctrl_c_or_sigterm_anywhere_ends_a_run_in_one_line(tmp_path, monkeypatch, capsys):
+    """Ctrl-C ended a mesh run in a traceback; landing in a library's import
+    it surfaced as that import's own error (scipy.ndimage's: "NameError:
+    name '_ndimage_api' is not defined"). Now either is one line, exit 130
+    (SIGTERM: 143); an error with no signal before it is still a bug's
+    traceback."""
+    import signal
+
+    import pytest
+
+    import pipeline.cli as cli
+
+    def import_cut_short(signum):
+        def run(args):
+            try:
+                signal.raise_signal(signum)
+            finally:
+                raise NameError("name '_ndimage_api' is not defined")
+        return run
+
+    argv = ["mesh", str(tmp_path / "ct"), "--out", str(tmp_path / "out")]
+    for signum, status, said in ((signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")):
+        monkeypatch.setattr(cli, "cmd_mesh", import_cut_short(signum))
+        assert cli_main(argv) == status
+        assert capsys.readouterr().err == f"error: {said}\n"
+    monkeypatch.setattr(cli, "cmd_mesh", lambda args: signal.raise_signal(signal.SIGINT))
+    assert cli_main(argv) == 130
+    monkeypatch.setattr(cli, "cmd_mesh", lambda args: [][1])
+    with pytest.raises(IndexError):
+        cli_main(argv)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_that_a_library_swallowed_stops_the_run_at_its_next_stage(tmp_path, monkeypatch, capsys):
+    """Ctrl-C landing in trimesh's optional imports (they catch everything)
+    was lost: the run went on to the end, exit 0. Now the next stage does not start."""
+    import signal
+
+    import pipeline.case
+
+    stages = []
+
+    def run_case(*args, begin, **kwargs):
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except BaseException:   # noqa: BLE001 -- as trimesh's import guard does
+            pass
+        for stage in ("segment", "labels"):
+            begin(stage)
+            stages.append(stage)
+
+    monkeypatch.setattr(pipeline.case, "run_case", run_case)
+    assert cli_main(["mesh", str(tmp_path / "ct"), "--out", str(tmp_path / "out"), "--quiet"]) == 130
+    assert stages == [] and capsys.readouterr().err == "error: interrupted\n"

@@ -234,8 +234,8 @@ def write_outputs(out_dir: Path, files: dict[str, bytes]) -> list[Path]:
     earlier run's outputs are moved aside (report.json first, so a folder
     caught half-way never passes for a finished run), the new ones moved in
     (report.json last), and only then the earlier ones deleted. A failure on
-    the way (a folder where a file goes, a full disk) puts the earlier run
-    back as it was."""
+    the way (a folder where a file goes, a full disk, Ctrl-C) puts the
+    earlier run back as it was."""
     unknown = {name for name in files if name not in OUTPUT_NAMES and not is_patterned_output(name)}
     if unknown:
         raise ValueError(f"not an output name: {sorted(unknown)}")
@@ -270,8 +270,11 @@ def write_outputs(out_dir: Path, files: dict[str, bytes]) -> list[Path]:
         qa = out_dir / QA_FOLDER
         if qa.is_dir() and not any(qa.iterdir()):
             qa.rmdir()  # a run without QA images leaves no empty folder behind
-    except OSError as e:
+    except BaseException as e:
+        # Ctrl-C too: the folder is left as it was, never half of each run.
         _put_back(out_dir, earlier, moved_in, moved_aside)
+        if not isinstance(e, OSError):
+            raise
         raise PipelineError(f"{out_dir}: cannot write outputs ({e.strerror}"
                             f"{': ' + str(e.filename) if e.filename else ''})") from None
     finally:

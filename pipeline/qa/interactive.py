@@ -18,6 +18,7 @@ plotly.js.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -110,7 +111,9 @@ def _lighten(objects: list[SceneObject], budgets: list[int], tolerance_mm: float
     if (len(over) > 1 and WORKERS > 1 and "fork" in multiprocessing.get_all_start_methods()
             and not multiprocessing.current_process().daemon):
         context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=min(WORKERS, len(over)), mp_context=context) as pool:
+        # Ctrl-C on a terminal reaches the workers too: the caller stops, they finish their mesh quietly.
+        with ProcessPoolExecutor(max_workers=min(WORKERS, len(over)), mp_context=context,
+                                 initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
             futures = {i: pool.submit(_lighten_arrays, np.asarray(objects[i].mesh.vertices),
                                       np.asarray(objects[i].mesh.faces), budgets[i], tolerance_mm) for i in over}
             for i, future in futures.items():

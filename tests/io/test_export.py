@@ -132,6 +132,31 @@ def test_write_outputs_failing_half_way_puts_the_earlier_run_back(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bone.stl", "implant.stl", "qa", "report.json"]
 
 
+def test_write_outputs_stopped_by_ctrl_c_half_way_puts_the_earlier_run_back(tmp_path, monkeypatch):
+    """Ctrl-C while the files were moved: the earlier outputs moved aside
+    were deleted with the staging folder, leaving the new files moved in so
+    far and no report.json. Now the earlier run is back, byte for byte."""
+    import os
+
+    import pipeline.io.export as export
+
+    write_outputs(tmp_path, {"bone.stl": b"old", "implant.stl": b"old", "report.json": b"{}"})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    moves, replace = [], os.replace
+
+    def replace_then_ctrl_c(src, dst):
+        moves.append(dst)
+        if len(moves) == 5:   # the earlier three moved aside, one new file moved in
+            raise KeyboardInterrupt
+        replace(src, dst)
+
+    monkeypatch.setattr(export.os, "replace", replace_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        write_outputs(tmp_path, {"bone.stl": b"new", "host.stl": b"new", "report.json": b"{}"})
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 def oblique_mirrored_affine() -> np.ndarray:
     rot = trimesh.transformations.rotation_matrix(0.3, [1, 2, 3])[:3, :3]
     affine = np.eye(4)
