@@ -124,7 +124,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     cases = read_manifest(args.manifest)   # every row checked before a worker starts
     check_writable_folder(Path(args.out))   # ... and the output folder: found after the cases, hours were lost
     console.line(f"{len(cases)} cases from {args.manifest}")
-    with connect(args.scheduler, workers=args.workers, worker_memory_gb=args.worker_memory_gb) as client:
+    with connect(args.scheduler, workers=args.workers, worker_memory_gb=args.worker_memory_gb,
+                 cases=len(cases)) as client:
         STOP.check()
         workers = client.scheduler_info(n_workers=-1)["workers"]
         console.line(f"{len(workers)} workers at {client.scheduler.address}"
@@ -307,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("manifest", type=Path, metavar="MANIFEST", help="the cases (.csv or .toml)")
     batch.add_argument("--out", type=Path, required=True, help="output folder: one folder per case")
     batch.add_argument("--workers", type=_at_least(1),
-                       help="local worker processes (default: one per core, at most one per 4 GB of memory)")
+                       help="local worker processes (default: one per core, at most one per 4 GB of memory; "
+                            "never more than the cases)")
     batch.add_argument("--worker-memory-gb", type=_positive_float,
                        help="memory limit per local worker in GB (default: the machine's memory shared "
                             "evenly); a worker beyond it is restarted and its case retried")

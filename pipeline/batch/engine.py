@@ -65,11 +65,13 @@ def default_workers(cpus: int, memory_bytes: float) -> int:
 
 
 @contextmanager
-def connect(scheduler: str | None = None, *, workers: int | None = None,
-            worker_memory_gb: float | None = None) -> Iterator["object"]:
+def connect(scheduler: str | None = None, *, workers: int | None = None, worker_memory_gb: float | None = None,
+            cases: int | None = None) -> Iterator["object"]:
     """A dask client: to ``scheduler`` if given, else to a new LocalCluster of
     ``workers`` processes (one thread each) with ``worker_memory_gb`` each
-    (defaults: :func:`default_workers`, the machine's memory shared evenly)."""
+    (defaults: :func:`default_workers`, the machine's memory shared evenly),
+    and no more processes than ``cases``: a worker with no case to run only
+    takes its share of the memory and a second to start."""
     import dask
     from distributed import Client, LocalCluster
     from dask.system import CPU_COUNT
@@ -96,6 +98,7 @@ def connect(scheduler: str | None = None, *, workers: int | None = None,
         raise PipelineError(f"--worker-memory-gb {worker_memory_gb:g} is more than this machine's "
                             f"{MEMORY_LIMIT / GB:.3g} GB")
     n = workers or default_workers(CPU_COUNT, MEMORY_LIMIT)
+    n = min(n, cases) if cases else n
     memory = worker_memory_gb * GB if worker_memory_gb else MEMORY_LIMIT / n
     # A worker death reaches run_batch at once (it counts the retries), and
     # the cluster's own logging stays off the terminal (the batch reports it).

@@ -82,3 +82,32 @@ def test_sigterm_stops_the_batch_as_ctrl_c_does_and_a_second_signal_is_ignored(t
     assert cli_main(["batch", str(tmp_path / "cases.csv"), "--out", str(out), "--quiet"]) == 143
     assert seen == ["stopped", "closed"] and (out / "batch.csv").is_file()
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_local_cluster_has_no_more_workers_than_cases(monkeypatch):
+    """Two cases started eight workers with --workers 8 (each given an
+    eighth of the memory); now two, each with half."""
+    import distributed
+
+    from pipeline.batch.engine import connect
+
+    asked = {}
+
+    class Cluster:
+        def __init__(self, n_workers, memory_limit, **kwargs):
+            asked.update(n_workers=n_workers, memory_limit=memory_limit)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(distributed, "LocalCluster", Cluster)
+    monkeypatch.setattr(distributed, "Client", lambda cluster: contextlib.nullcontext("client"))
+    with connect(workers=8, worker_memory_gb=1.0, cases=2) as client:
+        assert client == "client"
+    assert asked == {"n_workers": 2, "memory_limit": 10**9}
+    with connect(cases=1):
+        pass
+    assert asked["n_workers"] == 1
