@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 AXES = ("slice", "row", "column")
+# Voxel spacing is read to this many decimals of a millimetre (see Volume.spacing_mm).
+SPACING_DECIMALS = 6
 
 
 def check_affine(affine: np.ndarray) -> np.ndarray:
@@ -67,8 +69,13 @@ class Volume:
 
     @property
     def spacing_mm(self) -> np.ndarray:
-        """Distance between neighbouring voxel centres along (slice, row, column)."""
-        return np.linalg.norm(self.affine[:3, :3], axis=0)
+        """Distance between neighbouring voxel centres along (slice, row, column),
+        to a nanometre: a scanner's direction cosines carry float noise (a
+        1.0 mm pixel read as 0.99999999999372 mm), which must not decide a
+        voxel count at a tie (2.5 mm over 1.0 mm rounds to 2 voxels; over
+        0.9999999 mm, to 3) or which axis is the slices'. The affine keeps
+        every digit."""
+        return np.round(np.linalg.norm(self.affine[:3, :3], axis=0), SPACING_DECIMALS)
 
     @property
     def origin_lps_mm(self) -> np.ndarray:
@@ -78,7 +85,7 @@ class Volume:
     @property
     def direction(self) -> np.ndarray:
         """3x3 matrix whose columns are the unit LPS directions of the array axes."""
-        return self.affine[:3, :3] / self.spacing_mm
+        return self.affine[:3, :3] / np.linalg.norm(self.affine[:3, :3], axis=0)
 
     @property
     def voxel_volume_mm3(self) -> float:

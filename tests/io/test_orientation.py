@@ -69,3 +69,17 @@ def test_a_flipped_axis_would_be_caught(reference, reference_mesh, tmp_path):
     wrong = Volume(np.flip(reference.hu, axis=2).copy(), reference.affine)
     mesh = mesh_through_dicom(wrong, tmp_path).bone
     assert np.linalg.norm(mesh.center_mass - reference_mesh.center_mass) > 1.0
+
+
+@pytest.mark.parametrize("degrees", [-20.0, -10.0, 10.0, 20.0])
+def test_spacing_of_a_turned_grid_is_its_own_to_the_nanometre(degrees):
+    """Pelvic-Ref-003 with its patient turned 10 degrees on the table read
+    its 1.0 mm pixels as 0.9999999999999999 mm: the half-maximum window (2.5
+    mm over the spacing, rounded) then took 7 voxels for 5, and the sacrum
+    came out 0.946 in Dice against the same scan unturned (0.966 now). The
+    voxel spacing is read to a nanometre; the axes' directions stay exact."""
+    affine = np.diag([3.0, 1.0, 1.0, 1.0])
+    affine[:3, :3] = rotation([0, 0, 1], np.radians(degrees)) @ affine[:3, :3]
+    volume = Volume(np.zeros((3, 3, 3), np.float32), affine)
+    assert volume.spacing_mm.tolist() == [3.0, 1.0, 1.0]
+    assert np.abs(volume.direction.T @ volume.direction - np.eye(3)).max() < 1e-15
