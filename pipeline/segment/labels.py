@@ -569,8 +569,8 @@ def solid_bone(pieces: np.ndarray, label: int, radius_vox: int, spacing_mm: np.n
         # outside (a femur's canal cut by the field of view is marrow, the
         # spine's is not).
         at_border = [(False, False)] * 3
-    slice_hole_mm2 = cfg.max_slice_hole_mm2 if slice_axis(spacing_mm) in planes else 0.0
-    filled = close_and_fill(piece, radius_vox, spacing_mm, cfg.closing_mm, at_border, slice_hole_mm2)
+    slice_hole_mm2 = cfg.max_slice_hole_mm2 if slice_axis(spacing_mm, axial) in planes else 0.0
+    filled = close_and_fill(piece, radius_vox, spacing_mm, cfg.closing_mm, at_border, slice_hole_mm2, axial)
     if cfg.enclosure_mm > 0:
         reach = np.maximum(np.round(cfg.enclosure_mm / np.asarray(spacing_mm, dtype=float)), 1)
         met = enclosed_directions(filled, reach, at_border, others)

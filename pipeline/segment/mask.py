@@ -274,7 +274,7 @@ def ball(spacing_mm: np.ndarray, radius_mm: float) -> np.ndarray:
 
 def close_and_fill(piece: np.ndarray, radius_vox: int, spacing_mm: np.ndarray,
                    closing_mm: float, at_border: list[tuple[bool, bool]],
-                   max_slice_hole_mm2: float) -> np.ndarray:
+                   max_slice_hole_mm2: float, axial: int = 0) -> np.ndarray:
     """Close small cortical gaps and fill the marrow of one bone piece.
 
     Two fills: cavities enclosed in 3D, then holes enclosed within a single
@@ -299,7 +299,7 @@ def close_and_fill(piece: np.ndarray, radius_vox: int, spacing_mm: np.ndarray,
     inner = tuple(slice(e[0] + f[0], work.shape[a] - e[1] - f[1])
                   for a, (e, f) in enumerate(zip(edge_pad, free_pad)))
     work = fill_cavities(work, FACE_CONNECTIVITY, [not b for pair in at_border for b in pair])
-    across = slice_axis(spacing_mm)
+    across = slice_axis(spacing_mm, axial)
     in_plane = [a for a in range(3) if a != across]
     max_voxels = max_slice_hole_mm2 / float(np.prod(np.asarray(spacing_mm, dtype=float)[in_plane]))
     in_slice = fill_cavities(work, np.moveaxis(IN_SLICE_CONNECTIVITY, 0, across),
@@ -307,11 +307,17 @@ def close_and_fill(piece: np.ndarray, radius_vox: int, spacing_mm: np.ndarray,
     return in_slice[inner]
 
 
-def slice_axis(spacing_mm) -> int:
+def slice_axis(spacing_mm, axial: int = 0) -> int:
     """The axis across the acquired slices: the one with the largest
-    spacing (the first of equals). A DICOM series stacks its slices along
-    axis 0; a NIfTI or NRRD file may store them along another."""
-    return int(np.argmax(np.asarray(spacing_mm, dtype=float)))
+    spacing; of equals, ``axial`` (the axis along the patient's length) if
+    it is one of them, else the first. A DICOM series stacks its slices
+    along axis 0; a NIfTI or NRRD file may store them along another. (On
+    isotropic voxels "the first" followed the storage order: the same
+    3 mm scan stored rows first filled the spine's holes in other planes,
+    lumbar 0.986 against itself.)"""
+    spacing = np.asarray(spacing_mm, dtype=float)
+    widest = np.flatnonzero(spacing == spacing.max())
+    return int(axial if axial in widest else widest[0])
 
 
 # A voxel is enclosed by a bone when all six axis directions meet it within

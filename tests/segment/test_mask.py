@@ -98,6 +98,28 @@ def test_the_midline_is_the_bones_centre_without_metal_however_stored():
         assert bone_midline_x(stored, solid[tuple(index)], box) == pytest.approx(midline, abs=1e-12), axes
 
 
+@pytest.mark.parametrize("axial", [0, 1, 2])
+def test_on_isotropic_voxels_the_slices_are_the_axial_planes_however_stored(axial):
+    """The rings of the test below on 3 mm voxels every way (a 3 mm isotropic
+    NIfTI), stored with the patient's long axis along ``axial``: the slice
+    fill works in the axial planes. It took the first array axis, so the same
+    scan stored rows first was filled in coronal planes (its lumbar label
+    0.986 against itself)."""
+    from pipeline.segment.mask import close_and_fill, slice_axis
+
+    rows, cols = np.indices((40, 40))
+    rings, marrow = np.zeros((6, 40, 40), dtype=bool), np.zeros((6, 40, 40), dtype=bool)
+    for k in range(6):
+        r = np.hypot(rows - 20, cols - 8 - 4 * k)
+        rings[k], marrow[k] = (r >= 5) & (r <= 6.5), r < 5
+    axes = {0: (0, 1, 2), 1: (1, 0, 2), 2: (1, 2, 0)}[axial]
+    spacing = np.array([3.0, 3.0, 3.0])
+    assert slice_axis(spacing, axial) == axial
+    assert slice_axis([3.0, 1.0, 3.0], 1) == 0 and slice_axis([1.0, 3.0, 3.0], 0) == 1
+    filled = close_and_fill(np.transpose(rings, axes), 0, spacing, 0.0, [(False, False)] * 3, 2500.0, axial)
+    assert np.array_equal(np.transpose(filled, np.argsort(axes)), rings | marrow)
+
+
 @pytest.mark.parametrize("across", [0, 1, 2])
 def test_marrow_enclosed_only_slice_by_slice_is_filled_whichever_axis_the_slices_are_stored_along(across):
     """Rings of cortex on 3 mm slices, each 4 mm off the one before, so the
