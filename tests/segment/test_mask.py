@@ -98,6 +98,16 @@ def test_the_midline_is_the_bones_centre_without_metal_however_stored():
         assert bone_midline_x(stored, solid[tuple(index)], box) == pytest.approx(midline, abs=1e-12), axes
 
 
+def shifted_rings() -> tuple[np.ndarray, np.ndarray]:
+    """(cortex, marrow): six slices of a ring, each 4 voxels off the one before."""
+    rows, cols = np.indices((40, 40))
+    rings, marrow = np.zeros((6, 40, 40), dtype=bool), np.zeros((6, 40, 40), dtype=bool)
+    for k in range(6):
+        r = np.hypot(rows - 20, cols - 8 - 4 * k)
+        rings[k], marrow[k] = (r >= 5) & (r <= 6.5), r < 5
+    return rings, marrow
+
+
 @pytest.mark.parametrize("axial", [0, 1, 2])
 def test_on_isotropic_voxels_the_slices_are_the_axial_planes_however_stored(axial):
     """The rings of the test below on 3 mm voxels every way (a 3 mm isotropic
@@ -107,11 +117,7 @@ def test_on_isotropic_voxels_the_slices_are_the_axial_planes_however_stored(axia
     0.986 against itself)."""
     from pipeline.segment.mask import close_and_fill, slice_axis
 
-    rows, cols = np.indices((40, 40))
-    rings, marrow = np.zeros((6, 40, 40), dtype=bool), np.zeros((6, 40, 40), dtype=bool)
-    for k in range(6):
-        r = np.hypot(rows - 20, cols - 8 - 4 * k)
-        rings[k], marrow[k] = (r >= 5) & (r <= 6.5), r < 5
+    rings, marrow = shifted_rings()
     axes = {0: (0, 1, 2), 1: (1, 0, 2), 2: (1, 2, 0)}[axial]
     spacing = np.array([3.0, 3.0, 3.0])
     assert slice_axis(spacing, axial) == axial
@@ -130,11 +136,7 @@ def test_marrow_enclosed_only_slice_by_slice_is_filled_whichever_axis_the_slices
     axis being the slices'."""
     from pipeline.segment.mask import close_and_fill, slice_axis
 
-    rows, cols = np.indices((40, 40))
-    rings, marrow = np.zeros((6, 40, 40), dtype=bool), np.zeros((6, 40, 40), dtype=bool)
-    for k in range(6):
-        r = np.hypot(rows - 20, cols - 8 - 4 * k)
-        rings[k], marrow[k] = (r >= 5) & (r <= 6.5), r < 5
+    rings, marrow = shifted_rings()
     axes = {0: (0, 1, 2), 1: (1, 0, 2), 2: (1, 2, 0)}[across]
     spacing = np.array([3.0, 1.0, 1.0])[list(axes)]
     assert slice_axis(spacing) == across
