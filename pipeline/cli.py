@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from .errors import PipelineError
@@ -116,7 +117,8 @@ BATCH_FAILED_STATUS = 3
 
 def cmd_batch(args: argparse.Namespace) -> int:
     STOP.once = True   # from here until the summary is written
-    from .batch import FAILED, NOT_RUN, connect, counts, read_manifest, run_batch, write_summary
+    from .batch import (FAILED, NOT_RUN, connect, counts, finished_while_stopping, read_manifest, run_batch,
+                        write_summary)
 
     from .io import check_writable_folder
 
@@ -124,6 +126,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     cases = read_manifest(args.manifest)   # every row checked before a worker starts
     check_writable_folder(Path(args.out))   # ... and the output folder: found after the cases, hours were lost
     console.line(f"{len(cases)} cases from {args.manifest}")
+    started = time.time()
     with connect(args.scheduler, workers=args.workers, worker_memory_gb=args.worker_memory_gb,
                  cases=len(cases)) as client:
         STOP.check()
@@ -134,11 +137,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
                            on_update=lambda p: (STOP.check(), _batch_progress(console, p)))
     if result.interrupted and not args.scheduler:
         # The local cluster is closed: a worker stopped in the middle of
-        # writing a case left its staging folder; none stays behind.
+        # writing a case left its staging folder; none stays behind. One that
+        # finished its case while the batch stopped wrote it whole: it is done.
         from .io import remove_staging
-        for record in result.records:
+        for case, record in zip(cases, result.records):
             if record["status"] == NOT_RUN:
-                remove_staging(Path(args.out) / record["case_id"])
+                remove_staging(Path(args.out) / case.case_id)
+                done = finished_while_stopping(case, args.out, qa=not args.no_qa, since=started)
+                if done is not None:
+                    record.update(done, attempts=record["attempts"])
     about = {"manifest": str(args.manifest), "cases": len(cases), "workers": len(workers),
              "scheduler": args.scheduler or "local cluster", "resume": args.resume, "retries": args.retries,
              "qa_images": not args.no_qa}

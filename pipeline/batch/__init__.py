@@ -13,7 +13,7 @@
 from .engine import BatchResult, Progress, connect, default_workers, run_batch
 from .manifest import Case, read_manifest
 from .summary import counts, write_summary
-from .task import CURRENT, DONE, FAILED, NOT_RUN, process_case
+from .task import CURRENT, DONE, FAILED, NOT_RUN, finished_while_stopping, process_case
 
 __all__ = ["BatchResult", "Progress", "connect", "default_workers", "run_batch", "Case", "read_manifest", "counts",
-           "write_summary", "CURRENT", "DONE", "FAILED", "NOT_RUN", "process_case"]
+           "write_summary", "CURRENT", "DONE", "FAILED", "NOT_RUN", "finished_while_stopping", "process_case"]

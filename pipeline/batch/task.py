@@ -37,12 +37,7 @@ def process_case(case: Case, out_dir: str, *, resume: bool, qa: bool) -> dict:
     try:
         config = load_config(case.config)
         fingerprint = case_fingerprint(case.ct, config, series_uid=case.series, qa=qa)
-        report = current_report(folder, fingerprint["digest"]) if resume else None
-        if report is not None:
-            try:
-                headline(report)
-            except (KeyError, TypeError, ValueError, AttributeError):
-                report = None   # a damaged report.json: the folder is not current, whatever its fingerprint
+        report = _current(folder, fingerprint) if resume else None
         if report is None:
             run = run_case(case.ct, folder, config, series_uid=case.series, qa=qa, fingerprint=fingerprint)
             report, status, seconds = run.report, DONE, run.seconds
@@ -60,6 +55,37 @@ def process_case(case: Case, out_dir: str, *, resume: bool, qa: bool) -> dict:
         record["traceback"] = traceback.format_exc()
     record["wall_s"] = round(time.perf_counter() - start, 3)
     return record
+
+
+def finished_while_stopping(case: Case, out_dir: str, *, qa: bool, since: float) -> dict | None:
+    """The record of a case the batch counted as not run, when its worker
+    finished it while the batch stopped (its folder holds a complete run of
+    its inputs, written since ``since``, a time.time()); else None."""
+    folder = Path(out_dir) / case.case_id
+    try:
+        if (folder / "report.json").stat().st_mtime < since:
+            return None
+        fingerprint = case_fingerprint(case.ct, load_config(case.config), series_uid=case.series, qa=qa)
+    except (OSError, PipelineError):
+        return None
+    report = _current(folder, fingerprint)
+    if report is None:
+        return None
+    return {"case_id": case.case_id, "status": DONE, "error": None, "worker": None,
+            "seconds": report.get("timings_s") or {},
+            "peak_rss_mib": (report.get("resources") or {}).get("peak_rss_mib"),
+            "headline": headline(report), "thumbnail_jpeg": thumbnail(folder)}
+
+
+def _current(folder: Path, fingerprint: dict) -> dict | None:
+    """The report of ``folder`` when it holds a complete run of this fingerprint and can be read."""
+    report = current_report(folder, fingerprint["digest"])
+    if report is not None:
+        try:
+            headline(report)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None   # a damaged report.json: the folder is not current, whatever its fingerprint
+    return report
 
 
 def headline(report: dict) -> dict:

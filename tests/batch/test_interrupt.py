@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from types import SimpleNamespace
 
 import pipeline.batch as batch
@@ -111,3 +112,53 @@ def test_a_local_cluster_has_no_more_workers_than_cases(monkeypatch):
     with connect(cases=1):
         pass
     assert asked["n_workers"] == 1
+
+
+def test_a_case_finished_while_the_batch_stopped_is_recorded_done(tmp_path, monkeypatch):
+    """A worker that finished its case while the cluster closed wrote it
+    whole, but the summary said "not run" (and --resume then found it up to
+    date). Now it is recorded done, from its report; a case whose folder
+    holds only an earlier run stays "not run"."""
+    import json
+    import os
+    import time
+
+    import pipeline.batch.task as task
+
+    for case_id in ("late", "old"):
+        (tmp_path / "ct" / case_id).mkdir(parents=True)
+    (tmp_path / "cases.csv").write_text("case_id,ct,config\n" + "".join(
+        f"{c},ct/{c},{REPO / 'configs' / 'default.toml'}\n" for c in ("late", "old")))
+    out = tmp_path / "out"
+    monkeypatch.setattr(task, "case_fingerprint", lambda ct, config, **kw: {"digest": f"of {Path(ct).name}"})
+
+    def complete_run(case_id: str) -> None:
+        folder = out / case_id
+        folder.mkdir(parents=True)
+        (folder / "bone.stl").write_bytes(b"abc")
+        report = {"fingerprint": {"digest": f"of {case_id}"}, "outputs": {"bone.stl": 3},
+                  "timings_s": {"labels": 1.5}, "segmentation": {"labels": {"sacrum": {"mesh_volume_mm3": 2000.0}}}}
+        (folder / "report.json").write_text(json.dumps(report))
+
+    complete_run("old")
+    hour_ago = time.time() - 3600
+    os.utime(out / "old" / "report.json", (hour_ago, hour_ago))
+
+    @contextlib.contextmanager
+    def fake_cluster(*args, **kwargs):
+        yield SimpleNamespace(scheduler_info=lambda **_: {"workers": {"w0": {}}},
+                              scheduler=SimpleNamespace(address="inproc://fake"))
+        complete_run("late")   # written while the cluster closes
+
+    def interrupted_run(cases, out_dir, client, **kwargs):
+        return BatchResult(records=[{"case_id": c.case_id, "status": batch.NOT_RUN, "attempts": 1,
+                                     "error": "the batch was interrupted before this case finished"} for c in cases],
+                           interrupted=True, seconds=1.0)
+
+    monkeypatch.setattr(batch, "connect", fake_cluster)
+    monkeypatch.setattr(batch, "run_batch", interrupted_run)
+    assert cli_main(["batch", str(tmp_path / "cases.csv"), "--out", str(out), "--quiet"]) == 130
+    cases = {c["case_id"]: c for c in json.loads((out / "batch.json").read_text())["cases"]}
+    assert cases["late"]["status"] == batch.DONE and cases["late"]["error"] is None
+    assert cases["late"]["headline"]["label_sacrum_cm3"] == 2.0 and cases["late"]["attempts"] == 1
+    assert cases["old"]["status"] == batch.NOT_RUN
