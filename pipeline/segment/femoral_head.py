@@ -51,7 +51,9 @@ HEAD_JOINT_MM = 3.0
 # HEAD_MIN_VOTES.
 HEAD_SEARCH_MM, HEAD_VOTE_CELL_MM, HEAD_MIN_VOTES = 15.0, 2.0, 20
 # The femoral neck points lateral, inferior and a little anterior (LPS, per
-# side sign on x); rays along it see no joint space.
+# side sign on x, for a patient lying straight; turned with the fitted
+# pelvis, so a patient turned 20 degrees on the table still has the rays
+# along the neck left out, not others); rays along it see no joint space.
 NECK_DIRECTION_LPS = np.array([0.7, -0.2, -0.7])
 # A filled voxel darker than water, at the edge of a head placed from the
 # acetabulum alone, is fat beyond the head (under its neck, in the
@@ -73,7 +75,7 @@ class Head:
 
 
 def femoral_head(fit: PelvisFit, hu: np.ndarray, grid: Grid, raw: np.ndarray, hip: int, femur: int,
-                 landmark: str, side: float) -> Head | None:
+                 landmark: str, side: float, turn: np.ndarray = np.eye(3)) -> Head | None:
     """The joint-space sphere of one femoral head, or None when the
     acetabulum is out of view. The fitted acetabulum says where to look
     (the model can be several mm off there: the joint space blurs the
@@ -81,7 +83,9 @@ def femoral_head(fit: PelvisFit, hu: np.ndarray, grid: Grid, raw: np.ndarray, hi
     (:func:`head_from_surface`), and the HU valley of the joint space
     where its sphere lies (:func:`head_sphere`). Without a valley deep
     enough the head's surface sphere, grown by half a joint space, stands;
-    without that, the acetabulum's."""
+    without that, the acetabulum's. ``turn``: how the fitted pelvis lies
+    turned (:func:`~pipeline.segment.model_fit.pelvis_turn`); the neck turns
+    with it."""
     cup = fit.vertices_lps_mm[fit.landmarks[landmark]]
     index = grid.index(cup)
     if np.mean(np.all((index >= 0) & (index <= np.array(grid.shape) - 1), axis=1)) < 0.5:
@@ -93,7 +97,7 @@ def femoral_head(fit: PelvisFit, hu: np.ndarray, grid: Grid, raw: np.ndarray, hi
         centre, radius, source = surface[0], surface[1] + HEAD_JOINT_MM / 2, "head surface"
     else:
         radius -= HEAD_JOINT_MM / 2  # the cup's surface is the acetabulum's; the joint lies inside it
-    neck = NECK_DIRECTION_LPS * [side, 1.0, 1.0]
+    neck = turn @ (NECK_DIRECTION_LPS * [side, 1.0, 1.0])
     found = head_sphere(hu, grid, centre, radius, neck / np.linalg.norm(neck))
     valley_hu = 0.0
     if found is not None:

@@ -63,7 +63,7 @@ from .lookup import label_counts, lookup, touching
 from .mask import (ENCLOSED_DIRECTIONS, FACE_CONNECTIVITY, IN_SLICE_CONNECTIVITY, BoneMask, bounding_box,
                    close_and_fill, closing_radius_voxels, enclosed_directions, fill_bridged_plane_holes,
                    fill_cavities, slice_axis)
-from .model_fit import PelvisFit, fit_pelvis, missing_bones, pelvis_found, vertex_normals
+from .model_fit import PelvisFit, fit_pelvis, missing_bones, pelvis_found, pelvis_turn, vertex_normals
 from .neighbours import max3, min3
 from .shape_model import MODEL_BONES, ShapeModel, load_model
 from .spine import (SPINE_SMOOTHING_MM, Levels, open_canal, smooth_hu, tissue_hu, vertebrae_above_l1,
@@ -165,8 +165,9 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
     if found:
         # Both femoral heads at once (numpy and scipy release the GIL); the
         # model's masks after them (beside them, the peak memory grew by 0.1 GB).
-        heads = [h for h in parallel(*[lambda side=side: femoral_head(fit, hu, grid, raw, *side) for side in SIDES])
-                 if h is not None]
+        turn = pelvis_turn(model, fit)
+        heads = [h for h in parallel(*[lambda side=side: femoral_head(fit, hu, grid, raw, *side, turn=turn)
+                                       for side in SIDES]) if h is not None]
         masks = model_masks(fit, grid)
         for b in missing_bones(fit):
             # Placed by the other bones, its model still names what is left

@@ -481,6 +481,17 @@ def fit_pelvis(volume: Volume, bone: BoneMask, model: ShapeModel) -> PelvisFit:
     return max(trials, key=_found_share) if trials else fit
 
 
+def pelvis_turn(model: ShapeModel, fit: PelvisFit) -> np.ndarray:
+    """The rotation (3x3, LPS) from the model's mean pelvis, lying straight
+    in the LPS frame, to the fitted one: how the patient lies turned
+    (least squares over the vertices, Kabsch)."""
+    a = model.mean_mm - model.mean_mm.mean(axis=0)
+    b = fit.vertices_lps_mm - fit.vertices_lps_mm.mean(axis=0)
+    u, _, vt = np.linalg.svd(a.T @ b)
+    flip = np.diag([1.0, 1.0, np.sign(np.linalg.det(vt.T @ u.T))])
+    return vt.T @ flip @ u.T
+
+
 def pelvis_found(fit: PelvisFit) -> bool:
     """Whether the fit found a pelvis: at least MIN_FITTED_FRACTION of the
     model in view lies on bone, over the bones it was fitted to."""

@@ -254,3 +254,28 @@ def test_the_start_finds_a_pelvis_beside_the_midline_it_is_given(off_mm):
     5 mm either side of it is as far as the fine grid reaches)."""
     _, _, translation = _start(np.eye(3), START_PLACE[0] + off_mm)
     assert np.linalg.norm(translation - START_PLACE) < 6.0
+
+
+def test_the_turn_of_a_fitted_pelvis_is_found_and_turns_the_femoral_neck(monkeypatch):
+    """The femoral neck's direction, along which no joint space is looked
+    for, was fixed in LPS: for a patient turned on the table it pointed
+    elsewhere. It now turns with the fitted pelvis."""
+    from types import SimpleNamespace
+
+    import pipeline.segment.femoral_head as femoral_head
+    from pipeline.segment.model_fit import pelvis_turn
+
+    model = load_model()
+    turn = trimesh.transformations.rotation_matrix(np.radians(20.0), [0.2, 0.3, 1.0])[:3, :3]
+    fit = SimpleNamespace(vertices_lps_mm=model.mean_mm @ turn.T + [5.0, -40.0, 900.0],
+                          landmarks={"acetabulum_left": np.flatnonzero(model.vertex_bone == model.vertex_bone[0])[:50]})
+    found = pelvis_turn(model, fit)
+    assert np.abs(found - turn).max() < 1e-12
+
+    seen = []
+    monkeypatch.setattr(femoral_head, "head_from_surface", lambda *args: None)
+    monkeypatch.setattr(femoral_head, "head_sphere", lambda hu, grid, c, r, neck: seen.append(neck))
+    grid = SimpleNamespace(index=lambda points: np.zeros((len(points), 3)), shape=(1, 1, 1))
+    femoral_head.femoral_head(fit, None, grid, None, 1, 4, "acetabulum_left", 1.0, turn=found)
+    straight = femoral_head.NECK_DIRECTION_LPS / np.linalg.norm(femoral_head.NECK_DIRECTION_LPS)
+    assert np.allclose(seen[0], turn @ straight, atol=1e-12)
