@@ -8,7 +8,8 @@ with or without QA images, by the same pipeline code and libraries, and
 every file the report lists is still there at its recorded size.
 
 The CT digest is over the content of every file the loader may read (for a
-folder, every file below it, since files are recognised by content), taken
+folder, every file below it, since files are recognised by content, but
+for a run's own output folder placed inside it), taken
 file by file and sorted, so renaming or moving files or the folder changes
 nothing while any changed byte does. Paths never enter a digest: folder and
 file names can carry patient identity, and a digest of them would be a
@@ -55,8 +56,22 @@ def _ct_files(ct_path: Path) -> list[Path]:
         raise InputError(f"CT not found: {ct_path} is neither a folder nor a NIfTI/NRRD file")
     found = []
     for root, dirs, names in os.walk(ct_path):
+        if Path(root) != ct_path and _is_output_folder(Path(root), names):
+            dirs.clear()   # a run's outputs written inside the CT's folder are not the CT
+            continue
         found.extend(Path(root) / name for name in names)
     return [p for p in found if p.is_file()]
+
+
+def _is_output_folder(folder: Path, names: list[str]) -> bool:
+    """Whether ``folder`` holds a run's outputs: a report.json with a fingerprint."""
+    if REPORT_NAME not in names:
+        return False
+    try:
+        report = json.loads((folder / REPORT_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and isinstance(report.get("fingerprint"), dict)
 
 
 def ct_digest(ct_path: str | os.PathLike) -> str:

@@ -35,6 +35,23 @@ def test_ct_digest_follows_content_not_names(tmp_path):
     assert ct_digest(moved) != before
 
 
+def test_outputs_written_inside_the_ct_folder_are_not_part_of_the_ct(tmp_path):
+    """`mesh CT --out CT/out`: the outputs entered the CT's digest, so the
+    next run's fingerprint differed and `batch --resume` never found the case
+    up to date. A folder holding a run's report (with its fingerprint) is left
+    out; any other file below the CT folder still counts."""
+    folder = _folder(tmp_path)
+    before = ct_digest(folder)
+    out = folder / "out"
+    (out / "qa").mkdir(parents=True)
+    (out / "bone.stl").write_bytes(b"solid")
+    (out / "qa" / "slice_axial.png").write_bytes(b"png")
+    (out / "report.json").write_text(json.dumps({"fingerprint": {"digest": "x"}, "outputs": {"bone.stl": 5}}))
+    assert ct_digest(folder) == before
+    (out / "report.json").write_text(json.dumps({"note": "a file of the user's"}))
+    assert ct_digest(folder) != before
+
+
 def test_ct_digest_of_a_detached_nrrd_covers_its_data_file(tmp_path):
     path = tmp_path / "ct.nhdr"
     data = np.zeros((3, 4, 5), dtype=np.int16)
