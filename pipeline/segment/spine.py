@@ -205,8 +205,13 @@ def vertebrae_above_l1(labels: np.ndarray, hu: np.ndarray, grid: Grid) -> Levels
         else:
             last = (discs[-1] - discs[-2]) * step
             lo, hi = (1.0 - LEVEL_SPREAD) * last, (1.0 + LEVEL_SPREAD) * last
-        a, b = int(np.ceil(where + lo / step)), int(np.floor(where + hi / step))
-        if b < a or b + reach >= len(area):
+        # As far up as the scan shows a body above a disc: a window reaching
+        # past it gave up on a disc well inside (the 3 mm TotalSegmentator
+        # CT's L1 disc lies 24 mm below the scan's top; with its L3/L4 disc
+        # found one slice lower, the window reached 5 mm past it, and T12
+        # and up stayed lumbar).
+        a, b = int(np.ceil(where + lo / step)), min(int(np.floor(where + hi / step)), len(area) - 1 - reach)
+        if b < a:
             return Levels(tuple(height(d) for d in discs))
         window = area[a:b + 1]
         disc = a + float(np.flatnonzero(window == window.min()).mean())

@@ -1768,6 +1768,25 @@ def test_lumbar_is_l1_to_l5_counted_up_from_the_sacrum(feet_first):
     assert found.voxels == np.count_nonzero(changed)
 
 
+def test_l1s_upper_disc_near_the_scans_top_is_found():
+    """The scan ends 20 mm above L1's upper disc, inside T12's body. The
+    search window for that disc (30 % either side of the spacing below)
+    reached past the scan's top, and the count gave up with four discs: T12
+    stayed lumbar (47.7 cm3 on the TotalSegmentator CT when one disc below
+    was found a slice lower). The window now stops where the scan does."""
+    lumbar, other = LABEL_IDS["lumbar"], LABEL_IDS["other"]
+    labels, hu, centres = _stacked_spine(6)
+    labels, hu = labels[:120].copy(), hu[:120].copy()      # the scan's top at 240 mm; L1's upper disc at 220
+    before = labels.copy()
+    after, found = _levels(labels, hu)
+    assert len(found.discs_mm) == 5 and abs(found.discs_mm[4] - centres[4]) <= 2.0
+    z = np.arange(labels.shape[0]) * 2.0
+    changed = before != after
+    assert found.voxels > 0 and np.all(after[changed] == other)
+    assert not changed[z < centres[4] - 6.0].any()
+    assert np.all(after[(before == lumbar) & (z > centres[4] + 2.0)[:, None, None]] == other)
+
+
 @pytest.mark.parametrize("levels, sacrum", [(5, True), (7, False)])
 def test_lumbar_levels_change_nothing_without_l1s_upper_disc_or_the_sacrum(levels, sacrum):
     """L5-L1 with nothing above L1 (the scan ends there): four discs, nothing
