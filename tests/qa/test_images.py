@@ -296,6 +296,11 @@ def test_labels_that_deserve_a_look_are_flagged():
     assert "femur_right: no joint-space valley found" in found and "the acetabulum (23.0 mm)" in found
     assert "its dome follows that sphere, not the image" in found     # held against the level (kept_in)
     assert "femur_left" not in found and "no femur" not in found and "weak bone" not in found
+    assert "differ" not in found   # 1.5 mm apart
+    apart = {**pelvis, "femoral_heads": {"femur_left": {"radius_mm": 27.9, "from": "valley"},
+                                         "femur_right": {"radius_mm": 23.0, "from": "valley"}}}
+    found = " | ".join(report_warnings({"segmentation": apart, "config": config}))
+    assert "the femoral heads' joint spheres differ by 4.9 mm in radius (left 27.9 mm, right 23.0 mm" in found
     surface = {**pelvis, "femoral_heads": {"femur_right": {"radius_mm": 23.0, "from": "head surface"}}}
     found = " | ".join(report_warnings({"segmentation": surface, "config": config}))
     assert "the head surface (23.0 mm)" in found and "dome follows" not in found
