@@ -17,8 +17,9 @@ from typing import Callable
 
 from .config import Config, guide_stem
 from .bones import LABEL_NAMES
-from .io import (QA_FOLDER, json_bytes, load_ct, markups_bytes, nifti_bytes, output_lock, png_bytes,
-                 read_label_map, remove_staging, seg_nrrd_bytes, stl_bytes, run_fingerprint, write_outputs)
+from .io import (OUTPUT_DIGESTS, QA_FOLDER, json_bytes, load_ct, markups_bytes, nifti_bytes, output_digest,
+                 output_lock, png_bytes, read_label_map, remove_staging, seg_nrrd_bytes, stl_bytes, run_fingerprint,
+                 write_outputs)
 from .memory import PeakMemory
 from .parallel import parallel
 from .run import Log, MeshResult, Timer, package_versions, run_mesh
@@ -98,6 +99,7 @@ def run_case(ct_path: str | Path, out_dir: str | Path, config: Config, *, series
         report = result.report
         report["fingerprint"] = fingerprint
         report["outputs"] = {name: len(content) for name, content in sorted(files.items())}
+        report[OUTPUT_DIGESTS] = {name: output_digest(content) for name, content in sorted(files.items())}
         report["resources"] = memory.report()
         files["report.json"] = json_bytes(report)
         with timer.stage("write"):

@@ -7,7 +7,7 @@ import json
 
 from pipeline.case import case_fingerprint, run_case
 from pipeline.config import load_config
-from pipeline.io import current_report, write_series
+from pipeline.io import current_report, output_digest, write_series
 from pipeline.phantom import pelvis_phantom
 
 from .helpers import COARSE_PELVIS, REPO
@@ -23,6 +23,7 @@ def test_report_lists_every_output_and_a_killed_runs_staging_is_cleared(tmp_path
     on_disk = {p.relative_to(out).as_posix(): p.stat().st_size for p in out.rglob("*") if p.is_file()}
     report = json.loads((out / "report.json").read_text())
     assert report["outputs"] == {k: v for k, v in on_disk.items() if k != "report.json"}
+    assert report["outputs_xxh3"] == {k: output_digest((out / k).read_bytes()) for k in report["outputs"]}
     assert {"implant.stl", "host.stl", "report.html", "qa/view_oblique.png"} <= set(on_disk)
     assert not list(out.glob(".staging-*"))
     assert [p.name for p in case.written][-1] == "report.json"

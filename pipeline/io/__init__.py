@@ -26,11 +26,12 @@ from .dicom import choose_series, load_ct, load_series, scan_folder
 from .dicom_write import write_series
 from .export import (OUTPUT_NAMES, QA_FOLDER, check_writable_folder, json_bytes, markups_bytes, nifti_bytes,
                      output_lock, png_bytes, remove_staging, seg_nrrd_bytes, stl_bytes, write_file, write_outputs)
-from .fingerprint import current_report, run_fingerprint
+from .fingerprint import OUTPUT_DIGESTS, current_report, output_digest, run_fingerprint
 from .segmentation import read_label_map
 from .volume_files import is_volume_file, load_volume_file
 
 __all__ = ["choose_series", "load_ct", "load_series", "scan_folder", "write_series", "OUTPUT_NAMES", "QA_FOLDER",
            "json_bytes", "markups_bytes", "nifti_bytes", "png_bytes", "read_label_map", "seg_nrrd_bytes",
            "stl_bytes", "write_outputs", "is_volume_file", "load_volume_file", "remove_staging", "write_file",
-           "current_report", "run_fingerprint", "check_writable_folder", "output_lock"]
+           "current_report", "output_digest", "OUTPUT_DIGESTS", "run_fingerprint", "check_writable_folder",
+           "output_lock"]

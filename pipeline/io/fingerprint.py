@@ -1,11 +1,11 @@
 """What a run's outputs were made from, as digests: input, config, code.
 
 A run records its fingerprint in report.json together with the files it
-wrote and their sizes. A later run of the same case (``batch --resume``)
-compares fingerprints: the outputs are current when they were made from
+wrote, their sizes and digests of their content. A later run of the same
+case (``batch --resume``) compares fingerprints: the outputs are current when they were made from
 the same CT bytes, the same configuration values, the same series choice,
 with or without QA images, by the same pipeline code and libraries, and
-every file the report lists is still there at its recorded size.
+every file the report lists is still there with its recorded size and content.
 
 The CT digest is over the content of every file the loader may read (for a
 folder, every file below it, since files are recognised by content, but
@@ -29,6 +29,8 @@ from ..errors import InputError
 from .volume_files import NRRD_SUFFIXES, is_volume_file
 
 REPORT_NAME = "report.json"
+# report.json's record of each output's content (besides ``outputs``, their sizes).
+OUTPUT_DIGESTS = "outputs_xxh3"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
@@ -120,10 +122,30 @@ def run_fingerprint(ct_path: str | os.PathLike, config: dict, *, series_uid: str
     return {**parts, "digest": _json_sha256(parts)}
 
 
+def output_digest(content: bytes) -> str:
+    """The digest of an output's bytes recorded in report.json (xxh3, 64 bits:
+    a check against changes, not a seal; 60 MB of outputs in ~10 ms)."""
+    import xxhash
+
+    return xxhash.xxh3_64_hexdigest(content)
+
+
+def _file_output_digest(path: Path) -> str:
+    import xxhash
+
+    h = xxhash.xxh3_64()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def current_report(out_dir: str | os.PathLike, digest: str) -> dict | None:
     """The report in ``out_dir`` when its outputs are complete and were made
     with fingerprint ``digest``; None otherwise (missing, unreadable, other
-    fingerprint, a listed file missing or of another size)."""
+    fingerprint, a listed file missing, of another size or other content: an
+    STL edited in place keeps its size while its triangles do not change in
+    number)."""
     out_dir = Path(out_dir)
     try:
         report = json.loads((out_dir / REPORT_NAME).read_text(encoding="utf-8"))
@@ -131,12 +153,12 @@ def current_report(out_dir: str | os.PathLike, digest: str) -> dict | None:
         return None
     if not isinstance(report, dict) or (report.get("fingerprint") or {}).get("digest") != digest:
         return None
-    outputs = report.get("outputs")
-    if not isinstance(outputs, dict) or not outputs:
+    outputs, digests = report.get("outputs"), report.get(OUTPUT_DIGESTS)
+    if not isinstance(outputs, dict) or not outputs or not isinstance(digests, dict) or set(digests) != set(outputs):
         return None
     for name, size in outputs.items():
         try:
-            if (out_dir / name).stat().st_size != size:
+            if (out_dir / name).stat().st_size != size or _file_output_digest(out_dir / name) != digests[name]:
                 return None
         except OSError:
             return None

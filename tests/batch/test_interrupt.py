@@ -124,6 +124,7 @@ def test_a_case_finished_while_the_batch_stopped_is_recorded_done(tmp_path, monk
     import time
 
     import pipeline.batch.task as task
+    from pipeline.io import output_digest
 
     for case_id in ("late", "old"):
         (tmp_path / "ct" / case_id).mkdir(parents=True)
@@ -137,6 +138,7 @@ def test_a_case_finished_while_the_batch_stopped_is_recorded_done(tmp_path, monk
         folder.mkdir(parents=True)
         (folder / "bone.stl").write_bytes(b"abc")
         report = {"fingerprint": {"digest": f"of {case_id}"}, "outputs": {"bone.stl": 3},
+                  "outputs_xxh3": {"bone.stl": output_digest(b"abc")},
                   "timings_s": {"labels": 1.5}, "segmentation": {"labels": {"sacrum": {"mesh_volume_mm3": 2000.0}}}}
         (folder / "report.json").write_text(json.dumps(report))
 

@@ -11,7 +11,7 @@ import pytest
 from pipeline.config import Config, SegmentConfig
 from pipeline.errors import InputError
 from pipeline.io import current_report, run_fingerprint
-from pipeline.io.fingerprint import ct_digest
+from pipeline.io.fingerprint import OUTPUT_DIGESTS, ct_digest, output_digest
 
 VERSIONS = {"numpy": "1"}
 
@@ -106,18 +106,22 @@ def _written(tmp_path, digest="abc"):
     (out / "qa").mkdir(parents=True)
     (out / "bone.stl").write_bytes(b"x" * 10)
     (out / "qa" / "view.png").write_bytes(b"y" * 3)
-    report = {"fingerprint": {"digest": digest}, "outputs": {"bone.stl": 10, "qa/view.png": 3}}
+    report = {"fingerprint": {"digest": digest}, "outputs": {"bone.stl": 10, "qa/view.png": 3},
+              OUTPUT_DIGESTS: {"bone.stl": output_digest(b"x" * 10), "qa/view.png": output_digest(b"y" * 3)}}
     (out / "report.json").write_text(json.dumps(report))
     return out
 
 
-def test_current_report_needs_the_same_digest_and_every_listed_file_at_its_size(tmp_path):
+def test_current_report_needs_the_same_digest_and_every_listed_file_with_its_size_and_content(tmp_path):
     out = _written(tmp_path)
     assert current_report(out, "abc")["outputs"] == {"bone.stl": 10, "qa/view.png": 3}
     assert current_report(out, "abd") is None
     (out / "bone.stl").write_bytes(b"x" * 11)
     assert current_report(out, "abc") is None
+    (out / "bone.stl").write_bytes(b"x" * 9 + b"z")   # edited in place: the same size (an STL's triangle count)
+    assert current_report(out, "abc") is None
     (out / "bone.stl").write_bytes(b"x" * 10)
+    assert current_report(out, "abc") is not None
     (out / "qa" / "view.png").unlink()
     assert current_report(out, "abc") is None
     (out / "report.json").write_text("{ not json")
