@@ -2,10 +2,11 @@
 
 A run records its fingerprint in report.json together with the files it
 wrote, their sizes and digests of their content. A later run of the same
-case (``batch --resume``) compares fingerprints: the outputs are current when they were made from
-the same CT bytes, the same configuration values, the same series choice,
-with or without QA images, by the same pipeline code and libraries, and
-every file the report lists is still there with its recorded size and content.
+case (``batch --resume``) compares fingerprints: the outputs are current
+when they were made from the same CT bytes, the same configuration values,
+the same series choice, with or without QA images, by the same pipeline
+code and libraries, and every file the report lists is still there with
+its recorded size and content.
 
 The CT digest is over the content of every file the loader may read (for a
 folder, every file below it, since files are recognised by content, but
@@ -130,16 +131,6 @@ def output_digest(content: bytes) -> str:
     return xxhash.xxh3_64_hexdigest(content)
 
 
-def _file_output_digest(path: Path) -> str:
-    import xxhash
-
-    h = xxhash.xxh3_64()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def current_report(out_dir: str | os.PathLike, digest: str) -> dict | None:
     """The report in ``out_dir`` when its outputs are complete and were made
     with fingerprint ``digest``; None otherwise (missing, unreadable, other
@@ -158,7 +149,8 @@ def current_report(out_dir: str | os.PathLike, digest: str) -> dict | None:
         return None
     for name, size in outputs.items():
         try:
-            if (out_dir / name).stat().st_size != size or _file_output_digest(out_dir / name) != digests[name]:
+            path = out_dir / name
+            if path.stat().st_size != size or output_digest(path.read_bytes()) != digests[name]:
                 return None
         except OSError:
             return None
