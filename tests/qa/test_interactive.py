@@ -101,3 +101,26 @@ def test_the_mirrored_template_starts_hidden_with_its_legend_entry():
     assert '"name":"mirrored template"' in page and '"visible":"legendonly"' in page
     resected = scene_objects(result, Config())
     assert "mirrored template" not in [o.name for o in resected]
+
+
+def _sigint_in_worker(vertices, faces, budget, tolerance_mm):
+    """A lightening worker that reports, as its distance, whether it ignores Ctrl-C."""
+    import signal
+
+    return vertices, faces, float(signal.getsignal(signal.SIGINT) is signal.SIG_IGN), len(faces)
+
+
+def test_the_view_workers_leave_ctrl_c_to_the_run(monkeypatch):
+    """Ctrl-C on a terminal reaches every process of the run: the worker
+    processes lightening the 3D view printed tracebacks of their own. They
+    now ignore it; the run stops in one line."""
+    import pipeline.qa.interactive as interactive
+    from pipeline.parallel import WORKERS
+
+    if WORKERS < 2:
+        pytest.skip("one core: the meshes are lightened in the run's own process")
+    monkeypatch.setattr(interactive, "_lighten_arrays", _sigint_in_worker)
+    meshes = [trimesh.creation.icosphere(subdivisions=3), trimesh.creation.icosphere(subdivisions=3)]
+    objects = [SceneObject(f"bone {i}", mesh, (200, 200, 200)) for i, mesh in enumerate(meshes)]
+    views = interactive._lighten(objects, [100, 100], 0.5)
+    assert [view.hausdorff_mm for view in views] == [1.0, 1.0]
