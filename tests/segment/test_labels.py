@@ -282,12 +282,12 @@ def phantom_label(phantom, name: str) -> int:
     return next(k for k, n in phantom.label_names.items() if n == name)
 
 
-def soft_tissue_where(volume, mask: np.ndarray):
-    """(``volume`` with ``mask`` and two voxels around it made soft tissue,
-    40 HU, as after its resection or destruction; the voxels made so)."""
+def soft_tissue_where(volume, mask: np.ndarray, margin_voxels: int = 2):
+    """(``volume`` with ``mask`` and ``margin_voxels`` around it made soft
+    tissue, 40 HU, as after its resection or destruction; the voxels made so)."""
     from pipeline.volume import Volume
 
-    gone = ndimage.binary_dilation(mask, iterations=2)
+    gone = ndimage.binary_dilation(mask, iterations=margin_voxels)
     return Volume(np.where(gone, np.float32(40.0), volume.hu), volume.affine), gone
 
 
@@ -954,8 +954,9 @@ def test_a_missing_hip_bone_is_not_made_up_and_the_others_keep_their_labels(side
 
 @pytest.mark.real_data
 @pytest.mark.slow
-@pytest.mark.parametrize("axis", [(0.0, 1.0, 0.0), (0.0, 0.0, 1.0)], ids=["lying diagonally", "rolled"])
-def test_a_missing_hip_bone_in_a_patient_lying_askew(axis):
+@pytest.mark.parametrize("axis, margin", [((0.0, 1.0, 0.0), 2), ((0.0, 1.0, 0.0), 3), ((0.0, 0.0, 1.0), 2)],
+                         ids=["lying diagonally", "lying diagonally, a voxel more removed", "rolled"])
+def test_a_missing_hip_bone_in_a_patient_lying_askew(axis, margin):
     """Pelvic-Ref-003 without its left hip bone, its patient frame turned 15
     degrees about the front-back axis (lying diagonally) or the long axis
     (rolled on the couch). Lying diagonally, the start took the turn but
@@ -963,11 +964,14 @@ def test_a_missing_hip_bone_in_a_patient_lying_askew(axis):
     the sacrum (0.67 against the intact scan's labels); once turned, the
     start searches the place again. Rolled, the turned mean size was looked
     for on the bone's centre only, which the loss moves: sacrum 0.31,
-    hip_right 0.72; without a bone it is looked for beside it too. Every
-    other bone >= 0.92 (0.94-1.00)."""
+    hip_right 0.72; without a bone it is looked for beside it too. With a
+    voxel more removed around the bone, the start's best place moved 10 mm
+    up (its score tied with the place below within 1 %) and the sacrum was
+    lost again (0.72); the runner-up is posed too, and the one with more of
+    the model on bone is refined. Every other bone >= 0.92 (0.94-1.00)."""
 
     _, whole, volume = real_case("pelvic_ref_003")
-    without, gone = soft_tissue_where(volume, whole.labels == LABEL_IDS["hip_left"])
+    without, gone = soft_tissue_where(volume, whole.labels == LABEL_IDS["hip_left"], margin)
     result = run_mesh(turned_frame(without, axis, 15.0), Config())
     assert result.pelvis_fit.left_out == ("hip_left",)
     for name in ("hip_right", "sacrum", "femur_left", "femur_right", "lumbar"):

@@ -158,7 +158,7 @@ def _start(transform: np.ndarray, midline_x_lps_mm: float):
     affine[:3, :3] = np.array([[0, 0, SPACING_MM], [0, SPACING_MM, 0], [SPACING_MM, 0, 0]])
     affine[:3, 3] = lo
     scale, turn, translation, _ = initial_pose(model, points, midline_x_lps_mm,
-                                               Volume(np.zeros(shape, np.float32), affine))
+                                               Volume(np.zeros(shape, np.float32), affine))[0]
     return scale, turn, scale * turn @ centre + translation
 
 
