@@ -47,9 +47,17 @@ HEAD_RADIUS_BELOW_MM, HEAD_RADIUS_ABOVE_MM = 4.5, 2.0
 HEAD_BAND_MM = 3.0
 HEAD_JOINT_MM = 3.0
 # The head's surface is looked for within HEAD_SEARCH_MM of the fitted
-# acetabulum's centre: votes in HEAD_VOTE_CELL_MM cells, a peak of at least
-# HEAD_MIN_VOTES.
-HEAD_SEARCH_MM, HEAD_VOTE_CELL_MM, HEAD_MIN_VOTES = 15.0, 2.0, 20
+# acetabulum's centre: votes in HEAD_VOTE_CELL_MM cells; the peak is the
+# block of 2 x 2 x 2 cells that holds the most votes, at least
+# HEAD_PEAK_VOTES (Pelvic-Ref-003's heads 230-310, with 40 HU less, noise,
+# a softer kernel or 6 mm slices 65-270, the phantoms' 650-1460; the faint
+# joints of the 3 mm TotalSegmentator CT 14-16: no head), and HEAD_MIN_VOTES
+# of the surface points on the sphere found refine it. The busiest single
+# cell was the peak before: a head centred near a cell corner (cells are
+# fixed in LPS) splits its votes among eight, and a smaller patch whose
+# votes fell in one cell won, 3-13 mm off (Pelvic-Ref-003 with 40 HU less,
+# 50 HU of noise, a softer kernel, or turned 10 degrees).
+HEAD_SEARCH_MM, HEAD_VOTE_CELL_MM, HEAD_PEAK_VOTES, HEAD_MIN_VOTES = 15.0, 2.0, 40, 20
 # The femoral neck points lateral, inferior and a little anterior (LPS, per
 # side sign on x, for a patient lying straight; turned with the fitted
 # pelvis, so a patient turned 20 degrees on the table still has the rays
@@ -138,13 +146,17 @@ def head_from_surface(grid: Grid, raw: np.ndarray, near_lps_mm: np.ndarray) -> t
     shifted = cells[near] + side
     keys = ((np.nonzero(near)[0] * (2 * side) + shifted[:, 0]) * (2 * side) + shifted[:, 1]) * (2 * side) \
         + shifted[:, 2]
-    counts = np.bincount(keys, minlength=len(radii) * (2 * side) ** 3)
-    peak = int(np.argmax(counts))
-    if counts[peak] < HEAD_MIN_VOTES:
+    counts = np.bincount(keys, minlength=len(radii) * (2 * side) ** 3).reshape(len(radii), *[2 * side] * 3)
+    # The votes of each block of 2 x 2 x 2 cells (a centre on a cell corner splits its votes among 8).
+    padded = np.pad(counts, ((0, 0), (0, 1), (0, 1), (0, 1)))
+    n = 2 * side
+    around = sum(padded[:, a:a + n, b:b + n, c:c + n] for a in (0, 1) for b in (0, 1) for c in (0, 1))
+    r_index, *at = np.unravel_index(int(np.argmax(around)), around.shape)
+    if around[(r_index, *at)] < HEAD_PEAK_VOTES:
         return None
-    r_index, rest = divmod(peak, (2 * side) ** 3)
-    best = np.array([rest // (2 * side) ** 2, rest // (2 * side) % (2 * side), rest % (2 * side)]) - side
-    chosen = near[r_index] & np.all(np.abs(cells[r_index] - best) <= 1, axis=1)
+    best = np.array(at) - side
+    # The centre: the mean of the votes in the block and the cells around it.
+    chosen = near[r_index] & np.all((cells[r_index] >= best - 1) & (cells[r_index] <= best + 2), axis=1)
     centre, radius = votes[r_index][chosen].mean(axis=0), float(radii[r_index])
     # Refined by a least-squares sphere through the head's surface points (facing out from it).
     arm = points - centre
