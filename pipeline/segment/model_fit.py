@@ -537,15 +537,15 @@ def _fit(volume: Volume, bone: BoneMask, model: ShapeModel, points: np.ndarray, 
         return matched, offset, float(np.mean((matched & (np.abs(offset) <= FITTED_MM))[fitted]))
 
     # Both starts are posed (SCHEDULE's first phase), and the one that puts
-    # more of the model on bone is refined. The start's score ties within
-    # 1-3 % between places 10 mm apart (Pelvic-Ref-003 2.5 %, and 1-2 %
-    # without its left hip bone, lying diagonally by 15 degrees), and which
-    # one won could turn on a few voxels: 17 of that hip bone's 144 000
-    # removed or not moved the start 10 mm up, from where the fit lost the
-    # sacrum (0.77 against the intact scan's labels; 0.94 from the other).
-    # Posed, the share on bone tells them apart (0.55 against 0.60). Posing
-    # the second (beside the first) costs 0.1 s; refining both to the end
-    # took 0.3 s more.
+    # more of the model on bone is refined. The start's scores of places 10
+    # mm apart lie within 1-6 % (Pelvic-Ref-003 2.5 %; without its left hip
+    # bone, lying diagonally by 15 degrees, 1-6 %), and which one won could
+    # turn on a few voxels: 17 of that hip bone's 144 000 removed or not
+    # moved the start 10 mm up, from where the fit lost the sacrum (0.77
+    # against the intact scan's labels; 0.97 from the other). Posed, the
+    # share on bone tells them apart (0.55 against 0.60). Posing the second
+    # (beside the first) costs 0.1 s; refining both to the end took 0.3 s
+    # more.
     posed = parallel(*[lambda start=start: refine(model, points, normals, *start[:3], leave_out, SCHEDULE[:1])
                        for start in initial_pose(model, points, bone.midline_x_lps_mm, volume, leave_out)])
     _, _, pose = max(posed, key=lambda p: on_bone(p[0])[2]) if len(posed) > 1 else posed[0]
