@@ -954,11 +954,14 @@ def test_a_missing_hip_bone_is_not_made_up_and_the_others_keep_their_labels(side
 
 @pytest.mark.real_data
 @pytest.mark.slow
-@pytest.mark.parametrize("axis, margin", [((0.0, 1.0, 0.0), 2), ((0.0, 1.0, 0.0), 3), ((0.0, 0.0, 1.0), 2)],
-                         ids=["lying diagonally", "lying diagonally, a voxel more removed", "rolled"])
-def test_a_missing_hip_bone_in_a_patient_lying_askew(axis, margin):
+@pytest.mark.parametrize("axis, margin, degrees",
+                         [((0.0, 1.0, 0.0), 2, 15.0), ((0.0, 1.0, 0.0), 3, 15.0), ((0.0, 1.0, 0.0), 2, 17.0),
+                          ((0.0, 0.0, 1.0), 2, 15.0)],
+                         ids=["lying diagonally", "lying diagonally, a voxel more removed",
+                              "lying diagonally by 17 degrees", "rolled"])
+def test_a_missing_hip_bone_in_a_patient_lying_askew(axis, margin, degrees):
     """Pelvic-Ref-003 without its left hip bone, its patient frame turned 15
-    degrees about the front-back axis (lying diagonally) or the long axis
+    degrees (17) about the front-back axis (lying diagonally) or the long axis
     (rolled on the couch). Lying diagonally, the start took the turn but
     from the unturned place it found, and the fit without the hip bone lost
     the sacrum (0.67 against the intact scan's labels); once turned, the
@@ -968,11 +971,14 @@ def test_a_missing_hip_bone_in_a_patient_lying_askew(axis, margin):
     voxel more removed around the bone, the start's best place moved 10 mm
     up (its score within 6 % of the place below's) and the sacrum was
     lost again (0.72); the runner-up is posed too, and the one with more of
-    the model on bone is refined. Every other bone >= 0.92 (0.94-1.00)."""
+    the model on bone is refined. Lying diagonally by 17 degrees, the start
+    took a turn 7 degrees off and the sacrum was 0.30 (hip_right 0.77,
+    femur_right 0.85); the three best turns are posed too when a bone is
+    left out. Every other bone >= 0.92 (0.94-1.00)."""
 
     _, whole, volume = real_case("pelvic_ref_003")
     without, gone = soft_tissue_where(volume, whole.labels == LABEL_IDS["hip_left"], margin)
-    result = run_mesh(turned_frame(without, axis, 15.0), Config())
+    result = run_mesh(turned_frame(without, axis, degrees), Config())
     assert result.pelvis_fit.left_out == ("hip_left",)
     for name in ("hip_right", "sacrum", "femur_left", "femur_right", "lumbar"):
         kept = (whole.labels == LABEL_IDS[name]) & ~gone
