@@ -205,7 +205,7 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
         certain |= deep
     open_canal(labels, certain, hu, volume)
     above_l1 = vertebrae_above_l1(labels, hu, grid)
-    labels = separate_labels(labels, own | heads_inside, hu)
+    labels = separate_labels(labels, own | heads_inside, hu, certain=heads_inside)
     return BoneLabels(labels=labels, box=bone.box, smallest_piece_voxels=_smallest(labels),
                       stats=label_stats(labels, volume, fit, found, heads, core_hu, tip, above_l1, pool_voxels,
                                         {"beyond_model_share": beyond_model(labels, masks, fit, grid),
@@ -588,7 +588,7 @@ def solid_bone(pieces: np.ndarray, label: int, radius_vox: int, spacing_mm: np.n
 
 
 def separate_labels(labels: np.ndarray, own: np.ndarray | None = None,
-                    hu: np.ndarray | None = None) -> np.ndarray:
+                    hu: np.ndarray | None = None, certain: np.ndarray | None = None) -> np.ndarray:
     """Drop voxels until no voxel has a 26-neighbour of another label:
     afterwards different bones are at least one voxel apart.
 
@@ -597,7 +597,10 @@ def separate_labels(labels: np.ndarray, own: np.ndarray | None = None,
     the filled voxel goes first. Where two own voxels touch, the darker
     goes (with ``hu``): it lies nearer the joint space between them; a
     voxel as bright as its brightest other-bone neighbour goes too. Without
-    ``own`` both voxels of every clashing pair go."""
+    ``own`` both voxels of every clashing pair go. ``certain`` (within
+    ``own``): voxels that stay whatever they touch, a femoral head's filled
+    interior (:func:`~pipeline.segment.femoral_head.fill_femoral_heads`):
+    another bone's voxel touching one goes."""
     high = max3(labels)
     low = min3(np.where(labels > 0, labels, np.uint8(255)))
     clash = (labels > 0) & (high != low)
@@ -608,6 +611,7 @@ def separate_labels(labels: np.ndarray, own: np.ndarray | None = None,
     mine = out[tuple(at.T)]
     brightest = np.full(len(at), -np.inf)
     still = np.zeros(len(at), dtype=bool)
+    by_certain = np.zeros(len(at), dtype=bool)
     for step in np.argwhere(np.ones((3, 3, 3), dtype=bool)) - 1:
         if not step.any():
             continue
@@ -619,8 +623,13 @@ def separate_labels(labels: np.ndarray, own: np.ndarray | None = None,
         still |= touching
         if hu is not None:
             brightest[touching] = np.maximum(brightest[touching], hu[tuple(there[touching].T)])
+        if certain is not None:
+            by_certain[touching] |= certain[tuple(there[touching].T)]
     if hu is not None:
         still &= hu[tuple(at.T)] <= brightest
+    if certain is not None:
+        mine_certain = certain[tuple(at.T)]
+        still = (still | by_certain) & ~mine_certain
     out[tuple(at[still].T)] = 0
     # Whatever still touches (the darker voxel's partner kept another neighbour): both go.
     # Dropping voxels makes no new pair, so only the first clash's box is looked at,
@@ -634,7 +643,7 @@ def separate_labels(labels: np.ndarray, own: np.ndarray | None = None,
     high = max3(near)[inner]
     low = min3(np.where(near > 0, near, np.uint8(255)))[inner]
     view = out[box]
-    view[(view > 0) & (high != low)] = 0
+    view[(view > 0) & (high != low) & (True if certain is None else ~certain[box])] = 0
     return out
 
 
