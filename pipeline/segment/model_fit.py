@@ -578,7 +578,7 @@ def _fit(volume: Volume, bone: BoneMask, model: ShapeModel, points: np.ndarray, 
     # more.
     posed = parallel(*[lambda start=start: refine(model, points, normals, *start[:3], leave_out, SCHEDULE[:1])
                        for start in initial_pose(model, points, bone.midline_x_lps_mm, volume, leave_out)])
-    _, _, pose = max(posed, key=lambda p: on_bone(p[0])[2]) if len(posed) > 1 else posed[0]
+    _, _, pose = max(posed, key=lambda p: on_bone(p[0])[2])
     x, b, _ = refine(model, points, normals, *pose, leave_out, SCHEDULE[1:])
     matched, offset, _ = on_bone(x)
     index = apply_affine(np.linalg.inv(volume.affine), x)
