@@ -58,6 +58,18 @@ HEAD_JOINT_MM = 3.0
 # votes fell in one cell won, 3-13 mm off (Pelvic-Ref-003 with 40 HU less,
 # 50 HU of noise, a softer kernel, or turned 10 degrees).
 HEAD_SEARCH_MM, HEAD_VOTE_CELL_MM, HEAD_PEAK_VOTES, HEAD_MIN_VOTES = 15.0, 2.0, 40, 20
+# A head's sphere, from its surface or from the valley, must fit the fitted cup,
+# and the busiest peak at least HEAD_OTHER_RADIUS_MM larger or smaller is
+# tried next when the first does not or finds no valley that does:
+# head and socket are congruent, the joint's sphere lies a joint space's half
+# inside the acetabulum's bony surface, between HEAD_CUP_BELOW_MM under and
+# HEAD_CUP_ABOVE_MM over the cup's sphere (the model's error; Pelvic-Ref-003's
+# joints lie 0.7 under to 1.1 over theirs, the phantom's 6 mm joints 2-3 mm
+# under). Blurred 1 mm more (a softer kernel), Pelvic-Ref-003's right head
+# voted 169 at 30 mm, 6 mm off, its valley at 31.8 mm about a cup of 27.6 mm;
+# the next peak, 150 votes at 25 mm, was the head. With a metal ball in a
+# head, the ball's surface voted first (a valley at 17.5 mm in a 27.8 mm cup).
+HEAD_OTHER_RADIUS_MM, HEAD_CUP_BELOW_MM, HEAD_CUP_ABOVE_MM = 3.0, 6.0, 2.0
 # The femoral neck points lateral, inferior and a little anterior (LPS, per
 # side sign on x, for a patient lying straight; turned with the fitted
 # pelvis, so a patient turned 20 degrees on the table still has the rays
@@ -98,18 +110,25 @@ def femoral_head(fit: PelvisFit, hu: np.ndarray, grid: Grid, raw: np.ndarray, hi
     index = grid.index(cup)
     if np.mean(np.all((index >= 0) & (index <= np.array(grid.shape) - 1), axis=1)) < 0.5:
         return None
-    centre, radius = fit_sphere(cup)
-    source = "acetabulum"
-    surface = head_from_surface(grid, raw, centre)
-    if surface is not None:
-        centre, radius, source = surface[0], surface[1] + HEAD_JOINT_MM / 2, "head surface"
-    else:
-        radius -= HEAD_JOINT_MM / 2  # the cup's surface is the acetabulum's; the joint lies inside it
     neck = turn @ (NECK_DIRECTION_LPS * [side, 1.0, 1.0])
-    found = head_sphere(hu, grid, centre, radius, neck / np.linalg.norm(neck))
+    neck = neck / np.linalg.norm(neck)
+    cup_centre, cup_radius = fit_sphere(cup)
+    surfaces = head_from_surface(grid, raw, cup_centre)
+
+    def fits_cup(joint_radius: float) -> bool:
+        return -HEAD_CUP_BELOW_MM <= joint_radius - cup_radius <= HEAD_CUP_ABOVE_MM
+
+    # Each start: (centre, joint radius, source, the head's surface sphere or None).
+    # The cup's surface is the acetabulum's; the joint lies inside it.
+    starts = [(c, r + HEAD_JOINT_MM / 2, "head surface", (c, r)) for c, r in surfaces
+              if fits_cup(r + HEAD_JOINT_MM / 2)] or [(cup_centre, cup_radius - HEAD_JOINT_MM / 2, "acetabulum", None)]
+    centre, radius, source, surface = starts[0]
     valley_hu = 0.0
-    if found is not None:
-        centre, radius, valley_hu, source = *found, "valley"
+    for start in starts:   # the first start with a valley that fits the cup; without one the first stands
+        found = head_sphere(hu, grid, start[0], start[1], neck)
+        if found is not None and fits_cup(found[1]):
+            (centre, radius, valley_hu), source, surface = found, "valley", start[3]
+            break
     # Filled: half a joint space inside the joint's sphere, and inside the
     # head's own surface where that was found (a joint wider than
     # HEAD_JOINT_MM, 6 mm above the phantom's heads, took 1.8 mm of it).
@@ -119,27 +138,29 @@ def femoral_head(fit: PelvisFit, hu: np.ndarray, grid: Grid, raw: np.ndarray, hi
     return Head(femur, centre, radius, valley_hu, source, fill)
 
 
-def head_from_surface(grid: Grid, raw: np.ndarray, near_lps_mm: np.ndarray) -> tuple[np.ndarray, float] | None:
-    """(centre LPS mm, radius mm) of the femoral head near ``near_lps_mm``,
-    by a Hough vote: every outer voxel of the bone mask within
-    ``HEAD_SEARCH_MM`` votes for the points one radius behind it along its
-    outward normal, for each head radius; the head's convex surface
-    concentrates its votes at its centre, and a least-squares sphere through
-    the surface points on it refines centre and radius. None without a
-    clear peak."""
+def head_from_surface(grid: Grid, raw: np.ndarray, near_lps_mm: np.ndarray) -> list[tuple[np.ndarray, float]]:
+    """Spheres (centre LPS mm, radius mm) that may be the femoral head near
+    ``near_lps_mm``, the likeliest first, by a Hough vote: every outer voxel
+    of the bone mask within ``HEAD_SEARCH_MM`` votes for the points one radius
+    behind it along its outward normal, for each head radius; the head's
+    convex surface concentrates its votes at its centre, and a least-squares
+    sphere through the surface points on it refines centre and radius. The
+    busiest peak comes first, then the busiest at least ``HEAD_OTHER_RADIUS_MM``
+    larger or smaller, if it is a clear peak too (the joint-space valley
+    chooses between them: :func:`femoral_head`). Empty without a clear peak."""
     box, dist = ball(near_lps_mm, HEAD_SEARCH_MM + HEAD_RADIUS_MM[1], grid)
     if box is None:
-        return None
+        return []
     full_box = tuple(slice(s.start + o, s.stop + o) for s, o in zip(box, grid.offset.astype(int)))
     points, normals = mask_surface(grid.volume, raw[box] & (dist <= HEAD_SEARCH_MM + HEAD_RADIUS_MM[1]), full_box)
     if len(points) < 50:
-        return None
+        return []
     radii = np.arange(HEAD_RADIUS_MM[0], HEAD_RADIUS_MM[1] + 0.1, 1.0)
     votes = points[None] - radii[:, None, None] * normals[None]        # (R, P, 3)
     near = np.linalg.norm(votes - near_lps_mm, axis=2) <= HEAD_SEARCH_MM
     cells = np.floor((votes - near_lps_mm) / HEAD_VOTE_CELL_MM).astype(np.int64)
     if np.count_nonzero(near) < 50:
-        return None
+        return []
     # Votes counted per (radius, cell): one integer key each, in that order
     # (the first of equal peaks, as a lexicographic count would give).
     side = int(np.ceil(HEAD_SEARCH_MM / HEAD_VOTE_CELL_MM)) + 1     # cells lie in [-side, side)
@@ -151,20 +172,22 @@ def head_from_surface(grid: Grid, raw: np.ndarray, near_lps_mm: np.ndarray) -> t
     padded = np.pad(counts, ((0, 0), (0, 1), (0, 1), (0, 1)))
     n = 2 * side
     around = sum(padded[:, a:a + n, b:b + n, c:c + n] for a in (0, 1) for b in (0, 1) for c in (0, 1))
-    r_index, *at = np.unravel_index(int(np.argmax(around)), around.shape)
-    if around[(r_index, *at)] < HEAD_PEAK_VOTES:
-        return None
-    best = np.array(at) - side
-    # The centre: the mean of the votes in the block and the cells around it.
-    chosen = near[r_index] & np.all((cells[r_index] >= best - 1) & (cells[r_index] <= best + 2), axis=1)
-    centre, radius = votes[r_index][chosen].mean(axis=0), float(radii[r_index])
-    # Refined by a least-squares sphere through the head's surface points (facing out from it).
-    arm = points - centre
-    dist = np.linalg.norm(arm, axis=1)
-    on_head = (np.abs(dist - radius) < HEAD_VOTE_CELL_MM) & (np.einsum("ij,ij->i", arm, normals) > 0.7 * dist)
-    if on_head.sum() >= HEAD_MIN_VOTES:
-        centre, radius = fit_sphere(points[on_head])
-    return centre, radius
+    found = []
+    for _ in range(2):
+        r_index, *at = np.unravel_index(int(np.argmax(around)), around.shape)
+        if around[(r_index, *at)] < HEAD_PEAK_VOTES:
+            break
+        best = np.array(at) - side
+        # The centre: the mean of the votes in the block and the cells around it.
+        chosen = near[r_index] & np.all((cells[r_index] >= best - 1) & (cells[r_index] <= best + 2), axis=1)
+        centre, radius = votes[r_index][chosen].mean(axis=0), float(radii[r_index])
+        # Refined by a least-squares sphere through the head's surface points (facing out from it).
+        arm = points - centre
+        dist = np.linalg.norm(arm, axis=1)
+        on_head = (np.abs(dist - radius) < HEAD_VOTE_CELL_MM) & (np.einsum("ij,ij->i", arm, normals) > 0.7 * dist)
+        found.append(fit_sphere(points[on_head]) if on_head.sum() >= HEAD_MIN_VOTES else (centre, radius))
+        around[np.abs(radii - radius) < HEAD_OTHER_RADIUS_MM] = 0
+    return found
 
 
 def head_sphere(hu: np.ndarray, grid: Grid, centre_lps_mm: np.ndarray, radius_mm: float,

@@ -10,6 +10,7 @@ signed distance to each bone's surface.
 from __future__ import annotations
 
 import functools
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -1515,9 +1516,52 @@ def test_femoral_head_found_from_its_surface_near_the_cup():
     volume = Volume(hu.astype(np.float32), affine)
     bone = segment_bone(volume, Config().segment.__class__(min_island_mm3=100.0))
     found = head_from_surface(Grid(volume, bone.box), bone.voxels, centre + [6.0, -6.0, 5.0])
-    assert found is not None
-    assert np.linalg.norm(found[0] - centre) < 0.5
-    assert abs(found[1] - 23.0) <= spacing
+    assert found
+    assert np.linalg.norm(found[0][0] - centre) < 0.5
+    assert abs(found[0][1] - 23.0) <= spacing
+
+
+def _head_in_a_deep_socket(spacing: float = 1.5):
+    """A head (bright ball, radius 23 mm) in an acetabulum 3 mm away
+    (a shell from 26 to 30 mm) covering nine tenths of it, on a
+    ``spacing`` grid: (volume, head centre LPS mm)."""
+    from pipeline.volume import Volume
+
+    shape = (60, 60, 60)
+    centre = np.array([44.0, 46.0, 45.0])
+    index = np.indices(shape).transpose(1, 2, 3, 0) * spacing
+    d = np.linalg.norm(index - centre, axis=-1)
+    shell = (d >= 26.0) & (d <= 30.0) & (index[..., 2] > centre[2] - 25.0)
+    hu = np.where(d <= 23.0, 700.0, 40.0) + np.where(shell, 800.0, 0.0)
+    hu[:, :, :2] = hu[:, :, -2:] = -1000.0
+    return Volume(hu.astype(np.float32), np.diag([spacing, spacing, spacing, 1.0])), centre
+
+
+def test_a_socket_whose_outside_outvotes_the_head_leaves_the_head_its_own_sphere():
+    """The acetabulum's convex outer surface (30 mm about the same centre,
+    more of it than of the head) votes more than the head's own surface
+    (23 mm). A sphere of 30 mm cannot be the head's in a cup of 26 mm:
+    the next peak, at the head's radius, is taken, and the head is filled
+    to its own surface. Before, the 30 mm sphere stood (no joint space
+    around it) and the whole acetabulum was filled as femur."""
+    from pipeline.bones import FEMUR_LEFT, HIP_LEFT
+    from pipeline.segment.femoral_head import femoral_head, head_from_surface, sphere_directions
+    from pipeline.segment.grid import Grid
+    from pipeline.segment.mask import segment_bone
+
+    volume, centre = _head_in_a_deep_socket()
+    bone = segment_bone(volume, Config().segment.__class__(min_island_mm3=100.0))
+    grid = Grid(volume, bone.box)
+    found = head_from_surface(grid, bone.voxels, centre)
+    assert [round(r) for _, r in found][:1] == [30]   # the socket's outside votes first
+    dome = sphere_directions(400)
+    dome = centre + 26.0 * dome[dome[:, 2] > 0.0]    # the cup's bony surface, as the fitted model gives it
+    fit = SimpleNamespace(vertices_lps_mm=dome, landmarks={"acetabulum_left": np.arange(len(dome))})
+    head = femoral_head(fit, volume.hu[bone.box], grid, bone.voxels, HIP_LEFT, FEMUR_LEFT, "acetabulum_left", 1.0)
+    assert head.source == "valley"
+    assert np.linalg.norm(head.centre_lps_mm - centre) < 1.0
+    assert abs(head.fill_radius_mm - 23.0) <= 1.5     # a voxel
+    assert 24.5 - 1.5 <= head.radius_mm <= 24.5 + 1.5
 
 
 @pytest.mark.real_data
@@ -1644,7 +1688,6 @@ def test_bone_below_the_hip_bone_seeds_the_femur_only_on_a_side_without_a_head()
     left femur is flooded from the head alone (below the hip bone lie a
     forearm against the thigh, or the ischium below the fit's lowest point),
     and the right side, without its head, is seeded as before."""
-    from types import SimpleNamespace
 
     from pipeline.bones import FEMUR_LEFT, FEMUR_RIGHT
     from pipeline.segment.femoral_head import Head

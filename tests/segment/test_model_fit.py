@@ -273,7 +273,7 @@ def test_the_turn_of_a_fitted_pelvis_is_found_and_turns_the_femoral_neck(monkeyp
     assert np.abs(found - turn).max() < 1e-12
 
     seen = []
-    monkeypatch.setattr(femoral_head, "head_from_surface", lambda *args: None)
+    monkeypatch.setattr(femoral_head, "head_from_surface", lambda *args: [])
     monkeypatch.setattr(femoral_head, "head_sphere", lambda hu, grid, c, r, neck: seen.append(neck))
     grid = SimpleNamespace(index=lambda points: np.zeros((len(points), 3)), shape=(1, 1, 1))
     femoral_head.femoral_head(fit, None, grid, None, 1, 4, "acetabulum_left", 1.0, turn=found)
