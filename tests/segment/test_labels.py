@@ -1521,6 +1521,39 @@ def test_femoral_head_found_from_its_surface_near_the_cup():
     assert abs(found[0][1] - 23.0) <= spacing
 
 
+def test_a_head_centred_on_a_vote_cell_corner_outvotes_a_smaller_patch():
+    """The head's surface votes in 2 mm cells fixed in space. A head
+    (a cap of a 23 mm sphere) centred exactly on a cell corner splits its
+    votes among eight cells; a smaller convex patch (a cap of 17 mm, about
+    half the head's area) centred in a cell puts its votes in one. Counted
+    per block of 2 x 2 x 2 cells the head wins; counted per cell the patch
+    did (the sphere found 11.9 mm off)."""
+    from pipeline.segment.femoral_head import HEAD_VOTE_CELL_MM, head_from_surface
+    from pipeline.segment.grid import Grid
+    from pipeline.segment.mask import segment_bone
+    from pipeline.volume import Volume
+
+    shape, spacing = (60, 60, 60), 1.5
+    near = np.array([45.0, 45.0, 45.0])
+    head = near + HEAD_VOTE_CELL_MM * np.array([1.0, 1.0, 1.0])      # a cell corner
+    patch = near + HEAD_VOTE_CELL_MM * np.array([-4.5, -0.5, -0.5])  # a cell centre
+    index = np.indices(shape).transpose(1, 2, 3, 0) * spacing
+
+    def cap(centre, radius, side):
+        arm = index - centre
+        d = np.linalg.norm(arm, axis=-1)
+        return (d <= radius) & (d >= radius - 3.0) & (side * arm[..., 0] > 0.3 * d)
+
+    hu = np.where(cap(head, 23.0, 1.0) | cap(patch, 17.0, -1.0), 700.0, 40.0)
+    hu[:, :, :2] = hu[:, :, -2:] = -1000.0
+    volume = Volume(hu.astype(np.float32), np.diag([spacing, spacing, spacing, 1.0]))
+    bone = segment_bone(volume, Config().segment.__class__(min_island_mm3=100.0))
+    found = head_from_surface(Grid(volume, bone.box), bone.voxels, near)
+    assert found
+    assert np.linalg.norm(found[0][0] - head) < 1.0
+    assert abs(found[0][1] - 23.0) <= spacing
+
+
 def _head_in_a_deep_socket(spacing: float = 1.5):
     """A head (bright ball, radius 23 mm) in an acetabulum 3 mm away
     (a shell from 26 to 30 mm) covering nine tenths of it, on a
