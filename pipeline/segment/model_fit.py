@@ -276,17 +276,21 @@ def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float,
     strides = np.array([shape[1] * shape[2], shape[2], 1])
 
     def scores(scale: float, rotation: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-        # (Each test is taken one axis at a time: np.all along an axis of 3
-        # took a third of the search's time.)
-        at = scale * (sample @ rotation.T)[None] + offsets[:, None]
-        cells = np.floor((at - lo) / INIT_CELL_MM).astype(np.int64)
-        below = cells.view(np.uint64) < shape.astype(np.uint64)   # a negative index wraps above any size
-        inside = below[..., 0] & below[..., 1] & below[..., 2]
-        d = flat_distance[np.where(inside, cells @ strides, len(flat_distance) - 1)]
-        index = at @ to_index[:3, :3].T + to_index[:3, 3]
-        seen = np.ones(inside.shape, dtype=bool)
+        # One axis at a time, on (offsets, points) arrays: a trailing axis of 3
+        # (np.all along it, an integer matrix product for the cell index)
+        # took most of the search's time.
+        placed = scale * (sample @ rotation.T)
+        at = [placed[:, a][None] + offsets[:, a][:, None] for a in range(3)]
+        flat = np.zeros(at[0].shape, dtype=np.int64)
+        inside = np.ones(at[0].shape, dtype=bool)
+        seen = np.ones(at[0].shape, dtype=bool)
         for a in range(3):
-            seen &= (index[..., a] > -0.5) & (index[..., a] < last[a])
+            cell = np.floor((at[a] - lo[a]) / INIT_CELL_MM).astype(np.int64)
+            inside &= cell.view(np.uint64) < np.uint64(shape[a])   # a negative index wraps above any size
+            flat += cell * strides[a]
+            index = at[0] * to_index[a, 0] + at[1] * to_index[a, 1] + at[2] * to_index[a, 2] + to_index[a, 3]
+            seen &= (index > -0.5) & (index < last[a])
+        d = flat_distance[np.where(inside, flat, len(flat_distance) - 1)]
         n_seen = seen.sum(axis=1)
         seen_mean = np.where(seen, d, 0.0).sum(axis=1) / np.maximum(n_seen, 1)
         unseen = np.maximum(INIT_UNSEEN_MM, seen_mean)
