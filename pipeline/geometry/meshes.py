@@ -88,10 +88,17 @@ def corner_max(values: np.ndarray) -> np.ndarray:
     return np.maximum(np.maximum(values[:, 0], values[:, 1]), values[:, 2])
 
 
-def reader_defects(mesh: trimesh.Trimesh) -> dict[str, int]:
+def reader_defects(mesh: trimesh.Trimesh, needles_ignored_on: np.ndarray | None = None) -> dict[str, int]:
     """Counts of what keeps the read-back mesh from being a closed solid (all
-    zero for a valid one); see the module docstring."""
-    return mesh_facts(mesh)["defects"]
+    zero for a valid one); see the module docstring. Needles among the faces
+    in the mask ``needles_ignored_on`` are not counted (cut faces that are
+    triangulated afresh later)."""
+    defects = mesh_facts(mesh)["defects"]
+    if needles_ignored_on is not None and defects["needle_triangles"]:
+        g = _reader_geometry(mesh)
+        thin = ~g.collapsed & g.thinner_than(MIN_ALTITUDE_MM) & ~needles_ignored_on
+        defects = {**defects, "needle_triangles": int(thin.sum())}
+    return defects
 
 
 class _ReaderGeometry:
@@ -355,14 +362,47 @@ def remove_needles(mesh: trimesh.Trimesh, min_altitude_mm: float = 10 * MIN_ALTI
     needles are handed to the repair, their outer rim held fixed.
     """
     g = _reader_geometry(mesh)
+    repaired = _repaired(g, None, min_altitude_mm, passes)
+    if repaired is None:
+        return mesh, 0   # nothing to repair: the mesh itself, not its reader's view
+    f, _, count = repaired
+    used, inverse = np.unique(f, return_inverse=True)
+    return trimesh.Trimesh(vertices=g.v[used], faces=inverse.reshape(-1, 3), process=False), count
+
+
+def remove_needles_in_place(mesh: trimesh.Trimesh, held: np.ndarray, min_altitude_mm: float = 10 * MIN_ALTITUDE_MM,
+                            passes: int = 10) -> tuple[trimesh.Trimesh, np.ndarray, int]:
+    """:func:`remove_needles` that leaves the faces in the mask ``held`` and
+    their corners as they are and every vertex at its own coordinates (of
+    corners a reader welds into one, those of one of them), not rounded to
+    float32: (the mesh, for each of its faces the face of ``mesh`` it stands
+    for, the number of triangles removed or changed)."""
+    g = _reader_geometry(mesh)
+    repaired = _repaired(g, held, min_altitude_mm, passes)
+    if repaired is None:
+        return mesh, np.arange(len(mesh.faces)), 0
+    f, source, count = repaired
+    own = np.empty((len(g.v), 3))
+    own[g.f.ravel()] = np.asarray(mesh.vertices, dtype=np.float64)[np.asarray(mesh.faces).ravel()]
+    used, inverse = np.unique(f, return_inverse=True)
+    return trimesh.Trimesh(vertices=own[used], faces=inverse.reshape(-1, 3), process=False), source, count
+
+
+def _repaired(g: _ReaderGeometry, held: np.ndarray | None, min_altitude_mm: float, passes: int):
+    """(the faces of the read-back mesh ``g`` repaired, in its vertices; for
+    each, the face it stands for; the number removed or changed), or None
+    when there is nothing to repair. Needles in ``held`` stay, and so does
+    every face on one of their corners."""
     v = g.v
     doubled = _doubled(g.f, len(v))
     thin = g.thinner_than(min_altitude_mm)
+    if held is not None:
+        thin &= ~held
     if not g.collapsed.any() and not doubled.any() and not thin.any():
-        return mesh, 0   # nothing to repair: the mesh itself, not its reader's view
+        return None
     keep = ~g.collapsed & ~doubled
     count = len(keep) - int(keep.sum())
-    f = g.f[keep].copy()
+    f, source = g.f[keep].copy(), np.flatnonzero(keep)
     needles = np.flatnonzero(thin[keep])
     if needles.size:
         region = _rings(f, needles, REPAIR_RINGS)
@@ -370,19 +410,20 @@ def remove_needles(mesh: trimesh.Trimesh, min_altitude_mm: float = 10 * MIN_ALTI
         # there, so nothing that touches them may change.
         rim = np.zeros(len(v), dtype=bool)
         rim[f[~region]] = True
-        local = f[region]
+        if held is not None:
+            rim[g.f[held]] = True
+        local, local_source = f[region], source[region]
         for _ in range(passes):
             needles = _needle_faces(v, local, min_altitude_mm)
             if needles.size == 0:
                 break
             changed = _Needles(v, local, rim).clean(needles, edge_lengths(v[local]))
-            local = local[~changed.removed]
+            local, local_source = local[~changed.removed], local_source[~changed.removed]
             if not changed.count:
                 break
             count += changed.count
-        f = np.concatenate([f[~region], local])
-    used, inverse = np.unique(f, return_inverse=True)
-    return trimesh.Trimesh(vertices=v[used], faces=inverse.reshape(-1, 3), process=False), count
+        f, source = np.concatenate([f[~region], local]), np.concatenate([source[~region], local_source])
+    return f, source, count
 
 
 # Needles are repaired on the faces within this many rings of them.

@@ -41,7 +41,7 @@ from scipy.spatial import HalfspaceIntersection, cKDTree
 
 from ..config import Plane
 from ..errors import PlanError
-from .bridge import BRIDGE_INSET_MM, bridge_joints
+from .bridge import BRIDGE_INSET_MM, GRID_SHIFTS, Joints, clean_seams
 from .caps import NO_CAP, Side, retriangulate_caps
 from .meshes import concatenate_solids, face_shells, to_manifold
 from .near_plane import settle_near_planes
@@ -221,17 +221,16 @@ def resect(bone: trimesh.Trimesh | dict[str, trimesh.Trimesh], planes: tuple[Pla
     """
     if not planes:
         raise ValueError("resect needs at least one plane")
-    bridged: dict = {}
+    joints = None
     if isinstance(bone, dict):
+        bones, bone = bone, concatenate_solids(list(bone.values()))
         if joint_gap_mm is not None and implant_from is None:
-            bone, bridged = bridge_joints(bone, planes, gap_mm=joint_gap_mm, inset_mm=clearance_mm + BRIDGE_INSET_MM)
-        else:
-            bone = concatenate_solids(list(bone.values()))
+            joints = Joints(bones, bone, planes, gap_mm=joint_gap_mm, inset_mm=clearance_mm + BRIDGE_INSET_MM)
     check_planes_cross(planes, bone)
     check_distinct_planes(planes, bone)
     implant_planes = tuple(p.shifted(clearance_mm) for p in planes)
     own_implant = clearance_mm == 0.0 and implant_from is None
-    implant, host, settled = cut(bone, planes, implant_caps=own_implant)
+    implant, host, settled, bridged = cut(bone, planes, implant_caps=own_implant, joints=joints)
     if host is None:
         raise PlanError("the resection removes the whole bone: nothing is left as host")
     implant, host, shells = _sorted_implant(implant, planes, min_fragment_mm3, host)
@@ -240,7 +239,7 @@ def resect(bone: trimesh.Trimesh | dict[str, trimesh.Trimesh], planes: tuple[Pla
         source = implant.mesh if implant_from is None else implant_from
         if implant_from is not None:
             check_planes_cross(implant_planes, implant_from)
-        implant, _, _ = cut(source, implant_planes, host=False)
+        implant, _, _, _ = cut(source, implant_planes, host=False)
         implant, _, implant_shells = _sorted_implant(implant, implant_planes, min_fragment_mm3, None)
         shells["implant_source"] = implant_shells
     return Resection(host=host.mesh, implant=implant.mesh,
@@ -249,12 +248,13 @@ def resect(bone: trimesh.Trimesh | dict[str, trimesh.Trimesh], planes: tuple[Pla
                      shells=shells, implant_planes=implant_planes, settled=tuple(settled))
 
 
-def cut(solid: trimesh.Trimesh, planes: tuple[Plane, ...], *, host: bool = True,
-        implant_caps: bool = True) -> tuple[Piece, Piece | None, list[dict]]:
+def cut(solid: trimesh.Trimesh, planes: tuple[Plane, ...], *, host: bool = True, implant_caps: bool = True,
+        joints: Joints | None = None) -> tuple[Piece, Piece | None, list[dict], dict]:
     """(inside, outside) of the region behind all ``planes``, cut faces
-    triangulated afresh (inside's only when ``implant_caps``), and per plane
-    what settling the vertices near it did; outside is None when nothing is
-    left of it (or not asked for, ``host=False``)."""
+    triangulated afresh (inside's only when ``implant_caps``), per plane
+    what settling the vertices near it did, and what bridging ``joints``
+    inside did (see :func:`_bridged`); outside is None when nothing is left
+    of it (or not asked for, ``host=False``)."""
     settled_solid, settled = settle_near_planes(solid, planes)
     body = to_manifold(settled_solid, "bone").as_original()
     cutter = cutter_for(planes, solid.bounds).as_original()
@@ -265,6 +265,9 @@ def cut(solid: trimesh.Trimesh, planes: tuple[Plane, ...], *, host: bool = True,
         raise PlanError(f"{what} contains no bone: empty resection")
     parts = [None if part is None or part.is_empty() or part.volume() < MIN_PART_MM3
              else from_manifold(part, planes, cutter.original_id()) for part in (inside, outside)]
+    bridged: dict = {}
+    if joints is not None and parts[0] is not None:
+        parts[0], bridged = _bridged(inside, parts[0], joints, planes, cutter.original_id())
     if parts[0] is not None and parts[1] is not None:
         _share_cut_corners(parts[0], parts[1])
     sides = {i: Side(part.mesh.vertices, part.mesh.faces, part.cap_of_face, facing)
@@ -273,7 +276,32 @@ def cut(solid: trimesh.Trimesh, planes: tuple[Plane, ...], *, host: bool = True,
     retriangulate_caps(list(sides.values()), planes)
     for i, side in sides.items():
         parts[i] = Piece(trimesh.Trimesh(vertices=side.vertices, faces=side.faces, process=False), side.cap_of_face)
-    return parts[0], parts[1], settled
+    return parts[0], parts[1], settled, bridged
+
+
+def _bridged(inside: manifold3d.Manifold, piece: Piece, joints: Joints, planes: tuple[Plane, ...],
+             cutter_id: int) -> tuple[Piece, dict]:
+    """(the removed part ``inside`` (``piece`` as a mesh) with the bridges
+    across ``joints`` added, the figures for the report: joints bridged,
+    volume added). The bridges lie inside the region, short of every cut
+    face: the host and the cut faces stay the cut's own. Where their seams
+    leave defects an STL reader would see, the grid is moved and the
+    bridges made again; when every grid leaves some, ``piece`` stays
+    unbridged (and the run says the implant is in pieces)."""
+    made: list = []
+    for shift in GRID_SHIFTS:
+        made = joints.bridges(shift)
+        if not made:
+            return piece, {"joints_bridged": 0, "bridge_volume_mm3": 0.0}
+        joined = from_manifold(manifold3d.Manifold.batch_boolean([inside, *made], manifold3d.OpType.Add),
+                               planes, cutter_id)
+        clean = clean_seams(joined.mesh, joined.cap_of_face != NO_CAP)
+        if clean is not None:
+            mesh, source = clean
+            added = float(face_shells(mesh)[1].sum()) - inside.volume()
+            return Piece(mesh, joined.cap_of_face[source]), {"joints_bridged": len(made),
+                                                             "bridge_volume_mm3": round(added, 1)}
+    return piece, {"joints_bridged": 0, "bridge_volume_mm3": 0.0, "joints_not_bridged": len(made)}
 
 
 def _share_cut_corners(inside: Piece, outside: Piece) -> None:

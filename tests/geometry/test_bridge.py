@@ -10,7 +10,7 @@ import trimesh
 
 from pipeline.config import Plane
 from pipeline.geometry import resect
-from pipeline.geometry.bridge import BRIDGE_GRID_MM, BRIDGE_INSET_MM, bridge_joints, joint_gap_mm
+from pipeline.geometry.bridge import BRIDGE_GRID_MM, BRIDGE_INSET_MM, joint_gap_mm
 
 GAP_MM = 3.0
 HALF = 20.0
@@ -27,10 +27,10 @@ def two_bones(gap_mm: float = GAP_MM) -> dict[str, trimesh.Trimesh]:
 
 def test_the_joint_is_filled_inside_the_region_and_the_host_is_the_plain_cut():
     bones = two_bones()
-    bridged, info = bridge_joints(bones, (CUT,), gap_mm=joint_gap_mm((1.0, 1.0, 1.0)))
+    cut = resect(bones, (CUT,), joint_gap_mm=joint_gap_mm((1.0, 1.0, 1.0)))
+    info = cut.shells
     assert info["joints_bridged"] == 1
     plain = resect(trimesh.util.concatenate(list(bones.values())), (CUT,))
-    cut = resect(bridged, (CUT,))
     assert len(cut.implant.split(only_watertight=False)) == 1 and len(plain.implant.split(only_watertight=False)) == 2
     # The host and the contact face are the plain cut's.
     assert cut.host.volume == pytest.approx(plain.host.volume, rel=1e-9)
@@ -57,9 +57,11 @@ def test_a_hip_joint_or_a_wider_space_is_not_bridged(names, gap_mm):
     """A hip joint stays a joint (an implant fused to the femoral head would
     not move); bones farther apart than a joint space are no joint."""
     bones = dict(zip(names, two_bones(gap_mm).values()))
-    bridged, info = bridge_joints(bones, (CUT,), gap_mm=joint_gap_mm((1.0, 1.0, 1.0)))
-    assert info == {"joints_bridged": 0, "bridge_volume_mm3": 0.0}
-    assert bridged.volume == pytest.approx(sum(b.volume for b in bones.values()), rel=1e-12)
+    cut = resect(bones, (CUT,), joint_gap_mm=joint_gap_mm((1.0, 1.0, 1.0)))
+    assert {k: cut.shells[k] for k in ("joints_bridged", "bridge_volume_mm3")} == {"joints_bridged": 0,
+                                                                                  "bridge_volume_mm3": 0.0}
+    assert cut.shells["implant_shells"] == 2
+    assert cut.implant.volume == pytest.approx(sum(b.volume for b in bones.values()) / 2, rel=1e-9)
 
 
 def test_the_joint_space_bridged_grows_with_the_voxels():
@@ -76,9 +78,12 @@ def test_a_bridge_whose_seams_stay_unclean_leaves_the_bones_apart(monkeypatch):
     import pipeline.geometry.bridge as bridge
 
     tried = []
-    monkeypatch.setattr(bridge, "reader_defects", lambda mesh: tried.append(len(mesh.faces)) or {"needle_triangles": 1})
+    monkeypatch.setattr(bridge, "reader_defects",
+                        lambda mesh, **_: tried.append(len(mesh.faces)) or {"needle_triangles": 1})
     bones = two_bones()
-    bone, info = bridge_joints(bones, (CUT,), gap_mm=joint_gap_mm((1.0, 1.0, 1.0)))
+    cut = resect(bones, (CUT,), joint_gap_mm=joint_gap_mm((1.0, 1.0, 1.0)))
     assert len(tried) == len(bridge.GRID_SHIFTS)
-    assert info == {"joints_bridged": 0, "bridge_volume_mm3": 0.0, "joints_not_bridged": 1}
-    assert bone.volume == pytest.approx(sum(b.volume for b in bones.values()), rel=1e-12)
+    assert {k: cut.shells[k] for k in ("joints_bridged", "bridge_volume_mm3", "joints_not_bridged")} == {
+        "joints_bridged": 0, "bridge_volume_mm3": 0.0, "joints_not_bridged": 1}
+    assert cut.shells["implant_shells"] == 2
+    assert cut.implant.volume == pytest.approx(sum(b.volume for b in bones.values()) / 2, rel=1e-9)

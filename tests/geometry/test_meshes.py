@@ -183,6 +183,35 @@ def test_needles_of_a_grazing_boolean_are_taken_out_without_moving_the_surface()
     assert moved.max() <= COLLAPSE_MM
 
 
+def test_needles_repaired_in_place_leave_held_faces_and_every_coordinate_as_they_were():
+    """The same grazing boolean repaired with half of the faces held (a cut
+    face's, triangulated afresh later): those faces, with their needles, come
+    back the same triangles on the same float64 corners; every other vertex
+    keeps its own coordinates (not rounded to float32), and each face says
+    which face it stands for."""
+    import manifold3d
+
+    from pipeline.design.plate import manifold_mesh
+    from pipeline.geometry.meshes import remove_needles_in_place
+
+    a = manifold3d.Manifold.sphere(20.0, 96)
+    b = manifold3d.Manifold.sphere(20.0, 96).rotate((1e-4, 2e-4, 0.0)).translate((30.0, 1e-4, 0.0))
+    raw = manifold_mesh(a - b)
+    raw.vertices = raw.vertices + 1e-7   # corners float32 cannot hold
+    held = raw.triangles_center[:, 1] > 0.0
+    # Needles both among the held faces and among the others.
+    assert reader_defects(raw, needles_ignored_on=~held)["needle_triangles"] > 0
+    assert reader_defects(raw, needles_ignored_on=held)["needle_triangles"] > 0
+    clean, source, changed = remove_needles_in_place(raw, held)
+    assert changed > 0 and len(source) == len(clean.faces)
+    assert reader_defects(clean, needles_ignored_on=held[source])["needle_triangles"] == 0
+    kept = held[source]
+    assert np.array_equal(np.sort(source[kept]), np.flatnonzero(held))
+    assert np.array_equal(clean.triangles[kept], raw.triangles[source[kept]])
+    assert {tuple(v) for v in clean.vertices} <= {tuple(v) for v in raw.vertices}
+    assert np.abs(clean.vertices - clean.vertices.astype(np.float32)).max() > 0
+
+
 def test_a_mesh_without_needles_comes_back_untouched():
     """Nothing to repair: the same mesh, not its float32 reader's view."""
     sphere = trimesh.creation.icosphere(subdivisions=3, radius=123.456789)
