@@ -98,8 +98,8 @@ def clean_seams(mesh: trimesh.Trimesh, held: np.ndarray) -> tuple[trimesh.Trimes
     they closed off between the bones filled and the needles left along
     their seams repaired; for each of its faces, the face of ``mesh`` it
     stands for), or None where defects an STL reader would see remain. The
-    faces in ``held`` (the cut faces) stay as they are, and every vertex
-    keeps its own coordinates."""
+    faces in ``held`` (the cut faces, triangulated afresh later) stay as
+    they are, and every vertex keeps its own coordinates."""
     # A pocket is an inward shell (negative volume): it would be an inner shell of the implant.
     shell, volumes = face_shells(mesh)
     source = np.flatnonzero(volumes[shell] > 0.0)
@@ -108,7 +108,11 @@ def clean_seams(mesh: trimesh.Trimesh, held: np.ndarray) -> tuple[trimesh.Trimes
         mesh.remove_unreferenced_vertices()
     mesh, kept, _ = remove_needles_in_place(mesh, held[source])
     source = source[kept]
-    if any(reader_defects(mesh, needles_ignored_on=held[source]).values()):
+    # Slivers the cut itself left beside its faces (on their corners) are
+    # the cap triangulation's to remove, as on a cut without bridges.
+    on_cut = np.zeros(len(mesh.vertices), dtype=bool)
+    on_cut[mesh.faces[held[source]]] = True
+    if any(reader_defects(mesh, needles_ignored_on=on_cut[mesh.faces].any(axis=1)).values()):
         return None
     return mesh, source
 

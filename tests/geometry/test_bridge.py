@@ -87,3 +87,23 @@ def test_a_bridge_whose_seams_stay_unclean_leaves_the_bones_apart(monkeypatch):
         "joints_bridged": 0, "bridge_volume_mm3": 0.0, "joints_not_bridged": 1}
     assert cut.shells["implant_shells"] == 2
     assert cut.implant.volume == pytest.approx(sum(b.volume for b in bones.values()) / 2, rel=1e-9)
+
+
+def test_a_pocket_the_bridge_closes_off_is_filled_and_the_implant_is_one_clean_solid():
+    """A pit in one bone's joint face, too wide for the bridge to fill from
+    its rim: the bridge seals it off from the outside, and the sealed space
+    is filled (an inner shell would be a void inside the printed implant).
+    The faces the cut leaves beside its own (slivers where the plane meets
+    the subdivided walls) are the cap triangulation's, not defects of the
+    bridge: they do not keep the joint from being bridged."""
+    from pipeline.geometry.meshes import face_shells, validate_solid
+
+    pit = trimesh.creation.box(bounds=[(-GAP_MM / 2 - 10.0, -7.0, 3.0), (-GAP_MM / 2 + 1.0, 7.0, 17.0)])
+    a = trimesh.creation.box(bounds=[(-40.0, -HALF, -HALF), (-GAP_MM / 2, HALF, HALF)])
+    bones = {"hip_left": a.difference(pit, engine="manifold").subdivide_to_size(1.0), "sacrum": two_bones()["sacrum"]}
+    cut = resect(bones, (CUT,), joint_gap_mm=joint_gap_mm((1.0, 1.0, 1.0)))
+    assert cut.shells["joints_bridged"] == 1 and "joints_not_bridged" not in cut.shells
+    validate_solid(cut.implant, "implant")
+    assert len(face_shells(cut.implant)[1]) == 1
+    # The pit's middle and the joint space in front of it: more than half a joint's width from both bones.
+    assert cut.implant.contains([[-GAP_MM / 2 - 5.0, 0.0, 10.0], [0.0, 0.0, 10.0]]).all()
