@@ -16,7 +16,9 @@ Before the cut, bone vertices within a micrometre of a plane are put exactly
 on it or moved clearly off it (:mod:`pipeline.geometry.near_plane`), so the
 cut makes no vertices closer than an STL's float32 coordinates can tell
 apart, no film of zero thickness and no solids touching at a point. After
-it, each cut face is triangulated afresh (:mod:`pipeline.geometry.caps`).
+it, each cut face is triangulated afresh (:mod:`pipeline.geometry.caps`);
+between the two, the removed part is bridged across the joints it spans
+(:mod:`pipeline.geometry.bridge`), short of every cut face.
 
 Two options change only the implant. A clearance (cement or press-fit gap)
 cuts the implant by the planes moved ``clearance_mm`` into the removed part,
@@ -216,8 +218,9 @@ def resect(bone: trimesh.Trimesh | dict[str, trimesh.Trimesh], planes: tuple[Pla
     planes shifted that far into the removed part; with ``implant_from`` it is
     cut from that solid instead of ``bone``. With the bones by name and
     ``joint_gap_mm``, the implant of the bones' own is one piece across the
-    joints it spans: they are bridged inside the region first
-    (:mod:`pipeline.geometry.bridge`), and the report's ``shells`` say how.
+    joints it spans: its part of each bone is bridged to the others inside
+    the region as the bone is cut (:mod:`pipeline.geometry.bridge`), and the
+    report's ``shells`` say how.
     """
     if not planes:
         raise ValueError("resect needs at least one plane")
