@@ -6,6 +6,7 @@
 - ``near_plane``: bone vertices near a cut plane put on it or moved off it before the cut;
 - ``caps``: each cut face triangulated afresh (refined constrained Delaunay), shared by host and implant;
 - ``resect``: the planned planes cut the bones into host and implant, exactly, on the mesh.
+- ``bridge``: the removed part joined across the joints the cut crosses (one implant, not a piece per bone).
 """
 
 from .meshes import concatenate_solids, mesh_facts, mesh_stats, validate_solid
