@@ -11,6 +11,7 @@ run wrote with their sizes (``outputs``), and the peak memory of the case
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,6 +23,7 @@ from .io import (OUTPUT_DIGESTS, QA_FOLDER, json_bytes, load_ct, markups_bytes, 
                  write_outputs)
 from .memory import PeakMemory
 from .parallel import parallel
+from .qa.interactive import Lightening
 from .run import Log, MeshResult, Timer, package_versions, run_mesh
 from .volume import Volume
 
@@ -57,7 +59,8 @@ def run_case(ct_path: str | Path, out_dir: str | Path, config: Config, *, series
     """
     memory = PeakMemory()
     timer = Timer(log, begin)
-    with output_lock(Path(out_dir)):   # one run at a time: another's staging folder is not this run's to remove
+    # one run at a time: another's staging folder is not this run's to remove
+    with output_lock(Path(out_dir)), ExitStack() as running:
         remove_staging(out_dir)   # a killed earlier run into this folder may have left one
         label_map = None
         if labels_path or config.segment.labels_file:   # before the CT: a wrong file fails fast
@@ -66,12 +69,15 @@ def run_case(ct_path: str | Path, out_dir: str | Path, config: Config, *, series
                                            what="" if labels_path else "segment.labels_file")
         if fingerprint is None:
             fingerprint = case_fingerprint(ct_path, config, series_uid=series_uid, qa=qa, labels_path=labels_path)
+        # The 3D view's meshes are lightened in worker processes beside the job,
+        # started now, while the process is small and the CT loads.
+        lightening = running.enter_context(Lightening(start_workers=True)) if qa else None
         with timer.stage("load"):
             volume = load_ct(ct_path, series_uid=series_uid, max_gap_mm=config.load.max_gap_mm, progress=progress)
         for note in volume.notes:
             if log:
                 log(f"note: {note}")
-        result = run_mesh(volume, config, log=log, timer=timer, label_map=label_map)
+        result = run_mesh(volume, config, log=log, timer=timer, label_map=label_map, lightening=lightening)
         with timer.stage("encode"):
             encoders = {"bone.stl": lambda: stl_bytes(result.bone, "bone"),
                         "bone_mask.nii.gz": lambda: nifti_bytes(result.bone_mask, volume.affine),
@@ -95,7 +101,7 @@ def run_case(ct_path: str | Path, out_dir: str | Path, config: Config, *, series
                 if result.fixation.screws_mesh is not None:
                     encoders["screws.stl"] = lambda: stl_bytes(result.fixation.screws_mesh, "screws")
             files = dict(zip(encoders, parallel(*encoders.values())))
-        files.update(qa_files(volume, result, config, images=qa, timer=timer))
+        files.update(qa_files(volume, result, config, images=qa, timer=timer, lightening=lightening))
         report = result.report
         report["fingerprint"] = fingerprint
         report["outputs"] = {name: len(content) for name, content in sorted(files.items())}
@@ -107,9 +113,11 @@ def run_case(ct_path: str | Path, out_dir: str | Path, config: Config, *, series
         return CaseRun(volume=volume, result=result, report=report, written=written, seconds=dict(timer.seconds))
 
 
-def qa_files(volume, result, config, *, images: bool, timer) -> dict[str, bytes]:
+def qa_files(volume, result, config, *, images: bool, timer,
+             lightening: Lightening | None = None) -> dict[str, bytes]:
     """qa/<name>.png and report.html with the interactive 3D view (neither
-    images nor view when ``images`` is false)."""
+    images nor view when ``images`` is false), its meshes lightened by
+    ``lightening`` (see :func:`~pipeline.qa.interactive_view`)."""
     from .qa import (TEMPLATE_ATTRIBUTE, cut_bone_density, implant_source, interactive_view, qa_images,
                      report_html, scene_objects, structure_labels)
     from .qa.images import affected_side
@@ -117,9 +125,10 @@ def qa_files(volume, result, config, *, images: bool, timer) -> dict[str, bytes]
     files, shown, missing, density, view = {}, [], [], [], None
     if images:
         with timer.stage("qa"):
-            # The view first: it forks worker processes, safely only while no other thread runs.
-            view = interactive_view(scene_objects(result, config), side=affected_side(result))
-            made = qa_images(volume, result, config)
+            # The images are drawn while the view's meshes are lightened (in worker processes).
+            view, made = parallel(lambda: interactive_view(scene_objects(result, config), side=affected_side(result),
+                                                           lightening=lightening),
+                                  lambda: qa_images(volume, result, config))
             pngs = parallel(*[(lambda im=im: png_bytes(im.rgb)) for im in made])
             if result.implant is not None:
                 density = cut_bone_density(volume, result.labels, config.resection.planes,

@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import trimesh
@@ -30,6 +30,9 @@ from .segment import PelvisFit, label_bones, segment_bone
 from .segment.external import LabelMap, labels_from_map
 from .segment.lookup import label_counts
 from .volume import Volume, apply_affine, orientation_code
+
+if TYPE_CHECKING:
+    from .qa.interactive import Lightening
 
 Log = Callable[[str], None]
 PACKAGES = ("pelvic-implant-pipeline", "numpy", "scipy", "scikit-image", "pydicom", "trimesh",
@@ -83,9 +86,12 @@ class Timer:
 
 
 def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
-             timer: Timer | None = None, label_map: LabelMap | None = None) -> MeshResult:
+             timer: Timer | None = None, label_map: LabelMap | None = None,
+             lightening: Lightening | None = None) -> MeshResult:
     """``label_map``: labels read from a file (``--labels``), used instead of
-    the automatic segmentation and labelling."""
+    the automatic segmentation and labelling. ``lightening``: the 3D view's,
+    handed each mesh it shows as soon as it is final (the bones the plan
+    leaves whole, then the host and the implant)."""
     timer = timer or Timer(log)
     if label_map is None:
         with timer.stage("segment"):
@@ -105,6 +111,8 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
     # Without planes nothing is cut: every bone is written on its own.
     structures = config.resection.structures if config.resection.planes else ()
     context = {n: m for n, m in meshes.items() if n not in structures}
+    if lightening is not None:
+        lightening.start(list(context.values()), list(meshes.values()))
     # Margins move each planned plane into the kept side; everything is cut there.
     planes = tuple(p.cut_plane() for p in config.resection.planes)
     cut: Resection | None = None
@@ -130,6 +138,8 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
                          implant_from=mirror.mesh if mirror else None, joint_gap_mm=joint_gap_mm(volume.spacing_mm))
             parallel(lambda: validate_solid(cut.host, "host"),
                      lambda: validate_solid(cut.implant, "implant"))
+        if lightening is not None:
+            lightening.start([cut.host, cut.implant], list(meshes.values()))
         with timer.stage("fit"):
             implant_report["fit"] = fit_report(cut, planes, config.implant)
         if config.guides.enabled:

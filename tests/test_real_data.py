@@ -145,17 +145,25 @@ def test_report_page_fits_its_budget_and_fetches_nothing(out):
 
 
 def test_the_3d_view_meshes_stay_within_the_tolerance_of_the_stls(out):
-    """Each view mesh, read back from the page, against its STL: the budget
-    holds, and the largest distance, sampled at the vertices and triangle
-    centres of both (20,000 of them per pair, chosen at random; trimesh's
-    exact closest point, independent of the pipeline's own measure), is
-    within the tolerance. Plain quadric decimation to the same counts leaves knife
-    edges 1.5-3.5 mm off."""
+    """Each view mesh, read back from the page, against its STL: all are
+    lightened to one density, which holds the budget but for what the cut
+    added (its faces, twice), and the largest distance, sampled at the
+    vertices and triangle centres of both (20,000 of them per pair, chosen
+    at random; trimesh's exact closest point, independent of the pipeline's
+    own measure), is within the tolerance. Plain quadric decimation to the
+    same counts leaves knife edges 1.5-3.5 mm off."""
     from pipeline.qa.interactive import VIEW_TOLERANCE_MM, VIEW_TRIANGLES
 
     shown = view_meshes((out / "report.html").read_text())
-    assert sum(len(m.faces) for m in shown.values()) <= VIEW_TRIANGLES
     assert {"host", "implant", "plane sacral_ala", "plane supra_acetabular"} <= set(shown)
+    stls = {name: trimesh.load(out / (f"{name}.stl" if name in ("host", "implant") else f"bone_{name}.stl"))
+            for name in shown if not name.startswith("plane ")}
+    per_mm2 = {name: len(shown[name].faces) / stl.area for name, stl in stls.items()}
+    # The decimation stops within a few triangles of its target.
+    assert max(per_mm2.values()) / min(per_mm2.values()) < 1.01
+    density = float(np.median(list(per_mm2.values())))
+    cut_added_mm2 = sum(stl.area for stl in stls.values()) - trimesh.load(out / "bone.stl").area
+    assert sum(len(shown[name].faces) for name in stls) <= VIEW_TRIANGLES + density * max(cut_added_mm2, 0) + 50
 
     def farthest_mm(a, b):
         points = np.concatenate([a.vertices, a.triangles_center])
@@ -165,7 +173,7 @@ def test_the_3d_view_meshes_stay_within_the_tolerance_of_the_stls(out):
     for name, view in shown.items():
         if name.startswith("plane "):
             continue
-        stl = trimesh.load(out / (f"{name}.stl" if name in ("host", "implant") else f"bone_{name}.stl"))
+        stl = stls[name]
         view = trimesh.Trimesh(np.asarray(view.vertices, float), view.faces, process=False)
         assert len(view.faces) < len(stl.faces), name
         # float32 in the page: a rounding of at most 3e-5 mm at 500 mm from the origin.

@@ -4,22 +4,25 @@ plotly draws it (WebGL, in any current browser); its JavaScript comes from
 the plotly package and is written into the page whole, so the page needs no
 network and no other file: it opens from a mail attachment or a USB stick.
 
-The meshes are decimated for the view only (the STLs are untouched): at
-most ``VIEW_TRIANGLES`` triangles in all, shared among the objects by
-surface area (an object with fewer keeps all of its own), each copy within
+The meshes are decimated for the view only (the STLs are untouched), all
+to one density of triangles per mm²: the one at which the scan's bones
+hold ``VIEW_TRIANGLES`` (an object with fewer keeps all of its own), each copy within
 ``VIEW_TOLERANCE_MM`` of its mesh both ways where the budget allows (see
 ``geometry.simplify``); the distance measured is stated under the view.
+The decimation runs in worker processes beside the job (:class:`Lightening`).
 Coordinates are float32 (rounded by under 3e-5 mm at 500 mm from the
 origin, far below the tolerance), indices int32, both base64-encoded by plotly: about
 25 bytes per triangle, so the page stays near 11 MB with the 4.8 MB of
-plotly.js.
+plotly.js (more where guides or fixation add objects at the same density).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import signal
-from concurrent.futures import ProcessPoolExecutor
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,16 +61,22 @@ class InteractiveView:
     tolerance_mm: float
 
 
-def interactive_view(objects: list[SceneObject], *, side: str = "left", max_triangles: int = VIEW_TRIANGLES,
-                     tolerance_mm: float = VIEW_TOLERANCE_MM) -> InteractiveView:
+def interactive_view(objects: list[SceneObject], *, side: str = "left", lightening: Lightening | None = None,
+                     max_triangles: int = VIEW_TRIANGLES, tolerance_mm: float = VIEW_TOLERANCE_MM) -> InteractiveView:
     """The view of ``objects``, first seen obliquely from the front on ``side``
-    ("left" or "right": the implant's side). Forks worker processes to
-    lighten the meshes: call it while no other thread of the caller runs."""
+    ("left" or "right": the implant's side), its meshes lightened by
+    ``lightening`` (which may hold some already; its budget and tolerance
+    then stand), else by one made for this view."""
     import plotly.graph_objects as go
 
-    budgets = triangle_budgets([len(o.mesh.faces) for o in objects], [float(o.mesh.area) for o in objects],
-                               max_triangles)
-    views = _lighten(objects, budgets, tolerance_mm)
+    own = lightening is None
+    lightening = Lightening(max_triangles, tolerance_mm) if own else lightening
+    try:
+        views = lightening.views(objects)
+    finally:
+        if own:
+            lightening.close()
+    max_triangles, tolerance_mm = lightening.max_triangles, lightening.tolerance_mm
     traces = [_trace(go, o, s.mesh) for o, s in zip(objects, views)]
     figure = go.Figure(traces, layout=_layout(side))
     html = figure.to_html(full_html=False, include_plotlyjs=True, div_id=DIV_ID,
@@ -79,48 +88,161 @@ def interactive_view(objects: list[SceneObject], *, side: str = "left", max_tria
     return InteractiveView(html, meshes, max_triangles, tolerance_mm)
 
 
-def triangle_budgets(triangles: list[int], areas_mm2: list[float], total: int) -> list[int]:
-    """Share ``total`` triangles by surface area; an object needing fewer than
-    its share keeps all of its own and leaves the rest to the others."""
-    budgets = [0] * len(triangles)
-    waiting = set(range(len(triangles)))
-    left = total
+def triangle_density(triangles: list[int], areas_mm2: list[float], total: int) -> float:
+    """Triangles per mm² at which meshes of these counts and areas hold
+    ``total`` triangles, those with fewer keeping all of their own (inf:
+    all of them fit whole)."""
+    left, waiting = total, set(range(len(triangles)))
     while waiting:
-        area = sum(areas_mm2[i] for i in waiting) or 1.0
-        fits = [i for i in waiting if triangles[i] <= left * areas_mm2[i] / area]
+        density = left / max(sum(areas_mm2[i] for i in waiting), 1e-9)
+        fits = {i for i in waiting if triangles[i] <= density * areas_mm2[i]}
         if not fits:
-            for i in waiting:
-                budgets[i] = max(4, int(left * areas_mm2[i] / area))
-            break
-        for i in fits:
-            budgets[i] = triangles[i]
-            left -= triangles[i]
-            waiting.remove(i)
-    return budgets
+            return density
+        left -= sum(triangles[i] for i in fits)
+        waiting -= fits
+    return float("inf")
 
 
-def _lighten(objects: list[SceneObject], budgets: list[int], tolerance_mm: float) -> list[Simplified]:
-    """Each object lightened to its budget. fast-simplification holds the GIL
-    (and runs one mesh at a time), so threads gain nothing: with several meshes over budget, they are
-    shared among worker processes forked from the caller (call this before
-    starting threads), largest first."""
-    over = sorted((i for i, (o, b) in enumerate(zip(objects, budgets)) if len(o.mesh.faces) > b),
-                  key=lambda i: -len(objects[i].mesh.faces))
-    views = {}
-    # A daemonic process (a batch's dask worker) may not start processes of its own.
-    if (len(over) > 1 and WORKERS > 1 and "fork" in multiprocessing.get_all_start_methods()
-            and not multiprocessing.current_process().daemon):
-        context = multiprocessing.get_context("fork")
-        # Ctrl-C on a terminal reaches the workers too: the caller stops, they finish their mesh quietly.
-        with ProcessPoolExecutor(max_workers=min(WORKERS, len(over)), mp_context=context,
-                                 initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
-            futures = {i: pool.submit(_lighten_arrays, np.asarray(objects[i].mesh.vertices),
-                                      np.asarray(objects[i].mesh.faces), budgets[i], tolerance_mm) for i in over}
-            for i, future in futures.items():
+class Lightening:
+    """The view's lighter meshes, made in worker processes beside the job.
+
+    Every object is shown at one density of triangles per mm², or whole
+    where it has fewer: the density at which all the bones of the scan
+    (:meth:`start` gives them; else the objects themselves) hold the view's
+    budget, each bone with fewer keeping all of its own. The bones the plan
+    does not cut are final once the surface stage ends, the host and the
+    implant once the cut is made: :meth:`start` hands each group to a worker
+    as it comes, and it is lightened while the job goes on (the cut, the
+    fit report, the encoding). :meth:`views` lightens whatever is left
+    (fixation, guides), collects all, and says how far each copy lies from
+    its mesh.
+
+    The workers are forked from a server process started with this object,
+    before the CT is loaded, so they are small and the run's own threads
+    are no hazard; they ignore Ctrl-C (the run stops in one line). A
+    daemonic process (a batch's dask worker), a one-core machine, or
+    workers that could not start (a script that runs a case without the
+    ``if __name__ == "__main__"`` guard multiprocessing asks for) lighten in
+    the caller's process: the same meshes, later.
+    """
+
+    def __init__(self, max_triangles: int = VIEW_TRIANGLES, tolerance_mm: float = VIEW_TOLERANCE_MM, *,
+                 start_workers: bool = False) -> None:
+        """``start_workers``: start the workers now, in the background (else when first needed)."""
+        self.max_triangles, self.tolerance_mm = max_triangles, tolerance_mm
+        self._density: float | None = None   # triangles per mm² of surface
+        self._pool: ProcessPoolExecutor | None = None
+        self._asked = False
+        self._lock = threading.Lock()
+        self._early: dict[int, _Part] = {}   # id(mesh) -> its lightened copy to come
+        if start_workers:
+            # The server imports the package before it forks the first worker (0.5 s): not on the caller's time.
+            threading.Thread(target=self._workers, daemon=True).start()
+
+    def start(self, meshes: list[trimesh.Trimesh], bones: list[trimesh.Trimesh]) -> None:
+        """Start lightening ``meshes`` (shown as they are; one task, so one
+        core is left to the job). The first call sets the density from
+        ``bones``, all the bones of the scan."""
+        if self._density is None:
+            self._density = triangle_density([len(m.faces) for m in bones], [float(m.area) for m in bones],
+                                             self.max_triangles)
+        meshes = [m for m in meshes if id(m) not in self._early]
+        task = self._submit(_lighten_many, [(np.asarray(m.vertices), np.asarray(m.faces), self._budget(m))
+                                            for m in meshes], self.tolerance_mm) if meshes else None
+        if task is not None:
+            self._early.update({id(m): _Part(task, k) for k, m in enumerate(meshes)})
+
+    def views(self, objects: list[SceneObject]) -> list[Simplified]:
+        """Each object's lighter copy: those started already, then the rest
+        (over their budget: largest first, on the workers)."""
+        if self._density is None:
+            self._density = triangle_density([len(o.mesh.faces) for o in objects],
+                                             [float(o.mesh.area) for o in objects], self.max_triangles)
+        futures = {i: self._early[id(o.mesh)] for i, o in enumerate(objects) if id(o.mesh) in self._early}
+        over = sorted((i for i, o in enumerate(objects) if i not in futures and len(o.mesh.faces) > self._budget(o.mesh)),
+                      key=lambda i: -len(objects[i].mesh.faces))
+        if len(over) > 1 or (over and futures):
+            for i in over:
+                future = self._submit(_lighten_arrays, np.asarray(objects[i].mesh.vertices),
+                                      np.asarray(objects[i].mesh.faces), self._budget(objects[i].mesh),
+                                      self.tolerance_mm)
+                if future is not None:
+                    futures[i] = future
+        views = [None if i in futures else simplify_within(o.mesh, self._budget(o.mesh), self.tolerance_mm)
+                 for i, o in enumerate(objects)]
+        for i, future in futures.items():
+            try:
                 vertices, faces, distance_mm, kept = future.result()
-                views[i] = Simplified(trimesh.Trimesh(vertices, faces, process=False), distance_mm, kept)
-    return [views[i] if i in views else simplify_within(o.mesh, b, tolerance_mm)
-            for i, (o, b) in enumerate(zip(objects, budgets))]
+            except BrokenProcessPool:
+                views[i] = simplify_within(objects[i].mesh, self._budget(objects[i].mesh), self.tolerance_mm)
+                continue
+            views[i] = Simplified(trimesh.Trimesh(vertices, faces, process=False), distance_mm, kept)
+        return views
+
+    def _budget(self, mesh: trimesh.Trimesh) -> int:
+        if np.isinf(self._density):
+            return len(mesh.faces)
+        return min(len(mesh.faces), max(4, int(self._density * float(mesh.area))))
+
+    def _workers(self) -> ProcessPoolExecutor | None:
+        with self._lock:
+            if not self._asked:
+                self._asked, self._pool = True, _worker_pool()
+            return self._pool
+
+    def _submit(self, fn, *args) -> Future | None:
+        """``fn(*args)`` on a worker, or None: no workers (any more)."""
+        pool = self._workers()
+        if pool is None:
+            return None
+        try:
+            return pool.submit(fn, *args)
+        except BrokenProcessPool:
+            self.close()
+            return None
+
+    def __enter__(self) -> Lightening:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the workers; what they had not begun is dropped."""
+        with self._lock:
+            self._asked = True
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
+
+
+def _worker_pool() -> ProcessPoolExecutor | None:
+    """Worker processes forked from a fork server (the server and a first
+    worker started now), or None where the meshes are lightened in process."""
+    if (WORKERS < 2 or multiprocessing.current_process().daemon
+            or "forkserver" not in multiprocessing.get_all_start_methods()):
+        return None
+    context = multiprocessing.get_context("forkserver")
+    # Imported once by the server, not by every worker.
+    context.set_forkserver_preload(["fast_simplification", __name__])
+    pool = ProcessPoolExecutor(max_workers=WORKERS, mp_context=context,
+                               initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+    pool.submit(int)
+    return pool
+
+
+class _Part:
+    """One result of a task that lightened several meshes, as a future."""
+
+    def __init__(self, future: Future, index: int) -> None:
+        self.future, self.index = future, index
+
+    def result(self):
+        return self.future.result()[self.index]
+
+
+def _lighten_many(jobs: list[tuple[np.ndarray, np.ndarray, int]], tolerance_mm: float) -> list[tuple]:
+    return [_lighten_arrays(vertices, faces, budget, tolerance_mm) for vertices, faces, budget in jobs]
 
 
 def _lighten_arrays(vertices: np.ndarray, faces: np.ndarray, budget: int, tolerance_mm: float):

@@ -11,19 +11,49 @@ import trimesh
 
 from pipeline.config import Config, ImplantConfig, Plane, ResectionConfig
 from pipeline.qa.images import HOST_RGB, IMPLANT_RGB, PLANE_MARGIN_MM, PLANE_RGB
-from pipeline.qa.interactive import READY_ATTRIBUTE, interactive_view, triangle_budgets
+from pipeline.qa import interactive
+from pipeline.qa.interactive import READY_ATTRIBUTE, Lightening, interactive_view
 from pipeline.qa.report_html import report_html
 from pipeline.qa.scene import SceneObject, plane_disc, scene_objects
 
 from ..helpers import external_references, view_meshes
 
 
-def test_budgets_follow_area_and_small_objects_keep_all():
-    budgets = triangle_budgets([50, 100_000, 100_000], [1000.0, 1000.0, 3000.0], 10_050)
-    assert budgets[0] == 50  # fewer than its share: all of its own
-    assert sum(budgets) <= 10_050
-    assert budgets[2] == pytest.approx(3 * budgets[1], abs=1)
-    assert triangle_budgets([10, 20], [1.0, 1.0], 1000) == [10, 20]
+def test_every_object_is_shown_at_one_density_and_small_ones_whole():
+    """Three spheres of radius 10, 20 and 30 mm (surface 1 : 4 : 9) and a box
+    of 12 triangles, 3000 triangles in all: the spheres' copies hold
+    triangles in proportion to their surface, the box comes whole, and the
+    view holds no more than the budget."""
+    balls = [trimesh.creation.icosphere(subdivisions=5, radius=r) for r in (10.0, 20.0, 30.0)]
+    box = trimesh.creation.box(bounds=[[40, -5, -5], [60, 5, 5]])
+    objects = [SceneObject(f"ball {i}", b, (200, 100, 50)) for i, b in enumerate(balls)]
+    objects.append(SceneObject("box", box, (50, 100, 200)))
+    with Lightening(3000, 0.5) as lightening:
+        views = lightening.views(objects)
+    shown = [len(v.mesh.faces) for v in views]
+    assert shown[3] == 12 and sum(shown) <= 3000
+    per_mm2 = [n / b.area for n, b in zip(shown, balls)]
+    assert max(per_mm2) / min(per_mm2) < 1.05   # the decimation stops within a few triangles of its target
+    assert all(v.hausdorff_mm <= 0.5 for v in views)
+
+
+def test_meshes_started_early_come_back_as_if_lightened_at_the_end():
+    """The bones the plan leaves whole are handed over as soon as they are
+    meshed, at the density all the bones set: the same copies as a view
+    that lightens them at the end, and the objects given later are held
+    to it too."""
+    early = [trimesh.creation.icosphere(subdivisions=5, radius=r) for r in (10.0, 20.0)]
+    late = trimesh.creation.icosphere(subdivisions=5, radius=30.0)
+    objects = [SceneObject(f"ball {i}", m, (1, 2, 3)) for i, m in enumerate([*early, late])]
+    with Lightening(3000, 0.5) as lightening:
+        lightening.start(early, [*early, late])
+        views = lightening.views(objects)
+    with Lightening(3000, 0.5) as lightening:
+        at_the_end = lightening.views(objects)
+    for a, b in zip(views, at_the_end):
+        assert np.array_equal(a.mesh.vertices, b.mesh.vertices) and np.array_equal(a.mesh.faces, b.mesh.faces)
+        assert a.hausdorff_mm == b.hausdorff_mm
+    assert sum(len(v.mesh.faces) for v in views) <= 3000
 
 
 def test_a_plane_disc_lies_in_its_plane_around_the_contact_face():
@@ -114,7 +144,6 @@ def test_the_view_workers_leave_ctrl_c_to_the_run(monkeypatch):
     """Ctrl-C on a terminal reaches every process of the run: the worker
     processes lightening the 3D view printed tracebacks of their own. They
     now ignore it; the run stops in one line."""
-    import pipeline.qa.interactive as interactive
     from pipeline.parallel import WORKERS
 
     if WORKERS < 2:
@@ -122,5 +151,32 @@ def test_the_view_workers_leave_ctrl_c_to_the_run(monkeypatch):
     monkeypatch.setattr(interactive, "_lighten_arrays", _sigint_in_worker)
     meshes = [trimesh.creation.icosphere(subdivisions=3), trimesh.creation.icosphere(subdivisions=3)]
     objects = [SceneObject(f"bone {i}", mesh, (200, 200, 200)) for i, mesh in enumerate(meshes)]
-    views = interactive._lighten(objects, [100, 100], 0.5)
+    with Lightening(200, 0.5) as lightening:
+        views = lightening.views(objects)
     assert [view.hausdorff_mm for view in views] == [1.0, 1.0]
+
+
+def _dies(vertices, faces, budget, tolerance_mm):
+    import os
+
+    os._exit(3)
+
+
+def test_a_worker_that_dies_leaves_the_view_to_the_run(monkeypatch):
+    """Workers that can not run (killed, or a script without the
+    ``__main__`` guard, where each worker runs the script again and stops)
+    break the pool: the meshes are then lightened in the run's own process,
+    the same copies, not an error."""
+    from pipeline.parallel import WORKERS
+
+    if WORKERS < 2:
+        pytest.skip("one core: the meshes are lightened in the run's own process")
+    meshes = [trimesh.creation.icosphere(subdivisions=4, radius=r) for r in (10.0, 20.0)]
+    objects = [SceneObject(f"bone {i}", mesh, (200, 200, 200)) for i, mesh in enumerate(meshes)]
+    with Lightening(1000, 0.5) as lightening:
+        expected = lightening.views(objects)
+    monkeypatch.setattr(interactive, "_lighten_arrays", _dies)
+    with Lightening(1000, 0.5) as lightening:
+        views = lightening.views(objects)
+    for a, b in zip(views, expected):
+        assert np.array_equal(a.mesh.faces, b.mesh.faces) and a.hausdorff_mm == b.hausdorff_mm
