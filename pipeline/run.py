@@ -138,8 +138,9 @@ def run_mesh(volume: Volume, config: Config, *, log: Log | None = None,
                          implant_from=mirror.mesh if mirror else None, joint_gap_mm=joint_gap_mm(volume.spacing_mm))
             parallel(lambda: validate_solid(cut.host, "host"),
                      lambda: validate_solid(cut.implant, "implant"))
-        if lightening is not None:
-            lightening.start([cut.host, cut.implant], list(meshes.values()))
+        if lightening is not None:   # one task each: both cores, as the job's own work is lighter from here
+            for mesh in (cut.host, cut.implant):
+                lightening.start([mesh], list(meshes.values()))
         with timer.stage("fit"):
             implant_report["fit"] = fit_report(cut, planes, config.implant)
         if config.guides.enabled:

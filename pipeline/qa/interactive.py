@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import trimesh
 
+from ..geometry.meshes import doubled_areas
 from ..geometry.simplify import Simplified, simplify_within
 from ..parallel import WORKERS
 from .scene import SceneObject
@@ -112,8 +113,9 @@ class Lightening:
     budget, each bone with fewer keeping all of its own. The bones the plan
     does not cut are final once the surface stage ends, the host and the
     implant once the cut is made: :meth:`start` hands each group to a worker
-    as it comes, and it is lightened while the job goes on (the cut, the
-    fit report, the encoding). :meth:`views` lightens whatever is left
+    as it comes (the bones as one task during the cut, which uses both
+    cores itself; the host and the implant as one each), and it is lightened
+    while the job goes on (the cut, the fit report, the encoding). :meth:`views` lightens whatever is left
     (fixation, guides), collects all, and says how far each copy lies from
     its mesh.
 
@@ -135,18 +137,18 @@ class Lightening:
         self._asked = False
         self._lock = threading.Lock()
         self._early: dict[int, _Part] = {}   # id(mesh) -> its lightened copy to come
+        self._areas: dict[int, tuple[trimesh.Trimesh, float]] = {}
         if start_workers:
             # The server imports the package before it forks the first worker (0.5 s): not on the caller's time.
             threading.Thread(target=self._workers, daemon=True).start()
 
     def start(self, meshes: list[trimesh.Trimesh], bones: list[trimesh.Trimesh]) -> None:
-        """Start lightening ``meshes`` (shown as they are; one task, so one
-        core is left to the job). The first call sets the density from
-        ``bones``, all the bones of the scan."""
+        """Start lightening ``meshes`` (shown as they are) as one task. The
+        first call sets the density from ``bones``, all the bones of the scan."""
         if self._density is None:
-            self._density = triangle_density([len(m.faces) for m in bones], [float(m.area) for m in bones],
+            self._density = triangle_density([len(m.faces) for m in bones], [self._area(m) for m in bones],
                                              self.max_triangles)
-        meshes = [m for m in meshes if id(m) not in self._early]
+        meshes = [m for m in meshes if id(m) not in self._early and len(m.faces) > self._budget(m)]
         task = self._submit(_lighten_many, [(np.asarray(m.vertices), np.asarray(m.faces), self._budget(m))
                                             for m in meshes], self.tolerance_mm) if meshes else None
         if task is not None:
@@ -157,7 +159,7 @@ class Lightening:
         (over their budget: largest first, on the workers)."""
         if self._density is None:
             self._density = triangle_density([len(o.mesh.faces) for o in objects],
-                                             [float(o.mesh.area) for o in objects], self.max_triangles)
+                                             [self._area(o.mesh) for o in objects], self.max_triangles)
         futures = {i: self._early[id(o.mesh)] for i, o in enumerate(objects) if id(o.mesh) in self._early}
         over = sorted((i for i, o in enumerate(objects) if i not in futures and len(o.mesh.faces) > self._budget(o.mesh)),
                       key=lambda i: -len(objects[i].mesh.faces))
@@ -182,7 +184,12 @@ class Lightening:
     def _budget(self, mesh: trimesh.Trimesh) -> int:
         if np.isinf(self._density):
             return len(mesh.faces)
-        return min(len(mesh.faces), max(4, int(self._density * float(mesh.area))))
+        return min(len(mesh.faces), max(4, int(self._density * self._area(mesh))))
+
+    def _area(self, mesh: trimesh.Trimesh) -> float:
+        if id(mesh) not in self._areas:
+            self._areas[id(mesh)] = (mesh, surface_area(mesh))   # the mesh held: its id stays its own
+        return self._areas[id(mesh)][1]
 
     def _workers(self) -> ProcessPoolExecutor | None:
         with self._lock:
@@ -229,6 +236,14 @@ def _worker_pool() -> ProcessPoolExecutor | None:
                                initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
     pool.submit(int)
     return pool
+
+
+def surface_area(mesh: trimesh.Trimesh, chunk: int = 100_000) -> float:
+    """Surface area (mm²), a slab of faces at a time: trimesh's ``area``
+    keeps every face's corners and cross product (150 MB for the bench
+    phantom's meshes, held past the cut, the run's peak)."""
+    vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.faces)
+    return sum(float(doubled_areas(vertices[faces[i:i + chunk]]).sum()) / 2 for i in range(0, len(faces), chunk))
 
 
 class _Part:
