@@ -211,14 +211,20 @@ class Lightening:
     def __enter__(self) -> Lightening:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, error_type, *_) -> None:
+        self.close(at_once=error_type is not None)
 
-    def close(self) -> None:
-        """Stop the workers; what they had not begun is dropped."""
+    def close(self, at_once: bool = False) -> None:
+        """Stop the workers; what they had not begun is dropped, and with
+        ``at_once`` (a run that failed or was stopped) what they are doing too."""
         with self._lock:
             self._asked = True
             if self._pool is not None:
+                if at_once and hasattr(self._pool, "terminate_workers"):   # Python 3.14
+                    self._pool.terminate_workers()
+                elif at_once:   # before it, the executor's own table of its workers
+                    for process in list((getattr(self._pool, "_processes", None) or {}).values()):
+                        process.terminate()
                 self._pool.shutdown(wait=True, cancel_futures=True)
                 self._pool = None
 

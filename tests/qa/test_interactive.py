@@ -180,3 +180,29 @@ def test_a_worker_that_dies_leaves_the_view_to_the_run(monkeypatch):
         views = lightening.views(objects)
     for a, b in zip(views, expected):
         assert np.array_equal(a.mesh.faces, b.mesh.faces) and a.hausdorff_mm == b.hausdorff_mm
+
+
+def _sleeps(jobs, tolerance_mm):
+    import time
+
+    time.sleep(60)
+
+
+def test_a_run_that_stops_does_not_wait_for_the_view_workers(monkeypatch):
+    """Ctrl-C or an error while the workers lighten the host (seconds on a
+    large CT): the run's exit stops them instead of waiting for them."""
+    import time
+
+    from pipeline.parallel import WORKERS
+
+    if WORKERS < 2:
+        pytest.skip("one core: the meshes are lightened in the run's own process")
+    monkeypatch.setattr(interactive, "_lighten_many", _sleeps)
+    ball = trimesh.creation.icosphere(subdivisions=4)
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        with Lightening(100, 0.5) as lightening:
+            lightening.start([ball], [ball])
+            time.sleep(1.0)   # the task is running
+            raise KeyboardInterrupt
+    assert time.monotonic() - start < 20.0   # the task alone would take 60 s
