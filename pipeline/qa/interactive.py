@@ -60,6 +60,7 @@ class InteractiveView:
     meshes: list[dict]  # per object: name, triangles (the mesh's), view_triangles, hausdorff_mm
     max_triangles: int
     tolerance_mm: float
+    per_mm2: float     # the density the meshes were lightened to (inf: all shown whole)
 
 
 def interactive_view(objects: list[SceneObject], *, side: str = "left", lightening: Lightening | None = None,
@@ -86,7 +87,7 @@ def interactive_view(objects: list[SceneObject], *, side: str = "left", lighteni
                                       "Math.round(performance.now()));")
     meshes = [{"name": o.name, "triangles": len(o.mesh.faces), "view_triangles": len(s.mesh.faces),
                "hausdorff_mm": round(s.hausdorff_mm, 3)} for o, s in zip(objects, views)]
-    return InteractiveView(html, meshes, max_triangles, tolerance_mm)
+    return InteractiveView(html, meshes, max_triangles, tolerance_mm, lightening.per_mm2)
 
 
 def triangle_density(triangles: list[int], areas_mm2: list[float], total: int) -> float:
@@ -109,8 +110,10 @@ class Lightening:
 
     Every object is shown at one density of triangles per mm², or whole
     where it has fewer: the density at which all the bones of the scan
-    (:meth:`start` gives them; else the objects themselves) hold the view's
-    budget, each bone with fewer keeping all of its own. The bones the plan
+    (:meth:`start` gives them) hold the view's budget, each bone with fewer
+    keeping all of its own; objects beyond the bones (the cut faces, guides,
+    flanges) add at that density. Where the bones fit whole, or none were
+    given, the density is the one at which the whole view holds the budget. The bones the plan
     does not cut are final once the surface stage ends, the host and the
     implant once the cut is made: :meth:`start` hands each group to a worker
     as it comes (the bones as one task during the cut, which uses both
@@ -157,7 +160,8 @@ class Lightening:
     def views(self, objects: list[SceneObject]) -> list[Simplified]:
         """Each object's lighter copy: those started already, then the rest
         (over their budget: largest first, on the workers)."""
-        if self._density is None:
+        if self._density is None or np.isinf(self._density):
+            # No bones given, or they all fit whole (so none was started): the whole view holds the budget.
             self._density = triangle_density([len(o.mesh.faces) for o in objects],
                                              [self._area(o.mesh) for o in objects], self.max_triangles)
         futures = {i: self._early[id(o.mesh)] for i, o in enumerate(objects) if id(o.mesh) in self._early}
@@ -180,6 +184,11 @@ class Lightening:
                 continue
             views[i] = Simplified(trimesh.Trimesh(vertices, faces, process=False), distance_mm, kept)
         return views
+
+    @property
+    def per_mm2(self) -> float:
+        """Triangles per mm² of the lighter copies (inf: all whole)."""
+        return float("inf") if self._density is None else self._density
 
     def _budget(self, mesh: trimesh.Trimesh) -> int:
         if np.isinf(self._density):

@@ -325,9 +325,10 @@ def _view3d_html(view: InteractiveView) -> str:
             "hide or show it, double-click to show it alone; hovering names an object and gives the point in "
             "LPS mm. ")
     if any(m["view_triangles"] < m["triangles"] for m in view.meshes):
-        note += (f"Meshes are lightened for this view only (the STLs are untouched), all to one density "
-                 f"(the one at which the scan's bones hold {view.max_triangles} triangles): {shown} triangles, each within "
-                 f"{worst:.2f} mm of its full mesh, measured both ways.</p>")
+        note += (f"Meshes are lightened for this view only (the STLs are untouched), all to {view.per_mm2:.2f} "
+                 f"triangles per mm² (at which the scan's bones, or where they fit whole the whole view, hold "
+                 f"{view.max_triangles}): {shown} triangles, each within {worst:.2f} mm of its full mesh, "
+                 "measured both ways.</p>")
     else:
         note += f"Meshes are shown whole ({shown} triangles, within the view's budget of {view.max_triangles}).</p>"
     if worst > view.tolerance_mm:

@@ -206,3 +206,20 @@ def test_a_run_that_stops_does_not_wait_for_the_view_workers(monkeypatch):
             time.sleep(1.0)   # the task is running
             raise KeyboardInterrupt
     assert time.monotonic() - start < 20.0   # the task alone would take 60 s
+
+
+def test_bones_that_fit_whole_leave_the_budget_to_the_whole_view():
+    """The sample's bones fit the budget whole, but its cutting guides and
+    flanges took the view to 529k triangles, all shown whole, under a note
+    saying it was within the 250k budget. Where the bones fit whole, the
+    whole view holds the budget."""
+    bone = trimesh.creation.icosphere(subdivisions=3, radius=10.0)     # 1280 triangles
+    guide = trimesh.creation.icosphere(subdivisions=5, radius=20.0)    # 20480
+    objects = [SceneObject("bone", bone, (1, 2, 3)), SceneObject("guide", guide, (3, 2, 1))]
+    with Lightening(3000, 0.5) as lightening:
+        lightening.start([bone], [bone])
+        views = lightening.views(objects)
+        per_mm2 = lightening.per_mm2
+    assert sum(len(v.mesh.faces) for v in views) <= 3000
+    assert len(views[1].mesh.faces) == pytest.approx(per_mm2 * guide.area, rel=0.01)
+    assert len(views[0].mesh.faces) == pytest.approx(per_mm2 * bone.area, rel=0.01)
