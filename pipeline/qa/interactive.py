@@ -213,7 +213,7 @@ class Lightening:
             return None
         try:
             return pool.submit(fn, *args)
-        except BrokenProcessPool:
+        except (OSError, BrokenProcessPool):   # a worker that could not start, or died
             self.close()
             return None
 
@@ -240,7 +240,9 @@ class Lightening:
 
 def _worker_pool() -> ProcessPoolExecutor | None:
     """Worker processes forked from a fork server (the server and a first
-    worker started now), or None where the meshes are lightened in process."""
+    worker started now), or None where the meshes are lightened in process:
+    also where they can not start (the server's socket under a TMPDIR too
+    long for one, no /dev/shm: the run must not fail for a speed-up)."""
     if (WORKERS < 2 or multiprocessing.current_process().daemon
             or "forkserver" not in multiprocessing.get_all_start_methods()):
         return None
@@ -249,7 +251,11 @@ def _worker_pool() -> ProcessPoolExecutor | None:
     context.set_forkserver_preload(["fast_simplification", __name__])
     pool = ProcessPoolExecutor(max_workers=WORKERS, mp_context=context,
                                initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
-    pool.submit(int)
+    try:
+        pool.submit(int)
+    except (OSError, BrokenProcessPool):
+        pool.shutdown(wait=False, cancel_futures=True)
+        return None
     return pool
 
 

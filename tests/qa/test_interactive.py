@@ -223,3 +223,35 @@ def test_bones_that_fit_whole_leave_the_budget_to_the_whole_view():
     assert sum(len(v.mesh.faces) for v in views) <= 3000
     assert len(views[1].mesh.faces) == pytest.approx(per_mm2 * guide.area, rel=0.01)
     assert len(views[0].mesh.faces) == pytest.approx(per_mm2 * bone.area, rel=0.01)
+
+
+class _NoServer:
+    """A process pool whose workers can not start (as with a TMPDIR too long
+    for the fork server's socket: "AF_UNIX path too long")."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def submit(self, *args, **kwargs):
+        raise OSError("AF_UNIX path too long")
+
+    def shutdown(self, *args, **kwargs) -> None:
+        pass
+
+
+def test_workers_that_can_not_start_leave_the_view_to_the_run(monkeypatch, capfd):
+    """A run under a long TMPDIR failed with the fork server's traceback.
+    Workers that can not start are a lost speed-up, not an error: the
+    same copies, made in the run's own process, and nothing printed."""
+    meshes = [trimesh.creation.icosphere(subdivisions=4, radius=r) for r in (10.0, 20.0)]
+    objects = [SceneObject(f"bone {i}", mesh, (200, 200, 200)) for i, mesh in enumerate(meshes)]
+    with Lightening(1000, 0.5) as lightening:
+        expected = lightening.views(objects)
+    monkeypatch.setattr(interactive, "ProcessPoolExecutor", _NoServer)
+    monkeypatch.setattr(interactive, "WORKERS", 2)
+    with Lightening(1000, 0.5, start_workers=True) as lightening:
+        lightening.start(meshes, meshes)
+        views = lightening.views(objects)
+    for a, b in zip(views, expected):
+        assert np.array_equal(a.mesh.faces, b.mesh.faces) and a.hausdorff_mm == b.hausdorff_mm
+    assert capfd.readouterr().err == ""
