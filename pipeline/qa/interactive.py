@@ -249,12 +249,14 @@ def _worker_pool() -> ProcessPoolExecutor | None:
     context = multiprocessing.get_context("forkserver")
     # Imported once by the server, not by every worker.
     context.set_forkserver_preload(["fast_simplification", __name__])
-    pool = ProcessPoolExecutor(max_workers=WORKERS, mp_context=context,
-                               initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+    pool = None
     try:
+        pool = ProcessPoolExecutor(max_workers=WORKERS, mp_context=context,
+                                   initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
         pool.submit(int)
-    except (OSError, BrokenProcessPool):
-        pool.shutdown(wait=False, cancel_futures=True)
+    except (OSError, BrokenProcessPool):   # the queues' semaphores (/dev/shm), the server, a first worker
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         return None
     return pool
 

@@ -255,3 +255,19 @@ def test_workers_that_can_not_start_leave_the_view_to_the_run(monkeypatch, capfd
     for a, b in zip(views, expected):
         assert np.array_equal(a.mesh.faces, b.mesh.faces) and a.hausdorff_mm == b.hausdorff_mm
     assert capfd.readouterr().err == ""
+
+
+class _NoSemaphores(_NoServer):
+    """A process pool whose queues can not be made (no /dev/shm)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        raise OSError("[Errno 38] Function not implemented")
+
+
+def test_a_machine_without_process_queues_lightens_in_the_run(monkeypatch):
+    monkeypatch.setattr(interactive, "ProcessPoolExecutor", _NoSemaphores)
+    monkeypatch.setattr(interactive, "WORKERS", 2)
+    meshes = [trimesh.creation.icosphere(subdivisions=4, radius=r) for r in (10.0, 20.0)]
+    with Lightening(1000, 0.5) as lightening:
+        views = lightening.views([SceneObject(f"bone {i}", m, (1, 2, 3)) for i, m in enumerate(meshes)])
+    assert sum(len(v.mesh.faces) for v in views) <= 1000
