@@ -5,10 +5,11 @@ the plotly package and is written into the page whole, so the page needs no
 network and no other file: it opens from a mail attachment or a USB stick.
 
 The meshes are decimated for the view only (the STLs are untouched), all
-to one density of triangles per mm²: the one at which the scan's bones
-hold ``VIEW_TRIANGLES`` (an object with fewer keeps all of its own), each copy within
-``VIEW_TOLERANCE_MM`` of its mesh both ways where the budget allows (see
-``geometry.simplify``); the distance measured is stated under the view.
+to one density of triangles per mm², the one at which the scan's bones
+hold ``VIEW_TRIANGLES`` (an object with fewer keeps all of its own; see
+:class:`Lightening`), each copy within ``VIEW_TOLERANCE_MM`` of its mesh
+both ways where the budget allows (see ``geometry.simplify``); the
+distance measured is stated under the view.
 The decimation runs in worker processes beside the job (:class:`Lightening`).
 Coordinates are float32 (rounded by under 3e-5 mm at 500 mm from the
 origin, far below the tolerance), indices int32, both base64-encoded by plotly: about
@@ -111,24 +112,25 @@ class Lightening:
     Every object is shown at one density of triangles per mm², or whole
     where it has fewer: the density at which all the bones of the scan
     (:meth:`start` gives them) hold the view's budget, each bone with fewer
-    keeping all of its own; objects beyond the bones (the cut faces, guides,
-    flanges) add at that density. Where the bones fit whole, or none were
-    given, the density is the one at which the whole view holds the budget. The bones the plan
-    does not cut are final once the surface stage ends, the host and the
-    implant once the cut is made: :meth:`start` hands each group to a worker
-    as it comes (the bones as one task during the cut, which uses both
-    cores itself; the host and the implant as one each), and it is lightened
-    while the job goes on (the cut, the fit report, the encoding). :meth:`views` lightens whatever is left
-    (fixation, guides), collects all, and says how far each copy lies from
-    its mesh.
+    keeping all of its own; what the cut adds, guides and flanges come at
+    that density too. Where the bones fit whole, or none were given, it is
+    the density at which the whole view holds the budget.
 
-    The workers are forked from a server process started with this object,
-    before the CT is loaded, so they are small and the run's own threads
-    are no hazard; they ignore Ctrl-C (the run stops in one line). A
-    daemonic process (a batch's dask worker), a one-core machine, or
-    workers that could not start (a script that runs a case without the
-    ``if __name__ == "__main__"`` guard multiprocessing asks for) lighten in
-    the caller's process: the same meshes, later.
+    Each mesh goes to the workers as soon as it is final (:meth:`start`):
+    the bones the plan does not cut when the surface stage ends, as one
+    task (the cut uses both cores itself), the host and the implant when
+    the cut is made, one task each; they are lightened while the job goes
+    on. :meth:`views` lightens whatever is left (fixation, guides), collects
+    all, and says how far each copy lies from its mesh.
+
+    The workers are forked from a server process started with this object
+    (``start_workers``), before the CT is loaded, so they are small and the
+    run's own threads are no hazard; they ignore Ctrl-C, and a run that
+    stops terminates them. A daemonic process (a batch's dask worker), a
+    one-core machine, and workers that can not start or die (a TMPDIR too
+    long for the server's socket, no /dev/shm, a script without the
+    ``if __name__ == "__main__"`` guard multiprocessing asks for) leave the
+    lightening to the caller's process: the same meshes, later.
     """
 
     def __init__(self, max_triangles: int = VIEW_TRIANGLES, tolerance_mm: float = VIEW_TOLERANCE_MM, *,
