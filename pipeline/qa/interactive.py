@@ -215,7 +215,7 @@ class Lightening:
             return None
         try:
             return pool.submit(fn, *args)
-        except (OSError, BrokenProcessPool):   # a worker that could not start, or died
+        except (OSError, RuntimeError, BrokenProcessPool):   # a worker that could not start, or died
             self.close()
             return None
 
@@ -256,7 +256,9 @@ def _worker_pool() -> ProcessPoolExecutor | None:
         pool = ProcessPoolExecutor(max_workers=WORKERS, mp_context=context,
                                    initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
         pool.submit(int)
-    except (OSError, BrokenProcessPool):   # the queues' semaphores (/dev/shm), the server, a first worker
+    # The queues' semaphores (/dev/shm), the server, a first worker; RuntimeError: a process that is
+    # itself still starting (a script without the __main__ guard, run again by a worker).
+    except (OSError, RuntimeError, BrokenProcessPool):
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
         return None

@@ -264,8 +264,18 @@ class _NoSemaphores(_NoServer):
         raise OSError("[Errno 38] Function not implemented")
 
 
-def test_a_machine_without_process_queues_lightens_in_the_run(monkeypatch):
-    monkeypatch.setattr(interactive, "ProcessPoolExecutor", _NoSemaphores)
+class _Bootstrapping(_NoServer):
+    """A process pool in a process that is itself still starting (a worker
+    running a script without the ``__main__`` guard again)."""
+
+    def submit(self, *args, **kwargs):
+        raise RuntimeError("An attempt has been made to start a new process before the current process has "
+                           "finished its bootstrapping phase.")
+
+
+@pytest.mark.parametrize("pool", [_NoSemaphores, _Bootstrapping], ids=["no process queues", "bootstrapping"])
+def test_a_process_that_can_not_start_workers_lightens_in_the_run(monkeypatch, pool):
+    monkeypatch.setattr(interactive, "ProcessPoolExecutor", pool)
     monkeypatch.setattr(interactive, "WORKERS", 2)
     meshes = [trimesh.creation.icosphere(subdivisions=4, radius=r) for r in (10.0, 20.0)]
     with Lightening(1000, 0.5) as lightening:
