@@ -29,3 +29,13 @@ os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 # labels and the fixation did not move. OpenBLAS reads this when NumPy is
 # first imported; a value the user set is kept.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+# glibc gives each thread that meets a busy allocator an arena of its own (up
+# to eight per core), and memory freed in one arena is not reused by another:
+# with the view's worker pool's threads beside the run's own, the bench
+# phantom's peak rose by about 50 MiB. Two arenas (a value the user set in
+# MALLOC_ARENA_MAX is kept) took its peak from 1308-1410 to 1245-1322 MiB
+# over three runs each, at the same speed (see memory.limit_malloc_arenas).
+from .memory import limit_malloc_arenas  # noqa: E402
+
+limit_malloc_arenas()
