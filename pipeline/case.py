@@ -125,14 +125,15 @@ def qa_files(volume, result, config, *, images: bool, timer,
     files, shown, missing, density, view = {}, [], [], [], None
     if images:
         with timer.stage("qa"):
-            # One after the other: drawing the images while the view waits for its meshes saved
-            # 0.3 s on Pelvic-Ref-003 but raised the bench phantom's peak memory by 70 MiB.
-            view = interactive_view(scene_objects(result, config), side=affected_side(result), lightening=lightening)
+            # The images first: the view waits for the last of its meshes from the
+            # workers (the host and the implant, handed over after the cut), and
+            # those are lightened while the images are drawn.
             made = qa_images(volume, result, config)
             pngs = parallel(*[(lambda im=im: png_bytes(im.rgb)) for im in made])
             if result.implant is not None:
                 density = cut_bone_density(volume, result.labels, config.resection.planes,
                                            structure_labels(config), result.implant)
+            view = interactive_view(scene_objects(result, config), side=affected_side(result), lightening=lightening)
         for image, png in zip(made, pngs):
             files[f"{QA_FOLDER}/{image.name}.png"] = png
             shown.append((image.title, png))
