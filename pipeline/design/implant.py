@@ -28,7 +28,7 @@ from scipy.spatial import cKDTree
 
 from ..config import ImplantConfig, Plane
 from ..errors import PlanError
-from ..parallel import WORKERS
+from ..parallel import WORKERS, parallel
 from .fit import GOOD_ANGLE_DEG, contact_fit, implant_fit
 from ..geometry.meshes import mesh_facts
 from ..geometry.resect import Resection
@@ -98,7 +98,9 @@ def mirrored_source(meshes: dict[str, trimesh.Trimesh], planes: tuple[Plane, ...
     rigid, rms, iterations = icp_point_to_plane(source, target, target_normals)
     fitted = trimesh.Trimesh(vertices=mirrored.vertices @ rigid[:3, :3].T + rigid[:3, 3],
                              faces=mirrored.faces, process=False)
-    distance = surface_distance_mm(target, fitted)
+    # The fitted mirror's facts (run.py checks it as read back next) are
+    # measured beside the distances: both release the GIL.
+    distance, _ = parallel(lambda: surface_distance_mm(target, fitted), lambda: mesh_facts(fitted))
     angle = np.degrees(np.arccos(np.clip((np.trace(rigid[:3, :3]) - 1) / 2, -1, 1)))
     report = {
         "source": "mirrored",
@@ -171,7 +173,7 @@ def surface_distance_mm(points: np.ndarray, mesh: trimesh.Trimesh) -> np.ndarray
     """Distance from each point to ``mesh``'s surface, point-to-plane at the
     nearest vertex: exact on flat patches, within the vertex spacing's square
     over the curvature radius on smooth bone (well under 0.1 mm here)."""
-    _, index = cKDTree(mesh.vertices).query(points)
+    _, index = cKDTree(mesh.vertices).query(points, workers=WORKERS)
     return np.abs(np.einsum("ij,ij->i", points - mesh.vertices[index], mesh.vertex_normals[index]))
 
 
