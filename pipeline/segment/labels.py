@@ -66,7 +66,7 @@ from .mask import (ENCLOSED_DIRECTIONS, FACE_CONNECTIVITY, IN_SLICE_CONNECTIVITY
 from .model_fit import PelvisFit, fit_pelvis, missing_bones, pelvis_found, pelvis_turn, vertex_normals
 from .neighbours import max3, min3
 from .shape_model import MODEL_BONES, ShapeModel, load_model
-from .spine import (SPINE_SMOOTHING_MM, Levels, open_canal, smooth_hu, tissue_hu, vertebrae_above_l1,
+from .spine import (SPINE_CLEAR_MM, SPINE_SMOOTHING_MM, Levels, open_canal, smooth_hu, tissue_hu, vertebrae_above_l1,
                     vertebral_marrow)
 from .voxelise import inside_mesh
 
@@ -529,6 +529,10 @@ def solid_per_label(rough: np.ndarray, raw: np.ndarray, hu: np.ndarray, volume: 
         if sub is None:
             continue
         sub = grow_box(sub, rough.shape, radius_vox + 1)
+        if label == LUMBAR:   # the bones above and below the spine in view (vertebral_marrow)
+            reach = int(np.ceil(SPINE_CLEAR_MM / volume.spacing_mm[axial]))
+            sub = tuple(grow_box((s,), (n,), reach)[0] if a == axial else s
+                        for a, (s, n) in enumerate(zip(sub, rough.shape)))
         sub_border = [(b0 and s.start == 0, b1 and s.stop == dim)
                       for (b0, b1), s, dim in zip(at_border, sub, rough.shape)]
         planes = tuple(a for a in range(3) if a != axial) if label in (LUMBAR, SACRUM) else (0, 1, 2)
@@ -577,7 +581,7 @@ def solid_bone(pieces: np.ndarray, label: int, radius_vox: int, spacing_mm: np.n
         met = enclosed_directions(filled, reach, at_border, others)
         filled |= met >= ENCLOSED_DIRECTIONS
         if marrow_hu is not None:
-            filled |= vertebral_marrow(filled, met, marrow_hu, spacing_mm, axial, scan_edges[axial])
+            filled |= vertebral_marrow(filled, met, marrow_hu, spacing_mm, axial, scan_edges[axial], others)
     slice_mm = float(np.max(spacing_mm))
     if slice_mm > cfg.closing_mm:
         # The spine's gaps are its discs and the spaces between its arches, not
