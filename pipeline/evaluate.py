@@ -46,6 +46,8 @@ TOTALSEG_IDS = {name: k for k, name in TOTALSEGMENTATOR_IDS.items()
 # so the sacrum is also compared with 25 and 26 together (printed beside it).
 TOTALSEG_S1 = next(k for k, name in TOTALSEGMENTATOR_IDS.items() if name == "vertebrae_S1")
 TOTALSEG_LUMBAR = [k for k, name in TOTALSEGMENTATOR_IDS.items() if name.startswith("vertebrae_L")]
+# Its ribs (rib_left_1 ... rib_right_12); the example holds the 7th to 12th.
+TOTALSEG_RIBS = list(range(92, 116))
 RTSTRUCT_FEMURS = {"femur_left": "femoreSin", "femur_right": "femoreDes"}
 # The planner's contour of the patient's body: the couch and anything else
 # outside it is never bone.
@@ -171,13 +173,18 @@ def totalseg_figures() -> tuple[dict, MeshResult, Volume] | None:
     lumbar = np.isin(reference, TOTALSEG_LUMBAR)
     figures["lumbar"] = {"dice": dice(mine, lumbar), "surface_dice_1vox": surface_dice(mine, lumbar),
                          **outer_layer_misses(mine, lumbar, volume.hu)}
-    # All bone: every bone we label (other bone too: the vertebrae above L1,
-    # and ribs, which the reference does not label) against every bone the
-    # reference labels here (hips, sacrum with S1, femurs, the vertebrae).
+    # All bone: every bone we label (other bone too: the vertebrae above L1
+    # and what ribs we take) against every bone the reference labels here:
+    # hips, sacrum with S1, femurs, the vertebrae and the lower ribs; and
+    # without the ribs, the bones of a pelvic scan.
     vertebrae = [k for k, n in TOTALSEGMENTATOR_IDS.items() if n.startswith("vertebrae_")]
-    theirs = np.isin(reference, [*TOTALSEG_IDS.values(), *vertebrae])
+    pelvic = np.isin(reference, [*TOTALSEG_IDS.values(), *vertebrae])
+    ribs = np.isin(reference, TOTALSEG_RIBS)
     mine = result.labels > 0
-    figures["all_bone"] = {"dice": dice(mine, theirs), "surface_dice_1vox": surface_dice(mine, theirs)}
+    figures["all_bone"] = {"dice": dice(mine, pelvic | ribs), "surface_dice_1vox": surface_dice(mine, pelvic | ribs),
+                           "dice_without_ribs": dice(mine & ~ribs, pelvic),
+                           "surface_dice_1vox_without_ribs": surface_dice(mine & ~ribs, pelvic),
+                           "rib_voxels_labelled": f"{np.count_nonzero(mine & ribs)} of {np.count_nonzero(ribs)}"}
     return figures, result, volume
 
 
