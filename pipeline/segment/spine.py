@@ -157,7 +157,7 @@ def vertebral_marrow(filled: np.ndarray, met: np.ndarray, hu: np.ndarray, spacin
         other_below = np.maximum.accumulate(np.where(other, index, -n - n), axis=0)
         clear_mm = np.minimum(other_above - index, index - other_below) * float(spacing_mm[axial])
         one_end &= np.moveaxis(clear_mm >= SPINE_CLEAR_MM, 0, axial)
-    thick = opened(between, SPINE_MARROW_CORE_MM, spacing_mm) | opened(one_end, SPINE_MARROW_CORE_MM, spacing_mm)
+    thick = opened(between | one_end, SPINE_MARROW_CORE_MM, spacing_mm)
     pieces, _ = ndi.label(thick, structure=FACE_CONNECTIVITY)
     joined = np.unique(pieces[thick & dilate(filled, FACE_CONNECTIVITY)])
     return enclosed | lookup(np.isin(np.arange(pieces.max() + 1), joined[joined > 0]), pieces)
