@@ -35,15 +35,20 @@ BONE_TERMINOLOGY = {"hip_left": ("29836001", SNOMED_LEFT), "hip_right": ("298360
                     "sacrum": ("54735007", ""), "femur_left": ("71341001", SNOMED_LEFT),
                     "femur_right": ("71341001", SNOMED_RIGHT), "lumbar": ("122496007", "")}
 
-# TotalSegmentator (v2, task "total") class ids of the bones we name; its
+# TotalSegmentator (v2, task "total") class ids of its bones; its
 # multi-label files usually carry these names themselves, the table is for
 # files that do not. L1-L5 are our "lumbar", S1 belongs to the sacrum, the
-# vertebrae above L1 are "other" bone.
+# vertebrae above L1, the ribs, sternum, shoulder girdles, humeri and skull
+# are "other" bone (its costal cartilages, 117, are not bone).
 TOTALSEGMENTATOR_IDS = {25: "sacrum", 26: "vertebrae_S1",
                         **{27 + i: f"vertebrae_L{5 - i}" for i in range(5)},
                         **{32 + i: f"vertebrae_T{12 - i}" for i in range(12)},
                         **{44 + i: f"vertebrae_C{7 - i}" for i in range(7)},
-                        75: "femur_left", 76: "femur_right", 77: "hip_left", 78: "hip_right"}
+                        69: "humerus_left", 70: "humerus_right", 71: "scapula_left", 72: "scapula_right",
+                        73: "clavicula_left", 74: "clavicula_right",
+                        75: "femur_left", 76: "femur_right", 77: "hip_left", 78: "hip_right", 91: "skull",
+                        **{92 + i: f"rib_left_{i + 1}" for i in range(12)},
+                        **{104 + i: f"rib_right_{i + 1}" for i in range(12)}, 116: "sternum"}
 
 # Segment names, lower case with every run of other characters read as one
 # space, the side words taken out: the structure they name.
@@ -62,6 +67,8 @@ _UNSIDED = {**dict.fromkeys(("sacrum", "os sacrum", "sacral bone", "sacrum and c
             **dict.fromkeys(("other", "other bone"), "other")}
 # One vertebra: "vertebrae_L5", "L5", "L5 vertebra"; S1 is the sacrum's.
 _VERTEBRA = re.compile(r"^(?:vertebrae? )?([ltcs])(\d{1,2})(?: vertebrae?)?$")
+# The rest of the skeleton, either side: "other" bone ("rib_left_7", "ribs", "sternum").
+_OTHER_BONE = re.compile(r"^(?:ribs?(?: \d{1,2})?|sternum|clavicula|clavicle|scapula|humerus|skull)$")
 
 
 def bone_for_segment(name: str, terminology: str = "") -> str | None:
@@ -84,6 +91,8 @@ def bone_for_segment(name: str, terminology: str = "") -> str | None:
         return {"s": "sacrum", "l": "lumbar"}.get(vertebra.group(1), "other")
     if rest in _UNSIDED and not sides:
         return _UNSIDED[rest]
+    if _OTHER_BONE.match(rest) and len(sides) <= 1:
+        return "other"
     if rest in _SIDED and len(sides) == 1:
         return f"{_SIDED[rest]}_{sides.pop()}"
     return _bone_for_terminology(terminology) if terminology else None

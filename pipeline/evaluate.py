@@ -46,8 +46,8 @@ TOTALSEG_IDS = {name: k for k, name in TOTALSEGMENTATOR_IDS.items()
 # so the sacrum is also compared with 25 and 26 together (printed beside it).
 TOTALSEG_S1 = next(k for k, name in TOTALSEGMENTATOR_IDS.items() if name == "vertebrae_S1")
 TOTALSEG_LUMBAR = [k for k, name in TOTALSEGMENTATOR_IDS.items() if name.startswith("vertebrae_L")]
-# Its ribs (rib_left_1 ... rib_right_12); the example holds the 7th to 12th.
-TOTALSEG_RIBS = list(range(92, 116))
+# Its ribs; the example holds the 7th to 12th.
+TOTALSEG_RIBS = [k for k, name in TOTALSEGMENTATOR_IDS.items() if name.startswith("rib_")]
 RTSTRUCT_FEMURS = {"femur_left": "femoreSin", "femur_right": "femoreDes"}
 # The planner's contour of the patient's body: the couch and anything else
 # outside it is never bone.

@@ -19,13 +19,17 @@ SLICER_GENERAL_ANATOMY = "Segmentation category and type - 3D Slicer General Ana
     ("left_femur", "femur_left"), ("Right femur", "femur_right"), ("Sacrum", "sacrum"), ("coccyx", "sacrum"),
     ("L5", "lumbar"), ("L4 vertebra", "lumbar"), ("lumbar spine", "lumbar"),
     ("lumbar vertebral column", "lumbar"), ("thoracic spine", "other"), ("T12", "other"),
+    # the rest of the skeleton, either side: other bone
+    ("rib_left_7", "other"), ("rib_right_12", "other"), ("ribs", "other"),
+    ("sternum", "other"), ("clavicula_right", "other"), ("Left scapula", "other"), ("humerus_left", "other"),
+    ("skull", "other"),
 ])
 def test_names_of_our_bones_are_recognised(name, bone):
     assert bone_for_segment(name) == bone
 
 
-@pytest.mark.parametrize("name", ["femur", "hip", "Segment_1", "liver", "ribs", "left lung", "hip left right",
-                                  "sacrum left", "iliopsoas_left"])
+@pytest.mark.parametrize("name", ["femur", "hip", "Segment_1", "liver", "left lung", "hip left right",
+                                  "sacrum left", "iliopsoas_left", "costal_cartilages", "rib left right"])
 def test_other_names_and_bones_without_their_side_are_not(name):
     assert bone_for_segment(name) is None
 
@@ -47,3 +51,8 @@ def test_totalsegmentator_ids_of_the_bones_we_name():
         25: "sacrum", 26: "vertebrae_S1", 27: "vertebrae_L5", 31: "vertebrae_L1", 32: "vertebrae_T12",
         75: "femur_left", 76: "femur_right", 77: "hip_left", 78: "hip_right"}
     assert {bone_for_segment(name) for name in TOTALSEGMENTATOR_IDS.values()} == set(LABEL_NAMES.values())
+    # The rest of its skeleton (ribs, sternum, shoulders, humeri, skull) is other bone; its costal cartilages are not bone.
+    assert {k: TOTALSEGMENTATOR_IDS[k] for k in (69, 74, 91, 92, 103, 104, 115, 116)} == {
+        69: "humerus_left", 74: "clavicula_right", 91: "skull", 92: "rib_left_1", 103: "rib_left_12",
+        104: "rib_right_1", 115: "rib_right_12", 116: "sternum"}
+    assert 117 not in TOTALSEGMENTATOR_IDS

@@ -164,12 +164,13 @@ def test_a_folder_mask_on_another_grid_is_refused_naming_it(tmp_path):
 
 def test_slicer_saved_files_read_with_layers_and_their_names():
     """Two segmentations 3D Slicer saved (one with overlapping segments in
-    two layers): their lumbar column is found by name, the rest ignored."""
+    two layers): their lumbar column is found by name, the thoracic column
+    and the ribs are other bone, the lungs ignored."""
     data = Path(slicerio.__file__).parent / "data"
     for name in ("Segmentation.seg.nrrd", "SegmentationOverlapping.seg.nrrd"):
         label_map = read_label_map(data / name)
         assert label_map.segments["lumbar vertebral column"] == "lumbar"
-        assert label_map.segments["ribs"] is None and label_map.segments["right lung"] is None
+        assert label_map.segments["ribs"] == "other" and label_map.segments["right lung"] is None
         reference = slicerio.read_segmentation(str(data / name))
         segment = slicerio.segment_from_name(reference, "lumbar vertebral column")
         mask = slicerio.segment_mask(reference, segment).transpose(2, 1, 0)
