@@ -66,8 +66,8 @@ from .mask import (ENCLOSED_DIRECTIONS, FACE_CONNECTIVITY, IN_SLICE_CONNECTIVITY
 from .model_fit import PelvisFit, fit_pelvis, missing_bones, pelvis_found, pelvis_turn, vertex_normals
 from .neighbours import max3, min3
 from .shape_model import MODEL_BONES, ShapeModel, load_model
-from .spine import (SPINE_CLEAR_MM, SPINE_SMOOTHING_MM, Levels, open_canal, smooth_hu, tissue_hu, vertebrae_above_l1,
-                    vertebral_marrow)
+from .spine import (SPINE_BODY_MM, SPINE_CLEAR_MM, SPINE_MARROW_HU, SPINE_SMOOTHING_MM, Levels, open_canal, run_length,
+                    smooth_hu, tissue_hu, vertebrae_above_l1, vertebral_marrow)
 from .voxelise import inside_mesh
 
 
@@ -515,10 +515,11 @@ def solid_per_label(rough: np.ndarray, raw: np.ndarray, hu: np.ndarray, volume: 
     soft tissue's HU: :func:`tissue_hu`).
 
     The spine and the sacrum are filled in the planes across the body's
-    long axis (coronal and sagittal) but not in axial planes: their canal
-    is enclosed by bone in every axial slice, like marrow, but runs up
-    and down the spine, so in the other planes it opens at the ends, and
-    between the vertebral arches."""
+    long axis (coronal and sagittal): their canal is enclosed by bone in
+    every axial slice, like marrow, but runs up and down the spine, so in
+    the other planes it opens at the ends, and between the vertebral
+    arches. In axial planes the spine's holes are filled where they are
+    marrow-bright (:func:`solid_bone`), which the canal is not."""
     radius_vox = closing_radius_voxels(volume.spacing_mm, cfg.closing_mm)
     at_border = [(s.start == 0, s.stop == dim) for s, dim in zip(bone.box, volume.shape)]
     axial = axial_axis(volume)
@@ -565,7 +566,16 @@ def solid_bone(pieces: np.ndarray, label: int, radius_vox: int, spacing_mm: np.n
 
     ``marrow_hu`` (the spine's HU, smoothed; ``axial``: the axis along the
     spine): vertebral marrow behind a cortex with gaps in several
-    directions (:func:`vertebral_marrow`)."""
+    directions (:func:`vertebral_marrow`), and on thick slices the holes
+    in axial planes (gaps bridged as a thin cortex's) at least half of
+    whose voxels are marrow-bright (``SPINE_MARROW_HU``) and lie in a gap
+    of the bone shorter than a body along the spine (``SPINE_BODY_MM``):
+    pockets of marrow left in a body, not the canal, which the arches
+    enclose too and which runs up and down the spine (on Pelvic-Ref-003,
+    where disc and ligament narrow it to marrow's HU, 810 voxels of it were
+    filled without the second condition). TotalSegmentator example: L1-L5
+    0.875 -> 0.887, the voxels more than one inside the reference's L1-L4
+    87-96 % -> 93-98 % labelled, L5's 75 -> 79 %."""
     piece = pieces == label
     others = (pieces > 0) & ~piece
     scan_edges = at_border
@@ -588,6 +598,10 @@ def solid_bone(pieces: np.ndarray, label: int, radius_vox: int, spacing_mm: np.n
         # a thin cortex's: they are bridged no wider than the closing.
         bridge_mm = cfg.closing_mm if marrow_hu is not None else slice_mm
         filled = fill_bridged_plane_holes(filled, spacing_mm, bridge_mm, others, cfg.max_slice_hole_mm2, planes)
+        if marrow_hu is not None:
+            gap_mm = np.moveaxis(run_length(np.moveaxis(~filled, axial, 0)), 0, axial) * float(spacing_mm[axial])
+            filled = fill_bridged_plane_holes(filled, spacing_mm, slice_mm, others, cfg.max_slice_hole_mm2, (axial,),
+                                              bright=(marrow_hu >= SPINE_MARROW_HU) & (gap_mm < SPINE_BODY_MM))
     return filled
 
 

@@ -375,7 +375,7 @@ PLANE_AXES = (0, 1, 2)
 
 def fill_bridged_plane_holes(filled: np.ndarray, spacing_mm: np.ndarray, radius_mm: float,
                              others: np.ndarray, max_hole_mm2: float,
-                             axes: tuple[int, ...] = PLANE_AXES) -> np.ndarray:
+                             axes: tuple[int, ...] = PLANE_AXES, bright: np.ndarray | None = None) -> np.ndarray:
     """``filled`` plus the holes it encloses within a plane (axial, coronal
     or sagittal) once its gaps narrower than about ``2 * radius_mm`` are
     bridged: marrow behind gaps in a thin cortex.
@@ -391,7 +391,9 @@ def fill_bridged_plane_holes(filled: np.ndarray, spacing_mm: np.ndarray, radius_
     them). What is left, up to ``max_hole_mm2`` per hole and plane, is
     filled; the gap voxels themselves mostly stay as they are. A notch
     narrower than the square and deeper than ``radius_mm`` is filled beyond
-    that depth. ``axes``: the axes normal to the planes filled.
+    that depth. ``axes``: the axes normal to the planes filled. ``bright``
+    (bool, like ``filled``): only holes at least half of whose voxels are
+    bright are filled (a vertebra's marrow, not its canal).
     """
     out = filled.copy()
     for axis in axes:
@@ -425,7 +427,10 @@ def fill_bridged_plane_holes(filled: np.ndarray, spacing_mm: np.ndarray, radius_
         holes, n = ndi.label(background & ~outside, structure=IN_SLICE_CONNECTIVITY)
         if n == 0:
             continue
-        small = label_counts(holes) * float(np.prod(plane)) <= max_hole_mm2
+        counts = label_counts(holes)
+        small = counts * float(np.prod(plane)) <= max_hole_mm2
+        if bright is not None:
+            small &= 2 * np.bincount(holes[np.moveaxis(bright, axis, 0)], minlength=n + 1) >= counts
         small[0] = False
         np.moveaxis(out, axis, 0)[lookup(small, holes)] = True
     return out

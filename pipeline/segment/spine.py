@@ -149,7 +149,7 @@ def vertebral_marrow(filled: np.ndarray, met: np.ndarray, hu: np.ndarray, spacin
     # A body met by its bone at one end only (the other endplate too faint
     # to reach the bone threshold): a run of marrow along the spine at least
     # a body's height, clear of the other bones along it.
-    run_mm = np.moveaxis(_run_length(np.moveaxis(candidate, axial, 0)), 0, axial) * float(spacing_mm[axial])
+    run_mm = np.moveaxis(run_length(np.moveaxis(candidate, axial, 0)), 0, axial) * float(spacing_mm[axial])
     one_end = candidate & np.moveaxis((above < n) | (below >= 0), 0, axial) & (run_mm >= SPINE_BODY_MM)
     if others is not None:
         other = np.moveaxis(others, axial, 0)
@@ -163,7 +163,7 @@ def vertebral_marrow(filled: np.ndarray, met: np.ndarray, hu: np.ndarray, spacin
     return enclosed | lookup(np.isin(np.arange(pieces.max() + 1), joined[joined > 0]), pieces)
 
 
-def _run_length(mask: np.ndarray) -> np.ndarray:
+def run_length(mask: np.ndarray) -> np.ndarray:
     """Per voxel of ``mask``, the length (voxels) of its run of ``mask`` along axis 0; 0 elsewhere."""
     n = mask.shape[0]
     index = np.arange(n).reshape((-1,) + (1,) * (mask.ndim - 1))

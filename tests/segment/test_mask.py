@@ -142,3 +142,31 @@ def test_marrow_enclosed_only_slice_by_slice_is_filled_whichever_axis_the_slices
     assert slice_axis(spacing) == across
     filled = close_and_fill(np.transpose(rings, axes), 0, spacing, 0.0, [(False, False)] * 3, 2500.0)
     assert np.array_equal(np.transpose(filled, np.argsort(axes)), rings | marrow)
+
+
+def test_only_holes_mostly_bright_are_filled_when_brightness_is_given():
+    """Two holes in each slice of a bone, as a vertebra's in an axial plane:
+    its marrow, behind a one-voxel gap in the cortex, and its canal, closed
+    by the arch. Given which voxels are bright (marrow-bright, and not a
+    tube running up and down: see ``solid_bone``), only the hole at least
+    half bright is filled: the marrow, not the canal, whose bright rim is a
+    third of it. Without it both are."""
+    from pipeline.segment.mask import fill_bridged_plane_holes
+
+    filled = np.zeros((3, 24, 30), dtype=bool)
+    filled[:, 2:12, 2:14] = True
+    filled[:, 3:11, 3:13] = False          # the body's marrow, 8 x 10
+    filled[:, 2, 7] = False                # a gap in its front cortex
+    filled[:, 14:22, 16:24] = True
+    filled[:, 15:21, 17:23] = False        # the canal, 6 x 6, closed
+    marrow = np.zeros_like(filled)
+    marrow[:, 3:11, 3:13] = True
+    canal = np.zeros_like(filled)
+    canal[:, 15:21, 17:23] = True
+    bright = marrow.copy()
+    bright[:, 15, 17:23] = bright[:, 20, 17:23] = True     # the canal's rim: 12 of its 36 voxels
+    none = np.zeros_like(filled)
+    got = fill_bridged_plane_holes(filled, np.ones(3), 1.0, none, 1000.0, (0,), bright=bright)
+    assert got[marrow].all() and not got[canal].any()
+    both = fill_bridged_plane_holes(filled, np.ones(3), 1.0, none, 1000.0, (0,))
+    assert both[marrow].all() and both[canal].all()
