@@ -519,7 +519,8 @@ def solid_per_label(rough: np.ndarray, raw: np.ndarray, hu: np.ndarray, volume: 
     every axial slice, like marrow, but runs up and down the spine, so in
     the other planes it opens at the ends, and between the vertebral
     arches. In axial planes the spine's holes are filled where they are
-    marrow-bright (:func:`solid_bone`), which the canal is not."""
+    marrow-bright and short along the spine (:func:`solid_bone`), which
+    the canal is not."""
     radius_vox = closing_radius_voxels(volume.spacing_mm, cfg.closing_mm)
     at_border = [(s.start == 0, s.stop == dim) for s, dim in zip(bone.box, volume.shape)]
     axial = axial_axis(volume)
@@ -599,6 +600,8 @@ def solid_bone(pieces: np.ndarray, label: int, radius_vox: int, spacing_mm: np.n
         bridge_mm = cfg.closing_mm if marrow_hu is not None else slice_mm
         filled = fill_bridged_plane_holes(filled, spacing_mm, bridge_mm, others, cfg.max_slice_hole_mm2, planes)
         if marrow_hu is not None:
+            # Across the spine (axial planes, no disc between) a thin cortex's gaps are
+            # bridged; the canal is told from marrow by its HU and its length.
             gap_mm = np.moveaxis(run_length(np.moveaxis(~filled, axial, 0)), 0, axial) * float(spacing_mm[axial])
             filled = fill_bridged_plane_holes(filled, spacing_mm, slice_mm, others, cfg.max_slice_hole_mm2, (axial,),
                                               bright=(marrow_hu >= SPINE_MARROW_HU) & (gap_mm < SPINE_BODY_MM))
