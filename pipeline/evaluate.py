@@ -8,7 +8,8 @@
   also against the reference's sacrum and S1 together (it labels S1 apart).
   Beside it the surface Dice at one voxel's tolerance, and how much of what
   we miss lies in the one voxel layer outside our surface (and its median
-  HU): where Dice is lost to where the outline is drawn, not to bone missed.
+  HU): where Dice is lost to where the outline is drawn, not to bone missed;
+  and the share of the reference's interior we label (a hollow bone).
 * ``real_ct/pelvic_ref_003``: Dice of each femur against the manual RTSTRUCT
   contours, within the contoured slices; against two commercial tools'
   automatic contours (on their slices), and theirs against the manual ones
@@ -100,6 +101,17 @@ def outer_layer_misses(ours: np.ndarray, reference: np.ndarray, hu: np.ndarray) 
             "outer_layer_median_hu": int(round(float(np.median(hu[layer])))) if layer.any() else None}
 
 
+def interior_labelled(ours: np.ndarray, reference: np.ndarray) -> float:
+    """The share of the reference's interior (its voxels whose six face
+    neighbours are all in it) that we label: whatever outer layer the
+    reference draws, a hollow bone shows here (and a reference that takes
+    a joint space into a bone, as TotalSegmentator's hips do around the
+    femoral heads)."""
+    interior = erode(reference, FACE_CONNECTIVITY)
+    inside = np.count_nonzero(interior)
+    return np.count_nonzero(interior & ours) / inside if inside else 1.0
+
+
 def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(array in (slice, row, column) order, 4x4 index -> LPS mm affine).
 
@@ -164,15 +176,18 @@ def totalseg_figures() -> tuple[dict, MeshResult, Volume] | None:
     for name, ref in TOTALSEG_IDS.items():
         mine, theirs = result.labels == LABEL_IDS[name], reference == ref
         figures[name] = {"dice": dice(mine, theirs), "surface_dice_1vox": surface_dice(mine, theirs),
-                         **outer_layer_misses(mine, theirs, volume.hu)}
+                         **outer_layer_misses(mine, theirs, volume.hu),
+                         "interior_labelled": interior_labelled(mine, theirs)}
     with_s1 = np.isin(reference, (TOTALSEG_IDS["sacrum"], TOTALSEG_S1))
     mine = result.labels == LABEL_IDS["sacrum"]
-    figures["sacrum"].update(dice_with_s1=dice(mine, with_s1), surface_dice_1vox_with_s1=surface_dice(mine, with_s1))
+    figures["sacrum"].update(dice_with_s1=dice(mine, with_s1), surface_dice_1vox_with_s1=surface_dice(mine, with_s1),
+                             interior_labelled_with_s1=interior_labelled(mine, with_s1))
     # Our "lumbar" is L1-L5 (the vertebrae above L1 are "other"): against the reference's L1-L5 together.
     mine = result.labels == LABEL_IDS["lumbar"]
     lumbar = np.isin(reference, TOTALSEG_LUMBAR)
     figures["lumbar"] = {"dice": dice(mine, lumbar), "surface_dice_1vox": surface_dice(mine, lumbar),
-                         **outer_layer_misses(mine, lumbar, volume.hu)}
+                         **outer_layer_misses(mine, lumbar, volume.hu),
+                         "interior_labelled": interior_labelled(mine, lumbar)}
     # All bone: every bone we label (other bone too: the vertebrae above L1
     # and what ribs we take) against every bone the reference labels here:
     # hips, sacrum with S1, femurs, the vertebrae and the lower ribs; and

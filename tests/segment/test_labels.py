@@ -591,6 +591,25 @@ def test_surface_dice_forgives_one_voxel_layer_but_not_a_missing_piece():
     assert outer_layer_misses(bone, bone, hu) == {"misses_in_outer_layer": 0.0, "outer_layer_median_hu": None}
 
 
+
+def test_interior_labelled_sees_a_hollow_bone_whatever_layer_the_reference_draws():
+    """A 10 mm cube of bone against a reference one voxel layer fatter: the
+    reference's interior (its voxels with all six face-neighbours in it) is
+    the cube itself, all labelled, though Dice is 0.73. A hollow cube (a
+    2-voxel wall) labels only the wall's share of it."""
+    from scipy import ndimage as ndi
+
+    from pipeline.evaluate import interior_labelled
+
+    bone = np.zeros((20, 20, 20), dtype=bool)
+    bone[5:15, 5:15, 5:15] = True
+    fat = ndi.binary_dilation(bone, structure=np.ones((3, 3, 3), dtype=bool))
+    assert interior_labelled(bone, fat) == 1.0
+    hollow = bone.copy()
+    hollow[7:13, 7:13, 7:13] = False
+    assert interior_labelled(hollow, fat) == pytest.approx(1 - 216 / 1000)
+    assert interior_labelled(bone, np.zeros_like(bone)) == 1.0
+
 REAL_FLOORS = {
     # Measured with this code less 0.03: regression guards on real CT (the
     # issue's targets, and the figures, are in the README).
