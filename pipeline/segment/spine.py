@@ -145,7 +145,6 @@ def vertebral_marrow(filled: np.ndarray, met: np.ndarray, hu: np.ndarray, spacin
     # passed as marrow).
     at_edge = np.moveaxis((above >= n) | (below < 0), 0, axial)
     enclosed = between & (met >= SPINE_ENCLOSED + at_edge)
-    # Opened by a ball of SPINE_MARROW_CORE_MM (from distances: any spacing).
     # A body met by its bone at one end only (the other endplate too faint
     # to reach the bone threshold): a run of marrow along the spine at least
     # a body's height, clear of the other bones along it.
@@ -157,6 +156,7 @@ def vertebral_marrow(filled: np.ndarray, met: np.ndarray, hu: np.ndarray, spacin
         other_below = np.maximum.accumulate(np.where(other, index, -n - n), axis=0)
         clear_mm = np.minimum(other_above - index, index - other_below) * float(spacing_mm[axial])
         one_end &= np.moveaxis(clear_mm >= SPINE_CLEAR_MM, 0, axial)
+    # Opened by a ball of SPINE_MARROW_CORE_MM (from distances: any spacing).
     thick = opened(between | one_end, SPINE_MARROW_CORE_MM, spacing_mm)
     pieces, _ = ndi.label(thick, structure=FACE_CONNECTIVITY)
     joined = np.unique(pieces[thick & dilate(filled, FACE_CONNECTIVITY)])
