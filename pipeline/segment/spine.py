@@ -124,13 +124,9 @@ def vertebral_marrow(filled: np.ndarray, met: np.ndarray, hu: np.ndarray, spacin
     candidate = ~filled & (hu >= SPINE_MARROW_HU)
     if not candidate.any():
         return candidate
-    spine = np.moveaxis(filled, axial, 0)
-    n = spine.shape[0]
-    index = np.arange(n).reshape((-1,) + (1,) * (spine.ndim - 1))
-    above = np.where(spine, index, n + n)            # nearest bone ahead (larger index)
-    above = np.minimum.accumulate(above[::-1], axis=0)[::-1]
-    below = np.where(spine, index, -n - n)
-    below = np.maximum.accumulate(below, axis=0)
+    n = filled.shape[axial]
+    index = np.arange(n).reshape((-1,) + (1,) * (filled.ndim - 1))
+    above, below = _nearest_along(np.moveaxis(filled, axial, 0))
     if scan_edges[1]:
         above = np.where(above >= n, n + n, above)   # beyond the scan: far enough
     if scan_edges[0]:
@@ -151,9 +147,7 @@ def vertebral_marrow(filled: np.ndarray, met: np.ndarray, hu: np.ndarray, spacin
     run_mm = np.moveaxis(run_length(np.moveaxis(candidate, axial, 0)), 0, axial) * float(spacing_mm[axial])
     one_end = candidate & np.moveaxis((above < n) | (below >= 0), 0, axial) & (run_mm >= SPINE_BODY_MM)
     if others is not None:
-        other = np.moveaxis(others, axial, 0)
-        other_above = np.minimum.accumulate(np.where(other, index, n + n)[::-1], axis=0)[::-1]
-        other_below = np.maximum.accumulate(np.where(other, index, -n - n), axis=0)
+        other_above, other_below = _nearest_along(np.moveaxis(others, axial, 0))
         clear_mm = np.minimum(other_above - index, index - other_below) * float(spacing_mm[axial])
         one_end &= np.moveaxis(clear_mm >= SPINE_CLEAR_MM, 0, axial)
     # Opened by a ball of SPINE_MARROW_CORE_MM (from distances: any spacing).
@@ -161,6 +155,16 @@ def vertebral_marrow(filled: np.ndarray, met: np.ndarray, hu: np.ndarray, spacin
     pieces, _ = ndi.label(thick, structure=FACE_CONNECTIVITY)
     joined = np.unique(pieces[thick & dilate(filled, FACE_CONNECTIVITY)])
     return enclosed | lookup(np.isin(np.arange(pieces.max() + 1), joined[joined > 0]), pieces)
+
+
+def _nearest_along(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per voxel, the index along axis 0 of the nearest ``mask`` voxel at or
+    after it (``2n`` where there is none) and at or before it (``-2n``)."""
+    n = mask.shape[0]
+    index = np.arange(n).reshape((-1,) + (1,) * (mask.ndim - 1))
+    above = np.minimum.accumulate(np.where(mask, index, n + n)[::-1], axis=0)[::-1]
+    below = np.maximum.accumulate(np.where(mask, index, -n - n), axis=0)
+    return above, below
 
 
 def run_length(mask: np.ndarray) -> np.ndarray:
