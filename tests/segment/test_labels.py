@@ -1393,6 +1393,45 @@ def test_vertebral_marrow_met_by_bone_at_one_end_is_filled_clear_of_the_sacrum()
     assert alone[5:12, 12:48, 10:40].any()
 
 
+def test_the_spines_axial_holes_keep_a_canal_open_however_bright_and_fill_a_short_pocket():
+    """A lumbar spine on 3 mm slices, its canal enclosed by the arches in
+    every axial slice and running the whole scan: where disc and ligament
+    narrow it, its contents reach marrow's HU (120), as on Pelvic-Ref-003,
+    where 810 voxels of canal were filled when brightness alone decided.
+    It stays open; a pocket of the same HU enclosed in the body's axial
+    slices, 6 mm long between filled marrow, behind a one-voxel gap in the
+    front and back cortex, is filled, but for the voxels within the
+    bridging square's reach (one 3 mm voxel) of the front gap, which count
+    as outside. Brightness alone would have filled the canal too."""
+    from pipeline.segment.mask import fill_bridged_plane_holes
+    from pipeline.bones import LUMBAR
+    from pipeline.config import SegmentConfig
+    from pipeline.segment.labels import solid_bone
+
+    shape = (16, 30, 30)                                   # axial first, 3 mm voxels
+    spine = np.zeros(shape, dtype=bool)
+    spine[:, 3:27, 3:27] = True                            # the bone, through every slice
+    spine[:, 16:23, 11:19] = False                         # the canal, 21 x 24 mm
+    pocket = np.zeros(shape, dtype=bool)
+    pocket[7:9, 6:12, 6:24] = True                         # marrow not reached, 6 mm long
+    spine &= ~pocket
+    spine[7:9, 3:6, 14] = False                            # gaps through the front cortex
+    spine[7:9, 12:16, 17] = False                          # ... and the back wall, to the canal
+    canal = np.zeros(shape, dtype=bool)
+    canal[:, 16:23, 11:19] = True
+    marrow_hu = np.where(spine | pocket | canal, 120.0, 40.0).astype(np.float32)
+    pieces = np.where(spine, LUMBAR, 0).astype(np.uint8)
+    got = solid_bone(pieces, LUMBAR, 0, np.full(3, 3.0), SegmentConfig(), [(False, False)] * 3, (1, 2),
+                     marrow_hu, 0)
+    assert not got[canal].any()
+    mouth = np.zeros(shape, dtype=bool)
+    mouth[7:9, 5:7, 13:16] = True                          # the front gap's reach into the pocket
+    assert got[pocket & ~mouth].all()
+    bright_only = fill_bridged_plane_holes(got, np.full(3, 3.0), 3.0, np.zeros(shape, dtype=bool), 2500.0, (0,),
+                                           bright=marrow_hu >= 80.0)
+    assert bright_only[canal].all()
+
+
 def test_tissue_hu_leaves_the_cortex_out_of_the_smoothing():
     """Soft tissue (40 HU) against a cortex plate (1200 HU), and marrow
     (150 HU) behind it, on 1.5 mm voxels: smoothed over everything, the
