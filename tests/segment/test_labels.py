@@ -1393,6 +1393,44 @@ def test_vertebral_marrow_met_by_bone_at_one_end_is_filled_clear_of_the_sacrum()
     assert alone[5:12, 12:48, 10:40].any()
 
 
+def test_the_spines_fill_sees_the_sacrum_below_l5_to_keep_the_disc_out():
+    """L5 on 3 mm slices with its lower endplate too faint to be bone: its
+    marrow (150 HU) hangs from the upper endplate and the back wall, and
+    below it lies a disc as bright, 6 mm thick, on the sacrum's endplate. The
+    spine is filled on its own box; that box reaches ``SPINE_CLEAR_MM`` down
+    past the spine, so the sacrum is in view and the disc, within that
+    clearance of it, stays out of L5 while the marrow above it is taken
+    (the box one voxel larger than the spine's took the disc)."""
+    from types import SimpleNamespace
+
+    from pipeline.bones import LUMBAR, SACRUM
+    from pipeline.config import SegmentConfig
+    from pipeline.segment.labels import solid_per_label
+    from pipeline.volume import Volume
+
+    shape = (24, 20, 20)                                   # axial first, 3 mm voxels
+    hu = np.full(shape, 40.0, dtype=np.float32)
+    rough = np.zeros(shape, dtype=np.uint8)
+    raw = np.zeros(shape, dtype=bool)
+    rough[2, 4:16, 4:16] = SACRUM                          # the sacrum's endplate
+    rough[15, 4:16, 4:16] = LUMBAR                         # L5's upper endplate
+    rough[5:16, 15, 4:16] = LUMBAR                         # its back wall
+    raw[rough > 0] = True
+    hu[raw] = 1200.0
+    disc = np.zeros(shape, dtype=bool)
+    disc[3:5, 5:15, 5:15] = True
+    marrow = np.zeros(shape, dtype=bool)
+    marrow[5:15, 5:15, 5:15] = True
+    hu[disc | marrow] = 150.0
+    affine = np.array([[0.0, 0, 3, 0], [0, 3, 0, 0], [3, 0, 0, 0], [0, 0, 0, 1]])
+    volume = Volume(hu, affine)
+    bone = SimpleNamespace(box=(slice(0, 24), slice(0, 20), slice(0, 20)))
+    labels = solid_per_label(rough, raw, hu, volume, bone, SegmentConfig(), 500.0)
+    assert not (labels[disc] == LUMBAR).any()
+    deep = ndimage.distance_transform_edt(marrow) > 1.0
+    assert (labels[deep] == LUMBAR).all()
+
+
 def test_the_spines_axial_holes_keep_a_canal_open_however_bright_and_fill_a_short_pocket():
     """A lumbar spine on 3 mm slices, its canal enclosed by the arches in
     every axial slice and running the whole scan: where disc and ligament
