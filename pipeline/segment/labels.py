@@ -59,11 +59,11 @@ from ..volume import Volume
 from .femoral_head import HEAD_BAND_MM, SIDES, Head, femoral_head, fill_femoral_heads
 from .grid import Grid, axial_axis, ball, voxel_indices
 from .lookup import label_counts, lookup, touching
-from .mask import (ENCLOSED_DIRECTIONS, FACE_CONNECTIVITY, IN_SLICE_CONNECTIVITY, BoneMask, bounding_box,
-                   close_and_fill, closing_radius_voxels, enclosed_directions, fill_bridged_plane_holes,
-                   fill_cavities, slice_axis)
+from .mask import (ENCLOSED_DIRECTIONS, FACE_CONNECTIVITY, FAINT_CORTEX_HU, IN_SLICE_CONNECTIVITY, BoneMask,
+                   bounding_box, close_and_fill, closing_radius_voxels, enclosed_directions, fill_bridged_plane_holes,
+                   fill_cavities, PLANE_AXES, slice_axis)
 from .model_fit import PelvisFit, fit_pelvis, missing_bones, pelvis_found, pelvis_turn, vertex_normals
-from .neighbours import max3, min3
+from .neighbours import dilate, max3, min3
 from .shape_model import MODEL_BONES, ShapeModel, load_model
 from .spine import (SPINE_BODY_MM, SPINE_CLEAR_MM, SPINE_MARROW_HU, SPINE_SMOOTHING_MM, Levels, open_canal, run_length,
                     smooth_hu, tissue_hu, vertebrae_above_l1, vertebral_marrow)
@@ -544,7 +544,8 @@ def solid_per_label(rough: np.ndarray, raw: np.ndarray, hu: np.ndarray, volume: 
                   tuple(a for a in range(3) if a != axial) if label == LUMBAR else (0, 1, 2))
         jobs.append((label, sub, lambda label=label, sub=sub, border=sub_border, planes=planes:
                      solid_bone(pieces[sub], label, radius_vox, volume.spacing_mm, cfg, border, planes,
-                                tissue_hu(hu[sub], volume.spacing_mm, core_hu) if label == LUMBAR else None, axial)))
+                                tissue_hu(hu[sub], volume.spacing_mm, core_hu) if label == LUMBAR else None, axial,
+                                hu[sub] if planes == PLANE_AXES and radius_vox == 0 else None)))
     # Bones are filled independently (scipy releases the GIL: both cores work).
     for (label, sub, _), filled in zip(jobs, parallel(*[job for _, _, job in jobs])):
         view = out[sub]
@@ -554,7 +555,7 @@ def solid_per_label(rough: np.ndarray, raw: np.ndarray, hu: np.ndarray, volume: 
 
 def solid_bone(pieces: np.ndarray, label: int, radius_vox: int, spacing_mm: np.ndarray,
                cfg: SegmentConfig, at_border: list[tuple[bool, bool]], planes: tuple[int, ...],
-               marrow_hu: np.ndarray | None = None, axial: int = 0) -> np.ndarray:
+               marrow_hu: np.ndarray | None = None, axial: int = 0, hu: np.ndarray | None = None) -> np.ndarray:
     """One bone made solid: closed and filled (:func:`close_and_fill`), then
     the marrow no fill reached because the cortex has gaps: voxels the bone
     encloses in all six axis directions within ``cfg.enclosure_mm``, where
@@ -564,6 +565,16 @@ def solid_bone(pieces: np.ndarray, label: int, radius_vox: int, spacing_mm: np.n
     are filled too (:func:`~pipeline.segment.mask.fill_bridged_plane_holes`),
     up to ``cfg.max_slice_hole_mm2`` per hole. ``planes``: the axes normal
     to the planes in which holes are filled (:func:`~pipeline.segment.mask.slice_axis`: the acquired slices).
+    With ``hu``, holes that a cortex under the threshold closes are filled
+    after them, with that cortex (``faint`` there). It is given for the
+    bones filled in all three planes (femurs, other bone) on voxels too
+    coarse for the closing (every spacing over ``cfg.closing_mm``), where a
+    cortex thinner than a voxel peaks under the threshold and nothing else
+    bridges its one-voxel gaps: on the 3 mm TotalSegmentator example the
+    right greater trochanter was hollow where its cortex peaks at 120-200
+    HU (right femur 0.904 -> 0.913; with 20 HU less, 0.789 -> 0.836). On
+    Pelvic-Ref-003's 1 mm pixels it added 363 voxels to the femurs (Dice
+    against the manual contours +0.0004) for 0.1 s.
 
     ``marrow_hu`` (the spine's HU, smoothed; ``axial``: the axis along the
     spine): vertebral marrow behind a cortex with gaps in several
@@ -599,6 +610,12 @@ def solid_bone(pieces: np.ndarray, label: int, radius_vox: int, spacing_mm: np.n
         # a thin cortex's: they are bridged no wider than the closing.
         bridge_mm = cfg.closing_mm if marrow_hu is not None else slice_mm
         filled = fill_bridged_plane_holes(filled, spacing_mm, bridge_mm, others, cfg.max_slice_hole_mm2, planes)
+        if hu is not None:
+            # Then the holes a cortex under the threshold closes (not beside
+            # another bone: a joint space's partial volume is as bright).
+            faint = (hu >= FAINT_CORTEX_HU) & ~filled & ~dilate(others, FACE_CONNECTIVITY)
+            filled = fill_bridged_plane_holes(filled, spacing_mm, bridge_mm, others, cfg.max_slice_hole_mm2, planes,
+                                              faint=faint)
         if marrow_hu is not None:
             # Across the spine (axial planes, no disc between) a thin cortex's gaps are
             # bridged; the canal is told from marrow by its HU and its length.

@@ -371,11 +371,22 @@ def enclosed_directions(mask: np.ndarray, reach_vox: np.ndarray, at_border: list
 # instead of 0.883 / 0.870, the TotalSegmentator example's hips and femurs
 # 0.01-0.03 lower).
 PLANE_AXES = (0, 1, 2)
+# A cortex thinner than a voxel on thick slices can peak under the bone
+# threshold: at 120 HU and above (three noise deviations over muscle's
+# 40-60 HU) a voxel next to a bone's hole may be such a cortex, closing the
+# gap it leaves (fill_bridged_plane_holes' ``faint``). A hole closed so is
+# filled only where at least FAINT_RIM_SHARE of its rim is bone above the
+# threshold: bright streaks beside metal enclose pockets of muscle by
+# themselves (the TotalSegmentator example's left femur: 57 voxels of
+# muscle without the rim's condition).
+FAINT_CORTEX_HU = 120.0
+FAINT_RIM_SHARE = 0.5
 
 
 def fill_bridged_plane_holes(filled: np.ndarray, spacing_mm: np.ndarray, radius_mm: float,
                              others: np.ndarray, max_hole_mm2: float,
-                             axes: tuple[int, ...] = PLANE_AXES, bright: np.ndarray | None = None) -> np.ndarray:
+                             axes: tuple[int, ...] = PLANE_AXES, bright: np.ndarray | None = None,
+                             faint: np.ndarray | None = None) -> np.ndarray:
     """``filled`` plus the holes it encloses within a plane (axial, coronal
     or sagittal) once its gaps narrower than about ``2 * radius_mm`` are
     bridged: marrow behind gaps in a thin cortex.
@@ -393,16 +404,22 @@ def fill_bridged_plane_holes(filled: np.ndarray, spacing_mm: np.ndarray, radius_
     narrower than the square and deeper than ``radius_mm`` is filled beyond
     that depth. ``axes``: the axes normal to the planes filled. ``bright``
     (bool, like ``filled``): only holes at least half of whose voxels are
-    bright are filled (a vertebra's marrow, not its canal).
+    bright are filled (a vertebra's marrow, not its canal). ``faint`` (bool,
+    like ``filled``): a cortex under the threshold (``FAINT_CORTEX_HU``),
+    which blocks the square as bone does; a hole it helps enclose is filled
+    only where at least ``FAINT_RIM_SHARE`` of its rim (the faces between
+    it and its in-plane neighbours) lies on ``filled``, and the faint voxels beside a filled hole
+    (the gap it closed) are filled with it.
     """
     out = filled.copy()
+    walls = filled if faint is None else filled | faint
     for axis in axes:
         plane = np.delete(np.asarray(spacing_mm, dtype=float), axis)
         half = np.floor(radius_mm / plane).astype(int)
         if not half.any():
             continue
         # The plane's axes last; beyond the array is background, outside.
-        background = ~np.moveaxis(filled, axis, 0)
+        background = ~np.moveaxis(walls, axis, 0)
         other = np.moveaxis(others, axis, 0)
         reached = opening_rect(background, half)
         pieces, n = ndi.label(reached, structure=IN_SLICE_CONNECTIVITY)
@@ -431,8 +448,14 @@ def fill_bridged_plane_holes(filled: np.ndarray, spacing_mm: np.ndarray, radius_
         small = counts * float(np.prod(plane)) <= max_hole_mm2
         if bright is not None:
             small &= 2 * np.bincount(holes[np.moveaxis(bright, axis, 0)], minlength=n + 1) >= counts
+        if faint is not None:
+            on_bone, rim = _rim_faces(holes, n, np.moveaxis(filled, axis, 0))
+            small &= on_bone >= FAINT_RIM_SHARE * rim
         small[0] = False
-        np.moveaxis(out, axis, 0)[lookup(small, holes)] = True
+        chosen = lookup(small, holes)
+        np.moveaxis(out, axis, 0)[chosen] = True
+        if faint is not None:
+            np.moveaxis(out, axis, 0)[np.moveaxis(faint, axis, 0) & dilate(chosen, IN_SLICE_CONNECTIVITY)] = True
     return out
 
 
@@ -446,6 +469,24 @@ def opening_rect(mask: np.ndarray, half: np.ndarray) -> np.ndarray:
         work = ndi.maximum_filter1d(work, 2 * int(h) + 1, axis=axis, mode="constant", cval=0)
     return work.view(bool)
 
+
+def _rim_faces(holes: np.ndarray, n: int, bone: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per hole (``holes``: labels 1..n, planes along axes 1 and 2): how
+    many of the in-plane faces between it and a voxel of no hole lie on
+    ``bone``, and how many there are (counted per face, not per voxel:
+    the same whatever the holes' numbering)."""
+    on_bone = np.zeros(n + 1, dtype=np.int64)
+    total = np.zeros(n + 1, dtype=np.int64)
+    for axis in (1, 2):
+        for here, there in ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))):
+            a = [slice(None)] * 3
+            b = [slice(None)] * 3
+            a[axis], b[axis] = here, there
+            hole = holes[tuple(b)]
+            face = (hole > 0) & (holes[tuple(a)] == 0)
+            total += np.bincount(hole[face], minlength=n + 1)
+            on_bone += np.bincount(hole[face & bone[tuple(a)]], minlength=n + 1)
+    return on_bone, total
 
 def fill_cavities(mask: np.ndarray, structure: np.ndarray, open_faces: list[bool],
                   max_voxels: float = np.inf) -> np.ndarray:

@@ -1470,6 +1470,39 @@ def test_the_spines_axial_holes_keep_a_canal_open_however_bright_and_fill_a_shor
     assert bright_only[canal].all()
 
 
+
+def test_a_femurs_faint_cortex_closes_its_marrow_but_not_beside_another_bone():
+    """A femur's shaft on 3 mm voxels (the closing does nothing there),
+    running the whole scan, its cortex slit along its length three voxels
+    wide, too wide for the square bridging one-voxel gaps. The slit reads
+    150 HU (a cortex thinner than a voxel, under the threshold): given the
+    HU, the marrow behind it is filled, and the slit with it; without, the
+    shaft stays hollow. Where another bone lies against the slit (a joint
+    space's partial volume is as bright) the slit does not count, and the
+    marrow stays open."""
+    from pipeline.bones import FEMUR_LEFT, HIP_LEFT
+    from pipeline.config import SegmentConfig
+    from pipeline.segment.labels import solid_bone
+
+    shape = (12, 24, 24)
+    femur = np.zeros(shape, dtype=bool)
+    femur[:, 4:18, 4:18] = True
+    femur[:, 5:17, 5:17] = False                           # marrow, 36 x 36 mm
+    slit = np.zeros(shape, dtype=bool)
+    slit[:, 4, 9:12] = True
+    femur &= ~slit
+    marrow = np.zeros(shape, dtype=bool)
+    marrow[:, 5:17, 5:17] = True
+    hu = np.where(femur, 1000.0, np.where(slit, 150.0, 40.0)).astype(np.float32)
+    pieces = np.where(femur, FEMUR_LEFT, 0).astype(np.uint8)
+    spacing, cfg, border = np.full(3, 3.0), SegmentConfig(), [(False, False)] * 3
+    got = solid_bone(pieces, FEMUR_LEFT, 0, spacing, cfg, border, (0, 1, 2), hu=hu)
+    assert got[marrow].all() and got[slit].all()
+    assert not solid_bone(pieces, FEMUR_LEFT, 0, spacing, cfg, border, (0, 1, 2))[marrow].any()
+    beside = pieces.copy()
+    beside[:, 2:4, 8:13] = HIP_LEFT                        # another bone against the slit
+    assert not solid_bone(beside, FEMUR_LEFT, 0, spacing, cfg, border, (0, 1, 2), hu=hu)[marrow].any()
+
 def test_tissue_hu_leaves_the_cortex_out_of_the_smoothing():
     """Soft tissue (40 HU) against a cortex plate (1200 HU), and marrow
     (150 HU) behind it, on 1.5 mm voxels: smoothed over everything, the

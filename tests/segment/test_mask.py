@@ -170,3 +170,36 @@ def test_only_holes_mostly_bright_are_filled_when_brightness_is_given():
     assert got[marrow].all() and not got[canal].any()
     both = fill_bridged_plane_holes(filled, np.ones(3), 1.0, none, 1000.0, (0,))
     assert both[marrow].all() and both[canal].all()
+
+
+def test_a_faint_cortex_closes_a_gap_when_most_of_the_rim_is_bone():
+    """Two rings in each slice, each with a gap three voxels wide, too wide
+    for the square bridging one-voxel gaps. In the first ring the gap is a
+    cortex under the threshold (``faint``): the square cannot pass it, and
+    the marrow behind is filled with the gap. The second ring's wall is
+    faint but for one side (a quarter of its rim bone: bright streaks around
+    muscle beside metal): not filled. Without ``faint`` neither is."""
+    from pipeline.segment.mask import fill_bridged_plane_holes
+
+    filled = np.zeros((3, 40, 40), dtype=bool)
+    filled[:, 2:14, 2:14] = True
+    filled[:, 3:13, 3:13] = False          # marrow, 10 x 10
+    filled[:, 2, 6:9] = False              # a gap three voxels wide
+    faint = np.zeros_like(filled)
+    faint[:, 2, 6:9] = True
+    marrow = np.zeros_like(filled)
+    marrow[:, 3:13, 3:13] = True
+    faint[:, 20:32, 20:32] = True          # a faint ring ...
+    faint[:, 21:31, 21:31] = False
+    filled[:, 20:32, 20] = True            # ... one side of it bone
+    faint[:, 20:32, 20] = False
+    pocket = np.zeros_like(filled)
+    pocket[:, 21:31, 21:31] = True
+    none = np.zeros_like(filled)
+    got = fill_bridged_plane_holes(filled, np.ones(3), 1.0, none, 1000.0, (0,), faint=faint)
+    assert got[marrow].all() and got[:, 2, 6:9].all()
+    ring = faint.copy()
+    ring[:, 2] = False
+    assert not got[pocket].any() and not got[ring].any()
+    plain = fill_bridged_plane_holes(filled, np.ones(3), 1.0, none, 1000.0, (0,))
+    assert not plain[marrow].any() and not plain[pocket].any()
