@@ -64,6 +64,7 @@ from .mask import (ENCLOSED_DIRECTIONS, FACE_CONNECTIVITY, FAINT_CORTEX_HU, IN_S
                    fill_cavities, PLANE_AXES, slice_axis)
 from .model_fit import PelvisFit, fit_pelvis, missing_bones, pelvis_found, pelvis_turn, vertex_normals
 from .neighbours import dilate, max3, min3
+from .plates import plate_patches, ridge_voxels
 from .shape_model import MODEL_BONES, ShapeModel, load_model
 from .spine import (SPINE_BODY_MM, SPINE_CLEAR_MM, SPINE_MARROW_HU, SPINE_SMOOTHING_MM, Levels, open_canal, run_length,
                     smooth_hu, tissue_hu, vertebrae_above_l1, vertebral_marrow)
@@ -198,6 +199,13 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
         model_only |= deep & (labels == 0)
         labels[deep & ((labels == 0) | ((labels != label) & ~own))] = label
     tip = sacral_tip(labels, hu, grid, fit, bone.midline_x_lps_mm) if found else 0
+    plates = np.zeros(labels.shape, dtype=bool)
+    hips = [b for b in ("hip_left", "hip_right") if b in masks] if found else []
+    # Both hip bones at once, then their patches written (scipy's labelling releases the GIL).
+    for b, (sub, patch) in zip(hips, parallel(*[lambda b=b: plate_holes(labels, hu, masks[b][1], LABEL_IDS[b],
+                                                                           axial_axis(volume)) for b in hips])):
+        labels[sub][patch] = LABEL_IDS[b]
+        plates[sub] |= patch
     heads_inside, heads_unresolved = fill_femoral_heads(labels, heads, grid, hu)
     certain = own.copy()
     for _, _, deep in masks.values():
@@ -210,7 +218,25 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
                                         {"beyond_model_share": beyond_model(labels, masks, fit, grid),
                                          "model_filled_share": model_filled(labels, masks, model_only)}),
                       fit=fit if found else None, kept_open=kept_open,
-                      kept_in=heads_unresolved & (labels > 0) if heads_unresolved.any() else None)
+                      kept_in=held & (labels > 0) if (held := heads_unresolved | plates).any() else None)
+
+
+def plate_holes(labels: np.ndarray, hu: np.ndarray, band: np.ndarray, label: int,
+                axial: int = 0) -> tuple[tuple[slice, ...], np.ndarray]:
+    """(a box, the voxels in it that close holes through bone ``label``'s
+    thin plates where the image shows the plate: :mod:`~pipeline.segment.plates`),
+    looked for in ``band`` (its fitted model and ``SEED_MARGIN_MM`` around it),
+    not beside another bone. The caller labels them and holds them through
+    the surface's snap, which would take them out again: they lie under the
+    half-maximum level that thicker bone nearby sets."""
+    sub = bounding_box(band)
+    if sub is None:
+        return (slice(0, 0),) * 3, np.zeros((0, 0, 0), dtype=bool)
+    sub = grow_box(sub, labels.shape, 2)
+    view = labels[sub]
+    bone = view == label
+    free = band[sub] & (view == 0) & ~dilate((view > 0) & ~bone, FACE_CONNECTIVITY)
+    return sub, plate_patches(bone, ridge_voxels(hu[sub], free), axial)
 
 
 def model_masks(fit: PelvisFit, grid: Grid) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:

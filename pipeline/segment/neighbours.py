@@ -39,7 +39,7 @@ def min3(a: np.ndarray) -> np.ndarray:
     return _extreme3(a, np.minimum)
 
 
-def _pairs(shape: tuple[int, ...], structure: np.ndarray):
+def pairs(shape: tuple[int, ...], structure: np.ndarray):
     """(here, there, offset) per offset of ``structure`` but its centre:
     slices of the voxels whose neighbour at that offset lies in the array,
     and of those neighbours."""
@@ -56,7 +56,7 @@ def dilate(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
     """``mask`` dilated by ``structure`` (symmetric, holding its centre;
     nothing beyond the array edge)."""
     out = np.array(mask, dtype=bool, copy=True)
-    for here, there, _ in _pairs(mask.shape, structure):
+    for here, there, _ in pairs(mask.shape, structure):
         out[here] |= mask[there]
     return out
 
@@ -65,7 +65,7 @@ def erode(mask: np.ndarray, structure: np.ndarray, border: bool = False) -> np.n
     """``mask`` eroded by ``structure`` (symmetric, holding its centre);
     beyond the array edge counts as ``border`` (scipy's ``border_value``)."""
     out = np.array(mask, dtype=bool, copy=True)
-    for here, there, offset in _pairs(mask.shape, structure):
+    for here, there, offset in pairs(mask.shape, structure):
         out[here] &= mask[there]
         if not border:
             for axis, o in enumerate(offset):
