@@ -59,9 +59,9 @@ from ..volume import Volume
 from .femoral_head import HEAD_BAND_MM, SIDES, Head, femoral_head, fill_femoral_heads
 from .grid import Grid, axial_axis, ball, voxel_indices
 from .lookup import label_counts, lookup, touching
-from .mask import (ENCLOSED_DIRECTIONS, FACE_CONNECTIVITY, FAINT_CORTEX_HU, IN_SLICE_CONNECTIVITY, BoneMask,
-                   bounding_box, close_and_fill, closing_radius_voxels, enclosed_directions, fill_bridged_plane_holes,
-                   fill_cavities, PLANE_AXES, slice_axis)
+from .mask import (ENCLOSED_DIRECTIONS, FACE_CONNECTIVITY, FAINT_CORTEX_HU, IN_SLICE_CONNECTIVITY, PLANE_AXES,
+                   BoneMask, bounding_box, close_and_fill, closing_radius_voxels, enclosed_directions,
+                   fill_bridged_plane_holes, fill_cavities, slice_axis)
 from .model_fit import PelvisFit, fit_pelvis, missing_bones, pelvis_found, pelvis_turn, vertex_normals
 from .neighbours import dilate, max3, min3
 from .plates import plate_patches, ridge_voxels

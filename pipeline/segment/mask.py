@@ -21,7 +21,7 @@ from scipy import ndimage as ndi
 from ..config import SegmentConfig
 from ..errors import InputError
 from .lookup import label_counts, lookup
-from .neighbours import close, dilate
+from .neighbours import close, dilate, pairs
 from ..volume import Volume
 
 # Face connectivity: two bone voxels touching only at an edge or corner are not
@@ -408,8 +408,8 @@ def fill_bridged_plane_holes(filled: np.ndarray, spacing_mm: np.ndarray, radius_
     like ``filled``): a cortex under the threshold (``FAINT_CORTEX_HU``),
     which blocks the square as bone does; a hole it helps enclose is filled
     only where at least ``FAINT_RIM_SHARE`` of its rim (the faces between
-    it and its in-plane neighbours) lies on ``filled``, and the faint voxels beside a filled hole
-    (the gap it closed) are filled with it.
+    it and its in-plane neighbours) lies on ``filled``, and the faint
+    voxels beside a filled hole (the gap it closed) are filled with it.
     """
     out = filled.copy()
     walls = filled if faint is None else filled | faint
@@ -477,16 +477,13 @@ def _rim_faces(holes: np.ndarray, n: int, bone: np.ndarray) -> tuple[np.ndarray,
     the same whatever the holes' numbering)."""
     on_bone = np.zeros(n + 1, dtype=np.int64)
     total = np.zeros(n + 1, dtype=np.int64)
-    for axis in (1, 2):
-        for here, there in ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))):
-            a = [slice(None)] * 3
-            b = [slice(None)] * 3
-            a[axis], b[axis] = here, there
-            hole = holes[tuple(b)]
-            face = (hole > 0) & (holes[tuple(a)] == 0)
-            total += np.bincount(hole[face], minlength=n + 1)
-            on_bone += np.bincount(hole[face & bone[tuple(a)]], minlength=n + 1)
+    for here, there, _ in pairs(holes.shape, IN_SLICE_CONNECTIVITY):
+        hole = holes[there]
+        face = (hole > 0) & (holes[here] == 0)
+        total += np.bincount(hole[face], minlength=n + 1)
+        on_bone += np.bincount(hole[face & bone[here]], minlength=n + 1)
     return on_bone, total
+
 
 def fill_cavities(mask: np.ndarray, structure: np.ndarray, open_faces: list[bool],
                   max_voxels: float = np.inf) -> np.ndarray:
