@@ -377,3 +377,35 @@ def test_the_fixation_view_shows_screws_buried_in_the_implant_and_the_host():
     assert len(rows) > 500, "the buried screw shows"
     # 40 mm long, 6 mm wide: so on the image.
     assert np.ptp(cols) > 5 * np.ptp(rows)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_the_model_outline_is_the_section_of_the_fitted_mesh(flip):
+    """A sphere of 30 mm as a fitted bone, cut by display grids 12 mm from its
+    centre along each axis and one tilted: the pixels inside are those within
+    sqrt(30^2 - 12^2) mm of the section's centre, to the facets' sagitta and
+    half a pixel (a grid read right to left as well: a mirrored frame; the
+    grid's centre off the section's, so rows and columns are told apart)."""
+    from pipeline.qa.images import model_section
+
+    centre, radius, offset, pixel = np.array([5.0, -20.0, 40.0]), 30.0, 12.0, 0.7
+    ball = trimesh.creation.icosphere(subdivisions=4, radius=radius)
+    fit = SimpleNamespace(vertices_lps_mm=np.asarray(ball.vertices) + centre, faces={"bone": np.asarray(ball.faces)})
+    sagitta = radius * (1 - np.cos(np.radians(180 / 64)))   # level 4: edges about 1/64 of a great circle
+    tilted = np.array([0.3, -0.5, 0.8]) / np.linalg.norm([0.3, -0.5, 0.8])
+    for normal in (np.eye(3)[0], np.eye(3)[1], np.eye(3)[2], tilted):
+        down = np.cross(normal, [1.0, 0.0, 0.0] if abs(normal[0]) < 0.9 else [0.0, 1.0, 0.0])
+        down /= np.linalg.norm(down)
+        right = np.cross(normal, down)
+        section_centre = centre + offset * normal
+        k = np.arange(-60, 61) * pixel
+        # The grid off the circle's centre: its rows and columns are told apart.
+        points = section_centre + 9.0 * down - 5.0 * right + k[:, None, None] * down + k[None, :, None] * right
+        if flip:
+            points = points[:, ::-1]
+        inside = model_section(fit, "bone", points)
+        r = np.linalg.norm(points - section_centre, axis=-1)
+        cut = np.sqrt(radius ** 2 - offset ** 2)
+        slack = sagitta * radius / cut + pixel / 2
+        assert inside.shape == r.shape
+        assert inside[r < cut - slack].all() and not inside[r > cut + slack].any()
