@@ -235,7 +235,7 @@ def model_section(fit: PelvisFit, bone: str, points_lps_mm: np.ndarray) -> np.nd
     affine[:3, 0], affine[:3, 2], affine[:3, 3] = down, right, origin
     affine[:3, 1] = np.cross(down, right) / np.linalg.norm(right)  # along the plane's normal
     box = (slice(0, points_lps_mm.shape[0]), slice(0, 1), slice(0, points_lps_mm.shape[1]))
-    return inside_mesh(fit.vertices_lps_mm, fit.faces[bone], affine, box)[:, 0]
+    return inside_mesh(fit.vertices_lps_mm, fit.faces[bone], affine, box, ray_axis=0)[:, 0]
 
 
 def view_image(result: MeshResult, planes: tuple[Plane, ...], view: str,

@@ -219,13 +219,17 @@ def test_an_upper_abdomen_is_no_pelvis_fitted_without_a_hip_bone_either():
 
 
 @pytest.mark.parametrize("mirror", [False, True])
-def test_voxelised_sphere_matches_its_analytic_inside(mirror):
+@pytest.mark.parametrize("ray_axis", [None, 0, 1, 2])
+def test_voxelised_sphere_matches_its_analytic_inside(mirror, ray_axis):
+    """Rays along any axis (by default the one across which the voxels are
+    widest, here the second) find the same voxels."""
     sphere = trimesh.creation.icosphere(subdivisions=5, radius=20.0).apply_translation([3.0, -4.0, 5.0])
     affine = np.eye(4)
     affine[:3, :3] = rotation([1, 2, 3], 0.4) @ np.diag([1.3, -0.7 if mirror else 0.7, 0.9])
     affine[:3, 3] = [-30.0, -25.0, -28.0]
     box = (slice(2, 60), slice(0, 90), slice(5, 70))
-    inside = inside_mesh(sphere.vertices, sphere.faces, affine, box)
+    inside = inside_mesh(sphere.vertices, sphere.faces, affine, box, ray_axis)
+    assert inside.shape == (58, 90, 65)
     index = np.argwhere(np.ones(inside.shape, dtype=bool)) + [2, 0, 5]
     distance = np.linalg.norm(apply_affine(affine, index) - [3.0, -4.0, 5.0], axis=1).reshape(inside.shape)
     # The icosphere lies within 0.02 mm inside the sphere: only voxel centres that close may differ.
