@@ -37,10 +37,8 @@ from ..geometry.meshes import doubled_areas, mesh_facts
 
 # Ti-6Al-4V, the usual alloy of printed pelvic implants.
 TI6AL4V_G_PER_CM3 = 4.43
-# Surface samples for the wall thickness (area-weighted; all cast at once, 0.03 s
-# for 400 on Pelvic-Ref-003's implant), and hits closer than this (mm) to the
-# ray's start are the start's own neighbourhood, not the opposite wall.
-THICKNESS_SAMPLES = 400
+# The wall thickness's rays: hits closer than this (mm) to the ray's start are
+# the start's own neighbourhood, not the opposite wall.
 THICKNESS_SELF_HIT_MM = 0.05
 # Outline points for the outline distance, this far apart along each edge
 # (mm): the distance is exact at the points, and at most half this short of
@@ -140,38 +138,44 @@ def contact_fit(implant: trimesh.Trimesh, implant_faces: np.ndarray, host: trime
     }
 
 
-def implant_fit(implant: trimesh.Trimesh, *, density_g_per_cm3: float = TI6AL4V_G_PER_CM3,
-                seed: int = 0) -> dict:
-    """Size, mass and minimum wall thickness of the implant."""
+def implant_fit(implant: trimesh.Trimesh, *, density_g_per_cm3: float = TI6AL4V_G_PER_CM3) -> dict:
+    """Size, mass and wall thickness of the implant: the thinnest wall
+    measured and the thickness under which 5 % of the surface lies (each
+    triangle's thickness weighted by its area, see :func:`wall_thickness_mm`)."""
     volume = float(mesh_facts(implant)["shell_volumes_mm3"].sum())
     extents = implant.bounds[1] - implant.bounds[0]
-    thickness = wall_thickness_mm(implant, seed=seed)
+    thickness, area = wall_thickness_mm(implant)
+    order = np.argsort(thickness, kind="stable")
+    share = np.cumsum(area[order]) / area.sum()
     return {
         "volume_mm3": round(volume, 3),
         "mass_g": round(volume / 1000.0 * density_g_per_cm3, 2),
         "density_g_per_cm3": density_g_per_cm3,
         "bounding_box_lps_mm": [round(float(e), 2) for e in extents],
-        "min_wall_thickness_mm": round(float(np.min(thickness)), 3),
-        "wall_thickness_p5_mm": round(float(np.percentile(thickness, 5)), 3),
+        "min_wall_thickness_mm": round(float(thickness[order[0]]), 3),
+        "wall_thickness_p5_mm": round(float(thickness[order[np.searchsorted(share, 0.05)]]), 3),
         "wall_thickness_samples": int(thickness.size),
     }
 
 
-def wall_thickness_mm(mesh: trimesh.Trimesh, *, samples: int = THICKNESS_SAMPLES, seed: int = 0) -> np.ndarray:
-    """Thickness at sampled surface points: distance along the inward normal
-    to where the ray leaves the solid. Samples are area-weighted.
+def wall_thickness_mm(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
+    """(thickness, area) of every triangle whose ray leaves the solid: the
+    distance from its centre along the inward normal to where the ray
+    leaves, and the triangle's area, its weight in any share of the surface.
 
-    The rays are cast together in single precision (Embree), about the
-    mesh's centre so that coordinates stay small: within 4e-5 mm of
-    manifold3d's double-precision ray casts on Pelvic-Ref-003's and the
-    sample's implants, ten times faster (0.33 -> 0.03 s)."""
-    rng = np.random.default_rng(seed)
-    area = mesh.area_faces
-    faces = rng.choice(len(area), size=min(samples, len(area)), replace=False, p=area / area.sum())
+    Every triangle, not a sample of them: 400 area-weighted samples put
+    Pelvic-Ref-003's 5th percentile anywhere from 1.90 to 2.15 mm over six
+    seeds (the report warns under 2 mm) and the sample's from 3.07 to 4.86;
+    every triangle gives 2.01 and 4.14, in 0.07 and 0.03 s. The rays are
+    cast together in single precision (Embree), about the mesh's centre so
+    that coordinates stay small: within 4e-5 mm of manifold3d's
+    double-precision ray casts on Pelvic-Ref-003's and the sample's
+    implants, ten times faster."""
     centre = np.asarray(mesh.bounds, dtype=np.float64).mean(axis=0)
-    origins = np.asarray(mesh.triangles_center[faces] - centre, dtype=np.float32)
-    inward = np.asarray(-mesh.face_normals[faces], dtype=np.float32)
+    origins = np.asarray(mesh.triangles_center - centre, dtype=np.float32)
+    inward = np.asarray(-mesh.face_normals, dtype=np.float32)
     vertices = np.asarray(mesh.vertices - centre, dtype=np.float32)
     hit, _, distance = pcu.ray_mesh_intersection(vertices, np.asarray(mesh.faces, dtype=np.int32), origins, inward,
                                                  ray_near=THICKNESS_SELF_HIT_MM)
-    return np.asarray(distance, dtype=np.float64)[np.asarray(hit) >= 0]
+    left = np.asarray(hit) >= 0
+    return np.asarray(distance, dtype=np.float64)[left], np.asarray(mesh.area_faces, dtype=np.float64)[left]

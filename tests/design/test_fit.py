@@ -53,6 +53,23 @@ def test_implant_size_mass_and_wall_thickness():
     assert implant_fit(tube)["min_wall_thickness_mm"] == pytest.approx(3.0, abs=0.05)
 
 
+def test_the_thin_walls_share_is_a_share_of_the_surface_not_of_the_triangles():
+    """A fin 1 mm thick in many small triangles beside a block 20 mm thick in
+    a few large ones: 3.6 % of the surface lies on walls under 20 mm (the
+    fin's), so the thickness under which 5 % of it lies is 20 mm, though
+    nearly every triangle is the fin's; the thinnest wall is the fin's."""
+    fin = trimesh.creation.box(extents=(10, 1, 10))
+    for _ in range(4):
+        fin = fin.subdivide()
+    block = trimesh.creation.box(extents=(40, 20, 40)).apply_translation([50, 0, 0])
+    solid = trimesh.util.concatenate([fin, block])
+    assert len(fin.faces) > 50 * len(block.faces)
+    fit = implant_fit(solid)
+    assert fit["min_wall_thickness_mm"] == pytest.approx(1.0, abs=1e-4)
+    assert fit["wall_thickness_p5_mm"] == pytest.approx(20.0, abs=1e-4)
+    assert fit["wall_thickness_samples"] == len(solid.faces)
+
+
 def test_overlap_and_outline_distance_agree_about_a_dropped_fragment():
     """z > 10 cuts a sphere (r 30) and clips a 0.5 mm cap off a small sphere
     (r 2, top at z = 10.5, 45 mm away), too small to keep: the host keeps that
