@@ -4,13 +4,13 @@ Rays along one axis of the grid, one per voxel column along it: each
 triangle's crossings with the rays under it are found in the index space of
 the grid (any affine, sheared or mirrored), and the winding number along each
 ray is the running sum of +1 where the ray enters the mesh and -1 where it
-leaves. The rays run along the axis across which the voxels are widest, so
-the fewest meet each triangle: on 1 x 1 x 3 mm voxels along a row, a third
-of the crossings of rays along the slice axis (Pelvic-Ref-003's fitted
-model masks: 0.11 -> 0.08 s, the same voxels). A voxel centre is inside where that sum is positive, which is right
+leaves. A voxel centre is inside where that sum is positive, which is right
 for a closed, consistently oriented mesh and forgiving where an offset mesh
 folds over itself. Cost: one pass over the triangles' footprints plus a
-cumulative sum over the grid.
+cumulative sum over the grid. The rays run along the axis across which the
+voxels are widest, so the fewest meet each triangle: on 1 x 1 x 3 mm voxels
+along a row, a third of the crossings of rays along the slice axis
+(Pelvic-Ref-003's fitted model masks: 0.11 -> 0.08 s, the same voxels).
 """
 
 from __future__ import annotations
