@@ -35,6 +35,12 @@ SPINE_MARROW_HU, SPINE_SMOOTHING_MM, SPINE_ENCLOSED = 80.0, 1.5, 4
 SPINE_MARROW_CORE_MM = 2 * SPINE_SMOOTHING_MM
 # A vertebral body's endplates lie at least this far apart (a disc's 5-14 mm).
 SPINE_BODY_MM = 16.0
+# A pocket of marrow an axial slice of the spine encloses (see
+# labels.solid_bone): at least SPINE_POCKET_HU (smoothed as above; the
+# canal's CSF and fat are darker), in a gap of the bone along the spine
+# shorter than SPINE_POCKET_MM (a lumbar body is 25-30 mm tall; the canal
+# runs on through the levels).
+SPINE_POCKET_HU, SPINE_POCKET_MM = 40.0, 35.0
 # A body's marrow met by its bone at one end only lies at least this far
 # from another bone along the spine: the disc between L5 and the sacrum,
 # above the sacrum's endplate, is as bright as faint marrow.
@@ -167,13 +173,21 @@ def _nearest_along(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return above, below
 
 
-def run_length(mask: np.ndarray) -> np.ndarray:
-    """Per voxel of ``mask``, the length (voxels) of its run of ``mask`` along axis 0; 0 elsewhere."""
+def run_length(mask: np.ndarray, open_ends: tuple[bool, bool] = (False, False)) -> np.ndarray:
+    """Per voxel of ``mask``, the length (voxels) of its run of ``mask`` along
+    axis 0; 0 elsewhere. A run that reaches an end marked in ``open_ends``
+    (low, high: the scan's edge) goes on beyond it by an unknown length, and
+    is given twice the array's length."""
     n = mask.shape[0]
     index = np.arange(n).reshape((-1,) + (1,) * (mask.ndim - 1))
     start = np.maximum.accumulate(np.where(mask, -1, index), axis=0)          # last gap at or before i
     end = np.minimum.accumulate(np.where(mask, n, index)[::-1], axis=0)[::-1]  # first gap at or after i
-    return np.where(mask, end - start - 1, 0)
+    length = end - start - 1
+    if open_ends[0]:
+        length[start < 0] = 2 * n
+    if open_ends[1]:
+        length[end >= n] = 2 * n
+    return np.where(mask, length, 0)
 
 
 @dataclass(frozen=True)
