@@ -66,7 +66,7 @@ from .model_fit import PelvisFit, fit_pelvis, missing_bones, pelvis_found, pelvi
 from .neighbours import dilate, max3, min3
 from .plates import plate_patches, ridge_voxels
 from .shape_model import MODEL_BONES, ShapeModel, load_model
-from .spine import (SPINE_CLEAR_MM, SPINE_POCKET_HU, SPINE_POCKET_MM, SPINE_SMOOTHING_MM, Levels, open_canal,
+from .spine import (SPINE_BODY_MM, SPINE_CLEAR_MM, SPINE_POCKET_HU, SPINE_SMOOTHING_MM, Levels, open_canal,
                     run_length, smooth_hu, tissue_hu, vertebrae_above_l1, vertebral_marrow)
 from .voxelise import inside_mesh
 
@@ -607,17 +607,16 @@ def solid_bone(pieces: np.ndarray, label: int, radius_vox: int, spacing_mm: np.n
     directions (:func:`vertebral_marrow`), and on thick slices the holes
     in axial planes (gaps bridged as a thin cortex's) at least half of
     whose voxels reach ``SPINE_POCKET_HU`` and lie in a gap of the bone
-    along the spine shorter than ``SPINE_POCKET_MM`` (a body's height; a
-    gap the scan's edge cuts is not known to be short): pockets of marrow
-    left in a body, not the canal, which the arches enclose too and which
-    runs up and down the spine (on Pelvic-Ref-003, where disc and ligament
-    narrow it to marrow's HU, 810 voxels of it were filled without the
-    second condition; in its top slice, 320 where the edge's cut was taken
-    for a short gap). TotalSegmentator example: L1-L5 0.875 -> 0.887 at 80
-    HU and 16 mm, the voxels more than one inside the reference's L1-L4
-    87-96 % -> 93-98 % labelled, L5's 75 -> 79 %; at 40 HU and 35 mm 0.888,
-    and with its marrow made 30 / 60 HU darker (fatty marrow) 0.727 / 0.546
-    -> 0.791 / 0.578."""
+    shorter than a body along the spine (``SPINE_BODY_MM``; a gap the
+    scan's edge cuts is not known to be short): pockets of marrow left in
+    a body, not the canal, which the arches enclose too and which runs up
+    and down the spine (on Pelvic-Ref-003, where disc and ligament narrow
+    it to marrow's HU, 810 voxels of it were filled without the second
+    condition; in its top slice 320, with the edge's cut taken for a
+    short gap). TotalSegmentator example: L1-L5 0.875 -> 0.887, the voxels
+    more than one inside the reference's L1-L4 87-96 % -> 93-98 %
+    labelled, L5's 75 -> 79 % (at 80 HU); with its marrow made 30 HU
+    darker (fatty marrow) 0.727 at 80 HU, 0.778 at 40."""
     piece = pieces == label
     others = (pieces > 0) & ~piece
     scan_edges = at_border
@@ -652,7 +651,7 @@ def solid_bone(pieces: np.ndarray, label: int, radius_vox: int, spacing_mm: np.n
             gap_mm = np.moveaxis(run_length(np.moveaxis(~filled, axial, 0), scan_edges[axial]), 0, axial) \
                 * float(spacing_mm[axial])
             filled = fill_bridged_plane_holes(filled, spacing_mm, slice_mm, others, cfg.max_slice_hole_mm2, (axial,),
-                                              bright=(marrow_hu >= SPINE_POCKET_HU) & (gap_mm < SPINE_POCKET_MM))
+                                              bright=(marrow_hu >= SPINE_POCKET_HU) & (gap_mm < SPINE_BODY_MM))
     return filled
 
 

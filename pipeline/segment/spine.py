@@ -36,11 +36,9 @@ SPINE_MARROW_CORE_MM = 2 * SPINE_SMOOTHING_MM
 # A vertebral body's endplates lie at least this far apart (a disc's 5-14 mm).
 SPINE_BODY_MM = 16.0
 # A pocket of marrow an axial slice of the spine encloses (see
-# labels.solid_bone): at least SPINE_POCKET_HU (smoothed as above; the
-# canal's CSF and fat are darker), in a gap of the bone along the spine
-# shorter than SPINE_POCKET_MM (a lumbar body is 25-30 mm tall; the canal
-# runs on through the levels).
-SPINE_POCKET_HU, SPINE_POCKET_MM = 40.0, 35.0
+# labels.solid_bone) reaches SPINE_POCKET_HU (smoothed as above): fatty
+# marrow does, the canal's CSF and fat do not.
+SPINE_POCKET_HU = 40.0
 # A body's marrow met by its bone at one end only lies at least this far
 # from another bone along the spine: the disc between L5 and the sacrum,
 # above the sacrum's endplate, is as bright as faint marrow.

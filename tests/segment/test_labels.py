@@ -1511,27 +1511,27 @@ def test_the_spines_axial_holes_keep_a_canal_open_however_bright_and_fill_a_shor
 
 
 def _spine_with_a_dark_pocket():
-    """A vertebra on 3 mm slices in a scan of 10 slices, its canal (60 HU, a
+    """A vertebra on 3 mm slices in a scan of 5 slices, its canal (60 HU, a
     narrow canal's partial volume) running out of the scan at both ends, its
     body's cortex dotted (every other voxel: bridged in axial slices, but
-    the axis-aligned rays pass half of it) around fatty marrow (55 HU)
-    between endplates 24 mm apart (slices 0 and 9)."""
+    the axis-aligned rays pass half of it) around a pocket of fatty marrow
+    (55 HU) 9 mm long between bone (slices 0 and 4)."""
     from pipeline.bones import LUMBAR
 
-    shape = (10, 30, 30)
+    shape = (5, 30, 30)
     spine = np.zeros(shape, dtype=bool)
     spine[:, 3:27, 3:27] = True
     canal = np.zeros(shape, dtype=bool)
     canal[:, 18:24, 11:19] = True
     pocket = np.zeros(shape, dtype=bool)
-    pocket[1:9, 5:16, 5:25] = True
+    pocket[1:4, 5:16, 5:25] = True
     spine &= ~canal & ~pocket
     ring = np.zeros(shape, dtype=bool)
-    ring[1:9, 4, 4:26] = ring[1:9, 16, 4:26] = True          # front and back walls
-    ring[1:9, 4:17, 4] = ring[1:9, 4:17, 25] = True          # the sides
+    ring[1:4, 4, 4:26] = ring[1:4, 16, 4:26] = True          # front and back walls
+    ring[1:4, 4:17, 4] = ring[1:4, 4:17, 25] = True          # the sides
     dotted = ring & (np.indices(shape).sum(axis=0) % 2 == 0)
-    spine[1:9, 3:5, 3:27] = False                            # no bone in front of the body but its wall
-    spine[1:9, 3:17, 3:5] = spine[1:9, 3:17, 25:27] = False  # nor beside it
+    spine[1:4, 3:5, 3:27] = False                            # no bone in front of the body but its wall
+    spine[1:4, 3:17, 3:5] = spine[1:4, 3:17, 25:27] = False  # nor beside it
     spine |= dotted
     marrow_hu = np.full(shape, 20.0, dtype=np.float32)
     marrow_hu[spine] = 300.0
@@ -1540,13 +1540,13 @@ def _spine_with_a_dark_pocket():
     return np.where(spine, LUMBAR, 0).astype(np.uint8), pocket, canal, marrow_hu
 
 
-def test_a_fatty_pocket_a_body_tall_is_filled_and_a_canal_the_scan_cuts_is_not(monkeypatch):
-    """Fatty marrow (55 HU) enclosed in a body's axial slices between endplates
-    24 mm apart is filled (marrow-bright at 80 HU and shorter than 16 mm, as
-    the rule stood, left most of it open); the canal beside it (60 HU) runs
-    out of the scan at both ends, so its run, 30 mm in view, is not known to
-    be short, and stays open. Were the scan's edges not its edges, the canal
-    would read 30 mm long and be filled."""
+def test_a_fatty_pocket_is_filled_and_a_canal_the_scan_cuts_is_not(monkeypatch):
+    """A pocket of fatty marrow (55 HU) enclosed in a body's axial slices, 9
+    mm between bone above and below, is filled (at the 80 HU of marrow
+    elsewhere none of it is); the canal beside it (60 HU) runs out of the
+    scan at both ends, so its run, 15 mm in view, is not known to be
+    shorter than a body, and stays open. Told the scan's edges are not its
+    edges, the canal reads 15 mm long and is filled."""
     from pipeline.bones import LUMBAR
     from pipeline.config import SegmentConfig
     import pipeline.segment.labels as labels_module
@@ -1559,9 +1559,8 @@ def test_a_fatty_pocket_a_body_tall_is_filled_and_a_canal_the_scan_cuts_is_not(m
                                       (1, 2), marrow_hu, 0)
     assert inside[canal].all()
     monkeypatch.setattr(labels_module, "SPINE_POCKET_HU", 80.0)
-    monkeypatch.setattr(labels_module, "SPINE_POCKET_MM", 16.0)
     before = labels_module.solid_bone(pieces, LUMBAR, 0, np.full(3, 3.0), SegmentConfig(), edges, (1, 2), marrow_hu, 0)
-    assert before[pocket].mean() < 0.75
+    assert not before[pocket].any()
 
 def test_a_femurs_faint_cortex_closes_its_marrow_but_not_beside_another_bone():
     """A femur's shaft on 3 mm voxels (the closing does nothing there),
