@@ -175,16 +175,18 @@ def run_length(mask: np.ndarray, open_ends: tuple[bool, bool] = (False, False)) 
     """Per voxel of ``mask``, the length (voxels) of its run of ``mask`` along
     axis 0; 0 elsewhere. A run that reaches an end marked in ``open_ends``
     (low, high: the scan's edge) goes on beyond it by an unknown length, and
-    is given twice the array's length."""
+    is given the largest length the type holds (no gap in millimetres can
+    reach it, however short the array)."""
     n = mask.shape[0]
     index = np.arange(n).reshape((-1,) + (1,) * (mask.ndim - 1))
     start = np.maximum.accumulate(np.where(mask, -1, index), axis=0)          # last gap at or before i
     end = np.minimum.accumulate(np.where(mask, n, index)[::-1], axis=0)[::-1]  # first gap at or after i
     length = end - start - 1
+    unknown = np.iinfo(length.dtype).max
     if open_ends[0]:
-        length[start < 0] = 2 * n
+        length[start < 0] = unknown
     if open_ends[1]:
-        length[end >= n] = 2 * n
+        length[end >= n] = unknown
     return np.where(mask, length, 0)
 
 
