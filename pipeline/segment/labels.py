@@ -200,10 +200,11 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
         labels[deep & ((labels == 0) | ((labels != label) & ~own))] = label
     tip = sacral_tip(labels, hu, grid, fit, bone.midline_x_lps_mm) if found else 0
     plates = np.zeros(labels.shape, dtype=bool)
-    hips = [b for b in ("hip_left", "hip_right") if b in masks] if found else []
-    # Both hip bones at once, then their patches written (scipy's labelling releases the GIL).
-    for b, (sub, patch) in zip(hips, parallel(*[lambda b=b: plate_holes(labels, hu, masks[b][1], LABEL_IDS[b],
-                                                                           axial_axis(volume)) for b in hips])):
+    plated = [b for b in MODEL_BONES if b in masks] if found else []
+    # The model's bones two at a time, then their patches written (scipy's labelling releases the GIL).
+    for b, (sub, patch) in zip(plated, parallel(*[
+            lambda b=b: plate_holes(labels, hu, masks[b][1], LABEL_IDS[b], axial_axis(volume),
+                                    kept_open if b == "sacrum" else None) for b in plated])):
         labels[sub][patch] = LABEL_IDS[b]
         plates[sub] |= patch
     heads_inside, heads_unresolved = fill_femoral_heads(labels, heads, grid, hu)
@@ -222,11 +223,12 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
 
 
 def plate_holes(labels: np.ndarray, hu: np.ndarray, band: np.ndarray, label: int,
-                axial: int = 0) -> tuple[tuple[slice, ...], np.ndarray]:
+                axial: int = 0, kept_open: np.ndarray | None = None) -> tuple[tuple[slice, ...], np.ndarray]:
     """(a box, the voxels in it that close holes through bone ``label``'s
     thin plates where the image shows the plate: :mod:`~pipeline.segment.plates`),
     looked for in ``band`` (its fitted model and ``SEED_MARGIN_MM`` around it),
-    not beside another bone. The caller labels them and holds them through
+    not beside another bone nor in ``kept_open`` (the sacrum's canal and
+    foramina). The caller labels them and holds them through
     the surface's snap, which would take them out again: they lie under the
     half-maximum level that thicker bone nearby sets."""
     sub = bounding_box(band)
@@ -236,6 +238,8 @@ def plate_holes(labels: np.ndarray, hu: np.ndarray, band: np.ndarray, label: int
     view = labels[sub]
     bone = view == label
     free = band[sub] & (view == 0) & ~dilate((view > 0) & ~bone, FACE_CONNECTIVITY)
+    if kept_open is not None:
+        free &= ~kept_open[sub]
     return sub, plate_patches(bone, ridge_voxels(hu[sub], free), axial)
 
 

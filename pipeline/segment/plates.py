@@ -1,9 +1,10 @@
 """Holes through a bone's thin plates, closed where the image shows the plate.
 
-Where a plate of bone (the iliac fossa) is thinner than the scan resolves,
-its voxels peak under the bone threshold, and the label, and with it the
-mesh and an implant cut from it, has a hole there (Pelvic-Ref-003's left
-iliac fossa: 5 mm, through the implant). The plate is still in the image as
+Where a plate of bone (the iliac fossa, the sacrum's dorsal wall around its
+canal) is thinner than the scan resolves, its voxels peak under the bone
+threshold, and the label, and with it the mesh and an implant cut from it,
+has a hole there (Pelvic-Ref-003's left iliac fossa: 5 mm, through the
+implant). The plate is still in the image as
 a ridge: a voxel brighter by ``RIDGE_MARGIN_HU`` than both its neighbours
 along some direction, with tissue (under ``FAINT_CORTEX_HU``) two voxels
 out on both sides. Ridge voxels around a bone are not all plate, though:

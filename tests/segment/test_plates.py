@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from pipeline.bones import SACRUM
+from pipeline.segment.labels import plate_holes
 from pipeline.segment.plates import RIDGE_MARGIN_HU, plate_patches, ridge_voxels
 
 
@@ -56,3 +58,18 @@ def test_a_ridge_patch_over_a_hole_joins_the_plate_and_a_bump_on_its_face_does_n
     assert patch[hole].all()
     assert not patch[bump].any()
     assert not (patch & ~hole).any()
+
+
+def test_a_patch_keeps_out_of_what_is_kept_open():
+    """The sacrum's canal and foramina (its fitted sections' holes) stay
+    open: where one of them covers a slice of the hole, that slice is left
+    parted and the rest of the hole is patched."""
+    hu, bone, hole, _ = plate_with_a_hole()
+    labels = np.where(bone, np.uint8(SACRUM), np.uint8(0))
+    band = np.ones(bone.shape, dtype=bool)
+    sub, patch = plate_holes(labels, hu, band, SACRUM)
+    assert np.array_equal(patch, hole[sub])
+    kept_open = np.zeros(bone.shape, dtype=bool)
+    kept_open[8] = True                              # the hole's first slice
+    sub, patch = plate_holes(labels, hu, band, SACRUM, kept_open=kept_open)
+    assert np.array_equal(patch, (hole & ~kept_open)[sub])
