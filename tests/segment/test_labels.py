@@ -708,10 +708,11 @@ def test_real_ct_labels_do_not_regress(case):
         floors = {"hip_left": 0.94, "hip_right": 0.93, "femur_left": 0.93, "femur_right": 0.91}
         for name, floor in floors.items():
             assert figures[name]["surface_dice_1vox"] >= floor, figures[name]
-        # The sacrum down to its tip (measured 0.822 / 0.945; 0.798 / 0.907 before
-        # S4-S5 and the coccyx were taken below the bone threshold).
-        assert figures["sacrum"]["dice_with_s1"] >= 0.79
-        assert figures["sacrum"]["surface_dice_1vox_with_s1"] >= 0.91
+        # The sacrum down to its tip (measured 0.836 / 0.958; 0.798 / 0.907 before
+        # S4-S5 and the coccyx were taken below the bone threshold, 0.825 / 0.945
+        # with the tip taken from 100 HU instead of 80).
+        assert figures["sacrum"]["dice_with_s1"] >= 0.82
+        assert figures["sacrum"]["surface_dice_1vox_with_s1"] >= 0.95
 
 
 def test_a_scan_that_stops_below_the_iliac_crests_is_labelled_right():
