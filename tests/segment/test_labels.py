@@ -2085,6 +2085,32 @@ def test_sacral_tip_follows_thin_bone_past_s3_but_not_a_dense_bone_s_halo_nor_bo
     assert not taken[:, :, 21:].any()            # nothing above S3's end (it is the model's)
 
 
+def test_sacral_tip_takes_bone_fading_under_100_hu_but_not_soft_tissue():
+    """Past S3 the tip fades towards the coccyx: below the sacrum a stem at
+    160 HU, then 120 HU, then a block at 90 HU (between TIP_HU, 80, and the
+    100 HU the tip once needed). The block is taken, its core at least (its
+    rim the smoothing averages with the soft tissue at 30 HU); the same
+    block at 70 HU (under TIP_HU: too close to the soft tissue) is not, the
+    stem is. A level of 100 HU fails the first, one of 60 HU the second."""
+    from pipeline.segment.labels import SACRUM, sacral_tip
+
+    mid_x = 20
+    across = (slice(mid_x - 3, mid_x + 4), slice(14, 22))
+    stem = (*across, slice(17, 21))                 # z 51-60 mm, just below the S3 end
+    fading = (*across, slice(15, 17))               # z 45-48 mm
+    block = (*across, slice(4, 15))                 # z 12-42 mm
+    core = (slice(mid_x - 1, mid_x + 2), slice(16, 20), slice(6, 13))
+    for faint, taken in ((90.0, True), (70.0, False)):
+        labels, hu, grid, fit = _tip_scene()
+        hu[stem], hu[fading], hu[block] = 160.0, 120.0, faint
+        assert sacral_tip(labels, hu, grid, fit, 60.0) > 0
+        assert (labels[stem][2:-2, 2:-2] == SACRUM).all()
+        if taken:
+            assert (labels[core] == SACRUM).all()
+        else:
+            assert not (labels[block] == SACRUM).any()
+
+
 def test_sacral_tip_not_taken_when_the_growth_runs_into_a_large_bright_region():
     """Faint-bone HU joined to the sacrum's end over more than a sacral tip's
     volume (bowel contents against the bone): nothing is added."""
