@@ -209,8 +209,8 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
     plated = [b for b in MODEL_BONES if b in masks] if found else []
     # The model's bones two at a time, then their patches written (scipy's labelling releases the GIL).
     for b, (sub, patch) in zip(plated, parallel(*[
-            lambda b=b: plate_holes(labels, hu, masks[b][1], LABEL_IDS[b], axial_axis(volume),
-                                    kept_open if b == "sacrum" else None) for b in plated])):
+            lambda b=b: plate_holes(labels, hu, masks[b][1], LABEL_IDS[b], axial_axis(volume), kept_open)
+            for b in plated])):
         labels[sub][patch] = LABEL_IDS[b]
         plates[sub] |= patch
     heads_inside, heads_unresolved = fill_femoral_heads(labels, heads, grid, hu)
@@ -233,8 +233,8 @@ def plate_holes(labels: np.ndarray, hu: np.ndarray, band: np.ndarray, label: int
     """(a box, the voxels in it that close holes through bone ``label``'s
     thin plates where the image shows the plate: :mod:`~pipeline.segment.plates`),
     looked for in ``band`` (its fitted model and ``SEED_MARGIN_MM`` around it),
-    not beside another bone nor in ``kept_open`` (the sacrum's canal and
-    foramina). The caller labels them and holds them through
+    not beside another bone nor in ``kept_open`` (what the labelling holds
+    open: the sacrum's canal and foramina). The caller labels them and holds them through
     the surface's snap, which would take them out again: they lie under the
     half-maximum level that thicker bone nearby sets."""
     sub = bounding_box(band)

@@ -414,7 +414,6 @@ def test_every_model_bone_s_thin_plates_are_patched_and_the_sacrum_s_outside_its
     cfg = Config().segment
     found = label_bones(volume, segment_bone(volume, cfg), cfg)
     assert sorted(asked) == sorted(LABEL_IDS[b] for b in ("hip_left", "hip_right", "sacrum"))
-    assert asked[LABEL_IDS["hip_left"]] is None and asked[LABEL_IDS["hip_right"]] is None
     assert asked[LABEL_IDS["sacrum"]] is found.kept_open and found.kept_open.any()
 
 
