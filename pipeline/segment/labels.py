@@ -35,10 +35,11 @@ of :mod:`pipeline.geometry.surface`, which follows these labels).
    ``SEED_MARGIN_MM`` of its fitted surface and out of the holes of its
    fitted sections (its canal and foramina stay open) down to S3, the
    model's end, beyond which the bone decides alone (its tip, thinner than
-   a 3 mm voxel, taken at its half maximum: :func:`sacral_tip`), the
+   a 3 mm voxel, taken at its half maximum: :func:`sacral_tip`; its marrow,
+   fatty or not, told from the canal's fat by its HU: :func:`tip_marrow`), the
    femoral heads are filled inside their spheres, and the spinal
    canal, which fills close where neighbouring arches overlap, is opened
-   again as the dark tube that runs up the spine; the vertebrae above L1,
+   again as the dark tube that runs up the spine (past S3, fat); the vertebrae above L1,
    counted up from the sacrum disc by disc, become ``other``.
 6. **Gap**: no two labels touch, even diagonally (:func:`separate_labels`),
    so their meshes never intersect.
@@ -66,7 +67,8 @@ from .model_fit import PelvisFit, fit_pelvis, missing_bones, pelvis_found, pelvi
 from .neighbours import dilate, max3, min3
 from .plates import plate_patches, ridge_voxels
 from .shape_model import MODEL_BONES, ShapeModel, load_model
-from .spine import (SPINE_BODY_MM, SPINE_CLEAR_MM, SPINE_POCKET_HU, SPINE_SMOOTHING_MM, Levels, open_canal,
+from .spine import (SACRAL_CANAL_HU, SPINE_BODY_MM, SPINE_CLEAR_MM, SPINE_POCKET_HU, SPINE_SMOOTHING_MM, Levels,
+                    open_canal,
                     run_length, smooth_hu, tissue_hu, vertebrae_above_l1, vertebral_marrow)
 from .voxelise import inside_mesh
 
@@ -204,7 +206,8 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
             labels[tuple(beyond.T)] = 0
         model_only |= deep & (labels == 0)
         labels[deep & ((labels == 0) | ((labels != label) & ~own))] = label
-    tip = sacral_tip(labels, hu, grid, fit, bone.midline_x_lps_mm) if found else 0
+    tip = sacral_tip(labels, hu, grid, fit, bone.midline_x_lps_mm) + tip_marrow(labels, hu, grid, fit, core_hu, cfg) \
+        if found else 0
     plates = np.zeros(labels.shape, dtype=bool)
     plated = [b for b in MODEL_BONES if b in masks] if found else []
     # The model's bones two at a time, then their patches written (scipy's labelling releases the GIL).
@@ -217,7 +220,7 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
     certain = own.copy()
     for _, _, deep in masks.values():
         certain |= deep
-    open_canal(labels, certain, hu, volume)
+    open_canal(labels, certain, hu, volume, fat_only=past_s3_voxels(fit, grid) if found else None)
     above_l1 = vertebrae_above_l1(labels, hu, grid)
     labels = separate_labels(labels, own | heads_inside, hu, certain=heads_inside)
     return BoneLabels(labels=labels, box=bone.box, smallest_piece_voxels=_smallest(labels),
@@ -293,12 +296,33 @@ def past_s3(fit: PelvisFit, points_lps_mm: np.ndarray) -> np.ndarray:
     where the model stops; S4, S5 and the coccyx go on), less
     ``S3_END_MARGIN_MM`` (the end is oblique, the real sacrum goes on
     smoothly)."""
-    centre, normal = _plane(fit.vertices_lps_mm[fit.landmarks["s3_end"]])
-    caudal = fit.vertices_lps_mm[fit.landmarks["s3_end"]].mean(axis=0) - \
-        fit.vertices_lps_mm[fit.landmarks["s1_endplate"]].mean(axis=0)
-    if normal @ caudal < 0:
-        normal = -normal
+    centre, normal = _s3_end(fit)
     return (points_lps_mm - centre) @ normal > -S3_END_MARGIN_MM
+
+
+def past_s3_voxels(fit: PelvisFit, grid: Grid, box: tuple[slice, ...] | None = None) -> np.ndarray:
+    """:func:`past_s3` for every voxel of ``box`` (of the labelling box; all
+    of it when None), a slice at a time: the test is linear in the index."""
+    box = box or tuple(slice(0, n) for n in grid.shape)
+    centre, normal = _s3_end(fit)
+    affine = grid.volume.affine
+    step = normal @ affine[:3, :3]                      # per index along each axis
+    start = np.array([b.start for b in box], dtype=float) + grid.offset
+    at_start = normal @ (affine[:3, :3] @ start + affine[:3, 3] - centre) + S3_END_MARGIN_MM
+    shape = tuple(b.stop - b.start for b in box)
+    plane = at_start + np.add.outer(np.arange(shape[1]) * step[1], np.arange(shape[2]) * step[2])
+    out = np.empty(shape, dtype=bool)
+    for k in range(shape[0]):
+        np.greater(plane, -k * step[0], out=out[k])
+    return out
+
+
+def _s3_end(fit: PelvisFit) -> tuple[np.ndarray, np.ndarray]:
+    """(centre, unit normal pointing caudally along the sacrum) of the fitted sacrum's S3 end."""
+    end = fit.vertices_lps_mm[fit.landmarks["s3_end"]]
+    centre, normal = _plane(end)
+    caudal = end.mean(axis=0) - fit.vertices_lps_mm[fit.landmarks["s1_endplate"]].mean(axis=0)
+    return centre, -normal if normal @ caudal < 0 else normal
 
 
 def sacral_tip(labels: np.ndarray, hu: np.ndarray, grid: Grid, fit: PelvisFit, midline_x_lps_mm: float) -> int:
@@ -345,6 +369,40 @@ def sacral_tip(labels: np.ndarray, hu: np.ndarray, grid: Grid, fit: PelvisFit, m
         return 0
     view[grown] = SACRUM
     return added
+
+
+def tip_marrow(labels: np.ndarray, hu: np.ndarray, grid: Grid, fit: PelvisFit, core_hu: float,
+               cfg: SegmentConfig) -> int:
+    """The marrow of the sacrum beyond the model's S3 end (S4, S5), in place:
+    where the model's interior does not reach, the holes the sacrum's axial
+    sections enclose (gaps in a thin cortex bridged up to a slice's
+    thickness, :func:`~pipeline.segment.mask.fill_bridged_plane_holes`) are
+    sacrum where the soft tissue's smoothed HU (:func:`tissue_hu`) reaches
+    ``SACRAL_CANAL_HU``: marrow, fatty as it may be, and not the canal,
+    which past S2 holds epidural fat and nerve roots only. On Pelvic-Ref-003
+    the lower sacrum was a hollow ring of cortex (marrow at 0-100 HU), its
+    canal a tube of fat under -20 HU. Returns the voxels added."""
+    end = fit.vertices_lps_mm[fit.landmarks["s3_end"]]
+    sub = grid.sub_box(end, TIP_REACH_MM)
+    if sub is None:
+        return 0
+    local = tuple(slice(s.start - o, s.stop - o) for s, o in zip(sub, grid.offset.astype(int)))
+    around = bounding_box(labels[local] == SACRUM)
+    if around is None:
+        return 0
+    around = grow_box(around, tuple(s.stop - s.start for s in local), 2)
+    local = tuple(slice(s.start + a.start, s.start + a.stop) for s, a in zip(local, around))
+    view = labels[local]
+    sacrum = view == SACRUM
+    spacing = np.asarray(grid.volume.spacing_mm, dtype=float)
+    holes = fill_bridged_plane_holes(sacrum, spacing, float(spacing.max()), (view > 0) & ~sacrum,
+                                     cfg.max_slice_hole_mm2, (axial_axis(grid.volume),)) & (view == 0)
+    if not holes.any():
+        return 0
+    holes &= past_s3_voxels(fit, grid, local)
+    holes &= tissue_hu(hu[local], spacing, core_hu) >= SACRAL_CANAL_HU
+    view[holes] = SACRUM
+    return int(np.count_nonzero(holes))
 
 
 def lowest_z(fit: PelvisFit, bone: str) -> float:
@@ -783,7 +841,7 @@ def label_stats(labels: np.ndarray, volume: Volume, fit: PelvisFit, found: bool,
         # Pieces dense throughout (label_other_bone): contrast, not bone.
         "contrast_mm3": round(pool_voxels * voxel_mm3, 1),
         "shape_model": model,
-        # The sacrum beyond the model's S3 end taken below the bone threshold (sacral_tip).
+        # The sacrum beyond the model's S3 end taken below the bone threshold (sacral_tip, tip_marrow).
         "sacral_tip_mm3": round(tip_voxels * voxel_mm3, 1),
         # The lumbar discs counted up from the sacrum (vertebrae_above_l1).
         "lumbar_levels": {"discs_found": len(above_l1.discs_mm),

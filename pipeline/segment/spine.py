@@ -63,9 +63,15 @@ DISC_DEPTH, BODY_REACH_MM, DISC_CLEAR_MM = 0.75, 15.0, 4.5
 # and epidural fat, 0-60 HU with partial volume), connected and running at
 # least CANAL_MIN_LENGTH_MM along the body (a dark pocket of marrow is short).
 CANAL_HU, CANAL_MIN_LENGTH_MM = 60.0, 40.0
+# Past the sacrum's S3 end the dural sac has ended (at S2): the canal holds
+# epidural fat and nerve roots only, darker than SACRAL_CANAL_HU (smoothed),
+# and the lower sacrum's marrow, fatty as it is in older patients, is not
+# (Pelvic-Ref-003: canal under -20 HU, marrow 0-100 HU).
+SACRAL_CANAL_HU = 0.0
 
 
-def open_canal(labels: np.ndarray, certain: np.ndarray, hu: np.ndarray, volume: Volume) -> int:
+def open_canal(labels: np.ndarray, certain: np.ndarray, hu: np.ndarray, volume: Volume,
+               fat_only: np.ndarray | None = None) -> int:
     """Take the spinal and sacral canal out of the spine's and the sacrum's
     fills, in place; returns the voxels taken out. Where the vertebral
     arches of neighbouring levels overlap, and where the sacral canal is
@@ -73,13 +79,18 @@ def open_canal(labels: np.ndarray, certain: np.ndarray, hu: np.ndarray, volume: 
     enclosed like marrow and the fills close it; its contents (CSF,
     epidural fat, nerve roots) are darker than marrow and form a tube along
     the spine, while dark pockets of marrow are short. ``certain``: voxels
-    never taken (threshold bone, a model bone's deep interior)."""
+    never taken (threshold bone, a model bone's deep interior). ``fat_only``
+    (like ``labels``): where the canal holds fat only, darker than
+    ``SACRAL_CANAL_HU`` (past the sacrum's S3 end; with ``CANAL_HU`` there,
+    Pelvic-Ref-003's fatty sacral marrow was taken out as canal)."""
     filled = np.isin(labels, (LUMBAR, SACRUM)) & ~certain
     found = ndi.find_objects(filled.view(np.uint8))
     if not found or found[0] is None:
         return 0
     box = found[0]
-    dark, n = ndi.label(filled[box] & (smooth_hu(hu[box], volume.spacing_mm) < CANAL_HU),
+    level = CANAL_HU if fat_only is None else np.where(fat_only[box], np.float32(SACRAL_CANAL_HU),
+                                                        np.float32(CANAL_HU))
+    dark, n = ndi.label(filled[box] & (smooth_hu(hu[box], volume.spacing_mm) < level),
                         structure=FACE_CONNECTIVITY)
     if n == 0:
         return 0

@@ -2126,6 +2126,60 @@ def test_sacral_tip_not_taken_when_the_growth_runs_into_a_large_bright_region():
     assert (labels == SACRUM).sum() > (before == SACRUM).sum()
 
 
+def test_past_s3_the_sacrum_s_fatty_marrow_is_filled_and_its_fat_canal_left_open():
+    """Below the model's S3 end, two sections of sacrum as hollow rings of
+    cortex (400 HU; one with a gap of a voxel): inside the first fatty
+    marrow (20 HU), inside the second the canal's fat (-80 HU). The marrow
+    becomes sacrum, the canal stays open; a hole of marrow HU in the sacrum
+    above the S3 end is the model's to fill, not this."""
+    from pipeline.config import SegmentConfig
+    from pipeline.segment.labels import SACRUM, tip_marrow
+
+    labels, hu, grid, fit = _tip_scene()
+    below = slice(12, 20)                           # z 36-57 mm, past the S3 end at 63 mm
+    for x, inside in ((slice(6, 13), 20.0), (slice(22, 29), -80.0)):
+        labels[x, 12:19, below] = SACRUM
+        hu[x, 12:19, below] = 400.0
+        hollow = (slice(x.start + 1, x.stop - 1), slice(13, 18), below)
+        labels[hollow] = 0
+        hu[hollow] = inside
+    labels[6, 15, below] = 0                        # a gap in the first ring's wall
+    hu[6, 15, below] = 30.0
+    labels[16:20, 14:18, 30:36] = 0                 # a hole in the sacrum above S3, z 90-105 mm
+    hu[16:20, 14:18, 30:36] = 20.0
+    before = labels.copy()
+    added = tip_marrow(labels, hu, grid, fit, 350.0, SegmentConfig())
+    new = (labels == SACRUM) & (before != SACRUM)
+    assert added == int(new.sum()) > 0
+    assert (labels[7:12, 13:18, below] == SACRUM).all()     # the marrow
+    assert not new[23:28, 13:18, below].any()               # the canal
+    assert not new[:, :, 21:].any()                         # nothing above S3's end
+
+
+def test_past_s3_the_canal_taken_out_of_the_fills_is_fat_not_fatty_marrow():
+    """Two tubes of the sacrum's fills 60 mm along the body: fatty marrow
+    (30 HU) and the canal's fat (-60 HU). Both are darker than the spine's
+    canal level (CSF), and taken out as canal; where the canal holds fat
+    only (past the sacrum's S3 end), the marrow stays."""
+    from pipeline.segment.labels import SACRUM
+    from pipeline.segment.spine import open_canal
+    from pipeline.volume import Volume
+
+    hu = np.full((20, 20, 30), 30.0, dtype=np.float32)   # x, y, z on 2 mm voxels
+    labels = np.zeros(hu.shape, dtype=np.uint8)
+    marrow, canal = (slice(3, 8), slice(3, 8)), (slice(12, 17), slice(12, 17))
+    labels[marrow], labels[canal] = SACRUM, SACRUM
+    hu[canal] = -60.0
+    volume = Volume(hu, np.diag([2.0, 2.0, 2.0, 1.0]))
+    certain = np.zeros(hu.shape, dtype=bool)
+    for fat_only, marrow_taken in ((None, True), (np.ones(hu.shape, dtype=bool), False)):
+        out = labels.copy()
+        assert open_canal(out, certain, hu, volume, fat_only=fat_only) > 0
+        assert (out[13:16, 13:16] == 0).all()
+        assert (out[4:7, 4:7] == 0).all() == marrow_taken
+        assert (out[marrow] == SACRUM).all() != marrow_taken
+
+
 def test_sacral_tip_takes_nothing_around_the_phantom_s_tail():
     """The phantom's S4-S5 and coccyx are dense enough to be threshold bone:
     the tip has nothing to add, and must not take the partial-volume layer
