@@ -220,7 +220,7 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
     certain = own.copy()
     for _, _, deep in masks.values():
         certain |= deep
-    open_canal(labels, certain, hu, volume, fat_only=past_s3_voxels(fit, grid) if found else None)
+    open_canal(labels, certain, hu, volume, fat_only=past_s3_voxels(fit, grid, margin_mm=0.0) if found else None)
     above_l1 = vertebrae_above_l1(labels, hu, grid)
     labels = separate_labels(labels, own | heads_inside, hu, certain=heads_inside)
     return BoneLabels(labels=labels, box=bone.box, smallest_piece_voxels=_smallest(labels),
@@ -300,15 +300,17 @@ def past_s3(fit: PelvisFit, points_lps_mm: np.ndarray) -> np.ndarray:
     return (points_lps_mm - centre) @ normal > -S3_END_MARGIN_MM
 
 
-def past_s3_voxels(fit: PelvisFit, grid: Grid, box: tuple[slice, ...] | None = None) -> np.ndarray:
+def past_s3_voxels(fit: PelvisFit, grid: Grid, box: tuple[slice, ...] | None = None,
+                   margin_mm: float = S3_END_MARGIN_MM) -> np.ndarray:
     """:func:`past_s3` for every voxel of ``box`` (of the labelling box; all
-    of it when None), a slice at a time: the test is linear in the index."""
+    of it when None), with ``margin_mm`` for ``S3_END_MARGIN_MM``, a slice
+    at a time: the test is linear in the index."""
     box = box or tuple(slice(0, n) for n in grid.shape)
     centre, normal = _s3_end(fit)
     affine = grid.volume.affine
     step = normal @ affine[:3, :3]                      # per index along each axis
     start = np.array([b.start for b in box], dtype=float) + grid.offset
-    at_start = normal @ (affine[:3, :3] @ start + affine[:3, 3] - centre) + S3_END_MARGIN_MM
+    at_start = normal @ (affine[:3, :3] @ start + affine[:3, 3] - centre) + margin_mm
     shape = tuple(b.stop - b.start for b in box)
     plane = at_start + np.add.outer(np.arange(shape[1]) * step[1], np.arange(shape[2]) * step[2])
     out = np.empty(shape, dtype=bool)
@@ -381,7 +383,11 @@ def tip_marrow(labels: np.ndarray, hu: np.ndarray, grid: Grid, fit: PelvisFit, c
     ``SACRAL_CANAL_HU``: marrow, fatty as it may be, and not the canal,
     which past S2 holds epidural fat and nerve roots only. On Pelvic-Ref-003
     the lower sacrum was a hollow ring of cortex (marrow at 0-100 HU), its
-    canal a tube of fat under -20 HU. Returns the voxels added."""
+    canal a tube of fat under -20 HU. Only past the fitted end itself (no
+    margin, unlike :func:`past_s3`): in the model's last millimetres the
+    canal is narrow and as gray as marrow (Pelvic-Ref-003's at S3, 0-60 HU
+    with the cortex's partial volume; 450 of its voxels were filled with
+    the margin), and the model holds it open. Returns the voxels added."""
     end = fit.vertices_lps_mm[fit.landmarks["s3_end"]]
     sub = grid.sub_box(end, TIP_REACH_MM)
     if sub is None:
@@ -399,7 +405,7 @@ def tip_marrow(labels: np.ndarray, hu: np.ndarray, grid: Grid, fit: PelvisFit, c
                                      cfg.max_slice_hole_mm2, (axial_axis(grid.volume),)) & (view == 0)
     if not holes.any():
         return 0
-    holes &= past_s3_voxels(fit, grid, local)
+    holes &= past_s3_voxels(fit, grid, local, margin_mm=0.0)
     holes &= tissue_hu(hu[local], spacing, core_hu) >= SACRAL_CANAL_HU
     view[holes] = SACRUM
     return int(np.count_nonzero(holes))

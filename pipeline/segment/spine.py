@@ -81,7 +81,7 @@ def open_canal(labels: np.ndarray, certain: np.ndarray, hu: np.ndarray, volume: 
     the spine, while dark pockets of marrow are short. ``certain``: voxels
     never taken (threshold bone, a model bone's deep interior). ``fat_only``
     (like ``labels``): where the canal holds fat only, darker than
-    ``SACRAL_CANAL_HU`` (past the sacrum's S3 end; with ``CANAL_HU`` there,
+    ``SACRAL_CANAL_HU`` (past the fitted sacrum's S3 end; with ``CANAL_HU`` there,
     Pelvic-Ref-003's fatty sacral marrow was taken out as canal)."""
     filled = np.isin(labels, (LUMBAR, SACRUM)) & ~certain
     found = ndi.find_objects(filled.view(np.uint8))
