@@ -220,7 +220,12 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
     certain = own.copy()
     for _, _, deep in masks.values():
         certain |= deep
-    open_canal(labels, certain, hu, volume, fat_only=past_s3_voxels(fit, grid, margin_mm=0.0) if found else None)
+    if found:
+        inside, near, _ = masks["sacrum"]
+        open_canal(labels, certain, hu, volume, fat_only=past_s3_voxels(fit, grid, margin_mm=0.0),
+                   beside_model=near & ~inside)
+    else:
+        open_canal(labels, certain, hu, volume)
     above_l1 = vertebrae_above_l1(labels, hu, grid)
     labels = separate_labels(labels, own | heads_inside, hu, certain=heads_inside)
     return BoneLabels(labels=labels, box=bone.box, smallest_piece_voxels=_smallest(labels),

@@ -71,7 +71,7 @@ SACRAL_CANAL_HU = 0.0
 
 
 def open_canal(labels: np.ndarray, certain: np.ndarray, hu: np.ndarray, volume: Volume,
-               fat_only: np.ndarray | None = None) -> int:
+               fat_only: np.ndarray | None = None, beside_model: np.ndarray | None = None) -> int:
     """Take the spinal and sacral canal out of the spine's and the sacrum's
     fills, in place; returns the voxels taken out. Where the vertebral
     arches of neighbouring levels overlap, and where the sacral canal is
@@ -82,7 +82,12 @@ def open_canal(labels: np.ndarray, certain: np.ndarray, hu: np.ndarray, volume: 
     never taken (threshold bone, a model bone's deep interior). ``fat_only``
     (like ``labels``): where the canal holds fat only, darker than
     ``SACRAL_CANAL_HU`` (past the fitted sacrum's S3 end; with ``CANAL_HU`` there,
-    Pelvic-Ref-003's fatty sacral marrow was taken out as canal)."""
+    Pelvic-Ref-003's fatty sacral marrow was taken out as canal).
+    ``beside_model`` (like ``labels``): the band just outside the fitted
+    sacrum, where its fills reach past the model; a voxel there dark by its
+    own HU as well as smoothed is the canal or a foramen wider than the
+    fitted one, whatever the length of the dark it belongs to (Pelvic-Ref-003's
+    S1-S2 canal: stripes of the fills, 205 voxels)."""
     filled = np.isin(labels, (LUMBAR, SACRUM)) & ~certain
     found = ndi.find_objects(filled.view(np.uint8))
     if not found or found[0] is None:
@@ -90,8 +95,8 @@ def open_canal(labels: np.ndarray, certain: np.ndarray, hu: np.ndarray, volume: 
     box = found[0]
     level = CANAL_HU if fat_only is None else np.where(fat_only[box], np.float32(SACRAL_CANAL_HU),
                                                         np.float32(CANAL_HU))
-    dark, n = ndi.label(filled[box] & (smooth_hu(hu[box], volume.spacing_mm) < level),
-                        structure=FACE_CONNECTIVITY)
+    darker = filled[box] & (smooth_hu(hu[box], volume.spacing_mm) < level)
+    dark, n = ndi.label(darker, structure=FACE_CONNECTIVITY)
     if n == 0:
         return 0
     z = apply_affine(volume.affine, voxel_indices(dark > 0) + [s.start for s in box])[:, 2]
@@ -102,6 +107,8 @@ def open_canal(labels: np.ndarray, certain: np.ndarray, hu: np.ndarray, volume: 
     canal = z_max - z_min >= CANAL_MIN_LENGTH_MM
     canal[0] = False
     taken = lookup(canal, dark)
+    if beside_model is not None:
+        taken |= darker & beside_model[box] & (hu[box] < level)
     labels[box][taken] = 0
     return int(np.count_nonzero(taken))
 

@@ -2181,6 +2181,34 @@ def test_past_s3_the_canal_taken_out_of_the_fills_is_fat_not_fatty_marrow():
         assert (out[marrow] == SACRUM).all() != marrow_taken
 
 
+def test_a_dark_fill_beside_the_fitted_sacrum_is_canal_however_short():
+    """Pockets of the sacrum's fills 6 mm along the body, too short for the
+    canal's tube: one of fat (-60 HU) beside the fitted sacrum (where its
+    fills reach past a canal or foramen fitted too narrow) is taken out; the
+    same pocket elsewhere stays, and so does one beside the model whose
+    voxels are bright (100 HU) though their smoothed HU is dark."""
+    from pipeline.segment.labels import SACRUM
+    from pipeline.segment.spine import open_canal
+    from pipeline.volume import Volume
+
+    hu = np.full((20, 20, 30), -60.0, dtype=np.float32)   # x, y, z on 2 mm voxels, in fat
+    labels = np.zeros(hu.shape, dtype=np.uint8)
+    pockets = [(slice(2, 6), slice(2, 6), slice(10, 13)), (slice(12, 16), slice(2, 6), slice(10, 13)),
+               (slice(2, 6), slice(12, 16), slice(10, 13))]
+    for pocket in pockets:
+        labels[pocket] = SACRUM
+    hu[pockets[2]] = 100.0
+    beside = np.zeros(hu.shape, dtype=bool)
+    beside[:10] = True                               # the first and the third pocket
+    volume = Volume(hu, np.diag([2.0, 2.0, 2.0, 1.0]))
+    certain = np.zeros(hu.shape, dtype=bool)
+    out = labels.copy()
+    assert open_canal(out, certain, hu, volume) == 0
+    assert open_canal(out, certain, hu, volume, beside_model=beside) == 4 * 4 * 3
+    assert not out[pockets[0]].any()
+    assert (out[pockets[1]] == SACRUM).all() and (out[pockets[2]] == SACRUM).all()
+
+
 def test_sacral_tip_takes_nothing_around_the_phantom_s_tail():
     """The phantom's S4-S5 and coccyx are dense enough to be threshold bone:
     the tip has nothing to add, and must not take the partial-volume layer
