@@ -44,6 +44,10 @@ class Grid:
             return None
         return tuple(slice(int(a + o), int(b + o)) for a, b, o in zip(start, stop, self.offset.astype(int)))
 
+    def local(self, sub: tuple[slice, ...]) -> tuple[slice, slice, slice]:
+        """A part of the box given in full-grid slices (:meth:`sub_box`) as slices of the box."""
+        return tuple(slice(s.start - o, s.stop - o) for s, o in zip(sub, self.offset.astype(int)))  # type: ignore[return-value]
+
 
 def voxel_indices(mask: np.ndarray) -> np.ndarray:
     """(N, ndim) indices of the true voxels in C order: ``np.argwhere``'s
@@ -56,7 +60,7 @@ def ball(centre_lps_mm: np.ndarray, reach_mm: float, grid: Grid):
     sub = grid.sub_box(centre_lps_mm[None], reach_mm)
     if sub is None:
         return None, None
-    local = tuple(slice(s.start - o, s.stop - o) for s, o in zip(sub, grid.offset.astype(int)))
+    local = grid.local(sub)
     k, j, i = np.ogrid[local]
     a = grid.volume.affine
     d2 = 0.0

@@ -277,7 +277,7 @@ def _rasterise(vertices: np.ndarray, faces: np.ndarray, grid: Grid) -> np.ndarra
     sub = grid.sub_box(used, 1.0)
     if sub is None:
         return out
-    local = tuple(slice(s.start - o, s.stop - o) for s, o in zip(sub, grid.offset.astype(int)))
+    local = grid.local(sub)
     out[local] = inside_mesh(vertices, faces, grid.volume.affine, sub)
     return out
 
@@ -355,7 +355,7 @@ def sacral_tip(labels: np.ndarray, hu: np.ndarray, grid: Grid, fit: PelvisFit, m
     sub = grid.sub_box(np.array([lo, hi]), 0.0) if lo[0] < hi[0] else None
     if sub is None:
         return 0
-    local = tuple(slice(s.start - o, s.stop - o) for s, o in zip(sub, grid.offset.astype(int)))
+    local = grid.local(sub)
     view = labels[local]
     sacrum = view == SACRUM
     if not sacrum.any():
@@ -397,7 +397,7 @@ def tip_marrow(labels: np.ndarray, hu: np.ndarray, grid: Grid, fit: PelvisFit, c
     sub = grid.sub_box(end, TIP_REACH_MM)
     if sub is None:
         return 0
-    local = tuple(slice(s.start - o, s.stop - o) for s, o in zip(sub, grid.offset.astype(int)))
+    local = grid.local(sub)
     around = bounding_box(labels[local] == SACRUM)
     if around is None:
         return 0
