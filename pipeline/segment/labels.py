@@ -141,8 +141,9 @@ class BoneLabels:
     has no level to go by.
     ``kept_in``: bool on ``box`` or None: voxels the labelling holds are
     bone whatever their HU (the interiors of femoral heads placed from the
-    fitted acetabulum alone, :func:`fill_femoral_heads`); the surface's
-    snap does not peel them.
+    fitted acetabulum alone, :func:`fill_femoral_heads`; thin plates'
+    patches, :func:`plate_holes`; the sacrum's marrow beyond the model,
+    :func:`tip_marrow`); the surface's snap does not peel them.
     """
 
     labels: np.ndarray
@@ -206,16 +207,22 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
             labels[tuple(beyond.T)] = 0
         model_only |= deep & (labels == 0)
         labels[deep & ((labels == 0) | ((labels != label) & ~own))] = label
-    tip = sacral_tip(labels, hu, grid, fit, bone.midline_x_lps_mm) + tip_marrow(labels, hu, grid, fit, core_hu, cfg) \
-        if found else 0
-    plates = np.zeros(labels.shape, dtype=bool)
+    # What the snap to the image's half maximum would peel (below the level
+    # that the cortex around sets) though the labelling knows it is bone.
+    held = np.zeros(labels.shape, dtype=bool)
+    tip = sacral_tip(labels, hu, grid, fit, bone.midline_x_lps_mm) if found else 0
+    if found:
+        sub, marrow = tip_marrow(labels, hu, grid, fit, core_hu, cfg)
+        labels[sub][marrow] = SACRUM
+        held[sub] |= marrow
+        tip += int(np.count_nonzero(marrow))
     plated = [b for b in MODEL_BONES if b in masks] if found else []
     # The model's bones two at a time, then their patches written (scipy's labelling releases the GIL).
     for b, (sub, patch) in zip(plated, parallel(*[
             lambda b=b: plate_holes(labels, hu, masks[b][1], LABEL_IDS[b], axial_axis(volume), kept_open)
             for b in plated])):
         labels[sub][patch] = LABEL_IDS[b]
-        plates[sub] |= patch
+        held[sub] |= patch
     heads_inside, heads_unresolved = fill_femoral_heads(labels, heads, grid, hu)
     certain = own.copy()
     for _, _, deep in masks.values():
@@ -233,7 +240,7 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
                                         {"beyond_model_share": beyond_model(labels, masks, fit, grid),
                                          "model_filled_share": model_filled(labels, masks, model_only)}),
                       fit=fit if found else None, kept_open=kept_open,
-                      kept_in=held & (labels > 0) if (held := heads_unresolved | plates).any() else None)
+                      kept_in=held & (labels > 0) if (held := held | heads_unresolved).any() else None)
 
 
 def plate_holes(labels: np.ndarray, hu: np.ndarray, band: np.ndarray, label: int,
@@ -379,9 +386,12 @@ def sacral_tip(labels: np.ndarray, hu: np.ndarray, grid: Grid, fit: PelvisFit, m
 
 
 def tip_marrow(labels: np.ndarray, hu: np.ndarray, grid: Grid, fit: PelvisFit, core_hu: float,
-               cfg: SegmentConfig) -> int:
-    """The marrow of the sacrum beyond the model's S3 end (S4, S5), in place:
-    where the model's interior does not reach, the holes the sacrum's axial
+               cfg: SegmentConfig) -> tuple[tuple[slice, ...], np.ndarray]:
+    """(a box, the voxels in it that are the marrow of the sacrum beyond the
+    model's S3 end, S4 and S5; the caller labels them and holds them through
+    the surface's snap, which peeled a quarter of them on Pelvic-Ref-003:
+    marrow lies under the half-maximum level its cortex sets). Where the
+    model's interior does not reach, the holes the sacrum's axial
     sections enclose (gaps in a thin cortex bridged up to a slice's
     thickness, :func:`~pipeline.segment.mask.fill_bridged_plane_holes`) are
     sacrum where the soft tissue's smoothed HU (:func:`tissue_hu`) reaches
@@ -392,15 +402,16 @@ def tip_marrow(labels: np.ndarray, hu: np.ndarray, grid: Grid, fit: PelvisFit, c
     margin, unlike :func:`past_s3`): in the model's last millimetres the
     canal is narrow and as gray as marrow (Pelvic-Ref-003's at S3, 0-60 HU
     with the cortex's partial volume; 450 of its voxels were filled with
-    the margin), and the model holds it open. Returns the voxels added."""
+    the margin), and the model holds it open."""
+    nothing = (slice(0, 0),) * 3, np.zeros((0, 0, 0), dtype=bool)
     end = fit.vertices_lps_mm[fit.landmarks["s3_end"]]
     sub = grid.sub_box(end, TIP_REACH_MM)
     if sub is None:
-        return 0
+        return nothing
     local = grid.local(sub)
     around = bounding_box(labels[local] == SACRUM)
     if around is None:
-        return 0
+        return nothing
     around = grow_box(around, tuple(s.stop - s.start for s in local), 2)
     local = tuple(slice(s.start + a.start, s.start + a.stop) for s, a in zip(local, around))
     view = labels[local]
@@ -408,12 +419,10 @@ def tip_marrow(labels: np.ndarray, hu: np.ndarray, grid: Grid, fit: PelvisFit, c
     spacing = np.asarray(grid.volume.spacing_mm, dtype=float)
     holes = fill_bridged_plane_holes(sacrum, spacing, float(spacing.max()), (view > 0) & ~sacrum,
                                      cfg.max_slice_hole_mm2, (axial_axis(grid.volume),)) & (view == 0)
-    if not holes.any():
-        return 0
-    holes &= past_s3_voxels(fit, grid, local, margin_mm=0.0)
-    holes &= tissue_hu(hu[local], spacing, core_hu) >= SACRAL_CANAL_HU
-    view[holes] = SACRUM
-    return int(np.count_nonzero(holes))
+    if holes.any():
+        holes &= past_s3_voxels(fit, grid, local, margin_mm=0.0)
+        holes &= tissue_hu(hu[local], spacing, core_hu) >= SACRAL_CANAL_HU
+    return local, holes
 
 
 def lowest_z(fit: PelvisFit, bone: str) -> float:

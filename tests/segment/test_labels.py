@@ -417,6 +417,35 @@ def test_every_model_bone_s_thin_plates_are_patched_and_the_sacrum_s_outside_its
     assert asked[LABEL_IDS["sacrum"]] is found.kept_open and found.kept_open.any()
 
 
+def test_the_sacrum_s_marrow_beyond_the_model_is_held_through_the_snap(monkeypatch):
+    """What :func:`tip_marrow` finds is labelled sacrum and held (``kept_in``):
+    marrow lies under the half-maximum level its cortex sets, and the
+    surface's snap peeled a quarter of Pelvic-Ref-003's. On the sample
+    phantom (whose sacrum's tip is dense: no such marrow) the layer of
+    unlabelled voxels around the sacrum in the tip's box stands in for it."""
+    import pipeline.segment.labels as labelling
+    from pipeline.segment.mask import FACE_CONNECTIVITY, segment_bone
+    from pipeline.segment.neighbours import dilate
+
+    given = {}
+    tip_marrow = labelling.tip_marrow
+
+    def stand_in(labels, *args):
+        sub, _ = tip_marrow(labels, *args)
+        view = labels[sub]
+        given["sub"], given["marrow"] = sub, dilate(view == labelling.SACRUM, FACE_CONNECTIVITY) & (view == 0)
+        return sub, given["marrow"].copy()
+
+    monkeypatch.setattr(labelling, "tip_marrow", stand_in)
+    volume = sample_phantom().volume
+    cfg = Config().segment
+    found = label_bones(volume, segment_bone(volume, cfg), cfg)
+    sub, marrow = given["sub"], given["marrow"]
+    still = marrow & (found.labels[sub] == LABEL_IDS["sacrum"])
+    assert still.sum() > 0.5 * marrow.sum() > 100
+    assert found.kept_in is not None and found.kept_in[sub][still].all()
+
+
 def test_pockets_inside_a_bone_are_filled_but_other_bones_are_kept():
     """A hollow cube of label 1 around an empty pocket and a separate small
     label-2 cube: the pocket joins label 1, label 2 is untouched."""
@@ -2149,9 +2178,11 @@ def test_past_s3_the_sacrum_s_fatty_marrow_is_filled_and_its_fat_canal_left_open
     labels[16:20, 14:18, 21:36] = 0                 # a hole in the sacrum from S3's end up, z 63-105 mm
     hu[16:20, 14:18, 21:36] = 20.0
     before = labels.copy()
-    added = tip_marrow(labels, hu, grid, fit, 350.0, SegmentConfig())
+    sub, marrow = tip_marrow(labels, hu, grid, fit, 350.0, SegmentConfig())
+    assert np.array_equal(labels, before)                   # the caller labels them
+    labels[sub][marrow] = SACRUM
     new = (labels == SACRUM) & (before != SACRUM)
-    assert added == int(new.sum()) > 0
+    assert int(marrow.sum()) == int(new.sum()) > 0
     assert (labels[7:12, 13:18, below] == SACRUM).all()     # the marrow
     assert not new[23:28, 13:18, below].any()               # the canal
     assert not new[:, :, 21:].any()                         # nothing above S3's end
