@@ -68,8 +68,7 @@ from .neighbours import dilate, max3, min3
 from .plates import plate_patches, ridge_voxels
 from .shape_model import MODEL_BONES, ShapeModel, load_model
 from .spine import (SACRAL_CANAL_HU, SPINE_BODY_MM, SPINE_CLEAR_MM, SPINE_POCKET_HU, SPINE_SMOOTHING_MM, Levels,
-                    open_canal,
-                    run_length, smooth_hu, tissue_hu, vertebrae_above_l1, vertebral_marrow)
+                    open_canal, run_length, smooth_hu, tissue_hu, vertebrae_above_l1, vertebral_marrow)
 from .voxelise import inside_mesh
 
 
@@ -230,7 +229,7 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
     if found:
         inside, near, _ = masks["sacrum"]
         open_canal(labels, certain, hu, volume, fat_only=past_s3_voxels(fit, grid, margin_mm=0.0),
-                   beside_model=near & ~inside)
+                   beside_model=near & ~inside & (labels == SACRUM))
     else:
         open_canal(labels, certain, hu, volume)
     above_l1 = vertebrae_above_l1(labels, hu, grid)

@@ -83,11 +83,11 @@ def open_canal(labels: np.ndarray, certain: np.ndarray, hu: np.ndarray, volume: 
     (like ``labels``): where the canal holds fat only, darker than
     ``SACRAL_CANAL_HU`` (past the fitted sacrum's S3 end; with ``CANAL_HU`` there,
     Pelvic-Ref-003's fatty sacral marrow was taken out as canal).
-    ``beside_model`` (like ``labels``): the band just outside the fitted
-    sacrum, where its fills reach past the model; a voxel there dark by its
-    own HU as well as smoothed is the canal or a foramen wider than the
-    fitted one, whatever the length of the dark it belongs to (Pelvic-Ref-003's
-    S1-S2 canal: stripes of the fills, 205 voxels)."""
+    ``beside_model`` (like ``labels``): the sacrum's voxels in the band just
+    outside its fitted surface, where its fills reach past the model; a fill
+    there dark by its own HU as well as smoothed is the canal or a foramen
+    wider than the fitted one, whatever the length of the dark it belongs
+    to (Pelvic-Ref-003's S1-S2 canal: stripes of the fills, 205 voxels)."""
     filled = np.isin(labels, (LUMBAR, SACRUM)) & ~certain
     found = ndi.find_objects(filled.view(np.uint8))
     if not found or found[0] is None:
