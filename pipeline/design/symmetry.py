@@ -7,8 +7,16 @@ on the plane. The estimate alternates two steps (a "mirror ICP"):
 
 1. partners: y_i = the surface point nearest to S(x_i); the pairs that fit
    worst (a tumour, a fracture, asymmetric soft anatomy) are trimmed;
-2. plane: n = the dominant direction of the differences x_i - y_i (least
-   squares, points far from the plane weigh most), d = mean of n.(x_i + y_i)/2.
+2. plane: the step of (n, d) that brings each S(x_i) onto the tangent plane
+   of the surface at y_i (least squares on the residuals (S(x_i) - y_i).m_i,
+   m_i the surface normal there, linearised in a turn of n and a shift of d).
+
+Point to plane, as the registration's ICP: with the residual to the
+partner point itself (x_i - y_i parallel to n), the partners slid along
+the surface and the plane crawled, a few thousandths of a millimetre a
+round; on the 512 x 512 x 300 bench phantom it still moved at the
+100-round cap (2.3 s, 0.39 degrees from where it converges), where point to
+plane converges in 19 rounds (0.5 s).
 
 It starts from the principal axis of the points nearest to the scanner's
 left-right axis, through their centroid, and stops when the plane moves less
@@ -57,14 +65,19 @@ class SymmetryPlane:
         return m
 
 
-def symmetry_plane(points_lps_mm: np.ndarray, *, seed: int = 0) -> SymmetryPlane:
-    """Estimate the symmetry plane of a roughly left-right symmetric surface."""
+def symmetry_plane(points_lps_mm: np.ndarray, normals: np.ndarray, *, seed: int = 0) -> SymmetryPlane:
+    """Estimate the symmetry plane of a roughly left-right symmetric surface
+    from its points and their unit normals (either way round)."""
     p = np.asarray(points_lps_mm, dtype=np.float64)
+    m = np.asarray(normals, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != 3 or len(p) < 100:
         raise PipelineError("symmetry plane: need at least 100 surface points")
+    if m.shape != p.shape:
+        raise PipelineError("symmetry plane: need one normal per surface point")
     rng = np.random.default_rng(seed)
     if len(p) > SAMPLE_POINTS:
-        p = p[rng.choice(len(p), SAMPLE_POINTS, replace=False)]
+        pick = rng.choice(len(p), SAMPLE_POINTS, replace=False)
+        p, m = p[pick], m[pick]
     tree = cKDTree(p)
     extent = float(np.linalg.norm(p.max(axis=0) - p.min(axis=0)))
     normal, offset = _initial_plane(p)
@@ -73,12 +86,9 @@ def symmetry_plane(points_lps_mm: np.ndarray, *, seed: int = 0) -> SymmetryPlane
         mirrored = p - 2.0 * (p @ normal - offset)[:, None] * normal
         distance, index = tree.query(mirrored, workers=WORKERS)   # 24 -> 14 ms a round on 2 cores
         keep = distance <= np.quantile(distance, 1.0 - TRIM_FRACTION)
-        x, y = p[keep], p[index[keep]]
         residual = float(np.sqrt(np.mean(distance[keep] ** 2)))
-        new_normal = _dominant_direction(x - y, reference=normal)
-        new_offset = float(np.mean((x + y) @ new_normal) / 2.0)
-        moved = (np.linalg.norm(new_normal - normal) * extent / 2.0 + abs(new_offset - offset))
-        normal, offset = new_normal, new_offset
+        normal, offset, moved = _step(p[keep], mirrored[keep] - p[index[keep]], m[index[keep]], normal, offset,
+                                      extent)
         if moved < TOLERANCE_MM:
             break
     # Report the point of the plane nearest the data's centre.
@@ -95,7 +105,23 @@ def _initial_plane(p: np.ndarray) -> tuple[np.ndarray, float]:
     return normal, float(centre @ normal)
 
 
-def _dominant_direction(differences: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    _, vectors = np.linalg.eigh(differences.T @ differences)
-    direction = vectors[:, -1]
-    return direction if direction @ reference > 0 else -direction
+def _step(x: np.ndarray, off: np.ndarray, m: np.ndarray, normal: np.ndarray, offset: float,
+          extent: float) -> tuple[np.ndarray, float, float]:
+    """(normal, offset, how far the plane moved at ``extent``) after one
+    Gauss-Newton step on the residuals ``off`` . ``m`` (S(x) minus its
+    partner, along the partner's normal). With the normal turned by a
+    along u and b along v (u, v across it) and the offset moved by c,
+    S(x) moves by -2((u.x) n + (n.x - d) u) a, the same with v for b, and
+    2 n c."""
+    u = np.cross(normal, np.eye(3)[int(np.argmin(np.abs(normal)))])
+    u /= np.linalg.norm(u)
+    v = np.cross(normal, u)
+    height = x @ normal - offset
+    columns = [-2.0 * ((x @ w) * (m @ normal) + height * (m @ w)) for w in (u, v)] + [2.0 * (m @ normal)]
+    a, b, c = np.linalg.lstsq(np.stack(columns, axis=1), -np.einsum("ij,ij->i", off, m), rcond=None)[0]
+    new_normal = normal + a * u + b * v
+    new_normal /= np.linalg.norm(new_normal)
+    new_normal = new_normal if new_normal[0] > 0 else -new_normal
+    new_offset = offset + c if new_normal @ normal > 0 else -(offset + c)
+    moved = float(np.linalg.norm(new_normal - normal) * extent / 2.0 + abs(new_offset - offset))
+    return new_normal, float(new_offset), moved
