@@ -33,7 +33,8 @@ from scipy.spatial import cKDTree
 from ..errors import PipelineError
 from ..parallel import WORKERS
 
-# Surface points used: enough for a 0.1 mm plane, few enough for ~0.2 s.
+# Surface points used: enough for a plane within 0.03 mm (symmetric phantom), few
+# enough for 0.2-0.8 s (the phantom, the bench phantom, Pelvic-Ref-003).
 SAMPLE_POINTS = 30000
 # Fraction of partner pairs dropped each round as the worst-fitting.
 TRIM_FRACTION = 0.2
