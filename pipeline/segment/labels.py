@@ -413,13 +413,21 @@ def tip_marrow(labels: np.ndarray, hu: np.ndarray, grid: Grid, fit: PelvisFit, c
         return nothing
     around = grow_box(around, tuple(s.stop - s.start for s in local), 2)
     local = tuple(slice(s.start + a.start, s.start + a.stop) for s, a in zip(local, around))
+    # Only the axial slices that reach past the end (a slice is filled as a whole).
+    axial = axial_axis(grid.volume)
+    past = past_s3_voxels(fit, grid, local, margin_mm=0.0)
+    reached = np.flatnonzero(np.moveaxis(past, axial, 0).any(axis=(1, 2)))
+    if reached.size == 0:
+        return nothing
+    keep = slice(int(reached[0]), int(reached[-1]) + 1)
+    past = past[tuple(keep if a == axial else slice(None) for a in range(3))]
+    local = tuple(slice(s.start + keep.start, s.start + keep.stop) if a == axial else s for a, s in enumerate(local))
     view = labels[local]
     sacrum = view == SACRUM
     spacing = np.asarray(grid.volume.spacing_mm, dtype=float)
     holes = fill_bridged_plane_holes(sacrum, spacing, float(spacing.max()), (view > 0) & ~sacrum,
-                                     cfg.max_slice_hole_mm2, (axial_axis(grid.volume),)) & (view == 0)
+                                     cfg.max_slice_hole_mm2, (axial,)) & (view == 0) & past
     if holes.any():
-        holes &= past_s3_voxels(fit, grid, local, margin_mm=0.0)
         holes &= tissue_hu(hu[local], spacing, core_hu) >= SACRAL_CANAL_HU
     return local, holes
 
