@@ -20,7 +20,7 @@ plane converges in 19 rounds (0.5 s).
 
 It starts from the principal axis of the points nearest to the scanner's
 left-right axis, through their centroid, and stops when the plane moves less
-than ``TOLERANCE_MM`` at the points' extent.
+than ``TOLERANCE_MM`` at every point.
 """
 
 from __future__ import annotations
@@ -80,7 +80,6 @@ def symmetry_plane(points_lps_mm: np.ndarray, normals: np.ndarray, *, seed: int 
         pick = rng.choice(len(p), SAMPLE_POINTS, replace=False)
         p, m = p[pick], m[pick]
     tree = cKDTree(p)
-    extent = float(np.linalg.norm(p.max(axis=0) - p.min(axis=0)))
     normal, offset = _initial_plane(p)
     residual = np.inf
     for iteration in range(1, MAX_ITERATIONS + 1):
@@ -88,8 +87,10 @@ def symmetry_plane(points_lps_mm: np.ndarray, normals: np.ndarray, *, seed: int 
         distance, index = tree.query(mirrored, workers=WORKERS)   # 24 -> 14 ms a round on 2 cores
         keep = distance <= np.quantile(distance, 1.0 - TRIM_FRACTION)
         residual = float(np.sqrt(np.mean(distance[keep] ** 2)))
-        normal, offset, moved = _step(p[keep], mirrored[keep] - p[index[keep]], m[index[keep]], normal, offset,
-                                      extent)
+        new_normal, new_offset = _step(p[keep], mirrored[keep] - p[index[keep]], m[index[keep]], normal, offset)
+        # How far the plane moved where the bone is (not at the scanner's origin, where the offset is measured).
+        moved = float(np.max(np.abs(p @ (new_normal - normal) - (new_offset - offset))))
+        normal, offset = new_normal, new_offset
         if moved < TOLERANCE_MM:
             break
     # Report the point of the plane nearest the data's centre.
@@ -106,10 +107,9 @@ def _initial_plane(p: np.ndarray) -> tuple[np.ndarray, float]:
     return normal, float(centre @ normal)
 
 
-def _step(x: np.ndarray, off: np.ndarray, m: np.ndarray, normal: np.ndarray, offset: float,
-          extent: float) -> tuple[np.ndarray, float, float]:
-    """(normal, offset, how far the plane moved at ``extent``) after one
-    Gauss-Newton step on the residuals ``off`` . ``m`` (S(x) minus its
+def _step(x: np.ndarray, off: np.ndarray, m: np.ndarray, normal: np.ndarray,
+          offset: float) -> tuple[np.ndarray, float]:
+    """(normal, offset) after one Gauss-Newton step on the residuals ``off`` . ``m`` (S(x) minus its
     partner, along the partner's normal). With the normal turned by a
     along u and b along v (u, v across it) and the offset moved by c,
     S(x) moves by -2((u.x) n + (n.x - d) u) a, the same with v for b, and
@@ -124,5 +124,4 @@ def _step(x: np.ndarray, off: np.ndarray, m: np.ndarray, normal: np.ndarray, off
     new_normal /= np.linalg.norm(new_normal)
     new_normal = new_normal if new_normal[0] > 0 else -new_normal
     new_offset = offset + c if new_normal @ normal > 0 else -(offset + c)
-    moved = float(np.linalg.norm(new_normal - normal) * extent / 2.0 + abs(new_offset - offset))
-    return new_normal, float(new_offset), moved
+    return new_normal, float(new_offset)

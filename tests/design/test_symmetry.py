@@ -29,6 +29,7 @@ def pelvis_surface():
     ((0, 0, 1), 8.0, (12.0, -5.0, 30.0)),
     ((1, 1, 0), 5.0, (-20.0, 7.0, 3.0)),
     ((0, 1, 0.3), -12.0, (3.0, 3.0, -40.0)),
+    ((0, 0, 1), 3.0, (400.0, -300.0, 900.0)),   # far from the scanner's origin, as a table position puts it
 ])
 def test_plane_recovered_within_a_tenth_of_a_voxel(pelvis_surface, axis, degrees, shift_mm):
     """The phantom's 1 mm voxels: the plane within 0.1 mm across the whole
