@@ -47,11 +47,9 @@ ICP_POINTS = 20000
 ICP_TRIM_FRACTION = 0.1     # worst-fitting pairs dropped each round (osteophytes, real asymmetry)
 ICP_MAX_ITERATIONS = 50
 # Stop when no point moves more than this. The trimmed pairs leave a floor
-# under which the steps no longer shrink (bench phantom: 3e-4 mm a round by
-# a bound from the points' distance to the scanner's origin, from the 15th
-# round on, the RMS settled at the 8th; Pelvic-Ref-003: 1e-4 mm moved from
-# the 28th), and with 1e-4 mm every run took all 50 rounds (1.5 s on the
-# bench phantom, two thirds of them at that floor).
+# under which the steps no longer shrink (Pelvic-Ref-003: 1e-4 mm a round
+# from the 28th, its RMS settled by the 8th); at 1e-4 mm every run took all
+# 50 rounds (1.5 s on the bench phantom, two thirds of them at that floor).
 ICP_TOLERANCE_MM = 1e-3
 # Published anchor: healthy hemipelves agree within about 2 mm on > 86 % of the surface.
 AGREEMENT_MM = 2.0

@@ -109,11 +109,11 @@ def _initial_plane(p: np.ndarray) -> tuple[np.ndarray, float]:
 
 def _step(x: np.ndarray, off: np.ndarray, m: np.ndarray, normal: np.ndarray,
           offset: float) -> tuple[np.ndarray, float]:
-    """(normal, offset) after one Gauss-Newton step on the residuals ``off`` . ``m`` (S(x) minus its
-    partner, along the partner's normal). With the normal turned by a
-    along u and b along v (u, v across it) and the offset moved by c,
-    S(x) moves by -2((u.x) n + (n.x - d) u) a, the same with v for b, and
-    2 n c."""
+    """(normal, offset) after one Gauss-Newton step on the residuals
+    ``off`` . ``m`` (S(x) minus its partner, along the partner's normal).
+    With the normal turned by a along u and b along v (u, v across it) and
+    the offset moved by c, S(x) moves by -2((u.x) n + (n.x - d) u) a, the
+    same with v for b, and 2 n c."""
     u = np.cross(normal, np.eye(3)[int(np.argmin(np.abs(normal)))])
     u /= np.linalg.norm(u)
     v = np.cross(normal, u)

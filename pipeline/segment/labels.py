@@ -408,20 +408,16 @@ def tip_marrow(labels: np.ndarray, hu: np.ndarray, grid: Grid, fit: PelvisFit, c
     if sub is None:
         return nothing
     local = grid.local(sub)
-    around = bounding_box(labels[local] == SACRUM)
-    if around is None:
-        return nothing
-    around = grow_box(around, tuple(s.stop - s.start for s in local), 2)
-    local = tuple(slice(s.start + a.start, s.start + a.stop) for s, a in zip(local, around))
-    # Only the axial slices that reach past the end (a slice is filled as a whole).
     axial = axial_axis(grid.volume)
     past = past_s3_voxels(fit, grid, local, margin_mm=0.0)
-    reached = np.flatnonzero(np.moveaxis(past, axial, 0).any(axis=(1, 2)))
-    if reached.size == 0:
+    # The sacrum in the axial slices that reach past the end (a slice is filled as a whole).
+    reaches = np.moveaxis(past, axial, 0).any(axis=(1, 2))
+    around = bounding_box((labels[local] == SACRUM) & np.expand_dims(reaches, [a for a in range(3) if a != axial]))
+    if around is None:
         return nothing
-    keep = slice(int(reached[0]), int(reached[-1]) + 1)
-    past = past[tuple(keep if a == axial else slice(None) for a in range(3))]
-    local = tuple(slice(s.start + keep.start, s.start + keep.stop) if a == axial else s for a, s in enumerate(local))
+    around = grow_box(around, past.shape, 2)
+    local = tuple(slice(s.start + a.start, s.start + a.stop) for s, a in zip(local, around))
+    past = past[around]
     view = labels[local]
     sacrum = view == SACRUM
     spacing = np.asarray(grid.volume.spacing_mm, dtype=float)
