@@ -61,3 +61,17 @@ def test_a_lesion_on_one_side_does_not_tilt_the_plane(pelvis_surface):
     plane = symmetry_plane(pelvis_surface.vertices[kept], pelvis_surface.vertex_normals[kept])
     assert np.degrees(np.arccos(min(1.0, plane.normal_lps[0]))) <= 0.5
     assert abs(plane.offset_mm) <= 0.5
+
+
+def test_the_plane_converges_as_fast_far_from_the_scanner_s_origin(pelvis_surface):
+    """Moving the patient 1 m from the scanner's origin (as a table position
+    can) changes no distance on the bone, so it must not change how soon the
+    plane is found: the convergence test measures the plane's move at the
+    bone, not its offset at the origin (there a turn far under a micrometre
+    at the bone read as a large move: 17 rounds against 7 near it)."""
+    r = Rotation.from_rotvec(np.radians(3.0) * np.array([0.0, 0.0, 1.0])).as_matrix()
+    normals = pelvis_surface.vertex_normals @ r.T
+    near = symmetry_plane(pelvis_surface.vertices @ r.T, normals)
+    far = symmetry_plane(pelvis_surface.vertices @ r.T + [400.0, -300.0, 900.0], normals)
+    assert far.iterations <= near.iterations + 3
+    assert np.degrees(np.arccos(min(1.0, far.normal_lps @ near.normal_lps))) <= 0.05

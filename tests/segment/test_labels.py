@@ -446,6 +446,31 @@ def test_the_sacrum_s_marrow_beyond_the_model_is_held_through_the_snap(monkeypat
     assert found.kept_in is not None and found.kept_in[sub][still].all()
 
 
+def test_only_the_sacrum_s_own_fills_beside_its_model_are_opened_as_canal(monkeypatch):
+    """``label_bones`` hands ``open_canal`` the band just outside the fitted
+    sacrum as the sacrum's voxels there only: a dark fill of L5's body within
+    that band of the S1 endplate is marrow, not the sacral canal; and past
+    the fitted S3 end the canal is fat only."""
+    import pipeline.segment.labels as labelling
+    from pipeline.segment.mask import segment_bone
+
+    seen = {}
+    open_canal = labelling.open_canal
+
+    def spy(labels, certain, hu, volume, fat_only=None, beside_model=None):
+        seen.update(labels=labels.copy(), fat_only=fat_only, beside_model=beside_model)
+        return open_canal(labels, certain, hu, volume, fat_only=fat_only, beside_model=beside_model)
+
+    monkeypatch.setattr(labelling, "open_canal", spy)
+    volume = sample_phantom().volume
+    cfg = Config().segment
+    label_bones(volume, segment_bone(volume, cfg), cfg)
+    beside, labels = seen["beside_model"], seen["labels"]
+    assert beside is not None and beside.any()
+    assert (labels[beside] == LABEL_IDS["sacrum"]).all()
+    assert seen["fat_only"] is not None and seen["fat_only"].any() and not seen["fat_only"].all()
+
+
 def test_pockets_inside_a_bone_are_filled_but_other_bones_are_kept():
     """A hollow cube of label 1 around an empty pocket and a separate small
     label-2 cube: the pocket joins label 1, label 2 is untouched."""
