@@ -34,7 +34,7 @@ import numpy as np
 
 from .config import Config
 from .bones import LABEL_IDS, TOTALSEGMENTATOR_IDS
-from .segment.labels import grow_box
+from .segment.grid import grow_box
 from .run import MeshResult, run_mesh
 from .segment.mask import FACE_CONNECTIVITY, bounding_box
 from .segment.neighbours import dilate, erode

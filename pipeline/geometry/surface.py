@@ -38,7 +38,8 @@ from scipy.sparse import coo_matrix
 from skimage.measure import marching_cubes
 
 from ..config import SurfaceConfig
-from ..segment.labels import BoneLabels, grow_box
+from ..segment.grid import grow_box
+from ..segment.labels import BoneLabels
 from ..segment.lookup import label_counts, lookup
 from ..segment.neighbours import dilate, erode, max3, min3
 from ..parallel import parallel

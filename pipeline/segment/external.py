@@ -31,7 +31,8 @@ from ..bones import LABEL_IDS, LABEL_NAMES
 from ..config import SegmentConfig
 from ..errors import InputError
 from ..volume import Volume, apply_affine, check_affine
-from .labels import BoneLabels, grow_box, separate_labels
+from .grid import grow_box
+from .labels import BoneLabels, separate_labels
 from .lookup import label_counts
 from .mask import FACE_CONNECTIVITY, METAL_HU, bounding_box
 

@@ -76,3 +76,8 @@ def axial_axis(volume: Volume) -> int:
     planes are normal to it, whatever the acquisition plane."""
     direction = volume.affine[:3, :3] / np.asarray(volume.spacing_mm, dtype=float)
     return int(np.argmax(np.abs(direction[2])))
+
+
+def grow_box(box: tuple[slice, ...], shape: tuple[int, ...], by: int = 1) -> tuple[slice, ...]:
+    """``box`` grown by ``by`` voxels on every side, clipped to ``shape``."""
+    return tuple(slice(max(s.start - by, 0), min(s.stop + by, n)) for s, n in zip(box, shape))

@@ -525,6 +525,15 @@ def fit_pelvis(volume: Volume, bone: BoneMask, model: ShapeModel) -> PelvisFit:
     return max(trials, key=_found_share) if trials else fit
 
 
+def landmark_plane(fit: PelvisFit, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(centre, unit normal pointing superior) of the plane through a
+    landmark's fitted vertices (least squares)."""
+    points = fit.vertices_lps_mm[fit.landmarks[name]]
+    centre = points.mean(axis=0)
+    normal = np.linalg.svd(points - centre)[2][-1]
+    return centre, normal if normal[2] > 0 else -normal
+
+
 def pelvis_turn(model: ShapeModel, fit: PelvisFit) -> np.ndarray:
     """The rotation (3x3, LPS) from the model's mean pelvis, lying straight
     in the LPS frame, to the fitted one: how the patient lies turned
