@@ -27,7 +27,7 @@ of :mod:`pipeline.geometry.surface`, which follows these labels).
    Bone no seed reaches is ``other`` if it holds a dense core (ribs), else
    not bone (contrast, calcifications).
 5. **Solid**: each bone is closed and filled on its own
-   (:func:`solid_per_label`; the spine and sacrum not in axial planes,
+   (:mod:`pipeline.segment.solid`; the spine and sacrum not in axial planes,
    where their canal looks like marrow; a vertebral body's faint marrow
    between its endplates: :mod:`pipeline.segment.spine`); a model bone also
    takes its fitted interior more than ``INSET_MM`` inside its surface (the
@@ -53,24 +53,22 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from ..bones import HIP_LEFT, HIP_RIGHT, LABEL_IDS, LABEL_NAMES, LUMBAR, OTHER, SACRUM
+from ..bones import LABEL_IDS, LABEL_NAMES, LUMBAR, OTHER, SACRUM
 from ..config import SegmentConfig
 from ..parallel import parallel
 from ..volume import Volume
 from .femoral_head import HEAD_BAND_MM, SIDES, Head, femoral_head, fill_femoral_heads
 from .grid import Grid, axial_axis, ball, grow_box, voxel_indices
 from .lookup import label_counts, lookup, touching
-from .mask import (ENCLOSED_DIRECTIONS, FACE_CONNECTIVITY, FAINT_CORTEX_HU, IN_SLICE_CONNECTIVITY, PLANE_AXES,
-                   BoneMask, bounding_box, close_and_fill, closing_radius_voxels, enclosed_directions,
-                   fill_bridged_plane_holes, fill_cavities, slice_axis)
+from .mask import FACE_CONNECTIVITY, IN_SLICE_CONNECTIVITY, BoneMask, bounding_box, fill_cavities
 from .lower_sacrum import past_s3, past_s3_voxels, sacral_tip, tip_marrow
 from .model_fit import (PelvisFit, fit_pelvis, landmark_plane, missing_bones, pelvis_found, pelvis_turn,
                         vertex_normals)
 from .neighbours import dilate, max3, min3
 from .plates import plate_patches, ridge_voxels
 from .shape_model import MODEL_BONES, ShapeModel, load_model
-from .spine import (SPINE_BODY_MM, SPINE_CLEAR_MM, SPINE_POCKET_HU, Levels, open_canal, run_length, tissue_hu,
-                    vertebrae_above_l1, vertebral_marrow)
+from .solid import solid_per_label
+from .spine import Levels, open_canal, vertebrae_above_l1
 from .voxelise import inside_mesh
 
 
@@ -465,128 +463,6 @@ def pool_pieces(pieces: np.ndarray, n: int, core: np.ndarray, spacing_mm) -> tup
         deep_core = np.count_nonzero((depth > SHELL_DEPTH_MM) & core[box] & mine[1:-1, 1:-1, 1:-1])
         pool[piece] = deep_core > POOL_SHARE * sizes[piece]
     return pool, sizes
-
-
-def solid_per_label(rough: np.ndarray, raw: np.ndarray, hu: np.ndarray, volume: Volume, bone: BoneMask,
-                    cfg: SegmentConfig, core_hu: float) -> np.ndarray:
-    """Close and fill each label's raw threshold on its own (marrow per bone).
-    ``core_hu``: the dense core's level (the spine's marrow is told by the
-    soft tissue's HU: :func:`tissue_hu`).
-
-    The spine is filled in the planes across the body's long axis (coronal
-    and sagittal): its canal is enclosed by bone in every axial slice, like
-    marrow, but runs up and down the spine, so in the other planes it opens
-    at the ends, and between the vertebral arches. In axial planes its holes
-    are filled where they are marrow-bright and short along the spine
-    (:func:`solid_bone`), which the canal is not. The model's bones (hips,
-    sacrum) are filled in no plane: their interior is the fitted model's
-    (:func:`label_bones`), and their canal and foramina stay open. They
-    are closed and filled behind a leaky cortex as the others are (left
-    unclosed, Pelvic-Ref-003's sacrum lost 3 225 voxels of fatty marrow
-    the model's interior does not reach, over its whole length)."""
-    radius_vox = closing_radius_voxels(volume.spacing_mm, cfg.closing_mm)
-    at_border = [(s.start == 0, s.stop == dim) for s, dim in zip(bone.box, volume.shape)]
-    axial = axial_axis(volume)
-    out = np.zeros(rough.shape, dtype=np.uint8)
-    pieces = np.where(raw, rough, 0)
-    jobs = []
-    for label, sub in enumerate(ndi.find_objects(pieces), start=1):
-        if sub is None:
-            continue
-        sub = grow_box(sub, rough.shape, radius_vox + 1)
-        if label == LUMBAR:   # the bones above and below the spine in view (vertebral_marrow)
-            reach = int(np.ceil(SPINE_CLEAR_MM / volume.spacing_mm[axial]))
-            sub = tuple(grow_box((s,), (n,), reach)[0] if a == axial else s
-                        for a, (s, n) in enumerate(zip(sub, rough.shape)))
-        sub_border = [(b0 and s.start == 0, b1 and s.stop == dim)
-                      for (b0, b1), s, dim in zip(at_border, sub, rough.shape)]
-        planes = (() if label in (HIP_LEFT, HIP_RIGHT, SACRUM) else
-                  tuple(a for a in range(3) if a != axial) if label == LUMBAR else (0, 1, 2))
-        jobs.append((label, sub, lambda label=label, sub=sub, border=sub_border, planes=planes:
-                     solid_bone(pieces[sub], label, radius_vox, volume.spacing_mm, cfg, border, planes,
-                                tissue_hu(hu[sub], volume.spacing_mm, core_hu) if label == LUMBAR else None, axial,
-                                hu[sub] if planes == PLANE_AXES and radius_vox == 0 else None)))
-    # Bones are filled independently (scipy releases the GIL: both cores work).
-    for (label, sub, _), filled in zip(jobs, parallel(*[job for _, _, job in jobs])):
-        view = out[sub]
-        view[filled & ((view == 0) | (rough[sub] == label))] = label
-    return out
-
-
-def solid_bone(pieces: np.ndarray, label: int, radius_vox: int, spacing_mm: np.ndarray,
-               cfg: SegmentConfig, at_border: list[tuple[bool, bool]], planes: tuple[int, ...],
-               marrow_hu: np.ndarray | None = None, axial: int = 0, hu: np.ndarray | None = None) -> np.ndarray:
-    """One bone made solid: closed and filled (:func:`close_and_fill`), then
-    the marrow no fill reached because the cortex has gaps: voxels the bone
-    encloses in all six axis directions within ``cfg.enclosure_mm``, where
-    no other bone comes first (so a joint space is never taken). On slices
-    thicker than ``cfg.closing_mm`` the holes the bone encloses in each
-    plane once gaps narrower than about two slice thicknesses are bridged
-    are filled too (:func:`~pipeline.segment.mask.fill_bridged_plane_holes`),
-    up to ``cfg.max_slice_hole_mm2`` per hole. ``planes``: the axes normal
-    to the planes in which holes are filled (:func:`~pipeline.segment.mask.slice_axis`: the acquired slices).
-    With ``hu``, holes that a cortex under the threshold closes are filled
-    after them, with that cortex (``faint`` there). It is given for the
-    bones filled in all three planes (femurs, other bone) on voxels too
-    coarse for the closing (every spacing over ``cfg.closing_mm``), where a
-    cortex thinner than a voxel peaks under the threshold and nothing else
-    bridges its one-voxel gaps: on the 3 mm TotalSegmentator example the
-    right greater trochanter was hollow where its cortex peaks at 120-200
-    HU (right femur 0.904 -> 0.913; with 20 HU less, 0.789 -> 0.836). On
-    Pelvic-Ref-003's 1 mm pixels it added 363 voxels to the femurs (Dice
-    against the manual contours +0.0004) for 0.1 s.
-
-    ``marrow_hu`` (the spine's HU, smoothed; ``axial``: the axis along the
-    spine): vertebral marrow behind a cortex with gaps in several
-    directions (:func:`vertebral_marrow`), and on thick slices the holes
-    in axial planes (gaps bridged as a thin cortex's) at least half of
-    whose voxels reach ``SPINE_POCKET_HU`` and lie in a gap of the bone
-    shorter than a body along the spine (``SPINE_BODY_MM``; a gap the
-    scan's edge cuts is not known to be short): pockets of marrow left in
-    a body, not the canal, which the arches enclose too and which runs up
-    and down the spine (on Pelvic-Ref-003, where disc and ligament narrow
-    it to marrow's HU, 810 voxels of it were filled without the second
-    condition; in its top slice 320, with the edge's cut taken for a
-    short gap). TotalSegmentator example: L1-L5 0.875 -> 0.887, the voxels
-    more than one inside the reference's L1-L4 87-96 % -> 93-98 %
-    labelled, L5's 75 -> 79 % (at 80 HU); with its marrow made 30 HU
-    darker (fatty marrow) 0.727 at 80 HU, 0.778 at 40."""
-    piece = pieces == label
-    others = (pieces > 0) & ~piece
-    scan_edges = at_border
-    if marrow_hu is not None:
-        # The spine's canal runs out of the scan: there the scan's edge is
-        # outside (a femur's canal cut by the field of view is marrow, the
-        # spine's is not).
-        at_border = [(False, False)] * 3
-    slice_hole_mm2 = cfg.max_slice_hole_mm2 if slice_axis(spacing_mm, axial) in planes else 0.0
-    filled = close_and_fill(piece, radius_vox, spacing_mm, cfg.closing_mm, at_border, slice_hole_mm2, axial)
-    if cfg.enclosure_mm > 0:
-        reach = np.maximum(np.round(cfg.enclosure_mm / np.asarray(spacing_mm, dtype=float)), 1)
-        met = enclosed_directions(filled, reach, at_border, others)
-        filled |= met >= ENCLOSED_DIRECTIONS
-        if marrow_hu is not None:
-            filled |= vertebral_marrow(filled, met, marrow_hu, spacing_mm, axial, scan_edges[axial], others)
-    slice_mm = float(np.max(spacing_mm))
-    if slice_mm > cfg.closing_mm:
-        # The spine's gaps are its discs and the spaces between its arches, not
-        # a thin cortex's: they are bridged no wider than the closing.
-        bridge_mm = cfg.closing_mm if marrow_hu is not None else slice_mm
-        filled = fill_bridged_plane_holes(filled, spacing_mm, bridge_mm, others, cfg.max_slice_hole_mm2, planes)
-        if hu is not None:
-            # Then the holes a cortex under the threshold closes (not beside
-            # another bone: a joint space's partial volume is as bright).
-            faint = (hu >= FAINT_CORTEX_HU) & ~filled & ~dilate(others, FACE_CONNECTIVITY)
-            filled = fill_bridged_plane_holes(filled, spacing_mm, bridge_mm, others, cfg.max_slice_hole_mm2, planes,
-                                              faint=faint)
-        if marrow_hu is not None:
-            # Across the spine (axial planes, no disc between) a thin cortex's gaps are
-            # bridged; the canal is told from marrow by its HU and its length.
-            gap_mm = np.moveaxis(run_length(np.moveaxis(~filled, axial, 0), scan_edges[axial]), 0, axial) \
-                * float(spacing_mm[axial])
-            filled = fill_bridged_plane_holes(filled, spacing_mm, slice_mm, others, cfg.max_slice_hole_mm2, (axial,),
-                                              bright=(marrow_hu >= SPINE_POCKET_HU) & (gap_mm < SPINE_BODY_MM))
-    return filled
 
 
 def separate_labels(labels: np.ndarray, own: np.ndarray | None = None,

@@ -529,7 +529,7 @@ def test_marrow_behind_a_leaky_cortex_is_filled_but_a_joint_space_is_not():
     ball in a cup of another label): the joint space between them is not
     taken by the cup, which encloses it just as well."""
     from pipeline.config import SegmentConfig
-    from pipeline.segment.labels import solid_bone
+    from pipeline.segment.solid import solid_bone
     shape, centre = (44, 44, 44), (22, 22, 22)
     d = distance_from(shape, centre)
     cortex, marrow = (d <= 15) & (d > 13), d < 13
@@ -585,7 +585,7 @@ def test_marrow_behind_a_slit_in_thin_cortex_is_filled_on_thick_slices():
     opened by 12 mm is a gutter, a concave bone's outside: nothing in it is
     filled."""
     from pipeline.config import SegmentConfig
-    from pipeline.segment.labels import solid_bone
+    from pipeline.segment.solid import solid_bone
     from pipeline.segment.mask import closing_radius_voxels
     cfg = SegmentConfig()
     spacing, border = np.array([3.0, 1.0, 1.0]), [(False, False)] * 3
@@ -1546,7 +1546,7 @@ def test_the_spines_fill_sees_the_sacrum_below_l5_to_keep_the_disc_out():
 
     from pipeline.bones import LUMBAR, SACRUM
     from pipeline.config import SegmentConfig
-    from pipeline.segment.labels import solid_per_label
+    from pipeline.segment.solid import solid_per_label
     from pipeline.volume import Volume
 
     shape = (24, 20, 20)                                   # axial first, 3 mm voxels
@@ -1584,7 +1584,7 @@ def test_a_hip_bones_leaky_marrow_is_filled_whichever_bones_are_labelled_beside_
 
     from pipeline.bones import FEMUR_LEFT, HIP_LEFT
     from pipeline.config import SegmentConfig
-    from pipeline.segment.labels import solid_per_label
+    from pipeline.segment.solid import solid_per_label
     from pipeline.volume import Volume
 
     shape = (30, 30, 44)
@@ -1623,7 +1623,7 @@ def test_the_spines_axial_holes_keep_a_canal_open_however_bright_and_fill_a_shor
     from pipeline.segment.mask import fill_bridged_plane_holes
     from pipeline.bones import LUMBAR
     from pipeline.config import SegmentConfig
-    from pipeline.segment.labels import solid_bone
+    from pipeline.segment.solid import solid_bone
 
     shape = (16, 30, 30)                                   # axial first, 3 mm voxels
     spine = np.zeros(shape, dtype=bool)
@@ -1690,17 +1690,17 @@ def test_a_fatty_pocket_is_filled_and_a_canal_the_scan_cuts_is_not(monkeypatch):
     edges, the canal reads 15 mm long and is filled."""
     from pipeline.bones import LUMBAR
     from pipeline.config import SegmentConfig
-    import pipeline.segment.labels as labels_module
+    import pipeline.segment.solid as solid_module
 
     pieces, pocket, canal, marrow_hu = _spine_with_a_dark_pocket()
     edges = [(True, True), (False, False), (False, False)]
-    got = labels_module.solid_bone(pieces, LUMBAR, 0, np.full(3, 3.0), SegmentConfig(), edges, (1, 2), marrow_hu, 0)
+    got = solid_module.solid_bone(pieces, LUMBAR, 0, np.full(3, 3.0), SegmentConfig(), edges, (1, 2), marrow_hu, 0)
     assert got[pocket].all() and not got[canal].any()
-    inside = labels_module.solid_bone(pieces, LUMBAR, 0, np.full(3, 3.0), SegmentConfig(), [(False, False)] * 3,
+    inside = solid_module.solid_bone(pieces, LUMBAR, 0, np.full(3, 3.0), SegmentConfig(), [(False, False)] * 3,
                                       (1, 2), marrow_hu, 0)
     assert inside[canal].all()
-    monkeypatch.setattr(labels_module, "SPINE_POCKET_HU", 80.0)
-    before = labels_module.solid_bone(pieces, LUMBAR, 0, np.full(3, 3.0), SegmentConfig(), edges, (1, 2), marrow_hu, 0)
+    monkeypatch.setattr(solid_module, "SPINE_POCKET_HU", 80.0)
+    before = solid_module.solid_bone(pieces, LUMBAR, 0, np.full(3, 3.0), SegmentConfig(), edges, (1, 2), marrow_hu, 0)
     assert not before[pocket].any()
 
 def test_a_femurs_faint_cortex_closes_its_marrow_but_not_beside_another_bone():
@@ -1714,7 +1714,7 @@ def test_a_femurs_faint_cortex_closes_its_marrow_but_not_beside_another_bone():
     marrow stays open."""
     from pipeline.bones import FEMUR_LEFT, HIP_LEFT
     from pipeline.config import SegmentConfig
-    from pipeline.segment.labels import solid_bone
+    from pipeline.segment.solid import solid_bone
 
     shape = (12, 24, 24)
     femur = np.zeros(shape, dtype=bool)
