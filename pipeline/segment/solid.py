@@ -4,12 +4,14 @@ behind a cortex with gaps.
 The labelling's flood (:func:`~pipeline.segment.labels.label_bones`) gives
 each bone its threshold voxels; here each is closed and filled in its own
 box, both cores at once (:func:`solid_per_label`). Where the cortex leaks,
-marrow enclosed in most axis directions is filled; on thick slices the
-holes a plane encloses once narrow gaps are bridged, and on coarse voxels
-those a cortex under the bone threshold closes. The spine is filled across
-its long axis only (its canal looks like marrow in axial planes), with its
-faint marrow between endplates (:mod:`pipeline.segment.spine`); the model's
-bones take their interior from the fitted model instead.
+marrow the bone meets in all six axis directions is filled; on thick
+slices the holes a plane encloses once narrow gaps are bridged, and on
+coarse voxels those a cortex under the bone threshold closes. The spine is
+filled in the planes along it (in axial planes its canal looks like
+marrow), with its faint marrow between endplates
+(:mod:`pipeline.segment.spine`) and the marrow-bright pockets its axial
+sections enclose; the model's bones in no plane: their interior is the
+fitted model's.
 """
 
 from __future__ import annotations
