@@ -10,7 +10,7 @@ from scipy import ndimage as ndi
 from pipeline.config import SegmentConfig
 from pipeline.segment.femoral_head import fit_sphere
 from pipeline.segment.mask import segment_bone
-from pipeline.segment.model_fit import fit_pelvis
+from pipeline.segment.model_fit import fit_pelvis, landmark_plane
 from pipeline.segment.shape_model import MODEL_BONES, load_model
 from pipeline.segment.voxelise import inside_mesh
 from pipeline.volume import Volume, apply_affine, flip_axis
@@ -309,3 +309,20 @@ def test_of_the_starts_the_one_that_puts_more_of_the_model_on_bone_is_refined(mo
     fit = fit_pelvis(volume, bone, model)
     assert good is not None
     assert np.median(np.linalg.norm(fit.vertices_lps_mm - truth_vertices(), axis=1)) < 0.5 * SPACING_MM
+
+
+def test_a_landmark_s_plane_passes_through_its_vertices_and_faces_up():
+    """Vertices on the plane z = 5 - 0.3 x (a tilted endplate), listed in
+    both orders (the least-squares normal comes out pointing down for one,
+    up for the other): the plane's centre is their mean and its normal
+    (0.3, 0, 1), normalised, points superior either way."""
+    from types import SimpleNamespace
+
+    x, y = np.meshgrid(np.linspace(-20.0, 20.0, 5), np.linspace(-10.0, 10.0, 4))
+    points = np.column_stack([x.ravel(), y.ravel(), 5.0 - 0.3 * x.ravel()])
+    for flip in (False, True):
+        fit = SimpleNamespace(vertices_lps_mm=points[::-1] if flip else points,
+                              landmarks={"endplate": np.arange(len(points))})
+        centre, normal = landmark_plane(fit, "endplate")
+        assert np.allclose(centre, points.mean(axis=0))
+        assert np.allclose(normal, np.array([0.3, 0.0, 1.0]) / np.hypot(0.3, 1.0))
