@@ -122,7 +122,8 @@ class BoneLabels:
     bone whatever their HU (the interiors of femoral heads placed from the
     fitted acetabulum alone, :func:`fill_femoral_heads`; thin plates'
     patches, :func:`plate_holes`; the sacrum's marrow beyond the model,
-    :func:`tip_marrow`); the surface's snap does not peel them.
+    :func:`~pipeline.segment.lower_sacrum.tip_marrow`); the surface's snap
+    does not peel them.
     """
 
     labels: np.ndarray

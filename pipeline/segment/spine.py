@@ -36,7 +36,7 @@ SPINE_MARROW_CORE_MM = 2 * SPINE_SMOOTHING_MM
 # A vertebral body's endplates lie at least this far apart (a disc's 5-14 mm).
 SPINE_BODY_MM = 16.0
 # A pocket of marrow an axial slice of the spine encloses (see
-# labels.solid_bone) reaches SPINE_POCKET_HU (smoothed as above): fatty
+# solid.solid_bone) reaches SPINE_POCKET_HU (smoothed as above): fatty
 # marrow does, the canal's CSF and fat do not.
 SPINE_POCKET_HU = 40.0
 # A body's marrow met by its bone at one end only lies at least this far
