@@ -34,13 +34,14 @@ of :mod:`pipeline.geometry.surface`, which follows these labels).
    sacrum's fat-density marrow), the sacrum's fills stay within
    ``SEED_MARGIN_MM`` of its fitted surface and out of the holes of its
    fitted sections (its canal and foramina stay open) down to S3, the
-   model's end, beyond which the bone decides alone (its tip, thinner than
-   a 3 mm voxel, taken at its half maximum: :func:`~pipeline.segment.lower_sacrum.sacral_tip`; its marrow,
-   fatty or not, told from the canal's fat by its HU: :func:`~pipeline.segment.lower_sacrum.tip_marrow`), the
-   femoral heads are filled inside their spheres, and the spinal
-   canal, which fills close where neighbouring arches overlap, is opened
-   again as the dark tube that runs up the spine (past S3, fat); the vertebrae above L1,
-   counted up from the sacrum disc by disc, become ``other``.
+   model's end, beyond which the bone decides alone
+   (:mod:`pipeline.segment.lower_sacrum`: its tip, thinner than a 3 mm
+   voxel, taken at its half maximum; its marrow, fatty or not, told from the
+   canal's fat by its HU), the femoral heads are filled inside their
+   spheres, and the spinal canal, which fills close where neighbouring
+   arches overlap, is opened again as the dark tube that runs up the spine
+   (past S3, fat); the vertebrae above L1, counted up from the sacrum disc
+   by disc, become ``other``.
 6. **Gap**: no two labels touch, even diagonally (:func:`separate_labels`),
    so their meshes never intersect.
 """
