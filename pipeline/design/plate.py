@@ -128,7 +128,7 @@ def plate_solid(bone: trimesh.Trimesh, footprint: tuple[Plane, ...], clearance_m
     if box is None:
         raise EmptyPlate("plate: no bone surface within its footprint")
     origin, shape = box
-    signed = _signed_distance(bone, origin, shape, spacing_mm, reach, footprint, clearance_mm)
+    signed = _signed_distance(bone, origin, shape, spacing_mm, reach, footprint)
     # Inside the plate where both are negative: beyond the clearance, within the outer offset.
     lower = np.full(shape, clearance_mm)
     if fill_beyond:
@@ -306,8 +306,7 @@ def _signed_distance_at(solid: trimesh.Trimesh, origin: np.ndarray, shape: tuple
 
 
 def _signed_distance(bone: trimesh.Trimesh, origin: np.ndarray, shape: tuple[int, int, int],
-                     spacing: float, reach: float, footprint: tuple[Plane, ...],
-                     clearance: float) -> np.ndarray:
+                     spacing: float, reach: float, footprint: tuple[Plane, ...]) -> np.ndarray:
     """Signed distance to ``bone`` (mm, negative inside) on the grid, exact
     where it lies in (-spacing, reach - spacing) within two grid steps of the
     footprint, ±``reach`` elsewhere (what marching cubes needs there is the

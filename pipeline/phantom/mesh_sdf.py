@@ -199,12 +199,6 @@ class ClosedMesh:
         above = hit & (height > p[point, 2])
         return np.bincount(point[above], step[above], minlength=len(p)).astype(np.int64)
 
-    def grid_winding(self, affine: np.ndarray, start, stop) -> np.ndarray:
-        """Winding number (int16) at the voxel centres ``start:stop`` of a grid with
-        index -> LPS ``affine`` (rays along the first index axis)."""
-        return _grid_winding(self, np.asarray(affine, np.float64), tuple(int(s) for s in start),
-                             tuple(int(s) for s in stop))
-
     def grid_distance_mm(self, affine: np.ndarray, start, stop, band_mm: tuple[float, float]) -> np.ndarray:
         """Signed distance at the voxel centres ``start:stop`` of a grid with
         index -> LPS ``affine``: exact where it lies inside ``band_mm`` (lo < 0 <

@@ -160,10 +160,6 @@ class PelvisFit:
         axis = (left - right) / np.linalg.norm(left - right)
         return (np.asarray(points_lps_mm, dtype=np.float64) - v[self.landmarks["s1_endplate"]].mean(axis=0)) @ axis
 
-    def bone_mesh(self, bone: str) -> tuple[np.ndarray, np.ndarray]:
-        """(vertices, triangles) of one fitted bone, triangles indexing the vertices given."""
-        return self.vertices_lps_mm, self.faces[bone]
-
     def report(self) -> dict:
         return {"modes": int(len(self.modes_sd)), "fitted_without": list(self.left_out),
                 "bones": {b: {k: round(float(v), 3) for k, v in d.items()} for b, d in self.bones.items()}}

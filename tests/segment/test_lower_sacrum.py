@@ -15,7 +15,7 @@ from pipeline.segment.lower_sacrum import TIP_HALF_WIDTH_MM, TIP_MAX_MM3, sacral
 from pipeline.volume import Volume
 
 
-def _tip_scene(bowel_mm3: float = 0.0):
+def _tip_scene():
     """(labels, hu, grid, fit) of the sacral tip tests: 3 mm voxels, LPS
     axes, the model's S3 end at z = 63 mm, the midline at x = 60 mm."""
     shape = (40, 40, 60)   # x, y, z (mm = 3 * index)
