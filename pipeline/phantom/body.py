@@ -28,7 +28,7 @@ HU_RAIL = 2000.0          # metal rails at the couch's lateral edges
 # a 200 HU bone threshold and none of them bone.
 HU_ARTERY_CONTRAST = 350.0
 # Excreted contrast in a delayed phase: as dense as cortex, and dense
-# throughout (a pool, not a shell: see segment.labels.POOL_SHARE).
+# throughout (a pool, not a shell: see segment.flood.POOL_SHARE).
 HU_BLADDER_CONTRAST = 1200.0
 HU_CALCIFIED = 900.0         # plaques in the artery wall, phleboliths
 
