@@ -137,6 +137,35 @@ def test_a_mirrored_mesh_stays_outward():
     assert cut.implant.volume == pytest.approx(SPHERE.volume / 2, rel=1e-2)
 
 
+def _box_at(x_mm: float) -> trimesh.Trimesh:
+    return trimesh.creation.box(extents=(40.0, 40.0, 40.0), transform=trimesh.transformations.translation_matrix(
+        (x_mm, 0.0, 0.0)))
+
+
+# Boxes 40 mm wide about these LPS x; a plane at x = 60 mm facing +x cuts the
+# box at x = 80 mm alone, one at z = 0 facing up cuts every box.
+@pytest.mark.parametrize("bones, plane, message", [
+    ({"hip_left": 80.0, "sacrum": 0.0}, ((60.0, 0.0, 0.0), (1.0, 0.0, 0.0)),
+     "hip_left is cut but has no contralateral partner"),
+    ({"hip_left": 80.0, "hip_right": -80.0, "sacrum": 0.0}, ((0.0, 0.0, 0.0), (0.0, 0.0, 1.0)),
+     "the planes cut both hip_left and hip_right"),
+    ({"femur_left": 80.0, "femur_right": -80.0}, ((60.0, 0.0, 0.0), (1.0, 0.0, 0.0)),
+     "needs the hip bones"),
+])
+def test_a_mirrored_source_without_a_healthy_side_is_refused_in_one_line(bones, plane, message):
+    """implant.source = "mirrored" needs the cut bone's partner, uncut, and
+    the pelvic ring for the symmetry plane; without them the run stops with
+    one line saying what is missing (PlanError: exit status 2)."""
+    from pipeline.config import Plane
+    from pipeline.design.implant import mirrored_source
+    from pipeline.errors import PlanError
+
+    meshes = {name: _box_at(x) for name, x in bones.items()}
+    with pytest.raises(PlanError) as raised:
+        mirrored_source(meshes, (Plane(*plane),), tuple(bones))
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
 def _truth_volume_mm3(lesion: bool, planes, bounds, mirrored: bool = False) -> float:
     """Volume (mm^3) of the cut bones (``CUT_LABELS``) inside the removed
     region: the phantom's truth labels rendered on a 1 mm grid over
