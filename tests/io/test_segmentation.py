@@ -64,7 +64,14 @@ def write_nifti(path: Path, labels: np.ndarray, table: dict[int, str] | None = N
 
 
 def write_file(path: Path, content: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)
+    return path
+
+
+def _nifti_of(path: Path, data: np.ndarray) -> Path:
+    """``data`` as it is, in a NIfTI file (any number of dimensions)."""
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
     return path
 
 
@@ -189,6 +196,17 @@ def test_slicer_saved_files_read_with_layers_and_their_names():
     (lambda d: d / "missing.seg.nrrd", "no such file or folder"),
     (lambda d: write_file(d / "x.seg.nrrd", b"NRRD0004\nnonsense"), "cannot read NRRD"),
     (lambda d: write_file(d / "x.stl", b"solid"), "not a label map this pipeline reads"),
+    (lambda d: _nifti_of(d / "x.nii.gz", np.zeros(SHAPE[::-1] + (2,), np.uint8)),
+     r"a 3-D label map is needed, the file holds shape \(8, 7, 6, 2\)"),
+    (lambda d: write_nifti(d / "x.nii.gz", np.full(SHAPE, 70000, np.int32)), "values up to 70000, more than 65535"),
+    (lambda d: write_nifti(d / "x.nii.gz", np.full(SHAPE, 1 + 2j, np.complex64)), "values of type complex64"),
+    (lambda d: write_file(d / "masks" / "notes.txt", b"").parent, "the folder holds no NIfTI masks"),
+    (lambda d: _edited(write_slicer(d / "s.seg.nrrd", {"left hip": masks()["left hip"]}),
+                       lambda data, header: header.update(Segment0_Layer="3") or data),
+     "segment 'left hip' is in layer 3, the file has 1"),
+    (lambda d: _edited(write_slicer(d / "s.seg.nrrd", {"left hip": masks()["left hip"]}),
+                       lambda data, header: header.update(Segment0_LabelValue="0") or data),
+     "segment 'left hip' has label value 0, not 1 to 65535"),
 ])
 def test_unusable_label_maps_are_refused_in_one_line_naming_the_file(tmp_path, make, message):
     path = make(tmp_path)
