@@ -103,7 +103,8 @@ def test_other_suffixes_and_missing_manifests_are_refused(folder, capsys):
     assert "cannot read manifest" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("option", [["--workers", "0"], ["--retries", "-1"], ["--worker-memory-gb", "0"]])
+@pytest.mark.parametrize("option", [["--workers", "0"], ["--retries", "-1"], ["--worker-memory-gb", "0"],
+                                    ["--workers", "two"], ["--worker-memory-gb", "lots"]])
 def test_impossible_options_exit_2_naming_the_option(folder, capsys, option):
     with pytest.raises(SystemExit) as exit_:
         cli_main(["batch", str(folder / "m.csv"), "--out", str(folder / "out"), *option])
