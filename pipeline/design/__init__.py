@@ -7,7 +7,8 @@
 - ``symmetry``: the mid-sagittal plane of a pelvis from its bone surface;
 - ``plate``: a plate that follows the bone (the outer surface over a
   footprint, offset by a clearance and thickened): implant flanges, guide seats;
-- ``fixation``: flanges on the host bone and screws in safe bone corridors.
+- ``fixation``: flanges on the host bone and screws in safe bone corridors;
+- ``guides``: patient-specific cutting guides, one printed block per resection plane.
 """
 
 from .fixation import BoneScene, Fixation, Screw, fix_implant
