@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from ..segment.labels import SEED_MARGIN_MM
 from ..segment.mask import METAL_HU
-from ..segment.model_fit import bone_missing, on_bone_share
+from ..segment.model_fit import ROBUST_START_BELOW, bone_missing, on_bone_share, present_share
 
 if TYPE_CHECKING:
     from .interactive import InteractiveView
@@ -202,6 +202,12 @@ def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
             if isinstance(residual, (int, float)) and residual > POOR_FIT_MM:
                 found.append(f"{bone}: the shape model fits it poorly (median residual {residual:.1f} mm > "
                              f"{POOR_FIT_MM:g} mm: unusual anatomy, a large tumour or fracture); check its label")
+        bones = model.get("bones") or {}
+        if model.get("found", True) and bones and (share := present_share(bones)) < ROBUST_START_BELOW:
+            found.append(f"the pelvis shape model sits loosely: {100 * share:.0f} % of it in view lies on bone "
+                         "(a good fit 80 % or more); it names the bones and fills "
+                         "the sacrum, so check its outline on the QA slices and the labels over the CT (a "
+                         "patient lying askew with bone destroyed is the known case)")
     names = set(segmentation.get("labels") or {})
     if names and not names & {"femur_left", "femur_right"} and not segmentation.get("labels_file"):
         found.append("no femur found: check labels.nii.gz before relying on bone names near the hip joints")

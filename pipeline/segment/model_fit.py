@@ -111,7 +111,8 @@ INIT_LEAVE_OUT_TURNS = 3
 # model on bone): 5 of them hold it now (0.965-0.976, 0.70-0.73 on bone), 2
 # do not (lying diagonally by 20 degrees with 30 or 45 % gone: 0.14;
 # 2026-12-07). About 1 s more, only where the fit was poor; every other
-# scan's labels are as they were.
+# scan's labels are as they were. A fit still under it is warned of in the
+# report (:func:`present_share`).
 INIT_TRIM, ROBUST_START_BELOW = 0.8, 0.65
 # Surface points are moved to the half-maximum along a profile of +-PROFILE_MM.
 PROFILE_MM, PROFILE_STEP_MM = 3.0, 0.5
@@ -528,9 +529,9 @@ def fit_pelvis(volume: Volume, bone: BoneMask, model: ShapeModel) -> PelvisFit:
     fitted without either hip bone in turn."""
     points, normals = surface_points(volume, bone)
     fit = _fit(volume, bone, model, points, normals, ())
-    if pelvis_found(fit) and not missing_bones(fit) and _present_share(fit) < ROBUST_START_BELOW:
+    if pelvis_found(fit) and not missing_bones(fit) and present_share(fit.bones) < ROBUST_START_BELOW:
         again = _fit(volume, bone, model, points, normals, (), robust=True)
-        if _present_share(again) > _present_share(fit):
+        if present_share(again.bones) > present_share(fit.bones):
             fit = again
     missing = tuple(missing_bones(fit))
     if pelvis_found(fit):
@@ -583,10 +584,11 @@ def _found_share(fit: PelvisFit) -> float | None:
     return float(np.median(fitted)) if fitted else None
 
 
-def _present_share(fit: PelvisFit) -> float:
+def present_share(bones: dict[str, dict]) -> float:
     """The mean share on bone of the model's bones in view that are there
-    (not found missing): how well the fit sits (see ROBUST_START_BELOW)."""
-    shares = [share for d in fit.bones.values()
+    (not found missing), from each bone's fit (as :attr:`PelvisFit.bones`
+    and the report hold them): how well the fit sits (see ROBUST_START_BELOW)."""
+    shares = [share for d in bones.values()
               if (share := on_bone_share(d)) is not None and share >= MISSING_FITTED_FRACTION]
     return float(np.mean(shares)) if shares else 0.0
 

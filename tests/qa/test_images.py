@@ -209,6 +209,25 @@ def test_warnings_come_from_the_report():
     assert report_warnings(calm) == []
 
 
+def test_a_loose_shape_model_fit_is_flagged():
+    """The fit's share on bone, over the model's bones there (one found
+    missing is not counted): about half, as where a patient lying askew with
+    part of a hip bone destroyed lost the sacrum (0.47-0.57 per bone), is
+    flagged; Pelvic-Ref-003's (0.73-0.89) and a fit without its missing hip
+    bone (the other two 0.8) are not."""
+    from pipeline.qa.report_html import label_warnings
+
+    def fitted(*shares):
+        return {"shape_model": {"found": True, "bones": {
+            name: {"fitted_fraction": share, "in_view_fraction": 1.0, "residual_median_mm": 1.0}
+            for name, share in zip(("hip_left", "hip_right", "sacrum"), shares)}}}
+
+    loose = [w for w in label_warnings(fitted(0.54, 0.57, 0.47), {}) if "sits loosely" in w]
+    assert len(loose) == 1 and loose[0].startswith("the pelvis shape model sits loosely: 53 % of it in view")
+    for shares in ((0.889, 0.809, 0.732), (0.1, 0.8, 0.8)):
+        assert not any("sits loosely" in w for w in label_warnings(fitted(*shares), {}))
+
+
 def test_a_run_without_qa_images_clears_the_earlier_ones(tmp_path):
     write_outputs(tmp_path, {"report.json": b"{}", "qa/slice_axial.png": b"1", "report.html": b"x"})
     assert (tmp_path / "qa" / "slice_axial.png").read_bytes() == b"1"
