@@ -529,9 +529,10 @@ def fit_pelvis(volume: Volume, bone: BoneMask, model: ShapeModel) -> PelvisFit:
     fitted without either hip bone in turn."""
     points, normals = surface_points(volume, bone)
     fit = _fit(volume, bone, model, points, normals, ())
-    if pelvis_found(fit) and not missing_bones(fit) and present_share(fit.bones) < ROBUST_START_BELOW:
+    share = present_share(fit.bones)
+    if pelvis_found(fit) and not missing_bones(fit) and share < ROBUST_START_BELOW:
         again = _fit(volume, bone, model, points, normals, (), robust=True)
-        if present_share(again.bones) > present_share(fit.bones):
+        if present_share(again.bones) > share:
             fit = again
     missing = tuple(missing_bones(fit))
     if pelvis_found(fit):
