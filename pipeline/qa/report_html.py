@@ -204,9 +204,9 @@ def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
                              f"{POOR_FIT_MM:g} mm: unusual anatomy, a large tumour or fracture); check its label")
         bones = model.get("bones") or {}
         if model.get("found", True) and bones and (share := present_share(bones)) < ROBUST_START_BELOW:
-            found.append(f"the pelvis shape model sits loosely: {100 * share:.0f} % of it in view lies on bone "
-                         "(a good fit 80 % or more); it names the bones and fills "
-                         "the sacrum, so check its outline on the QA slices and the labels over the CT (a "
+            found.append(f"the pelvis shape model sits loosely: {100 * share:.0f} % of it lies on bone (of what "
+                         "is in view or just beyond a face of the scan no bone reaches; a good fit 80 % or more); "
+                         "it names the bones and fills the sacrum, so check its outline on the QA slices and the labels over the CT (a "
                          "patient lying askew with bone destroyed is the known case)")
     names = set(segmentation.get("labels") or {})
     if names and not names & {"femur_left", "femur_right"} and not segmentation.get("labels_file"):

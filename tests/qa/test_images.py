@@ -214,18 +214,28 @@ def test_a_loose_shape_model_fit_is_flagged():
     missing is not counted): about half, as where a patient lying askew with
     part of a hip bone destroyed lost the sacrum (0.47-0.57 per bone), is
     flagged; Pelvic-Ref-003's (0.73-0.89) and a fit without its missing hip
-    bone (the other two 0.8) are not."""
+    bone (the other two 0.8) are not. A bone's model beyond a face of the
+    scan that no bone reaches counts as off bone: a fit that slid a hip
+    bone's model wholly out of the scan, the rest 64 % / 82 % on bone, is
+    flagged (49 %); beyond a face bone reaches it is not counted."""
     from pipeline.qa.report_html import label_warnings
 
-    def fitted(*shares):
+    def fitted(*bones):
         return {"shape_model": {"found": True, "bones": {
-            name: {"fitted_fraction": share, "in_view_fraction": 1.0, "residual_median_mm": 1.0}
-            for name, share in zip(("hip_left", "hip_right", "sacrum"), shares)}}}
+            name: {"fitted_fraction": share, "in_view_fraction": in_view, "unreached_fraction": unreached,
+                   "residual_median_mm": 1.0}
+            for name, (share, in_view, unreached) in zip(("hip_left", "hip_right", "sacrum"), bones)}}}
 
-    loose = [w for w in label_warnings(fitted(0.54, 0.57, 0.47), {}) if "sits loosely" in w]
-    assert len(loose) == 1 and loose[0].startswith("the pelvis shape model sits loosely: 53 % of it in view")
+    def loose(*bones):
+        return [w for w in label_warnings(fitted(*bones), {}) if "sits loosely" in w]
+
+    assert loose((0.54, 1.0, 0.0), (0.57, 1.0, 0.0), (0.47, 1.0, 0.0))[0].startswith(
+        "the pelvis shape model sits loosely: 53 % of it lies on bone")
     for shares in ((0.889, 0.809, 0.732), (0.1, 0.8, 0.8)):
-        assert not any("sits loosely" in w for w in label_warnings(fitted(*shares), {}))
+        assert not loose(*((share, 1.0, 0.0) for share in shares))
+    out_of_the_scan = (0.53, 0.83, 0.0), (0.0, 0.0, 0.58), (0.50, 0.58, 0.03)
+    assert loose(*out_of_the_scan)[0].startswith("the pelvis shape model sits loosely: 49 %")
+    assert not loose((0.53, 0.83, 0.0), (0.0, 0.0, 0.0), (0.50, 0.58, 0.03))
 
 
 def test_a_run_without_qa_images_clears_the_earlier_ones(tmp_path):

@@ -10,7 +10,7 @@ from scipy import ndimage as ndi
 from pipeline.config import SegmentConfig
 from pipeline.segment.femoral_head import fit_sphere
 from pipeline.segment.mask import segment_bone
-from pipeline.segment.model_fit import fit_pelvis, landmark_plane
+from pipeline.segment.model_fit import BEYOND_MM, REACH_MM, face_reach, fit_pelvis, landmark_plane, unreached
 from pipeline.segment.shape_model import MODEL_BONES, load_model
 from pipeline.segment.voxelise import inside_mesh
 from pipeline.volume import Volume, apply_affine, flip_axis
@@ -101,6 +101,29 @@ def test_a_scan_that_stops_below_the_iliac_crests_is_fitted_in_place():
     index = volume.lps_to_index(fit.vertices_lps_mm)
     in_view = np.all((index > -0.5) & (index < np.array(volume.shape) - 0.5), axis=1)
     assert np.median(cKDTree(dense).query(fit.vertices_lps_mm[in_view])[0]) < 0.5 * SPACING_MM
+
+
+def test_model_just_beyond_a_face_no_bone_reaches_is_off_bone():
+    """A scan of 2 mm voxels whose bone, a column, reaches its top face only
+    at one place: model just beyond the top face over the column may lie on
+    bone the scan does not show; beside it (28 mm from the column's section)
+    or just beyond a face no bone reaches it is off bone; farther than
+    BEYOND_MM beyond, or in view, it is not judged so."""
+    from types import SimpleNamespace
+
+    volume = Volume(np.zeros((20, 30, 30), dtype=np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
+    voxels = np.zeros((20, 30, 30), dtype=bool)
+    voxels[5:, 10:13, 10:13] = True
+    reach = face_reach(volume, SimpleNamespace(box=(slice(0, 20), slice(0, 30), slice(0, 30)), voxels=voxels))
+    top = 19.5 + 6.0 / 2.0          # 6 mm beyond the top face (index, 2 mm voxels)
+    far = 19.5 + (BEYOND_MM + 4.0) / 2.0
+    points = np.array([[top, 11.0, 11.0],                        # over the column
+                       [top, 11.0, 12.0 + (REACH_MM + 2.0) / 2.0],  # 2 mm farther than REACH_MM beside it
+                       [top, 11.0, 25.0],                        # 28 mm from the column's section
+                       [far, 11.0, 25.0],                        # as far beyond as a bone may begin
+                       [10.0, 11.0, 25.0],                       # in view
+                       [10.0, -4.0, 25.0]])                      # just beyond a face no bone reaches
+    assert unreached(points, volume.shape, reach).tolist() == [False, True, True, False, False, True]
 
 
 def test_a_pelvis_turned_25_degrees_in_the_scanner_is_found():
