@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from ..segment.labels import SEED_MARGIN_MM
 from ..segment.mask import METAL_HU
-from ..segment.model_fit import ROBUST_START_BELOW, bone_missing, on_bone_share, present_share
+from ..segment.model_fit import LOOSE_FIT_BELOW, bone_missing, on_bone_share, present_share
 
 if TYPE_CHECKING:
     from .interactive import InteractiveView
@@ -203,7 +203,7 @@ def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
                 found.append(f"{bone}: the shape model fits it poorly (median residual {residual:.1f} mm > "
                              f"{POOR_FIT_MM:g} mm: unusual anatomy, a large tumour or fracture); check its label")
         bones = model.get("bones") or {}
-        if model.get("found", True) and bones and (share := present_share(bones)) < ROBUST_START_BELOW:
+        if model.get("found", True) and bones and (share := present_share(bones)) < LOOSE_FIT_BELOW:
             found.append(f"the pelvis shape model sits loosely: {100 * share:.0f} % of it lies on bone (of what "
                          "is in view or just beyond a face of the scan no bone reaches; a good fit 80 % or more); "
                          "it names the bones and fills the sacrum, so check its outline on the QA slices and the labels over the CT (a "
