@@ -668,7 +668,12 @@ def present_share(bones: dict[str, dict]) -> float:
     share on bone of their vertices in view or just beyond a face no bone
     reaches (REACH_MM), from each bone's fit (as :attr:`PelvisFit.bones`
     and the report hold them)."""
-    shares = [share for d in bones.values() if not bone_missing(d) and (share := judged_share(d)) is not None]
+    return _mean_share(bones, {b for b, d in bones.items() if bone_missing(d)})
+
+
+def _mean_share(bones: dict[str, dict], leave: set[str]) -> float:
+    """The mean :func:`judged_share` over the bones but those in ``leave``."""
+    shares = [share for b, d in bones.items() if b not in leave and (share := judged_share(d)) is not None]
     return float(np.mean(shares)) if shares else 0.0
 
 
@@ -687,12 +692,7 @@ def sits_better(bones: dict[str, dict], than: dict[str, dict]) -> bool:
     if len(missing) > 1:
         return False
     missing |= {b for b, d in than.items() if bone_missing(d)}
-
-    def share(fit: dict[str, dict]) -> float:
-        shares = [s for b, d in fit.items() if b not in missing and (s := judged_share(d)) is not None]
-        return float(np.mean(shares)) if shares else 0.0
-
-    return share(bones) > share(than)
+    return _mean_share(bones, missing) > _mean_share(than, missing)
 
 
 def judged_share(fit: dict) -> float | None:
