@@ -223,6 +223,7 @@ def pelvic_ref_figures() -> tuple[dict, MeshResult, Volume] | None:
         shift, shifted = best_shift(truth[slices], mine[slices])
         figures[name]["manual_best_shift_px"] = shift
         figures[name]["dice_at_best_shift"] = shifted
+        figures[name]["dice_at_each_slices_best_shift"] = slice_shift_dice(truth[slices], mine[slices])
         for tool, auto_roi in RTSTRUCT_AUTO_FEMURS[name].items():
             auto, auto_slices = rasterise_roi(rtstruct, auto_roi, volume)
             both = auto_slices & slices
@@ -233,6 +234,7 @@ def pelvic_ref_figures() -> tuple[dict, MeshResult, Volume] | None:
             figures[name][f"{tool}_vs_manual"] = dice(auto[both], truth[both])
             figures[name][f"{tool}_vs_manual_surface_dice_1vox"] = surface_dice(auto[both], truth[both])
             figures[name][f"manual_best_shift_px_vs_{tool}"] = best_shift(truth[both], auto[both])[0]
+            figures[name][f"{tool}_vs_manual_at_each_slices_best_shift"] = slice_shift_dice(truth[both], auto[both])
     y_mm = volume.index_to_lps(np.argwhere(result.labels > 0))[:, 1]
     body, body_slices = rasterise_roi(rtstruct, RTSTRUCT_BODY, volume)
     outside = (result.labels > 0) & ~body
@@ -255,6 +257,27 @@ def best_shift(reference: np.ndarray, other: np.ndarray, reach: int = 3) -> tupl
               for dr in range(-reach, reach + 1) for dc in range(-reach, reach + 1)}
     (dr, dc), score = max(scores.items(), key=lambda item: (item[1], -abs(item[0][0]) - abs(item[0][1])))
     return f"{dr:+d},{dc:+d}", score
+
+
+def slice_shift_dice(reference: np.ndarray, other: np.ndarray, reach: int = 3) -> float:
+    """Dice with each slice of ``reference`` moved in-plane (up to ``reach``
+    pixels) to where it agrees best with ``other``: what is left of the
+    disagreement once outlines drawn slice by slice, each a little off the
+    bone in its own direction, are put back on it one by one. Pelvic-Ref-003's
+    manual femur contours lie up to 3 pixels off ours, slice by slice in
+    different directions (0.904 / 0.901 -> 0.916 / 0.918; both commercial
+    tools' contours of the case 0.89-0.91 -> 0.91-0.92)."""
+    shared, total = 0, 0
+    for a, b in zip(reference, other):
+        box = bounding_box(a | b)
+        if box is None:
+            continue
+        box = tuple(slice(max(s.start - reach, 0), s.stop + reach) for s in box)
+        a, b = a[box], b[box]
+        shared += max(int(np.count_nonzero(np.roll(a, (dr, dc), axis=(0, 1)) & b))
+                      for dr in range(-reach, reach + 1) for dc in range(-reach, reach + 1))
+        total += int(np.count_nonzero(a)) + int(np.count_nonzero(b))
+    return 2.0 * shared / total if total else 1.0
 
 
 def read_rtstruct(folder: Path):
