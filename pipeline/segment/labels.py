@@ -187,7 +187,7 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
                    beside_model=near & ~inside & (labels == SACRUM))
     else:
         open_canal(labels, certain, hu, volume)
-    above_l1 = vertebrae_above_l1(labels, hu, grid)
+    above_l1 = vertebrae_above_l1(labels, hu, grid, size=fit.pose[0] if found else 1.0)
     labels = separate_labels(labels, own | heads_inside, hu, certain=heads_inside)
     return BoneLabels(labels=labels, box=bone.box, smallest_piece_voxels=_smallest(labels),
                       stats=label_stats(labels, volume, fit, found, heads, core_hu, tip, above_l1, pool_voxels,

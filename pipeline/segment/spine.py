@@ -217,7 +217,7 @@ class Levels:
     voxels: int = 0
 
 
-def vertebrae_above_l1(labels: np.ndarray, hu: np.ndarray, grid: Grid) -> Levels:
+def vertebrae_above_l1(labels: np.ndarray, hu: np.ndarray, grid: Grid, size: float = 1.0) -> Levels:
     """Relabel, in place, the spine above L1 (T12 and up, with the ribs
     joined to it) as ``other``: "lumbar" is L1-L5. The levels are counted
     up from the sacrum: the vertebral bodies' cross-section along the spine
@@ -230,7 +230,13 @@ def vertebrae_above_l1(labels: np.ndarray, hu: np.ndarray, grid: Grid) -> Levels
     away), so T12's arch, which hangs below the disc, goes with T12 across
     the facet joints' HU valley. Nothing changes unless the sacrum is in
     view up to the spine's lowest body (within ``LEVEL_MM[0]``) and every
-    disc is found with a body above it (most pelvic scans end below L1)."""
+    disc is found with a body above it (most pelvic scans end below L1).
+    The lengths along the spine (``LEVEL_MM``, ``BODY_REACH_MM``,
+    ``DISC_CLEAR_MM``) are an adult's of the model's mean size and scale
+    with ``size``, the patient's (the fitted pelvis's): on the
+    TotalSegmentator CT 0.75 times as large (a child's pelvis and spine) an
+    adult's window for the first disc held two discs and took the upper,
+    the count ran out of scan before L1, and T12 and up stayed lumbar."""
     boxes = ndi.find_objects(labels, max_label=OTHER)
     spine_box, sacrum_box = boxes[LUMBAR - 1], boxes[SACRUM - 1]
     if spine_box is None or sacrum_box is None:
@@ -245,7 +251,8 @@ def vertebrae_above_l1(labels: np.ndarray, hu: np.ndarray, grid: Grid) -> Levels
 
     spacing = np.asarray(volume.spacing_mm, dtype=float)
     step = float(spacing[axial])
-    if (spine_box[axial].stop - spine_box[axial].start) * step < LUMBAR_LEVELS * LEVEL_MM[0]:
+    level_mm, reach_mm, clear_mm = np.multiply(LEVEL_MM, size), BODY_REACH_MM * size, DISC_CLEAR_MM * size
+    if (spine_box[axial].stop - spine_box[axial].start) * step < LUMBAR_LEVELS * level_mm[0]:
         return Levels()                           # too short to hold L1's upper disc
     spine = labels[spine_box] == LUMBAR
     # The cross-sections are measured on a grid of about BODY_GRID_MM in-plane.
@@ -264,14 +271,14 @@ def vertebrae_above_l1(labels: np.ndarray, hu: np.ndarray, grid: Grid) -> Levels
 
     corners = np.array(np.meshgrid(*[(b.start, b.stop - 1) for b in sacrum_box], indexing="ij")).reshape(3, -1).T
     sacrum_top = float(grid.lps(corners)[:, 2].max())
-    if len(held) == 0 or sacrum_top < height(held[0]) - LEVEL_MM[0]:   # no more than a disc below
+    if len(held) == 0 or sacrum_top < height(held[0]) - level_mm[0]:   # no more than a disc below
         return Levels()
-    reach = max(int(round(BODY_REACH_MM / step)), 1)
+    reach = max(int(round(reach_mm / step)), 1)
     discs: list[float] = []
     where = float(held[0])
     for _ in range(LUMBAR_LEVELS):
         if len(discs) < 2:
-            lo, hi = LEVEL_MM
+            lo, hi = level_mm
         else:
             last = (discs[-1] - discs[-2]) * step
             lo, hi = (1.0 - LEVEL_SPREAD) * last, (1.0 + LEVEL_SPREAD) * last
@@ -291,7 +298,7 @@ def vertebrae_above_l1(labels: np.ndarray, hu: np.ndarray, grid: Grid) -> Levels
             return Levels(tuple(height(d) for d in discs))
         discs.append(disc)
         where = disc
-    clear = max(DISC_CLEAR_MM / step, 1.0)
+    clear = max(clear_mm / step, 1.0)
     along = np.arange(len(area), dtype=float).reshape(-1, 1, 1)
     markers = np.zeros(spine.shape, dtype=np.int32)
     up_markers, up_bodies = upward(markers), upward(vertebral_bodies(spine, spacing, axial))

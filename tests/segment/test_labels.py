@@ -956,6 +956,29 @@ def test_a_pelvis_larger_or_smaller_than_the_mean_is_labelled_as_at_its_own_size
     for name in ("hip_left", "hip_right", "sacrum", "femur_left", "femur_right", "lumbar"):
         assert dice(result.labels == LABEL_IDS[name], whole.labels == LABEL_IDS[name]) >= 0.95, name
 
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_a_childs_lumbar_levels_are_counted_at_the_childs_size():
+    """The TotalSegmentator CT with its voxels 0.75 times as large (a
+    child's pelvis and spine, the fit's size 0.77): counted with an adult's
+    lengths along the spine, the window for the first disc (20-50 mm above
+    the lowest lumbar body) held two discs and took the upper, the count ran
+    out of scan before L1, and T12 and up stayed lumbar (lumbar 0.850
+    against the labels at its own size). The lengths scale with the fitted
+    pelvis: five discs, the spine above them other, lumbar 0.903 (the fifth
+    disc 7 mm low in L1)."""
+    from pipeline.volume import Volume
+
+    _, whole, volume = real_case("totalseg_example")
+    centre = volume.index_to_lps(np.array(volume.shape)[None] / 2.0)[0]
+    smaller = np.eye(4)
+    smaller[:3, :3], smaller[:3, 3] = 0.75 * np.eye(3), centre - 0.75 * centre
+    result = run_mesh(Volume(volume.hu, smaller @ volume.affine), Config())
+    levels = result.report["segmentation"]["lumbar_levels"]
+    assert len(levels["discs_lps_z_mm"]) == 5 and levels["above_l1_to_other_mm3"] > 0
+    assert dice(result.labels == LABEL_IDS["lumbar"], whole.labels == LABEL_IDS["lumbar"]) >= 0.88
+
+
 def growth_plates(volume, labels: np.ndarray, heads: dict, width_mm: float = 2.0, hu: float = 60.0):
     """(``volume`` with a child's open growth plates carved into its bones as
     cartilage (``hu``, ``width_mm`` thick), the plate voxels): across each
