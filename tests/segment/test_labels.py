@@ -915,9 +915,10 @@ def test_contrast_in_the_bladder_and_aorta_is_never_bone():
                          ((8.0, 105.0, 330.0), (35.0, 112.0, 280.0), 6.0),
                          ((8.0, 105.0, 330.0), (-35.0, 112.0, 280.0), 6.0)]:
         a, b = np.array(a), np.array(b)
-        for t in np.linspace(0.0, 1.0, 60):
-            c = a + t * (b - a)
-            contrast[((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 < radius ** 2) & (contrast == 0)] = 350.0
+        ab = b - a   # the vessel: every point within radius of the segment a-b
+        t = np.clip(((x - a[0]) * ab[0] + (y - a[1]) * ab[1] + (z - a[2]) * ab[2]) / (ab @ ab), 0.0, 1.0)
+        inside = (x - a[0] - t * ab[0]) ** 2 + (y - a[1] - t * ab[1]) ** 2 + (z - a[2] - t * ab[2]) ** 2 < radius ** 2
+        contrast[inside & (contrast == 0)] = 350.0
     spacing = np.abs(np.diag(volume.affine[:3, :3][::-1]))
     contrast[ndimage.distance_transform_edt(volume.hu <= 200.0, sampling=spacing) <= 5.0] = 0.0
     weight = ndimage.gaussian_filter((contrast > 0).astype(np.float32), 0.7 / spacing)
