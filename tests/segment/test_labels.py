@@ -261,18 +261,30 @@ def upper_part(mask: np.ndarray, volume, share: float) -> np.ndarray:
     return upper
 
 
+def about_centre(volume, linear: np.ndarray):
+    """The same voxels with the patient frame mapped by ``linear`` (3 x 3)
+    about the scan's centre."""
+    from pipeline.volume import Volume
+
+    centre = volume.index_to_lps(np.array(volume.shape)[None] / 2.0)[0]
+    frame = np.eye(4)
+    frame[:3, :3] = linear
+    frame[:3, 3] = centre - linear @ centre
+    return Volume(volume.hu, frame @ volume.affine)
+
+
 def turned_frame(volume, axis, degrees: float):
     """The same voxels with the patient frame turned ``degrees`` about
     ``axis`` (LPS) through the scan's centre: a patient lying askew."""
-    from pipeline.volume import Volume
-
     from ..helpers import rotation
 
-    centre = volume.index_to_lps(np.array(volume.shape)[None] / 2.0)[0]
-    turn = np.eye(4)
-    turn[:3, :3] = rotation(list(axis), np.radians(degrees))
-    turn[:3, 3] = centre - turn[:3, :3] @ centre
-    return Volume(volume.hu, turn @ volume.affine)
+    return about_centre(volume, rotation(list(axis), np.radians(degrees)))
+
+
+def resized(volume, size: float):
+    """The same voxels ``size`` times as large about the scan's centre: the
+    same patient larger or smaller."""
+    return about_centre(volume, size * np.eye(3))
 
 
 def test_osteoporotic_bones_are_told_apart_and_filled():
@@ -947,15 +959,11 @@ def test_a_pelvis_larger_or_smaller_than_the_mean_is_labelled_as_at_its_own_size
     0.956-0.995 (at 0.8 the sacrum's canal and foramina edges give 0.949 on
     Pelvic-Ref-003; at 0.7 one femoral head's sphere is found 3 mm small).
     Every bone is labelled as at its own size."""
-    from pipeline.volume import Volume
-
     _, whole, volume = real_case(case)
-    centre = volume.index_to_lps(np.array(volume.shape)[None] / 2.0)[0]
-    resized = np.eye(4)
-    resized[:3, :3], resized[:3, 3] = size * np.eye(3), centre - size * centre
-    result = run_mesh(Volume(volume.hu, resized @ volume.affine), Config())
+    result = run_mesh(resized(volume, size), Config())
     for name in ("hip_left", "hip_right", "sacrum", "femur_left", "femur_right", "lumbar"):
         assert dice(result.labels == LABEL_IDS[name], whole.labels == LABEL_IDS[name]) >= 0.95, name
+
 
 @pytest.mark.real_data
 @pytest.mark.slow
@@ -968,13 +976,8 @@ def test_a_childs_lumbar_levels_are_counted_at_the_childs_size():
     against the labels at its own size). The lengths scale with the fitted
     pelvis: five discs, the spine above them other, lumbar 0.903 (the fifth
     disc 7 mm low in L1)."""
-    from pipeline.volume import Volume
-
     _, whole, volume = real_case("totalseg_example")
-    centre = volume.index_to_lps(np.array(volume.shape)[None] / 2.0)[0]
-    smaller = np.eye(4)
-    smaller[:3, :3], smaller[:3, 3] = 0.75 * np.eye(3), centre - 0.75 * centre
-    result = run_mesh(Volume(volume.hu, smaller @ volume.affine), Config())
+    result = run_mesh(resized(volume, 0.75), Config())
     levels = result.report["segmentation"]["lumbar_levels"]
     assert len(levels["discs_lps_z_mm"]) == 5 and levels["above_l1_to_other_mm3"] > 0
     assert dice(result.labels == LABEL_IDS["lumbar"], whole.labels == LABEL_IDS["lumbar"]) >= 0.88
