@@ -301,6 +301,11 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
 
 
+# A grid of offsets (LPS mm): the values along x, y and z; its offsets are
+# every combination, in that ('ij') order.
+Offsets = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
 def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float, volume: Volume,
                  leave_out: tuple[str, ...] = (), robust: bool = False
                  ) -> list[tuple[float, np.ndarray, np.ndarray, float]]:
@@ -342,22 +347,34 @@ def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float,
     flat_distance = np.append(distance.ravel(), INIT_CLIP_MM).astype(np.float32)
     strides = np.array([shape[1] * shape[2], shape[2], 1])
 
-    def scores(scale: float, rotation: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-        # One axis at a time, on (offsets, points) arrays: a trailing axis of 3
-        # (np.all along it, an integer matrix product for the cell index)
-        # took most of the search's time.
+    def scores(scale: float, rotation: np.ndarray, offsets: Offsets) -> np.ndarray:
+        # Per offset of the grid (flat, in its 'ij' order) and model point, from
+        # tables of one axis's offsets (or two's) by points, broadcast over the
+        # grid: each sum is the one the (offset, point) pair would give alone,
+        # the same float, at a fraction of the work.
         placed = scale * (sample @ rotation.T)
-        at = [placed[:, a][None] + offsets[:, a][:, None] for a in range(3)]
-        flat = np.zeros(at[0].shape, dtype=np.int64)
-        inside = np.ones(at[0].shape, dtype=bool)
-        seen = np.ones(at[0].shape, dtype=bool)
+        at = [placed[:, a][None] + offsets[a][:, None] for a in range(3)]   # (offsets on axis a, points)
+
+        def along(a: int, table: np.ndarray) -> np.ndarray:
+            return table.reshape([len(offsets[a]) if b == a else 1 for b in range(3)] + [-1])
+
+        # The distance map's cell: beyond the map on any axis, past the sum of any cells (the last entry).
+        beyond = np.int64(len(flat_distance))
+        flat = 0
         for a in range(3):
             cell = np.floor((at[a] - lo[a]) / INIT_CELL_MM).astype(np.int64)
-            inside &= cell.view(np.uint64) < np.uint64(shape[a])   # a negative index wraps above any size
-            flat += cell * strides[a]
-            index = at[0] * to_index[a, 0] + at[1] * to_index[a, 1] + at[2] * to_index[a, 2] + to_index[a, 3]
-            seen &= (index > -0.5) & (index < last[a])
-        d = flat_distance[np.where(inside, flat, len(flat_distance) - 1)]
+            flat = flat + along(a, np.where(cell.view(np.uint64) < np.uint64(shape[a]), cell * strides[a], beyond))
+        d = flat_distance[np.minimum(flat, beyond - 1)].reshape(-1, len(sample))
+        # In view: the voxel index along each of the scan's axes, summed over the
+        # offsets' axes it depends on (a term of 0 adds nothing), in range.
+        seen = True
+        for b in range(3):
+            index = 0
+            for a in np.flatnonzero(to_index[b, :3]):
+                index = index + along(a, at[a] * to_index[b, a])
+            index = index + to_index[b, 3]
+            seen = seen & (index > -0.5) & (index < last[b])
+        seen = np.broadcast_to(seen, [len(o) for o in offsets] + [len(sample)]).reshape(-1, len(sample))
         n_seen = seen.sum(axis=1)
         seen_mean = np.where(seen, d, 0.0).sum(axis=1) / np.maximum(n_seen, 1)
         unseen = np.maximum(INIT_UNSEEN_MM, seen_mean)
@@ -368,24 +385,30 @@ def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float,
             score = (seen_mean * n_seen + unseen * (len(sample) - n_seen)) / len(sample)
         return np.where(n_seen >= INIT_MIN_SEEN * len(sample), score, np.inf)
 
-    def best_of(poses: list[tuple[float, np.ndarray, float, np.ndarray]]):
+    def best_of(poses: list[tuple[float, np.ndarray, float, Offsets]], keep: np.ndarray | None = None):
         """(weighted score, scale, rotation, offset) of the best of the poses
-        (scale, rotation, weight, offsets), each at each of its offsets, on
-        both cores (numpy's array work releases the GIL)."""
-        best = (np.inf, 1.0, np.eye(3), poses[0][3][0])
+        (scale, rotation, weight, offsets), each at each of its offsets (but
+        those ``keep``, flat over the grid, leaves out), on both cores
+        (numpy's array work releases the GIL)."""
+        def offset(grid: Offsets, i: int) -> np.ndarray:
+            return np.array([g[j] for g, j in zip(grid, np.unravel_index(i, [len(g) for g in grid]))])
+
+        best = (np.inf, 1.0, np.eye(3), offset(poses[0][3], 0 if keep is None else int(np.argmax(keep))))
         for (scale, rotation, weight, offsets), score in zip(poses, parallel(*[lambda p=p: scores(*p[:2], p[3])
                                                                               for p in poses])):
+            if keep is not None:
+                score = np.where(keep, score, np.inf)
             i = int(np.argmin(score))
             if weight * score[i] < best[0]:
-                best = (float(weight * score[i]), scale, rotation, offsets[i])
+                best = (float(weight * score[i]), scale, rotation, offset(offsets, i))
         return best
 
     ys = np.arange(points[:, 1].min(), points[:, 1].max() + INIT_STEP_MM, INIT_STEP_MM)
     zs = np.arange(points[:, 2].min() - INIT_CLIP_MM, points[:, 2].max() + INIT_CLIP_MM, INIT_STEP_MM)
 
-    def plane(x_mm: float) -> np.ndarray:
+    def plane(x_mm: float) -> Offsets:
         """The coarse offsets in the sagittal plane ``x_mm`` beside the midline."""
-        return np.stack(np.meshgrid([midline_x_lps_mm + x_mm], ys, zs, indexing="ij"), axis=-1).reshape(-1, 3)
+        return np.array([midline_x_lps_mm + x_mm]), ys, zs
 
     reach = INIT_LEAVE_OUT_X_MM if leave_out else INIT_X_MM
     other = 1.0 / INIT_SCALE_MARGIN
@@ -399,14 +422,17 @@ def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float,
         for yaw in (-INIT_COARSE_YAW_DEG, INIT_COARSE_YAW_DEG) for x in ((0.0, *sides) if leave_out else (0.0,))]
     other_sizes = [(INIT_SCALE * k, np.eye(3), other, plane(0.0)) for k in INIT_OTHER_SCALES]
     steps = np.arange(-INIT_STEP_MM, INIT_STEP_MM + 0.1, INIT_STEP_MM / 4)
-    fine = np.stack(np.meshgrid(steps / 2, steps, steps, indexing="ij"), axis=-1).reshape(-1, 3)
+    fine = (steps / 2, steps, steps)
+
+    def about(centre: np.ndarray, grid: Offsets) -> Offsets:
+        return tuple(c + g for c, g in zip(centre, grid))
 
     def finer(scale: float, rotation: np.ndarray, centre: np.ndarray):
         """The fine grid about ``centre``, at 0.95-1.05 of ``scale``."""
-        return best_of([(k * scale, rotation, 1.0, centre + fine) for k in (0.95, 1.0, 1.05)])
+        return best_of([(k * scale, rotation, 1.0, about(centre, fine)) for k in (0.95, 1.0, 1.05)])
 
     steps = np.arange(-INIT_STEP_MM, INIT_STEP_MM + 0.1, INIT_STEP_MM / 2)
-    nearby = np.stack(np.meshgrid(steps, steps, steps, indexing="ij"), axis=-1).reshape(-1, 3)
+    nearby = (steps, steps, steps)
     angles = (0.0, *INIT_TURNS_DEG)
     turns = [_turn(yaw, roll, 0.0) for yaw in angles for roll in angles if yaw or roll]
     turns += [_turn(0.0, 0.0, pitch) for pitch in INIT_TURNS_DEG]
@@ -415,7 +441,7 @@ def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float,
         """The starts from the best of the ``coarse`` poses."""
         _, scale, rotation, centre = best_of(coarse)
         score, scale, rotation, centre = finer(scale, rotation, centre)
-        near = centre + nearby
+        near = about(centre, nearby)
         turned = [turn @ rotation for turn in turns]
         # Each turn's best score about the place found (both cores).
         turn_scores = [float(np.min(t)) for t in parallel(*[lambda r=r: scores(scale, r, near) for r in turned])]
@@ -437,8 +463,8 @@ def initial_pose(model: ShapeModel, points: np.ndarray, midline_x_lps_mm: float,
             score, scale, rotation, centre = placed(turned[best_turn])
         # The runner-up: the best place of the fine grid about the best that lies
         # a coarse step or more from it (:func:`_fit` poses both).
-        away = fine[np.linalg.norm(fine, axis=1) >= INIT_STEP_MM]
-        second = best_of([(scale, rotation, 1.0, centre + away)])
+        away = np.linalg.norm(np.stack(np.meshgrid(*fine, indexing="ij"), axis=-1), axis=-1).ravel() >= INIT_STEP_MM
+        second = best_of([(scale, rotation, 1.0, about(centre, fine))], keep=away)
         starts = [(scale, rotation, centre, score)] + ([(scale, rotation, second[3], second[0])]
                                                        if np.isfinite(second[0]) else [])
         if leave_out or robust:
