@@ -235,11 +235,11 @@ def pelvic_ref_figures() -> tuple[dict, MeshResult, Volume] | None:
             figures[name][f"{tool}_vs_manual_surface_dice_1vox"] = surface_dice(auto[both], truth[both])
             figures[name][f"manual_best_shift_px_vs_{tool}"] = best_shift(truth[both], auto[both])[0]
             figures[name][f"{tool}_vs_manual_at_each_slices_best_shift"] = slice_shift_dice(truth[both], auto[both])
-    y_mm = volume.index_to_lps(np.argwhere(result.labels > 0))[:, 1]
-    body, body_slices = rasterise_roi(rtstruct, RTSTRUCT_BODY, volume)
-    outside = (result.labels > 0) & ~body
+    bone = np.argwhere(result.labels > 0)
+    y_mm = volume.index_to_lps(bone)[:, 1]
+    in_body, body_slices = roi_holds(rtstruct, RTSTRUCT_BODY, volume, bone)
     figures["couch"] = {"bone_voxels_behind_back": int((y_mm > PELVIC_REF_COUCH_Y_MM).sum()),
-                        "bone_voxels_outside_body_contour": int(np.count_nonzero(outside[body_slices])),
+                        "bone_voxels_outside_body_contour": int(np.count_nonzero(body_slices[bone[:, 0]] & ~in_body)),
                         "body_contoured_slices": int(body_slices.sum())}
     return figures, result, volume
 
@@ -291,21 +291,47 @@ def read_rtstruct(folder: Path):
     raise FileNotFoundError(f"{folder}: no RTSTRUCT")
 
 
-def rasterise_roi(ds, roi_name: str, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
-    """(mask of the ROI's contour polygons on the volume grid, bool per slice: contoured)."""
-    from skimage.draw import polygon
-
+def roi_polygons(ds, roi_name: str, volume: Volume):
+    """The ROI's contour polygons on the volume grid: (slice, rows, columns)
+    of each polygon's corners, per contour on a slice of the volume."""
     number = next(r.ROINumber for r in ds.StructureSetROISequence if r.ROIName == roi_name)
     roi = next(r for r in ds.ROIContourSequence if r.ReferencedROINumber == number)
-    mask = np.zeros(volume.shape, dtype=bool)
     for contour in roi.ContourSequence:
         index = volume.lps_to_index(np.asarray(contour.ContourData, float).reshape(-1, 3))
         k = int(round(float(index[:, 0].mean())))
         if 0 <= k < volume.shape[0]:
-            # XOR: a contour inside another on the same slice is a hole.
-            rr, cc = polygon(index[:, 1], index[:, 2], shape=volume.shape[1:])
-            mask[k, rr, cc] ^= True
+            yield k, index[:, 1], index[:, 2]
+
+
+def rasterise_roi(ds, roi_name: str, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of the ROI's contour polygons on the volume grid, bool per slice: contoured)."""
+    from skimage.draw import polygon
+
+    mask = np.zeros(volume.shape, dtype=bool)
+    for k, rows, columns in roi_polygons(ds, roi_name, volume):
+        # XOR: a contour inside another on the same slice is a hole.
+        rr, cc = polygon(rows, columns, shape=volume.shape[1:])
+        mask[k, rr, cc] ^= True
     return mask, mask.any(axis=(1, 2))
+
+
+def roi_holds(ds, roi_name: str, volume: Volume, voxels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(per voxel of ``voxels`` (K, 3 indices): inside the ROI, bool per slice:
+    contoured): :func:`rasterise_roi`'s mask at those voxels (the same
+    point-in-polygon rule), testing only them. The body's outline,
+    rasterised whole on every slice of Pelvic-Ref-003, took 12 s."""
+    from skimage.measure import points_in_poly
+
+    inside = np.zeros(len(voxels), dtype=bool)
+    contoured = np.zeros(volume.shape[0], dtype=bool)
+    order = np.argsort(voxels[:, 0], kind="stable")
+    starts = np.searchsorted(voxels[order, 0], np.arange(volume.shape[0] + 1))
+    for k, rows, columns in roi_polygons(ds, roi_name, volume):
+        mine = order[starts[k]:starts[k + 1]]
+        if len(mine):
+            inside[mine] ^= points_in_poly(voxels[mine, 1:].astype(float), np.c_[rows, columns])
+        contoured[k] = True
+    return inside, contoured
 
 
 def main(argv: list[str] | None = None) -> int:

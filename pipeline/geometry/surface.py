@@ -116,6 +116,19 @@ class BoneSurfaces:
 
 
 def bone_surfaces(volume: Volume, bone: BoneLabels, cfg: SurfaceConfig) -> BoneSurfaces:
+    field, labels = surface_labels(volume, bone, cfg)
+    offset = np.array([s.start for s in bone.box], dtype=float)
+    present = [int(k) for k in np.unique(labels) if k > 0]
+    subs = ndi.find_objects(labels)
+    meshes = parallel(*[(lambda k=k: label_mesh(field, labels, k, subs[k - 1], volume.affine, offset))
+                        for k in present])
+    return BoneSurfaces(meshes=dict(zip(present, meshes)), labels=labels, box=bone.box)
+
+
+def surface_labels(volume: Volume, bone: BoneLabels, cfg: SurfaceConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(HU less the half-maximum level, the label of every voxel centre
+    inside its bone's surface), both float32 / uint8 on ``bone.box``: where
+    the meshes will lie and what they hold, before they are made."""
     hu = volume.hu[bone.box].astype(np.float32, copy=True)
     if cfg.smoothing_mm > 0:
         ndi.gaussian_filter(hu, sigma=cfg.smoothing_mm / volume.spacing_mm, output=hu)
@@ -138,13 +151,7 @@ def bone_surfaces(volume: Volume, bone: BoneLabels, cfg: SurfaceConfig) -> BoneS
     if bone.kept_in is not None:
         np.maximum(field, CLAMP_HU, out=field, where=bone.kept_in)
     inside = snap_to_level(solid, grown, field, min_piece_voxels=bone.smallest_piece_voxels // 10)
-    labels = fill_label_cavities(drop_specks(carry_labels(inside, bone.labels)))
-    offset = np.array([s.start for s in bone.box], dtype=float)
-    present = [int(k) for k in np.unique(labels) if k > 0]
-    subs = ndi.find_objects(labels)
-    meshes = parallel(*[(lambda k=k: label_mesh(field, labels, k, subs[k - 1], volume.affine, offset))
-                        for k in present])
-    return BoneSurfaces(meshes=dict(zip(present, meshes)), labels=labels, box=bone.box)
+    return field, fill_label_cavities(drop_specks(carry_labels(inside, bone.labels)))
 
 
 def keep_gaps_open(field: np.ndarray, hu: np.ndarray, solid: np.ndarray, gap: np.ndarray) -> None:
