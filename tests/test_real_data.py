@@ -10,11 +10,11 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from scipy import ndimage as ndi
 import trimesh
 
 from pipeline.cli import main as cli_main
 from pipeline.geometry.meshes import validate_solid
+from pipeline.segment.distance_map import distance_to_false
 from pipeline.volume import apply_affine
 
 from .helpers import REAL_CT, REPO, external_references, read_binary_stl, solid_defects, view_meshes
@@ -68,7 +68,7 @@ def mask_distance(out):
     """(NIfTI image, distance in mm from every voxel to the bone mask)."""
     img = nib.load(out / "bone_mask.nii.gz")
     mask = np.asarray(img.dataobj) > 0
-    return img, ndi.distance_transform_edt(~mask, sampling=img.header.get_zooms()[:3])
+    return img, distance_to_false(~mask, img.header.get_zooms()[:3])
 
 
 @pytest.mark.parametrize("contour, side", [("femoreSin", +1), ("femoreDes", -1)])
