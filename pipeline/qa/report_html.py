@@ -52,6 +52,14 @@ BEYOND_MODEL_SHARE = 0.15
 # 0; with the top 5 / 10 / 15 / 30 % of Pelvic-Ref-003's left hip bone made
 # soft tissue +0.02 / +0.08 / +0.12 / +0.24.
 MODEL_FILLED_EXCESS = 0.06
+# The sacrum, which has no pair, is flagged where one half of its label
+# (either side of its fitted model's centre) is bone by its model alone for
+# this much more of it than the other half: both real scans read 0.00-0.03
+# (turned 20 degrees about any axis, 0.8 or 1.2 times as large), 0.04-0.05
+# with the upper 30 % or all of a hip bone made soft tissue; a ball of soft
+# tissue at Pelvic-Ref-003's left sacroiliac joint, 20 / 30 / 40 mm in
+# radius (a lytic tumour), 0.10 / 0.13 / 0.21 (2026-12-07).
+SACRUM_SIDE_FILLED_EXCESS = 0.075
 # A patient's two femoral heads differ in radius by about a millimetre
 # (Pelvic-Ref-003 1.1 mm, the phantoms 0.8-1.0 mm): a difference beyond this
 # says one sphere was found on something else (a fossa, the acetabular roof:
@@ -197,6 +205,15 @@ def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
                 found.append(f"{bone}: {100 * filled:.0f} % of its label is bone by its fitted shape model alone, "
                              f"where the CT shows none ({100 * other['model_filled_share']:.0f} % of "
                              f"{PAIRED[bone]}'s): bone destroyed (a lytic tumour)? The model restores the "
+                             "bone's shape there, as an implant replacing it must: check its label over the CT, "
+                             "and keep the cuts out of it")
+            halves = fit.get("model_filled_left_share"), fit.get("model_filled_right_share")
+            if (all(isinstance(h, (int, float)) for h in halves)
+                    and abs(halves[0] - halves[1]) > SACRUM_SIDE_FILLED_EXCESS):
+                (more, fuller), (less, emptier) = sorted(zip(("left", "right"), halves), key=lambda h: -h[1])
+                found.append(f"{bone}: {100 * fuller:.0f} % of its {more} half is bone by its fitted shape model "
+                             f"alone, where the CT shows none ({100 * emptier:.0f} % of its {less} half): bone "
+                             f"destroyed (a lytic tumour) at the {more} sacroiliac joint? The model restores the "
                              "bone's shape there, as an implant replacing it must: check its label over the CT, "
                              "and keep the cuts out of it")
             if isinstance(residual, (int, float)) and residual > POOR_FIT_MM:

@@ -174,6 +174,26 @@ def test_report_page_is_self_contained_and_holds_the_numbers():
     assert "1.2.840.113619" not in page, "UIDs stay out of the page"
 
 
+def test_a_sacrum_filled_by_its_model_on_one_side_is_flagged_on_that_side():
+    """The sacrum has no pair to compare with (its fat-density marrow is
+    bone by the model alone: a third of it on Pelvic-Ref-003, two thirds
+    on 3 mm slices), but its halves are one: a half filled more than the
+    other by SACRUM_SIDE_FILLED_EXCESS is flagged, naming that side."""
+    from pipeline.qa.report_html import SACRUM_SIDE_FILLED_EXCESS, label_warnings
+
+    def warnings(left, right):
+        sacrum = {"residual_median_mm": 1.5, "fitted_fraction": 0.73, "in_view_fraction": 1.0,
+                  "model_filled_share": (left + right) / 2, "model_filled_left_share": left,
+                  "model_filled_right_share": right}
+        return [w for w in label_warnings({"shape_model": {"found": True, "bones": {"sacrum": sacrum}}}, {})
+                if "half" in w]
+
+    assert warnings(0.394, 0.293)[0].startswith("sacrum: 39 % of its left half is bone by its fitted shape model "
+                                                "alone, where the CT shows none (29 % of its right half)")
+    assert "at the right sacroiliac joint" in warnings(0.60, 0.69)[0]
+    assert warnings(0.323, 0.297) == warnings(0.67, 0.67 - SACRUM_SIDE_FILLED_EXCESS + 0.001) == []
+
+
 def test_report_page_shows_each_bone_s_label_and_model_fit():
     """The page's bone table: each label's volume, the shape model's fit to
     the model bones (residual, share in view on bone, share in view, share of
