@@ -58,6 +58,10 @@ DATA_POINTS = 20000
 # Initial search: a distance map on this grid (mm), steps of the coarse offsets
 # (mm; a finer search follows, at 0.95-1.05 of the size found), the mean
 # size, every n-th model vertex scored, distances clipped at CLIP_MM.
+# (The search's costs quoted below were measured before it scored its grids
+# of offsets from per-axis tables, which made it 2.3-2.9 times faster:
+# 0.27 -> 0.12 s on Pelvic-Ref-003, 6.9 -> 2.4 s over the five searches of
+# that scan without its left hip bone, tilted; 2026-12-07.)
 # The coarse search also tries INIT_OTHER_SCALES, which must score better
 # than the mean size by INIT_SCALE_MARGIN to be taken: a pelvis 20 % larger
 # than Pelvic-Ref-003 (itself of the mean size) was met by the model at
