@@ -549,11 +549,12 @@ def refine(model: ShapeModel, points: np.ndarray, normals: np.ndarray, scale: fl
     bone_of = model.vertex_bone
     b = np.zeros(0)
     local = {int(k): (np.eye(3), np.zeros(3), 0.0) for k in bones}  # rotation, translation, log-scale
+    members = {k: np.flatnonzero(bone_of == k) for k in local}
 
     def place(shape: np.ndarray) -> np.ndarray:
         x = scale * shape @ rotation.T + translation
         for k, (r, t, ls) in local.items():
-            mine = bone_of == k
+            mine = members[k]
             c = x[mine].mean(axis=0)
             x[mine] = np.exp(ls) * (x[mine] - c) @ r.T + c + t
         return x
@@ -582,7 +583,7 @@ def refine(model: ShapeModel, points: np.ndarray, normals: np.ndarray, scale: fl
             if per_bone:
                 for k in bones:
                     mine = (bone_of[fitted[use]] == k)[:, None]
-                    c = x_all[bone_of == k].mean(axis=0)
+                    c = x_all[members[int(k)]].mean(axis=0)
                     columns += [nv * mine, np.cross(xv - c, nv) * mine,
                                 (np.einsum("ij,ij->i", nv, xv - c) * mine[:, 0])[:, None]]
             jac = np.concatenate(columns, axis=1)
@@ -821,7 +822,8 @@ def _fit(volume: Volume, bone: BoneMask, model: ShapeModel, data: tuple[np.ndarr
     if starts is None:
         starts = [s[:3] for s in initial_pose(model, points, bone.midline_x_lps_mm, volume, leave_out, robust)]
     posed = parallel(*[lambda s=s: refine(model, points, normals, *s, leave_out, SCHEDULE[:1]) for s in starts])
-    _, _, pose = max(posed, key=lambda p: on_bone(p[0])[2])
+    shares = parallel(*[lambda p=p: on_bone(p[0])[2] for p in posed])
+    _, _, pose = posed[int(np.argmax(shares))]   # the first of equal shares, as max() took
     x, b, pose = refine(model, points, normals, *pose, leave_out, SCHEDULE[1:])
     matched, offset, _ = on_bone(x)
     index = apply_affine(np.linalg.inv(volume.affine), x)
