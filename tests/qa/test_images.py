@@ -178,11 +178,12 @@ def test_a_sacrum_filled_by_its_model_on_one_side_is_flagged_on_that_side():
     """The sacrum has no pair to compare with (its fat-density marrow is
     bone by the model alone: a third of it on Pelvic-Ref-003, two thirds
     on 3 mm slices), but its halves are one: a half filled more than the
-    other by SACRUM_SIDE_FILLED_EXCESS is flagged, naming that side."""
+    other by SACRUM_SIDE_FILLED_EXCESS is flagged, naming that side; not a
+    sacrum the field of view cuts (one half by the scan's face)."""
     from pipeline.qa.report_html import SACRUM_SIDE_FILLED_EXCESS, label_warnings
 
-    def warnings(left, right):
-        sacrum = {"residual_median_mm": 1.5, "fitted_fraction": 0.73, "in_view_fraction": 1.0,
+    def warnings(left, right, in_view=1.0):
+        sacrum = {"residual_median_mm": 1.5, "fitted_fraction": 0.73 * in_view, "in_view_fraction": in_view,
                   "model_filled_share": (left + right) / 2, "model_filled_left_share": left,
                   "model_filled_right_share": right}
         return [w for w in label_warnings({"shape_model": {"found": True, "bones": {"sacrum": sacrum}}}, {})
@@ -192,6 +193,7 @@ def test_a_sacrum_filled_by_its_model_on_one_side_is_flagged_on_that_side():
                                                 "alone, where the CT shows none (29 % of its right half)")
     assert "at the right sacroiliac joint" in warnings(0.60, 0.69)[0]
     assert warnings(0.323, 0.297) == warnings(0.67, 0.67 - SACRUM_SIDE_FILLED_EXCESS + 0.001) == []
+    assert warnings(0.115, 0.353, in_view=0.875) == []
 
 
 def test_report_page_shows_each_bone_s_label_and_model_fit():

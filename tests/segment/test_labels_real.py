@@ -215,7 +215,8 @@ def test_contrast_in_the_bladder_and_aorta_is_never_bone():
         bz, by, bx = z[box[0]], y[:, box[1]], x[:, :, box[2]]
         ab = b - a   # the vessel: every point within radius of the segment a-b
         t = np.clip(((bx - a[0]) * ab[0] + (by - a[1]) * ab[1] + (bz - a[2]) * ab[2]) / (ab @ ab), 0.0, 1.0)
-        inside = (bx - a[0] - t * ab[0]) ** 2 + (by - a[1] - t * ab[1]) ** 2 + (bz - a[2] - t * ab[2]) ** 2 < radius ** 2
+        inside = ((bx - a[0] - t * ab[0]) ** 2 + (by - a[1] - t * ab[1]) ** 2
+                  + (bz - a[2] - t * ab[2]) ** 2 < radius ** 2)
         contrast[box][inside & (contrast[box] == 0)] = 350.0
     # No contrast within 5 mm of bone, looked for in the contrast's box grown by more than that.
     spacing = np.abs(np.diag(volume.affine[:3, :3][::-1]))
