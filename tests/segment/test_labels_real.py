@@ -14,6 +14,7 @@ from scipy import ndimage
 from pipeline.bones import LABEL_IDS
 from pipeline.config import Config
 from pipeline.run import run_mesh
+from pipeline.segment.grid import Grid, ball as sphere
 from pipeline.segment.labels import label_bones
 
 from ..helpers import dice
@@ -198,11 +199,7 @@ def test_contrast_in_the_bladder_and_aorta_is_never_bone():
 
     _, whole, volume = real_case("pelvic_ref_003")
     z, y, x = _axial_lps_grids(volume)
-
-    def within(lo, hi):
-        """The box of voxels (slices) whose centres lie between LPS ``lo`` and ``hi``."""
-        at = [np.flatnonzero((c.ravel() >= a) & (c.ravel() <= b)) for c, a, b in zip((z, y, x), lo[::-1], hi[::-1])]
-        return tuple(slice(i.min(), i.max() + 1) for i in at)
+    grid = Grid(volume, tuple(slice(0, n) for n in volume.shape))
 
     contrast = np.zeros(volume.shape, dtype=np.float32)
     bladder = (x / 40.0) ** 2 + ((y - 105.0) / 35.0) ** 2 + ((z - 215.0) / 32.0) ** 2 < 1.0
@@ -211,7 +208,7 @@ def test_contrast_in_the_bladder_and_aorta_is_never_bone():
                          ((8.0, 105.0, 330.0), (35.0, 112.0, 280.0), 6.0),
                          ((8.0, 105.0, 330.0), (-35.0, 112.0, 280.0), 6.0)]:
         a, b = np.array(a), np.array(b)
-        box = within(np.minimum(a, b) - radius, np.maximum(a, b) + radius)
+        box = grid.sub_box(np.array([a, b]), radius)
         bz, by, bx = z[box[0]], y[:, box[1]], x[:, :, box[2]]
         ab = b - a   # the vessel: every point within radius of the segment a-b
         t = np.clip(((bx - a[0]) * ab[0] + (by - a[1]) * ab[1] + (bz - a[2]) * ab[2]) / (ab @ ab), 0.0, 1.0)
@@ -545,11 +542,9 @@ def test_a_lytic_tumour_at_the_sacroiliac_joint_is_restored_flagged_and_moves_no
     _, whole, volume = real_case("pelvic_ref_003")
     hip, sacrum = whole.labels == LABEL_IDS["hip_left"], whole.labels == LABEL_IDS["sacrum"]
     joint = volume.index_to_lps(np.argwhere(ndimage.binary_dilation(hip, iterations=3) & sacrum).mean(axis=0)[None])
-    centre, reach = volume.lps_to_index(joint)[0], np.ceil(21.0 / volume.spacing_mm).astype(int)
-    box = tuple(slice(max(int(c) - r, 0), int(c) + r + 1) for c, r in zip(np.rint(centre), reach))
-    index = np.argwhere(np.ones(volume.shape, dtype=bool)[box]) + [b.start for b in box]
+    box, distance = sphere(joint[0], 20.0, Grid(volume, tuple(slice(0, n) for n in volume.shape)))
     ball = np.zeros(volume.shape, dtype=bool)
-    ball[tuple(index[np.linalg.norm(volume.index_to_lps(index.astype(float)) - joint, axis=1) <= 20.0].T)] = True
+    ball[box] = distance <= 20.0
     result = labelled(Volume(np.where(ball & (volume.hu > 40.0), np.float32(40.0), volume.hu), volume.affine))
     for name in ("hip_left", "sacrum", "hip_right", "femur_left", "femur_right", "lumbar"):
         kept = (whole.labels == LABEL_IDS[name]) & ~ball
