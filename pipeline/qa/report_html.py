@@ -64,6 +64,9 @@ MODEL_FILLED_EXCESS = 0.06
 # and the model fills more (Pelvic-Ref-003 cut at x = 0 or 20 mm: 0.10 /
 # 0.24 between the halves, 66 / 88 % of its model in view).
 SACRUM_SIDE_FILLED_EXCESS = 0.075
+# What a bone restored by its model asks of the user (both warnings above).
+RESTORED = ("The model restores the bone's shape there, as an implant replacing it must: check its label over "
+            "the CT, and keep the cuts out of it")
 # A patient's two femoral heads differ in radius by about a millimetre
 # (Pelvic-Ref-003 1.1 mm, the phantoms 0.8-1.0 mm): a difference beyond this
 # says one sphere was found on something else (a fossa, the acetabular roof:
@@ -208,18 +211,14 @@ def label_warnings(segmentation: dict, segment_config: dict) -> list[str]:
                     and filled - other["model_filled_share"] > MODEL_FILLED_EXCESS):
                 found.append(f"{bone}: {100 * filled:.0f} % of its label is bone by its fitted shape model alone, "
                              f"where the CT shows none ({100 * other['model_filled_share']:.0f} % of "
-                             f"{PAIRED[bone]}'s): bone destroyed (a lytic tumour)? The model restores the "
-                             "bone's shape there, as an implant replacing it must: check its label over the CT, "
-                             "and keep the cuts out of it")
+                             f"{PAIRED[bone]}'s): bone destroyed (a lytic tumour)? {RESTORED}")
             halves = fit.get("model_filled_left_share"), fit.get("model_filled_right_share")
             if (all(isinstance(h, (int, float)) for h in halves) and isinstance(in_view, (int, float))
                     and in_view >= PARTLY_IN_VIEW_FRACTION and abs(halves[0] - halves[1]) > SACRUM_SIDE_FILLED_EXCESS):
                 (more, fuller), (less, emptier) = sorted(zip(("left", "right"), halves), key=lambda h: -h[1])
                 found.append(f"{bone}: {100 * fuller:.0f} % of its {more} half is bone by its fitted shape model "
                              f"alone, where the CT shows none ({100 * emptier:.0f} % of its {less} half): bone "
-                             f"destroyed (a lytic tumour) at the {more} sacroiliac joint? The model restores the "
-                             "bone's shape there, as an implant replacing it must: check its label over the CT, "
-                             "and keep the cuts out of it")
+                             f"destroyed (a lytic tumour) at the {more} sacroiliac joint? {RESTORED}")
             if isinstance(residual, (int, float)) and residual > POOR_FIT_MM:
                 found.append(f"{bone}: the shape model fits it poorly (median residual {residual:.1f} mm > "
                              f"{POOR_FIT_MM:g} mm: unusual anatomy, a large tumour or fracture); check its label")

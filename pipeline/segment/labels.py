@@ -372,7 +372,7 @@ def sacrum_filled_by_side(labels: np.ndarray, model_only: np.ndarray, fit: Pelvi
     A hip bone's share is compared with the other hip bone's; the sacrum's
     whole share (0.32 on Pelvic-Ref-003, 0.69 on the TotalSegmentator
     example's 3 mm voxels) has no such pair, but its halves are one."""
-    at = np.argwhere(labels == SACRUM)
+    at = voxel_indices(labels == SACRUM)
     if not len(at):
         return {}
     centre = fit.vertices_lps_mm[fit.vertex_bone == SACRUM].mean(axis=0)
