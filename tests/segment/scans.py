@@ -27,6 +27,19 @@ def soft_tissue_where(volume, mask: np.ndarray, margin_voxels: int = 2):
     return Volume(np.where(gone, np.float32(40.0), volume.hu), volume.affine), gone
 
 
+def lytic_ball(volume, centre_lps_mm, radius_mm: float):
+    """(``volume`` with its bone inside a ball about ``centre_lps_mm`` made
+    soft tissue, 40 HU, as a lytic tumour leaves it; the ball)."""
+    from pipeline.segment.grid import Grid, ball
+    from pipeline.volume import Volume
+
+    box, distance = ball(np.asarray(centre_lps_mm, dtype=np.float64), radius_mm,
+                         Grid(volume, tuple(slice(0, n) for n in volume.shape)))
+    inside = np.zeros(volume.shape, dtype=bool)
+    inside[box] = distance <= radius_mm
+    return Volume(np.where(inside & (volume.hu > 40.0), np.float32(40.0), volume.hu), volume.affine), inside
+
+
 def upper_part(mask: np.ndarray, volume, share: float) -> np.ndarray:
     """The cranial ``share`` of ``mask``'s voxels (by LPS z)."""
     at = np.argwhere(mask)
