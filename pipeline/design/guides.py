@@ -50,7 +50,7 @@ from ..errors import PlanError
 from ..geometry.columns import cell_bounds, cell_of, column_extremes, facing_up
 from ..parallel import parallel
 from ..geometry.distance import NearSurface, face_boxes
-from ..geometry.meshes import corner_max, corner_min, edge_lengths
+from ..geometry.meshes import corner_max, corner_min
 from ..geometry.meshes import to_manifold as _to_manifold
 from .plate import manifold_mesh, solid_mesh
 
@@ -766,15 +766,14 @@ def _contact_measures(mesh, normals, bones, s: GuidesConfig, removed, cut_bone=N
     bones = NearSurface(vertices=v, faces=near_faces)
     faces_all, vertices = np.asarray(mesh.faces), np.asarray(mesh.vertices)
     # The underside, cut into triangles no longer than UNDER_EDGE_MM so
-    # that a large flat face is judged piece by piece. Only faces with a
-    # longer edge are cut (a long edge has long faces on both sides, so they
-    # share its midpoints); the others stay as they are.
+    # that a large flat face is judged piece by piece (faces with no longer
+    # edge stay as they are). The pieces are used as the subdivision returns
+    # them, vertices and faces together: how it numbers its vertices differs
+    # between trimesh releases (4.x keeps only those its faces use).
     is_under = normals[:, 2] <= -UNDERSIDE_COS
     used, index = np.unique(faces_all[is_under], return_inverse=True)
-    under = index.reshape(-1, 3)
-    long = corner_max(edge_lengths(vertices[used][under])) > UNDER_EDGE_MM
-    uv, cut = trimesh.remesh.subdivide_to_size(vertices[used], under[long], max_edge=UNDER_EDGE_MM)
-    uf = np.vstack([under[~long], cut]).astype(np.int64)
+    uv, uf = trimesh.remesh.subdivide_to_size(vertices[used], index.reshape(-1, 3), max_edge=UNDER_EDGE_MM)
+    uv, uf = np.asarray(uv, dtype=np.float64), np.asarray(uf, dtype=np.int64).reshape(-1, 3)
     fine = trimesh.Trimesh(uv, uf, process=False)
     fine_normals = np.asarray(fine.face_normals) if len(uf) else np.zeros((0, 3))
     centres = fine.triangles_center
