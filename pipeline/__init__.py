@@ -14,10 +14,12 @@ import sys
 # the variable says: so imported, the labels of Pelvic-Ref-003 took 2.9 s
 # against 2.2 s (the flood's arrays alone 0.6 s of system time against 0.03 s).
 if "NUMPY_MADVISE_HUGEPAGE" not in os.environ and "numpy" in sys.modules:
-    _multiarray = getattr(getattr(sys.modules["numpy"], "_core", None), "multiarray", None)
+    # numpy._core from NumPy 2, numpy.core before it
+    _core = getattr(sys.modules["numpy"], "_core", None) or getattr(sys.modules["numpy"], "core", None)
+    _multiarray = getattr(_core, "multiarray", None)
     if hasattr(_multiarray, "_set_madvise_hugepage"):
         _multiarray._set_madvise_hugepage(False)
-    del _multiarray
+    del _core, _multiarray
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
 # NumPy's OpenBLAS runs a matrix product on every core by default. Ours are
