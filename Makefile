@@ -6,7 +6,7 @@ CT     ?= sample_ct
 CONFIG ?= configs/default.toml
 OUT    ?= out
 
-.PHONY: mesh test bench bench-peer view-time bench-batch batch evaluate goldens sample shape-model clean venv
+.PHONY: mesh test test-oldest bench bench-peer view-time bench-batch batch evaluate goldens sample shape-model clean venv
 
 venv: $(VENV)/.installed
 
@@ -28,6 +28,18 @@ mesh: venv
 TEST_WORKERS ?= 2
 test: venv
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+# The suite against the lowest release of every dependency pyproject.toml allows
+# (each ">=" taken as "=="), in its own environment under build/: the bounds stay true.
+OLDEST := build/oldest-venv
+test-oldest:
+	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install --quiet --upgrade pip
+	$(PYTHON) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+	print(*[r.split(';')[0].replace('>=', '==') for r in p['dependencies'] + p['optional-dependencies']['test'] \
+	if '>=' in r], sep='\n')" > build/oldest-constraints.txt
+	$(OLDEST)/bin/python -m pip install --quiet -c build/oldest-constraints.txt -e '.[test]'
+	$(OLDEST)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -p no:cacheprovider
 
 bench: venv
 	$(PY) -m pipeline.bench

@@ -9,11 +9,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-PROBE = ("import os, pipeline, numpy; "
-         "print(os.environ['NUMPY_MADVISE_HUGEPAGE'], numpy._core.multiarray._get_madvise_hugepage())")
+# NumPy's own switch: numpy._core from NumPy 2, numpy.core before it.
+ASK = ("print(os.environ['NUMPY_MADVISE_HUGEPAGE'], "
+       "(getattr(numpy, '_core', None) or numpy.core).multiarray._get_madvise_hugepage())")
+PROBE = "import os, pipeline, numpy; " + ASK
 # NumPy imported first (a script, a test module): it read no variable and asked for huge pages.
-NUMPY_FIRST_PROBE = ("import numpy, os, pipeline; "
-                     "print(os.environ['NUMPY_MADVISE_HUGEPAGE'], numpy._core.multiarray._get_madvise_hugepage())")
+NUMPY_FIRST_PROBE = "import numpy, os, pipeline; " + ASK
 
 
 def run_probe(probe: str = PROBE, **env: str) -> list[str]:
@@ -104,3 +105,39 @@ def test_malloc_keeps_to_two_arenas_unless_the_user_says_otherwise():
     assert arenas("package") <= 2
     assert arenas("alone") > 2   # the probe does make glibc add arenas
     assert arenas("package", MALLOC_ARENA_MAX="4") > 2   # set by the user: kept
+
+
+# Every module of the package imported with the network cut off: what tried
+# to reach a host (a name looked up, an internet socket connected) is printed.
+NETWORK_PROBE = """
+import importlib, pkgutil, socket
+tried = []
+def refuse(what):
+    def call(*args, **kwargs):
+        tried.append(f"{what} {args[:2]!r}")
+        raise OSError("no network in this probe")
+    return call
+socket.getaddrinfo = refuse("getaddrinfo")
+connect = socket.socket.connect
+def guarded(sock, address):
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        return refuse("connect")(address)
+    return connect(sock, address)
+socket.socket.connect = guarded
+import pipeline
+for module in pkgutil.walk_packages(pipeline.__path__, "pipeline."):
+    if not module.name.endswith("__main__"):   # that one runs the command line
+        importlib.import_module(module.name)
+import pydicom.pixels, trimesh, nibabel, plotly.graph_objects, fast_simplification, point_cloud_utils, SimpleITK
+print(len(tried), *tried[:3], sep="\\n")
+"""
+
+
+def test_importing_the_package_reaches_for_no_network():
+    """Nothing is downloaded at run time: importing every module of the
+    package (and the libraries it imports only when a run needs them)
+    looks up no host and opens no internet connection. pydicom 3.0.0
+    fetched its test files when pydicom.pixels was imported (it warned of
+    five download failures offline); pyproject.toml asks for 3.0.1 or later."""
+    out = subprocess.run([sys.executable, "-c", NETWORK_PROBE], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[0] == "0", out.stdout
