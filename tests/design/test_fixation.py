@@ -14,10 +14,11 @@ import manifold3d
 import numpy as np
 import pytest
 import trimesh
+from scipy.spatial import cKDTree
 
 from pipeline.bones import LABEL_IDS
 from pipeline.config import Config, FixationConfig, Plane, load_config
-from pipeline.design.fixation import BoneScene, fix_implant
+from pipeline.design.fixation import NORMAL_RADIUS_MM, BoneScene, fix_implant
 from pipeline.geometry.meshes import validate_solid
 from pipeline.geometry.resect import resect, to_manifold
 from pipeline.phantom import pelvis_phantom
@@ -162,12 +163,30 @@ def test_flange_stays_within_its_width_of_the_cut_edge():
     validate_solid(fix.implant_fixed, "implant_fixed")
 
 
+def test_the_bones_normal_under_a_flange_on_a_round_bone_is_radial():
+    """A flange wrapped round a cylindrical bone of radius 20 mm at 0.5 mm
+    clearance (a tube's inner wall, its faces facing the bone, 256 about the
+    axis: 1.4 degrees apart): the normal the screw search aims from is the
+    radial one, within half that step."""
+    from pipeline.design.fixation import _bone_normals
+    tube = trimesh.creation.annulus(r_min=20.5, r_max=23.5, height=40.0, sections=256)
+    centres = tube.triangles_center
+    faces = np.flatnonzero((np.linalg.norm(centres[:, :2], axis=1) < 21.0) & (np.abs(centres[:, 2]) < 19.0))
+    picks = np.arange(0, len(faces), 7)
+    radial = centres[faces[picks]] * [1.0, 1.0, 0.0]
+    radial /= np.linalg.norm(radial, axis=1, keepdims=True)
+    cos = np.sum(_bone_normals(tube, faces, picks) * radial, axis=1)
+    assert np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).max() <= 0.7
+
+
 def test_no_screw_where_the_bone_is_thinner_than_screw_and_margins():
     # 9 mm < 6.5 + 2 x 1.5 = 9.5 mm: no corridor.
     cut, scene = box_case(9.0)
     fix = fix_implant(cut, (CUT,), scene, CONFIG)
     assert fix.screws == ()
-    assert any("0 of 2 screws" in w for w in fix.warnings)
+    # The warning says why: no trajectory holds one, the bone is too thin (no forbidden zone near).
+    (warning,) = [w for w in fix.warnings if "0 of 2 screws" in w]
+    assert "hold one; the rest ran out of bone around the screw (100 %)" in warning
     validate_solid(fix.implant_fixed, "implant_fixed")
 
 
@@ -229,10 +248,30 @@ def test_real_ct_screws_inside_bone_with_their_margins(tmp_path):
     fixation = report["implant"]["fixation"]
     assert {f["bone"] for f in fixation["flanges"]} == {"sacrum", "hip_left"}
     assert all(f["gap_min_mm"] > 0 for f in fixation["flanges"])
+    # The sacral flange lies over the left column of foramina beside the canal
+    # (its flange screws find no corridor); the warning says that is what stops them.
+    for w in report["warnings"]:
+        if w.startswith("fixation:") and "sacral_ala flange" in w and "screws fit" in w:
+            assert "the rest came too near the sacral canal, a foramen or another bone" in w, w
     assert fixation["screws"], "no screw fits"
     for s in fixation["screws"]:
         assert s["min_bone_margin_mm"] >= 1.5 and s["nearest_forbidden_mm"] >= 1.5
         assert s["length_in_bone_mm"] >= 20.0
+    # Each flange screw within max_screw_angle_deg of the bone's inward normal
+    # at its entry, measured on the host as read back: its faces' area-weighted
+    # normal within NORMAL_RADIUS_MM (the search averages the flange's faces
+    # there, 0.5 mm off the bone: up to 0.8 degrees apart, measured). Before,
+    # the search's normal ran from a flange face to the nearest bone, 0.06-2 mm
+    # away, and an iliac screw went in 35 degrees off.
+    host = trimesh.load(out / "host.stl")
+    near = cKDTree(host.triangles_center)
+    flange_screws = [s for s in fixation["screws"] if s["kind"] == "flange"]
+    assert flange_screws
+    for s in flange_screws:
+        faces = near.query_ball_point(s["entry_lps_mm"], NORMAL_RADIUS_MM)
+        inward = -(host.face_normals[faces] * host.area_faces[faces][:, None]).sum(axis=0)
+        angle = np.degrees(np.arccos(np.dot(s["direction_lps"], inward) / np.linalg.norm(inward)))
+        assert angle <= fixation["settings"]["max_screw_angle_deg"] + 2.0, (s["plane"], angle)
     validate_solid(trimesh.load(out / "screws.stl"), "screws.stl as read")
     if (out / "implant_fixed.stl").exists():
         validate_solid(trimesh.load(out / "implant_fixed.stl"), "implant_fixed.stl as read")
