@@ -38,8 +38,9 @@ def edge_letters(right_lps: np.ndarray, up_lps: np.ndarray) -> dict[str, str]:
 def annotate(rgb: np.ndarray, *, right_lps, up_lps, mm_per_pixel: float, caption: str = "",
              legend: list[tuple[str, tuple[int, int, int]]] = ()) -> np.ndarray:
     """``rgb`` (H, W, 3) with edge letters, a scale bar (bottom left), the
-    caption (top left) and the legend (bottom right: a swatch and a name per
-    entry)."""
+    caption (top left, on as many lines as it needs to stay left of the top
+    edge's letter) and the legend
+    (bottom right: a swatch and a name per entry)."""
     image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
     draw = ImageDraw.Draw(image)
     font = _font()
@@ -49,8 +50,10 @@ def annotate(rgb: np.ndarray, *, right_lps, up_lps, mm_per_pixel: float, caption
     _text(draw, (w / 2, h - MARGIN_PX), letters["bottom"], font, "mb")
     _text(draw, (MARGIN_PX, h / 2), letters["left"], font, "lm")
     _text(draw, (w - MARGIN_PX, h / 2), letters["right"], font, "rm")
-    if caption:
-        _text(draw, (MARGIN_PX, MARGIN_PX), caption, font, "la")
+    # Left of the top edge's letter.
+    room = w / 2 - draw.textlength(letters["top"], font=font) / 2 - 2 * MARGIN_PX
+    for k, line in enumerate(_lines(draw, caption, font, room)):
+        _text(draw, (MARGIN_PX, MARGIN_PX + k * (FONT_PX + 4)), line, font, "la")
     _scale_bar(draw, w, h, mm_per_pixel, font)
     y = h - MARGIN_PX
     for name, colour in reversed(list(legend)):
@@ -71,6 +74,18 @@ def _scale_bar(draw: ImageDraw.ImageDraw, w: int, h: int, mm_per_pixel: float, f
     draw.rectangle([x0 - 1, y - 3, x1 + 1, y + 3], fill=OUTLINE_RGB)
     draw.rectangle([x0, y - 2, x1, y + 2], fill=TEXT_RGB)
     _text(draw, (x0, y - 6), f"{length_mm} mm", font, "lb")
+
+
+def _lines(draw: ImageDraw.ImageDraw, text: str, font, width: float) -> list[str]:
+    """``text`` broken between words into lines no wider than ``width``
+    (a single word wider than it keeps a line of its own)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
 
 
 def _text(draw: ImageDraw.ImageDraw, xy, text: str, font, anchor: str) -> None:

@@ -46,9 +46,10 @@ SCREW_RGB = (40, 70, 160)
 HOST_OVERLAY_OPACITY = 0.4
 IMPLANT_OVERLAY_OPACITY = 0.4
 SCREW_OPACITY = 0.85
-# Slices along an iliosacral screw reach this far beyond it (mm).
+# Slices along an iliosacral screw reach this far beyond it (mm), and are
+# SLICE_LONGEST_PX wide (a 76 mm screw's was 272 pixels at 0.5 mm, its
+# caption cut off at the edge).
 SCREW_SLICE_MARGIN_MM = 30.0
-SCREW_SLICE_PIXEL_MM = 0.5
 # The mirrored template mesh (LPS mm), when the run built one: read from this
 # MeshResult attribute, so the QA shows it as soon as the run provides it.
 TEMPLATE_ATTRIBUTE = "mirrored_template"
@@ -157,8 +158,9 @@ def screw_slice(volume: Volume, labels: np.ndarray, screw, number: int) -> QAIma
     length = float(np.linalg.norm(screw.tip_lps_mm - screw.head_lps_mm))
     centre = (screw.head_lps_mm + screw.tip_lps_mm) / 2
     half_w = length / 2 + SCREW_SLICE_MARGIN_MM
-    cols = np.arange(-half_w, half_w, SCREW_SLICE_PIXEL_MM)
-    rows = np.arange(-SCREW_SLICE_MARGIN_MM * 1.5, SCREW_SLICE_MARGIN_MM * 1.5, SCREW_SLICE_PIXEL_MM)
+    pixel_mm = 2 * half_w / SLICE_LONGEST_PX
+    cols = -half_w + pixel_mm * (np.arange(SLICE_LONGEST_PX) + 0.5)
+    rows = np.arange(-SCREW_SLICE_MARGIN_MM * 1.5, SCREW_SLICE_MARGIN_MM * 1.5, pixel_mm)
     points = centre + cols[None, :, None] * right + rows[:, None, None] * down
     hu, lab = sample_slice(volume, labels, points)
     rgb = overlay(hu, lab)
@@ -168,7 +170,7 @@ def screw_slice(volume: Volume, labels: np.ndarray, screw, number: int) -> QAIma
     rgb[_thick(_edges(off <= screw.diameter_mm / 2), 1)] = SCREW_RGB
     caption = (f"iliosacral screw {number}: {screw.diameter_mm:g} x {screw.length_mm:.0f} mm, "
                f"{screw.length_in_bone_mm:.0f} mm in bone, margin {screw.min_margin_mm:.1f} mm")
-    rgb = annotate(rgb, right_lps=right, up_lps=-down, mm_per_pixel=SCREW_SLICE_PIXEL_MM, caption=caption,
+    rgb = annotate(rgb, right_lps=right, up_lps=-down, mm_per_pixel=pixel_mm, caption=caption,
                    legend=[("screw", SCREW_RGB)])
     return QAImage(f"slice_screw_{number}", f"Slice along iliosacral screw {number} (the plane of its axis "
                    "and the horizontal across it): labels and the screw's outline", rgb)

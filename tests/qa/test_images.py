@@ -80,6 +80,23 @@ def test_coronal_shows_patient_left_on_the_image_right(phantom):
     assert edge_letters(*SLICE_AXES["sagittal"])["left"] == "A"
 
 
+def test_a_caption_wider_than_its_image_goes_on_more_lines_inside_it():
+    """White text on black: the caption's words reach the second line, and
+    none of them the top edge's letter or the image's right margin (the
+    stroke around the letters is black, invisible here)."""
+    from pipeline.qa.annotate import FONT_PX, MARGIN_PX, annotate
+    caption = "iliosacral screw 1: 7.3 x 76 mm, 72 mm in bone, margin 2.5 mm"
+    out = annotate(np.zeros((200, 240, 3), dtype=np.uint8), right_lps=[1, 0, 0], up_lps=[0, 0, 1],
+                   mm_per_pixel=0.5, caption=caption)
+    white = out.min(axis=2) > 200
+    first, second = slice(MARGIN_PX, MARGIN_PX + FONT_PX), slice(MARGIN_PX + FONT_PX + 4, MARGIN_PX + 2 * FONT_PX + 4)
+    assert white[second].any()   # a second line
+    # Beside the top letter (in the middle of the width) and past it: nothing.
+    beside = slice(out.shape[1] // 2 - FONT_PX, None)
+    letter = annotate(np.zeros_like(out), right_lps=[1, 0, 0], up_lps=[0, 0, 1], mm_per_pixel=0.5).min(axis=2) > 200
+    assert not (white & ~letter)[first, beside].any() and not (white & ~letter)[second, beside].any()
+
+
 def test_a_thin_slab_seen_from_the_side_is_widened_with_black():
     """20 slices of 2 mm seen coronally: 40 mm of scan (about 77 pixels) in a
     200-pixel-high image, the scan's rows in the middle at their own
