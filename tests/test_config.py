@@ -98,6 +98,7 @@ GUIDES = {"enabled": True, "approach_lps": [0, 1, 0]}
     ({"blade_thickness_mm": "1.27"}, "guides.blade_thickness_mm must be a number"),
     ({"slot_depth_mm": 5}, "guides.slot_depth_mm must be between 10"),
     ({"contact_clearance_mm": -0.1}, "guides.contact_clearance_mm must be between 0"),
+    ({"kwire_guide_mm": 50}, "guides.kwire_guide_mm must be between 0 and 40 mm"),
     ({"kwires": 1}, "guides.kwires must be a whole number from 2"),
     ({"kwires": 2.5}, "guides.kwires must be a whole number"),
     ({"approach_lps": [0, 0, 0]}, "guides.approach_lps must not be the zero vector"),

@@ -25,6 +25,8 @@ cut line. Its parts, combined by exact manifold3d booleans:
 - minus the **slot**: a slab of the printed slot width whose mid-plane is
   the cut plane, through block and seat and open to the bone, over the cut
   line's length plus ``SLOT_END_MM`` at each end, closed by the end walls;
+- plus a **sleeve** about each K-wire's axis, rising from the seat so that
+  its hole guides the wire over ``kwire_guide_mm``;
 - minus the **K-wire holes**: along ``-z`` through the seat on the host
   side, where the wire runs at least ``kwire_depth_mm`` in host bone.
 
@@ -241,8 +243,11 @@ def cutting_guide(plane: Plane, approach_lps, settings: GuidesConfig, *, bones: 
 
     wires, wire_report, wire_warnings = kwire_holes(solid, frame, host_solid, s, block_a, block_half, z_top)
     hole_r = s.kwire_diameter_mm / 2.0 + s.slot_tolerance_mm
-    for entry, _ in wires:   # from just under the bone surface to above the block
-        hole = manifold3d.Manifold.cylinder(z_top + 3.0 - entry[2], hole_r, hole_r, KWIRE_HOLE_SEGMENTS)
+    solid, top = kwire_sleeves(solid, [entry for entry, _ in wires], terrain, z_low, hole_r, s)
+    for row, (entry, _) in zip(wire_report, wires):
+        row["guided_length_mm"] = round(_inside_along_z(solid, entry[0], entry[1], max(top, z_top) + 5.0, z_low - 5.0), 3)
+    for entry, _ in wires:   # from just under the bone surface to above the block and the sleeves
+        hole = manifold3d.Manifold.cylinder(max(top, z_top) + 3.0 - entry[2], hole_r, hole_r, KWIRE_HOLE_SEGMENTS)
         solid = solid - hole.translate((entry[0], entry[1], entry[2] - 1.0))
     mesh = solid_mesh(solid.transform(frame.to_lps_matrix()))
     kwires = tuple((frame.lps(e[None])[0], frame.lps(t[None])[0]) for e, t in wires)
@@ -543,7 +548,7 @@ def kwire_holes(solid: manifold3d.Manifold, frame: GuideFrame, host: manifold3d.
                 continue
             entry, chord = centre
             seated = start_z - entry[2] <= max_gap
-            if a in best and (seated, chord) <= (best[a][5], best[a][2]):
+            if a in best and (seated, chord) <= (best[a][4], best[a][2]):
                 continue
             # The bone around the wire too: rays a radius plus a margin off its axis.
             for da, db in ((m, 0.0), (-m, 0.0), (0.0, m), (0.0, -m)):
@@ -551,16 +556,14 @@ def kwire_holes(solid: manifold3d.Manifold, frame: GuideFrame, host: manifold3d.
                 chord = min(chord, 0.0 if around is None else around[1] - max(0.0, entry[2] - around[0][2]))
                 if chord <= 0.0:
                     break
-            if chord >= least and (a not in best or (seated, chord) > (best[a][5], best[a][2])):
-                in_guide = sum(guide_hits[i].position[2] - guide_hits[i + 1].position[2]
-                               for i in range(0, len(guide_hits) - 1, 2))
-                best[a] = (a, entry, chord, float(in_guide), float(start_z - entry[2]), seated)
+            if chord >= least and (a not in best or (seated, chord) > (best[a][4], best[a][2])):
+                best[a] = (a, entry, chord, float(start_z - entry[2]), seated)
     rows = [best[a] for a in sorted(best)]
     depth, k = s.kwire_depth_mm, s.kwires
-    good = [r for r in rows if r[2] >= need and r[5]]
+    good = [r for r in rows if r[2] >= need and r[4]]
     warnings = []
     if len(good) < k and rows:   # the best bone there is, and say so
-        pool = [r for r in rows if r[5]] if sum(r[5] for r in rows) >= k else rows
+        pool = [r for r in rows if r[4]] if sum(r[4] for r in rows) >= k else rows
         deepest = max(r[2] for r in pool)
         good = [r for r in pool if r[2] >= min(need, KWIRE_FALLBACK * deepest)]
     chosen = _spread(good, k, 2 * hole_r + s.wall_mm)
@@ -569,23 +572,58 @@ def kwire_holes(solid: manifold3d.Manifold, frame: GuideFrame, host: manifold3d.
         if r[2] < need:
             warnings.append(f"K-wire at {where} LPS mm runs only {max(0.0, r[2] - KWIRE_TIP_MARGIN_MM):.1f} mm "
                             f"in host bone (guides.kwire_depth_mm = {depth:g})")
-        if not r[5]:
-            warnings.append(f"K-wire at {where} LPS mm enters host bone {r[4]:.1f} mm below the guide's seat, "
+        if not r[4]:
+            warnings.append(f"K-wire at {where} LPS mm enters host bone {r[3]:.1f} mm below the guide's seat, "
                             "unguided through what lies between")
     if len(chosen) < k:
         warnings.append(f"only {len(chosen)} of guides.kwires = {k} K-wires find host bone under the seat")
     chosen.sort(key=lambda r: r[0])
     wires, report = [], []
-    for a, entry, chord, in_guide, gap, _ in chosen:
+    for a, entry, chord, gap, _ in chosen:
         length = min(depth, max(0.0, chord - KWIRE_TIP_MARGIN_MM))
         tip = entry - np.array([0.0, 0.0, length])
         wires.append((entry, tip))
         report.append({"entry_lps_mm": _fmt(frame.lps(entry[None])[0]), "tip_lps_mm": _fmt(frame.lps(tip[None])[0]),
                        "direction_lps": [round(float(v), 6) for v in -frame.axes[:, 2]],
                        "length_in_bone_mm": round(length, 3), "host_bone_along_wire_mm": round(chord, 3),
-                       "guided_length_mm": round(in_guide, 3), "below_seat_mm": round(gap, 3),
+                       "below_seat_mm": round(gap, 3),
                        "hole_diameter_mm": round(2 * hole_r, 3)})
     return wires, report, warnings
+
+
+def kwire_sleeves(solid: manifold3d.Manifold, entries: list[np.ndarray], terrain: Terrain, z_low: float,
+                  hole_r: float, s: GuidesConfig) -> tuple[manifold3d.Manifold, float]:
+    """(``solid`` with a sleeve around each K-wire's axis, the highest
+    sleeve's top): a tube ``wall_mm`` thick rising from the seat's underside
+    at the axis to ``kwire_guide_mm`` above it, so the hole guides its wire
+    over that length. Below the bone's envelope dilated by the clearance
+    and half a wall (``terrain``, as under the slot block) it is cut away:
+    its foot lies inside the seat, never nearer the bone than the seat's
+    underside. It stands along the approach, as the guide is lifted off:
+    nothing is over it."""
+    outer = hole_r + s.wall_mm
+    sleeves, top = [], -np.inf
+    for entry in entries:
+        a, b = float(entry[0]), float(entry[1])
+        hits = solid.ray_cast((a, b, entry[2] + 1e3), (a, b, z_low - 5.0))
+        if not hits:
+            continue
+        foot = float(hits[-1].position[2])   # the seat's underside
+        if _inside_along_z(solid, a, b, entry[2] + 1e3, z_low - 5.0) >= s.kwire_guide_mm:
+            continue
+        tube = manifold3d.Manifold.cylinder(s.kwire_guide_mm, outer, outer, KWIRE_HOLE_SEGMENTS)
+        below = terrain.coarse(COARSE_GRID_MM, (a - outer - 1.0, b - outer - 1.0), (a + outer + 1.0, b + outer + 1.0))
+        sleeves.append(tube.translate((a, b, foot)) - below.manifold(z_low - 3.0))
+        top = max(top, foot + s.kwire_guide_mm)
+    if not sleeves:
+        return solid, top
+    return manifold3d.Manifold.batch_boolean([solid] + sleeves, manifold3d.OpType.Add), top
+
+
+def _inside_along_z(solid: manifold3d.Manifold, a: float, b: float, z_from: float, z_to: float) -> float:
+    """Length of the line (a, b) from ``z_from`` down to ``z_to`` inside ``solid``."""
+    hits = solid.ray_cast((a, b, z_from), (a, b, z_to))
+    return float(sum(hits[i].position[2] - hits[i + 1].position[2] for i in range(0, len(hits) - 1, 2)))
 
 
 def _chord(solid: manifold3d.Manifold, a: float, b: float, z_from: float, z_to: float):

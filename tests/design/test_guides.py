@@ -103,6 +103,19 @@ def test_kwires_end_in_host_bone():
         axis = manifold3d.Manifold(manifold3d.Mesh64(
             vert_properties=np.array(guide.mesh.vertices), tri_verts=np.array(guide.mesh.faces, dtype=np.uint64)))
         assert not axis.ray_cast(tuple(entry + [0, 0, 40.0]), tuple(entry))
+        # It guides the wire over kwire_guide_mm: beside the hole, in its
+        # sleeve's wall (along the cut line towards the box's middle, over
+        # the seat), the guide runs from the seat's underside (the clearance
+        # above the bone) that far up without a break.
+        hole_r = config.kwire_diameter_mm / 2 + config.slot_tolerance_mm
+        a = guide.frame.axes[:, 0]
+        beside = entry + (-1.0 if entry @ a > 0 else 1.0) * (hole_r + config.wall_mm / 2) * a
+        hits = axis.ray_cast(tuple(beside + [0, 0, 40.0]), tuple(beside))
+        assert len(hits) == 2
+        # (the seat's underside lies within 0.05 mm of the clearance, as in the gap test)
+        assert hits[1].position[2] == pytest.approx(CLEARANCE_MM, abs=0.05)
+        assert hits[0].position[2] - hits[1].position[2] == pytest.approx(config.kwire_guide_mm, abs=0.05)
+        assert row["guided_length_mm"] == pytest.approx(config.kwire_guide_mm, abs=1e-3)
     along = sorted(guide.frame.local(np.array([e for e, _ in guide.kwires]))[:, 0])
     assert min(np.diff(along)) >= config.kwire_diameter_mm + config.wall_mm   # spread along the cut
 
