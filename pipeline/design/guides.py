@@ -244,10 +244,11 @@ def cutting_guide(plane: Plane, approach_lps, settings: GuidesConfig, *, bones: 
     wires, wire_report, wire_warnings = kwire_holes(solid, frame, host_solid, s, block_a, block_half, z_top)
     hole_r = s.kwire_diameter_mm / 2.0 + s.slot_tolerance_mm
     solid, top = kwire_sleeves(solid, [entry for entry, _ in wires], terrain, z_low, hole_r, s)
+    top = max(top, z_top)
     for row, (entry, _) in zip(wire_report, wires):
-        row["guided_length_mm"] = round(_inside_along_z(solid, entry[0], entry[1], max(top, z_top) + 5.0, z_low - 5.0), 3)
+        row["guided_length_mm"] = round(_inside_along_z(solid, entry[0], entry[1], top + 5.0, z_low - 5.0), 3)
     for entry, _ in wires:   # from just under the bone surface to above the block and the sleeves
-        hole = manifold3d.Manifold.cylinder(max(top, z_top) + 3.0 - entry[2], hole_r, hole_r, KWIRE_HOLE_SEGMENTS)
+        hole = manifold3d.Manifold.cylinder(top + 3.0 - entry[2], hole_r, hole_r, KWIRE_HOLE_SEGMENTS)
         solid = solid - hole.translate((entry[0], entry[1], entry[2] - 1.0))
     mesh = solid_mesh(solid.transform(frame.to_lps_matrix()))
     kwires = tuple((frame.lps(e[None])[0], frame.lps(t[None])[0]) for e, t in wires)
@@ -284,12 +285,17 @@ def _seat(envelope: Terrain, block_a: tuple[float, float], s: GuidesConfig
     every bone it passes over (widened sideways by half a grid diagonal, as
     the terrain: where the bone slopes, the gap grows by up to that times
     the slope's sine). It ends where the underside's ball no longer meets
-    bone, and is nowhere thicker than about two walls. Also the underside's
-    height at each node of the grid (+inf where there is no seat)."""
+    bone, and is nowhere thicker than about two walls across its surface.
+    Also the underside's height at each node of the grid (+inf where there
+    is no seat)."""
     c, w = s.contact_clearance_mm, s.wall_mm
     top = envelope.dilated(c + w, widen=True).height
     clear = envelope.dilated(c, widen=True).height
-    under = np.maximum(clear, top - 2.0 * w)
+    # At most two walls thick across its surface (not along the approach:
+    # on bone sloping at 75 degrees to it, two walls along the approach were
+    # half a wall across, the underside floating off the bone).
+    slope = np.hypot(*np.gradient(np.where(np.isfinite(top), top, 0.0), TERRAIN_GRID_MM))
+    under = np.maximum(clear, top - 2.0 * w * np.sqrt(1.0 + slope ** 2))
     # Where the underside has no bone under it (beyond the bone's outline,
     # where only the top's wider ball reaches) there is no seat.
     inside = (np.isfinite(clear) & ((envelope.a >= block_a[0]) & (envelope.a <= block_a[1]))[:, None]

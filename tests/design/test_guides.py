@@ -12,8 +12,8 @@ import pytest
 import trimesh
 
 from pipeline.config import GuidesConfig, Plane
-from pipeline.design.guides import (TERRAIN_MARGIN_MM, UNDER_EDGE_MM, _lift_off, cutting_guide, guide_frame,
-                                    kwire_mesh)
+from pipeline.design.guides import (TERRAIN_GRID_MM, TERRAIN_MARGIN_MM, UNDER_EDGE_MM, _lift_off, cutting_guide,
+                                    guide_frame, kwire_mesh)
 from pipeline.geometry import validate_solid
 from pipeline.design.plate import manifold_mesh as from_manifold
 from pipeline.geometry.resect import resect
@@ -118,6 +118,32 @@ def test_kwires_end_in_host_bone():
         assert row["guided_length_mm"] == pytest.approx(config.kwire_guide_mm, abs=1e-3)
     along = sorted(guide.frame.local(np.array([e for e, _ in guide.kwires]))[:, 0])
     assert min(np.diff(along)) >= config.kwire_diameter_mm + config.wall_mm   # spread along the cut
+
+
+def test_on_bone_sloping_steeply_the_seat_lies_at_the_clearance_a_wall_thick():
+    """A box whose top slopes at 75 degrees to the approach, the cut across
+    it: measured along the top face's normal over the footprint, the seat's
+    underside lies at the clearance (widened sideways by half a grid
+    diagonal: up to 0.21 mm more across a 75-degree slope) and the seat is a
+    wall thick. Capped at two walls along the approach it was half a wall
+    thick across (1.81 mm), floating 2.2 mm off the bone."""
+    box = trimesh.creation.box(extents=(60.0, 80.0, 20.0))
+    turn = trimesh.transformations.rotation_matrix(math.radians(75.0), [1.0, 0.0, 0.0])
+    box.apply_transform(turn)
+    plane = Plane(point_lps_mm=(0.0, 0.0, 0.0), normal_lps=(1.0, 0.0, 0.0), name="x0")
+    guide, _, config = make_guide(box, plane, (0.0, 0.0, 1.0))
+    solid = manifold3d.Manifold(manifold3d.Mesh64(
+        vert_properties=np.array(guide.mesh.vertices), tri_verts=np.array(guide.mesh.faces, dtype=np.uint64)))
+    normal, up_slope = turn[:3, 2], turn[:3, 1]
+    slack = TERRAIN_GRID_MM * math.sqrt(0.5) * math.sin(math.radians(75.0))
+    for x in (-12.0, -8.0, 8.0, 12.0):   # beside the slot block, on both sides of the cut
+        for t in (-20.0, 0.0, 20.0):
+            on_bone = 10.0 * normal + x * np.array([1.0, 0.0, 0.0]) + t * up_slope
+            hits = solid.ray_cast(tuple(on_bone + 0.01 * normal), tuple(on_bone + 30.0 * normal))
+            assert len(hits) == 2
+            gap, thickness = ((np.array(h.position) - on_bone) @ normal for h in hits)
+            assert CLEARANCE_MM - 0.01 <= gap <= CLEARANCE_MM + slack + 0.01
+            assert thickness - gap >= config.wall_mm - 0.05
 
 
 def guide_beside(other: trimesh.Trimesh):
@@ -287,7 +313,7 @@ def test_the_envelope_holds_bone_thinner_than_its_grid():
     the 0.25 mm grid's nodes: every point of it lies under the envelope at
     the node nearest to it (before the bone's edges were sampled, the fin
     fell between the nodes and a guide could hook under it)."""
-    from pipeline.design.guides import TERRAIN_GRID_MM, bone_envelope
+    from pipeline.design.guides import bone_envelope
 
     fin = trimesh.creation.box(bounds=[[-10.0, 0.07, -5.0], [10.0, 0.17, 8.0]])
     base = trimesh.creation.box(bounds=[[-10.0, -10.0, -8.0], [10.0, 10.0, -5.0]])
@@ -309,7 +335,7 @@ def test_a_coarse_terrain_is_the_surface_its_manifold_meshes():
     a box with one node beyond it; ``heights_at`` gives the height of the
     mesh :meth:`Terrain.manifold` builds, checked against that mesh's own
     triangles (exact column heights), and is exact for a plane."""
-    from pipeline.design.guides import TERRAIN_GRID_MM, Terrain
+    from pipeline.design.guides import Terrain
     from pipeline.geometry.columns import column_extremes
 
     g = TERRAIN_GRID_MM
