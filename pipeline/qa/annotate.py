@@ -39,8 +39,8 @@ def annotate(rgb: np.ndarray, *, right_lps, up_lps, mm_per_pixel: float, caption
              legend: list[tuple[str, tuple[int, int, int]]] = ()) -> np.ndarray:
     """``rgb`` (H, W, 3) with edge letters, a scale bar (bottom left), the
     caption (top left, on as many lines as it needs to stay left of the top
-    edge's letter) and the legend
-    (bottom right: a swatch and a name per entry)."""
+    edge's letter) and the legend (bottom right: a swatch and a name per
+    entry)."""
     image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
     draw = ImageDraw.Draw(image)
     font = _font()
