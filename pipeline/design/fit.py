@@ -144,18 +144,29 @@ def implant_fit(implant: trimesh.Trimesh, *, density_g_per_cm3: float = TI6AL4V_
     triangle's thickness weighted by its area, see :func:`wall_thickness_mm`)."""
     volume = float(mesh_facts(implant)["shell_volumes_mm3"].sum())
     extents = implant.bounds[1] - implant.bounds[0]
-    thickness, area = wall_thickness_mm(implant)
-    order = np.argsort(thickness, kind="stable")
-    share = np.cumsum(area[order]) / area.sum()
     return {
         "volume_mm3": round(volume, 3),
         "mass_g": round(volume / 1000.0 * density_g_per_cm3, 2),
         "density_g_per_cm3": density_g_per_cm3,
         "bounding_box_lps_mm": [round(float(e), 2) for e in extents],
-        "min_wall_thickness_mm": round(float(thickness[order[0]]), 3),
-        "wall_thickness_p5_mm": round(float(thickness[order[np.searchsorted(share, 0.05)]]), 3),
-        "wall_thickness_samples": int(thickness.size),
+        **wall_figures(implant),
     }
+
+
+def wall_figures(mesh: trimesh.Trimesh, thin_mm: float | None = None) -> dict:
+    """The thinnest wall of ``mesh``, the thickness under which 5 % of its
+    surface lies (each triangle weighted by its area, see
+    :func:`wall_thickness_mm`), how many triangles were measured and, with
+    ``thin_mm``, the area of surface over walls thinner than that."""
+    thickness, area = wall_thickness_mm(mesh)
+    order = np.argsort(thickness, kind="stable")
+    share = np.cumsum(area[order]) / area.sum()
+    out = {"min_wall_thickness_mm": round(float(thickness[order[0]]), 3),
+           "wall_thickness_p5_mm": round(float(thickness[order[np.searchsorted(share, 0.05)]]), 3),
+           "wall_thickness_samples": int(thickness.size)}
+    if thin_mm is not None:
+        out[f"area_over_walls_under_{thin_mm:g}_mm_mm2"] = round(float(area[thickness < thin_mm].sum()), 1)
+    return out
 
 
 def wall_thickness_mm(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:

@@ -54,6 +54,7 @@ from ..parallel import parallel
 from ..geometry.distance import NearSurface, face_boxes
 from ..geometry.meshes import corner_max, corner_min
 from ..geometry.meshes import to_manifold as _to_manifold
+from .fit import wall_figures
 from .plate import manifold_mesh, solid_mesh
 
 # The slot runs this far beyond each end of the cut line (mm), so the blade
@@ -120,6 +121,9 @@ WALL_SELECT_MM = 1e-3
 INTERSECTION_TOL_MM3 = 1e-3
 # A seat with less area on bone than this (mm2) is reported: it may rock.
 MIN_SEAT_AREA_MM2 = 150.0
+# A guide with 5 % of its surface over walls thinner than this (mm) is
+# reported: a printed resin fin that thin breaks off.
+THIN_WALL_MM = 1.0
 
 
 
@@ -672,6 +676,7 @@ def guide_measures(mesh: trimesh.Trimesh, plane: Plane, frame: GuideFrame, s: Gu
             "intersection_with_bone_mm3": round(_intersection_mm3(mesh, bones_solid), 6),
             "lift_off": _lift_off(tri, local, np.asarray(mesh.faces), frame, bones),
             "blade_reach": _blade_reach(tri, frame, host, cut_faces, window),
+            "walls": wall_figures(mesh, THIN_WALL_MM),
             "volume_mm3": round(float(mesh.volume), 3), "triangles": int(len(mesh.faces))}
 
 
@@ -944,6 +949,12 @@ def guide_warnings(report: dict, s: GuidesConfig) -> list[str]:
                    "of the cut face through the slot")
     if not report["slot"].get("found"):
         out.append(f"guide {name}: no slot walls found on the finished guide")
+    walls = report["walls"]
+    if walls["wall_thickness_p5_mm"] < THIN_WALL_MM:
+        out.append(f"guide {name}: 5 % of its surface has walls under {walls['wall_thickness_p5_mm']:.2f} mm "
+                   f"({walls[f'area_over_walls_under_{THIN_WALL_MM:g}_mm_mm2']:.0f} mm2 over walls under "
+                   f"{THIN_WALL_MM:g} mm: fins, slivers and lips where it follows steep or narrow bone or an edge "
+                   "of it, which may break off in printing or in the wound); look at it before printing")
     if report["seat_area_on_bone_mm2"] < MIN_SEAT_AREA_MM2:
         out.append(f"guide {name}: seat area on bone only {report['seat_area_on_bone_mm2']:.0f} mm2 "
                    f"(under {MIN_SEAT_AREA_MM2:g}): it may rock; widen guides.footprint_mm or change "

@@ -5,7 +5,7 @@ import pytest
 import trimesh
 
 from pipeline.config import Plane
-from pipeline.design.fit import TI6AL4V_G_PER_CM3, contact_fit, implant_fit
+from pipeline.design.fit import TI6AL4V_G_PER_CM3, contact_fit, implant_fit, wall_figures
 from pipeline.geometry.resect import resect
 
 
@@ -68,6 +68,17 @@ def test_the_thin_walls_share_is_a_share_of_the_surface_not_of_the_triangles():
     assert fit["min_wall_thickness_mm"] == pytest.approx(1.0, abs=1e-4)
     assert fit["wall_thickness_p5_mm"] == pytest.approx(20.0, abs=1e-4)
     assert fit["wall_thickness_samples"] == len(solid.faces)
+
+
+def test_the_area_over_thin_walls_is_the_thin_parts_surface():
+    """The same fin and block: the surface over walls under 2 mm is the fin's
+    two broad faces (2 x 10 x 10 mm2; its edges' rays cross 10 mm of it),
+    none under 1 mm."""
+    fin = trimesh.creation.box(extents=(10, 1, 10)).subdivide()
+    block = trimesh.creation.box(extents=(40, 20, 40)).apply_translation([50, 0, 0])
+    solid = trimesh.util.concatenate([fin, block])
+    assert wall_figures(solid, 2.0)["area_over_walls_under_2_mm_mm2"] == pytest.approx(200.0, abs=1e-6)
+    assert wall_figures(solid, 1.0)["area_over_walls_under_1_mm_mm2"] == 0.0
 
 
 def test_overlap_and_outline_distance_agree_about_a_dropped_fragment():

@@ -13,7 +13,7 @@ import trimesh
 
 from pipeline.config import GuidesConfig, Plane
 from pipeline.design.guides import (TERRAIN_GRID_MM, TERRAIN_MARGIN_MM, UNDER_EDGE_MM, _lift_off, cutting_guide,
-                                    guide_frame, kwire_mesh)
+                                    guide_frame, guide_warnings, kwire_mesh)
 from pipeline.geometry import validate_solid
 from pipeline.design.plate import manifold_mesh as from_manifold
 from pipeline.geometry.resect import resect
@@ -86,6 +86,21 @@ def test_seat_gap_is_the_clearance_and_the_guide_misses_the_bone():
         manifold3d.Manifold.cube((60.0, 40.0, 10.0)).translate((-30.0, -20.0, -10.0))
     assert both.is_empty() or both.volume() <= 1e-3
     assert guide.report["lift_off"]["removable"]
+
+
+def test_a_guide_on_flat_bone_is_a_wall_thick_and_thin_walls_are_warned_of():
+    """On a flat box the seat, the slot block's walls and the sleeves are a
+    wall thick: 5 % of the guide's surface lies on walls of at least that
+    (to the K-wire holes' polygons), and nothing is warned of. A guide whose
+    walls are under 1 mm over 5 % of its surface is warned of, by name."""
+    plane = Plane(point_lps_mm=(0.0, 0.0, 0.0), normal_lps=(1.0, 0.0, 0.0), name="x0")
+    guide, _, config = make_guide(box_bone(), plane, (0.0, 0.0, 1.0))
+    assert guide.report["walls"]["wall_thickness_p5_mm"] >= config.wall_mm - 0.05
+    assert not guide.warnings
+    thin = {**guide.report, "walls": {**guide.report["walls"], "wall_thickness_p5_mm": 0.6,
+                                      "area_over_walls_under_1_mm_mm2": 900.0}}
+    (warning,) = guide_warnings(thin, config)
+    assert warning.startswith("guide x0: 5 % of its surface has walls under 0.60 mm (900 mm2 over walls under 1 mm")
 
 
 def test_kwires_end_in_host_bone():
