@@ -153,7 +153,8 @@ def report_warnings(report: dict) -> list[str]:
         distance = (key.endswith("_mm") or key in ("mean", "p95")) and "fraction" not in key
         if distance and any("asymmetry" in p.lower() for p in path) and abs(value) > ASYMMETRY_WARN_MM:
             found.append(f"asymmetry {value:.1f} mm at {'.'.join(path)} (beyond {ASYMMETRY_WARN_MM:g} mm)")
-        if key == "wall_thickness_p5_mm" and value < THIN_WALL_WARN_MM:
+        # The implant's walls (a guide's are its own warning, on its own threshold).
+        if key == "wall_thickness_p5_mm" and path[0] == "implant" and value < THIN_WALL_WARN_MM:
             found.append(f"thin implant: 5 % of its surface has walls under {value:.1f} mm "
                          f"(below {THIN_WALL_WARN_MM:g} mm; check where the cuts meet the bone obliquely)")
         if "low_density" in key and value:

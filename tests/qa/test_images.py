@@ -315,6 +315,9 @@ def test_warnings_read_the_implant_report_as_run_mesh_writes_it():
     calm = {"input": {}, "implant": {"asymmetry_mm": {"mean": 0.4, "p95": 1.1, "fraction_within_2mm": 0.99},
                                      "fit": {"implant": {"wall_thickness_p5_mm": 6.0}}}}
     assert report_warnings(calm) == []
+    # A guide's thin walls are not the implant's: its own warning, in its record, says so.
+    guide = {"plane": "cut", "walls": {"wall_thickness_p5_mm": 0.5}, "warnings": ["guide cut: 5 % ..."]}
+    assert report_warnings({**calm, "guides": [guide]}) == ["guide cut: 5 % ..."]
 
 
 def test_an_implant_in_separate_solids_is_flagged():
