@@ -616,11 +616,9 @@ def kwire_sleeves(solid: manifold3d.Manifold, entries: list[np.ndarray], terrain
     for entry in entries:
         a, b = float(entry[0]), float(entry[1])
         hits = solid.ray_cast((a, b, entry[2] + 1e3), (a, b, z_low - 5.0))
-        if not hits:
+        if not hits or _inside(hits) >= s.kwire_guide_mm:
             continue
         foot = float(hits[-1].position[2])   # the seat's underside
-        if _inside_along_z(solid, a, b, entry[2] + 1e3, z_low - 5.0) >= s.kwire_guide_mm:
-            continue
         tube = manifold3d.Manifold.cylinder(s.kwire_guide_mm, outer, outer, KWIRE_HOLE_SEGMENTS)
         below = terrain.coarse(COARSE_GRID_MM, (a - outer - 1.0, b - outer - 1.0), (a + outer + 1.0, b + outer + 1.0))
         sleeves.append(tube.translate((a, b, foot)) - below.manifold(z_low - 3.0))
@@ -632,7 +630,11 @@ def kwire_sleeves(solid: manifold3d.Manifold, entries: list[np.ndarray], terrain
 
 def _inside_along_z(solid: manifold3d.Manifold, a: float, b: float, z_from: float, z_to: float) -> float:
     """Length of the line (a, b) from ``z_from`` down to ``z_to`` inside ``solid``."""
-    hits = solid.ray_cast((a, b, z_from), (a, b, z_to))
+    return _inside(solid.ray_cast((a, b, z_from), (a, b, z_to)))
+
+
+def _inside(hits) -> float:
+    """Length inside a closed solid along a ray down ``z`` from outside, from its hits (entering, leaving, ...)."""
     return float(sum(hits[i].position[2] - hits[i + 1].position[2] for i in range(0, len(hits) - 1, 2)))
 
 
