@@ -9,6 +9,7 @@ phantom's labels say which bone each point of a screw lies in.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import manifold3d
 import numpy as np
@@ -188,6 +189,27 @@ def test_no_screw_where_the_bone_is_thinner_than_screw_and_margins():
     (warning,) = [w for w in fix.warnings if "0 of 2 screws" in w]
     assert "hold one; the rest ran out of bone around the screw (100 %)" in warning
     validate_solid(fix.implant_fixed, "implant_fixed")
+
+
+def test_no_screw_where_another_bone_lies_under_the_flange_and_the_warning_says_so():
+    """The thick box, its labels holding another bone in a slab 10-15 mm
+    under the flanged posterior face (y from 5 to 10 mm; the face at 20),
+    from 3 mm behind the cut face on: past the entry cortex (radius + margin
+    + 1 = 5.75 mm) no trajectory keeps the screw's radius + margin (4.75 mm)
+    from it for 20 mm. The warning names the forbidden zones as what
+    stopped most of them (the rest, by the cut face or pointing out of the
+    box, ran out of bone), and on a sacral flange points to iliosacral screws."""
+    cut, scene = box_case(40.0)
+    centres = apply_affine(scene.affine, np.indices(scene.labels.shape).reshape(3, -1).T)
+    slab = ((centres[:, 1] >= 5.0) & (centres[:, 1] <= 10.0) & (centres[:, 0] <= -3.0)).reshape(scene.labels.shape)
+    labels = np.where(slab & (scene.labels > 0), LABEL_IDS["hip_right"], scene.labels).astype(np.uint8)
+    fix = fix_implant(cut, (CUT,), dataclasses.replace(scene, labels=labels), CONFIG)
+    assert fix.screws == ()
+    (warning,) = [w for w in fix.warnings if "0 of 2 screws" in w]
+    share = re.search(r"hold one; the rest came too near the sacral canal, a foramen or another bone \((\d+) %\)",
+                      warning)
+    assert share and int(share.group(1)) > 50
+    assert warning.endswith("iliosacral = true adds a screw through the contact face into S1")
 
 
 @pytest.mark.slow
