@@ -97,6 +97,22 @@ def test_a_caption_wider_than_its_image_goes_on_more_lines_inside_it():
     assert not (white & ~letter)[first, beside].any() and not (white & ~letter)[second, beside].any()
 
 
+def test_an_iliosacral_screws_slice_is_as_wide_as_the_other_slices_and_shows_the_screw(phantom):
+    """A 76 mm screw across the phantom's sacrum: its slice is SLICE_LONGEST_PX
+    wide (at 0.5 mm a pixel it was 272, its caption cut off), the screw's
+    outline drawn in it."""
+    from pipeline.design.fixation import Screw
+    from pipeline.qa.images import SCREW_RGB, SLICE_LONGEST_PX, screw_slice
+    centre = phantom.volume.index_to_lps(np.array(phantom.volume.shape)[None] / 2.0)[0]
+    head, tip = centre + [40.0, 0.0, 0.0], centre - [36.0, 0.0, 0.0]
+    screw = Screw(kind="iliosacral", plane="cut", bone="sacrum", diameter_mm=7.3, head_lps_mm=head,
+                  entry_lps_mm=head, tip_lps_mm=tip, length_in_bone_mm=72.0, min_margin_mm=2.5,
+                  forbidden_distance_mm=4.3)
+    image = screw_slice(phantom.volume, phantom.labels, screw, 1).rgb
+    assert image.shape[1] == SLICE_LONGEST_PX
+    assert np.all(image == SCREW_RGB, axis=2).sum() > 100
+
+
 def test_a_thin_slab_seen_from_the_side_is_widened_with_black():
     """20 slices of 2 mm seen coronally: 40 mm of scan (about 77 pixels) in a
     200-pixel-high image, the scan's rows in the middle at their own
