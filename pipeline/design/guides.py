@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import manifold3d
 import numpy as np
 import trimesh
+from scipy import ndimage
 
 from ..config import GuidesConfig, Plane
 from ..errors import PlanError
@@ -124,6 +125,9 @@ MIN_SEAT_AREA_MM2 = 150.0
 # A guide with 5 % of its surface over walls thinner than this (mm) is
 # reported: a printed resin fin that thin breaks off.
 THIN_WALL_MM = 1.0
+# The scale (mm) over which the seat's slope and its edges' direction are
+# taken to square its ends (:func:`_square_ends`).
+SQUARE_SMOOTH_MM = 1.0
 
 
 
@@ -307,11 +311,15 @@ def _seat(envelope: Terrain, block_a: tuple[float, float], s: GuidesConfig
     if not inside.any():
         raise PlanError("guides: no bone within the footprint seen from guides.approach_lps")
     seen = np.isfinite(top)
+    under = _square_ends(under, top, inside)
     floor = float(min(under[inside].min(), top[seen].min())) - 2.0
-    # Outside the seat the underside lies a millimetre above the top, so
-    # nothing is left there, and never lower than inside: no sheet hangs
-    # from the seat's edge into the bone. Where no bone is within reach
-    # both drop to the floor.
+    # Outside the seat the underside lies a millimetre above the top as
+    # meshed, so nothing is left there, and never lower than inside: no
+    # sheet hangs from the seat's edge into the bone. Where no bone is
+    # within reach the top drops to the floor, and the underside with it
+    # only as the coarse top does (at the floor on the fine grid, each fine
+    # node under the top's slope from a coarse node with bone to one without
+    # held a needle as tall as that drop: 45 mm on the sample's sacral guide).
     # Both are meshed over the seat's nodes and one beyond (the top, which
     # touches nothing, coarse, and the underside outside the seat a
     # millimetre above that coarse top), over the same extent.
@@ -323,10 +331,48 @@ def _seat(envelope: Terrain, block_a: tuple[float, float], s: GuidesConfig
     ka = (envelope.a >= top.a[0]) & (envelope.a <= top.a[-1])
     kb = (envelope.b >= top.b[0]) & (envelope.b <= top.b[-1])
     box = np.ix_(ka, kb)
-    outside = np.where(seen[box], top.heights_at(envelope.a[ka], envelope.b[kb]) + 1.0, floor + 2.0)
+    outside = top.heights_at(envelope.a[ka], envelope.b[kb]) + 1.0
     under_mesh = Terrain(envelope.a[ka], envelope.b[kb], np.where(inside[box], under[box], outside))
     solid = top.manifold(floor) - under_mesh.manifold(floor - 1.0)
     return solid, np.where(inside, under, np.inf)
+
+
+def _square_ends(under: np.ndarray, top: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """``under`` raised where the seat ends downhill, so that it ends square
+    to itself rather than along the approach. Where the bone falls away
+    past the seat's edge, an end along the approach meets the underside at
+    90 degrees less the slope: a lip tapering to nothing (on the sample's
+    guides, most of their surface on walls under 1 mm), which breaks off in
+    printing or in the wound. A point of the seat is kept only if its foot
+    on the top (along the top's normal, across the seat's thickness) lies
+    over the seat (``inside``): with the slope s along the direction of
+    steepest rise, a point h under the top has its foot h s / (1 + s^2)
+    downhill of it, so the underside rises to top - D (s + 1/s), D the
+    distance from the node to the seat's edge downhill of it. The end is a
+    face square to the seat through the top's edge, never nearer the bone;
+    flat seats (s = 0) and ends uphill keep theirs. (Lowering the top where
+    the seat ends uphill, the same rule on the underside's foot, left fins
+    on the coarse top and more thin wall than it removed.)"""
+    if not inside.any():
+        return under
+    # The slope at the scale of the seat's thickness, from the top (a ball
+    # of clearance + wall rolled over the bone: smoother than the underside).
+    seen = np.isfinite(top)
+    filled = np.where(seen, top, top[tuple(ndimage.distance_transform_edt(
+        ~seen, return_distances=False, return_indices=True))])
+    smooth = SQUARE_SMOOTH_MM / TERRAIN_GRID_MM
+    ga, gb = np.gradient(ndimage.gaussian_filter(filled, smooth), TERRAIN_GRID_MM)
+    slope = np.hypot(ga, gb)
+    # Distance to the seat's edge (half a node short of the first node off
+    # it) and the direction away from it.
+    edge = np.maximum(ndimage.distance_transform_edt(inside) - 0.5, 0.0) * TERRAIN_GRID_MM
+    ea, eb = np.gradient(ndimage.gaussian_filter(edge, smooth), TERRAIN_GRID_MM)
+    cos = (ea * ga + eb * gb) / np.maximum(np.hypot(ea, eb) * slope, 1e-9)   # > 0: the edge lies downhill
+    s_, c_ = slope[inside], cos[inside]
+    down = np.where(c_ > 1e-3, edge[inside] / np.maximum(c_, 1e-3), np.inf)   # to the edge, downhill
+    out = under.copy()
+    out[inside] = np.maximum(under[inside], top[inside] - down * (s_ + 1.0 / np.maximum(s_, 1e-9)))
+    return out
 
 
 def _box(lo, hi) -> manifold3d.Manifold:

@@ -12,8 +12,9 @@ import pytest
 import trimesh
 
 from pipeline.config import GuidesConfig, Plane
-from pipeline.design.guides import (TERRAIN_GRID_MM, TERRAIN_MARGIN_MM, UNDER_EDGE_MM, _lift_off, cutting_guide,
-                                    guide_frame, guide_warnings, kwire_mesh)
+from pipeline.design.guides import (TERRAIN_GRID_MM, TERRAIN_MARGIN_MM, UNDER_EDGE_MM, Terrain, _lift_off, _seat,
+                                    cutting_guide, guide_frame, guide_warnings, kwire_mesh)
+from pipeline.design.fit import wall_figures
 from pipeline.geometry import validate_solid
 from pipeline.design.plate import manifold_mesh as from_manifold
 from pipeline.geometry.resect import resect
@@ -159,6 +160,45 @@ def test_on_bone_sloping_steeply_the_seat_lies_at_the_clearance_a_wall_thick():
             gap, thickness = ((np.array(h.position) - on_bone) @ normal for h in hits)
             assert CLEARANCE_MM - 0.01 <= gap <= CLEARANCE_MM + slack + 0.01
             assert thickness - gap >= config.wall_mm - 0.05
+
+
+def test_where_the_bone_falls_away_past_the_seat_its_end_is_square_not_a_lip():
+    """A bone whose cross-section is a square stood on its corner, the cut
+    across its ridge: along the cut line the seat passes over the ridge and
+    ends past the widest corners, where the bone falls away at 45 degrees.
+    Cut along the approach, each end was a 45-degree wedge tapering to
+    nothing: 85 mm2 of the guide's surface on walls under 1 mm. Square to
+    the seat, 10.4 mm2 are left (at the corners where those ends meet the
+    footprint's sides), and the seat still keeps its clearance and lifts off."""
+    bone = trimesh.creation.box(extents=(60.0, 40.0, 40.0))
+    bone.apply_transform(trimesh.transformations.rotation_matrix(math.radians(45.0), [1.0, 0.0, 0.0]))
+    plane = Plane(point_lps_mm=(0.0, 0.0, 0.0), normal_lps=(1.0, 0.0, 0.0), name="x0")
+    guide, _, config = make_guide(bone, plane, (0.0, 0.0, 1.0))
+    walls = wall_figures(guide.mesh, 1.0)
+    assert walls["area_over_walls_under_1_mm_mm2"] <= 20.0
+    assert walls["wall_thickness_p5_mm"] >= config.wall_mm - 0.05
+    assert guide.report["contact_gap_mm"]["min"] >= CLEARANCE_MM - 0.01
+    assert guide.report["lift_off"]["removable"]
+
+
+def test_no_needle_hangs_where_the_seat_has_no_bone_within_reach():
+    """Bone (a plateau at z = 0) under the whole footprint on one side of
+    b = 0, only from a = -10 on the other, and deep bone (z = -30) beyond
+    the footprint. Between the plateau's end and the footprint's, on the
+    short side, no bone is within reach of the seat's top: there the
+    underside lay at the floor under the coarse top's slope down to it, and
+    a needle of seat hung 29 mm below the bone's top. The seat lies above
+    the plateau everywhere (its underside's lowest is the clearance's ball
+    round the plateau's edge, at z >= 0)."""
+    config = GuidesConfig(enabled=True, contact_clearance_mm=CLEARANCE_MM)
+    a = np.arange(-30.0, 30.0 + TERRAIN_GRID_MM / 2, TERRAIN_GRID_MM)
+    b = np.arange(-30.0, 30.0 + TERRAIN_GRID_MM / 2, TERRAIN_GRID_MM)
+    aa, bb = np.meshgrid(a, b, indexing="ij")
+    height = np.where(((bb <= 0.0) & (aa >= -20.0)) | ((bb > 0.0) & (aa >= -10.0)), 0.0, -np.inf)
+    height = np.where(np.abs(bb) >= 22.0, -30.0, height)
+    seat, under = _seat(Terrain(a, b, height), (-20.0, 20.0), config)
+    assert seat.volume() > 0 and np.isfinite(under).any()
+    assert seat.bounding_box()[2] >= -1e-6
 
 
 def guide_beside(other: trimesh.Trimesh):
