@@ -69,11 +69,21 @@ def solid_per_label(rough: np.ndarray, raw: np.ndarray, hu: np.ndarray, volume: 
                      solid_bone(pieces[sub], label, radius_vox, volume.spacing_mm, cfg, border, planes,
                                 tissue_hu(hu[sub], volume.spacing_mm, core_hu) if label == LUMBAR else None, axial,
                                 hu[sub] if planes == PLANE_AXES and radius_vox == 0 else None)))
-    # Bones are filled independently (scipy releases the GIL: both cores work).
-    for (label, sub, _), filled in zip(jobs, parallel(*[job for _, _, job in jobs])):
+    # Bones are filled independently (scipy releases the GIL: both cores
+    # work), the longest first so that no core is left with one at the end:
+    # the spine (its marrow between endplates too), then by box size. They
+    # are written in label order, as before.
+    order = sorted(range(len(jobs)), key=lambda i: (jobs[i][0] != LUMBAR, -_voxels(jobs[i][1])))
+    done = dict(zip(order, parallel(*[jobs[i][2] for i in order])))
+    for i, (label, sub, _) in enumerate(jobs):
+        filled = done[i]
         view = out[sub]
         view[filled & ((view == 0) | (rough[sub] == label))] = label
     return out
+
+
+def _voxels(box: tuple[slice, ...]) -> int:
+    return int(np.prod([s.stop - s.start for s in box]))
 
 
 def solid_bone(pieces: np.ndarray, label: int, radius_vox: int, spacing_mm: np.ndarray,
