@@ -302,7 +302,8 @@ def _seat(envelope: Terrain, block_a: tuple[float, float], s: GuidesConfig
     # At most two walls thick across its surface (not along the approach:
     # on bone sloping at 75 degrees to it, two walls along the approach were
     # half a wall across, the underside floating off the bone).
-    slope = np.hypot(*np.gradient(np.where(np.isfinite(top), top, 0.0), TERRAIN_GRID_MM))
+    gradient = _top_gradient(top)
+    slope = np.hypot(*gradient)
     under = np.maximum(clear, top - 2.0 * w * np.sqrt(1.0 + slope ** 2))
     # Where the underside has no bone under it (beyond the bone's outline,
     # where only the top's wider ball reaches) there is no seat.
@@ -311,7 +312,7 @@ def _seat(envelope: Terrain, block_a: tuple[float, float], s: GuidesConfig
     if not inside.any():
         raise PlanError("guides: no bone within the footprint seen from guides.approach_lps")
     seen = np.isfinite(top)
-    under = _square_ends(under, top, inside)
+    under = _square_ends(under, top, inside, gradient)
     floor = float(min(under[inside].min(), top[seen].min())) - 2.0
     # Outside the seat the underside lies a millimetre above the top as
     # meshed, so nothing is left there, and never lower than inside: no
@@ -337,7 +338,22 @@ def _seat(envelope: Terrain, block_a: tuple[float, float], s: GuidesConfig
     return solid, np.where(inside, under, np.inf)
 
 
-def _square_ends(under: np.ndarray, top: np.ndarray, inside: np.ndarray) -> np.ndarray:
+def _top_gradient(top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The gradient of ``top`` (a ball of clearance + wall rolled over the
+    bone, -inf where it reaches no bone) at the scale of the seat's
+    thickness (Gaussian, ``SQUARE_SMOOTH_MM``), nodes without bone taking
+    their nearest's height."""
+    seen = np.isfinite(top)
+    if not seen.any():
+        return np.zeros_like(top), np.zeros_like(top)
+    filled = np.where(seen, top, top[tuple(ndimage.distance_transform_edt(
+        ~seen, return_distances=False, return_indices=True))])
+    ga, gb = np.gradient(ndimage.gaussian_filter(filled, SQUARE_SMOOTH_MM / TERRAIN_GRID_MM), TERRAIN_GRID_MM)
+    return ga, gb
+
+
+def _square_ends(under: np.ndarray, top: np.ndarray, inside: np.ndarray,
+                 gradient: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """``under`` raised where the seat ends downhill, so that it ends square
     to itself rather than along the approach. Where the bone falls away
     past the seat's edge, an end along the approach meets the underside at
@@ -357,12 +373,9 @@ def _square_ends(under: np.ndarray, top: np.ndarray, inside: np.ndarray) -> np.n
         return under
     # The slope at the scale of the seat's thickness, from the top (a ball
     # of clearance + wall rolled over the bone: smoother than the underside).
-    seen = np.isfinite(top)
-    filled = np.where(seen, top, top[tuple(ndimage.distance_transform_edt(
-        ~seen, return_distances=False, return_indices=True))])
-    smooth = SQUARE_SMOOTH_MM / TERRAIN_GRID_MM
-    ga, gb = np.gradient(ndimage.gaussian_filter(filled, smooth), TERRAIN_GRID_MM)
+    ga, gb = gradient
     slope = np.hypot(ga, gb)
+    smooth = SQUARE_SMOOTH_MM / TERRAIN_GRID_MM
     # Distance to the seat's edge (half a node short of the first node off
     # it) and the direction away from it.
     edge = np.maximum(ndimage.distance_transform_edt(inside) - 0.5, 0.0) * TERRAIN_GRID_MM

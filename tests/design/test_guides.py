@@ -181,6 +181,31 @@ def test_where_the_bone_falls_away_past_the_seat_its_end_is_square_not_a_lip():
     assert guide.report["lift_off"]["removable"]
 
 
+def test_the_seat_does_not_line_a_narrow_groove_down_to_its_bottom():
+    """A V-groove 8 mm wide and 25 mm deep runs along the cut line under the
+    seat. The seat's top (the bone rolled by a ball of clearance + wall)
+    bridges it with a cusp; with the cap on the seat's thickness taken from
+    the top's slope node by node (steep on either side of the cusp), the
+    underside followed the groove's walls down to where they are a
+    clearance apart: a tongue 15 mm deep tapering to nothing, 1967 mm2 of
+    the guide's surface on walls under 1 mm. Taken at the scale of a wall,
+    the top's slope over the cusp is level and the seat stops two walls
+    below it."""
+    groove = manifold3d.Manifold.extrude(manifold3d.CrossSection([[(-4.0, 0.5), (0.0, -25.0), (4.0, 0.5)]]), 80.0)
+    groove = groove.transform(np.array([[0.0, 0.0, 1.0, -40.0], [1.0, 0.0, 0.0, -8.0], [0.0, 1.0, 0.0, 0.0]]))
+    solid = manifold3d.Manifold.cube((60.0, 40.0, 40.0)).translate((-30.0, -20.0, -40.0)) - groove
+    built = from_manifold(solid)
+    bone = trimesh.Trimesh(np.array(built.vertices), np.array(built.faces))
+    plane = Plane(point_lps_mm=(0.0, 0.0, 0.0), normal_lps=(0.0, 1.0, 0.0), name="y0")
+    guide, _, config = make_guide(bone, plane, (0.0, 0.0, 1.0))
+    walls = wall_figures(guide.mesh, 1.0)
+    assert walls["area_over_walls_under_1_mm_mm2"] <= 100.0
+    assert walls["wall_thickness_p5_mm"] >= config.wall_mm - 0.05
+    assert guide.mesh.bounds[0][2] >= -(2.0 * config.wall_mm + CLEARANCE_MM)
+    assert guide.report["contact_gap_mm"]["min"] >= CLEARANCE_MM - 0.01
+    assert guide.report["lift_off"]["removable"]
+
+
 def test_no_needle_hangs_where_the_seat_has_no_bone_within_reach():
     """Bone (a plateau at z = 0) under the whole footprint on one side of
     b = 0, only from a = -10 on the other, and deep bone (z = -30) beyond
