@@ -125,9 +125,9 @@ MIN_SEAT_AREA_MM2 = 150.0
 # A guide with 5 % of its surface over walls thinner than this (mm) is
 # reported: a printed resin fin that thin breaks off.
 THIN_WALL_MM = 1.0
-# The scale (mm) over which the seat's slope and its edges' direction are
-# taken to square its ends (:func:`_square_ends`).
-SQUARE_SMOOTH_MM = 1.0
+# The scale (mm) over which the seat's slope is taken (its thickness's cap
+# and its squared ends) and its edges' direction (:func:`_top_gradient`).
+SLOPE_SMOOTH_MM = 1.0
 
 
 
@@ -301,7 +301,10 @@ def _seat(envelope: Terrain, block_a: tuple[float, float], s: GuidesConfig
     clear = envelope.dilated(c, widen=True).height
     # At most two walls thick across its surface (not along the approach:
     # on bone sloping at 75 degrees to it, two walls along the approach were
-    # half a wall across, the underside floating off the bone).
+    # half a wall across, the underside floating off the bone), the slope
+    # taken at a wall's scale: node by node, over a groove the top bridges
+    # with a cusp it was steep, and the seat lined the groove's walls down
+    # to where they are a clearance apart, a tongue tapering to nothing.
     gradient = _top_gradient(top)
     slope = np.hypot(*gradient)
     under = np.maximum(clear, top - 2.0 * w * np.sqrt(1.0 + slope ** 2))
@@ -341,14 +344,15 @@ def _seat(envelope: Terrain, block_a: tuple[float, float], s: GuidesConfig
 def _top_gradient(top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The gradient of ``top`` (a ball of clearance + wall rolled over the
     bone, -inf where it reaches no bone) at the scale of the seat's
-    thickness (Gaussian, ``SQUARE_SMOOTH_MM``), nodes without bone taking
-    their nearest's height."""
+    thickness (Gaussian, ``SLOPE_SMOOTH_MM``), nodes without bone taking
+    their nearest's height (taken as 0 they made the slope at the bone's
+    outline as steep as the bone is high)."""
     seen = np.isfinite(top)
     if not seen.any():
         return np.zeros_like(top), np.zeros_like(top)
     filled = np.where(seen, top, top[tuple(ndimage.distance_transform_edt(
         ~seen, return_distances=False, return_indices=True))])
-    ga, gb = np.gradient(ndimage.gaussian_filter(filled, SQUARE_SMOOTH_MM / TERRAIN_GRID_MM), TERRAIN_GRID_MM)
+    ga, gb = np.gradient(ndimage.gaussian_filter(filled, SLOPE_SMOOTH_MM / TERRAIN_GRID_MM), TERRAIN_GRID_MM)
     return ga, gb
 
 
@@ -366,16 +370,16 @@ def _square_ends(under: np.ndarray, top: np.ndarray, inside: np.ndarray,
     downhill of it, so the underside rises to top - D (s + 1/s), D the
     distance from the node to the seat's edge downhill of it. The end is a
     face square to the seat through the top's edge, never nearer the bone;
-    flat seats (s = 0) and ends uphill keep theirs. (Lowering the top where
+    flat seats (s = 0) and ends uphill keep theirs (``gradient``: the
+    top's, :func:`_top_gradient`). (Lowering the top where
     the seat ends uphill, the same rule on the underside's foot, left fins
     on the coarse top and more thin wall than it removed.)"""
     if not inside.any():
         return under
-    # The slope at the scale of the seat's thickness, from the top (a ball
-    # of clearance + wall rolled over the bone: smoother than the underside).
+    # The top's slope (smoother than the underside's), from ``gradient``.
     ga, gb = gradient
     slope = np.hypot(ga, gb)
-    smooth = SQUARE_SMOOTH_MM / TERRAIN_GRID_MM
+    smooth = SLOPE_SMOOTH_MM / TERRAIN_GRID_MM
     # Distance to the seat's edge (half a node short of the first node off
     # it) and the direction away from it.
     edge = np.maximum(ndimage.distance_transform_edt(inside) - 0.5, 0.0) * TERRAIN_GRID_MM
