@@ -15,6 +15,7 @@ from PIL import Image
 
 from pipeline.cli import main as cli_main
 from pipeline.config import load_config
+from pipeline.design.guides import THIN_WALL_MM
 from pipeline.qa.images import GUIDE_VIEW_REACH_MM, VIEW_PX
 
 from .helpers import REAL_CT, REPO
@@ -78,6 +79,11 @@ def check_guides(out, report):
         assert g["slot"]["depth_mm"] == pytest.approx(config["slot_depth_mm"], abs=1e-3)
         assert g["lift_off"]["removable"] and g["intersection_with_bone_mm3"] <= 1e-3
         assert g["blade_reach"]["reached_fraction"] == 1.0
+        # No thin walls to warn of (lips, needles and tongues in grooves put
+        # 5 % of the surfaces of three of these four guides on walls under
+        # 0.46-0.63 mm before 2026-12-07; 1.86-3.47 mm since).
+        assert g["walls"]["wall_thickness_p5_mm"] >= THIN_WALL_MM
+        assert not [w for w in g["warnings"] if "walls under" in w]
         # Independently of the column heights: rays up the approach from the
         # guide's downward corners miss the bone (a sample of them).
         approach = np.asarray(g["approach_lps"])
