@@ -129,6 +129,12 @@ def test_one_closed_guide_per_plane_on_the_sample(tmp_path_factory):
             assert panel.sum() >= block_mm2 / mm_per_px ** 2, g["plane"]
     page = (out / "report.html").read_text()
     assert "Cutting guides" in page and "guide_sacral_ala.stl" in page
+    # Each guide's walls in its row of the page's table, as the report has them.
+    assert "walls: 5 % of the surface under (mm)" in page
+    for g in report["guides"]:
+        walls = g["walls"]
+        cell = f"<td>{walls['wall_thickness_p5_mm']:g}; {walls['area_over_walls_under_1_mm_mm2']:g}</td>"
+        assert cell in page, (g["plane"], cell)
 
 
 @pytest.mark.real_data

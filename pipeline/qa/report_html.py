@@ -18,6 +18,7 @@ import html
 import re
 from typing import TYPE_CHECKING, Any, Iterable
 
+from ..design.guides import THIN_WALL_MM
 from ..segment.labels import SEED_MARGIN_MM
 from ..segment.mask import METAL_HU
 from ..segment.model_fit import LOOSE_FIT_BELOW, bone_missing, on_bone_share, present_share
@@ -335,13 +336,21 @@ def _guides_html(guides: list) -> str:
                                for w in g.get("kwires", [])),
                      "yes" if lift.get("removable") else f"no ({lift.get('points_under_bone')} points)",
                      _num(g.get("intersection_with_bone_mm3")),
-                     _num((g.get("blade_reach") or {}).get("reached_fraction"))))
+                     _num((g.get("blade_reach") or {}).get("reached_fraction")),
+                     _walls(g.get("walls") or {})))
     header = ["guide", "seat on bone (mm2)", "gap min / mean / max (mm)", "slot mid-plane to cut plane",
               "slot width x depth (mm)", "K-wires: entry (LPS mm): length in bone", "lifts off along approach",
-              "overlap with bone (mm3)", "cut face reached by blade"]
+              "overlap with bone (mm3)", "cut face reached by blade",
+              f"walls: 5 % of the surface under (mm); area on walls under {THIN_WALL_MM:g} mm (mm2)"]
     details = "".join(f"<details><summary>{_e(g.get('file', ''))}</summary>"
                       f"{_value_html({k: v for k, v in g.items() if k != 'warnings'})}</details>" for g in guides)
     return _table(header, rows) + details
+
+
+def _walls(walls: dict) -> str:
+    """A guide's wall figures (:func:`pipeline.design.fit.wall_figures`) as one cell."""
+    p5, thin = walls.get("wall_thickness_p5_mm"), walls.get(f"area_over_walls_under_{THIN_WALL_MM:g}_mm_mm2")
+    return "none" if p5 is None else f"{_num(p5)}; {_num(thin)}"
 
 
 def _view3d_html(view: InteractiveView) -> str:
