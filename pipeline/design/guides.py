@@ -128,9 +128,6 @@ THIN_WALL_MM = 1.0
 # The scale (mm) over which the seat's slope is taken (its thickness's cap
 # and its squared ends) and its edges' direction (:func:`_top_gradient`).
 SLOPE_SMOOTH_MM = 1.0
-# Across its width the slot block's underside falls no more steeply than
-# this (mm per mm: 45 degrees) from where it stands highest.
-BLOCK_SLOPE = 1.0
 
 
 
@@ -242,7 +239,6 @@ def cutting_guide(plane: Plane, approach_lps, settings: GuidesConfig, *, bones: 
     slot = _box((window[0], -half_slot, z_low - 2.0), (window[1], half_slot, z_top + 2.0))
     # Only the part under the block cuts it.
     below_block = terrain.coarse(COARSE_GRID_MM, (block_a[0], -block_half), (block_a[1], block_half))
-    below_block = Terrain(below_block.a, below_block.b, _at_most_steep(below_block.height, below_block.b))
     solid = ((block - below_block.manifold(z_low - 3.0)) + seat) - slot
     solid, dropped_mm3 = _largest_piece(solid)
     built = manifold_mesh(solid)
@@ -550,20 +546,6 @@ def _bridged(height: np.ndarray, a: np.ndarray) -> np.ndarray:
         seen = np.isfinite(height[:, j])
         out[~seen, j] = np.interp(a[~seen], a[seen], height[seen, j])
     return out
-
-
-def _at_most_steep(height: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``height`` (nodes along a x ``b``) raised where it falls across b more
-    steeply than ``BLOCK_SLOPE`` from a higher node of its row: the slot
-    block's underside, never lower than the bone's terrain. Where the bone
-    falls away beside one of the block's walls, the wall's underside
-    followed the drop between two nodes down to the next bone along the
-    approach: a slanted blade tapering to nothing (on the TotalSegmentator
-    example, beside the sacrum, 60 mm tall and 691 mm2 of the guide's
-    surface on walls under 1 mm). Now it meets the wall's side at 45
-    degrees or more."""
-    across = np.abs(b[:, None] - b[None, :])
-    return np.maximum(height, np.max(height[:, None, :] - BLOCK_SLOPE * across[None, :, :], axis=2))
 
 
 def _coarse_nodes(x: np.ndarray, k: int, lo: float, hi: float) -> np.ndarray:
