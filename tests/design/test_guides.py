@@ -162,21 +162,54 @@ def test_on_bone_sloping_steeply_the_seat_lies_at_the_clearance_a_wall_thick():
             assert thickness - gap >= config.wall_mm - 0.05
 
 
-def test_where_the_bone_falls_away_past_the_seat_its_end_is_square_not_a_lip():
-    """A bone whose cross-section is a square stood on its corner, the cut
-    across its ridge: along the cut line the seat passes over the ridge and
-    ends past the widest corners, where the bone falls away at 45 degrees.
-    Cut along the approach, each end was a 45-degree wedge tapering to
-    nothing: 85 mm2 of the guide's surface on walls under 1 mm. Square to
-    the seat, 10.4 mm2 are left (at the corners where those ends meet the
-    footprint's sides), and the seat still keeps its clearance and lifts off."""
-    bone = trimesh.creation.box(extents=(60.0, 40.0, 40.0))
-    bone.apply_transform(trimesh.transformations.rotation_matrix(math.radians(45.0), [1.0, 0.0, 0.0]))
+@pytest.mark.parametrize("slope_deg", [30.0, 45.0, 60.0, 75.0])
+def test_where_the_bone_falls_away_past_the_seat_its_end_is_square_not_a_lip(slope_deg):
+    """A box whose top slopes across the cut plane (x = 0) at ``slope_deg``:
+    the footprint (15 mm either side) ends on the slope, downhill on one
+    side. Measured along the top face's normal from the bone, 5 mm and more
+    from the slot block (nearer, the block's roof trims a seat rising past
+    its top), wherever the seat's underside lies at the clearance (widened
+    sideways by half a grid diagonal, as in the 75-degree test, which lifts
+    it by up to that times the slope's sine: the thickness's tolerance too),
+    the seat is a wall thick right up to its ends, up to 60 degrees. Cut
+    along the approach, the downhill end was a lip: 0.41, 0.17 and 0.02 mm
+    across at 30, 45 and 60 degrees. (At 75 degrees the squared end lies
+    within 15 degrees of the measuring ray, and a grid step in its place
+    moves the ray's exit by a millimetre: 1.3 mm, against 0.04 before.) At
+    every slope the seat is one piece with the block on both sides of the
+    slot and reaches both ends of the footprint (a block lifted off the
+    seat on the downhill side once left that half a piece of its own,
+    dropped), keeps its clearance and lifts off."""
+    box = trimesh.creation.box(extents=(200.0, 60.0, 20.0))   # its top face under the whole footprint
+    turn = trimesh.transformations.rotation_matrix(math.radians(slope_deg), [0.0, 1.0, 0.0])
+    box.apply_transform(turn)
     plane = Plane(point_lps_mm=(0.0, 0.0, 0.0), normal_lps=(1.0, 0.0, 0.0), name="x0")
-    guide, _, config = make_guide(bone, plane, (0.0, 0.0, 1.0))
-    walls = wall_figures(guide.mesh, 1.0)
-    assert walls["area_over_walls_under_1_mm_mm2"] <= 20.0
-    assert walls["wall_thickness_p5_mm"] >= config.wall_mm - 0.05
+    guide, _, config = make_guide(box, plane, (0.0, 0.0, 1.0))
+    assert guide.report["footprint"]["pieces_dropped_volume_mm3"] == 0.0
+    lo, hi = guide.mesh.bounds[:, 0]
+    assert lo <= -config.footprint_mm + 0.5 and hi >= config.footprint_mm - 0.5
+    solid = manifold3d.Manifold(manifold3d.Mesh64(
+        vert_properties=np.array(guide.mesh.vertices), tri_verts=np.array(guide.mesh.faces, dtype=np.uint64)))
+    normal, across = turn[:3, 2], turn[:3, 0]
+    slack = TERRAIN_GRID_MM * math.sqrt(0.5) * math.sin(math.radians(slope_deg))
+    measured = {-1.0: 0, 1.0: 0}
+    sleeve_mm = config.kwire_diameter_mm / 2.0 + config.slot_tolerance_mm + config.wall_mm + 1.0
+    for y in (-20.0, 0.0, 20.0):
+        for t in np.arange(-80.0, 80.0, 0.25):           # across the top face
+            on_bone = 10.0 * normal + t * across + np.array([0.0, y, 0.0])
+            if not 10.0 <= abs(on_bone[0]) <= 16.0:      # to past the footprint's ends
+                continue
+            if any(np.hypot(*(on_bone - entry)[:2]) <= sleeve_mm for entry, _ in guide.kwires):
+                continue                                  # a K-wire's hole and sleeve
+            hits = solid.ray_cast(tuple(on_bone + 0.01 * normal), tuple(on_bone + 30.0 * normal))
+            if len(hits) < 2:
+                continue
+            gap, far = ((np.array(h.position) - on_bone) @ normal for h in hits[:2])
+            if gap <= CLEARANCE_MM + slack + 0.01:
+                measured[float(np.sign(on_bone[0]))] += 1
+                if slope_deg <= 60.0:
+                    assert far - gap >= config.wall_mm - slack - 0.01, (t, y, gap, far)
+    assert min(measured.values()) >= 20   # on both sides of the cut
     assert guide.report["contact_gap_mm"]["min"] >= CLEARANCE_MM - 0.01
     assert guide.report["lift_off"]["removable"]
 
