@@ -361,9 +361,8 @@ def _square_ends(under: np.ndarray, top: np.ndarray, inside: np.ndarray,
     """``under`` raised where the seat ends downhill, so that it ends square
     to itself rather than along the approach. Where the bone falls away
     past the seat's edge, an end along the approach meets the underside at
-    90 degrees less the slope: a lip tapering to nothing (on the sample's
-    guides, most of their surface on walls under 1 mm), which breaks off in
-    printing or in the wound. A point of the seat is kept only if its foot
+    90 degrees less the slope: a lip tapering to nothing, which breaks off
+    in printing or in the wound. A point of the seat is kept only if its foot
     on the top (along the top's normal, across the seat's thickness) lies
     over the seat (``inside``): with the slope s along the direction of
     steepest rise, a point h under the top has its foot h s / (1 + s^2)
