@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..bones import LABEL_IDS
+from .model_fit import vertex_normals
 from .shape_model import MODEL_BONES, MODEL_FILE, ShapeModel, save_model
 
 ATLAS_PREFIX = {"hip_left": ("left", "LeftHip"), "hip_right": ("right", "RightHip"),
@@ -188,15 +189,6 @@ def reconstruct(shape: np.ndarray, mean: np.ndarray, modes: np.ndarray, k: int) 
     b = flat @ (aligned - mean).ravel()
     model = mean + (b @ flat).reshape(mean.shape)
     return ((model - translation) @ rotation) / scale
-
-
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    tri = vertices[faces]
-    face_n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    normals = np.zeros_like(vertices)
-    for c in range(3):
-        np.add.at(normals, faces[:, c], face_n)
-    return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
 
 
 def acetabulum(vertices: np.ndarray, normals: np.ndarray, bone_index: np.ndarray) -> np.ndarray:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.sparse import csc_matrix
 from scipy.spatial import cKDTree
 
 from ..parallel import WORKERS, parallel
@@ -297,12 +298,34 @@ def halfmax_points(volume: Volume, points: np.ndarray, normals: np.ndarray) -> n
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted unit vertex normals of a closed triangle mesh."""
-    tri = vertices[faces]
-    face_normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    corner = faces.ravel()
-    normals = np.stack([np.bincount(corner, weights=np.repeat(face_normals[:, c], 3), minlength=len(vertices))
-                        for c in range(3)], axis=1)
-    return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    return VertexNormals(faces, len(vertices))(vertices)
+
+
+class VertexNormals:
+    """Area-weighted unit normals at the vertices ``at`` (all by default) of
+    meshes with the triangles ``faces``, for any vertex positions: each
+    vertex's faces are found once (a sparse sum), not at every iteration."""
+
+    def __init__(self, faces: np.ndarray, n_vertices: int, at: np.ndarray | None = None):
+        row = np.arange(n_vertices)
+        if at is not None:
+            row = np.full(n_vertices, -1, dtype=np.int64)
+            row[at] = np.arange(len(at))
+        corner_row = row[faces.ravel()].reshape(faces.shape)
+        used = np.any(corner_row >= 0, axis=1)
+        self.faces, corner_row = faces[used], corner_row[used]
+        kept = corner_row >= 0
+        # Column j (a face) holds a 1 in the row of each of its corners among ``at``.
+        self.sum = csc_matrix((np.ones(int(kept.sum())), corner_row[kept],
+                               np.r_[0, np.cumsum(kept.sum(axis=1))]), shape=(len(row[row >= 0]), len(self.faces)))
+
+    def __call__(self, vertices: np.ndarray) -> np.ndarray:
+        a, b, c = (vertices[self.faces[:, k]] for k in range(3))
+        u, v = b - a, c - a
+        face_normals = np.stack([u[:, 1] * v[:, 2] - u[:, 2] * v[:, 1], u[:, 2] * v[:, 0] - u[:, 0] * v[:, 2],
+                                 u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]], axis=1)
+        normals = self.sum @ face_normals
+        return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
 
 
 # A grid of offsets (LPS mm): the values along x, y and z; its offsets are
@@ -548,8 +571,9 @@ def refine(model: ShapeModel, points: np.ndarray, normals: np.ndarray, scale: fl
     bones = np.unique(model.vertex_bone[fit_vertices])
     bone_of = model.vertex_bone
     b = np.zeros(0)
-    local = {int(k): (np.eye(3), np.zeros(3), 0.0) for k in bones}  # rotation, translation, log-scale
-    members = {k: np.flatnonzero(bone_of == k) for k in local}
+    # Each bone's own motion (rotation, translation, log-scale), once the per-bone phase has begun.
+    local: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
+    members = {int(k): np.flatnonzero(bone_of == k) for k in bones}
 
     def place(shape: np.ndarray) -> np.ndarray:
         x = scale * shape @ rotation.T + translation
@@ -559,17 +583,25 @@ def refine(model: ShapeModel, points: np.ndarray, normals: np.ndarray, scale: fl
             x[mine] = np.exp(ls) * (x[mine] - c) @ r.T + c + t
         return x
 
+    # What every iteration reads at the fitted vertices, gathered once: the
+    # faces round each (for its normal) and the modes scaled to mm.
+    normals_at = VertexNormals(faces, len(model.mean_mm), fit_vertices)
+    modes_at = model.modes[:, fit_vertices] * model.sd_mm[:, None, None]
     for n_modes, iterations, per_bone in schedule:
         b = np.r_[b, np.zeros(max(n_modes - len(b), 0))][:n_modes]
         # The pose alone (7 parameters) is fitted on a third of the vertices.
-        fitted = fit_vertices if n_modes else fit_vertices[::POSE_VERTEX_STRIDE]
-        # The pose alone turns the mean shape: its normals turn with it.
-        pose_only = not n_modes and not per_bone
-        mean_normals = vertex_normals(model.mean_mm, faces)[fitted] if pose_only else None
+        among = slice(None) if n_modes else slice(None, None, POSE_VERTEX_STRIDE)
+        fitted = fit_vertices[among]
+        # The pose alone turns the mean shape, and its normals turn with it.
+        pose_only = not n_modes and not per_bone and not local
+        if pose_only:
+            mean_at, mean_normals = model.mean_mm[fitted], normals_at(model.mean_mm)[among]
         for _ in range(iterations):
-            x_all = place(model.shape_mm(b))
-            n = mean_normals @ rotation.T if pose_only else vertex_normals(x_all, faces)[fitted]
-            x = x_all[fitted]
+            if pose_only:
+                x, n = scale * mean_at @ rotation.T + translation, mean_normals @ rotation.T
+            else:
+                x_all = place(model.shape_mm(b))
+                x, n = x_all[fitted], normals_at(x_all)[among]
             matched, offset, data_normal = _matches(tree, points, normals, x, n)
             if matched.sum() < 3 * max(n_modes, 7):
                 return place(model.shape_mm(b)), b, (scale, rotation, translation)
@@ -578,8 +610,8 @@ def refine(model: ShapeModel, points: np.ndarray, normals: np.ndarray, scale: fl
             arm = xv - translation
             columns = [nv, np.cross(arm, nv), np.einsum("ij,ij->i", nv, arm)[:, None]]  # t, rotation, log scale
             if n_modes:
-                basis = model.modes[:n_modes, fitted[use]] * model.sd_mm[:n_modes, None, None]
-                columns.append(scale * np.einsum("ij,kij->ik", nv, basis @ rotation.T))
+                # n . (s R m) = s (R^T n) . m for each mode m
+                columns.append(scale * np.einsum("ij,kij->ik", nv @ rotation, modes_at[:n_modes, among][:, use]))
             if per_bone:
                 for k in bones:
                     mine = (bone_of[fitted[use]] == k)[:, None]
@@ -605,7 +637,7 @@ def refine(model: ShapeModel, points: np.ndarray, normals: np.ndarray, scale: fl
             if per_bone:
                 for i, k in enumerate(bones):
                     d = step[7 + n_modes + 7 * i:7 + n_modes + 7 * (i + 1)]
-                    r, t, ls = local[int(k)]
+                    r, t, ls = local.get(int(k), (np.eye(3), np.zeros(3), 0.0))
                     local[int(k)] = (_rotation(d[3:6]) @ r, t + d[:3], ls + d[6])
     return place(model.shape_mm(b)), b, (scale, rotation, translation)
 
@@ -803,10 +835,11 @@ def _fit(volume: Volume, bone: BoneMask, model: ShapeModel, data: tuple[np.ndarr
     tree = cKDTree(points)
     faces = np.concatenate([model.faces[name] for name in MODEL_BONES])
     fitted = ~_of_bones(model, leave_out)
+    normals_of = VertexNormals(faces, len(model.mean_mm))
 
     def on_bone(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """(matched?, offset) per vertex, and the share of the fitted bones' vertices on bone."""
-        matched, offset, _ = _matches(tree, points, normals, x, vertex_normals(x, faces))
+        matched, offset, _ = _matches(tree, points, normals, x, normals_of(x))
         return matched, offset, float(np.mean((matched & (np.abs(offset) <= FITTED_MM))[fitted]))
 
     # The starts are posed (SCHEDULE's first phase), and the one that puts

@@ -10,7 +10,8 @@ from scipy import ndimage as ndi
 from pipeline.config import SegmentConfig
 from pipeline.segment.femoral_head import fit_sphere
 from pipeline.segment.mask import segment_bone
-from pipeline.segment.model_fit import BEYOND_MM, REACH_MM, face_reach, fit_pelvis, landmark_plane, unreached
+from pipeline.segment.model_fit import (BEYOND_MM, REACH_MM, VertexNormals, face_reach, fit_pelvis, landmark_plane,
+                                        unreached, vertex_normals)
 from pipeline.segment.shape_model import MODEL_BONES, load_model
 from pipeline.segment.voxelise import inside_mesh
 from pipeline.volume import Volume, apply_affine, flip_axis
@@ -349,3 +350,18 @@ def test_a_landmark_s_plane_passes_through_its_vertices_and_faces_up():
         centre, normal = landmark_plane(fit, "endplate")
         assert np.allclose(centre, points.mean(axis=0))
         assert np.allclose(normal, np.array([0.3, 0.0, 1.0]) / np.hypot(0.3, 1.0))
+
+
+def test_vertex_normals_point_out_of_a_sphere_and_are_the_same_at_a_subset():
+    """Area-weighted normals of an icosphere are radial to within its facets'
+    turn; taken at every third vertex they are those of the whole mesh there."""
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=20.0)
+    x, faces = np.asarray(sphere.vertices) + [5.0, -3.0, 2.0], np.asarray(sphere.faces)
+    everywhere = VertexNormals(faces, len(x))(x)
+    radial = (x - [5.0, -3.0, 2.0]) / 20.0
+    assert np.degrees(np.arccos(np.clip(np.einsum("ij,ij->i", everywhere, radial), -1, 1))).max() < 1.0
+    at = np.arange(0, len(x), 3)
+    np.testing.assert_allclose(VertexNormals(faces, len(x), at)(x), everywhere[at], atol=1e-12)
+    moved = x * [1.0, 2.0, 0.5]   # the same triangles, other positions: the normals follow
+    np.testing.assert_allclose(VertexNormals(faces, len(x), at)(moved), vertex_normals(moved, faces)[at], atol=1e-12)
+    assert not np.allclose(vertex_normals(moved, faces), everywhere)

@@ -7,7 +7,8 @@ import pytest
 import trimesh
 
 from pipeline.geometry.meshes import mesh_facts
-from pipeline.segment.build_shape_model import build, vertex_normals
+from pipeline.segment.build_shape_model import build
+from pipeline.segment.model_fit import vertex_normals
 from pipeline.segment.shape_model import MODEL_BONES, load_model
 
 from ..helpers import REPO
