@@ -25,6 +25,7 @@ from .memory import PeakMemory
 from .parallel import parallel
 from .qa.interactive import Lightening
 from .run import Log, MeshResult, Timer, package_versions, run_mesh
+from .segment.shape_model import load_model
 from .volume import Volume
 
 Progress = Callable[[int, int], None]
@@ -73,7 +74,10 @@ def run_case(ct_path: str | Path, out_dir: str | Path, config: Config, *, series
         # started now, while the process is small and the CT loads.
         lightening = running.enter_context(Lightening(start_workers=True)) if qa else None
         with timer.stage("load"):
-            volume = load_ct(ct_path, series_uid=series_uid, max_gap_mm=config.load.max_gap_mm, progress=progress)
+            # The pelvis shape model the labelling fits is read beside the CT
+            # (its decompression and re-orthonormalisation release the GIL).
+            volume = parallel(lambda: load_ct(ct_path, series_uid=series_uid, max_gap_mm=config.load.max_gap_mm,
+                                              progress=progress), *([load_model] if label_map is None else []))[0]
         for note in volume.notes:
             if log:
                 log(f"note: {note}")
