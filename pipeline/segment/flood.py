@@ -182,13 +182,15 @@ def watershed_by_piece(hu: np.ndarray, seeds: np.ndarray, solid: np.ndarray) -> 
 
     def flood(piece: int, box: tuple[slice, ...]) -> np.ndarray:
         inside = pieces[box] == piece
-        return watershed(-hu[box], np.where(inside, seeds[box], 0).astype(np.int32), mask=inside,
+        return watershed(-hu[box], (seeds[box] * inside).astype(np.int32), mask=inside,
                          compactness=WATERSHED_TIE_BREAK)
 
     for (piece, box), flooded in zip(boxes, parallel(*[lambda p=p, b=b: flood(p, b) for p, b in boxes])):
         inside = pieces[box] == piece
         regions[box][inside] = flooded[inside]
-    return np.where(regions > 0, regions, seeds)
+    out = regions.astype(seeds.dtype, copy=False)
+    np.copyto(out, seeds, where=regions == 0)
+    return out
 
 
 def label_other_bone(rough: np.ndarray, cored: np.ndarray, core: np.ndarray,

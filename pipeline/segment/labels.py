@@ -274,11 +274,11 @@ def separate_labels(labels: np.ndarray, own: np.ndarray | None = None,
     interior (:func:`~pipeline.segment.femoral_head.fill_femoral_heads`):
     another bone's voxel touching one goes."""
     high = max3(labels)
-    low = min3(np.where(labels > 0, labels, np.uint8(255)))
+    low = _lowest_label3(labels)
     clash = (labels > 0) & (high != low)
     if own is None:
-        return np.where(clash, np.uint8(0), labels)
-    out = np.where(clash & ~own, np.uint8(0), labels)
+        return labels * ~clash
+    out = labels * (own | ~clash)
     at = voxel_indices(clash & own)
     mine = out[tuple(at.T)]
     brightest = np.full(len(at), -np.inf)
@@ -313,10 +313,16 @@ def separate_labels(labels: np.ndarray, own: np.ndarray | None = None,
     inner = tuple(slice(b.start - a.start, b.stop - a.start) for b, a in zip(box, around))
     near = out[around]
     high = max3(near)[inner]
-    low = min3(np.where(near > 0, near, np.uint8(255)))[inner]
+    low = _lowest_label3(near)[inner]
     view = out[box]
     view[(view > 0) & (high != low) & (True if certain is None else ~certain[box])] = 0
     return out
+
+
+def _lowest_label3(labels: np.ndarray) -> np.ndarray:
+    """The lowest label but 0 over each voxel's 3x3x3 neighbourhood (0 where
+    there is none): 0 - 1 wraps to 255 in a byte, above every label."""
+    return min3(labels.astype(np.uint8, copy=False) - np.uint8(1)) + np.uint8(1)
 
 
 def _smallest(labels: np.ndarray) -> int:

@@ -652,7 +652,8 @@ def fit_pelvis(volume: Volume, bone: BoneMask, model: ShapeModel) -> PelvisFit:
     A fit that sits loosely is started again first (ROBUST_START_BELOW).
     Where the first fit finds no pelvis (:func:`pelvis_found`), it is
     fitted without either hip bone in turn."""
-    data = (*surface_points(volume, bone), face_reach(volume, bone))
+    (points, normals), reach = parallel(lambda: surface_points(volume, bone), lambda: face_reach(volume, bone))
+    data = (points, normals, reach)
     fit = _fit(volume, bone, model, data, ())
     if pelvis_found(fit):
         # A poor fit is started again until one sits well (ROBUST_START_BELOW);

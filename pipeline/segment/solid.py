@@ -51,7 +51,7 @@ def solid_per_label(rough: np.ndarray, raw: np.ndarray, hu: np.ndarray, volume: 
     at_border = [(s.start == 0, s.stop == dim) for s, dim in zip(bone.box, volume.shape)]
     axial = axial_axis(volume)
     out = np.zeros(rough.shape, dtype=np.uint8)
-    pieces = np.where(raw, rough, 0)
+    pieces = rough * raw
     jobs = []
     for label, sub in enumerate(ndi.find_objects(pieces), start=1):
         if sub is None:
