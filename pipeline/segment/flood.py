@@ -22,11 +22,11 @@ from skimage.segmentation import watershed
 from ..bones import LABEL_IDS, LABEL_NAMES, LUMBAR, OTHER
 from ..parallel import parallel
 from .femoral_head import HEAD_BAND_MM, SIDES, Head
-from .grid import Grid, axial_axis, ball, voxel_indices
-from .lookup import label_counts, lookup, touching
+from .grid import Grid, axial_axis, ball, grow_box, voxel_indices
+from .lookup import label_counts, lookup
 from .mask import FACE_CONNECTIVITY, bounding_box
 from .model_fit import PelvisFit, landmark_plane
-from .neighbours import max3
+from .neighbours import dilate
 
 # Seeds of a model bone stay this far from every other model bone's fitted
 # surface: the model is 1.5-2 mm off the bone, a joint space 2-4 mm wide.
@@ -155,11 +155,20 @@ def encloses_canal(mask: np.ndarray, axial: int, min_voxels: float) -> bool:
 
 def watershed_by_piece(hu: np.ndarray, seeds: np.ndarray, solid: np.ndarray) -> np.ndarray:
     """Watershed on -HU from the seeds through the mask (seeds keep their
-    label), run on each face-connected piece of the unseeded voxels and the
-    seeds beside them, in its own bounding box, two at a time: the same
-    result as one watershed over the whole box (flooding never leaves a
-    piece), at a fraction of the time, since the flooding's cost is as much
-    the box as the voxels in it.
+    label), at a fraction of one watershed's time over the whole box, with
+    its result.
+
+    The flood never passes a seed, so each face-connected piece of the
+    unseeded voxels is flooded alone, from the seeds beside it. A piece
+    beside one label's seeds only is all that label (beside none, 0) without
+    a flood; the others, where labels meet, are each flooded in their own
+    bounding box, two at a time (the flooding's cost is as much the box as
+    the voxels in it). On Pelvic-Ref-003, 2 of 1 971 pieces are flooded, in
+    boxes of 4.2 M voxels and 60 (flooded per piece of the threshold bone
+    with its seeds, the largest box held 7.6 M): 0.38-0.42 -> 0.21-0.24 s. The same result as the
+    whole box's flood wherever no two seeds of equal HU meet a voxel: the
+    queue takes seeds of equal HU in the heap's order, which the other
+    pieces' seeds change (so did flooding the pieces of the bone).
 
     Real scans' HU are whole numbers, so the flooding meets many ties
     (plateaus, most at the joints between two seeds); skimage breaks them by
@@ -169,27 +178,42 @@ def watershed_by_piece(hu: np.ndarray, seeds: np.ndarray, solid: np.ndarray) -> 
     same however the slices are stored: Pelvic-Ref-003 with its slices
     reversed no longer relabels a voxel at the right hip joint (3 after
     filling); TotalSegmentator's femurs 0.860 / 0.855 -> 0.864 / 0.861."""
-    # Only the unseeded voxels and the seeds beside them take part: a seed
-    # farther inside its own region floods nothing.
     open_voxels = solid & (seeds == 0)
-    solid = solid & (open_voxels | max3(open_voxels))
-    pieces, n = ndi.label(solid, structure=FACE_CONNECTIVITY)
-    seeded = touching(pieces, n, seeds > 0)
-    # Label values fit a byte: only the flooded boxes hold the int32 markers skimage takes.
-    regions = np.zeros(seeds.shape, dtype=np.uint8)
-    boxes = [(piece, box) for piece, box in enumerate(ndi.find_objects(pieces), start=1)
-             if box is not None and seeded[piece]]
+    pieces, n = ndi.label(open_voxels, structure=FACE_CONNECTIVITY)
+    flat = np.flatnonzero(open_voxels)
+    at = np.column_stack(np.unravel_index(flat, seeds.shape))
+    piece_of = pieces.reshape(-1)[flat]
+    # (piece, label) of every seed face-beside an unseeded voxel.
+    flat_seeds, base = seeds.reshape(-1), int(seeds.max()) + 1
+    met = []
+    for axis, stride in enumerate(np.array(seeds.strides) // seeds.itemsize):
+        for step, inside in ((-stride, at[:, axis] > 0), (stride, at[:, axis] < seeds.shape[axis] - 1)):
+            label = flat_seeds[flat[inside] + step].astype(np.int64)
+            met.append(piece_of[inside][label > 0] * base + label[label > 0])
+    met_piece, met_label = np.divmod(np.unique(np.concatenate(met)), base)
+    labels_met = np.bincount(met_piece, minlength=n + 1)
+    table = np.zeros(n + 1, dtype=seeds.dtype)
+    alone = labels_met[met_piece] == 1
+    table[met_piece[alone]] = met_label[alone]
+    out = seeds.copy()
+    out.reshape(-1)[flat] = table[piece_of]
+    contested = np.flatnonzero(labels_met >= 2)
+    rows = np.flatnonzero(np.isin(piece_of, contested))
+    rows = rows[np.argsort(piece_of[rows], kind="stable")]
+    boxes = []
+    for piece, voxels in zip(contested, np.split(at[rows], np.searchsorted(piece_of[rows], contested[1:]))):
+        boxes.append((piece, grow_box(tuple(slice(lo, hi + 1) for lo, hi in zip(voxels.min(axis=0), voxels.max(axis=0))),
+                                      seeds.shape, 1)))
 
     def flood(piece: int, box: tuple[slice, ...]) -> np.ndarray:
         inside = pieces[box] == piece
-        return watershed(-hu[box], (seeds[box] * inside).astype(np.int32), mask=inside,
+        mask = inside | ((seeds[box] > 0) & dilate(inside, FACE_CONNECTIVITY))
+        return watershed(-hu[box], (seeds[box] * mask).astype(np.int32), mask=mask,
                          compactness=WATERSHED_TIE_BREAK)
 
     for (piece, box), flooded in zip(boxes, parallel(*[lambda p=p, b=b: flood(p, b) for p, b in boxes])):
         inside = pieces[box] == piece
-        regions[box][inside] = flooded[inside]
-    out = regions.astype(seeds.dtype, copy=False)
-    np.copyto(out, seeds, where=regions == 0)
+        out[box][inside] = flooded[inside]
     return out
 
 
