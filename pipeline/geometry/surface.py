@@ -40,8 +40,8 @@ from skimage.measure import marching_cubes
 from ..config import SurfaceConfig
 from ..segment.grid import grow_box
 from ..segment.labels import BoneLabels
-from ..segment.lookup import label_counts, lookup
-from ..segment.neighbours import dilate, erode, max3, min3
+from ..segment.lookup import lookup
+from ..segment.neighbours import dilate, erode, max3, min3_nonzero
 from ..parallel import parallel
 from ..segment.mask import FACE_CONNECTIVITY, fill_cavities
 from ..volume import Volume, apply_affine
@@ -118,8 +118,8 @@ class BoneSurfaces:
 def bone_surfaces(volume: Volume, bone: BoneLabels, cfg: SurfaceConfig) -> BoneSurfaces:
     field, labels = surface_labels(volume, bone, cfg)
     offset = np.array([s.start for s in bone.box], dtype=float)
-    present = [int(k) for k in np.unique(labels) if k > 0]
     subs = ndi.find_objects(labels)
+    present = [k for k, sub in enumerate(subs, start=1) if sub is not None]
     meshes = parallel(*[(lambda k=k: label_mesh(field, labels, k, subs[k - 1], volume.affine, offset))
                         for k in present])
     return BoneSurfaces(meshes=dict(zip(present, meshes)), labels=labels, box=bone.box)
@@ -173,13 +173,11 @@ def carry_labels(inside: np.ndarray, labels: np.ndarray) -> np.ndarray:
     labelled 26-neighbours agree, and are dropped where two bones would meet
     (so the one-voxel gap between bones survives snapping)."""
     high = max3(labels)
-    low = min3(np.where(labels > 0, labels, np.uint8(255)))
-    joined = inside & (labels == 0) & (high == low)
-    out = np.where(inside & (labels > 0), labels, np.where(joined, high, np.uint8(0)))
+    joined = inside & (labels == 0) & (high == min3_nonzero(labels))   # (no bone near: joins as 0)
+    out = labels * inside
+    np.copyto(out, high, where=joined)
     # Two joined voxels of different bones may still be neighbours: drop both.
-    high = max3(out)
-    low = min3(np.where(out > 0, out, np.uint8(255)))
-    out[joined & (high != low)] = 0
+    out[joined & (max3(out) != min3_nonzero(out))] = 0
     return out
 
 
@@ -195,10 +193,12 @@ def drop_specks(labels: np.ndarray, max_voxels: int = SPECK_VOXELS) -> np.ndarra
     for label, sub in enumerate(ndi.find_objects(labels), start=1):
         if sub is None:
             continue
-        pieces, n = ndi.label(labels[sub] == label, structure=FACE_CONNECTIVITY)
-        small = label_counts(pieces, n + 1) <= max_voxels
+        mine = labels[sub] == label
+        pieces, n = ndi.label(mine, structure=FACE_CONNECTIVITY)
+        small = np.bincount(pieces[mine], minlength=n + 1) <= max_voxels
         small[0] = False
-        out[sub][lookup(small, pieces)] = 0
+        if small.any():
+            out[sub][lookup(small, pieces)] = 0
     return out
 
 
@@ -338,9 +338,9 @@ def keep_mask_topology(snapped: np.ndarray, min_piece_voxels: int) -> np.ndarray
     of the smallest bone piece, as peeling one layer never shrinks a real
     piece that much) and fill cavities it enclosed (the solid mask has none)."""
     labels, n = ndi.label(snapped, structure=FACE_CONNECTIVITY)
-    keep = label_counts(labels, n + 1) >= min_piece_voxels
+    keep = np.bincount(labels[snapped], minlength=n + 1) >= min_piece_voxels
     keep[0] = False
-    return fill_cavities(lookup(keep, labels), FACE_CONNECTIVITY, [True] * 6)
+    return fill_cavities(snapped if keep[1:].all() else lookup(keep, labels), FACE_CONNECTIVITY, [True] * 6)
 
 
 def mesh_from_field(field: np.ndarray, affine: np.ndarray, offset_index: np.ndarray) -> trimesh.Trimesh:

@@ -63,7 +63,7 @@ from .lookup import label_counts
 from .mask import FACE_CONNECTIVITY, IN_SLICE_CONNECTIVITY, BoneMask, bounding_box, fill_cavities
 from .lower_sacrum import past_s3, past_s3_voxels, sacral_tip, tip_marrow
 from .model_fit import PelvisFit, fit_pelvis, missing_bones, pelvis_found, pelvis_turn, vertex_normals
-from .neighbours import dilate, max3, min3
+from .neighbours import dilate, max3, min3_nonzero
 from .plates import plate_patches, ridge_voxels
 from .shape_model import MODEL_BONES, ShapeModel, load_model
 from .solid import solid_per_label
@@ -274,7 +274,7 @@ def separate_labels(labels: np.ndarray, own: np.ndarray | None = None,
     interior (:func:`~pipeline.segment.femoral_head.fill_femoral_heads`):
     another bone's voxel touching one goes."""
     high = max3(labels)
-    low = _lowest_label3(labels)
+    low = min3_nonzero(labels)
     clash = (labels > 0) & (high != low)
     if own is None:
         return labels * ~clash
@@ -313,16 +313,10 @@ def separate_labels(labels: np.ndarray, own: np.ndarray | None = None,
     inner = tuple(slice(b.start - a.start, b.stop - a.start) for b, a in zip(box, around))
     near = out[around]
     high = max3(near)[inner]
-    low = _lowest_label3(near)[inner]
+    low = min3_nonzero(near)[inner]
     view = out[box]
     view[(view > 0) & (high != low) & (True if certain is None else ~certain[box])] = 0
     return out
-
-
-def _lowest_label3(labels: np.ndarray) -> np.ndarray:
-    """The lowest label but 0 over each voxel's 3x3x3 neighbourhood (0 where
-    there is none): 0 - 1 wraps to 255 in a byte, above every label."""
-    return min3(labels.astype(np.uint8, copy=False) - np.uint8(1)) + np.uint8(1)
 
 
 def _smallest(labels: np.ndarray) -> int:

@@ -39,6 +39,13 @@ def min3(a: np.ndarray) -> np.ndarray:
     return _extreme3(a, np.minimum)
 
 
+def min3_nonzero(labels: np.ndarray) -> np.ndarray:
+    """Lowest nonzero value of a uint8 label array over the 3x3x3
+    neighbourhood (0 where all 27 are 0): 0 - 1 wraps to 255, above every
+    label (np.where's way costs 10 times the time on a byte array)."""
+    return min3(labels.astype(np.uint8, copy=False) - np.uint8(1)) + np.uint8(1)
+
+
 def pairs(shape: tuple[int, ...], structure: np.ndarray):
     """(here, there, offset) per offset of ``structure`` but its centre:
     slices of the voxels whose neighbour at that offset lies in the array,
