@@ -189,8 +189,9 @@ def label_bones(volume: Volume, bone: BoneMask, cfg: SegmentConfig,
         open_canal(labels, certain, hu, volume)
     above_l1 = vertebrae_above_l1(labels, hu, grid, size=fit.pose[0] if found else 1.0)
     labels = separate_labels(labels, own | heads_inside, hu, certain=heads_inside)
-    return BoneLabels(labels=labels, box=bone.box, smallest_piece_voxels=_smallest(labels),
-                      stats=label_stats(labels, volume, fit, found, heads, core_hu, tip, above_l1, pool_voxels,
+    counts = label_counts(labels, OTHER + 1)
+    return BoneLabels(labels=labels, box=bone.box, smallest_piece_voxels=_smallest(counts),
+                      stats=label_stats(counts, volume, fit, found, heads, core_hu, tip, above_l1, pool_voxels,
                                         {"beyond_model_share": beyond_model(labels, masks, fit, grid),
                                          "model_filled_share": model_filled(labels, masks, model_only),
                                          **(sacrum_filled_by_side(labels, model_only, fit, grid, turn) if found
@@ -319,8 +320,9 @@ def separate_labels(labels: np.ndarray, own: np.ndarray | None = None,
     return out
 
 
-def _smallest(labels: np.ndarray) -> int:
-    counts = label_counts(labels, OTHER + 1)[1:]
+def _smallest(counts: np.ndarray) -> int:
+    """The fewest voxels of a bone present, from the voxels per label value."""
+    counts = counts[1:]
     return int(counts[counts > 0].min()) if (counts > 0).any() else 0
 
 
@@ -382,10 +384,10 @@ def sacrum_filled_by_side(labels: np.ndarray, model_only: np.ndarray, fit: Pelvi
             for side, half in (("left", left), ("right", ~left))}
 
 
-def label_stats(labels: np.ndarray, volume: Volume, fit: PelvisFit, found: bool, heads: list[Head],
+def label_stats(counts: np.ndarray, volume: Volume, fit: PelvisFit, found: bool, heads: list[Head],
                 core_hu: float, tip_voxels: int, above_l1: "Levels", pool_voxels: int,
                 per_bone: dict[str, dict[str, float]]) -> dict:
-    counts = label_counts(labels, OTHER + 1)
+    """The report's figures; ``counts``: voxels per label value."""
     voxel_mm3 = volume.voxel_volume_mm3
     model = fit.report()
     model["found"] = found

@@ -21,7 +21,7 @@ from ..volume import Volume, apply_affine
 from .distance_map import closed, opened
 from .grid import Grid, axial_axis, voxel_indices
 from .lookup import lookup
-from .mask import FACE_CONNECTIVITY
+from .mask import FACE_CONNECTIVITY, bounding_box
 from .neighbours import dilate
 
 # A vertebral body's marrow (see vertebral_marrow): at least SPINE_MARROW_HU
@@ -88,11 +88,10 @@ def open_canal(labels: np.ndarray, certain: np.ndarray, hu: np.ndarray, volume: 
     there dark by its own HU as well as smoothed is the canal or a foramen
     wider than the fitted one, whatever the length of the dark it belongs
     to (Pelvic-Ref-003's S1-S2 canal: stripes of the fills, 205 voxels)."""
-    filled = np.isin(labels, (LUMBAR, SACRUM)) & ~certain
-    found = ndi.find_objects(filled.view(np.uint8))
-    if not found or found[0] is None:
+    filled = ((labels == LUMBAR) | (labels == SACRUM)) & ~certain
+    box = bounding_box(filled)
+    if box is None:
         return 0
-    box = found[0]
     level = CANAL_HU if fat_only is None else np.where(fat_only[box], np.float32(SACRAL_CANAL_HU),
                                                         np.float32(CANAL_HU))
     darker = filled[box] & (smooth_hu(hu[box], volume.spacing_mm) < level)
