@@ -165,10 +165,11 @@ def watershed_by_piece(hu: np.ndarray, seeds: np.ndarray, solid: np.ndarray) -> 
     bounding box, two at a time (the flooding's cost is as much the box as
     the voxels in it). On Pelvic-Ref-003, 2 of 1 971 pieces are flooded, in
     boxes of 4.2 M voxels and 60 (flooded per piece of the threshold bone
-    with its seeds, the largest box held 7.6 M): 0.38-0.42 -> 0.21-0.24 s. The same result as the
-    whole box's flood wherever no two seeds of equal HU meet a voxel: the
-    queue takes seeds of equal HU in the heap's order, which the other
-    pieces' seeds change (so did flooding the pieces of the bone).
+    with its seeds, the largest box held 7.6 M): 0.38-0.42 -> 0.21-0.24 s.
+    The same result as the whole box's flood wherever no two seeds of equal
+    HU meet a voxel: the queue takes seeds of equal HU in the heap's order,
+    which the other pieces' seeds change (so did flooding the pieces of the
+    bone).
 
     Real scans' HU are whole numbers, so the flooding meets many ties
     (plateaus, most at the joints between two seeds); skimage breaks them by
@@ -202,8 +203,8 @@ def watershed_by_piece(hu: np.ndarray, seeds: np.ndarray, solid: np.ndarray) -> 
     rows = rows[np.argsort(piece_of[rows], kind="stable")]
     boxes = []
     for piece, voxels in zip(contested, np.split(at[rows], np.searchsorted(piece_of[rows], contested[1:]))):
-        boxes.append((piece, grow_box(tuple(slice(lo, hi + 1) for lo, hi in zip(voxels.min(axis=0), voxels.max(axis=0))),
-                                      seeds.shape, 1)))
+        box = tuple(slice(lo, hi + 1) for lo, hi in zip(voxels.min(axis=0), voxels.max(axis=0)))
+        boxes.append((piece, grow_box(box, seeds.shape, 1)))   # with the seeds beside it
 
     def flood(piece: int, box: tuple[slice, ...]) -> np.ndarray:
         inside = pieces[box] == piece
