@@ -344,9 +344,10 @@ def enclosed_directions(mask: np.ndarray, reach_vox: np.ndarray, at_border: list
         # nearest bone voxel along the axis is then one running min / max,
         # and its parity says whose it is. int16: a scan is < 16k voxels long.
         twice = (2 * np.arange(n, dtype=np.int16)).reshape(shape)
-        code = np.where(m, twice, np.int16(FAR_CODE))
+        # (Products of the masks as bytes: np.where costs 5x as much here.)
+        code = FAR_CODE - (FAR_CODE - twice) * m.view(np.uint8)
         if others is not None:
-            code = np.where(np.moveaxis(others, axis, 0), twice + np.int16(1), code)
+            code -= np.moveaxis(others, axis, 0).view(np.uint8) * (code - twice - np.int16(1))
         view = np.moveaxis(count, axis, 0)
         # ahead: the first bone voxel after i
         ahead_code = np.minimum.accumulate(code[::-1], axis=0)[::-1][1:]
