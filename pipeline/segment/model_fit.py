@@ -316,15 +316,13 @@ class VertexNormals:
         self.faces, corner_row = faces[used], corner_row[used]
         kept = corner_row >= 0
         # Column j (a face) holds a 1 in the row of each of its corners among ``at``.
-        self.sum = csc_matrix((np.ones(int(kept.sum())), corner_row[kept],
-                               np.r_[0, np.cumsum(kept.sum(axis=1))]), shape=(len(row[row >= 0]), len(self.faces)))
+        rows = n_vertices if at is None else len(at)
+        self.sum = csc_matrix((np.ones(int(kept.sum())), corner_row[kept], np.r_[0, np.cumsum(kept.sum(axis=1))]),
+                              shape=(rows, len(self.faces)))
 
     def __call__(self, vertices: np.ndarray) -> np.ndarray:
         a, b, c = (vertices[self.faces[:, k]] for k in range(3))
-        u, v = b - a, c - a
-        face_normals = np.stack([u[:, 1] * v[:, 2] - u[:, 2] * v[:, 1], u[:, 2] * v[:, 0] - u[:, 0] * v[:, 2],
-                                 u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]], axis=1)
-        normals = self.sum @ face_normals
+        normals = self.sum @ np.cross(b - a, c - a)
         return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
 
 
